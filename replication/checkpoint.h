@@ -1,0 +1,98 @@
+/* checkpoint.h — capture a paused VM into the checkpoint stream; stage and apply epochs read from it. */
+#ifndef DOPPEL_REPLICATION_CHECKPOINT_H
+#define DOPPEL_REPLICATION_CHECKPOINT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hv/hv.h"
+#include "replication/stream.h"
+
+/*
+ * An epoch in the stream is: PAGE_DATA / ZERO_PAGES records, then VCPU_STATE for every vCPU, then
+ * DEVICE_STATE for the in-kernel VM state ("kvm-vm", kind CKPT_DEV_KVM) and for every device the VM
+ * registered (kind CKPT_DEV_HV, name as registered), then CHECKPOINT_END. A full epoch carries every
+ * RAM page (zero ranges included); an incremental one only pages dirtied since the previous epoch.
+ */
+#define CKPT_DEV_KVM 1u
+#define CKPT_DEV_HV 2u
+#define CKPT_DEV_INFO 3u /* snapshot/replication metadata, see struct ckpt_info */
+
+/* Machine state other than memory, captured in memory while the VM is paused. */
+struct ckpt_blob {
+	char name[SR_DEV_NAME_LEN];
+	uint32_t kind;
+	uint8_t *data;
+	size_t len;
+};
+struct ckpt_state {
+	uint32_t nr_vcpus;
+	struct ckpt_blob vcpu[HV_MAX_VCPUS];
+	int nr_dev;
+	struct ckpt_blob dev[HV_MAX_DEVSTATE + 2];
+};
+
+/* Capture every vCPU, the in-kernel VM state and every registered device. Precondition: the VM is
+ * paused (vm_pause) or not yet started. Returns 0 or -errno with one line in err. */
+int ckpt_state_capture(struct ckpt_state *s, struct vm *vm, char *err, size_t errlen);
+/* Write the captured state records (VCPU_STATE..., DEVICE_STATE...). */
+int ckpt_state_write(struct sr_ctx *w, const struct ckpt_state *s);
+/* Apply captured state to a paused / not started VM: every device blob is matched by name and
+ * validated by its restore function; vCPUs, then devices, then the kvm-vm state. Returns 0 or -errno
+ * with err. Precondition checked: the state has exactly vm_nr_vcpus() vCPUs and every registered
+ * device has a blob. */
+int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_t errlen);
+void ckpt_state_free(struct ckpt_state *s); /* frees blobs; the struct may be reused */
+
+/* Metadata of a snapshot or replication stream, carried as DEVICE_STATE kind CKPT_DEV_INFO "info". */
+struct ckpt_info {
+	uint64_t id;      /* random id of this image */
+	uint64_t base_id; /* 0 for a full image; else the id of the image this one is incremental to */
+	uint64_t epoch;
+	char base_path[256]; /* where the base image was written (a hint, NUL-terminated) */
+};
+int ckpt_info_write(struct sr_ctx *w, const struct ckpt_info *info);
+
+/* Write every RAM page as PAGE_DATA / ZERO_PAGES. Pages that were never touched (holes of the memfd)
+ * are written as zero ranges without being read. `nthreads` > 1 compresses on worker threads. */
+int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads);
+/* Write the pages whose bit is set in `bitmap` (gm->nr_pages bits), read live from guest memory. */
+int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
+			   int nthreads);
+
+/* ---- reading ---------------------------------------------------------------------------------- */
+
+/*
+ * One epoch read from the stream. In staged mode (gm == NULL when reading) page contents are kept in
+ * the stage until ckpt_stage_apply, so a torn or corrupt epoch never touches the VM. In direct mode
+ * (reading with gm set, for restoring into a VM that has not run) pages go straight into RAM.
+ */
+struct ckpt_stage {
+	uint64_t *idx;  /* staged page indices */
+	uint8_t *data;  /* staged pages, 4096 bytes each */
+	size_t n, cap;
+	uint64_t (*zero)[2]; /* staged zero ranges {first, count} */
+	size_t nzero, zcap;
+	struct ckpt_state st;
+	bool have_state;
+	struct ckpt_info info;
+	bool have_info;
+	uint64_t epoch;
+	uint64_t pages, zero_pages; /* counts of this epoch */
+};
+
+/* Read records up to and including the next CHECKPOINT_END (whose checksum the reader verifies).
+ * Returns 1 when an epoch was read, 0 at END, -errno with err on any failure (the stage then holds
+ * nothing usable: ckpt_stage_reset it). With gm non-NULL pages are written directly into gm. */
+int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err,
+		    size_t errlen);
+/* Apply a staged epoch: pages into RAM (marked device-dirty), then state if the epoch carried it.
+ * The VM must be paused or not started. */
+int ckpt_stage_apply(struct ckpt_stage *stg, struct vm *vm, char *err, size_t errlen);
+/* Apply only the memory part of a staged epoch to gm (a standby's replica keeps state staged). */
+void ckpt_stage_apply_pages(struct ckpt_stage *stg, struct guest_mem *gm);
+void ckpt_stage_reset(struct ckpt_stage *stg); /* empties, keeps buffers */
+void ckpt_stage_free(struct ckpt_stage *stg);
+
+#endif

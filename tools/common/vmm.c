@@ -1,0 +1,356 @@
+/* vmm.c — one running VM process: builds the VM and its devices, serves control, runs the loop. */
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hv/pvh.h"
+#include "hv/uart.h"
+#include "tools/common/cli.h"
+#include "tools/common/control.h"
+#include "tools/common/vmm.h"
+
+struct vmm_cmd {
+	char name[32];
+	vmm_cmd_fn fn;
+	void *opaque;
+};
+
+struct vmm {
+	struct vmm_opts o;
+	char name[65];
+	char ctl_path[256];
+	struct ev_loop *loop;
+	struct vm *vm;
+	struct uart *uart;
+	int serial_fd;
+	bool own_serial_fd;
+	struct ctl_server *ctl;
+	ev_async exit_async;
+	ev_signal sigint_w, sigterm_w;
+	ev_io stdin_w;
+	bool stdin_active;
+	uint64_t start_ns;
+	int stop_status; /* -1: none requested */
+	struct vmm_cmd cmds[VMM_MAX_CMDS];
+	int nr_cmds;
+	vmm_status_fn status_fn;
+	void *status_opaque;
+};
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- control commands ------------------------------------------------------------------------- */
+
+static struct json_object *cmd_status(struct vmm *v)
+{
+	struct json_object *o = json_object_new_object(), *p = json_object_new_object();
+	struct vm_pause_stats ps;
+
+	vm_pause_stats(v->vm, &ps);
+	json_object_object_add(o, "name", json_object_new_string(v->name));
+	json_object_object_add(o, "state", json_object_new_string(vm_state_name(vm_get_state(v->vm))));
+	json_object_object_add(o, "pid", json_object_new_int(getpid()));
+	json_object_object_add(o, "vcpus", json_object_new_int(vm_nr_vcpus(v->vm)));
+	json_object_object_add(o, "mem_bytes", json_object_new_int64((int64_t)vm_mem(v->vm)->size));
+	json_object_object_add(o, "uptime_s",
+			       json_object_new_double((double)(mono_ns() - v->start_ns) / 1e9));
+	json_object_object_add(o, "exits", json_object_new_int64((int64_t)vm_exit_count(v->vm)));
+	json_object_object_add(p, "count", json_object_new_int64((int64_t)ps.count));
+	json_object_object_add(p, "last_us", json_object_new_double((double)ps.last_ns / 1e3));
+	json_object_object_add(p, "max_us", json_object_new_double((double)ps.max_ns / 1e3));
+	json_object_object_add(p, "mean_us",
+			       json_object_new_double(ps.count ? (double)ps.total_ns / 1e3 / (double)ps.count : 0));
+	json_object_object_add(o, "pause", p);
+	if (v->status_fn)
+		v->status_fn(v, o, v->status_opaque);
+	return o;
+}
+
+static struct json_object *pause_reply(struct vmm *v, const char *state)
+{
+	struct json_object *o = json_object_new_object();
+	struct vm_pause_stats ps;
+
+	vm_pause_stats(v->vm, &ps);
+	json_object_object_add(o, "state", json_object_new_string(state));
+	json_object_object_add(o, "pause_latency_us", json_object_new_double((double)ps.last_ns / 1e3));
+	return o;
+}
+
+static struct json_object *handle(void *opaque, const char *cmd, struct json_object *req)
+{
+	struct vmm *v = opaque;
+	int rc;
+
+	if (!strcmp(cmd, "status"))
+		return cmd_status(v);
+	if (!strcmp(cmd, "pause")) {
+		rc = vm_pause(v->vm);
+		if (rc)
+			return ctl_error("cannot pause %s: %s", v->name, strerror(-rc));
+		return pause_reply(v, "paused");
+	}
+	if (!strcmp(cmd, "resume")) {
+		rc = vm_resume(v->vm);
+		if (rc)
+			return ctl_error("cannot resume %s: %s", v->name, strerror(-rc));
+		return pause_reply(v, "running");
+	}
+	if (!strcmp(cmd, "stop")) {
+		vmm_stop(v, 0);
+		return json_object_new_object();
+	}
+	for (int i = 0; i < v->nr_cmds; i++)
+		if (!strcmp(cmd, v->cmds[i].name))
+			return v->cmds[i].fn(v, req, v->cmds[i].opaque);
+	return NULL;
+}
+
+int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque)
+{
+	if (v->nr_cmds >= VMM_MAX_CMDS || strlen(name) >= sizeof(v->cmds[0].name))
+		return -ENOSPC;
+	for (int i = 0; i < v->nr_cmds; i++)
+		if (!strcmp(v->cmds[i].name, name))
+			return -EEXIST;
+	snprintf(v->cmds[v->nr_cmds].name, sizeof(v->cmds[0].name), "%s", name);
+	v->cmds[v->nr_cmds].fn = fn;
+	v->cmds[v->nr_cmds].opaque = opaque;
+	v->nr_cmds++;
+	return 0;
+}
+
+void vmm_set_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque)
+{
+	v->status_fn = fn;
+	v->status_opaque = opaque;
+}
+
+/* ---- loop plumbing ---------------------------------------------------------------------------- */
+
+/* vCPU thread (or any thread) -> loop: the VM has stopped. */
+static void on_vm_exit(void *opaque)
+{
+	struct vmm *v = opaque;
+
+	ev_async_send(v->loop, &v->exit_async);
+}
+
+static void exit_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	struct vmm *v = w->data;
+
+	(void)loop;
+	(void)revents;
+	vmm_stop(v, 0);
+}
+
+static void stdin_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct vmm *v = w->data;
+	char buf[256];
+	ssize_t n = read(w->fd, buf, sizeof(buf));
+
+	(void)revents;
+	if (n > 0) {
+		uart_input(v->uart, buf, (size_t)n);
+	} else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+		ev_io_stop(loop, w);
+		v->stdin_active = false;
+	}
+}
+
+void vmm_stop(struct vmm *v, int status)
+{
+	if (v->stop_status < 0)
+		v->stop_status = status;
+	vm_stop(v->vm, status);
+}
+
+/* ---- create / run / destroy ------------------------------------------------------------------- */
+
+static int open_serial(struct vmm *v, char *err, size_t errlen)
+{
+	const char *s = v->o.serial ? v->o.serial : "stdio";
+
+	if (!strcmp(s, "stdio")) {
+		v->serial_fd = STDOUT_FILENO;
+		return 0;
+	}
+	if (!strcmp(s, "none")) {
+		v->serial_fd = -1;
+		return 0;
+	}
+	if (!strncmp(s, "file:", 5) && s[5]) {
+		v->serial_fd = open(s + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+		if (v->serial_fd < 0) {
+			snprintf(err, errlen, "cannot open serial file %s: %s", s + 5, strerror(errno));
+			return -errno;
+		}
+		v->own_serial_fd = true;
+		return 0;
+	}
+	snprintf(err, errlen, "bad --serial '%s' (expected stdio, file:PATH or none)", s);
+	return -EINVAL;
+}
+
+int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
+{
+	struct vmm *v = calloc(1, sizeof(*v));
+	struct vm_config cfg;
+	char e2[256];
+	int rc;
+
+	*out = NULL;
+	if (!v)
+		return -ENOMEM;
+	v->o = *o;
+	v->serial_fd = -1;
+	v->stop_status = -1;
+	snprintf(v->name, sizeof(v->name), "%s", o->name ? o->name : "vm");
+	if (!cli_name_valid(v->name)) {
+		snprintf(err, errlen, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)", v->name);
+		rc = -EINVAL;
+		goto err;
+	}
+	if (o->control)
+		snprintf(v->ctl_path, sizeof(v->ctl_path), "%s", o->control);
+	else
+		ctl_default_path(v->name, v->ctl_path, sizeof(v->ctl_path));
+	cfg = (struct vm_config){.name = v->name,
+				 .mem_size = o->mem ? o->mem : 256ull << 20,
+				 .nr_vcpus = o->vcpus ? o->vcpus : 1};
+	rc = vm_create(&cfg, &v->vm, err, errlen);
+	if (rc)
+		goto err;
+	rc = open_serial(v, err, errlen);
+	if (rc)
+		goto err;
+	rc = uart_attach(v->vm, UART_COM1_BASE, v->serial_fd, &v->uart);
+	if (rc) {
+		snprintf(err, errlen, "cannot attach UART: %s", strerror(-rc));
+		goto err;
+	}
+	if (o->kernel) {
+		struct pvh_image img;
+		rc = pvh_load_file(vm_mem(v->vm), o->kernel, o->cmdline ? o->cmdline : "", &img, err,
+				   errlen);
+		if (rc)
+			goto err;
+		rc = vm_set_pvh_entry(v->vm, img.entry, img.start_info);
+		if (rc) {
+			snprintf(err, errlen, "cannot set boot vCPU state: %s", strerror(-rc));
+			goto err;
+		}
+	}
+	v->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (!v->loop) {
+		snprintf(err, errlen, "cannot create event loop");
+		rc = -ENOMEM;
+		goto err;
+	}
+	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, e2, sizeof(e2));
+	if (rc) {
+		snprintf(err, errlen, "%s", e2);
+		goto err;
+	}
+	ev_async_init(&v->exit_async, exit_async_cb);
+	ev_async_start(v->loop, &v->exit_async);
+	vm_set_exit_cb(v->vm, on_vm_exit, v);
+	*out = v;
+	return 0;
+err:
+	vmm_destroy(v);
+	return rc;
+}
+
+int vmm_run(struct vmm *v, bool start_paused)
+{
+	int rc, status;
+
+	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
+	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
+	v->sigint_w.data = v->sigterm_w.data = v;
+	ev_signal_start(v->loop, &v->sigint_w);
+	ev_signal_start(v->loop, &v->sigterm_w);
+	if (v->o.serial == NULL || !strcmp(v->o.serial, "stdio")) {
+		int fl = fcntl(STDIN_FILENO, F_GETFL);
+		if (fl >= 0 && fcntl(STDIN_FILENO, F_SETFL, fl | O_NONBLOCK) == 0) {
+			ev_io_init(&v->stdin_w, stdin_cb, STDIN_FILENO, EV_READ);
+			v->stdin_w.data = v;
+			ev_io_start(v->loop, &v->stdin_w);
+			v->stdin_active = true;
+		}
+	}
+	v->start_ns = mono_ns();
+	rc = vm_start(v->vm);
+	if (rc == 0 && start_paused)
+		vm_pause(v->vm);
+	if (rc == 0)
+		ev_run(v->loop, 0);
+	status = vm_wait(v->vm);
+	if (*vm_error(v->vm))
+		fprintf(stderr, "doppel: %s: %s\n", v->name, vm_error(v->vm));
+	if (v->stdin_active) {
+		ev_io_stop(v->loop, &v->stdin_w);
+		int fl = fcntl(STDIN_FILENO, F_GETFL);
+		if (fl >= 0)
+			fcntl(STDIN_FILENO, F_SETFL, fl & ~O_NONBLOCK);
+	}
+	return status;
+}
+
+void vmm_destroy(struct vmm *v)
+{
+	if (!v)
+		return;
+	if (v->ctl)
+		ctl_server_stop(v->ctl);
+	vm_destroy(v->vm);
+	uart_free(v->uart);
+	if (v->own_serial_fd && v->serial_fd >= 0)
+		close(v->serial_fd);
+	if (v->loop)
+		ev_loop_destroy(v->loop);
+	free(v);
+}
+
+struct vm *vmm_vm(struct vmm *v)
+{
+	return v->vm;
+}
+
+struct ev_loop *vmm_loop(struct vmm *v)
+{
+	return v->loop;
+}
+
+const char *vmm_name(const struct vmm *v)
+{
+	return v->name;
+}
+
+struct uart *vmm_uart(struct vmm *v)
+{
+	return v->uart;
+}

@@ -1,0 +1,59 @@
+/* vmm.h — one running VM process: the VM, its devices, the event loop and the control socket. */
+#ifndef DOPPEL_VMM_H
+#define DOPPEL_VMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hv/hv.h"
+
+struct ev_loop;
+struct json_object;
+struct uart;
+struct vmm;
+
+#define VMM_MAX_NETS 4
+#define VMM_MAX_CMDS 32
+
+struct vmm_opts {
+	const char *name;    /* VM name; default "vm" */
+	const char *kernel;  /* PVH ELF (required unless restoring) */
+	const char *cmdline; /* guest command line (may be NULL) */
+	const char *serial;  /* "stdio" (default), "file:PATH" or "none" */
+	const char *control; /* control socket path; default /run/doppel/NAME.sock */
+	uint64_t mem;        /* bytes; default 256 MiB */
+	int vcpus;           /* default 1 */
+	const char *net[VMM_MAX_NETS]; /* --net option strings, parsed by the network layer */
+	int nr_net;
+};
+
+/* A control command beyond the built-ins (status, pause, resume, stop). Runs on the loop thread.
+ * Returns a reply object, or CTL_DEFER (see tools/common/control.h). */
+typedef struct json_object *(*vmm_cmd_fn)(struct vmm *v, struct json_object *req, void *opaque);
+
+/* Build the VM: create it, attach devices, load the kernel with PVH, open the control socket.
+ * Nothing runs yet. Returns 0, or -errno with one line in err (nothing is left behind). */
+int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen);
+
+/* Register an extra control command (before vmm_run). Returns 0 or -ENOSPC/-EEXIST. */
+int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque);
+
+/* Add a key to every status reply: fn fills `status` (an object) on the loop thread. One hook. */
+typedef void (*vmm_status_fn)(struct vmm *v, struct json_object *status, void *opaque);
+void vmm_set_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque);
+
+/* Start the vCPUs (unless `start_paused`) and run the event loop until the VM stops (guest exit,
+ * `doppel stop`, SIGINT/SIGTERM, fatal error). Returns the process exit status: the guest's. */
+int vmm_run(struct vmm *v, bool start_paused);
+
+/* Ask the loop to end with `status` (loop thread or any thread). */
+void vmm_stop(struct vmm *v, int status);
+
+void vmm_destroy(struct vmm *v);
+
+struct vm *vmm_vm(struct vmm *v);
+struct ev_loop *vmm_loop(struct vmm *v);
+const char *vmm_name(const struct vmm *v);
+struct uart *vmm_uart(struct vmm *v);
+
+#endif

@@ -1,0 +1,114 @@
+/* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tools/common/cli.h"
+#include "tools/common/vmm.h"
+#include "tools/doppel/doppel.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: doppel run --kernel FILE [--name NAME] [--mem SIZE] [--vcpus N]\n"
+		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
+		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
+		"\n"
+		"Run a VM in the foreground. The process exits with the guest's exit status\n"
+		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
+		"\n"
+		"  --kernel FILE    PVH ELF kernel (an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note)\n"
+		"  --name NAME      VM name (default vm); names the control socket\n"
+		"  --mem SIZE       guest RAM, e.g. 256M, 2G (default 256M; 2M multiple, up to 64G)\n"
+		"  --vcpus N        vCPUs, one thread each (default 1, max %d)\n"
+		"  --cmdline STR    guest command line, e.g. \"work=dirty ws=64M pi=1000\"\n"
+		"  --serial WHERE   console: stdio (default), file:PATH, or none\n"
+		"  --control PATH   control socket (default /run/doppel/NAME.sock)\n"
+		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n",
+		HV_MAX_VCPUS);
+}
+
+int cmd_run(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"kernel", required_argument, 0, 'k'}, {"name", required_argument, 0, 'n'},
+		{"mem", required_argument, 0, 'm'},    {"vcpus", required_argument, 0, 'c'},
+		{"cmdline", required_argument, 0, 'a'}, {"serial", required_argument, 0, 's'},
+		{"control", required_argument, 0, 'C'}, {"net", required_argument, 0, 'N'},
+		{"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+	};
+	struct vmm_opts o = {0};
+	struct vmm *v;
+	char err[512];
+	uint64_t n;
+	int c, rc;
+
+	optind = 0;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'k':
+			o.kernel = optarg;
+			break;
+		case 'n':
+			o.name = optarg;
+			break;
+		case 'm':
+			if (parse_size(optarg, &o.mem) || o.mem < HV_MEM_MIN || o.mem > HV_MEM_MAX ||
+			    o.mem % HV_MEM_MIN) {
+				fprintf(stderr,
+					"doppel run: bad --mem '%s' (a size from 2M to %lluG in 2M steps, e.g. 256M)\n",
+					optarg, (unsigned long long)(HV_MEM_MAX >> 30));
+				return 2;
+			}
+			break;
+		case 'c':
+			if (parse_uint(optarg, 1, HV_MAX_VCPUS, &n)) {
+				fprintf(stderr, "doppel run: bad --vcpus '%s' (1..%d)\n", optarg, HV_MAX_VCPUS);
+				return 2;
+			}
+			o.vcpus = (int)n;
+			break;
+		case 'a':
+			o.cmdline = optarg;
+			break;
+		case 's':
+			o.serial = optarg;
+			break;
+		case 'C':
+			o.control = optarg;
+			break;
+		case 'N':
+			if (o.nr_net >= VMM_MAX_NETS) {
+				fprintf(stderr, "doppel run: at most %d --net devices\n", VMM_MAX_NETS);
+				return 2;
+			}
+			o.net[o.nr_net++] = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			fprintf(stderr, "doppel run: unknown or incomplete option '%s' (try doppel run --help)\n",
+				argv[optind - 1]);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "doppel run: unexpected argument '%s' (try doppel run --help)\n", argv[optind]);
+		return 2;
+	}
+	if (!o.kernel) {
+		fprintf(stderr, "doppel run: --kernel FILE is required (try doppel run --help)\n");
+		return 2;
+	}
+	rc = vmm_create(&v, &o, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "doppel run: %s\n", err);
+		return 1;
+	}
+	rc = vmm_run(v, false);
+	vmm_destroy(v);
+	return rc;
+}

@@ -1,0 +1,104 @@
+/* doppel.h — the doppel CLI: one function per verb, and the helpers verbs share (implemented in main.c). */
+#ifndef DOPPEL_DOPPEL_H
+#define DOPPEL_DOPPEL_H
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <sys/un.h>
+
+struct json_object;
+
+/* Exit codes of every verb. */
+#define DOPPEL_EXIT_OK 0
+#define DOPPEL_EXIT_FAIL 1  /* the operation failed */
+#define DOPPEL_EXIT_USAGE 2 /* bad command line */
+
+/*
+ * A verb: `doppel NAME args...` calls fn(argc, argv) with argv[0] = the verb's name. It parses its own
+ * options with getopt_long (after doppel_getopt_reset()), handles --help itself (usage on stdout,
+ * returns 0) and returns one of the exit codes above. A new verb is one new file plus one row in the
+ * table in main.c.
+ */
+struct doppel_verb {
+	const char *name;
+	const char *summary; /* one line, for `doppel --help` */
+	int (*fn)(int argc, char **argv);
+};
+
+int cmd_run(int argc, char **argv); /* tools/doppel/cmd_run.c */
+int cmd_status(int argc, char **argv);
+int cmd_pause(int argc, char **argv);
+int cmd_resume(int argc, char **argv);
+int cmd_stop(int argc, char **argv);
+
+/* Re-initialise getopt for a fresh argv (glibc: optind = 0 forces a full re-init, including the
+ * permutation state, which optind = 1 does not). Also sets opterr = 0: verbs print their own errors. */
+void doppel_getopt_reset(void);
+
+/* Print "doppel VERB: <message> (try doppel VERB --help)" on stderr; returns DOPPEL_EXIT_USAGE. */
+int doppel_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Report the option getopt_long just rejected (it returned '?' or ':'); returns DOPPEL_EXIT_USAGE. */
+int doppel_bad_option(const char *verb, int c, char **argv);
+
+/* ---- verbs that talk to a running VM over its control socket ---------------------------------------- */
+
+#define DOPPEL_CTL_TIMEOUT_MS 10000
+
+struct doppel_ctl_opts {
+	const char *verb;    /* for messages */
+	const char *name;    /* VM name (positional), may be NULL when --control is given */
+	const char *control; /* --control PATH, or NULL */
+	bool json;           /* --json */
+	int timeout_ms;      /* --timeout MS */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* resolved socket path */
+	const char *label;   /* name, or the path when no name: what to call the VM in messages */
+};
+
+/* The options every control verb accepts; a verb appends its own (short options free: all but c j t h)
+ * and ends the array with {0}. Optstring for these: DOPPEL_CTL_OPTSTRING. */
+#define DOPPEL_CTL_LONGOPTS                                                                          \
+	{ "control", required_argument, NULL, 'c' }, { "json", no_argument, NULL, 'j' },             \
+		{ "timeout", required_argument, NULL, 't' }, { "help", no_argument, NULL, 'h' }
+#define DOPPEL_CTL_OPTSTRING ":c:jt:h"
+/* Usage lines for them, to append to a verb's usage text. */
+#define DOPPEL_CTL_OPTHELP                                                                           \
+	"  NAME                 the VM; its control socket is /run/doppel/NAME.sock\n"               \
+	"  -c, --control PATH   use this control socket instead (NAME is then optional)\n"           \
+	"  -j, --json           print the reply as one JSON object\n"                                \
+	"  -t, --timeout MS     give up after MS milliseconds (default 10000)\n"                     \
+	"  -h, --help           show this help\n"
+
+void doppel_ctl_opts_init(struct doppel_ctl_opts *o, const char *verb);
+
+/* Handle option c (one of c, j, t from getopt_long) into o. Returns 0 if handled, 1 if c is not a
+ * common option (the verb's own), DOPPEL_EXIT_USAGE after printing an error for a bad value. */
+int doppel_ctl_opt(struct doppel_ctl_opts *o, int c, const char *arg);
+
+/* After the option loop: take NAME from argv[optind] (the only positional allowed unless the verb
+ * consumes more first), validate it, resolve o->path. Returns 0 or DOPPEL_EXIT_USAGE (printed). */
+int doppel_ctl_finish(struct doppel_ctl_opts *o, int argc, char **argv);
+
+/* Send req (a JSON object with "cmd"; not consumed) and wait for the reply. Returns 0 with *reply set
+ * (caller puts it) when the VM answered ok; otherwise prints "doppel VERB: <reason>" on stderr, sets
+ * *reply = NULL and returns DOPPEL_EXIT_FAIL. */
+int doppel_ctl_request(const struct doppel_ctl_opts *o, struct json_object *req, struct json_object **reply);
+
+/* Print reply without its "ok" key as one JSON line on stdout. */
+void doppel_print_json(struct json_object *reply);
+
+/* Print obj's keys (except "ok") readably: "key: value" per line, nested objects indented by 2. */
+void doppel_print_tree(FILE *f, struct json_object *obj, int indent);
+
+/* A verb that sends {"cmd": cmd} and prints the reply: --json prints it as JSON, otherwise print()
+ * (or doppel_print_tree when print is NULL). Everything a verb like pause/resume/stop needs. */
+struct doppel_simple_verb {
+	const char *verb;
+	const char *cmd;
+	const char *description; /* one or more lines after the usage line in --help */
+	void (*print)(const struct doppel_ctl_opts *o, struct json_object *reply);
+};
+int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv);
+
+#endif

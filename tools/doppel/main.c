@@ -1,0 +1,311 @@
+/* main.c — the doppel command: verb dispatch, and the option/control-socket/printing helpers verbs share. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "tools/common/cli.h"
+#include "tools/common/control.h"
+#include "tools/doppel/doppel.h"
+
+static const struct doppel_verb verbs[] = {
+	{ "run", "create and run a VM, serving its control socket", cmd_run },
+	{ "status", "show the state of a running VM", cmd_status },
+	{ "pause", "pause a running VM (all vCPUs stop)", cmd_pause },
+	{ "resume", "resume a paused VM", cmd_resume },
+	{ "stop", "stop a VM (its doppel run process exits)", cmd_stop },
+};
+
+/* ---- shared helpers ----------------------------------------------------------------------------------- */
+
+void doppel_getopt_reset(void)
+{
+	optind = 0;
+	opterr = 0;
+}
+
+int doppel_usage_error(const char *verb, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "doppel %s: ", verb);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (try doppel %s --help)\n", verb);
+	return DOPPEL_EXIT_USAGE;
+}
+
+int doppel_bad_option(const char *verb, int c, char **argv)
+{
+	const char *arg = optind > 0 ? argv[optind - 1] : NULL;
+	char opt[64];
+
+	if (arg && !strncmp(arg, "--", 2))
+		snprintf(opt, sizeof(opt), "%.*s", (int)strcspn(arg, "="), arg); /* --name, without =value */
+	else if (optopt > ' ' && optopt < 127)
+		snprintf(opt, sizeof(opt), "-%c", optopt);
+	else
+		snprintf(opt, sizeof(opt), "%s", arg ? arg : "?");
+	if (c == ':')
+		return doppel_usage_error(verb, "option '%s' needs a value", opt);
+	if (arg && !strncmp(arg, "--", 2) && optopt) /* glibc: known long option given a value */
+		return doppel_usage_error(verb, "option '%s' takes no value", opt);
+	return doppel_usage_error(verb, "unknown option '%s'", opt);
+}
+
+void doppel_ctl_opts_init(struct doppel_ctl_opts *o, const char *verb)
+{
+	memset(o, 0, sizeof(*o));
+	o->verb = verb;
+	o->timeout_ms = DOPPEL_CTL_TIMEOUT_MS;
+}
+
+int doppel_ctl_opt(struct doppel_ctl_opts *o, int c, const char *arg)
+{
+	uint64_t v;
+
+	switch (c) {
+	case 'c':
+		o->control = arg;
+		return 0;
+	case 'j':
+		o->json = true;
+		return 0;
+	case 't':
+		if (parse_uint(arg, 1, 3600 * 1000, &v))
+			return doppel_usage_error(o->verb, "bad --timeout '%s' (milliseconds, 1..3600000)", arg);
+		o->timeout_ms = (int)v;
+		return 0;
+	default:
+		return 1;
+	}
+}
+
+int doppel_ctl_finish(struct doppel_ctl_opts *o, int argc, char **argv)
+{
+	if (optind < argc)
+		o->name = argv[optind++];
+	if (optind < argc)
+		return doppel_usage_error(o->verb, "unexpected argument '%s'", argv[optind]);
+	if (o->name && !cli_name_valid(o->name))
+		return doppel_usage_error(o->verb, "invalid VM name '%s' (1-%d characters from A-Z a-z 0-9 . _ -)",
+					  o->name, CLI_NAME_MAX);
+	if (o->control) {
+		if (!o->control[0] || strlen(o->control) >= sizeof(o->path))
+			return doppel_usage_error(o->verb, "bad --control path (1-%zu bytes)", sizeof(o->path) - 1);
+		snprintf(o->path, sizeof(o->path), "%s", o->control);
+	} else if (!o->name) {
+		return doppel_usage_error(o->verb, "missing VM name");
+	} else if (!ctl_default_path(o->name, o->path, sizeof(o->path))) {
+		return doppel_usage_error(o->verb, "invalid VM name '%s'", o->name);
+	}
+	o->label = o->name ? o->name : o->path;
+	return 0;
+}
+
+int doppel_ctl_request(const struct doppel_ctl_opts *o, struct json_object *req, struct json_object **reply)
+{
+	char err[512];
+	int rc;
+
+	rc = ctl_call(o->path, req, reply, o->timeout_ms, err, sizeof(err));
+	if (rc == 0)
+		return DOPPEL_EXIT_OK;
+	json_object_put(*reply);
+	*reply = NULL;
+	fprintf(stderr, "doppel %s: %s\n", o->verb, err);
+	return DOPPEL_EXIT_FAIL;
+}
+
+void doppel_print_json(struct json_object *reply)
+{
+	struct json_object *copy = json_object_new_object();
+
+	if (!copy)
+		return;
+	json_object_object_foreach(reply, key, val) {
+		if (strcmp(key, "ok"))
+			json_object_object_add(copy, key, json_object_get(val));
+	}
+	printf("%s\n", json_object_to_json_string_ext(copy, CTL_JSON_FLAGS));
+	json_object_put(copy);
+}
+
+/* Print a scalar without quotes, control characters replaced so one value stays on one line. */
+static void print_scalar(FILE *f, struct json_object *v)
+{
+	const char *s;
+
+	if (!v) {
+		fputs("null", f);
+		return;
+	}
+	s = json_object_is_type(v, json_type_string) ? json_object_get_string(v)
+						     : json_object_to_json_string_ext(v, CTL_JSON_FLAGS);
+	for (; s && *s; s++)
+		fputc((unsigned char)*s < ' ' || *s == 0x7f ? '?' : *s, f);
+}
+
+static bool is_container(struct json_object *v)
+{
+	return json_object_is_type(v, json_type_object) || json_object_is_type(v, json_type_array);
+}
+
+void doppel_print_tree(FILE *f, struct json_object *obj, int indent)
+{
+	if (indent > 40) { /* absurdly deep: flatten */
+		fprintf(f, "%*s", indent, "");
+		print_scalar(f, obj);
+		fputc('\n', f);
+		return;
+	}
+	json_object_object_foreach(obj, key, val) {
+		if (indent == 0 && !strcmp(key, "ok"))
+			continue;
+		fprintf(f, "%*s%s:", indent, "", key);
+		if (json_object_is_type(val, json_type_object) && json_object_object_length(val)) {
+			fputc('\n', f);
+			doppel_print_tree(f, val, indent + 2);
+		} else if (json_object_is_type(val, json_type_array)) {
+			size_t n = json_object_array_length(val), i;
+			bool flat = true;
+
+			for (i = 0; i < n; i++)
+				flat = flat && !is_container(json_object_array_get_idx(val, i));
+			if (flat) {
+				for (i = 0; i < n; i++) {
+					fputs(i ? ", " : " ", f);
+					print_scalar(f, json_object_array_get_idx(val, i));
+				}
+				fputc('\n', f);
+				continue;
+			}
+			fputc('\n', f);
+			for (i = 0; i < n; i++) {
+				struct json_object *e = json_object_array_get_idx(val, i);
+
+				fprintf(f, "%*s-", indent + 2, "");
+				if (json_object_is_type(e, json_type_object)) {
+					fputc('\n', f);
+					doppel_print_tree(f, e, indent + 4);
+				} else {
+					fputc(' ', f);
+					print_scalar(f, e);
+					fputc('\n', f);
+				}
+			}
+		} else {
+			fputc(' ', f);
+			print_scalar(f, val);
+			fputc('\n', f);
+		}
+	}
+}
+
+int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv)
+{
+	static const struct option longopts[] = { DOPPEL_CTL_LONGOPTS, { 0 } };
+	struct doppel_ctl_opts o;
+	struct json_object *req, *reply = NULL;
+	int c, rc;
+
+	doppel_ctl_opts_init(&o, v->verb);
+	doppel_getopt_reset();
+	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING, longopts, NULL)) != -1) {
+		if (c == 'h') {
+			printf("usage: doppel %s NAME [--control PATH] [--json] [--timeout MS]\n%s\n" DOPPEL_CTL_OPTHELP,
+			       v->verb, v->description);
+			return DOPPEL_EXIT_OK;
+		}
+		if (c == '?' || c == ':')
+			return doppel_bad_option(v->verb, c, argv);
+		rc = doppel_ctl_opt(&o, c, optarg);
+		if (rc)
+			return rc == 1 ? doppel_bad_option(v->verb, '?', argv) : rc;
+	}
+	rc = doppel_ctl_finish(&o, argc, argv);
+	if (rc)
+		return rc;
+	req = json_object_new_object();
+	if (!req || json_object_object_add(req, "cmd", json_object_new_string(v->cmd))) {
+		fprintf(stderr, "doppel %s: out of memory\n", v->verb);
+		json_object_put(req);
+		return DOPPEL_EXIT_FAIL;
+	}
+	rc = doppel_ctl_request(&o, req, &reply);
+	json_object_put(req);
+	if (rc)
+		return rc;
+	if (o.json)
+		doppel_print_json(reply);
+	else if (v->print)
+		v->print(&o, reply);
+	else
+		doppel_print_tree(stdout, reply, 0);
+	json_object_put(reply);
+	return fflush(stdout) ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+}
+
+/* ---- dispatch --------------------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: doppel VERB [options]   (doppel VERB --help for a verb's options)\n\nverbs:\n");
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		fprintf(f, "  %-10s %s\n", verbs[i].name, verbs[i].summary);
+}
+
+static const struct doppel_verb *find_verb(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+		if (!strcmp(verbs[i].name, name))
+			return &verbs[i];
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	const struct doppel_verb *v;
+
+	if (argc < 2) {
+		usage(stderr);
+		return DOPPEL_EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		usage(stdout);
+		return DOPPEL_EXIT_OK;
+	}
+	if (!strcmp(argv[1], "help")) { /* doppel help [VERB] */
+		if (argc < 3) {
+			usage(stdout);
+			return DOPPEL_EXIT_OK;
+		}
+		v = find_verb(argv[2]);
+		if (!v) {
+			fprintf(stderr, "doppel: unknown verb '%s' (try doppel --help)\n", argv[2]);
+			return DOPPEL_EXIT_USAGE;
+		}
+		char *hargv[] = { argv[2], (char *)"--help", NULL };
+
+		return v->fn(2, hargv);
+	}
+	if (argv[1][0] == '-') {
+		fprintf(stderr, "doppel: unknown option '%s' (try doppel --help)\n", argv[1]);
+		return DOPPEL_EXIT_USAGE;
+	}
+	v = find_verb(argv[1]);
+	if (!v) {
+		fprintf(stderr, "doppel: unknown verb '%s' (try doppel --help)\n", argv[1]);
+		return DOPPEL_EXIT_USAGE;
+	}
+	return v->fn(argc - 1, argv + 1);
+}
