@@ -2,8 +2,8 @@
 
 /*
  * CPL0 instructions are expensive under the target hypervisor (~1 µs each), so this file does the
- * minimum: one pass over the memmap, 1 GiB pages when the CPU has them (else ~3.5
- * instructions per 2 MiB page-table entry), static
+ * minimum: one pass over the memmap, a few PDPT writes (the page directories for [0, 4 GiB)
+ * are static data built by the assembler; only RAM above 4 GiB costs a loop), static
  * GDT/TSS/IDT (their split base addresses come from absolute symbols in guest.ld), and no
  * C code at CPL0 except the exception handler.
  */
@@ -48,16 +48,6 @@
 3:	.quad	pvh_entry
 4:	.balign 4
 	.popsection
-
-/* ecx = GiB to map = ceil(max(edi, 4 GiB in 2 MiB units) / 512) */
-.macro call32_ngib
-	movl	%edi, %ecx
-	cmpl	$HOLE_END, %ecx
-	jae	9f
-	movl	$HOLE_END, %ecx
-9:	addl	$511, %ecx
-	shrl	$9, %ecx
-.endm
 
 /* ---- 32-bit entry: flat protected mode, paging off, ebx = start_info ------------------------ */
 	.section .text.boot, "ax"
@@ -119,68 +109,29 @@ pvh_entry:
 	cmpl	$MAX_UNITS, %edi
 	jbe	1f
 	movl	$MAX_UNITS, %edi
-1:	incl	%edi			/* even, for the 2x unrolled loops */
-	andl	$~1, %edi
-
-	/* 1 GiB pages if the CPU has them: one PDPT entry per GiB, nothing else to fill */
-	movl	$0x80000000, %eax
-	cpuid
-	cmpl	$0x80000001, %eax
-	jb	.Lmap2m
-	movl	$0x80000001, %eax
-	cpuid
-	btl	$26, %edx		/* Page1GB */
-	jnc	.Lmap2m
-	call32_ngib
+	/* [0, 3 GiB) and the hole use the static PDs below: point the PDPT at those covering RAM */
+1:	movl	%edi, %ecx
+	addl	$511, %ecx
+	shrl	$9, %ecx		/* ecx = GiB holding RAM, >= 1 */
+	movl	$3, %ebp
+	cmpl	%ebp, %ecx
+	cmovb	%ecx, %ebp
 	movl	$pdpt, %ebx
-	movl	$PDE_RAM, %eax
-	xorl	%edx, %edx
+	movl	$(pd_low + PTR_FLAGS), %eax
 2:	movl	%eax, (%ebx)
-	movl	%edx, 4(%ebx)
-	addl	$0x40000000, %eax
-	adcl	$0, %edx
+	addl	$4096, %eax
 	addl	$8, %ebx
-	decl	%ecx
+	decl	%ebp
 	jnz	2b
-	orl	$(PTE_PWT | PTE_PCD), pdpt + 3 * 8	/* 3..4 GiB: MMIO, uncached */
-	jmp	.Lpml4
+	movl	$(pd_hole + PTR_FLAGS), pdpt + 3 * 8
 
-.Lmap2m:
-	/* RAM below the hole: units [0, min(edi, 1536)) */
-	movl	%edi, %ecx
-	cmpl	$HOLE_FIRST, %ecx
-	jbe	1f
-	movl	$HOLE_FIRST, %ecx
-1:	movl	$pds, %ebx
-	leal	pds(,%ecx,8), %ebp
-	movl	$PDE_RAM, %eax
-2:	movl	%eax, (%ebx)
-	leal	0x200000(%eax), %edx
-	movl	%edx, 8(%ebx)
-	addl	$0x400000, %eax
-	addl	$16, %ebx
-	cmpl	%ebp, %ebx
-	jb	2b
-
-	/* the 3..4 GiB MMIO hole, uncached */
-	movl	$(pds + HOLE_FIRST * 8), %ebx
-	movl	$(pds + HOLE_END * 8), %ebp
-	movl	$(0xc0000000 | PDE_MMIO), %eax
-2:	movl	%eax, (%ebx)
-	leal	0x200000(%eax), %edx
-	movl	%edx, 8(%ebx)
-	addl	$0x400000, %eax
-	addl	$16, %ebx
-	cmpl	%ebp, %ebx
-	jb	2b
-
-	/* RAM above 4 GiB: units [2048, edi) */
+	/* RAM above 4 GiB: fill PDs for 2 MiB units [2048, edi), then their PDPT entries */
+	cmpl	$HOLE_END, %edi
+	jbe	.Lpml4
 	movl	$HOLE_END, %ecx
-	cmpl	%edi, %ecx
-	jae	3f
 	movl	$PDE_RAM, %eax
 	movl	$1, %edx
-	movl	$(pds + HOLE_END * 8), %ebx
+	movl	$pds_high, %ebx
 2:	movl	%eax, (%ebx)
 	movl	%edx, 4(%ebx)
 	addl	$0x200000, %eax
@@ -189,11 +140,12 @@ pvh_entry:
 	incl	%ecx
 	cmpl	%edi, %ecx
 	jb	2b
-
-	/* PDPT: one entry per GiB of [0, max(edi, 4 GiB)), each pointing at its PD */
-3:	call32_ngib
-	movl	$pdpt, %ebx
-	movl	$(pds + PTR_FLAGS), %eax
+	movl	%edi, %ecx
+	addl	$511, %ecx
+	shrl	$9, %ecx
+	subl	$4, %ecx		/* GiB above 4 GiB */
+	movl	$(pdpt + 4 * 8), %ebx
+	movl	$(pds_high + PTR_FLAGS), %eax
 2:	movl	%eax, (%ebx)
 	addl	$4096, %eax
 	addl	$8, %ebx
@@ -344,12 +296,29 @@ iobmp:	/* 1 = denied; ports beyond the TSS limit are denied too */
 	.byte	0xff			/* terminator */
 tss_end:
 
+/* Page directories for [0, 3 GiB) (write-back) and the 3..4 GiB MMIO hole (uncached), 2 MiB
+ * pages, U/S set: static, so CPL0 only links them into the PDPT. */
+	.balign 4096
+pd_low:
+	.set	pde, PDE_RAM
+	.rept	HOLE_FIRST
+	.quad	pde
+	.set	pde, pde + 0x200000
+	.endr
+pd_hole:
+	.set	pde, 0xc0000000 | PDE_MMIO
+	.rept	HOLE_END - HOLE_FIRST
+	.quad	pde
+	.set	pde, pde + 0x200000
+	.endr
+
 /* ---- boot state, page tables, stacks ------------------------------------------------------- */
 	.section .bss
 	.balign 4096
 pml4:	.skip	4096
 pdpt:	.skip	4096
-pds:	.skip	MAX_GIB * 4096
+pds_high:
+	.skip	(MAX_GIB - 4) * 4096
 kstack:	.skip	16384
 kstack_top:
 ustack:	.skip	131072

@@ -108,14 +108,16 @@ static unsigned pit_ch0_read(uint64_t *tsc)
 	return lo | hi << 8;
 }
 
-/* PIT channel 0 free-running from 0xffff, read back with latch commands. */
+/* PIT channel 0 counting down from 0xffff in mode 0 (one-shot: no periodic IRQ 0 is left
+ * running), read back with latch commands. This is the primary method: channel 2's OUT2 via
+ * port 0x61 proved erratic under KVM's in-kernel PIT here, and QEMU microvm has no port 0x61. */
 static uint64_t khz_from_pit_ch0(void)
 {
 	const unsigned ticks = PIT_HZ * PIT_CAL_MS / 1000;
 	uint64_t t0, t1;
 	unsigned c0, c, n;
 
-	outb(0x34, 0x43); /* ch0, lo/hi byte, mode 2 */
+	outb(0x30, 0x43); /* ch0, lo/hi byte, mode 0 */
 	outb(0xff, 0x40);
 	outb(0xff, 0x40);
 	c0 = pit_ch0_read(&t0);
@@ -132,17 +134,21 @@ static uint64_t khz_from_pit_ch0(void)
 	return (t1 - t0) * PIT_HZ / ((c0 - c) & 0xffff) / 1000;
 }
 
-/* Median of three rounds, so one preempted port access cannot skew the result. */
+/* Median of three rounds (channel 0, else channel 2), so one preempted port access cannot skew
+ * the result. */
 static uint64_t khz_from_pit(void)
 {
-	bool ch2 = khz_from_pit_ch2() != 0; /* also warms up the path */
+	uint64_t (*round)(void) = khz_from_pit_ch0;
 	uint64_t k[3], t;
 
-	for (int i = 0; i < 3; i++) {
-		k[i] = ch2 ? khz_from_pit_ch2() : khz_from_pit_ch0();
-		if (!k[i])
-			return 0;
+	k[0] = round();
+	if (!k[0]) {
+		round = khz_from_pit_ch2;
+		k[0] = round();
 	}
+	for (int i = 0; i < 3; i++)
+		if (!(k[i] = i ? round() : k[0]))
+			return 0;
 	if (k[0] > k[1])
 		t = k[0], k[0] = k[1], k[1] = t;
 	if (k[1] > k[2])

@@ -78,7 +78,7 @@ static void process_tx(struct virtio_net *d)
 		vq_push(vq, gm, e->head, 0);
 		pushed = true;
 	}
-	if (pushed)
+	if (pushed && vq_want_interrupt(vq))
 		virtio_mmio_interrupt(&d->t, VIRTIO_INT_USED);
 }
 
@@ -117,7 +117,8 @@ static int rx_locked(struct virtio_net *d, const void *frame, size_t len)
 	vq_elem_write(gm, e, 0, &h, sizeof(h));
 	vq_elem_write(gm, e, VNET_HDR_LEN, frame, len);
 	vq_push(vq, gm, e->head, (uint32_t)(VNET_HDR_LEN + len));
-	virtio_mmio_interrupt(&d->t, VIRTIO_INT_USED);
+	if (vq_want_interrupt(vq))
+		virtio_mmio_interrupt(&d->t, VIRTIO_INT_USED);
 	return 0;
 }
 

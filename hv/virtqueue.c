@@ -159,6 +159,14 @@ void vq_push(struct vq *vq, struct guest_mem *gm, uint16_t head, uint32_t len)
 	mem_mark_dirty(gm, vq->used_gpa + 2, 2);
 }
 
+bool vq_want_interrupt(const struct vq *vq)
+{
+	if (!vq->ready || !vq->avail)
+		return false;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	return !(__atomic_load_n(&vq->avail[0], __ATOMIC_RELAXED) & 1);
+}
+
 size_t vq_elem_write(struct guest_mem *gm, const struct vq_elem *e, size_t off, const void *src, size_t len)
 {
 	const uint8_t *s = src;

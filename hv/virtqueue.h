@@ -72,6 +72,10 @@ void vq_unpop(struct vq *vq);
  * ring bytes device-dirty. Precondition: vq->ready. */
 void vq_push(struct vq *vq, struct guest_mem *gm, uint16_t head, uint32_t len);
 
+/* After vq_push: does the driver want an interrupt for this queue (VIRTQ_AVAIL_F_NO_INTERRUPT clear)?
+ * Issues a full fence first so the flag read is ordered after the used->idx store. */
+bool vq_want_interrupt(const struct vq *vq);
+
 /* Copy `len` bytes from `src` into the device-writable part of e (starting `off` bytes in), marking
  * exactly the written bytes device-dirty. Returns bytes copied (less than len if the chain is short). */
 size_t vq_elem_write(struct guest_mem *gm, const struct vq_elem *e, size_t off, const void *src, size_t len);

@@ -109,6 +109,12 @@ static int read_body(struct sr_ctx *ctx, size_t need, const char *tn)
 	int rc;
 
 	snprintf(what, sizeof(what), "record %s body", tn);
+	if (!ctx->body) { /* so an empty body is still a valid pointer */
+		ctx->body = malloc(64);
+		if (!ctx->body)
+			return sr_fail(ctx, -ENOMEM, "stream: out of memory for a record");
+		ctx->body_cap = 64;
+	}
 	while (got < need) {
 		size_t chunk = need - got < (1u << 20) ? need - got : (1u << 20);
 
@@ -227,11 +233,12 @@ static int parse_vcpu(struct sr_ctx *ctx, struct sr_record *rec)
 
 static int parse_device(struct sr_ctx *ctx, struct sr_record *rec)
 {
-	const char *name = (const char *)rec->body + 8;
+	const char *name;
 	size_t nl;
 
 	if (rec->length < 8 + SR_DEV_NAME_LEN)
 		return sr_fail(ctx, -EBADMSG, "stream: DEVICE_STATE length %u too short", rec->length);
+	name = (const char *)rec->body + 8;
 	nl = strnlen(name, SR_DEV_NAME_LEN);
 	if (get32(rec->body + 4) || !sr_name_ok(name, nl))
 		return sr_fail(ctx, -EBADMSG, "stream: DEVICE_STATE name or reserved field invalid");

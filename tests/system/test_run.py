@@ -126,7 +126,15 @@ def test_non_elf_kernel(doppel_bin, tmp_path):
 
 def test_truncated_kernel(doppel_bin, guest_elf, tmp_path):
     data = open(guest_elf, "rb").read()
-    for n in (0, 10, 64, 200, len(data) // 2):
+    # end of the loadable bytes: a cut anywhere before it must be refused (after it, only
+    # debug sections are lost and the kernel is still whole)
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    load_end = max(struct.unpack_from("<Q", data, phoff + i * phentsize + 8)[0] +
+                   struct.unpack_from("<Q", data, phoff + i * phentsize + 32)[0]
+                   for i in range(phnum)
+                   if struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 1)
+    for n in (0, 10, 64, 200, load_end // 2, load_end - 1):
         p = tmp_path / f"k{n}"
         p.write_bytes(data[:n])
         r = run(doppel_bin, "run", "--kernel", str(p), "--control", str(tmp_path / "c.sock"))

@@ -1,5 +1,6 @@
 /* test_virtio_net.c — virtio-mmio registers, virtio-net TX/RX, dirty marking, state, --net parsing, tap. */
 #include <errno.h>
+#include <pthread.h>
 #include <net/if.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -268,6 +269,15 @@ static void test_tx(void **state)
 	assert_int_equal(st.tx_frames, 1);
 	assert_int_equal(st.tx_dropped, 1);
 	assert_int_equal(rd(f, VMMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET, 0);
+	/* VIRTQ_AVAIL_F_NO_INTERRUPT: used is published, no interrupt */
+	wr(f, VMMIO_INTERRUPT_ACK, rd(f, VMMIO_INTERRUPT_STATUS));
+	*(uint16_t *)(ram + RING(VNET_TXQ) + 0x400) = 1;
+	offer(f, VNET_TXQ, 0);
+	wr(f, VMMIO_QUEUE_NOTIFY, VNET_TXQ);
+	assert_int_equal(f->tx_count, 2);
+	assert_int_equal(used_idx(f, VNET_TXQ), 3);
+	assert_int_equal(rd(f, VMMIO_INTERRUPT_STATUS), 0);
+	assert_int_equal(f->irq_level, 0);
 }
 
 static void test_rx_dirty(void **state)
@@ -415,6 +425,71 @@ static void test_save_restore(void **state)
 	free(bad);
 }
 
+/* The guest driver runs concurrently on another thread: recycle RX buffers while the host delivers. */
+#define STRESS_N 20000
+
+struct stress {
+	struct fx *f;
+	unsigned got, bad;
+};
+
+static void *guest_rx_driver(void *arg)
+{
+	struct stress *s = arg;
+	struct fx *f = s->f;
+	uint8_t *ram = f->ram;
+	uint16_t *av = (uint16_t *)(ram + RING(0) + 0x400);
+	uint16_t *uidx = (uint16_t *)(ram + RING(0) + 0x800 + 2);
+	uint16_t seen = 0, aidx = QN;
+
+	while (s->got < STRESS_N) {
+		uint16_t u = __atomic_load_n(uidx, __ATOMIC_ACQUIRE);
+
+		for (; seen != u; seen++) {
+			uint32_t id, len, seq;
+			uint8_t *elem = ram + RING(0) + 0x800 + 4 + 8 * (seen % QN);
+
+			memcpy(&id, elem, 4);
+			memcpy(&len, elem + 4, 4);
+			memcpy(&seq, ram + RXBUF + id * 0x800 + 12, 4);
+			if (id >= QN || seq != s->got || len != 12 + 64 + seq % 512)
+				s->bad++;
+			s->got++;
+			av[2 + aidx % QN] = (uint16_t)id;
+			__atomic_store_n(&av[1], ++aidx, __ATOMIC_RELEASE);
+		}
+		sched_yield();
+	}
+	return NULL;
+}
+
+static void test_rx_concurrent(void **state)
+{
+	struct fx *f = *state;
+	struct stress s = {.f = f};
+	uint8_t frame[64 + 512];
+	pthread_t th;
+
+	bring_up(f);
+	for (unsigned i = 0; i < QN; i++) {
+		set_desc(f, VNET_RXQ, i, RXBUF + i * 0x800, 0x800, VRING_DESC_F_WRITE, 0);
+		offer(f, VNET_RXQ, (uint16_t)i);
+	}
+	assert_int_equal(pthread_create(&th, NULL, guest_rx_driver, &s), 0);
+	for (uint32_t seq = 0; seq < STRESS_N; seq++) {
+		int rc;
+
+		memcpy(frame, &seq, 4);
+		while ((rc = virtio_net_rx(f->d, frame, 64 + seq % 512)) == -EAGAIN)
+			sched_yield();
+		assert_int_equal(rc, 0);
+	}
+	pthread_join(th, NULL);
+	assert_int_equal(s.got, STRESS_N);
+	assert_int_equal(s.bad, 0);
+	assert_int_equal(rd(f, VMMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET, 0);
+}
+
 static void test_netopt(void **state)
 {
 	struct net_opts o;
@@ -530,6 +605,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rx_dirty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rx_queue_and_small, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_save_restore, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rx_concurrent, setup, teardown),
 		cmocka_unit_test(test_netopt),
 		cmocka_unit_test(test_tap_netns),
 	};

@@ -12,6 +12,7 @@
 
 #include "hv/pvh.h"
 #include "hv/uart.h"
+#include "replication/snapshot.h"
 #include "tools/common/cli.h"
 #include "tools/common/control.h"
 #include "tools/common/vmm.h"
@@ -42,6 +43,7 @@ struct vmm {
 	int nr_cmds;
 	vmm_status_fn status_fn;
 	void *status_opaque;
+	struct snap snap;
 };
 
 static uint64_t mono_ns(void)
@@ -90,6 +92,41 @@ static struct json_object *pause_reply(struct vmm *v, const char *state)
 	return o;
 }
 
+static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req)
+{
+	struct json_object *j, *o;
+	const char *path, *prev = NULL;
+	bool stop = false;
+	struct snap_result res;
+	char err[512];
+	int rc;
+
+	if (!json_object_object_get_ex(req, "path", &j) || !json_object_is_type(j, json_type_string))
+		return ctl_error("snapshot needs a \"path\" string");
+	path = json_object_get_string(j);
+	if (json_object_object_get_ex(req, "incremental_from", &j)) {
+		if (!json_object_is_type(j, json_type_string))
+			return ctl_error("\"incremental_from\" must be a string");
+		prev = json_object_get_string(j);
+	}
+	if (json_object_object_get_ex(req, "stop", &j))
+		stop = json_object_get_boolean(j);
+	rc = snap_take(&v->snap, v->vm, path, prev, stop, 2, &res, err, sizeof(err));
+	if (rc)
+		return ctl_error("snapshot failed: %s", err);
+	if (stop)
+		vmm_stop(v, 0);
+	o = json_object_new_object();
+	json_object_object_add(o, "path", json_object_new_string(path));
+	json_object_object_add(o, "incremental", json_object_new_boolean(res.incremental));
+	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)res.epoch));
+	json_object_object_add(o, "pages", json_object_new_int64((int64_t)res.pages));
+	json_object_object_add(o, "zero_pages", json_object_new_int64((int64_t)res.zero_pages));
+	json_object_object_add(o, "bytes", json_object_new_int64((int64_t)res.bytes));
+	json_object_object_add(o, "pause_ms", json_object_new_double((double)res.pause_ns / 1e6));
+	return o;
+}
+
 static struct json_object *handle(void *opaque, const char *cmd, struct json_object *req)
 {
 	struct vmm *v = opaque;
@@ -109,6 +146,8 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 			return ctl_error("cannot resume %s: %s", v->name, strerror(-rc));
 		return pause_reply(v, "running");
 	}
+	if (!strcmp(cmd, "snapshot"))
+		return cmd_snapshot(v, req);
 	if (!strcmp(cmd, "stop")) {
 		vmm_stop(v, 0);
 		return json_object_new_object();
@@ -251,7 +290,11 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		snprintf(err, errlen, "cannot attach UART: %s", strerror(-rc));
 		goto err;
 	}
-	if (o->kernel) {
+	if (o->restore) {
+		rc = snap_restore(v->vm, o->restore, err, errlen);
+		if (rc)
+			goto err;
+	} else if (o->kernel) {
 		struct pvh_image img;
 		rc = pvh_load_file(vm_mem(v->vm), o->kernel, o->cmdline ? o->cmdline : "", &img, err,
 				   errlen);
@@ -326,6 +369,7 @@ void vmm_destroy(struct vmm *v)
 		return;
 	if (v->ctl)
 		ctl_server_stop(v->ctl);
+	snap_free(&v->snap);
 	vm_destroy(v->vm);
 	uart_free(v->uart);
 	if (v->own_serial_fd && v->serial_fd >= 0)

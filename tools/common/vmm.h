@@ -23,6 +23,7 @@ struct vmm_opts {
 	const char *control; /* control socket path; default /run/doppel/NAME.sock */
 	uint64_t mem;        /* bytes; default 256 MiB */
 	int vcpus;           /* default 1 */
+	const char *restore; /* snapshot file to restore instead of booting a kernel */
 	const char *net[VMM_MAX_NETS]; /* --net option strings, parsed by the network layer */
 	int nr_net;
 };

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "replication/snapshot.h"
 #include "tools/common/cli.h"
 #include "tools/common/vmm.h"
 #include "tools/doppel/doppel.h"
@@ -11,7 +12,7 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: doppel run --kernel FILE [--name NAME] [--mem SIZE] [--vcpus N]\n"
+		"usage: doppel run --kernel FILE | --restore SNAPSHOT [--name NAME] [--mem SIZE] [--vcpus N]\n"
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
 		"\n"
@@ -19,6 +20,8 @@ static void usage(FILE *f)
 		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
 		"\n"
 		"  --kernel FILE    PVH ELF kernel (an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note)\n"
+		"  --restore FILE   continue from a snapshot (`doppel snapshot`); --mem and --vcpus\n"
+		"                   default to the snapshot's and must match it when given\n"
 		"  --name NAME      VM name (default vm); names the control socket\n"
 		"  --mem SIZE       guest RAM, e.g. 256M, 2G (default 256M; 2M multiple, up to 64G)\n"
 		"  --vcpus N        vCPUs, one thread each (default 1, max %d)\n"
@@ -36,7 +39,8 @@ int cmd_run(int argc, char **argv)
 		{"mem", required_argument, 0, 'm'},    {"vcpus", required_argument, 0, 'c'},
 		{"cmdline", required_argument, 0, 'a'}, {"serial", required_argument, 0, 's'},
 		{"control", required_argument, 0, 'C'}, {"net", required_argument, 0, 'N'},
-		{"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+		{"restore", required_argument, 0, 'r'}, {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
 	};
 	struct vmm_opts o = {0};
 	struct vmm *v;
@@ -50,6 +54,9 @@ int cmd_run(int argc, char **argv)
 		switch (c) {
 		case 'k':
 			o.kernel = optarg;
+			break;
+		case 'r':
+			o.restore = optarg;
 			break;
 		case 'n':
 			o.name = optarg;
@@ -99,9 +106,23 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "doppel run: unexpected argument '%s' (try doppel run --help)\n", argv[optind]);
 		return 2;
 	}
-	if (!o.kernel) {
-		fprintf(stderr, "doppel run: --kernel FILE is required (try doppel run --help)\n");
+	if (!o.kernel == !o.restore) {
+		fprintf(stderr, "doppel run: give exactly one of --kernel FILE or --restore FILE (try doppel run --help)\n");
 		return 2;
+	}
+	if (o.restore) {
+		struct sr_header h;
+		if (snap_read_header(o.restore, &h, err, sizeof(err))) {
+			fprintf(stderr, "doppel run: %s\n", err);
+			return 1;
+		}
+		if ((o.mem && o.mem != h.mem_size) || (o.vcpus && (uint32_t)o.vcpus != h.nr_vcpus)) {
+			fprintf(stderr, "doppel run: snapshot %s is of a VM with %llu MiB and %u vCPUs; --mem/--vcpus differ\n",
+				o.restore, (unsigned long long)(h.mem_size >> 20), h.nr_vcpus);
+			return 1;
+		}
+		o.mem = h.mem_size;
+		o.vcpus = (int)h.nr_vcpus;
 	}
 	rc = vmm_create(&v, &o, err, sizeof(err));
 	if (rc) {

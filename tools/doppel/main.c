@@ -18,6 +18,7 @@ static const struct doppel_verb verbs[] = {
 	{ "pause", "pause a running VM (all vCPUs stop)", cmd_pause },
 	{ "resume", "resume a paused VM", cmd_resume },
 	{ "stop", "stop a VM (its doppel run process exits)", cmd_stop },
+	{ "snapshot", "write a VM's complete state to a file (full or incremental)", cmd_snapshot },
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */

@@ -1,0 +1,44 @@
+/* snapshot.h — full and incremental snapshots of a VM to a file, and restore into a fresh VM. */
+#ifndef DOPPEL_REPLICATION_SNAPSHOT_H
+#define DOPPEL_REPLICATION_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hv/hv.h"
+#include "replication/stream.h"
+
+/* Per-VM snapshot state: the id of the last snapshot and the dirty log that makes the next
+ * incremental one possible. No globals: one per VM. */
+struct snap {
+	struct dirty_log *log; /* running since the last snapshot, or NULL */
+	uint64_t last_id;
+	uint64_t last_epoch;
+	char last_path[256];
+};
+
+struct snap_result {
+	uint64_t id, epoch, pages, zero_pages, bytes, pause_ns, write_ns;
+	bool incremental;
+};
+
+/*
+ * Write a snapshot of `vm` to `path`: pause, write header + one epoch (every page, or with
+ * `incremental_from` only pages dirtied since that snapshot — which must be the last one this VM
+ * process took) + CHECKPOINT_END + END, fsync, rename into place (a failed write never leaves a
+ * partial file at `path`), then resume unless `stop` (the VM is then left paused for the caller to
+ * stop). Returns 0 or -errno with one line in err; on error the VM is resumed.
+ */
+int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
+	      bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen);
+void snap_free(struct snap *s);
+
+/* Read the header of a snapshot file (for --restore without --mem/--vcpus). */
+int snap_read_header(const char *path, struct sr_header *h, char *err, size_t errlen);
+
+/* Restore `path` (and, for an incremental snapshot, its chain of bases, found by the path recorded in
+ * each and checked by id) into `vm`, which has not run. Everything is validated; on error the VM must
+ * be discarded. Returns 0 or -errno with err. */
+int snap_restore(struct vm *vm, const char *path, char *err, size_t errlen);
+
+#endif
