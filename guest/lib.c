@@ -64,10 +64,8 @@ int strcmp(const char *a, const char *b)
 /* ---- UART ------------------------------------------------------------------------------------ */
 void putc(char c)
 {
-	/* Each port access is a VM exit (~40 µs under PVM): no LSR polling, the VMM's UART is always
-	 * ready and QEMU's consumes THR synchronously. */
-	if (c == '\n')
-		outb('\r', GUEST_UART);
+	/* Each port access is a VM exit (~40 µs under PVM): no LSR polling (the VMM's UART is always
+	 * ready and QEMU's consumes THR synchronously) and no CR before LF, so logs are plain lines. */
 	outb((uint8_t)c, GUEST_UART);
 }
 

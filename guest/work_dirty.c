@@ -1,7 +1,7 @@
 /* work_dirty.c — work=dirty: rewrite every page of a working set per pass, verifying the previous pass. */
 #include "guest.h"
 
-#define DIRTY_CHUNK 64 /* pages between clock checks */
+#define DIRTY_CHUNK 64 /* pages between clock checks (fewer with a low rate=) */
 #define DIRTY_WORDS (GUEST_PAGE / 8)
 
 /* Progress lives in guest memory (and registers): a snapshot/restore or migration continues it. */
@@ -16,8 +16,8 @@ static inline uint64_t dirty_val(uint64_t pass, uint64_t idx)
 int work_dirty(void)
 {
 	volatile uint64_t *base;
-	const char *v = cmdline_get("ws"), *b = cmdline_get("wsbase");
-	uint64_t ws = 64ull << 20, wsbase = GUEST_WS_BASE, npages;
+	const char *v = cmdline_get("ws"), *b = cmdline_get("wsbase"), *r = cmdline_get("rate");
+	uint64_t ws = 64ull << 20, wsbase = GUEST_WS_BASE, npages, rate = 0, chunk = DIRTY_CHUNK;
 
 	if (v && parse_size(v, &ws)) {
 		printf("dirty: error: bad ws=%s (want <n>[K|M|G])\n", v);
@@ -28,6 +28,13 @@ int work_dirty(void)
 		printf("dirty: error: bad wsbase=%s (want a page-aligned address >= 16M)\n", b);
 		return GUEST_EXIT_USAGE;
 	}
+	/* rate= caps the pages stored per second (0 = as fast as possible) */
+	if (r && (parse_u64(r, &rate) || rate > 1000000000ull)) {
+		printf("dirty: error: bad rate=%s (want 0..1000000000 pages/s)\n", r);
+		return GUEST_EXIT_USAGE;
+	}
+	if (rate && rate / 1000 < chunk)
+		chunk = rate / 1000 ? rate / 1000 : 1;
 	npages = ws / GUEST_PAGE;
 	if (!npages || npages > 0xffffffffull || !ram_contains(wsbase, npages * GUEST_PAGE)) {
 		printf("dirty: error: ws=%lu bytes at 0x%lx does not fit in RAM (%luM)\n", ws, wsbase,
@@ -42,7 +49,7 @@ int work_dirty(void)
 	d_last_ns = now_ns();
 	d_next_ns = d_last_ns + guest_pi_ns;
 	for (;;) {
-		uint64_t pass = d_pass, i = d_idx, end = i + DIRTY_CHUNK, bad = 0, t;
+		uint64_t pass = d_pass, i = d_idx, end = i + chunk, bad = 0, t;
 
 		if (end > npages)
 			end = npages;
@@ -68,6 +75,10 @@ int work_dirty(void)
 		}
 
 		t = now_ns();
+		while (rate && d_stored * 1000000ull > rate * ((t - d_last_ns) / 1000)) {
+			cpu_relax();
+			t = now_ns();
+		}
 		if (t >= d_next_ns) {
 			uint64_t dt_us = (t - d_last_ns) / 1000;
 

@@ -120,6 +120,10 @@ void virtio_net_detach(struct virtio_net *dev);
  * layer may call it from any thread to release held frames. */
 int virtio_net_tap_output(void *dev, const void *frame, size_t len);
 
+/* Deliver tap frames to the guest (on, the default after attach) or drop them (off: a standby
+ * replica or an incoming migration, whose memory must only change through the stream). */
+void virtio_net_rx_enable(struct virtio_net *dev, bool on);
+
 /* The tap fd, or -1 when not attached. */
 int virtio_net_tap_fd(struct virtio_net *dev);
 

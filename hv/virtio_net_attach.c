@@ -21,6 +21,7 @@ struct net_port {
 	int gsi;
 	struct ev_loop *loop;
 	ev_io w;
+	bool rx_enabled; /* false while the VM does not run (standby, incoming): frames are dropped */
 	char ifname[NETOPT_IFNAMSIZ];
 	uint8_t buf[VNET_MAX_FRAME + 1];
 };
@@ -56,6 +57,14 @@ int virtio_net_tap_output(void *dev, const void *frame, size_t len)
 	return (size_t)n == len ? 0 : -EIO;
 }
 
+void virtio_net_rx_enable(struct virtio_net *dev, bool on)
+{
+	struct net_port *p = virtio_net_backend(dev);
+
+	if (p)
+		__atomic_store_n(&p->rx_enabled, on, __ATOMIC_RELEASE);
+}
+
 int virtio_net_tap_fd(struct virtio_net *dev)
 {
 	struct net_port *p = virtio_net_backend(dev);
@@ -73,6 +82,8 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 		if (n <= 0)
 			break; /* EAGAIN: drained; other errors: retried on the next readiness */
+		if (!__atomic_load_n(&p->rx_enabled, __ATOMIC_ACQUIRE))
+			continue; /* a replica must not receive: its memory belongs to the primary */
 		(void)virtio_net_rx_queue(p->dev, p->buf, (size_t)n); /* drops are counted in stats */
 	}
 }
@@ -99,6 +110,7 @@ int virtio_net_attach(struct vm *vm, const struct net_opts *o, int index, struct
 		return -ENOMEM;
 	}
 	p->fd = -1;
+	p->rx_enabled = true;
 	p->vm_fd = vm_fd(vm);
 	p->gsi = virtio_net_gsi(index);
 	p->loop = loop;

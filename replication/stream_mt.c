@@ -96,11 +96,14 @@ static void *mt_worker(void *arg)
 		uint32_t n = (uint32_t)(mt->nnz - first < SR_BATCH_PAGES ? mt->nnz - first
 									  : SR_BATCH_PAGES);
 
+		bool abort;
+
 		pthread_mutex_lock(&mt->lock);
 		while (s->ready && !mt->abort)
 			pthread_cond_wait(&mt->cv, &mt->lock);
+		abort = mt->abort;
 		pthread_mutex_unlock(&mt->lock);
-		if (mt->abort)
+		if (abort)
 			break;
 		s->len = sr_encode_batch(s->cctx, mt->compress, mt->level, s->rec, s->stage,
 					 mt->idx + first, mt->ptrs + first, n, &s->zstd);
@@ -171,7 +174,6 @@ int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *
 	for (; started < nthreads; started++) {
 		args[started] = (struct mt_arg){.mt = mt, .w = started};
 		if (pthread_create(&th[started], NULL, mt_worker, &args[started])) {
-			mt->abort = true;
 			rc = sr_fail(ctx, -EAGAIN, "stream: cannot start compression threads");
 			break;
 		}

@@ -225,6 +225,49 @@ static void test_roundtrip_mt(void **s)
 	roundtrip_mem(false, true);
 }
 
+/* Many batches: the threaded writer must produce exactly the single-threaded bytes. */
+static void test_mt_identical(void **s)
+{
+	enum { N = 3000 };
+	uint8_t *mem = malloc((size_t)N * PG);
+	uint64_t *idx = malloc(N * sizeof(*idx));
+	const void **ptr = malloc(N * sizeof(*ptr));
+	struct sr_out o[2];
+	struct sr_header h;
+
+	(void)s;
+	for (int i = 0; i < N; i++) {
+		fill_page(mem + (size_t)i * PG, (i / 7) % 3, (unsigned)i);
+		idx[i] = (uint64_t)(N - 1 - i); /* any order */
+		ptr[i] = mem + (size_t)i * PG;
+	}
+	hdr_init(&h);
+	h.mem_size = (uint64_t)N * PG;
+	h.nr_regions = 1;
+	h.regions[0].size = (uint64_t)N * PG;
+	for (int t = 0; t < 2; t++) {
+		struct sr_ctx *w;
+
+		sr_out_mem(&o[t], 0);
+		assert_int_equal(sr_writer_new(&w, &o[t], true, 1), 0);
+		assert_int_equal(sr_write_header(w, &h), 0);
+		if (t)
+			assert_int_equal(sr_write_pages_mt(w, idx, ptr, N, 2), 0);
+		else
+			assert_int_equal(sr_write_pages(w, idx, ptr, N), 0);
+		assert_int_equal(sr_write_checkpoint_end(w, 1), 0);
+		assert_int_equal(sr_write_end(w), 0);
+		sr_ctx_free(w);
+	}
+	assert_int_equal(o[0].len, o[1].len);
+	assert_memory_equal(o[0].buf, o[1].buf, o[0].len);
+	sr_out_free(&o[0]);
+	sr_out_free(&o[1]);
+	free(mem);
+	free(idx);
+	free(ptr);
+}
+
 static void test_roundtrip_file(void **s)
 {
 	struct sr_out o;
@@ -604,6 +647,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_zstd),
 		cmocka_unit_test(test_roundtrip_raw),
 		cmocka_unit_test(test_roundtrip_mt),
+		cmocka_unit_test(test_mt_identical),
 		cmocka_unit_test(test_roundtrip_file),
 		cmocka_unit_test(test_roundtrip_socket_and_timeout),
 		cmocka_unit_test(test_truncated_everywhere),

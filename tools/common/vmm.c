@@ -16,35 +16,7 @@
 #include "tools/common/cli.h"
 #include "tools/common/control.h"
 #include "tools/common/vmm.h"
-
-struct vmm_cmd {
-	char name[32];
-	vmm_cmd_fn fn;
-	void *opaque;
-};
-
-struct vmm {
-	struct vmm_opts o;
-	char name[65];
-	char ctl_path[256];
-	struct ev_loop *loop;
-	struct vm *vm;
-	struct uart *uart;
-	int serial_fd;
-	bool own_serial_fd;
-	struct ctl_server *ctl;
-	ev_async exit_async;
-	ev_signal sigint_w, sigterm_w;
-	ev_io stdin_w;
-	bool stdin_active;
-	uint64_t start_ns;
-	int stop_status; /* -1: none requested */
-	struct vmm_cmd cmds[VMM_MAX_CMDS];
-	int nr_cmds;
-	vmm_status_fn status_fn;
-	void *status_opaque;
-	struct snap snap;
-};
+#include "tools/common/vmm_priv.h"
 
 static uint64_t mono_ns(void)
 {
@@ -257,7 +229,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 {
 	struct vmm *v = calloc(1, sizeof(*v));
 	struct vm_config cfg;
-	char e2[256];
+	char e2[256], cmdline[PVH_CMDLINE_MAX];
 	int rc;
 
 	*out = NULL;
@@ -266,6 +238,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	v->o = *o;
 	v->serial_fd = -1;
 	v->stop_status = -1;
+	v->held = o->hold;
 	snprintf(v->name, sizeof(v->name), "%s", o->name ? o->name : "vm");
 	if (!cli_name_valid(v->name)) {
 		snprintf(err, errlen, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)", v->name);
@@ -282,6 +255,12 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	rc = vm_create(&cfg, &v->vm, err, errlen);
 	if (rc)
 		goto err;
+	v->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (!v->loop) {
+		snprintf(err, errlen, "cannot create event loop");
+		rc = -ENOMEM;
+		goto err;
+	}
 	rc = open_serial(v, err, errlen);
 	if (rc)
 		goto err;
@@ -290,14 +269,17 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		snprintf(err, errlen, "cannot attach UART: %s", strerror(-rc));
 		goto err;
 	}
+	snprintf(cmdline, sizeof(cmdline), "%s", o->cmdline ? o->cmdline : "");
+	rc = vmm_net_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
+	if (rc)
+		goto err;
 	if (o->restore) {
 		rc = snap_restore(v->vm, o->restore, err, errlen);
 		if (rc)
 			goto err;
 	} else if (o->kernel) {
 		struct pvh_image img;
-		rc = pvh_load_file(vm_mem(v->vm), o->kernel, o->cmdline ? o->cmdline : "", &img, err,
-				   errlen);
+		rc = pvh_load_file(vm_mem(v->vm), o->kernel, cmdline, &img, err, errlen);
 		if (rc)
 			goto err;
 		rc = vm_set_pvh_entry(v->vm, img.entry, img.start_info);
@@ -305,12 +287,6 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 			snprintf(err, errlen, "cannot set boot vCPU state: %s", strerror(-rc));
 			goto err;
 		}
-	}
-	v->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-	if (!v->loop) {
-		snprintf(err, errlen, "cannot create event loop");
-		rc = -ENOMEM;
-		goto err;
 	}
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, e2, sizeof(e2));
 	if (rc) {
@@ -346,11 +322,13 @@ int vmm_run(struct vmm *v, bool start_paused)
 		}
 	}
 	v->start_ns = mono_ns();
-	rc = vm_start(v->vm);
+	rc = v->held ? 0 : vm_start(v->vm);
 	if (rc == 0 && start_paused)
 		vm_pause(v->vm);
 	if (rc == 0)
 		ev_run(v->loop, 0);
+	if (v->held)
+		vm_stop(v->vm, v->stop_status < 0 ? 0 : v->stop_status);
 	status = vm_wait(v->vm);
 	if (*vm_error(v->vm))
 		fprintf(stderr, "doppel: %s: %s\n", v->name, vm_error(v->vm));
@@ -370,6 +348,11 @@ void vmm_destroy(struct vmm *v)
 	if (v->ctl)
 		ctl_server_stop(v->ctl);
 	snap_free(&v->snap);
+	if (v->vm) {
+		vm_stop(v->vm, 0);
+		vm_wait(v->vm);
+	}
+	vmm_net_detach_all(v);
 	vm_destroy(v->vm);
 	uart_free(v->uart);
 	if (v->own_serial_fd && v->serial_fd >= 0)
@@ -377,6 +360,24 @@ void vmm_destroy(struct vmm *v)
 	if (v->loop)
 		ev_loop_destroy(v->loop);
 	free(v);
+}
+
+int vmm_start_vcpus(struct vmm *v)
+{
+	int rc;
+
+	if (!v->held)
+		return -EALREADY;
+	v->held = false;
+	vmm_net_rx_enable_all(v, true);
+	v->start_ns = mono_ns();
+	rc = vm_start(v->vm);
+	return rc;
+}
+
+bool vmm_held(const struct vmm *v)
+{
+	return v->held;
 }
 
 struct vm *vmm_vm(struct vmm *v)

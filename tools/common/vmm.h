@@ -26,6 +26,7 @@ struct vmm_opts {
 	const char *restore; /* snapshot file to restore instead of booting a kernel */
 	const char *net[VMM_MAX_NETS]; /* --net option strings, parsed by the network layer */
 	int nr_net;
+	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
 };
 
 /* A control command beyond the built-ins (status, pause, resume, stop). Runs on the loop thread.
@@ -51,6 +52,26 @@ int vmm_run(struct vmm *v, bool start_paused);
 void vmm_stop(struct vmm *v, int status);
 
 void vmm_destroy(struct vmm *v);
+
+/* Start the vCPUs of a VM created with `hold` (after its state arrived): enables network RX.
+ * Loop thread. Returns 0 or -errno. */
+int vmm_start_vcpus(struct vmm *v);
+bool vmm_held(const struct vmm *v);
+
+/* ---- network ---------------------------------------------------------------------------------- */
+
+/* Output hook (netbuf): when set, every frame the guest transmits goes to fn instead of the tap.
+ * Called on a vCPU thread with the device lock held: copy the frame, do not block, do not call back
+ * into the device. Release frames later with vmm_net_output. fn NULL restores direct output. */
+typedef void (*vmm_tx_hook)(void *opaque, int netidx, const void *frame, size_t len);
+void vmm_set_tx_hook(struct vmm *v, vmm_tx_hook fn, void *opaque);
+/* Write one frame to net device netidx's tap (any thread). 0 or -errno (-EAGAIN: tap full, dropped). */
+int vmm_net_output(struct vmm *v, int netidx, const void *frame, size_t len);
+int vmm_net_count(const struct vmm *v);
+/* Announce the guest on every network: a gratuitous ARP for the guest's IPv4 address (learned from
+ * its own output), an unsolicited neighbour advertisement for its IPv6 address when it has one, and
+ * a RARP with its MAC (what QEMU sends) so bridges relearn the port. Returns frames sent. */
+int vmm_net_announce(struct vmm *v);
 
 struct vm *vmm_vm(struct vmm *v);
 struct ev_loop *vmm_loop(struct vmm *v);

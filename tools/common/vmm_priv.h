@@ -1,0 +1,65 @@
+/* vmm_priv.h — the inside of struct vmm, shared by the files that make up tools/common/vmm*.c. */
+#ifndef DOPPEL_VMM_PRIV_H
+#define DOPPEL_VMM_PRIV_H
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "replication/snapshot.h"
+#include "tools/common/vmm.h"
+
+struct virtio_net;
+
+/* One virtio-net device and what the host learned about the guest behind it (for announcements
+ * after failover or migration; carried in the stream as the "netN-host" device record). */
+struct vmm_net {
+	struct vmm *v;
+	int idx;
+	struct virtio_net *dev;
+	uint8_t mac[6];
+	uint32_t ip4;   /* network order; 0 = not seen yet */
+	uint8_t ip6[16];
+	bool have_ip6;
+};
+
+struct vmm_cmd {
+	char name[32];
+	vmm_cmd_fn fn;
+	void *opaque;
+};
+
+struct vmm {
+	struct vmm_opts o;
+	char name[65];
+	char ctl_path[256];
+	struct ev_loop *loop;
+	struct vm *vm;
+	struct uart *uart;
+	int serial_fd;
+	bool own_serial_fd;
+	struct ctl_server *ctl;
+	ev_async exit_async;
+	ev_signal sigint_w, sigterm_w;
+	ev_io stdin_w;
+	bool stdin_active;
+	uint64_t start_ns;
+	int stop_status; /* -1: none requested */
+	struct vmm_cmd cmds[VMM_MAX_CMDS];
+	int nr_cmds;
+	vmm_status_fn status_fn;
+	void *status_opaque;
+	struct snap snap;
+	struct vmm_net net[VMM_MAX_NETS];
+	int nr_net;
+	vmm_tx_hook tx_hook;
+	void *tx_hook_opaque;
+	bool held; /* vCPUs not started yet (standby / incoming) */
+};
+
+
+/* vmm_net.c */
+int vmm_net_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);
+void vmm_net_detach_all(struct vmm *v);
+void vmm_net_rx_enable_all(struct vmm *v, bool on);
+
+#endif
