@@ -18,7 +18,8 @@ int sr_fail(struct sr_ctx *ctx, int rc, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(ctx->err, sizeof(ctx->err), fmt, ap);
 	va_end(ap);
-	if (!ctx->writer)
+	/* -EINVAL is a caller mistake caught before any byte moved; anything else breaks the stream. */
+	if (rc != -EINVAL && !ctx->dead)
 		ctx->dead = rc;
 	return rc;
 }
@@ -233,6 +234,8 @@ void sr_epoch_reset(struct sr_ctx *ctx)
 
 int sr_wr_check(struct sr_ctx *ctx)
 {
+	if (ctx->dead)
+		return ctx->dead;
 	if (!ctx->writer || !ctx->have_hdr || ctx->ended)
 		return sr_fail(ctx, -EINVAL, "stream: record written %s",
 			       !ctx->writer ? "on a reader" : ctx->ended ? "after END" : "before header");
@@ -528,11 +531,12 @@ int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *con
 		rc = sr_wr_buffers(ctx);
 	if (rc)
 		return rc;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++) /* before writing anything */
 		if (page_idx[i] >= ctx->hdr.nr_pages)
 			return sr_fail(ctx, -EINVAL, "stream: page index %llu beyond %llu pages",
 				       (unsigned long long)page_idx[i],
 				       (unsigned long long)ctx->hdr.nr_pages);
+	for (size_t i = 0; i < n; i++) {
 		if (sr_page_is_zero(page_ptrs[i])) {
 			rc = sr_add_zero(ctx, page_idx[i]);
 		} else {

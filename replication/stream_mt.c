@@ -143,14 +143,15 @@ int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *
 		rc = sr_fail(ctx, -ENOMEM, "stream: out of memory for compression threads");
 		goto out;
 	}
-	/* Split: zero pages become ranges now, the rest is compacted for the workers. */
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++)
 		if (page_idx[i] >= ctx->hdr.nr_pages) {
 			rc = sr_fail(ctx, -EINVAL, "stream: page index %llu beyond %llu pages",
 				     (unsigned long long)page_idx[i],
 				     (unsigned long long)ctx->hdr.nr_pages);
 			goto out;
 		}
+	/* Split: zero pages become ranges now, the rest is compacted for the workers. */
+	for (size_t i = 0; i < n; i++) {
 		if (sr_page_is_zero(page_ptrs[i])) {
 			rc = sr_add_zero(ctx, page_idx[i]);
 			if (rc)

@@ -48,8 +48,8 @@ static struct json_object *cmd_status(struct vmm *v)
 	json_object_object_add(p, "mean_us",
 			       json_object_new_double(ps.count ? (double)ps.total_ns / 1e3 / (double)ps.count : 0));
 	json_object_object_add(o, "pause", p);
-	if (v->status_fn)
-		v->status_fn(v, o, v->status_opaque);
+	for (int i = 0; i < v->nr_status_hooks; i++)
+		v->status_hooks[i].fn(v, o, v->status_hooks[i].opaque);
 	return o;
 }
 
@@ -144,10 +144,14 @@ int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaqu
 	return 0;
 }
 
-void vmm_set_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque)
+int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque)
 {
-	v->status_fn = fn;
-	v->status_opaque = opaque;
+	if (v->nr_status_hooks >= VMM_MAX_STATUS_HOOKS)
+		return -ENOSPC;
+	v->status_hooks[v->nr_status_hooks].fn = fn;
+	v->status_hooks[v->nr_status_hooks].opaque = opaque;
+	v->nr_status_hooks++;
+	return 0;
 }
 
 /* ---- loop plumbing ---------------------------------------------------------------------------- */

@@ -40,9 +40,11 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 /* Register an extra control command (before vmm_run). Returns 0 or -ENOSPC/-EEXIST. */
 int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque);
 
-/* Add a key to every status reply: fn fills `status` (an object) on the loop thread. One hook. */
+/* Add keys to every status reply: fn fills `status` (an object) on the loop thread. Up to
+ * VMM_MAX_STATUS_HOOKS hooks (-ENOSPC beyond). */
+#define VMM_MAX_STATUS_HOOKS 4
 typedef void (*vmm_status_fn)(struct vmm *v, struct json_object *status, void *opaque);
-void vmm_set_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque);
+int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque);
 
 /* Start the vCPUs (unless `start_paused`) and run the event loop until the VM stops (guest exit,
  * `doppel stop`, SIGINT/SIGTERM, fatal error). Returns the process exit status: the guest's. */

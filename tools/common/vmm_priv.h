@@ -46,8 +46,11 @@ struct vmm {
 	int stop_status; /* -1: none requested */
 	struct vmm_cmd cmds[VMM_MAX_CMDS];
 	int nr_cmds;
-	vmm_status_fn status_fn;
-	void *status_opaque;
+	struct {
+		vmm_status_fn fn;
+		void *opaque;
+	} status_hooks[VMM_MAX_STATUS_HOOKS];
+	int nr_status_hooks;
 	struct snap snap;
 	struct vmm_net net[VMM_MAX_NETS];
 	int nr_net;

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "migrate/migrate.h"
+#include "replication/remus.h"
 #include "replication/snapshot.h"
 #include "tools/common/cli.h"
 #include "tools/common/vmm.h"
@@ -15,6 +17,7 @@ static void usage(FILE *f)
 		"usage: doppel run --kernel FILE | --restore SNAPSHOT [--name NAME] [--mem SIZE] [--vcpus N]\n"
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
+		"                  [--standby --listen ADDR:PORT | --incoming ADDR:PORT]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
 		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
@@ -28,7 +31,10 @@ static void usage(FILE *f)
 		"  --cmdline STR    guest command line, e.g. \"work=dirty ws=64M pi=1000\"\n"
 		"  --serial WHERE   console: stdio (default), file:PATH, or none\n"
 		"  --control PATH   control socket (default /run/doppel/NAME.sock)\n"
-		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n",
+		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
+		"  --standby        hold a replica for a primary (`doppel protect`); runs no vCPUs until\n"
+		"                   failover. Needs --listen ADDR:PORT ([IPv6]:PORT for IPv6)\n"
+		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n",
 		HV_MAX_VCPUS);
 }
 
@@ -40,9 +46,13 @@ int cmd_run(int argc, char **argv)
 		{"cmdline", required_argument, 0, 'a'}, {"serial", required_argument, 0, 's'},
 		{"control", required_argument, 0, 'C'}, {"net", required_argument, 0, 'N'},
 		{"restore", required_argument, 0, 'r'}, {"help", no_argument, 0, 'h'},
+		{"standby", no_argument, 0, 'S'},       {"listen", required_argument, 0, 'L'},
+		{"incoming", required_argument, 0, 'I'},
 		{0, 0, 0, 0},
 	};
 	struct vmm_opts o = {0};
+	const char *listen = NULL, *incoming = NULL;
+	bool standby = false;
 	struct vmm *v;
 	char err[512];
 	uint64_t n;
@@ -57,6 +67,15 @@ int cmd_run(int argc, char **argv)
 			break;
 		case 'r':
 			o.restore = optarg;
+			break;
+		case 'S':
+			standby = true;
+			break;
+		case 'L':
+			listen = optarg;
+			break;
+		case 'I':
+			incoming = optarg;
 			break;
 		case 'n':
 			o.name = optarg;
@@ -106,7 +125,20 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "doppel run: unexpected argument '%s' (try doppel run --help)\n", argv[optind]);
 		return 2;
 	}
-	if (!o.kernel == !o.restore) {
+	if (standby != (listen != NULL)) {
+		fprintf(stderr, "doppel run: --standby and --listen ADDR:PORT go together (try doppel run --help)\n");
+		return 2;
+	}
+	if (standby && incoming) {
+		fprintf(stderr, "doppel run: --standby and --incoming exclude each other\n");
+		return 2;
+	}
+	o.hold = standby || incoming;
+	if (o.hold && o.restore) {
+		fprintf(stderr, "doppel run: --restore makes no sense with --standby or --incoming\n");
+		return 2;
+	}
+	if (!o.hold && !o.kernel == !o.restore) {
 		fprintf(stderr, "doppel run: give exactly one of --kernel FILE or --restore FILE (try doppel run --help)\n");
 		return 2;
 	}
@@ -127,6 +159,23 @@ int cmd_run(int argc, char **argv)
 	rc = vmm_create(&v, &o, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "doppel run: %s\n", err);
+		return 1;
+	}
+	rc = remus_setup(v);
+	if (!rc)
+		rc = migrate_setup(v);
+	if (rc) {
+		fprintf(stderr, "doppel run: cannot set up control commands: %s\n", strerror(-rc));
+		vmm_destroy(v);
+		return 1;
+	}
+	if (standby)
+		rc = remus_standby_listen(v, listen, err, sizeof(err));
+	else if (incoming)
+		rc = migrate_incoming_listen(v, incoming, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "doppel run: %s\n", err);
+		vmm_destroy(v);
 		return 1;
 	}
 	rc = vmm_run(v, false);

@@ -1,0 +1,16 @@
+/* migrate.h — live migration: converging pre-copy over the checkpoint stream. */
+#ifndef DOPPEL_MIGRATE_MIGRATE_H
+#define DOPPEL_MIGRATE_MIGRATE_H
+
+#include <stddef.h>
+
+struct vmm;
+
+/* Register the "migrate" control command and the status hook. Loop thread, before vmm_run. */
+int migrate_setup(struct vmm *v);
+
+/* Make this (held, not running) VM wait for an incoming migration on `addr`; when the stream has
+ * arrived completely the VM starts. Loop thread, before vmm_run. Returns 0 or -errno with err. */
+int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t errlen);
+
+#endif
