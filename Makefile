@@ -71,18 +71,19 @@ system: binaries
 FUZZ_SECONDS ?= 5
 fuzz-build:
 	@$(MAKE) --no-print-directory B=build-fuzz CC=clang OPT=-O1 \
-	  EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -DDOPPEL_FUZZ" build-fuzz/libdoppel.a
+	  EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -DDOPPEL_FUZZ" build-fuzz/libdoppel.a
 	@mkdir -p build-fuzz/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -std=gnu11 -O1 -g -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined \
+	  clang -std=gnu11 -O1 -g -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    $$f build-fuzz/libdoppel.a $(LDLIBS) -o build-fuzz/fuzz/$$n || exit 1; done
 
 # `make fuzz FUZZ_SECONDS=600` fuzzes for as long as asked; make check runs each target briefly.
 fuzz: deps fuzz-build
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); mkdir -p build-fuzz/corpus/$$n; \
 	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  seeds=; [ -d tests/fuzz/corpus/$$n ] && seeds=tests/fuzz/corpus/$$n; \
 	  build-fuzz/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
-	    build-fuzz/corpus/$$n tests/fuzz/corpus/$$n 2>build-fuzz/$$n.log >/dev/null \
+	    build-fuzz/corpus/$$n $$seeds 2>build-fuzz/$$n.log >/dev/null \
 	    || { tail -40 build-fuzz/$$n.log; exit 1; }; done
 
 check: deps
