@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,6 +278,8 @@ int main(int argc, char **argv)
 {
 	const struct doppel_verb *v;
 
+	/* Peers and pipes that go away are reported as EPIPE by the writer, never by a signal. */
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
 		usage(stderr);
 		return DOPPEL_EXIT_USAGE;
