@@ -127,7 +127,9 @@ int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h);
  */
 int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
 		   size_t n);
-/* Same output, batches compressed by `nthreads` worker threads (<= 16) and written in order. */
+/* Same bytes as sr_write_pages, but batches are compressed by `nthreads` worker threads (capped at
+ * 16, started and joined within the call) and written in order by the caller's thread. Falls back
+ * to sr_write_pages for nthreads <= 1 or n <= SR_BATCH_PAGES. Allocates 2*8*n bytes per call. */
 int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
 		      size_t n, int nthreads);
 /* ZERO_PAGES for [first, first+count) ranges, for callers that know pages are zero (e.g. fresh RAM). */
