@@ -1,27 +1,84 @@
 #!/usr/bin/env bash
-# demo.sh — boot the test guest with its dirty workload, show status, pause/resume, stop.
+# demo.sh — a protected VM survives the death of its host: Remus failover with a live client.
+#
+# Builds three hosts as network namespaces (client, hostA, hostB), runs the test guest's key-value
+# service on hostA protected by a standby on hostB, drives a client INCR load from the client host,
+# SIGKILLs the primary mid-load, and shows the client carrying on with no acknowledged operation lost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${B:-build}
+P=${DEMO_PREFIX:-dpdemo-}
+MAC=52:54:00:12:34:56
+GUEST="work=kv ip=10.0.0.10/24"
 tmp=$(mktemp -d /tmp/doppel-demo.XXXXXX)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
-sock=$tmp/demo.sock
-echo "== booting build/guest.elf under doppel: work=dirty ws=64M"
-$B/doppel run --name demo --kernel $B/guest.elf --mem 256M --cmdline "work=dirty ws=64M pi=500" \
-	--serial file:$tmp/serial --control $sock &
-pid=$!
-for _ in $(seq 100); do [ -S $sock ] && break; sleep 0.05; done
-sleep 2
-echo "== guest console"
-cat $tmp/serial
-echo "== doppel status demo"
-$B/doppel status demo --control $sock
-echo "== doppel pause / resume"
-$B/doppel pause demo --control $sock
-sleep 0.5
-$B/doppel resume demo --control $sock
+pids=()
+
+cleanup() {
+	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	scripts/topology.sh down "$P" >/dev/null 2>&1 || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+in_ns() { local ns=$1; shift; ip netns exec "$P$ns" "$@"; }
+
+say "building hosts: ${P}client, ${P}hostA, ${P}hostB (one LAN, plus a replication link A<->B)"
+scripts/topology.sh up "$P" >/dev/null
+
+say "hostB: standby (holds a replica, runs no vCPUs), listening on the replication link"
+in_ns hostB $B/doppel run --standby --listen 192.168.100.2:7700 --name standby --mem 256M \
+	--net tap=tapB0,bridge=br0,mac=$MAC --cmdline "$GUEST" \
+	--serial file:$tmp/standby.serial --control $tmp/standby.sock 2>$tmp/standby.err &
+pids+=($!)
+
+say "hostA: primary runs the guest's KV service at 10.0.0.10:7777"
+in_ns hostA $B/doppel run --kernel $B/guest.elf --name primary --mem 256M \
+	--net tap=tapA0,bridge=br0,mac=$MAC --cmdline "$GUEST" \
+	--serial file:$tmp/primary.serial --control $tmp/primary.sock 2>$tmp/primary.err &
+primary=$!
+pids+=($primary)
+for _ in $(seq 100); do
+	in_ns client $B/doppel-kv 10.0.0.10 SET hello world --timeout 100 --retries 1 >/dev/null 2>&1 && break
+	sleep 0.1
+done
+echo "client: SET hello world -> $(in_ns client $B/doppel-kv 10.0.0.10 GET hello)"
+
+say "doppel protect primary --peer 192.168.100.2:7700 (epochs every 25 ms, heartbeat timeout 200 ms)"
+$B/doppel protect primary --peer 192.168.100.2:7700 --control $tmp/primary.sock
 sleep 1
-tail -2 $tmp/serial
-echo "== doppel stop demo"
-$B/doppel stop demo --control $sock
-wait $pid && echo "guest exited with status $?"
+
+say "client: 4000 INCRs at 800/s, every acknowledged one logged"
+in_ns client $B/doppel-kv 10.0.0.10 --load 4000 --rate 800 --cmd INCR --key counter \
+	--log $tmp/acks.jsonl --json >$tmp/load.json &
+load=$!
+sleep 2.5
+
+say "kill -9 the primary (its host dies) in the middle of the load"
+kill -9 $primary
+echo "primary killed at $(date +%T.%3N)"
+
+wait $load || true
+acked=$(wc -l <$tmp/acks.jsonl)
+last=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["last_value"])' $tmp/load.json)
+value=$(in_ns client $B/doppel-kv 10.0.0.10 GET counter)
+
+say "result"
+python3 - "$tmp/load.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"client: acknowledged {s['acked']} of {s['acked'] + s['unacked']} INCRs, "
+      f"{s['ops_per_s']:.0f} ops/s, p50 {s['p50_us'] / 1000:.1f} ms, p99 {s['p99_us'] / 1000:.1f} ms")
+print(f"outage seen by the client (longest stall): {s['longest_stall_ms']:.0f} ms")
+EOF
+echo "highest acknowledged INCR: $last; value read back after failover: $value"
+echo "hello is still: $(in_ns client $B/doppel-kv 10.0.0.10 GET hello)"
+if [ "$value" = "$last" ] && [ "$acked" = "$last" ]; then
+	echo "=> zero acknowledged operations lost"
+else
+	echo "=> MISMATCH: acknowledged $acked (last $last), read back $value"
+	exit 1
+fi
+
+say "doppel status standby (now the unprotected primary)"
+$B/doppel status standby --control $tmp/standby.sock
