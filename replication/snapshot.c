@@ -126,6 +126,20 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 		snprintf(err, errlen, "%s", e2);
 		goto out;
 	}
+	{
+		/* The image must end with END right after its one epoch: a file cut after the
+		 * CHECKPOINT_END (or with a second epoch) is not a complete snapshot. */
+		struct sr_record rec;
+		rc = sr_read_record(r, &rec);
+		if (!rc && rec.type != SR_REC_END) {
+			snprintf(err, errlen, "snapshot %s: expected END after the checkpoint", path);
+			rc = -EBADMSG;
+		} else if (rc) {
+			snprintf(err, errlen, "snapshot %s: %s", path, sr_error(r));
+		}
+		if (rc)
+			goto out;
+	}
 	rc = apply_state ? ckpt_state_apply(&stg.st, vm, err, errlen) : 0;
 out:
 	ckpt_stage_free(&stg);
@@ -151,6 +165,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	uint64_t *bitmap = NULL, t0, t1;
 	char tmp[300];
 	int fd = -1, rc;
+	bool was_paused = vm_get_state(vm) == VM_PAUSED; /* a paused VM stays paused */
 
 	memset(res, 0, sizeof(*res));
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp) ||
@@ -169,6 +184,10 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 			return rc;
 		sr_ctx_free(br);
 		close(bfd);
+		if (!strcmp(incremental_from, path)) {
+			snprintf(err, errlen, "an incremental snapshot cannot overwrite its base %s", path);
+			return -EINVAL;
+		}
 		if (!s->log || binfo.id != s->last_id) {
 			snprintf(err, errlen,
 				 "%s is not the last snapshot of this VM; an incremental snapshot needs the "
@@ -255,7 +274,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	s->last_epoch = info.epoch;
 	snprintf(s->last_path, sizeof(s->last_path), "%s", path);
 	t1 = mono_ns();
-	if (!stop)
+	if (!stop && !was_paused)
 		vm_resume(vm);
 	{
 		struct sr_stats ss;
@@ -280,7 +299,8 @@ err_resume:
 		dirty_log_free(s->log);
 		s->log = NULL;
 	}
-	vm_resume(vm);
+	if (!was_paused)
+		vm_resume(vm);
 err:
 	ckpt_state_free(&st);
 	sr_ctx_free(w);
