@@ -141,6 +141,14 @@ void time_set_limit(uint64_t secs);
  * main.c declares and dispatches them from its WORKS() list. */
 typedef int (*work_fn)(void);
 
+/* work_hostile.c, reached through work=fault: fault=mmio reads and writes an MMIO address with no
+ * device behind it, prints one line and returns 0; fault=triple triple-faults the vCPU (returns 2
+ * only if the CPU survived). */
+int hostile_mmio(void);
+int hostile_triple(void);
+
+/* work_kv (kv.c, network stack in net.h): UDP key-value service, see docs/guest.md. */
+
 /* print interval (pi=, ms, default 1000) in ns, parsed by main */
 extern uint64_t guest_pi_ns;
 

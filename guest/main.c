@@ -6,7 +6,8 @@
 	X(idle)  \
 	X(dirty) \
 	X(exit)  \
-	X(fault)
+	X(fault) \
+	X(kv)
 
 #define WORK_DECL(n) int work_##n(void);
 #define WORK_ENTRY(n) { #n, work_##n },

@@ -33,7 +33,8 @@ int work_exit(void)
 }
 
 /* fault=ud|gp|io|pf (default ud): raise that exception at ring 3; the CPL0 handler prints it and
- * exits with status 3. Returns only for an unknown kind. */
+ * exits with status 3. fault=mmio and fault=triple are in work_hostile.c. Returns only for
+ * an unknown kind (or from fault=mmio). */
 int work_fault(void)
 {
 	const char *v = cmdline_get("fault");
@@ -46,6 +47,10 @@ int work_fault(void)
 		(void)inb(0x80); /* not in the TSS I/O bitmap */
 	else if (!strcmp(v, "pf"))
 		*(volatile uint64_t *)(uintptr_t)0x7ff000000000ull = 1; /* canonical, unmapped */
-	printf("guest: error: bad fault=%s (want ud|gp|io|pf)\n", v);
+	else if (!strcmp(v, "mmio"))
+		return hostile_mmio();
+	else if (!strcmp(v, "triple"))
+		return hostile_triple();
+	printf("guest: error: bad fault=%s (want ud|gp|io|pf|mmio|triple)\n", v);
 	return GUEST_EXIT_USAGE;
 }

@@ -1,0 +1,429 @@
+/* virtio.c — polling virtio-mmio (version 2) network driver of the test guest: RX queue 0, TX queue 1. */
+#include "net.h"
+
+/* virtio-mmio registers (virtio 1.x §4.2.2) */
+#define R_MAGIC          0x000
+#define R_VERSION        0x004
+#define R_DEVICE_ID      0x008
+#define R_DEV_FEAT       0x010
+#define R_DEV_FEAT_SEL   0x014
+#define R_DRV_FEAT       0x020
+#define R_DRV_FEAT_SEL   0x024
+#define R_QUEUE_SEL      0x030
+#define R_QUEUE_NUM_MAX  0x034
+#define R_QUEUE_NUM      0x038
+#define R_QUEUE_READY    0x044
+#define R_QUEUE_NOTIFY   0x050
+#define R_STATUS         0x070
+#define R_QUEUE_DESC_LO  0x080
+#define R_QUEUE_DESC_HI  0x084
+#define R_QUEUE_AVAIL_LO 0x090
+#define R_QUEUE_AVAIL_HI 0x094
+#define R_QUEUE_USED_LO  0x0a0
+#define R_QUEUE_USED_HI  0x0a4
+#define R_CONFIG_GEN     0x0fc
+#define R_CONFIG         0x100
+
+#define MMIO_MAGIC 0x74726976u
+#define ST_ACK         0x01
+#define ST_DRIVER      0x02
+#define ST_DRIVER_OK   0x04
+#define ST_FEATURES_OK 0x08
+#define ST_FAILED      0x80
+
+#define F_NET_MAC    5
+#define F_VERSION_1  32
+
+#define DESC_F_WRITE 2
+#define AVAIL_F_NO_INTERRUPT 1
+#define USED_F_NO_NOTIFY 1
+
+#define RXQ 0
+#define TXQ 1
+
+struct vq_desc {
+	uint64_t addr;
+	uint32_t len;
+	uint16_t flags;
+	uint16_t next;
+};
+
+struct vq_avail {
+	uint16_t flags;
+	uint16_t idx;
+	uint16_t ring[VNET_QMAX];
+	uint16_t used_event;
+};
+
+struct vq_used_elem {
+	uint32_t id;
+	uint32_t len;
+};
+
+struct vq_used {
+	uint16_t flags;
+	uint16_t idx;
+	struct vq_used_elem ring[VNET_QMAX];
+	uint16_t avail_event;
+};
+
+struct vq {
+	struct vq_desc desc[VNET_QMAX] __attribute__((aligned(4096)));
+	struct vq_avail avail __attribute__((aligned(64)));
+	struct vq_used used __attribute__((aligned(4096)));
+	uint8_t buf[VNET_QMAX][VNET_BUF_SIZE] __attribute__((aligned(4096)));
+	uint16_t num;       /* entries in use (power of two) */
+	uint16_t avail_idx; /* our shadow of avail.idx */
+	uint16_t used_seen; /* used entries consumed */
+	uint16_t nfree;     /* TX: free descriptor stack */
+	uint16_t free[VNET_QMAX];
+};
+
+static struct {
+	uint64_t base;  /* MMIO base (in the uncached 3..4 GiB mapping) */
+	bool up;
+	uint16_t tx_pending; /* committed since the last flush */
+	bool rx_kick;        /* RX buffers re-posted after the device ran dry */
+	bool tx_held;        /* tx_cur was handed out by vnet_tx_alloc and not committed */
+	uint16_t tx_cur;
+	struct vnet_stats st;
+	struct vq rx, tx;
+} vn; /* zero-initialised: .bss */
+
+#define barrier() __asm__ volatile("" ::: "memory")
+#define mfence()  __asm__ volatile("mfence" ::: "memory")
+
+static inline uint32_t rd(uint32_t off)
+{
+	return *(volatile uint32_t *)(uintptr_t)(vn.base + off);
+}
+
+static inline void wr(uint32_t off, uint32_t v)
+{
+	*(volatile uint32_t *)(uintptr_t)(vn.base + off) = v;
+}
+
+static inline uint16_t ld16(const uint16_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline void st16(uint16_t *p, uint16_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static uint64_t hexnum(const char *s, size_t len, bool *ok)
+{
+	uint64_t v = 0;
+	size_t i = 0;
+	bool hex = len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+
+	*ok = len > 0;
+	if (hex)
+		i = 2;
+	for (; i < len; i++) {
+		char c = s[i];
+		unsigned d;
+
+		if (c >= '0' && c <= '9')
+			d = (unsigned)(c - '0');
+		else if (hex && c >= 'a' && c <= 'f')
+			d = (unsigned)(c - 'a' + 10);
+		else if (hex && c >= 'A' && c <= 'F')
+			d = (unsigned)(c - 'A' + 10);
+		else
+			d = 99;
+		if (d == 99 || v >> 59) {
+			*ok = false;
+			return 0;
+		}
+		v = v * (hex ? 16 : 10) + d;
+	}
+	return v;
+}
+
+/* Parse "<size>[K|M]@<base>[:<irq>]" (len chars). Returns 0 and the base, or -1. */
+static int parse_mmio_dev(const char *s, size_t len, uint64_t *base)
+{
+	size_t at = 0, colon;
+	bool ok;
+
+	while (at < len && s[at] != '@')
+		at++;
+	if (at == 0 || at >= len)
+		return -1;
+	colon = at + 1;
+	while (colon < len && s[colon] != ':')
+		colon++;
+	*base = hexnum(s + at + 1, colon - at - 1, &ok);
+	/* The device must sit in the uncached MMIO hole that boot.S maps (3..4 GiB), 4-byte aligned. */
+	if (!ok || *base < 0xc0000000ull || *base > 0xffffffffull - 0x200 || (*base & 3))
+		return -1;
+	return 0;
+}
+
+static void vq_setup(struct vq *q, unsigned idx, uint16_t num)
+{
+	uint64_t d = (uintptr_t)q->desc, a = (uintptr_t)&q->avail, u = (uintptr_t)&q->used;
+
+	q->num = num;
+	q->avail_idx = 0;
+	q->used_seen = 0;
+	memset(q->desc, 0, sizeof(q->desc));
+	memset(&q->avail, 0, sizeof(q->avail));
+	memset(&q->used, 0, sizeof(q->used));
+	q->avail.flags = AVAIL_F_NO_INTERRUPT; /* we poll */
+	for (uint16_t i = 0; i < num; i++) {
+		q->desc[i].addr = (uintptr_t)q->buf[i];
+		q->desc[i].len = VNET_BUF_SIZE;
+		q->desc[i].flags = idx == RXQ ? DESC_F_WRITE : 0;
+	}
+	wr(R_QUEUE_SEL, idx);
+	wr(R_QUEUE_NUM, num);
+	wr(R_QUEUE_DESC_LO, (uint32_t)d);
+	wr(R_QUEUE_DESC_HI, (uint32_t)(d >> 32));
+	wr(R_QUEUE_AVAIL_LO, (uint32_t)a);
+	wr(R_QUEUE_AVAIL_HI, (uint32_t)(a >> 32));
+	wr(R_QUEUE_USED_LO, (uint32_t)u);
+	wr(R_QUEUE_USED_HI, (uint32_t)(u >> 32));
+	wr(R_QUEUE_READY, 1);
+}
+
+/* Largest power of two <= min(max, VNET_QMAX), 0 if max is 0. */
+static uint16_t qsize(uint32_t max)
+{
+	uint16_t n = VNET_QMAX;
+
+	while (n && n > max)
+		n >>= 1;
+	return n;
+}
+
+static int probe(uint64_t base, uint8_t mac[6])
+{
+	uint32_t v, f0, f1;
+	uint16_t nrx, ntx;
+
+	vn.base = base;
+	if (rd(R_MAGIC) != MMIO_MAGIC)
+		return 1; /* nothing here: try the next one */
+	v = rd(R_VERSION);
+	if (rd(R_DEVICE_ID) != 1)
+		return 1;
+	if (v == 1) {
+		printf("virtio: net at 0x%lx is legacy virtio-mmio version 1: not supported, skipped\n", base);
+		return 1;
+	}
+	if (v != 2) {
+		printf("virtio: net at 0x%lx has unknown virtio-mmio version %u, skipped\n", base, v);
+		return 1;
+	}
+	wr(R_STATUS, 0);
+	if (rd(R_STATUS) != 0) {
+		printf("virtio: error: device at 0x%lx did not reset\n", base);
+		return -1;
+	}
+	wr(R_STATUS, ST_ACK);
+	wr(R_STATUS, ST_ACK | ST_DRIVER);
+	wr(R_DEV_FEAT_SEL, 0);
+	f0 = rd(R_DEV_FEAT);
+	wr(R_DEV_FEAT_SEL, 1);
+	f1 = rd(R_DEV_FEAT);
+	if (!(f1 & (1u << (F_VERSION_1 - 32)))) {
+		printf("virtio: error: device at 0x%lx does not offer VERSION_1\n", base);
+		goto fail;
+	}
+	wr(R_DRV_FEAT_SEL, 0);
+	wr(R_DRV_FEAT, f0 & (1u << F_NET_MAC));
+	wr(R_DRV_FEAT_SEL, 1);
+	wr(R_DRV_FEAT, 1u << (F_VERSION_1 - 32));
+	wr(R_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+	if (!(rd(R_STATUS) & ST_FEATURES_OK)) {
+		printf("virtio: error: device at 0x%lx refused our features\n", base);
+		goto fail;
+	}
+	wr(R_QUEUE_SEL, RXQ);
+	nrx = qsize(rd(R_QUEUE_NUM_MAX));
+	wr(R_QUEUE_SEL, TXQ);
+	ntx = qsize(rd(R_QUEUE_NUM_MAX));
+	if (nrx < 2 || ntx < 2) {
+		printf("virtio: error: device at 0x%lx offers queues of %u/%u entries\n", base, nrx, ntx);
+		goto fail;
+	}
+	vq_setup(&vn.rx, RXQ, nrx);
+	vq_setup(&vn.tx, TXQ, ntx);
+	vn.tx.nfree = ntx;
+	for (uint16_t i = 0; i < ntx; i++)
+		vn.tx.free[i] = (uint16_t)(ntx - 1 - i);
+
+	if (f0 & (1u << F_NET_MAC)) {
+		uint32_t gen;
+		do {
+			gen = rd(R_CONFIG_GEN);
+			for (int i = 0; i < 6; i++)
+				mac[i] = *(volatile uint8_t *)(uintptr_t)(base + R_CONFIG + (uint32_t)i);
+		} while (gen != rd(R_CONFIG_GEN));
+	} else {
+		static const uint8_t def[6] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
+		memcpy(mac, def, 6);
+	}
+	wr(R_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+
+	/* post every RX buffer */
+	for (uint16_t i = 0; i < nrx; i++)
+		vn.rx.avail.ring[i] = i;
+	vn.rx.avail_idx = nrx;
+	st16(&vn.rx.avail.idx, nrx);
+	mfence();
+	wr(R_QUEUE_NOTIFY, RXQ);
+	vn.up = true;
+	printf("virtio: net at 0x%lx rx=%u tx=%u\n", base, nrx, ntx);
+	return 0;
+fail:
+	wr(R_STATUS, ST_FAILED);
+	return -1;
+}
+
+int vnet_init(uint8_t mac[6])
+{
+	const char *cl = cmdline_raw();
+	static const char key[] = "virtio_mmio.device=";
+	const size_t klen = sizeof(key) - 1;
+	bool seen = false;
+
+	for (const char *p = cl; *p;) {
+		const char *e;
+		uint64_t base;
+		int rc;
+
+		while (*p == ' ')
+			p++;
+		e = p;
+		while (*e && *e != ' ')
+			e++;
+		if ((size_t)(e - p) > klen && !memcmp(p, key, klen)) {
+			seen = true;
+			if (parse_mmio_dev(p + klen, (size_t)(e - p) - klen, &base)) {
+				printf("virtio: warning: bad virtio_mmio.device= entry, skipped\n");
+			} else if ((rc = probe(base, mac)) <= 0) {
+				return rc;
+			}
+		}
+		p = e;
+	}
+	printf("virtio: error: %s\n", seen ? "no usable virtio-mmio network device"
+					   : "no virtio_mmio.device= on the cmdline");
+	return -1;
+}
+
+unsigned vnet_poll(vnet_rx_fn fn, unsigned budget)
+{
+	struct vq *q = &vn.rx;
+	uint16_t used, n = 0;
+	bool dry;
+
+	if (!vn.up)
+		return 0;
+	used = ld16(&q->used.idx);
+	if (used == q->used_seen)
+		return 0;
+	/* every posted buffer consumed: the device may be holding frames until we notify */
+	dry = used == q->avail_idx;
+	while (q->used_seen != used && n < budget) {
+		struct vq_used_elem *e = &q->used.ring[q->used_seen & (q->num - 1)];
+		uint32_t id = e->id, len = e->len;
+
+		if (id < q->num && len > VNET_HDR_LEN && len <= VNET_BUF_SIZE)
+			fn(q->buf[id] + VNET_HDR_LEN, len - VNET_HDR_LEN);
+		if (id < q->num) {
+			q->avail.ring[q->avail_idx & (q->num - 1)] = (uint16_t)id;
+			q->avail_idx++;
+		}
+		q->used_seen++;
+		n++;
+	}
+	st16(&q->avail.idx, q->avail_idx);
+	if (dry)
+		vn.rx_kick = true;
+	vn.st.rx += n;
+	return n;
+}
+
+static void tx_reclaim(void)
+{
+	struct vq *q = &vn.tx;
+	uint16_t used = ld16(&q->used.idx);
+
+	while (q->used_seen != used) {
+		uint32_t id = q->used.ring[q->used_seen & (q->num - 1)].id;
+
+		if (id < q->num && q->nfree < q->num)
+			q->free[q->nfree++] = (uint16_t)id;
+		q->used_seen++;
+	}
+}
+
+uint8_t *vnet_tx_alloc(void)
+{
+	struct vq *q = &vn.tx;
+
+	if (!vn.up)
+		return NULL;
+	if (!vn.tx_held) {
+		if (!q->nfree)
+			tx_reclaim();
+		if (!q->nfree) {
+			vn.st.tx_full++;
+			return NULL;
+		}
+		vn.tx_cur = q->free[--q->nfree];
+		vn.tx_held = true;
+	}
+	return q->buf[vn.tx_cur] + VNET_HDR_LEN;
+}
+
+void vnet_tx_commit(size_t len)
+{
+	struct vq *q = &vn.tx;
+	uint16_t id;
+
+	if (!vn.tx_held)
+		return;
+	if (len < 14 || len > VNET_FRAME_MAX)
+		return; /* keep the buffer for the next alloc */
+	id = vn.tx_cur;
+	vn.tx_held = false;
+	memset(q->buf[id], 0, VNET_HDR_LEN);
+	q->desc[id].len = (uint32_t)(len + VNET_HDR_LEN);
+	q->desc[id].flags = 0;
+	q->avail.ring[q->avail_idx & (q->num - 1)] = id;
+	q->avail_idx++;
+	st16(&q->avail.idx, q->avail_idx); /* release: descriptor and buffer are visible first */
+	vn.tx_pending++;
+	vn.st.tx++;
+}
+
+void vnet_flush(void)
+{
+	if (vn.tx_pending) {
+		vn.tx_pending = 0;
+		mfence(); /* avail.idx store before the used.flags load */
+		if (!(ld16(&vn.tx.used.flags) & USED_F_NO_NOTIFY)) {
+			wr(R_QUEUE_NOTIFY, TXQ);
+			vn.st.kicks++;
+		}
+		tx_reclaim();
+	}
+	if (vn.rx_kick) {
+		vn.rx_kick = false;
+		mfence();
+		wr(R_QUEUE_NOTIFY, RXQ);
+		vn.st.kicks++;
+	}
+}
+
+void vnet_get_stats(struct vnet_stats *st)
+{
+	*st = vn.st;
+}
