@@ -157,7 +157,14 @@ struct page_batch {
 	uint64_t idx[CHUNK_PAGES];
 	const void *ptr[CHUNK_PAGES];
 	size_t n;
+	struct ckpt_progress *prog;
 };
+
+static void progress_add(struct ckpt_progress *p, uint64_t n)
+{
+	if (p)
+		__atomic_fetch_add(&p->done, n, __ATOMIC_RELAXED);
+}
 
 static int batch_flush(struct sr_ctx *w, struct page_batch *b, int nthreads)
 {
@@ -166,6 +173,7 @@ static int batch_flush(struct sr_ctx *w, struct page_batch *b, int nthreads)
 	if (b->n)
 		rc = nthreads > 1 ? sr_write_pages_mt(w, b->idx, b->ptr, b->n, nthreads)
 				  : sr_write_pages(w, b->idx, b->ptr, b->n);
+	progress_add(b->prog, b->n);
 	b->n = 0;
 	return rc;
 }
@@ -182,12 +190,21 @@ static int batch_add(struct sr_ctx *w, struct page_batch *b, const struct guest_
 
 int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads)
 {
+	return ckpt_write_all_pages_progress(w, gm, nthreads, NULL);
+}
+
+int ckpt_write_all_pages_progress(struct sr_ctx *w, struct guest_mem *gm, int nthreads,
+				  struct ckpt_progress *prog)
+{
 	struct page_batch *b = malloc(sizeof(*b));
 	int rc = 0;
 
 	if (!b)
 		return -ENOMEM;
 	b->n = 0;
+	b->prog = prog;
+	if (prog)
+		__atomic_store_n(&prog->total, gm->nr_pages, __ATOMIC_RELAXED);
 	for (int i = 0; i < gm->nr && !rc; i++) {
 		const struct mem_region *r = &gm->r[i];
 		uint64_t npages = r->size >> GUEST_PAGE_SHIFT, p = 0;
@@ -209,6 +226,7 @@ int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads)
 			}
 			if (d > p && (rc = sr_write_zero_range(w, r->pfn_base + p, d - p)))
 				break;
+			progress_add(prog, d - p);
 			for (uint64_t q = d; q < h && !rc; q++)
 				rc = batch_add(w, b, gm, r->pfn_base + q, nthreads);
 			p = h;
@@ -223,12 +241,25 @@ int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads)
 int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
 			   int nthreads)
 {
+	return ckpt_write_dirty_pages_progress(w, gm, bitmap, nthreads, NULL);
+}
+
+int ckpt_write_dirty_pages_progress(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
+				    int nthreads, struct ckpt_progress *prog)
+{
 	struct page_batch *b = malloc(sizeof(*b));
 	int rc = 0;
 
 	if (!b)
 		return -ENOMEM;
 	b->n = 0;
+	b->prog = prog;
+	if (prog) {
+		uint64_t n = 0;
+		for (uint64_t wd = 0; wd < (gm->nr_pages + 63) / 64; wd++)
+			n += (uint64_t)__builtin_popcountll(bitmap[wd]);
+		__atomic_store_n(&prog->total, n, __ATOMIC_RELAXED);
+	}
 	for (uint64_t wd = 0; wd < (gm->nr_pages + 63) / 64 && !rc; wd++) {
 		uint64_t bits = bitmap[wd];
 		while (bits && !rc) {

@@ -61,6 +61,16 @@ int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads);
 int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
 			   int nthreads);
 
+/* Progress of a page write, readable from other threads (atomic loads): pages done of total. */
+struct ckpt_progress {
+	uint64_t done, total;
+};
+/* As above, counting into *prog (which they reset: total first, then done as pages go out). */
+int ckpt_write_all_pages_progress(struct sr_ctx *w, struct guest_mem *gm, int nthreads,
+				  struct ckpt_progress *prog);
+int ckpt_write_dirty_pages_progress(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
+				    int nthreads, struct ckpt_progress *prog);
+
 /* ---- reading ---------------------------------------------------------------------------------- */
 
 /*

@@ -240,8 +240,9 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	if (!rc)
 		rc = ckpt_info_write(w, &info);
 	if (!rc)
-		rc = incremental_from ? ckpt_write_dirty_pages(w, gm, bitmap, nthreads)
-				      : ckpt_write_all_pages(w, gm, nthreads);
+		rc = incremental_from
+			     ? ckpt_write_dirty_pages_progress(w, gm, bitmap, nthreads, &s->progress)
+			     : ckpt_write_all_pages_progress(w, gm, nthreads, &s->progress);
 	if (!rc)
 		rc = ckpt_state_write(w, &st);
 	if (!rc)

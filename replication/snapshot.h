@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "hv/hv.h"
+#include "replication/checkpoint.h"
 #include "replication/stream.h"
 
 /* Per-VM snapshot state: the id of the last snapshot and the dirty log that makes the next
@@ -15,6 +16,7 @@ struct snap {
 	uint64_t last_id;
 	uint64_t last_epoch;
 	char last_path[256];
+	struct ckpt_progress progress; /* of the snapshot being written (pages) */
 };
 
 struct snap_result {

@@ -64,41 +64,6 @@ static struct json_object *pause_reply(struct vmm *v, const char *state)
 	return o;
 }
 
-static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req)
-{
-	struct json_object *j, *o;
-	const char *path, *prev = NULL;
-	bool stop = false;
-	struct snap_result res;
-	char err[512];
-	int rc;
-
-	if (!json_object_object_get_ex(req, "path", &j) || !json_object_is_type(j, json_type_string))
-		return ctl_error("snapshot needs a \"path\" string");
-	path = json_object_get_string(j);
-	if (json_object_object_get_ex(req, "incremental_from", &j)) {
-		if (!json_object_is_type(j, json_type_string))
-			return ctl_error("\"incremental_from\" must be a string");
-		prev = json_object_get_string(j);
-	}
-	if (json_object_object_get_ex(req, "stop", &j))
-		stop = json_object_get_boolean(j);
-	rc = snap_take(&v->snap, v->vm, path, prev, stop, 2, &res, err, sizeof(err));
-	if (rc)
-		return ctl_error("snapshot failed: %s", err);
-	if (stop)
-		vmm_stop(v, 0);
-	o = json_object_new_object();
-	json_object_object_add(o, "path", json_object_new_string(path));
-	json_object_object_add(o, "incremental", json_object_new_boolean(res.incremental));
-	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)res.epoch));
-	json_object_object_add(o, "pages", json_object_new_int64((int64_t)res.pages));
-	json_object_object_add(o, "zero_pages", json_object_new_int64((int64_t)res.zero_pages));
-	json_object_object_add(o, "bytes", json_object_new_int64((int64_t)res.bytes));
-	json_object_object_add(o, "pause_ms", json_object_new_double((double)res.pause_ns / 1e6));
-	return o;
-}
-
 static struct json_object *handle(void *opaque, const char *cmd, struct json_object *req)
 {
 	struct vmm *v = opaque;
@@ -106,6 +71,9 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 
 	if (!strcmp(cmd, "status"))
 		return cmd_status(v);
+	if (v->job_busy && (!strcmp(cmd, "pause") || !strcmp(cmd, "resume") ||
+			    !strcmp(cmd, "snapshot") || !strcmp(cmd, "stop")))
+		return ctl_error("%s is busy writing a snapshot; try again when it is done", v->name);
 	if (!strcmp(cmd, "pause")) {
 		rc = vm_pause(v->vm);
 		if (rc)
@@ -119,7 +87,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		return pause_reply(v, "running");
 	}
 	if (!strcmp(cmd, "snapshot"))
-		return cmd_snapshot(v, req);
+		return vmm_cmd_snapshot(v, req);
 	if (!strcmp(cmd, "stop")) {
 		vmm_stop(v, 0);
 		return json_object_new_object();
@@ -299,6 +267,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	}
 	ev_async_init(&v->exit_async, exit_async_cb);
 	ev_async_start(v->loop, &v->exit_async);
+	vmm_snapshot_init(v);
 	vm_set_exit_cb(v->vm, on_vm_exit, v);
 	*out = v;
 	return 0;
@@ -331,6 +300,7 @@ int vmm_run(struct vmm *v, bool start_paused)
 		vm_pause(v->vm);
 	if (rc == 0)
 		ev_run(v->loop, 0);
+	vmm_snapshot_join(v);
 	if (v->held)
 		vm_stop(v->vm, v->stop_status < 0 ? 0 : v->stop_status);
 	status = vm_wait(v->vm);

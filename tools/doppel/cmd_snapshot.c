@@ -1,5 +1,6 @@
 /* cmd_snapshot.c — `doppel snapshot NAME FILE`: write a full or incremental snapshot of a running VM. */
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 
 #include <json-c/json.h>
 
+#include "tools/common/control.h"
 #include "tools/doppel/doppel.h"
 
 static void usage(void)
@@ -38,8 +40,48 @@ static char *absolute(const char *p)
 	return out;
 }
 
+/* A progress bar on a terminal: poll the VM's status from a second connection while the snapshot
+ * request waits for its reply. */
+struct progress {
+	const char *path;
+	volatile bool done;
+	bool drawn;
+};
+
+static void *progress_main(void *arg)
+{
+	struct progress *p = arg;
+	struct json_object *req = json_object_new_object(), *rep, *s, *d, *t;
+	char err[256];
+
+	json_object_object_add(req, "cmd", json_object_new_string("status"));
+	while (!p->done) {
+		usleep(200000);
+		if (p->done || ctl_call(p->path, req, &rep, 2000, err, sizeof(err)))
+			continue;
+		if (json_object_object_get_ex(rep, "snapshot_in_progress", &s) &&
+		    json_object_object_get_ex(s, "pages_done", &d) &&
+		    json_object_object_get_ex(s, "pages_total", &t) && json_object_get_int64(t) > 0) {
+			double f = (double)json_object_get_int64(d) / (double)json_object_get_int64(t);
+			int bar = (int)(f * 30);
+			fprintf(stderr, "\rsnapshot [%.*s%*s] %3.0f%% of %lld MiB", bar,
+				"##############################", 30 - bar, "", f * 100,
+				(long long)(json_object_get_int64(t) >> 8));
+			p->drawn = true;
+		}
+		json_object_put(rep);
+	}
+	if (p->drawn)
+		fprintf(stderr, "\r%60s\r", "");
+	json_object_put(req);
+	return NULL;
+}
+
 int cmd_snapshot(int argc, char **argv)
 {
+	struct progress prog = {0};
+	pthread_t pt;
+	bool bar;
 	static const struct option opts[] = {
 		DOPPEL_CTL_LONGOPTS,
 		{"stop", no_argument, NULL, 's'},
@@ -90,7 +132,12 @@ int cmd_snapshot(int argc, char **argv)
 	json_object_object_add(req, "stop", json_object_new_boolean(stop));
 	if (o.timeout_ms == DOPPEL_CTL_TIMEOUT_MS)
 		o.timeout_ms = 600000; /* a big VM takes a while to write */
+	prog.path = o.path;
+	bar = !o.json && isatty(STDERR_FILENO) && pthread_create(&pt, NULL, progress_main, &prog) == 0;
 	rc = doppel_ctl_request(&o, req, &reply);
+	prog.done = true;
+	if (bar)
+		pthread_join(pt, NULL);
 	json_object_put(req);
 	if (rc == 0) {
 		if (o.json)
