@@ -145,6 +145,7 @@ typedef int (*work_fn)(void);
  * device behind it, prints one line and returns 0; fault=triple triple-faults the vCPU (returns 2
  * only if the CPU survived). */
 int hostile_mmio(void);
+int hostile_port(void); /* fault=port: port 0x80, no device; prints one line, returns 0 */
 int hostile_triple(void);
 
 /* work_kv (kv.c, network stack in net.h): UDP key-value service, see docs/guest.md. */

@@ -51,6 +51,8 @@ int work_fault(void)
 		return hostile_mmio();
 	else if (!strcmp(v, "triple"))
 		return hostile_triple();
-	printf("guest: error: bad fault=%s (want ud|gp|io|pf|mmio|triple)\n", v);
+	else if (!strcmp(v, "port"))
+		return hostile_port();
+	printf("guest: error: bad fault=%s (want ud|gp|io|pf|mmio|port|triple)\n", v);
 	return GUEST_EXIT_USAGE;
 }

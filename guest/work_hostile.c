@@ -1,4 +1,4 @@
-/* work_hostile.c — hostile-guest behaviours for VMM tests: fault=mmio (unclaimed MMIO) and fault=triple. */
+/* work_hostile.c — hostile-guest behaviours for VMM tests: unclaimed MMIO and port I/O, triple fault. */
 #include "guest.h"
 
 /* An address in the uncached 3..4 GiB hole (mapped by boot.S) where no device lives. */
@@ -11,6 +11,22 @@ int hostile_mmio(void)
 
 	p[1] = 0xdeadbeef;
 	printf("fault: mmio read 0x%lx -> 0x%x and write survived\n", HOSTILE_MMIO, v);
+	return GUEST_EXIT_OK;
+}
+
+/* Port 0x80 (POST codes) has no device under doppel. The TSS and its I/O bitmap live in guest
+ * memory, so ring 3 can open the port for itself (bit clear = allowed), then write and read it. */
+#define HOSTILE_PORT 0x80
+
+int hostile_port(void)
+{
+	extern uint8_t tss[];
+	uint8_t *iobmp = tss + 104, v;
+
+	iobmp[HOSTILE_PORT / 8] &= (uint8_t)~(1u << (HOSTILE_PORT % 8));
+	outb(0x5a, HOSTILE_PORT);
+	v = inb(HOSTILE_PORT);
+	printf("fault: port 0x%x write and read -> 0x%x survived\n", HOSTILE_PORT, v);
 	return GUEST_EXIT_OK;
 }
 

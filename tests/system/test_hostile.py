@@ -1,4 +1,4 @@
-"""test_hostile.py — a hostile guest must not take doppel down: stray MMIO warns and the VM keeps
+"""test_hostile.py — a hostile guest must not take doppel down: stray MMIO and port I/O warn and the VM keeps
 running; a triple fault stops the VM with one clear line and a non-zero exit."""
 import re
 
@@ -35,3 +35,12 @@ def test_triple_fault_stops_the_vm_with_one_line(doppel_bin, guest_elf, tmp_path
     assert rc != 0, (rc, out, err)
     lines = [l for l in err.splitlines() if "triple fault" in l]
     assert len(lines) == 1 and "guest triple fault" in lines[0], err
+
+
+def test_unclaimed_port_warns_and_keeps_running(doppel_bin, guest_elf, tmp_path):
+    rc, out, err = run(doppel_bin, guest_elf, tmp_path, "work=fault fault=port")
+    assert "fault: port 0x80 write and read -> 0xff survived" in out, out
+    assert rc == 0, (rc, out, err)
+    warns = [l for l in err.splitlines() if "port 0x80" in l]
+    assert len(warns) == 2 and all("no device" in l for l in warns), err
+
