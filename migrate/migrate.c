@@ -1,18 +1,264 @@
-/* migrate.c — scaffolding until the migration engine lands. */
+/* migrate.c — live migration: the "migrate" control command, status, back-channel messages, completion. */
 #include <errno.h>
+#include <json-c/json.h>
+#include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include "migrate/migrate.h"
+#include "migrate/migrate_priv.h"
+#include "tools/common/cli.h"
+#include "tools/common/control.h"
+#include "tools/common/vmm.h"
+#include "tools/common/vmm_priv.h"
+
+uint64_t mig_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- back channel ----------------------------------------------------------------------------- */
+
+int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
+{
+	struct mig_msg m = {.magic = MIG_MSG_MAGIC, .type = type, .t_start_ns = t_start,
+			    .t_running_ns = t_running};
+	size_t off = 0;
+
+	if (text)
+		snprintf(m.text, sizeof(m.text), "%s", text);
+	while (off < sizeof(m)) {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		if (poll(&p, 1, 2000) <= 0)
+			return -ETIMEDOUT;
+		ssize_t n = send(fd, (char *)&m + off, sizeof(m) - off, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms)
+{
+	uint64_t end = mig_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	size_t off = 0;
+
+	while (off < sizeof(*m)) {
+		uint64_t now = mig_now_ns();
+		if (now >= end)
+			return -ETIMEDOUT;
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		int pr = poll(&p, 1, (int)((end - now) / 1000000ull) + 1);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr <= 0)
+			return pr == 0 ? -ETIMEDOUT : -errno;
+		ssize_t n = recv(fd, (char *)m + off, sizeof(*m) - off, 0);
+		if (n == 0)
+			return -EPIPE;
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			return -errno;
+		}
+		off += (size_t)n;
+	}
+	if (m->magic != MIG_MSG_MAGIC || m->type < MIG_ACCEPT || m->type > MIG_EPOCH)
+		return -EBADMSG;
+	m->text[sizeof(m->text) - 1] = 0;
+	for (char *c = m->text; *c; c++)
+		if ((unsigned char)*c < ' ' || *c == 0x7f)
+			*c = '?';
+	return 0;
+}
+
+/* ---- the "migrate" command -------------------------------------------------------------------- */
+
+static void done_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct mig *m = w->data;
+
+	(void)revents;
+	pthread_join(m->sender, NULL);
+	pthread_mutex_lock(&m->lock);
+	m->busy = false;
+	pthread_mutex_unlock(&m->lock);
+	if (m->success) /* the reply was queued by the sender: give the loop a moment to write it */
+		ev_timer_start(loop, &m->stop_timer);
+}
+
+static void stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct mig *m = w->data;
+
+	(void)loop, (void)revents;
+	vmm_stop(m->v, 0);
+}
+
+static int parse_params(struct json_object *req, struct mig_params *p, char *err, size_t errlen)
+{
+	struct json_object *j;
+
+	*p = (struct mig_params){.downtime_ms = 10, .compress = MIG_COMP_AUTO, .connect_timeout_ms = 5000,
+				 .io_timeout_ms = 5000, .max_rounds = 1000};
+	if (!json_object_object_get_ex(req, "to", &j) || !json_object_is_type(j, json_type_string) ||
+	    strlen(json_object_get_string(j)) >= sizeof(p->to)) {
+		snprintf(err, errlen, "migrate needs a \"to\": \"ADDR:PORT\" string");
+		return -EINVAL;
+	}
+	snprintf(p->to, sizeof(p->to), "%s", json_object_get_string(j));
+	if (json_object_object_get_ex(req, "downtime_ms", &j)) {
+		p->downtime_ms = json_object_get_double(j);
+		if (!(p->downtime_ms >= 1 && p->downtime_ms <= 60000)) {
+			snprintf(err, errlen, "\"downtime_ms\" must be 1..60000");
+			return -EINVAL;
+		}
+	}
+	if (json_object_object_get_ex(req, "max_bandwidth", &j)) {
+		int64_t bw = json_object_get_int64(j);
+		if (bw < 0) {
+			snprintf(err, errlen, "\"max_bandwidth\" must be >= 0 bytes/s");
+			return -EINVAL;
+		}
+		p->max_bw = (uint64_t)bw;
+	}
+	if (json_object_object_get_ex(req, "compress", &j)) {
+		const char *s = json_object_get_string(j);
+		if (s && !strcmp(s, "auto"))
+			p->compress = MIG_COMP_AUTO;
+		else if (s && !strcmp(s, "zstd"))
+			p->compress = MIG_COMP_ZSTD;
+		else if (s && !strcmp(s, "none"))
+			p->compress = MIG_COMP_NONE;
+		else {
+			snprintf(err, errlen, "\"compress\" must be auto, zstd or none");
+			return -EINVAL;
+		}
+	}
+	if (json_object_object_get_ex(req, "timeout_ms", &j)) {
+		int64_t t = json_object_get_int64(j);
+		if (t < 100 || t > 600000) {
+			snprintf(err, errlen, "\"timeout_ms\" must be 100..600000");
+			return -EINVAL;
+		}
+		p->io_timeout_ms = p->connect_timeout_ms = (int)t;
+	}
+	return 0;
+}
+
+static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, void *opaque)
+{
+	struct mig *m = opaque;
+	struct mig_params p;
+	char err[300];
+	int rc;
+
+	if (vmm_held(v))
+		return ctl_error("this VM is not running (held for an incoming migration or as a standby)");
+	if (vm_get_state(vmm_vm(v)) != VM_RUNNING)
+		return ctl_error("VM %s is %s; only a running VM can be migrated", vmm_name(v),
+				 vm_state_name(vm_get_state(vmm_vm(v))));
+	if (parse_params(req, &p, err, sizeof(err)))
+		return ctl_error("%s", err);
+	pthread_mutex_lock(&m->lock);
+	if (m->busy) {
+		pthread_mutex_unlock(&m->lock);
+		return ctl_error("a migration of %s is already running", vmm_name(v));
+	}
+	m->busy = true;
+	m->success = false;
+	m->p = p;
+	m->prog = (struct mig_progress){.state = "active"};
+	pthread_mutex_unlock(&m->lock);
+	m->conn = ctl_current_conn(v->ctl);
+	rc = pthread_create(&m->sender, NULL, mig_sender_main, m);
+	if (rc) {
+		pthread_mutex_lock(&m->lock);
+		m->busy = false;
+		m->prog.state = "failed";
+		pthread_mutex_unlock(&m->lock);
+		ctl_reply(m->conn, ctl_error("cannot start the migration thread: %s", strerror(rc)));
+		return CTL_DEFER;
+	}
+	return CTL_DEFER;
+}
+
+static void status_hook(struct vmm *v, struct json_object *st, void *opaque)
+{
+	struct mig *m = opaque;
+	struct json_object *o = json_object_new_object();
+
+	(void)v;
+	pthread_mutex_lock(&m->lock);
+	json_object_object_add(o, "state", json_object_new_string(m->prog.state ? m->prog.state : "none"));
+	if (m->prog.state) {
+		json_object_object_add(o, "round", json_object_new_int64((int64_t)m->prog.round));
+		json_object_object_add(o, "pages_left", json_object_new_int64((int64_t)m->prog.pages_left));
+		json_object_object_add(o, "rate_mbps", json_object_new_double(m->prog.rate_mbps));
+		json_object_object_add(o, "est_downtime_ms", json_object_new_double(m->prog.est_downtime_ms));
+		json_object_object_add(o, "throttle_pct", json_object_new_double(m->prog.throttle * 100));
+		json_object_object_add(o, "bytes_wire", json_object_new_int64((int64_t)m->prog.bytes_wire));
+		json_object_object_add(o, "bytes_raw", json_object_new_int64((int64_t)m->prog.bytes_raw));
+		json_object_object_add(o, "compress", json_object_new_boolean(m->prog.compress));
+		if (m->prog.error[0])
+			json_object_object_add(o, "error", json_object_new_string(m->prog.error));
+	}
+	pthread_mutex_unlock(&m->lock);
+	json_object_object_add(st, "migration", o);
+}
 
 int migrate_setup(struct vmm *v)
 {
-	(void)v;
-	return 0;
+	struct mig *m = calloc(1, sizeof(*m));
+	int rc;
+
+	if (!m)
+		return -ENOMEM;
+	m->v = v;
+	m->lfd = m->fd = -1;
+	pthread_mutex_init(&m->lock, NULL);
+	ev_async_init(&m->done_async, done_async_cb);
+	m->done_async.data = m;
+	ev_async_start(vmm_loop(v), &m->done_async);
+	ev_unref(vmm_loop(v)); /* does not keep the loop alive by itself */
+	ev_timer_init(&m->stop_timer, stop_timer_cb, 0.05, 0);
+	m->stop_timer.data = m;
+	rc = vmm_register_cmd(v, "migrate", cmd_migrate, m);
+	if (!rc)
+		rc = vmm_add_status_hook(v, status_hook, m);
+	return rc; /* on error m stays owned by whatever registered it; the process is exiting */
+}
+
+/* The struct mig registered by migrate_setup (its "migrate" command's opaque). */
+static struct mig *mig_of(struct vmm *v)
+{
+	for (int i = 0; i < v->nr_cmds; i++)
+		if (!strcmp(v->cmds[i].name, "migrate"))
+			return v->cmds[i].opaque;
+	return NULL;
 }
 
 int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
 {
-	(void)v, (void)addr;
-	snprintf(err, errlen, "incoming migration is not available yet");
-	return -ENOSYS;
+	struct mig *m = mig_of(v);
+
+	if (!m) {
+		snprintf(err, errlen, "internal error: migrate_setup was not called");
+		return -EINVAL;
+	}
+	if (!vmm_held(v)) {
+		snprintf(err, errlen, "--incoming needs a VM that has not started");
+		return -EINVAL;
+	}
+	return mig_recv_listen(m, addr, err, errlen);
 }

@@ -20,6 +20,7 @@ static const struct doppel_verb verbs[] = {
 	{ "resume", "resume a paused VM", cmd_resume },
 	{ "stop", "stop a VM (its doppel run process exits)", cmd_stop },
 	{ "snapshot", "write a VM's complete state to a file (full or incremental)", cmd_snapshot },
+	{ "migrate", "live-migrate a running VM to another host (doppel run --incoming)", cmd_migrate },
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */

@@ -1,0 +1,108 @@
+/* migrate_priv.h — shared inside migrate/: the back-channel message, the throttle, per-VM migration state. */
+#ifndef DOPPEL_MIGRATE_PRIV_H
+#define DOPPEL_MIGRATE_PRIV_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "migrate/converge.h"
+
+struct vmm;
+struct vm;
+struct ctl_conn;
+
+/*
+ * Back channel (destination -> source) on the migration TCP connection: fixed 144-byte messages,
+ * little endian. ACCEPT (t_start_ns = 1 when the destination's RAM is known to be all zero) after the stream header matched the VM (before any memory flows), REJECT
+ * (text says why) instead, RUNNING once the destination's vCPUs were started (t_start_ns: when the
+ * destination began applying the final state, t_running_ns: vCPUs started; CLOCK_MONOTONIC),
+ * ERROR when the destination gave up mid-stream, EPOCH (t_start_ns = epoch number) when a pre-copy
+ * epoch has been read and written into RAM: the source waits for it before the next round, so its
+ * page rate is end to end (the receiver, not the socket buffer, is usually the bottleneck).
+ */
+#define MIG_MSG_MAGIC 0x474d5044u /* "DPMG" */
+enum mig_msg_type { MIG_ACCEPT = 1, MIG_REJECT = 2, MIG_RUNNING = 3, MIG_ERROR = 4, MIG_EPOCH = 5 };
+struct mig_msg {
+	uint32_t magic, type;
+	uint64_t t_start_ns, t_running_ns;
+	char text[120];
+};
+_Static_assert(sizeof(struct mig_msg) == 144, "mig_msg layout");
+
+/* Write / read one message with a timeout. 0 or -errno (-ETIMEDOUT, -EPIPE on EOF, -EBADMSG). */
+int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
+int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
+
+uint64_t mig_now_ns(void);
+
+/* ---- auto-converge throttle (throttle.c) ----------------------------------------------------- */
+
+/* A thread that, while frac > 0, pauses the VM for frac of every 10 ms slice (vm_pause/vm_resume). */
+#define THROTTLE_SLICE_NS 10000000ull
+struct throttle {
+	struct vm *vm;
+	pthread_t th;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	double frac;
+	bool stop, started;
+	uint64_t paused_ns; /* total time the throttle kept the VM paused */
+};
+int throttle_start(struct throttle *t, struct vm *vm);
+void throttle_set(struct throttle *t, double frac);
+/* Stop the thread and leave the VM running (resumed). Idempotent. */
+void throttle_stop(struct throttle *t);
+
+/* ---- per-VM state ----------------------------------------------------------------------------- */
+
+enum mig_compress { MIG_COMP_AUTO, MIG_COMP_ZSTD, MIG_COMP_NONE };
+
+struct mig_params {
+	char to[256];
+	double downtime_ms;
+	uint64_t max_bw; /* bytes/s, 0 = unlimited */
+	enum mig_compress compress;
+	int connect_timeout_ms, io_timeout_ms;
+	uint64_t max_rounds; /* safety net: force stop-and-copy after this many rounds */
+};
+
+/* Progress, published by the sender for status (lock). */
+struct mig_progress {
+	const char *state; /* "none", "active", "completing", "completed", "failed" */
+	uint64_t round, pages_left, bytes_wire, bytes_raw;
+	double rate_mbps, est_downtime_ms, throttle;
+	bool compress;
+	char error[300];
+};
+
+struct mig {
+	struct vmm *v;
+	pthread_mutex_t lock;
+	struct mig_progress prog;
+	bool busy; /* an outgoing migration is running */
+	pthread_t sender;
+	struct mig_params p;
+	struct ctl_conn *conn;
+	ev_async done_async; /* sender -> loop: migration finished */
+	ev_timer stop_timer; /* after success: let the reply flush, then stop */
+	bool success;
+	/* incoming */
+	int lfd, fd;
+	ev_io accept_w;
+	ev_async in_async; /* receiver -> loop: stream complete, start vCPUs */
+	pthread_t receiver;
+	bool recv_started;
+	uint64_t t_in_end, t_in_applied; /* when END was read, state applied */
+	char in_err[512];
+	int in_rc;
+	struct ckpt_state *keep; /* last state received (receiver thread until in_async) */
+};
+
+/* migrate_send.c */
+void *mig_sender_main(void *arg);
+/* migrate_recv.c */
+int mig_recv_listen(struct mig *m, const char *addr, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,196 @@
+/* migrate_recv.c — the destination side: accept one migration, read it into the held VM, then run. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "migrate/migrate_priv.h"
+#include "replication/checkpoint.h"
+#include "replication/sock.h"
+#include "replication/stream.h"
+#include "tools/common/vmm.h"
+#include "tools/common/vmm_priv.h"
+
+#define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, or the final epoch) */
+
+static void fail(struct mig *m, const char *fmt, const char *what)
+{
+	snprintf(m->in_err, sizeof(m->in_err), fmt, what);
+}
+
+/* Receiver thread: header check -> ACCEPT, epochs straight into RAM, keep the last state, END. */
+static void *receiver_main(void *arg)
+{
+	struct mig *m = arg;
+	struct vm *vm = vmm_vm(m->v);
+	struct ckpt_stage a = {0}, keep = {0}, tmp;
+	struct sr_header h;
+	struct sr_in in;
+	struct sr_ctx *r = NULL;
+	char err[400];
+	int rc;
+
+	sr_in_fd(&in, m->fd, RECV_TIMEOUT_MS);
+	rc = sr_reader_new(&r, &in);
+	if (rc) {
+		fail(m, "%s", "out of memory");
+		goto out;
+	}
+	rc = sr_read_header(r, &h);
+	if (rc) {
+		fail(m, "bad migration stream: %s", sr_error(r));
+		goto out;
+	}
+	rc = sr_header_check_mem(&h, vm_mem(vm), err, sizeof(err));
+	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
+		snprintf(err, sizeof(err), "the source VM has %u vCPUs, this one %d", h.nr_vcpus, vm_nr_vcpus(vm));
+		rc = -EINVAL;
+	}
+	if (rc) {
+		if (h.mem_size != vm_mem(vm)->size) /* keep the REJECT text within its 120 bytes */
+			snprintf(err, sizeof(err), "memory size/layout differs (source %llu MiB, here %llu MiB)",
+				 (unsigned long long)(h.mem_size >> 20),
+				 (unsigned long long)(vm_mem(vm)->size >> 20));
+		mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+		fail(m, "rejected the migration: %s", err);
+		goto out;
+	}
+	/* t_start_ns = 1: this RAM is all zero (no kernel was loaded), zero ranges need not be sent. */
+	rc = mig_msg_send(m->fd, MIG_ACCEPT, m->v->o.kernel ? 0 : 1, 0, NULL);
+	if (rc) {
+		fail(m, "cannot answer the source: %s", strerror(-rc));
+		goto out;
+	}
+	for (;;) {
+		rc = ckpt_read_epoch(r, &a, vm_mem(vm), err, sizeof(err));
+		if (rc < 0) {
+			fail(m, "migration stream broken: %s", err);
+			goto out;
+		}
+		if (rc == 0)
+			break;
+		if (!a.have_state && (rc = mig_msg_send(m->fd, MIG_EPOCH, a.epoch, 0, NULL))) {
+			fail(m, "cannot answer the source: %s", strerror(-rc));
+			goto out;
+		}
+		if (a.have_state) { /* keep it: the next read resets its stage */
+			tmp = keep;
+			keep = a;
+			a = tmp;
+		}
+	}
+	if (!keep.have_state) {
+		fail(m, "%s", "migration stream ended without the VM state");
+		rc = -EBADMSG;
+		goto out;
+	}
+	m->t_in_end = mig_now_ns();
+	rc = ckpt_state_apply(&keep.st, vm, err, sizeof(err));
+	m->t_in_applied = mig_now_ns();
+	if (rc)
+		fail(m, "cannot apply the migrated state: %s", err);
+out:
+	m->in_rc = rc ? rc : 0;
+	if (rc && m->fd >= 0)
+		mig_msg_send(m->fd, MIG_ERROR, 0, 0, m->in_err);
+	ckpt_stage_free(&a);
+	ckpt_stage_free(&keep);
+	sr_ctx_free(r);
+	ev_async_send(vmm_loop(m->v), &m->in_async);
+	return NULL;
+}
+
+/* Loop thread: the stream is in (or broke). Start the vCPUs, announce, ack. */
+static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct mig *m = w->data;
+	uint64_t t_start = mig_now_ns(), t_run;
+	int rc;
+
+	(void)loop, (void)revents;
+	pthread_join(m->receiver, NULL);
+	m->recv_started = false;
+	if (m->in_rc) {
+		fprintf(stderr, "doppel run: incoming migration failed: %s\n", m->in_err);
+		close(m->fd);
+		m->fd = -1;
+		vmm_stop(m->v, 1);
+		return;
+	}
+	rc = vmm_start_vcpus(m->v);
+	t_run = mig_now_ns();
+	if (rc) {
+		fprintf(stderr, "doppel run: cannot start the migrated VM: %s\n", strerror(-rc));
+		mig_msg_send(m->fd, MIG_ERROR, 0, 0, "cannot start the vCPUs");
+		close(m->fd);
+		m->fd = -1;
+		vmm_stop(m->v, 1);
+		return;
+	}
+	char txt[100];
+	snprintf(txt, sizeof(txt), "end=%llu applied=%llu loop=%llu",
+		 (unsigned long long)m->t_in_end, (unsigned long long)m->t_in_applied, (unsigned long long)t_start);
+	mig_msg_send(m->fd, MIG_RUNNING, m->t_in_end, t_run, txt);
+	vmm_net_announce(m->v);
+	close(m->fd);
+	m->fd = -1;
+	pthread_mutex_lock(&m->lock);
+	m->prog = (struct mig_progress){.state = "completed"};
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct mig *m = w->data;
+	int fd, rc;
+
+	(void)revents;
+	fd = sock_accept(m->lfd, RECV_TIMEOUT_MS);
+	if (fd < 0)
+		return; /* -EAGAIN or a failed handshake: keep listening */
+	ev_io_stop(loop, w);
+	close(m->lfd);
+	m->lfd = -1;
+	m->fd = fd;
+	pthread_mutex_lock(&m->lock);
+	m->prog = (struct mig_progress){.state = "incoming"};
+	pthread_mutex_unlock(&m->lock);
+	rc = pthread_create(&m->receiver, NULL, receiver_main, m);
+	if (rc) {
+		fprintf(stderr, "doppel run: cannot start the migration receiver: %s\n", strerror(rc));
+		vmm_stop(m->v, 1);
+		return;
+	}
+	m->recv_started = true;
+}
+
+/* Fault in the destination's RAM while nothing is happening yet: one madvise instead of a page
+ * fault per page during the first round (page faults are expensive under nested virtualisation).
+ * Only for RAM up to 4 GiB; errors are ignored (old kernels: pages fault in on demand). */
+static void prefault(struct guest_mem *gm)
+{
+	if (gm->size > (4ull << 30))
+		return;
+	for (int i = 0; i < gm->nr; i++)
+		(void)madvise(gm->r[i].host, gm->r[i].size, MADV_POPULATE_WRITE);
+}
+
+int mig_recv_listen(struct mig *m, const char *addr, char *err, size_t errlen)
+{
+	m->lfd = sock_listen(addr, err, errlen);
+	if (m->lfd < 0)
+		return m->lfd;
+	prefault(vm_mem(vmm_vm(m->v)));
+	ev_io_init(&m->accept_w, accept_cb, m->lfd, EV_READ);
+	m->accept_w.data = m;
+	ev_io_start(vmm_loop(m->v), &m->accept_w);
+	ev_async_init(&m->in_async, in_async_cb);
+	m->in_async.data = m;
+	ev_async_start(vmm_loop(m->v), &m->in_async);
+	pthread_mutex_lock(&m->lock);
+	m->prog = (struct mig_progress){.state = "waiting"};
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}

@@ -1,0 +1,87 @@
+/* test_migrate.c — unit tests of the pre-copy convergence estimator (migrate/converge.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "migrate/converge.h"
+
+static void test_unknown_rate_never_fits(void **state)
+{
+	struct converge c;
+
+	(void)state;
+	conv_init(&c, 10);
+	assert_false(conv_fits(&c, 1));
+	assert_true(conv_fits(&c, 0)); /* nothing left: only the fixed overhead */
+	conv_round_sent(&c, 10, 0.001); /* too few pages to measure */
+	assert_true(c.page_rate == 0);
+	assert_false(conv_fits(&c, 1));
+}
+
+static void test_estimate_from_rate(void **state)
+{
+	struct converge c;
+
+	(void)state;
+	conv_init(&c, 10);
+	conv_round_sent(&c, 100000, 0.25); /* 400k pages/s */
+	assert_true(c.page_rate > 399999 && c.page_rate < 400001);
+	/* 2000 pages -> 5 ms + overhead (fits 70 % of 10 ms) */
+	double e = conv_estimate_ms(&c, 2000);
+	assert_true(e > 5 + CONV_DEFAULT_OVERHEAD_MS - 0.01 && e < 5 + CONV_DEFAULT_OVERHEAD_MS + 0.01);
+	assert_true(conv_fits(&c, 2000));
+	assert_false(conv_fits(&c, 3000)); /* 7.5 ms + overhead > 7 ms */
+	/* EWMA: a slower round halves the way */
+	conv_round_sent(&c, 100000, 0.5);
+	assert_true(c.page_rate > 299999 && c.page_rate < 300001);
+}
+
+static void test_throttle_grows_without_progress(void **state)
+{
+	struct converge c;
+	double t;
+
+	(void)state;
+	conv_init(&c, 10);
+	conv_round_sent(&c, 50000, 0.1); /* 500k pages/s */
+	t = conv_round_synced(&c, 50000, 0.1); /* everything dirty again: 500k/s dirty rate */
+	assert_true(t == CONV_THROTTLE_FIRST);
+	conv_round_sent(&c, 50000, 0.1);
+	t = conv_round_synced(&c, 50000, 0.1);
+	assert_true(t > CONV_THROTTLE_FIRST);
+	for (int i = 0; i < 20; i++) {
+		conv_round_sent(&c, 50000, 0.1);
+		t = conv_round_synced(&c, 50000, 0.1);
+	}
+	assert_true(t == CONV_THROTTLE_MAX);
+}
+
+static void test_no_throttle_when_converging(void **state)
+{
+	struct converge c;
+	uint64_t left = 50000;
+
+	(void)state;
+	conv_init(&c, 10);
+	for (int i = 0; i < 10 && !conv_fits(&c, left); i++) {
+		double s = (double)left / 400000.0;
+		conv_round_sent(&c, left, s);
+		left = (uint64_t)(s * 50000.0); /* dirty rate 1/8 of the page rate */
+		assert_true(conv_round_synced(&c, left, s) == 0);
+	}
+	assert_true(conv_fits(&c, left));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_unknown_rate_never_fits),
+		cmocka_unit_test(test_estimate_from_rate),
+		cmocka_unit_test(test_throttle_grows_without_progress),
+		cmocka_unit_test(test_no_throttle_when_converging),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
