@@ -13,7 +13,6 @@
 #include "tools/common/cli.h"
 #include "tools/common/control.h"
 #include "tools/common/vmm.h"
-#include "tools/common/vmm_priv.h"
 
 uint64_t mig_now_ns(void)
 {
@@ -180,7 +179,7 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 	m->p = p;
 	m->prog = (struct mig_progress){.state = "active"};
 	pthread_mutex_unlock(&m->lock);
-	m->conn = ctl_current_conn(v->ctl);
+	m->conn = vmm_ctl_current(v);
 	rc = pthread_create(&m->sender, NULL, mig_sender_main, m);
 	if (rc) {
 		pthread_mutex_lock(&m->lock);
@@ -242,10 +241,7 @@ int migrate_setup(struct vmm *v)
 /* The struct mig registered by migrate_setup (its "migrate" command's opaque). */
 static struct mig *mig_of(struct vmm *v)
 {
-	for (int i = 0; i < v->nr_cmds; i++)
-		if (!strcmp(v->cmds[i].name, "migrate"))
-			return v->cmds[i].opaque;
-	return NULL;
+	return vmm_cmd_opaque(v, "migrate");
 }
 
 int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t errlen)

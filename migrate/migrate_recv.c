@@ -11,7 +11,7 @@
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "tools/common/vmm.h"
-#include "tools/common/vmm_priv.h"
+#include "tools/common/vmm.h"
 
 #define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, or the final epoch) */
 
@@ -58,7 +58,7 @@ static void *receiver_main(void *arg)
 		goto out;
 	}
 	/* t_start_ns = 1: this RAM is all zero (no kernel was loaded), zero ranges need not be sent. */
-	rc = mig_msg_send(m->fd, MIG_ACCEPT, m->v->o.kernel ? 0 : 1, 0, NULL);
+	rc = mig_msg_send(m->fd, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
 	if (rc) {
 		fail(m, "cannot answer the source: %s", strerror(-rc));
 		goto out;

@@ -112,6 +112,24 @@ int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaqu
 	return 0;
 }
 
+void *vmm_cmd_opaque(struct vmm *v, const char *name)
+{
+	for (int i = 0; i < v->nr_cmds; i++)
+		if (!strcmp(v->cmds[i].name, name))
+			return v->cmds[i].opaque;
+	return NULL;
+}
+
+struct ctl_conn *vmm_ctl_current(struct vmm *v)
+{
+	return ctl_current_conn(v->ctl);
+}
+
+bool vmm_booted_kernel(const struct vmm *v)
+{
+	return v->o.kernel != NULL;
+}
+
 int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque)
 {
 	if (v->nr_status_hooks >= VMM_MAX_STATUS_HOOKS)

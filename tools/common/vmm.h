@@ -40,6 +40,14 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 /* Register an extra control command (before vmm_run). Returns 0 or -ENOSPC/-EEXIST. */
 int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque);
 
+/* The opaque pointer a command was registered with (NULL if no such command): lets a subsystem
+ * find its per-VM state from the vmm alone. */
+void *vmm_cmd_opaque(struct vmm *v, const char *name);
+/* Inside a command handler: the requesting client, for a deferred reply (tools/common/control.h). */
+struct ctl_conn *vmm_ctl_current(struct vmm *v);
+/* True when the VM booted a kernel in this process (--kernel), i.e. its RAM is not all zero. */
+bool vmm_booted_kernel(const struct vmm *v);
+
 /* Add keys to every status reply: fn fills `status` (an object) on the loop thread. Up to
  * VMM_MAX_STATUS_HOOKS hooks (-ENOSPC beyond). */
 #define VMM_MAX_STATUS_HOOKS 4
