@@ -92,7 +92,10 @@ int vm_start(struct vm *vm);
 
 /* Quiesce: kick every vCPU out of KVM_RUN and wait until each has acknowledged (its thread is parked
  * outside KVM_RUN). On return no guest code runs and vCPU state may be read or written.
- * Idempotent. Returns 0, or -ESHUTDOWN if the VM has stopped. Not callable from a vCPU thread. */
+ * Holds nest: each vm_pause must be matched by one vm_resume, and the vCPUs run again only when the
+ * last hold is released, so a checkpoint, a throttle and an operator's pause never undo each other.
+ * A hold taken before vm_start makes the vCPUs start parked. vm_resume returns -EINVAL when no hold
+ * is outstanding. Both return -ESHUTDOWN once the VM has stopped. Not callable from a vCPU thread. */
 int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);
 

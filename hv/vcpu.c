@@ -209,6 +209,13 @@ int vm_start(struct vm *vm)
 		return -EINVAL;
 	}
 	vm->state = VM_RUNNING;
+	if (vm->pause_count > 0) {
+		/* Held before start: every vCPU parks at its first KVM_RUN (immediate_exit). */
+		vm->pause_req = true;
+		vm->state = VM_PAUSED;
+		for (int i = 0; i < vm->nr_vcpus; i++)
+			vm->vcpu[i].run->immediate_exit = 1;
+	}
 	/* vCPU threads start with the kick signal blocked and unblock it themselves. */
 	sigemptyset(&set);
 	sigaddset(&set, vm_sig_kick());
@@ -238,7 +245,8 @@ int vm_pause(struct vm *vm)
 		rc = -ESHUTDOWN;
 		goto out;
 	}
-	if (vm->state == VM_PAUSED || vm->state == VM_CREATED)
+	/* Holds nest: only the first one stops the vCPUs. */
+	if (vm->pause_count++ > 0 || vm->state == VM_CREATED)
 		goto out;
 	vm->pause_req = true;
 	vm_kick_all_locked(vm);
@@ -267,7 +275,9 @@ int vm_resume(struct vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	if (vm->stop_req || vm->state == VM_STOPPED)
 		rc = -ESHUTDOWN;
-	else if (vm->state == VM_PAUSED) {
+	else if (vm->pause_count == 0)
+		rc = -EINVAL; /* unbalanced: nobody holds the VM paused */
+	else if (--vm->pause_count == 0 && vm->state == VM_PAUSED) {
 		vm->pause_req = false;
 		vm->state = VM_RUNNING;
 		pthread_cond_broadcast(&vm->cond);

@@ -43,6 +43,7 @@ struct vm {
 	pthread_cond_t cond;
 	enum vm_state state;
 	bool pause_req;
+	unsigned pause_count; /* nested holds: vm_pause increments, vm_resume decrements */
 	int parked;  /* vCPU threads parked for a pause */
 	int alive;   /* vCPU threads not yet ended */
 	bool stop_req;

@@ -165,7 +165,6 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	uint64_t *bitmap = NULL, t0, t1;
 	char tmp[300];
 	int fd = -1, rc;
-	bool was_paused = vm_get_state(vm) == VM_PAUSED; /* a paused VM stays paused */
 
 	memset(res, 0, sizeof(*res));
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp) ||
@@ -275,7 +274,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	s->last_epoch = info.epoch;
 	snprintf(s->last_path, sizeof(s->last_path), "%s", path);
 	t1 = mono_ns();
-	if (!stop && !was_paused)
+	if (!stop)
 		vm_resume(vm);
 	{
 		struct sr_stats ss;
@@ -300,8 +299,7 @@ err_resume:
 		dirty_log_free(s->log);
 		s->log = NULL;
 	}
-	if (!was_paused)
-		vm_resume(vm);
+	vm_resume(vm);
 err:
 	ckpt_state_free(&st);
 	sr_ctx_free(w);

@@ -28,9 +28,9 @@ struct snap_result {
  * Write a snapshot of `vm` to `path`: pause, write header + one epoch (every page, or with
  * `incremental_from` only pages dirtied since that snapshot — which must be the last one this VM
  * process took) + CHECKPOINT_END + END, fsync, rename into place (a failed write never leaves a
- * partial file at `path`), then resume unless `stop` (the VM is then left paused for the caller to
- * stop) or the VM was already paused (it stays paused). Returns 0 or -errno with one line in err; on
- * error the VM is back in the state it was in (running or paused).
+ * partial file at `path`), then release its pause hold unless `stop` (the VM is then left paused for the
+ * caller to stop); a VM paused by someone else stays paused (holds nest, see vm_pause). Returns 0 or
+ * -errno with one line in err; on error the hold is released.
  */
 int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
 	      bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen);

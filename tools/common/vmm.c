@@ -71,20 +71,28 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 
 	if (!strcmp(cmd, "status"))
 		return cmd_status(v);
-	if (v->job_busy && (!strcmp(cmd, "pause") || !strcmp(cmd, "resume") ||
-			    !strcmp(cmd, "snapshot") || !strcmp(cmd, "stop")))
+	if (v->job_busy && !strcmp(cmd, "snapshot"))
 		return ctl_error("%s is busy writing a snapshot; try again when it is done", v->name);
+	/* The operator's pause is one hold among others (checkpoints, throttling): idempotent here. */
 	if (!strcmp(cmd, "pause")) {
-		rc = vm_pause(v->vm);
-		if (rc)
-			return ctl_error("cannot pause %s: %s", v->name, strerror(-rc));
-		return pause_reply(v, "paused");
+		if (v->held)
+			return ctl_error("%s is not running", v->name);
+		if (!v->user_paused) {
+			rc = vm_pause(v->vm);
+			if (rc)
+				return ctl_error("cannot pause %s: %s", v->name, strerror(-rc));
+			v->user_paused = true;
+		}
+		return pause_reply(v, vm_state_name(vm_get_state(v->vm)));
 	}
 	if (!strcmp(cmd, "resume")) {
-		rc = vm_resume(v->vm);
-		if (rc)
-			return ctl_error("cannot resume %s: %s", v->name, strerror(-rc));
-		return pause_reply(v, "running");
+		if (v->user_paused) {
+			rc = vm_resume(v->vm);
+			if (rc)
+				return ctl_error("cannot resume %s: %s", v->name, strerror(-rc));
+			v->user_paused = false;
+		}
+		return pause_reply(v, vm_state_name(vm_get_state(v->vm)));
 	}
 	if (!strcmp(cmd, "snapshot"))
 		return vmm_cmd_snapshot(v, req);
@@ -313,9 +321,9 @@ int vmm_run(struct vmm *v, bool start_paused)
 		}
 	}
 	v->start_ns = mono_ns();
+	if (start_paused && vm_pause(v->vm) == 0) /* a hold before start: vCPUs start parked */
+		v->user_paused = true;
 	rc = v->held ? 0 : vm_start(v->vm);
-	if (rc == 0 && start_paused)
-		vm_pause(v->vm);
 	if (rc == 0)
 		ev_run(v->loop, 0);
 	vmm_snapshot_join(v);

@@ -58,6 +58,7 @@ struct vmm {
 	vmm_tx_hook tx_hook;
 	void *tx_hook_opaque;
 	bool held; /* vCPUs not started yet (standby / incoming) */
+	bool user_paused; /* `doppel pause` holds the VM */
 
 	/* the snapshot being written on a worker thread (vmm_snapshot.c) */
 	bool job_busy;

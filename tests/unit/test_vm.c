@@ -1,0 +1,142 @@
+/* test_vm.c — VM lifecycle on real KVM: start, nested pause holds, stop, exit port, bad configs. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hv/hv.h"
+
+#define ENTRY 0x100000u
+
+static bool have_kvm(void)
+{
+	int fd = open("/dev/kvm", O_RDWR);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+/* A VM whose one vCPU spins at ENTRY ("jmp ."), or writes `status` to the exit port. */
+static struct vm *make_vm(int nr_vcpus, int exit_status)
+{
+	struct vm_config cfg = {.name = "t", .mem_size = 16ull << 20, .nr_vcpus = nr_vcpus};
+	struct vm *vm;
+	char err[256];
+	/* mov al, status; mov dx, 0x501; out dx, al; jmp . */
+	uint8_t out[] = {0xb0, (uint8_t)exit_status, 0x66, 0xba, 0x01, 0x05, 0xee, 0xeb, 0xfe};
+	uint8_t spin[] = {0xeb, 0xfe};
+
+	assert_int_equal(vm_create(&cfg, &vm, err, sizeof(err)), 0);
+	if (exit_status >= 0)
+		assert_int_equal(mem_write(vm_mem(vm), ENTRY, out, sizeof(out)), 0);
+	else
+		assert_int_equal(mem_write(vm_mem(vm), ENTRY, spin, sizeof(spin)), 0);
+	assert_int_equal(vm_set_pvh_entry(vm, ENTRY, 0), 0);
+	return vm;
+}
+
+static void test_pause_holds_nest(void **state)
+{
+	struct vm *vm;
+	struct vm_pause_stats ps;
+
+	(void)state;
+	if (!have_kvm())
+		skip();
+	vm = make_vm(2, -1);
+	assert_int_equal(vm_start(vm), 0);
+	assert_int_equal(vm_get_state(vm), VM_RUNNING);
+	assert_int_equal(vm_pause(vm), 0); /* e.g. the operator */
+	assert_int_equal(vm_get_state(vm), VM_PAUSED);
+	assert_int_equal(vm_pause(vm), 0); /* e.g. a checkpoint */
+	assert_int_equal(vm_resume(vm), 0);
+	assert_int_equal(vm_get_state(vm), VM_PAUSED); /* the operator still holds it */
+	assert_int_equal(vm_resume(vm), 0);
+	assert_int_equal(vm_get_state(vm), VM_RUNNING);
+	assert_int_equal(vm_resume(vm), -EINVAL); /* unbalanced */
+	vm_pause_stats(vm, &ps);
+	assert_int_equal(ps.count, 1); /* only the first hold stopped the vCPUs */
+	assert_true(ps.last_ns > 0);
+	vm_stop(vm, 4);
+	assert_int_equal(vm_wait(vm), 4);
+	assert_int_equal(vm_pause(vm), -ESHUTDOWN);
+	assert_int_equal(vm_resume(vm), -ESHUTDOWN);
+	vm_destroy(vm);
+}
+
+static void test_hold_before_start_starts_parked(void **state)
+{
+	struct vm *vm;
+
+	(void)state;
+	if (!have_kvm())
+		skip();
+	vm = make_vm(1, 9); /* would exit at once if it ran */
+	assert_int_equal(vm_pause(vm), 0);
+	assert_int_equal(vm_start(vm), 0);
+	usleep(50000);
+	assert_int_equal(vm_get_state(vm), VM_PAUSED);
+	assert_int_equal(vm_resume(vm), 0);
+	assert_int_equal(vm_wait(vm), 9); /* ran once released: exit port status */
+	vm_destroy(vm);
+}
+
+static void test_bad_configs(void **state)
+{
+	struct vm_config cfg = {.mem_size = 16ull << 20, .nr_vcpus = 0};
+	struct vm *vm = (struct vm *)1;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(vm_create(&cfg, &vm, err, sizeof(err)), -EINVAL);
+	assert_null(vm);
+	assert_non_null(strstr(err, "vCPU"));
+	cfg.nr_vcpus = 1;
+	cfg.mem_size = 3 << 20; /* not a 2 MiB multiple */
+	assert_int_equal(vm_create(&cfg, &vm, err, sizeof(err)), -EINVAL);
+	cfg.mem_size = HV_MEM_MAX + (2 << 20);
+	assert_int_equal(vm_create(&cfg, &vm, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "memory"));
+}
+
+static int nop_io(void *o, uint64_t off, void *d, uint32_t l, bool w)
+{
+	(void)o, (void)off, (void)d, (void)l, (void)w;
+	return 0;
+}
+
+static void test_io_registration(void **state)
+{
+	struct vm *vm;
+
+	(void)state;
+	if (!have_kvm())
+		skip();
+	vm = make_vm(1, -1);
+	assert_int_equal(vm_io_register(vm, IO_PIO, 0x3f8, 8, nop_io, NULL), 0);
+	assert_int_equal(vm_io_register(vm, IO_PIO, 0x3fc, 2, nop_io, NULL), -EEXIST);
+	assert_int_equal(vm_io_register(vm, IO_PIO, 0x501, 1, nop_io, NULL), -EEXIST); /* exit port */
+	assert_int_equal(vm_io_register(vm, IO_PIO, 0xfff0, 0x20, nop_io, NULL), -EINVAL);
+	assert_int_equal(vm_io_register(vm, IO_MMIO, 0xfeb00000, 0x200, nop_io, NULL), 0);
+	assert_int_equal(vm_io_register(vm, IO_MMIO, UINT64_MAX - 4, 0x10, nop_io, NULL), -EINVAL);
+	vm_destroy(vm);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pause_holds_nest),
+		cmocka_unit_test(test_hold_before_start_starts_parked),
+		cmocka_unit_test(test_bad_configs),
+		cmocka_unit_test(test_io_registration),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
