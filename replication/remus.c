@@ -1,18 +1,249 @@
-/* remus.c — scaffolding until the Remus engine lands. */
+/* remus.c — Remus engine setup: control commands, the status hook, shared helpers (rings, events, async). */
 #include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
-#include "replication/remus.h"
+#include "replication/remus_priv.h"
+#include "tools/common/control.h"
+#include "tools/common/vmm.h"
+#include "tools/common/vmm_priv.h"
+
+uint64_t remus_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void remus_ring_push(struct remus_ring *r, uint64_t v)
+{
+	r->v[r->n % REMUS_RING] = v;
+	r->n++;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+uint64_t remus_ring_pct(const struct remus_ring *r, double q)
+{
+	uint64_t tmp[REMUS_RING];
+	size_t n = r->n < REMUS_RING ? (size_t)r->n : REMUS_RING, k;
+
+	if (!n)
+		return 0;
+	memcpy(tmp, r->v, n * sizeof(tmp[0]));
+	qsort(tmp, n, sizeof(tmp[0]), cmp_u64);
+	k = (size_t)(q * (double)(n - 1) + 0.5);
+	return tmp[k < n ? k : n - 1];
+}
+
+void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const char *fmt, ...)
+{
+	struct remus_event *e;
+	struct timespec ts;
+	va_list ap;
+
+	if (r->nr_events == REMUS_MAX_EVENTS) {
+		memmove(r->events, r->events + 1, sizeof(r->events[0]) * (REMUS_MAX_EVENTS - 1));
+		r->nr_events--;
+	}
+	e = &r->events[r->nr_events++];
+	clock_gettime(CLOCK_REALTIME, &ts);
+	e->wall = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	e->epoch = epoch;
+	snprintf(e->kind, sizeof(e->kind), "%s", kind);
+	va_start(ap, fmt);
+	vsnprintf(e->reason, sizeof(e->reason), fmt, ap);
+	va_end(ap);
+}
+
+void remus_notify(struct remus *r, unsigned flag)
+{
+	__atomic_or_fetch(&r->async_flags, flag, __ATOMIC_ACQ_REL);
+	ev_async_send(r->loop, &r->async_w);
+}
+
+static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct remus *r = w->data;
+	unsigned f = __atomic_exchange_n(&r->async_flags, 0, __ATOMIC_ACQ_REL);
+
+	(void)loop, (void)revents;
+	if (f & (RA_PRECOPY_DONE | RA_SENDER_FAILED | RA_FORCE_EPOCH))
+		remus_primary_async(r, f);
+	if (f & (RA_READER_ENDED | RA_READER_CONNECTED))
+		remus_standby_async(r, f);
+}
+
+static const char *role_name(enum remus_role role)
+{
+	return role == REMUS_PRIMARY ? "primary" : role == REMUS_STANDBY ? "standby" : "unprotected";
+}
+
+static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
+{
+	struct remus *r = opaque;
+	struct json_object *rm = json_object_new_object(), *ev = json_object_new_array();
+
+	(void)v;
+	json_object_object_add(o, "role", json_object_new_string(role_name(r->role)));
+	json_object_object_add(rm, "role", json_object_new_string(role_name(r->role)));
+	if (r->peer[0])
+		json_object_object_add(rm, "peer", json_object_new_string(r->peer));
+	json_object_object_add(rm, "interval_ms", json_object_new_int((int)r->interval_ms));
+	json_object_object_add(rm, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
+	remus_primary_status(r, rm);
+	remus_standby_status(r, rm);
+	for (int i = 0; i < r->nr_events; i++) {
+		struct json_object *e = json_object_new_object();
+		json_object_object_add(e, "time", json_object_new_double(r->events[i].wall));
+		json_object_object_add(e, "kind", json_object_new_string(r->events[i].kind));
+		json_object_object_add(e, "epoch", json_object_new_int64((int64_t)r->events[i].epoch));
+		json_object_object_add(e, "reason", json_object_new_string(r->events[i].reason));
+		json_object_array_add(ev, e);
+	}
+	json_object_object_add(rm, "failovers", json_object_new_int64((int64_t)r->nr_failovers));
+	json_object_object_add(rm, "events", ev);
+	if (r->last_error[0])
+		json_object_object_add(rm, "last_error", json_object_new_string(r->last_error));
+	json_object_object_add(o, "remus", rm);
+}
+
+static struct json_object *cmd_protect(struct vmm *v, struct json_object *req, void *opaque)
+{
+	(void)v;
+	return remus_cmd_protect(opaque, req);
+}
+
+static struct json_object *cmd_unprotect(struct vmm *v, struct json_object *req, void *opaque)
+{
+	(void)v, (void)req;
+	return remus_cmd_unprotect(opaque);
+}
+
+static struct json_object *cmd_failover(struct vmm *v, struct json_object *req, void *opaque)
+{
+	(void)v;
+	return remus_cmd_failover(opaque, req);
+}
+
+/* The engine of v: the opaque of its "protect" command (no globals: several VMs per process work). */
+static struct remus *remus_of(struct vmm *v)
+{
+	for (int i = 0; i < v->nr_cmds; i++)
+		if (!strcmp(v->cmds[i].name, "protect") && v->cmds[i].fn == cmd_protect)
+			return v->cmds[i].opaque;
+	return NULL;
+}
+
+/* ev_loop_destroy (vmm_destroy, after the VM is gone): free what no thread can still use. A sender or
+ * reader thread still running (the process is exiting while protected) keeps the engine. */
+static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
+{
+	struct remus *r = w->data;
+
+	(void)loop, (void)revents;
+	if (r->role == REMUS_PRIMARY && r->sender_running) {
+		/* An orderly exit (doppel stop, SIGTERM, guest exit) is not a failure: let the sender
+		 * finish the epoch in flight (staged data only) and write END, so the standby keeps its
+		 * replica and does not take over. During the live full copy the sender still reads guest
+		 * RAM, which is gone by now: cut the connection and leave the thread alone. */
+		pthread_mutex_lock(&r->lock);
+		bool copying = !r->precopy_done;
+		r->stop_sender = true;
+		pthread_cond_signal(&r->cond);
+		pthread_mutex_unlock(&r->lock);
+		if (copying) {
+			shutdown(r->fd, SHUT_RDWR);
+			return;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		if (pthread_timedjoin_np(r->sender, NULL, &ts)) {
+			shutdown(r->fd, SHUT_RDWR);
+			pthread_join(r->sender, NULL);
+		}
+		r->sender_running = false;
+		dirty_log_free(r->log); /* the VM is gone: stopping the log fails quietly */
+		r->log = NULL;
+	}
+	if (r->sender_running || r->reader_running)
+		return;
+	if (r->lfd >= 0)
+		close(r->lfd);
+	if (r->fd >= 0)
+		close(r->fd);
+	netbuf_free(r->nb);
+	free(r->bitmap);
+	free(r->st_idx);
+	free(r->st_data);
+	free(r->st_ptrs);
+	ckpt_state_free(&r->st_state);
+	ckpt_state_free(&r->committed);
+	ckpt_stage_free(&r->stg);
+	pthread_cond_destroy(&r->cond);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
 
 int remus_setup(struct vmm *v)
 {
-	(void)v;
+	struct remus *r = calloc(1, sizeof(*r));
+	int rc;
+
+	if (!r)
+		return -ENOMEM;
+	r->v = v;
+	r->vm = vmm_vm(v);
+	r->loop = vmm_loop(v);
+	r->fd = r->lfd = r->cfd = -1;
+	r->interval_ms = 25;
+	r->hb_timeout_ms = 200;
+	r->next_epoch = 1;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->cond, NULL);
+	ev_async_init(&r->async_w, async_cb);
+	r->async_w.data = r;
+	ev_async_start(r->loop, &r->async_w);
+	ev_unref(r->loop); /* the async watcher alone must not keep the loop alive */
+	ev_cleanup_init(&r->cleanup_w, cleanup_cb);
+	r->cleanup_w.data = r;
+	ev_cleanup_start(r->loop, &r->cleanup_w);
+	rc = vmm_register_cmd(v, "protect", cmd_protect, r);
+	if (!rc)
+		rc = vmm_register_cmd(v, "unprotect", cmd_unprotect, r);
+	if (!rc)
+		rc = vmm_register_cmd(v, "failover", cmd_failover, r);
+	if (!rc)
+		rc = vmm_add_status_hook(v, status_hook, r);
+	if (rc)
+		return rc; /* r stays reachable from the registered callbacks: not freed */
 	return 0;
 }
 
 int remus_standby_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
 {
-	(void)v, (void)addr;
-	snprintf(err, errlen, "standby mode is not available yet");
-	return -ENOSYS;
+	struct remus *r = remus_of(v);
+
+	if (!r) {
+		snprintf(err, errlen, "remus_setup was not called for this VM");
+		return -EINVAL;
+	}
+	if (!vmm_held(v)) {
+		snprintf(err, errlen, "a standby VM must be created held (no vCPUs running)");
+		return -EINVAL;
+	}
+	return remus_standby_start(r, addr, err, errlen);
 }

@@ -21,6 +21,8 @@ static const struct doppel_verb verbs[] = {
 	{ "stop", "stop a VM (its doppel run process exits)", cmd_stop },
 	{ "snapshot", "write a VM's complete state to a file (full or incremental)", cmd_snapshot },
 	{ "migrate", "live-migrate a running VM to another host (doppel run --incoming)", cmd_migrate },
+	{ "protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect },
+	{ "failover", "promote a standby by hand (drills)", cmd_failover },
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */

@@ -1,0 +1,604 @@
+/* remus_primary.c — the protected side: live full copy, paused epochs staged on the loop, a sender thread, acks, output commit. */
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "replication/remus_priv.h"
+#include "replication/sock.h"
+#include "tools/common/control.h"
+#include "tools/common/vmm.h"
+#include "tools/common/vmm_priv.h"
+
+#define PRECOPY_MAX_ROUNDS 5
+#define PRECOPY_FEW_PAGES 1024
+#define SEND_TIMEOUT_MS 10000
+
+/* ---- sender thread ----------------------------------------------------------------------------- */
+
+static void sender_error(struct remus *r, const char *what, struct sr_ctx *w, int rc)
+{
+	pthread_mutex_lock(&r->lock);
+	snprintf(r->sender_err, sizeof(r->sender_err), "%s: %s", what,
+		 w && *sr_error(w) ? sr_error(w) : strerror(-rc));
+	pthread_mutex_unlock(&r->lock);
+	remus_notify(r, RA_SENDER_FAILED);
+}
+
+static void account(struct remus *r, struct sr_ctx *w, struct sr_out *out)
+{
+	struct sr_stats ss;
+
+	sr_stats(w, &ss);
+	pthread_mutex_lock(&r->lock);
+	r->bytes_raw = ss.payload_in;
+	r->bytes_wire = out->bytes;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Live full copy: every page while the guest runs, then rounds of the pages dirtied meanwhile. Each
+ * round is an epoch without machine state (the standby writes it straight into its replica). */
+static int precopy(struct remus *r, struct sr_ctx *w, struct sr_out *out, uint64_t *epoch)
+{
+	struct guest_mem *gm = vm_mem(r->vm);
+	int64_t n;
+	int rc;
+
+	n = dirty_log_sync(r->log, r->bitmap); /* consumes the initial all-set log */
+	if (n < 0)
+		return (int)n;
+	rc = ckpt_write_all_pages(w, gm, 1);
+	if (!rc)
+		rc = sr_write_checkpoint_end(w, (*epoch)++);
+	r->precopy_rounds = 1;
+	r->precopy_pages = gm->nr_pages;
+	for (int round = 1; !rc && round < PRECOPY_MAX_ROUNDS; round++) {
+		n = dirty_log_sync(r->log, r->bitmap);
+		if (n < 0)
+			return (int)n;
+		rc = ckpt_write_dirty_pages(w, gm, r->bitmap, 1);
+		if (!rc)
+			rc = sr_write_checkpoint_end(w, (*epoch)++);
+		r->precopy_rounds++;
+		r->precopy_pages += (uint64_t)n;
+		account(r, w, out);
+		if (n <= PRECOPY_FEW_PAGES)
+			break;
+	}
+	return rc;
+}
+
+static void *sender_main(void *arg)
+{
+	struct remus *r = arg;
+	struct sr_out out;
+	struct sr_ctx *w = NULL;
+	struct sr_header h;
+	uint8_t hello[REMUS_MSG_SIZE];
+	uint64_t epoch, hb_ns = (uint64_t)r->hb_timeout_ms * 1000000ull / 4;
+	int rc;
+
+	sr_out_fd(&out, r->fd, SEND_TIMEOUT_MS);
+	remus_msg_encode(hello, REMUS_MSG_HELLO, remus_hello_value(r->interval_ms, r->hb_timeout_ms));
+	rc = sr_out_write(&out, hello, sizeof(hello));
+	if (rc) {
+		sender_error(r, "sending hello", NULL, rc);
+		return NULL;
+	}
+	rc = sr_writer_new(&w, &out, true, 1);
+	if (rc) {
+		sender_error(r, "stream writer", NULL, rc);
+		return NULL;
+	}
+	sr_header_from_mem(&h, vm_mem(r->vm), (uint32_t)vm_nr_vcpus(r->vm));
+	pthread_mutex_lock(&r->lock);
+	epoch = r->next_epoch;
+	pthread_mutex_unlock(&r->lock);
+	rc = sr_write_header(w, &h);
+	if (!rc)
+		rc = precopy(r, w, &out, &epoch);
+	if (rc) {
+		sender_error(r, "live full copy", w, rc);
+		goto out;
+	}
+	account(r, w, &out);
+	pthread_mutex_lock(&r->lock);
+	r->next_epoch = epoch; /* the loop starts numbering checkpoints here */
+	r->first_ckpt = epoch;
+	r->precopy_done = true;
+	pthread_mutex_unlock(&r->lock);
+	remus_notify(r, RA_PRECOPY_DONE);
+
+	for (;;) {
+		uint64_t t0;
+
+		pthread_mutex_lock(&r->lock);
+		if (!r->job_pending && !r->stop_sender) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += (long)hb_ns;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+		}
+		if (r->stop_sender) {
+			pthread_mutex_unlock(&r->lock);
+			break;
+		}
+		if (!r->job_pending) {
+			pthread_mutex_unlock(&r->lock);
+			uint64_t now = remus_now_ns();
+			rc = sr_write_record(w, REMUS_REC_HEARTBEAT, &now, sizeof(now));
+			if (rc) {
+				sender_error(r, "sending heartbeat", w, rc);
+				break;
+			}
+			continue;
+		}
+		pthread_mutex_unlock(&r->lock);
+		/* The staged epoch is ours until job_pending is cleared. */
+		t0 = remus_now_ns();
+		rc = sr_write_pages(w, r->st_idx, r->st_ptrs, r->st_n);
+		if (!rc)
+			rc = ckpt_state_write(w, &r->st_state);
+		if (!rc)
+			rc = sr_write_checkpoint_end(w, r->st_epoch);
+		if (rc) {
+			sender_error(r, "sending epoch", w, rc);
+			break;
+		}
+		account(r, w, &out);
+		pthread_mutex_lock(&r->lock);
+		r->send_ns_last = remus_now_ns() - t0;
+		r->last_sent_epoch = r->st_epoch;
+		r->job_pending = false;
+		bool stop = r->stop_sender;
+		pthread_mutex_unlock(&r->lock);
+		if (stop)
+			break;
+	}
+	pthread_mutex_lock(&r->lock);
+	bool clean = r->stop_sender && !*r->sender_err;
+	uint64_t last = r->last_sent_epoch > epoch ? r->last_sent_epoch : epoch;
+	pthread_mutex_unlock(&r->lock);
+	if (clean) {
+		/* unprotect: tell the standby replication ended on purpose. END must follow a
+		 * CHECKPOINT_END: close any heartbeat-only epoch with an empty one (no pages, no state). */
+		if (sr_write_end(w))
+			if (!sr_write_checkpoint_end(w, last + 1))
+				sr_write_end(w);
+	}
+out:
+	sr_ctx_free(w);
+	return NULL;
+}
+
+/* ---- loop side --------------------------------------------------------------------------------- */
+
+static void out_fn(void *opaque, int netidx, const void *frame, size_t len)
+{
+	vmm_net_output(opaque, netidx, frame, len);
+}
+
+static void tx_hook(void *opaque, int netidx, const void *frame, size_t len)
+{
+	struct remus *r = opaque;
+
+	netbuf_hold(r->nb, netidx, frame, len);
+}
+
+static void pressure(void *opaque)
+{
+	remus_notify(opaque, RA_FORCE_EPOCH);
+}
+
+static int stage_grow(struct remus *r, size_t n)
+{
+	size_t cap = r->st_cap ? r->st_cap : 1024;
+
+	while (cap < n)
+		cap *= 2;
+	if (cap == r->st_cap)
+		return 0;
+	uint64_t *ni = realloc(r->st_idx, cap * sizeof(*ni));
+	if (!ni)
+		return -ENOMEM;
+	r->st_idx = ni;
+	const void **np = realloc(r->st_ptrs, cap * sizeof(*np));
+	if (!np)
+		return -ENOMEM;
+	r->st_ptrs = np;
+	uint8_t *nd = realloc(r->st_data, cap * GUEST_PAGE_SIZE);
+	if (!nd)
+		return -ENOMEM;
+	r->st_data = nd;
+	r->st_cap = cap;
+	return 0;
+}
+
+/* One checkpoint: pause, sync, capture, copy dirty pages, mark the output boundary, resume. */
+static void checkpoint(struct remus *r)
+{
+	struct guest_mem *gm = vm_mem(r->vm);
+	char err[256];
+	uint64_t t0, t1, e, pos = 0, p;
+	int64_t n;
+	size_t k = 0;
+	int rc;
+
+	pthread_mutex_lock(&r->lock);
+	bool busy = r->job_pending || !r->precopy_done;
+	pthread_mutex_unlock(&r->lock);
+	if (busy) {
+		r->skipped++;
+		return;
+	}
+	e = r->next_epoch;
+	t0 = remus_now_ns();
+	rc = vm_pause(r->vm);
+	if (rc) {
+		remus_primary_fail(r, "cannot pause the VM: %s", strerror(-rc));
+		return;
+	}
+	uint64_t t_kick = remus_now_ns();
+	n = dirty_log_sync(r->log, r->bitmap);
+	uint64_t t_sync = remus_now_ns();
+	if (n < 0) {
+		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
+		remus_primary_fail(r, "dirty log sync failed: %s", strerror((int)-n));
+		return;
+	}
+	ckpt_state_free(&r->st_state);
+	rc = ckpt_state_capture(&r->st_state, r->vm, err, sizeof(err));
+	if (!rc)
+		rc = stage_grow(r, (size_t)n);
+	if (rc) {
+		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
+		remus_primary_fail(r, "checkpoint capture failed: %s", rc == -ENOMEM ? "out of memory" : err);
+		return;
+	}
+	uint64_t t_cap = remus_now_ns();
+	while ((p = dirty_next(r->bitmap, gm->nr_pages, &pos)) != UINT64_MAX) {
+		const void *src = mem_page_host(gm, p);
+		if (!src)
+			continue;
+		r->st_idx[k] = p;
+		memcpy(r->st_data + k * GUEST_PAGE_SIZE, src, GUEST_PAGE_SIZE);
+		r->st_ptrs[k] = r->st_data + k * GUEST_PAGE_SIZE;
+		k++;
+	}
+	uint64_t t_copy = remus_now_ns();
+	netbuf_mark(r->nb, e);
+	vm_resume(r->vm);
+	t1 = remus_now_ns();
+	r->ph_kick = t_kick - t0;
+	r->ph_sync = t_sync - t_kick;
+	r->ph_capture = t_cap - t_sync;
+	r->ph_copy = t_copy - t_cap;
+	r->next_epoch = e + 1;
+	remus_ring_push(&r->pause_ns, t1 - t0);
+	r->cap_epoch[e % 64] = e;
+	r->cap_ns[e % 64] = t1;
+	r->epochs++;
+	r->dirty_last = (uint64_t)n;
+	r->dirty_total += (uint64_t)n;
+	pthread_mutex_lock(&r->lock);
+	r->st_n = k;
+	r->st_epoch = e;
+	r->job_pending = true;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void epoch_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop, (void)revents;
+	checkpoint(w->data);
+}
+
+static void finish_reply(struct remus *r, struct json_object *reply)
+{
+	if (r->reply_conn) {
+		ctl_reply(r->reply_conn, reply);
+		r->reply_conn = NULL;
+	} else {
+		json_object_put(reply);
+	}
+}
+
+static void on_msg(void *opaque, const struct remus_msg *m)
+{
+	struct remus *r = opaque;
+	uint64_t now = remus_now_ns();
+
+	r->last_rx_ns = now;
+	if (m->type != REMUS_MSG_ACK || m->value <= r->acked_epoch || m->value >= r->next_epoch)
+		return;
+	r->acked_epoch = m->value;
+	netbuf_release(r->nb, m->value);
+	if (r->cap_epoch[m->value % 64] == m->value)
+		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
+	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
+		struct json_object *o = json_object_new_object();
+		json_object_object_add(o, "role", json_object_new_string("primary"));
+		json_object_object_add(o, "peer", json_object_new_string(r->peer));
+		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)m->value));
+		json_object_object_add(o, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(o, "precopy_rounds", json_object_new_int64((int64_t)r->precopy_rounds));
+		finish_reply(r, o);
+	}
+}
+
+static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct remus *r = w->data;
+	uint8_t buf[4096];
+	ssize_t n;
+
+	(void)loop, (void)revents;
+	for (;;) {
+		n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n > 0) {
+			if (remus_msgbuf_feed(&r->mb, buf, (size_t)n, on_msg, r) < 0) {
+				remus_primary_fail(r, "bad message from the standby");
+				return;
+			}
+			if (r->role != REMUS_PRIMARY)
+				return;
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		remus_primary_fail(r, "standby closed the connection%s%s", n ? ": " : "", n ? strerror(errno) : "");
+		return;
+	}
+}
+
+static void live_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct remus *r = w->data;
+	uint64_t silent = remus_now_ns() - r->last_rx_ns;
+
+	(void)loop, (void)revents;
+	if (silent > (uint64_t)r->hb_timeout_ms * 1000000ull)
+		remus_primary_fail(r, "standby silent for %llu ms (timeout %u ms)",
+				   (unsigned long long)(silent / 1000000), r->hb_timeout_ms);
+}
+
+/* Tear the session down; keep running unprotected. Loop thread. graceful: give the sender up to 1 s
+ * to finish the epoch in flight and write END before the socket is shut down. */
+static void teardown(struct remus *r, bool graceful)
+{
+	ev_timer_stop(r->loop, &r->epoch_w);
+	ev_timer_stop(r->loop, &r->live_w);
+	ev_io_stop(r->loop, &r->rx_w);
+	pthread_mutex_lock(&r->lock);
+	r->stop_sender = true;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (r->sender_running) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		if (!graceful || pthread_timedjoin_np(r->sender, NULL, &ts)) {
+			if (r->fd >= 0)
+				shutdown(r->fd, SHUT_RDWR);
+			pthread_join(r->sender, NULL);
+		}
+		r->sender_running = false;
+	}
+	if (r->fd >= 0)
+		close(r->fd);
+	r->fd = -1;
+	netbuf_release_all(r->nb);
+	vmm_set_tx_hook(r->v, NULL, NULL); /* the netbuf stays allocated: a vCPU may still be inside it */
+	dirty_log_free(r->log);
+	r->log = NULL;
+	ckpt_state_free(&r->st_state);
+	r->role = REMUS_UNPROTECTED;
+}
+
+void remus_primary_fail(struct remus *r, const char *fmt, ...)
+{
+	char why[200];
+	va_list ap;
+
+	if (r->role != REMUS_PRIMARY)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	if (r->fd >= 0)
+		shutdown(r->fd, SHUT_RDWR); /* a sender blocked in write returns now */
+	teardown(r, false);
+	snprintf(r->last_error, sizeof(r->last_error), "%s", why);
+	remus_record_event(r, "standby-lost", r->acked_epoch, "%s", why);
+	fprintf(stderr, "doppel: %s: replication to %s stopped, running unprotected: %s\n", vmm_name(r->v),
+		r->peer, why);
+	finish_reply(r, ctl_error("protect failed: %s", why));
+}
+
+void remus_primary_async(struct remus *r, unsigned flags)
+{
+	if (r->role != REMUS_PRIMARY)
+		return;
+	if (flags & RA_SENDER_FAILED) {
+		char e[256];
+		pthread_mutex_lock(&r->lock);
+		snprintf(e, sizeof(e), "%s", r->sender_err);
+		pthread_mutex_unlock(&r->lock);
+		remus_primary_fail(r, "%s", e);
+		return;
+	}
+	if (flags & RA_PRECOPY_DONE) {
+		ev_timer_set(&r->epoch_w, 0, (double)r->interval_ms / 1e3);
+		ev_timer_again(r->loop, &r->epoch_w);
+		checkpoint(r);
+	}
+	if (flags & RA_FORCE_EPOCH) {
+		r->forced++;
+		checkpoint(r);
+	}
+}
+
+static int get_ms(struct json_object *req, const char *key, uint32_t def, uint32_t lo, uint32_t hi,
+		  uint32_t *out)
+{
+	struct json_object *j;
+
+	*out = def;
+	if (!json_object_object_get_ex(req, key, &j))
+		return 0;
+	if (!json_object_is_type(j, json_type_int))
+		return -EINVAL;
+	int64_t x = json_object_get_int64(j);
+	if (x < lo || x > hi)
+		return -EINVAL;
+	*out = (uint32_t)x;
+	return 0;
+}
+
+struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
+{
+	struct json_object *j;
+	char err[256];
+	int rc, fd;
+
+	if (r->role == REMUS_STANDBY)
+		return ctl_error("%s is a standby; protect its primary instead", vmm_name(r->v));
+	if (r->role == REMUS_PRIMARY)
+		return ctl_error("%s is already protected (peer %s)", vmm_name(r->v), r->peer);
+	if (vmm_held(r->v) || vm_get_state(r->vm) != VM_RUNNING)
+		return ctl_error("%s is not running (%s)", vmm_name(r->v), vm_state_name(vm_get_state(r->vm)));
+	if (!json_object_object_get_ex(req, "peer", &j) || !json_object_is_type(j, json_type_string))
+		return ctl_error("protect needs a \"peer\" string (ADDR:PORT)");
+	const char *peer = json_object_get_string(j);
+	if (strlen(peer) >= sizeof(r->peer))
+		return ctl_error("peer address too long");
+	uint32_t iv, to;
+	if (get_ms(req, "interval_ms", 25, REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS, &iv))
+		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS);
+	if (get_ms(req, "heartbeat_timeout_ms", 200, REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS, &to))
+		return ctl_error("bad heartbeat_timeout_ms (%u..%u)", REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS);
+	fd = sock_connect(peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
+	if (fd < 0)
+		return ctl_error("%s", err);
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	if (!r->nb) {
+		rc = netbuf_new(&r->nb, 0, 0, out_fn, r->v);
+		if (rc) {
+			close(fd);
+			return ctl_error("out of memory");
+		}
+		netbuf_set_pressure_cb(r->nb, pressure, r);
+	}
+	if (!r->bitmap)
+		r->bitmap = calloc(dirty_bitmap_words(vm_mem(r->vm)->nr_pages), sizeof(uint64_t));
+	rc = r->bitmap ? dirty_log_start_flags(&r->log, vm_fd(r->vm), vm_mem(r->vm), DIRTY_START_ALL, err,
+					       sizeof(err))
+		       : -ENOMEM;
+	if (rc) {
+		close(fd);
+		return ctl_error("cannot start dirty logging: %s", r->bitmap ? err : "out of memory");
+	}
+	/* Staging for 4096 pages, touched now so the first epochs do not fault it in inside the pause. */
+	if (!r->st_cap && !stage_grow(r, 4096))
+		memset(r->st_data, 0, r->st_cap * GUEST_PAGE_SIZE);
+	snprintf(r->peer, sizeof(r->peer), "%s", peer);
+	r->interval_ms = iv;
+	r->hb_timeout_ms = to;
+	r->fd = fd;
+	r->mb.n = 0;
+	r->stop_sender = r->job_pending = r->precopy_done = false;
+	r->sender_err[0] = 0;
+	r->first_ckpt = 0;
+	r->acked_epoch = r->last_sent_epoch = 0;
+	r->last_error[0] = 0;
+	r->last_rx_ns = r->protect_start_ns = remus_now_ns();
+	r->role = REMUS_PRIMARY;
+	netbuf_begin(r->nb);
+	vmm_set_tx_hook(r->v, tx_hook, r);
+	ev_init(&r->epoch_w, epoch_cb);
+	r->epoch_w.data = r;
+	ev_io_init(&r->rx_w, rx_cb, fd, EV_READ);
+	r->rx_w.data = r;
+	ev_io_start(r->loop, &r->rx_w);
+	ev_timer_init(&r->live_w, live_cb, (double)to / 4e3, (double)to / 4e3);
+	r->live_w.data = r;
+	ev_timer_start(r->loop, &r->live_w);
+	rc = pthread_create(&r->sender, NULL, sender_main, r);
+	if (rc) {
+		remus_primary_fail(r, "cannot start the sender thread: %s", strerror(rc));
+		return ctl_error("cannot start the sender thread");
+	}
+	r->sender_running = true;
+	r->reply_conn = ctl_current_conn(r->v->ctl);
+	return r->reply_conn ? CTL_DEFER : json_object_new_object();
+}
+
+struct json_object *remus_cmd_unprotect(struct remus *r)
+{
+	if (r->role != REMUS_PRIMARY)
+		return ctl_error("%s is not protected", vmm_name(r->v));
+	teardown(r, true);
+	remus_record_event(r, "unprotected", r->acked_epoch, "by request");
+	finish_reply(r, ctl_error("protect cancelled by unprotect"));
+	return json_object_new_object();
+}
+
+void remus_primary_status(struct remus *r, struct json_object *o)
+{
+	struct json_object *p = json_object_new_object(), *d = json_object_new_object();
+	struct json_object *b = json_object_new_object(), *a = json_object_new_object();
+	struct json_object *h = json_object_new_object();
+	struct netbuf_stats ns = {0};
+
+	if (r->role == REMUS_STANDBY)
+		return;
+	pthread_mutex_lock(&r->lock);
+	uint64_t raw = r->bytes_raw, wire = r->bytes_wire, send_ns = r->send_ns_last;
+	pthread_mutex_unlock(&r->lock);
+	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)(r->next_epoch - 1)));
+	json_object_object_add(o, "acked_epoch", json_object_new_int64((int64_t)r->acked_epoch));
+	json_object_object_add(o, "epochs", json_object_new_int64((int64_t)r->epochs));
+	json_object_object_add(o, "epochs_skipped", json_object_new_int64((int64_t)r->skipped));
+	json_object_object_add(o, "epochs_forced", json_object_new_int64((int64_t)r->forced));
+	json_object_object_add(o, "precopy_rounds", json_object_new_int64((int64_t)r->precopy_rounds));
+	json_object_object_add(p, "last_us", json_object_new_double(
+		r->pause_ns.n ? (double)r->pause_ns.v[(r->pause_ns.n - 1) % REMUS_RING] / 1e3 : 0));
+	json_object_object_add(p, "p50_us", json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.5) / 1e3));
+	json_object_object_add(p, "p99_us", json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.99) / 1e3));
+	struct json_object *ph = json_object_new_object();
+	json_object_object_add(ph, "kick_us", json_object_new_double((double)r->ph_kick / 1e3));
+	json_object_object_add(ph, "sync_us", json_object_new_double((double)r->ph_sync / 1e3));
+	json_object_object_add(ph, "capture_us", json_object_new_double((double)r->ph_capture / 1e3));
+	json_object_object_add(ph, "copy_us", json_object_new_double((double)r->ph_copy / 1e3));
+	json_object_object_add(p, "last_phases", ph);
+	json_object_object_add(o, "pause", p);
+	json_object_object_add(d, "last", json_object_new_int64((int64_t)r->dirty_last));
+	json_object_object_add(d, "avg", json_object_new_double(r->epochs ? (double)r->dirty_total / (double)r->epochs : 0));
+	json_object_object_add(o, "dirty_pages", d);
+	json_object_object_add(b, "raw", json_object_new_int64((int64_t)raw));
+	json_object_object_add(b, "wire", json_object_new_int64((int64_t)wire));
+	json_object_object_add(b, "last_send_ms", json_object_new_double((double)send_ns / 1e6));
+	json_object_object_add(o, "bytes", b);
+	json_object_object_add(a, "last_ms", json_object_new_double(
+		r->ack_ns.n ? (double)r->ack_ns.v[(r->ack_ns.n - 1) % REMUS_RING] / 1e6 : 0));
+	json_object_object_add(a, "p50_ms", json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.5) / 1e6));
+	json_object_object_add(a, "p99_ms", json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
+	json_object_object_add(o, "ack_latency", a);
+	if (r->nb)
+		netbuf_get_stats(r->nb, &ns);
+	json_object_object_add(h, "frames", json_object_new_int64((int64_t)ns.held_frames));
+	json_object_object_add(h, "bytes", json_object_new_int64((int64_t)ns.held_bytes));
+	json_object_object_add(h, "released_frames", json_object_new_int64((int64_t)ns.released_frames));
+	json_object_object_add(h, "dropped", json_object_new_int64((int64_t)ns.dropped));
+	json_object_object_add(o, "held_output", h);
+}

@@ -1,0 +1,135 @@
+/* remus_priv.h — the inside of a VM's Remus engine, shared by replication/remus*.c. */
+#ifndef DOPPEL_REPLICATION_REMUS_PRIV_H
+#define DOPPEL_REPLICATION_REMUS_PRIV_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hv/dirty.h"
+#include "netbuf/netbuf.h"
+#include "replication/checkpoint.h"
+#include "replication/remus.h"
+#include "replication/remus_proto.h"
+
+struct ctl_conn;
+
+enum remus_role { REMUS_UNPROTECTED, REMUS_PRIMARY, REMUS_STANDBY };
+
+#define REMUS_RING 1024
+struct remus_ring {
+	uint64_t v[REMUS_RING];
+	uint64_t n; /* total pushed */
+};
+void remus_ring_push(struct remus_ring *r, uint64_t v);
+/* q in [0,1]; 0 when empty. */
+uint64_t remus_ring_pct(const struct remus_ring *r, double q);
+
+#define REMUS_MAX_EVENTS 16
+struct remus_event {
+	double wall;       /* unix time */
+	uint64_t epoch;
+	char kind[24];     /* "failover", "standby-lost", "rejected" */
+	char reason[160];
+};
+
+/* async flags (thread -> loop) */
+#define RA_PRECOPY_DONE 1u
+#define RA_SENDER_FAILED 2u
+#define RA_FORCE_EPOCH 4u
+#define RA_READER_ENDED 8u
+#define RA_READER_CONNECTED 16u
+
+struct remus {
+	struct vmm *v;
+	struct vm *vm;
+	struct ev_loop *loop;
+	pthread_mutex_t lock; /* everything shared with the sender / reader thread */
+	pthread_cond_t cond;
+	enum remus_role role;
+	ev_async async_w;
+	ev_cleanup cleanup_w; /* frees the engine when the loop is destroyed */
+	unsigned async_flags; /* atomic */
+	char peer[128];
+	uint32_t interval_ms, hb_timeout_ms;
+	struct remus_event events[REMUS_MAX_EVENTS];
+	int nr_events;
+	uint64_t nr_failovers;
+	char last_error[256];
+
+	/* ---- primary ---- */
+	int fd;
+	struct netbuf *nb;
+	struct dirty_log *log;
+	uint64_t *bitmap;
+	pthread_t sender;
+	bool sender_running;
+	bool stop_sender;   /* lock */
+	bool job_pending;   /* lock: a staged epoch waits for / is being sent by the sender */
+	bool precopy_done;  /* lock */
+	char sender_err[256];
+	uint64_t *st_idx;
+	uint8_t *st_data;
+	const void **st_ptrs;
+	size_t st_n, st_cap;
+	struct ckpt_state st_state;
+	uint64_t st_epoch;
+	uint64_t next_epoch;     /* loop; monotonic across sessions */
+	uint64_t first_ckpt;     /* first real (stateful) epoch of this session */
+	uint64_t acked_epoch, last_sent_epoch;
+	uint64_t cap_epoch[64], cap_ns[64]; /* capture time of recent epochs, for ack latency */
+	ev_timer epoch_w, live_w;
+	ev_io rx_w;
+	struct remus_msgbuf mb;
+	uint64_t last_rx_ns;
+	struct ctl_conn *reply_conn; /* deferred `protect` reply */
+	uint64_t protect_start_ns;
+	/* primary stats */
+	struct remus_ring pause_ns, ack_ns;
+	uint64_t epochs, skipped, forced, dirty_last, dirty_total, precopy_pages, precopy_rounds;
+	uint64_t bytes_raw, bytes_wire; /* lock (sender) */
+	uint64_t send_ns_last;          /* lock */
+	uint64_t ph_kick, ph_sync, ph_capture, ph_copy; /* last pause, by phase (ns) */
+
+	/* ---- standby ---- */
+	int lfd;
+	ev_io accept_w;
+	ev_timer hb_w;
+	int cfd;             /* lock */
+	bool reader_running; /* loop */
+	pthread_t reader;
+	bool connected;      /* lock: a primary is heard */
+	bool failed_over;    /* lock */
+	bool want_failover;  /* lock: set by the reader at its end */
+	char end_reason[200];
+	struct ckpt_stage stg;
+	struct ckpt_state committed; /* lock */
+	bool have_committed;         /* lock */
+	uint64_t committed_epoch;    /* lock */
+	uint64_t rx_epochs, rx_bytes, rx_pages, rejected; /* lock */
+	uint64_t apply_ns_last;      /* lock */
+	int announce_left;
+	ev_timer announce_w;
+};
+
+/* remus.c */
+uint64_t remus_now_ns(void);
+void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+void remus_notify(struct remus *r, unsigned flag); /* any thread */
+
+/* remus_primary.c (loop thread unless noted) */
+struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req);
+struct json_object *remus_cmd_unprotect(struct remus *r);
+void remus_primary_async(struct remus *r, unsigned flags);
+void remus_primary_fail(struct remus *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void remus_primary_status(struct remus *r, struct json_object *o);
+
+/* remus_standby.c (loop thread) */
+int remus_standby_start(struct remus *r, const char *addr, char *err, size_t errlen);
+void remus_standby_async(struct remus *r, unsigned flags);
+struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req);
+void remus_standby_status(struct remus *r, struct json_object *o);
+
+#endif

@@ -1,0 +1,81 @@
+/* remus_proto.c — encode/decode of the 16-byte Remus control messages. */
+#include <errno.h>
+#include <string.h>
+
+#include "replication/remus_proto.h"
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+void remus_msg_encode(uint8_t *out, uint32_t type, uint64_t value)
+{
+	put32(out, REMUS_MSG_MAGIC);
+	put32(out + 4, type);
+	put32(out + 8, (uint32_t)value);
+	put32(out + 12, (uint32_t)(value >> 32));
+}
+
+int remus_msg_decode(const uint8_t *in, struct remus_msg *m)
+{
+	uint32_t type;
+
+	if (get32(in) != REMUS_MSG_MAGIC)
+		return -EBADMSG;
+	type = get32(in + 4);
+	if (type < REMUS_MSG_HELLO || type > REMUS_MSG_HEARTBEAT)
+		return -EBADMSG;
+	m->type = type;
+	m->value = (uint64_t)get32(in + 8) | (uint64_t)get32(in + 12) << 32;
+	return 0;
+}
+
+uint64_t remus_hello_value(uint32_t interval_ms, uint32_t timeout_ms)
+{
+	return (uint64_t)interval_ms << 32 | timeout_ms;
+}
+
+int remus_hello_parse(uint64_t value, uint32_t *interval_ms, uint32_t *timeout_ms)
+{
+	uint32_t iv = (uint32_t)(value >> 32), to = (uint32_t)value;
+
+	if (iv < REMUS_MIN_INTERVAL_MS || iv > REMUS_MAX_INTERVAL_MS || to < REMUS_MIN_TIMEOUT_MS ||
+	    to > REMUS_MAX_TIMEOUT_MS)
+		return -EINVAL;
+	*interval_ms = iv;
+	*timeout_ms = to;
+	return 0;
+}
+
+int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn,
+		      void *opaque)
+{
+	struct remus_msg m;
+	int count = 0;
+
+	while (len) {
+		size_t take = REMUS_MSG_SIZE - mb->n;
+
+		if (take > len)
+			take = len;
+		memcpy(mb->b + mb->n, data, take);
+		mb->n += take;
+		data += take;
+		len -= take;
+		if (mb->n < REMUS_MSG_SIZE)
+			break;
+		mb->n = 0;
+		if (remus_msg_decode(mb->b, &m))
+			return -EBADMSG;
+		fn(opaque, &m);
+		count++;
+	}
+	return count;
+}

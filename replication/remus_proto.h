@@ -1,0 +1,59 @@
+/* remus_proto.h — Remus wire messages besides the checkpoint stream: HELLO, ACK, HEARTBEAT. */
+#ifndef DOPPEL_REPLICATION_REMUS_PROTO_H
+#define DOPPEL_REPLICATION_REMUS_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "replication/stream.h"
+
+/*
+ * One TCP connection, primary -> standby: a HELLO message, then the checkpoint stream (docs/stream.md).
+ * Standby -> primary: ACK and HEARTBEAT messages. Every message is 16 bytes, little endian:
+ *     u32 magic (REMUS_MSG_MAGIC), u32 type, u64 value
+ *   HELLO     value = interval_ms << 32 | heartbeat_timeout_ms (what the primary runs with)
+ *   ACK       value = epoch the standby has applied (pages and state committed)
+ *   HEARTBEAT value = last epoch committed (0 before the first)
+ * The primary also sends REMUS_REC_HEARTBEAT, an optional stream record (readers skip it), when no
+ * epoch bytes flowed for heartbeat_timeout/4.
+ */
+#define REMUS_MSG_MAGIC 0x534d4552u /* "REMS" */
+#define REMUS_MSG_SIZE 16u
+enum remus_msg_type {
+	REMUS_MSG_HELLO = 1,
+	REMUS_MSG_ACK = 2,
+	REMUS_MSG_HEARTBEAT = 3,
+};
+#define REMUS_REC_HEARTBEAT (SR_REC_OPTIONAL | 0x100u)
+
+#define REMUS_MIN_TIMEOUT_MS 20u
+#define REMUS_MAX_TIMEOUT_MS 60000u
+#define REMUS_MIN_INTERVAL_MS 1u
+#define REMUS_MAX_INTERVAL_MS 10000u
+
+struct remus_msg {
+	uint32_t type;
+	uint64_t value;
+};
+
+/* Encode into out (REMUS_MSG_SIZE bytes). */
+void remus_msg_encode(uint8_t *out, uint32_t type, uint64_t value);
+/* Decode REMUS_MSG_SIZE bytes. Returns 0, or -EBADMSG (bad magic or unknown type). */
+int remus_msg_decode(const uint8_t *in, struct remus_msg *m);
+
+/* HELLO value <-> settings. remus_hello_parse returns 0 or -EINVAL when out of the ranges above. */
+uint64_t remus_hello_value(uint32_t interval_ms, uint32_t timeout_ms);
+int remus_hello_parse(uint64_t value, uint32_t *interval_ms, uint32_t *timeout_ms);
+
+/* Reassembly of messages from a byte stream read in arbitrary pieces. */
+struct remus_msgbuf {
+	uint8_t b[REMUS_MSG_SIZE];
+	size_t n;
+};
+typedef void (*remus_msg_fn)(void *opaque, const struct remus_msg *m);
+/* Feed len bytes; calls fn for each complete message in order. Returns the number of messages, or
+ * -EBADMSG at the first bad one (messages before it were delivered; the stream is then unusable). */
+int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn,
+		      void *opaque);
+
+#endif
