@@ -14,7 +14,7 @@ tmp=$(mktemp -d /tmp/doppel-demo.XXXXXX)
 pids=()
 
 cleanup() {
-	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
 	scripts/topology.sh down "$P" >/dev/null 2>&1 || true
 	rm -rf "$tmp"
 }
@@ -27,13 +27,13 @@ say "building hosts: ${P}client, ${P}hostA, ${P}hostB (one LAN, plus a replicati
 scripts/topology.sh up "$P" >/dev/null
 
 say "hostB: standby (holds a replica, runs no vCPUs), listening on the replication link"
-in_ns hostB $B/doppel run --standby --listen 192.168.100.2:7700 --name standby --mem 256M \
+ip netns exec ${P}hostB $B/doppel run --standby --listen 192.168.100.2:7700 --name standby --mem 256M \
 	--net tap=tapB0,bridge=br0,mac=$MAC --cmdline "$GUEST" \
 	--serial file:$tmp/standby.serial --control $tmp/standby.sock 2>$tmp/standby.err &
 pids+=($!)
 
 say "hostA: primary runs the guest's KV service at 10.0.0.10:7777"
-in_ns hostA $B/doppel run --kernel $B/guest.elf --name primary --mem 256M \
+ip netns exec ${P}hostA $B/doppel run --kernel $B/guest.elf --name primary --mem 256M \
 	--net tap=tapA0,bridge=br0,mac=$MAC --cmdline "$GUEST" \
 	--serial file:$tmp/primary.serial --control $tmp/primary.sock 2>$tmp/primary.err &
 primary=$!
@@ -54,9 +54,11 @@ in_ns client $B/doppel-kv 10.0.0.10 --load 4000 --rate 800 --cmd INCR --key coun
 load=$!
 sleep 2.5
 
+$B/doppel status primary --control $tmp/primary.sock --json >$tmp/primary-status.json
+
 say "kill -9 the primary (its host dies) in the middle of the load"
-kill -9 $primary
-echo "primary killed at $(date +%T.%3N)"
+{ kill -9 $primary && wait $primary; } 2>/dev/null || true
+echo "primary (pid $primary) killed at $(date +%T.%3N)"
 
 wait $load || true
 acked=$(wc -l <$tmp/acks.jsonl)
@@ -80,5 +82,20 @@ else
 	exit 1
 fi
 
-say "doppel status standby (now the unprotected primary)"
-$B/doppel status standby --control $tmp/standby.sock
+say "epoch statistics (the primary just before it died, the standby after taking over)"
+$B/doppel status standby --control $tmp/standby.sock --json >$tmp/standby-status.json
+python3 - "$tmp/primary-status.json" "$tmp/standby-status.json" <<'EOF'
+import json, sys
+p = json.load(open(sys.argv[1]))["remus"]
+s = json.load(open(sys.argv[2]))
+r = s["remus"]
+print(f"primary: {p['epochs']} epochs of {p['interval_ms']} ms, last acknowledged {p['acked_epoch']}; "
+      f"pause p50 {p['pause']['p50_us']:.0f} us, p99 {p['pause']['p99_us']:.0f} us; "
+      f"dirty pages/epoch avg {p['dirty_pages']['avg']:.0f}; "
+      f"{p['bytes']['raw'] / 2**20:.1f} MiB raw, {p['bytes']['wire'] / 2**20:.1f} MiB on the wire; "
+      f"ack latency p50 {p['ack_latency']['p50_ms']:.1f} ms, p99 {p['ack_latency']['p99_ms']:.1f} ms; "
+      f"output held {p['held_output']['frames']} frames, released {p['held_output']['released_frames']}")
+print(f"standby: now {s['role']} and {s['state']}; applied {r['rx_epochs']} epochs, {r['failovers']} failover(s)")
+for e in r.get("events", []):
+    print(f"  {e['kind']} at epoch {e['epoch']}: {e['reason']}")
+EOF
