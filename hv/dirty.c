@@ -237,6 +237,11 @@ static int clear_slot(struct dirty_log *d, struct dirty_slot *s)
 
 int64_t dirty_log_sync(struct dirty_log *d, uint64_t *bitmap)
 {
+	return dirty_log_sync_keep(d, bitmap, NULL);
+}
+
+int64_t dirty_log_sync_keep(struct dirty_log *d, uint64_t *bitmap, const uint64_t *keep)
+{
 	uint64_t t0 = now_ns(), n, dt;
 	size_t words;
 
@@ -259,13 +264,18 @@ int64_t dirty_log_sync(struct dirty_log *d, uint64_t *bitmap)
 		log.dirty_bitmap = s->kbm;
 		if (ioctl(d->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0)
 			return -errno;
+		for (size_t w = 0; w < sw; w++)
+			dst[w] |= s->kbm[w];
 		if (d->manual) {
+			/* Pages the caller keeps stay writable and keep their dirty bit: reported again
+			 * by every sync, with no write fault in between. */
+			if (keep)
+				for (size_t w = 0; w < sw; w++)
+					s->kbm[w] &= ~keep[s->pfn_base / 64 + w];
 			rc = clear_slot(d, s);
 			if (rc)
 				return rc;
 		}
-		for (size_t w = 0; w < sw; w++)
-			dst[w] |= s->kbm[w];
 	}
 	if (d->first_all) {
 		dirty_bitmap_fill(bitmap, d->gm->nr_pages);

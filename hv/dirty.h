@@ -58,6 +58,14 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
  * treat the whole RAM as dirty, e.g. via dirty_bitmap_fill, or stop). */
 int64_t dirty_log_sync(struct dirty_log *d, uint64_t *bitmap);
 
+/* Sync-and-clear that leaves the dirty pages also set in `keep` (same layout as bitmap) writable:
+ * they are not re-protected, so the guest rewrites them without a write fault, and every later sync
+ * reports them again whether or not they were written (their KVM dirty bit stays set) until a sync
+ * whose `keep` omits them. For a replication epoch this trades copying a hot page every epoch for the
+ * ~3-10 us fault the guest would take on its first write to it after every re-protect. Honoured in
+ * manual-protect mode only (legacy mode re-protects everything). keep NULL = dirty_log_sync. */
+int64_t dirty_log_sync_keep(struct dirty_log *d, uint64_t *bitmap, const uint64_t *keep);
+
 /* Stop logging (slots back to flags 0). Returns 0 or -errno (logging may then still be on for some
  * slots; dirty_log_free is still required). Idempotent. */
 int dirty_log_stop(struct dirty_log *d);

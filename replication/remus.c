@@ -187,6 +187,7 @@ static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 		close(r->fd);
 	netbuf_free(r->nb);
 	free(r->bitmap);
+	free(r->hot);
 	free(r->st_idx);
 	free(r->st_data);
 	free(r->st_ptrs);

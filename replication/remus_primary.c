@@ -247,7 +247,11 @@ static void checkpoint(struct remus *r)
 		return;
 	}
 	uint64_t t_kick = remus_now_ns();
-	n = dirty_log_sync(r->log, r->bitmap);
+	if (++r->hot_age >= REMUS_HOT_COOL) {
+		memset(r->hot, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
+		r->hot_age = 0;
+	}
+	n = dirty_log_sync_keep(r->log, r->bitmap, r->hot);
 	uint64_t t_sync = remus_now_ns();
 	if (n < 0) {
 		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
@@ -262,6 +266,14 @@ static void checkpoint(struct remus *r)
 		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
 		remus_primary_fail(r, "checkpoint capture failed: %s", rc == -ENOMEM ? "out of memory" : err);
 		return;
+	}
+	/* What is dirty now and was dirty last epoch stays writable at the next sync. */
+	if (n <= REMUS_HOT_MAX) {
+		memcpy(r->hot, r->bitmap, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
+		r->hot_pages = (uint64_t)n;
+	} else {
+		memset(r->hot, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
+		r->hot_pages = 0;
 	}
 	uint64_t t_cap = remus_now_ns();
 	while ((p = dirty_next(r->bitmap, gm->nr_pages, &pos)) != UINT64_MAX) {
@@ -501,12 +513,17 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	}
 	if (!r->bitmap)
 		r->bitmap = calloc(dirty_bitmap_words(vm_mem(r->vm)->nr_pages), sizeof(uint64_t));
-	rc = r->bitmap ? dirty_log_start_flags(&r->log, vm_fd(r->vm), vm_mem(r->vm), DIRTY_START_ALL, err,
+	if (!r->hot)
+		r->hot = calloc(dirty_bitmap_words(vm_mem(r->vm)->nr_pages), sizeof(uint64_t));
+	else
+		memset(r->hot, 0, dirty_bitmap_words(vm_mem(r->vm)->nr_pages) * sizeof(uint64_t));
+	r->hot_age = 0;
+	rc = r->bitmap && r->hot ? dirty_log_start_flags(&r->log, vm_fd(r->vm), vm_mem(r->vm), DIRTY_START_ALL, err,
 					       sizeof(err))
 		       : -ENOMEM;
 	if (rc) {
 		close(fd);
-		return ctl_error("cannot start dirty logging: %s", r->bitmap ? err : "out of memory");
+		return ctl_error("cannot start dirty logging: %s", r->bitmap && r->hot ? err : "out of memory");
 	}
 	/* Staging for 4096 pages, touched now so the first epochs do not fault it in inside the pause. */
 	if (!r->st_cap && !stage_grow(r, 4096))
@@ -584,6 +601,7 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	json_object_object_add(o, "pause", p);
 	json_object_object_add(d, "last", json_object_new_int64((int64_t)r->dirty_last));
 	json_object_object_add(d, "avg", json_object_new_double(r->epochs ? (double)r->dirty_total / (double)r->epochs : 0));
+	json_object_object_add(d, "hot", json_object_new_int64((int64_t)r->hot_pages));
 	json_object_object_add(o, "dirty_pages", d);
 	json_object_object_add(b, "raw", json_object_new_int64((int64_t)raw));
 	json_object_object_add(b, "wire", json_object_new_int64((int64_t)wire));

@@ -289,6 +289,43 @@ static void guest_scenario(unsigned flags, bool user)
 	tvm_destroy(&t);
 }
 
+/* dirty_log_sync_keep: a kept dirty page is not re-protected, so it is reported again by the next
+ * sync without a write; a page dropped from `keep` is re-protected and goes quiet. */
+static void test_keep_hot_pages(void **state)
+{
+	struct tvm t;
+	struct dirty_log *d = NULL;
+	char err[256] = "";
+	uint64_t *bm, *keep;
+	uint64_t hot = 0x100, cold = 0x103;
+
+	(void)state;
+	if (tvm_create(&t, 8ull << 20, true, true) < 0)
+		skip();
+	bm = bm_alloc(&t.gm);
+	keep = bm_alloc(&t.gm);
+	assert_int_equal(dirty_log_start_flags(&d, t.vm, &t.gm, DIRTY_START_CLEAN, err, sizeof(err)), 0);
+	tvm_store(&t, 0x100000, 0x3000, 2); /* pages 0x100 and 0x103 */
+	keep[hot / 64] |= 1ull << (hot % 64);
+	assert_true(dirty_log_sync_keep(d, bm, keep) >= 2);
+	check_exact(bm, t.gm.nr_pages, (uint64_t[]){hot, cold}, 2);
+	/* Nothing ran: the kept page is still reported (its dirty bit stays), the other is not. */
+	assert_true(dirty_log_sync_keep(d, bm, keep) >= 1);
+	check_exact(bm, t.gm.nr_pages, (uint64_t[]){hot}, 1);
+	/* Dropped from keep: re-protected now, quiet afterwards, and caught again when written. */
+	memset(keep, 0, dirty_bitmap_words(t.gm.nr_pages) * sizeof(uint64_t));
+	assert_true(dirty_log_sync_keep(d, bm, keep) >= 1);
+	check_exact(bm, t.gm.nr_pages, (uint64_t[]){hot}, 1);
+	assert_int_equal(dirty_log_sync_keep(d, bm, keep), 0);
+	tvm_store(&t, 0x100000, 0, 1);
+	assert_true(dirty_log_sync(d, bm) >= 1);
+	check_exact(bm, t.gm.nr_pages, (uint64_t[]){hot}, 1);
+	dirty_log_free(d);
+	free(bm);
+	free(keep);
+	tvm_destroy(&t);
+}
+
 static void test_guest_manual(void **state)
 {
 	(void)state;
@@ -425,6 +462,7 @@ int main(void)
 		cmocka_unit_test(test_start_all),
 		cmocka_unit_test(test_start_all_legacy),
 		cmocka_unit_test(test_two_regions),
+		cmocka_unit_test(test_keep_hot_pages),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
