@@ -168,7 +168,7 @@ def main():
                 r.update(ws=ws, interval_ms=iv or None)
                 res["rate"].append(r)
                 print("rate", r, flush=True)
-        for cap in (4000, 20000, 40000, 80000):
+        for cap in (4000, 20000, 39000, 80000):
             r = rate_run(tmp, f"work=dirty ws=64M rate={cap}", 25)
             r.update(rate_cap=cap)
             res["pause_vs_dirty"].append(r)

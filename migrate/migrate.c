@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "migrate/migrate.h"
 #include "migrate/migrate_priv.h"
@@ -216,6 +217,23 @@ static void status_hook(struct vmm *v, struct json_object *st, void *opaque)
 	json_object_object_add(st, "migration", o);
 }
 
+/* vmm_destroy: free the engine unless a migration thread still runs (the process is ending then). */
+static void exit_hook(struct vmm *v, void *opaque)
+{
+	struct mig *m = opaque;
+
+	if (m->busy || m->recv_started)
+		return;
+	ev_io_stop(vmm_loop(v), &m->accept_w);
+	ev_timer_stop(vmm_loop(v), &m->stop_timer);
+	if (m->lfd >= 0)
+		close(m->lfd);
+	if (m->fd >= 0)
+		close(m->fd);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
 int migrate_setup(struct vmm *v)
 {
 	struct mig *m = calloc(1, sizeof(*m));
@@ -232,10 +250,16 @@ int migrate_setup(struct vmm *v)
 	ev_unref(vmm_loop(v)); /* does not keep the loop alive by itself */
 	ev_timer_init(&m->stop_timer, stop_timer_cb, 0.05, 0);
 	m->stop_timer.data = m;
+	rc = vmm_add_exit_hook(v, exit_hook, m);
+	if (rc) {
+		pthread_mutex_destroy(&m->lock);
+		free(m);
+		return rc;
+	}
 	rc = vmm_register_cmd(v, "migrate", cmd_migrate, m);
 	if (!rc)
 		rc = vmm_add_status_hook(v, status_hook, m);
-	return rc; /* on error m stays owned by whatever registered it; the process is exiting */
+	return rc; /* on error m is freed by the exit hook */
 }
 
 /* The struct mig registered by migrate_setup (its "migrate" command's opaque). */

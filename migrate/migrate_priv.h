@@ -97,7 +97,6 @@ struct mig {
 	uint64_t t_in_end, t_in_applied; /* when END was read, state applied */
 	char in_err[512];
 	int in_rc;
-	struct ckpt_state *keep; /* last state received (receiver thread until in_async) */
 };
 
 /* migrate_send.c */

@@ -12,7 +12,7 @@
 #include "replication/remus_priv.h"
 #include "tools/common/control.h"
 #include "tools/common/vmm.h"
-#include "tools/common/vmm_priv.h"
+#include "tools/common/vmm.h"
 
 uint64_t remus_now_ns(void)
 {
@@ -141,33 +141,28 @@ static struct json_object *cmd_failover(struct vmm *v, struct json_object *req, 
 /* The engine of v: the opaque of its "protect" command (no globals: several VMs per process work). */
 static struct remus *remus_of(struct vmm *v)
 {
-	for (int i = 0; i < v->nr_cmds; i++)
-		if (!strcmp(v->cmds[i].name, "protect") && v->cmds[i].fn == cmd_protect)
-			return v->cmds[i].opaque;
-	return NULL;
+	return vmm_cmd_opaque(v, "protect");
 }
 
-/* ev_loop_destroy (vmm_destroy, after the VM is gone): free what no thread can still use. A sender or
- * reader thread still running (the process is exiting while protected) keeps the engine. */
-static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
+/* vmm_destroy, after the vCPUs stopped and before guest memory and devices go: stop the threads and
+ * free. A reader thread still running (a standby exiting) keeps the engine. */
+static void exit_hook(struct vmm *v, void *opaque)
 {
-	struct remus *r = w->data;
+	struct remus *r = opaque;
 
-	(void)loop, (void)revents;
+	(void)v;
 	if (r->role == REMUS_PRIMARY && r->sender_running) {
 		/* An orderly exit (doppel stop, SIGTERM, guest exit) is not a failure: let the sender
 		 * finish the epoch in flight (staged data only) and write END, so the standby keeps its
-		 * replica and does not take over. During the live full copy the sender still reads guest
-		 * RAM, which is gone by now: cut the connection and leave the thread alone. */
+		 * replica and does not take over. During the live full copy there is no replica yet:
+		 * cut the connection (guest RAM is still mapped while the sender notices). */
 		pthread_mutex_lock(&r->lock);
 		bool copying = !r->precopy_done;
 		r->stop_sender = true;
 		pthread_cond_signal(&r->cond);
 		pthread_mutex_unlock(&r->lock);
-		if (copying) {
+		if (copying)
 			shutdown(r->fd, SHUT_RDWR);
-			return;
-		}
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += 1;
@@ -176,11 +171,21 @@ static void cleanup_cb(struct ev_loop *loop, ev_cleanup *w, int revents)
 			pthread_join(r->sender, NULL);
 		}
 		r->sender_running = false;
-		dirty_log_free(r->log); /* the VM is gone: stopping the log fails quietly */
+		dirty_log_free(r->log);
 		r->log = NULL;
 	}
-	if (r->sender_running || r->reader_running)
-		return;
+	if (r->reader_running) {
+		/* A standby going away: stop applying (the replica's RAM goes next) and end the reader. */
+		pthread_mutex_lock(&r->lock);
+		r->failed_over = true;
+		if (r->cfd >= 0)
+			shutdown(r->cfd, SHUT_RDWR);
+		pthread_mutex_unlock(&r->lock);
+		pthread_join(r->reader, NULL);
+		r->reader_running = false;
+	}
+	if (r->sender_running)
+		return; /* a sender that would not stop: leave the engine to it, the process is ending */
 	if (r->lfd >= 0)
 		close(r->lfd);
 	if (r->fd >= 0)
@@ -219,10 +224,9 @@ int remus_setup(struct vmm *v)
 	r->async_w.data = r;
 	ev_async_start(r->loop, &r->async_w);
 	ev_unref(r->loop); /* the async watcher alone must not keep the loop alive */
-	ev_cleanup_init(&r->cleanup_w, cleanup_cb);
-	r->cleanup_w.data = r;
-	ev_cleanup_start(r->loop, &r->cleanup_w);
-	rc = vmm_register_cmd(v, "protect", cmd_protect, r);
+	rc = vmm_add_exit_hook(v, exit_hook, r);
+	if (!rc)
+		rc = vmm_register_cmd(v, "protect", cmd_protect, r);
 	if (!rc)
 		rc = vmm_register_cmd(v, "unprotect", cmd_unprotect, r);
 	if (!rc)

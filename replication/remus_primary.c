@@ -1,6 +1,8 @@
 /* remus_primary.c — the protected side: live full copy, paused epochs staged on the loop, a sender thread, acks, output commit. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <json-c/json.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,7 +16,6 @@
 #include "replication/sock.h"
 #include "tools/common/control.h"
 #include "tools/common/vmm.h"
-#include "tools/common/vmm_priv.h"
 
 #define PRECOPY_MAX_ROUNDS 5
 #define PRECOPY_FEW_PAGES 1024
@@ -556,7 +557,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("cannot start the sender thread");
 	}
 	r->sender_running = true;
-	r->reply_conn = ctl_current_conn(r->v->ctl);
+	/* The epoch pause runs on this (the loop) thread: at real-time priority the sender, the host's
+	 * other work and a local standby cannot stretch the guest's pause. The loop only ever does
+	 * short work, so it cannot starve them. Best effort: needs CAP_SYS_NICE. */
+	pthread_setschedparam(pthread_self(), SCHED_FIFO, &(struct sched_param){.sched_priority = 1});
+	r->reply_conn = vmm_ctl_current(r->v);
 	return r->reply_conn ? CTL_DEFER : json_object_new_object();
 }
 

@@ -49,7 +49,6 @@ struct remus {
 	pthread_cond_t cond;
 	enum remus_role role;
 	ev_async async_w;
-	ev_cleanup cleanup_w; /* frees the engine when the loop is destroyed */
 	unsigned async_flags; /* atomic */
 	char peer[128];
 	uint32_t interval_ms, hb_timeout_ms;

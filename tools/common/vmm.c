@@ -138,6 +138,16 @@ bool vmm_booted_kernel(const struct vmm *v)
 	return v->o.kernel != NULL;
 }
 
+int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque)
+{
+	if (v->nr_exit_hooks >= VMM_MAX_EXIT_HOOKS)
+		return -ENOSPC;
+	v->exit_hooks[v->nr_exit_hooks].fn = fn;
+	v->exit_hooks[v->nr_exit_hooks].opaque = opaque;
+	v->nr_exit_hooks++;
+	return 0;
+}
+
 int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque)
 {
 	if (v->nr_status_hooks >= VMM_MAX_STATUS_HOOKS)
@@ -347,10 +357,15 @@ void vmm_destroy(struct vmm *v)
 		return;
 	if (v->ctl)
 		ctl_server_stop(v->ctl);
-	snap_free(&v->snap);
 	if (v->vm) {
 		vm_stop(v->vm, 0);
 		vm_wait(v->vm);
+	}
+	vmm_snapshot_join(v);
+	snap_free(&v->snap);
+	while (v->nr_exit_hooks > 0) {
+		v->nr_exit_hooks--;
+		v->exit_hooks[v->nr_exit_hooks].fn(v, v->exit_hooks[v->nr_exit_hooks].opaque);
 	}
 	vmm_net_detach_all(v);
 	vm_destroy(v->vm);

@@ -48,6 +48,13 @@ struct ctl_conn *vmm_ctl_current(struct vmm *v);
 /* True when the VM booted a kernel in this process (--kernel), i.e. its RAM is not all zero. */
 bool vmm_booted_kernel(const struct vmm *v);
 
+/* Run fn(v, opaque) when the VM process ends: in vmm_destroy, on the loop thread, after the vCPUs
+ * have stopped and before devices, guest memory or the loop are freed; last registered runs first.
+ * Subsystems stop their threads and free their state here. Up to VMM_MAX_EXIT_HOOKS (-ENOSPC). */
+#define VMM_MAX_EXIT_HOOKS 8
+typedef void (*vmm_exit_fn)(struct vmm *v, void *opaque);
+int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque);
+
 /* Add keys to every status reply: fn fills `status` (an object) on the loop thread. Up to
  * VMM_MAX_STATUS_HOOKS hooks (-ENOSPC beyond). */
 #define VMM_MAX_STATUS_HOOKS 4

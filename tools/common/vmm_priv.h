@@ -52,6 +52,11 @@ struct vmm {
 		void *opaque;
 	} status_hooks[VMM_MAX_STATUS_HOOKS];
 	int nr_status_hooks;
+	struct {
+		vmm_exit_fn fn;
+		void *opaque;
+	} exit_hooks[VMM_MAX_EXIT_HOOKS];
+	int nr_exit_hooks;
 	struct snap snap;
 	struct vmm_net net[VMM_MAX_NETS];
 	int nr_net;
