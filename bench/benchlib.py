@@ -5,9 +5,12 @@ import re
 import socket
 import statistics
 import subprocess
-import time
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "system"))
+import vmproc  # noqa: E402
+from vmproc import ctl  # noqa: E402,F401  (re-exported for the bench scripts)
 BUILD = os.environ.get("DOPPEL_BUILD") or os.path.join(REPO, "build")
 DOPPEL = os.path.join(BUILD, "doppel")
 GUEST = os.path.join(BUILD, "guest.elf")
@@ -28,28 +31,7 @@ def dirty_lines(path):
 
 
 def wait_for(pred, timeout, what, interval=0.001):
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def ctl(path, req, timeout=10.0):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while not buf.endswith(b"\n"):
-            c = s.recv(65536)
-            if not c:
-                break
-            buf += c
-    return json.loads(buf)
+    return vmproc.wait_for(pred, timeout, interval=interval, what=what)
 
 
 def doppel_argv(tmp, name, cmdline, mem="256M", extra=()):

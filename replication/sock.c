@@ -99,21 +99,32 @@ void sock_tune(int fd, int timeout_ms)
 	}
 }
 
+/* Parse `s` and make a non-blocking, close-on-exec TCP socket of its family. fd or -errno (err). */
+static int open_socket(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
+		       size_t errlen)
+{
+	int fd, rc = sock_parse(s, ss, len, err, errlen);
+
+	if (rc)
+		return rc;
+	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		return rc;
+	}
+	return fd;
+}
+
 int sock_listen(const char *s, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	int fd, one = 1, rc;
 
-	rc = sock_parse(s, &ss, &len, err, errlen);
-	if (rc)
-		return rc;
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(errno));
-		return rc;
-	}
+	fd = open_socket(s, &ss, &len, err, errlen);
+	if (fd < 0)
+		return fd;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4) < 0) {
 		rc = -errno;
@@ -132,15 +143,9 @@ int sock_connect(const char *s, int timeout_ms, char *err, size_t errlen)
 	socklen_t sl = sizeof(soerr);
 	struct pollfd p;
 
-	rc = sock_parse(s, &ss, &len, err, errlen);
-	if (rc)
-		return rc;
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(errno));
-		return rc;
-	}
+	fd = open_socket(s, &ss, &len, err, errlen);
+	if (fd < 0)
+		return fd;
 	if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS) {
 		rc = -errno;
 		goto err;

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-/* Parse "HOST:PORT", "[V6ADDR]:PORT" or "V6ADDR.PORT"-free forms into a socket address (numeric
+/* Parse "HOST:PORT" or "[IPV6ADDR]:PORT" into a socket address (numeric
  * hosts and resolvable names; port 1..65535). Returns 0 or -EINVAL with one line in err. */
 int sock_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen);
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import netns
+from vmproc import VM
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,3 +78,19 @@ def topology():
         pytest.skip(why)
     with netns.Topology() as t:
         yield t
+
+
+@pytest.fixture
+def vm(doppel_bin, guest_elf, tmp_path):
+    """Factory of `doppel run` processes (tests/system/vmproc.VM) booting the test guest by default;
+    every VM made is killed at teardown."""
+    made = []
+
+    def make(**kw):
+        kw.setdefault("kernel", guest_elf)
+        v = VM(doppel_bin, str(tmp_path), **kw)
+        made.append(v)
+        return v
+    yield make
+    for v in made:
+        v.close()

@@ -3,7 +3,6 @@ and between namespaces, bad=0 and the pass counter continuing on the destination
 (destination killed, link cut, mismatched destination, silent destination) leaving the source running."""
 import glob
 import json
-import os
 import signal
 import socket
 import subprocess

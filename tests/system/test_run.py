@@ -9,21 +9,7 @@ import time
 
 import pytest
 
-from vmproc import VM, ctl, wait_for
-
-
-@pytest.fixture
-def vm(doppel_bin, guest_elf, tmp_path):
-    made = []
-
-    def make(**kw):
-        kw.setdefault("kernel", guest_elf)
-        v = VM(doppel_bin, str(tmp_path), **kw)
-        made.append(v)
-        return v
-    yield make
-    for v in made:
-        v.close()
+from vmproc import ctl, wait_for
 
 
 def run(doppel_bin, *args, timeout=20):

@@ -1,6 +1,5 @@
 """test_snapshot.py — `doppel snapshot` / `doppel run --restore` with real VMs: continuity, incremental
 snapshots, hostile snapshot files, failed snapshots, a KV guest keeping its keys."""
-import glob
 import os
 import struct
 import subprocess
@@ -19,20 +18,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def run(doppel_bin, *args, timeout=30):
     return subprocess.run([doppel_bin, *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def vm(doppel_bin, guest_elf, tmp_path):
-    made = []
-
-    def make(**kw):
-        kw.setdefault("kernel", guest_elf)
-        v = VM(doppel_bin, str(tmp_path), **kw)
-        made.append(v)
-        return v
-    yield make
-    for v in made:
-        v.close()
 
 
 def restored(vm, path, name, mem, **kw):
