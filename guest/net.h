@@ -10,7 +10,7 @@
  * Single-threaded: none of this is reentrant.
  */
 
-#define VNET_HDR_LEN   12   /* struct virtio_net_hdr_v1 (VERSION_1 always has num_buffers) */
+#define VNET_HDR_LEN   12   /* largest virtio_net_hdr: 12 (v1, modern) or 10 (legacy, no MRG_RXBUF) */
 #define VNET_BUF_SIZE  2048 /* each RX/TX buffer: header + frame */
 #define VNET_FRAME_MAX (VNET_BUF_SIZE - VNET_HDR_LEN)
 #define VNET_QMAX      256  /* entries per queue at most */
@@ -18,8 +18,9 @@
 /* ---- virtio.c: the device -------------------------------------------------------------------- */
 /*
  * Find the first `virtio_mmio.device=<size>@<base>[:<irq>]` on the cmdline whose device is a
- * virtio-mmio version 2 network device, negotiate VERSION_1 (+MAC), set up RX queue 0 and TX
- * queue 1, post every RX buffer and set DRIVER_OK. Fills mac[6] from the config space (a
+ * virtio-mmio network device, version 2 (modern: negotiate VERSION_1 + MAC, FEATURES_OK) or
+ * version 1 (legacy: MAC only, GuestPageSize/QueueAlign 4096, QueuePFN), set up RX queue 0 and
+ * TX queue 1, post every RX buffer and set DRIVER_OK. Fills mac[6] from the config space (a
  * locally administered default if the device offers no MAC). Returns 0, or -1 after printing one
  * line `virtio: error: ...` naming what was wrong.
  */
