@@ -237,7 +237,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 {
 	struct vmm *v = calloc(1, sizeof(*v));
 	struct vm_config cfg;
-	char e2[256], cmdline[PVH_CMDLINE_MAX];
+	char cmdline[PVH_CMDLINE_MAX];
 	int rc;
 
 	*out = NULL;
@@ -296,11 +296,6 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 			goto err;
 		}
 	}
-	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, e2, sizeof(e2));
-	if (rc) {
-		snprintf(err, errlen, "%s", e2);
-		goto err;
-	}
 	ev_async_init(&v->exit_async, exit_async_cb);
 	ev_async_start(v->loop, &v->exit_async);
 	vmm_snapshot_init(v);
@@ -314,7 +309,16 @@ err:
 
 int vmm_run(struct vmm *v, bool start_paused)
 {
+	char err[256];
 	int rc, status;
+
+	/* The control socket appears only now, when everything (a standby's or a migration target's
+	 * listener included) is set up: a client that sees it may use the VM at once. */
+	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "doppel: %s\n", err);
+		return 1;
+	}
 
 	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);

@@ -33,8 +33,9 @@ struct vmm_opts {
  * Returns a reply object, or CTL_DEFER (see tools/common/control.h). */
 typedef struct json_object *(*vmm_cmd_fn)(struct vmm *v, struct json_object *req, void *opaque);
 
-/* Build the VM: create it, attach devices, load the kernel with PVH, open the control socket.
- * Nothing runs yet. Returns 0, or -errno with one line in err (nothing is left behind). */
+/* Build the VM: create it, attach devices, load the kernel with PVH (or restore a snapshot).
+ * Nothing runs yet and the control socket does not exist yet (vmm_run opens it).
+ * Returns 0, or -errno with one line in err (nothing is left behind). */
 int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen);
 
 /* Register an extra control command (before vmm_run). Returns 0 or -ENOSPC/-EEXIST. */
@@ -61,8 +62,10 @@ int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque);
 typedef void (*vmm_status_fn)(struct vmm *v, struct json_object *status, void *opaque);
 int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque);
 
-/* Start the vCPUs (unless `start_paused`) and run the event loop until the VM stops (guest exit,
- * `doppel stop`, SIGINT/SIGTERM, fatal error). Returns the process exit status: the guest's. */
+/* Open the control socket, start the vCPUs (unless held or `start_paused`) and run the event loop
+ * until the VM stops (guest exit, `doppel stop`, SIGINT/SIGTERM, fatal error). Returns the process
+ * exit status: the guest's; 1 with one line on stderr if the control socket cannot be opened (e.g.
+ * in use by a running VM). */
 int vmm_run(struct vmm *v, bool start_paused);
 
 /* Ask the loop to end with `status` (loop thread or any thread). */
