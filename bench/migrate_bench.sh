@@ -5,4 +5,5 @@ set -e
 cd "$(dirname "$0")/.."
 make -s binaries
 command -v qemu-system-x86_64 >/dev/null || { echo "migrate_bench: qemu-system-x86_64 not installed" >&2; exit 1; }
-exec /usr/bin/python3 bench/migrate_bench.py "$@"
+/usr/bin/python3 bench/migrate_bench.py "$@"
+/usr/bin/python3 bench/render.py

@@ -31,6 +31,8 @@ from benchlib import ctl, dirty_lines, wait_for, DOPPEL, GUEST, BUILD  # noqa: E
 KV = os.path.join(BUILD, "doppel-kv")
 SECS = float(os.environ.get("SECS", "4"))
 FO_RUNS = int(os.environ.get("FO_RUNS", "3"))
+PAUSE_RUNS = int(os.environ.get("PAUSE_RUNS", "3"))
+RATE_RUNS = int(os.environ.get("RATE_RUNS", "3"))
 KV_N = int(os.environ.get("KV_N", "1500"))
 KV_RATE = int(os.environ.get("KV_RATE", "500"))
 MAC = "52:54:00:12:34:56"
@@ -163,14 +165,26 @@ def main():
     res = {"rate": [], "pause_vs_dirty": [], "failover": [], "latency": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for ws in ("16M", "64M"):
-            for iv in (0, 25, 100):
-                r = rate_run(tmp, f"work=dirty ws={ws}", iv)
-                r.update(ws=ws, interval_ms=iv or None)
+            # RATE_RUNS rounds, alternating unprotected / 25 ms / 100 ms so drift hits all alike;
+            # a row is the mean rate, its other fields from the run closest to that mean
+            runs = {iv: [] for iv in (0, 25, 100)}
+            for _ in range(RATE_RUNS):
+                for iv in runs:
+                    runs[iv].append(rate_run(tmp, f"work=dirty ws={ws}", iv))
+            for iv, rs in runs.items():
+                mean = statistics.mean(x["rate_pages_s"] for x in rs)
+                r = dict(min(rs, key=lambda x: abs(x["rate_pages_s"] - mean)))
+                r.update(ws=ws, interval_ms=iv or None, rate_pages_s=mean,
+                         rate_all_runs=[round(x["rate_pages_s"]) for x in rs],
+                         bad=max(x["bad"] for x in rs))
                 res["rate"].append(r)
                 print("rate", r, flush=True)
         for cap in (4000, 20000, 39000, 80000):
-            r = rate_run(tmp, f"work=dirty ws=64M rate={cap}", 25)
-            r.update(rate_cap=cap)
+            # three runs of ~200 epochs each; the row is the run with the median p99
+            runs = sorted((rate_run(tmp, f"work=dirty ws=64M rate={cap}", 25) for _ in range(PAUSE_RUNS)),
+                          key=lambda x: x["pause_p99_us"])
+            r = runs[len(runs) // 2]
+            r.update(rate_cap=cap, p99_all_runs_us=[round(x["pause_p99_us"]) for x in runs])
             res["pause_vs_dirty"].append(r)
             print("pause", r, flush=True)
         try:
@@ -201,7 +215,7 @@ def write(res):
         json.dump(res, f, indent=1)
     L = ["## Remus (continuous replication)", "",
          "Primary and standby on one machine (2 shared cores, nested PVM KVM); `bench/remus_bench.sh`.", "",
-         "### Guest dirty rate, unprotected vs protected (work=dirty, unlimited rate)", "",
+         "### Guest dirty rate, unprotected vs protected (work=dirty, unlimited rate; target >= 90 % at 25 ms, 16 MiB)", "",
          "| hot set | epoch | guest rate (pages/s) | vs unprotected | dirty/epoch | pause p50 / p99 (µs) | ack p50 / p99 (ms) | skipped epochs | bad |",
          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = {r["ws"]: r["rate_pages_s"] for r in res["rate"] if not r["interval_ms"]}
@@ -213,18 +227,27 @@ def write(res):
                      f"{r['skipped']} of {r['epochs'] + r['skipped']} | {r['bad']} |")
         else:
             L.append(f"| {r['ws']} | unprotected | {r['rate_pages_s']:.0f} | 100% | | | | | {r['bad']} |")
-    L += ["", "Protected, the guest's first write to each page after an epoch's re-protect faults into KVM "
-          "(~3-10 µs here), so a guest that rewrites its whole hot set every epoch slows down a lot; "
-          "a busy sender also stretches epochs (a tick is skipped while the previous epoch is still being sent). "
-          "Single runs on a 2-core machine shared with other jobs: a row with far fewer epochs than "
+    tgt = [r for r in res["rate"] if r["ws"] == "16M" and r["interval_ms"] == 25 and base.get("16M")]
+    if tgt:
+        rel = tgt[0]["rate_pages_s"] / base["16M"]
+        L += ["", f"Target >= 90 % of unprotected at 25 ms epochs with a 16 MiB hot set: **{met(rel >= 0.9)}** ({rel:.0%})."]
+    L += ["", "Protected, the guest's first write to a page after an epoch's re-protect faults into KVM "
+          "(~3-10 µs here). Pages dirty in two epochs in a row are therefore left writable and copied every "
+          "epoch (`dirty_log_sync_keep`, up to 32,768 pages), so a guest rewriting a 16 MiB hot set runs at "
+          "full speed; a 64 MiB hot set is limited by the sender (64 MiB per epoch to compress and send: "
+          "ticks are skipped while the previous epoch is still being sent). "
+          "Rate rows are the mean of RATE_RUNS (3) alternating runs; their other columns come from the run "
+          "closest to that mean. The primary, the standby and the client share 2 cores here (a standby on "
+          "its own host would take nothing from the primary): a row with far fewer epochs than "
           "(SECS + 1 s) / epoch was starved by outside load (p99s are mostly scheduling noise: the loop "
           "thread, the vCPU thread, the sender and the standby share two cores).", "",
           "### Pause per epoch vs dirty pages (ws=64M, guest `rate=` cap, 25 ms epochs)", "",
-          "| rate cap (pages/s) | dirty pages/epoch (avg) | pause p50 (µs) | pause p99 (µs) | target p99 <= 2 ms for <= 1000 pages |",
-          "| --- | --- | --- | --- | --- |"]
+          "| rate cap (pages/s) | dirty pages/epoch (avg) | pause p50 (µs) | pause p99 (µs) | p99 of each run (µs) | target p99 <= 2 ms for <= 1000 pages |",
+          "| --- | --- | --- | --- | --- | --- |"]
     for r in res["pause_vs_dirty"]:
         applies = r["dirty_avg"] <= 1000
-        L.append(f"| {r['rate_cap']} | {r['dirty_avg']:.0f} | {r['pause_p50_us']:.0f} | {r['pause_p99_us']:.0f} | "
+        runs = ", ".join(str(x) for x in r.get("p99_all_runs_us", [round(r["pause_p99_us"])]))
+        L.append(f"| {r['rate_cap']} | {r['dirty_avg']:.0f} | {r['pause_p50_us']:.0f} | {r['pause_p99_us']:.0f} | {runs} | "
                  f"{met(r['pause_p99_us'] <= 2000) if applies else 'n/a (> 1000 pages)'} |")
     ph = [r for r in res["pause_vs_dirty"] if r.get("last_pause_phases_us")]
     if ph:
