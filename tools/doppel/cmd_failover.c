@@ -16,6 +16,14 @@ static void usage(void)
 	       "  -f, --force          take over even though the primary is alive\n" DOPPEL_CTL_OPTHELP);
 }
 
+static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
+{
+	struct json_object *e = NULL;
+
+	json_object_object_get_ex(reply, "epoch", &e);
+	printf("%s took over at epoch %lld\n", o->label, e ? (long long)json_object_get_int64(e) : 0LL);
+}
+
 int cmd_failover(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -24,7 +32,7 @@ int cmd_failover(int argc, char **argv)
 		{0},
 	};
 	struct doppel_ctl_opts o;
-	struct json_object *req, *reply = NULL;
+	struct json_object *req;
 	bool force = false;
 	int c, rc;
 
@@ -50,17 +58,5 @@ int cmd_failover(int argc, char **argv)
 	req = json_object_new_object();
 	json_object_object_add(req, "cmd", json_object_new_string("failover"));
 	json_object_object_add(req, "force", json_object_new_boolean(force));
-	rc = doppel_ctl_request(&o, req, &reply);
-	json_object_put(req);
-	if (rc)
-		return rc;
-	if (o.json) {
-		doppel_print_json(reply);
-	} else {
-		struct json_object *e = NULL;
-		json_object_object_get_ex(reply, "epoch", &e);
-		printf("%s took over at epoch %lld\n", o.label, e ? (long long)json_object_get_int64(e) : 0LL);
-	}
-	json_object_put(reply);
-	return fflush(stdout) ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+	return doppel_ctl_run(&o, req, print);
 }

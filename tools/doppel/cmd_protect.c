@@ -24,6 +24,18 @@ static void usage(void)
 	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n" DOPPEL_CTL_OPTHELP);
 }
 
+static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
+{
+	struct json_object *e = NULL, *ms = NULL, *peer = NULL;
+
+	json_object_object_get_ex(reply, "epoch", &e);
+	json_object_object_get_ex(reply, "sync_ms", &ms);
+	json_object_object_get_ex(reply, "peer", &peer);
+	printf("protected %s -> %s (first checkpoint epoch %lld acknowledged after %.0f ms)\n", o->label,
+	       peer ? json_object_get_string(peer) : "?", e ? (long long)json_object_get_int64(e) : 0LL,
+	       ms ? json_object_get_double(ms) : 0.0);
+}
+
 int cmd_protect(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -34,7 +46,7 @@ int cmd_protect(int argc, char **argv)
 		{0},
 	};
 	struct doppel_ctl_opts o;
-	struct json_object *req, *reply = NULL;
+	struct json_object *req;
 	const char *peer = NULL;
 	uint64_t interval = 25, timeout = 200;
 	int c, rc;
@@ -74,19 +86,5 @@ int cmd_protect(int argc, char **argv)
 	json_object_object_add(req, "peer", json_object_new_string(peer));
 	json_object_object_add(req, "interval_ms", json_object_new_int((int)interval));
 	json_object_object_add(req, "heartbeat_timeout_ms", json_object_new_int((int)timeout));
-	rc = doppel_ctl_request(&o, req, &reply);
-	json_object_put(req);
-	if (rc)
-		return rc;
-	if (o.json) {
-		doppel_print_json(reply);
-	} else {
-		struct json_object *e = NULL, *ms = NULL;
-		json_object_object_get_ex(reply, "epoch", &e);
-		json_object_object_get_ex(reply, "sync_ms", &ms);
-		printf("protected %s -> %s (first checkpoint epoch %lld acknowledged after %.0f ms)\n", o.label,
-		       peer, e ? (long long)json_object_get_int64(e) : 0LL, ms ? json_object_get_double(ms) : 0.0);
-	}
-	json_object_put(reply);
-	return fflush(stdout) ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+	return doppel_ctl_run(&o, req, print);
 }

@@ -89,6 +89,10 @@ int doppel_ctl_finish(struct doppel_ctl_opts *o, int argc, char **argv);
  * *reply = NULL and returns DOPPEL_EXIT_FAIL. */
 int doppel_ctl_request(const struct doppel_ctl_opts *o, struct json_object *req, struct json_object **reply);
 
+/* Send req (consumed), then print the reply: as JSON with --json, else with print (or
+ * doppel_print_tree when print is NULL). Returns the verb's exit code. */
+int doppel_ctl_run(const struct doppel_ctl_opts *o, struct json_object *req,
+		   void (*print)(const struct doppel_ctl_opts *o, struct json_object *reply));
 /* Print reply without its "ok" key as one JSON line on stdout. */
 void doppel_print_json(struct json_object *reply);
 

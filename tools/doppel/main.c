@@ -212,11 +212,30 @@ void doppel_print_tree(FILE *f, struct json_object *obj, int indent)
 	}
 }
 
+int doppel_ctl_run(const struct doppel_ctl_opts *o, struct json_object *req,
+		   void (*print)(const struct doppel_ctl_opts *o, struct json_object *reply))
+{
+	struct json_object *reply = NULL;
+	int rc = doppel_ctl_request(o, req, &reply);
+
+	json_object_put(req);
+	if (rc)
+		return rc;
+	if (o->json)
+		doppel_print_json(reply);
+	else if (print)
+		print(o, reply);
+	else
+		doppel_print_tree(stdout, reply, 0);
+	json_object_put(reply);
+	return fflush(stdout) ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+}
+
 int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv)
 {
 	static const struct option longopts[] = { DOPPEL_CTL_LONGOPTS, { 0 } };
 	struct doppel_ctl_opts o;
-	struct json_object *req, *reply = NULL;
+	struct json_object *req;
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, v->verb);
@@ -242,18 +261,7 @@ int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv
 		json_object_put(req);
 		return DOPPEL_EXIT_FAIL;
 	}
-	rc = doppel_ctl_request(&o, req, &reply);
-	json_object_put(req);
-	if (rc)
-		return rc;
-	if (o.json)
-		doppel_print_json(reply);
-	else if (v->print)
-		v->print(&o, reply);
-	else
-		doppel_print_tree(stdout, reply, 0);
-	json_object_put(reply);
-	return fflush(stdout) ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+	return doppel_ctl_run(&o, req, v->print);
 }
 
 /* ---- dispatch --------------------------------------------------------------------------------------- */
