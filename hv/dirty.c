@@ -34,6 +34,8 @@ struct dirty_log {
 	bool manual;    /* mode: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + KVM_CLEAR_DIRTY_LOG */
 	bool cap_on;    /* we enabled that cap and have not disabled it yet */
 	bool first_all; /* the next sync reports every page (DIRTY_START_ALL without INITIALLY_SET) */
+	bool yield;     /* DIRTY_YIELD: another start may take the log over */
+	bool revoked;   /* taken over (gm->dirty_lock): syncs fail with -ECANCELED, KVM untouched */
 	struct dirty_log_stats st;
 };
 
@@ -112,7 +114,7 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 		return -EINVAL;
 	}
 	*out = NULL;
-	if (flags & ~(unsigned)(DIRTY_START_CLEAN | DIRTY_FORCE_LEGACY)) {
+	if (flags & ~(unsigned)(DIRTY_START_CLEAN | DIRTY_FORCE_LEGACY | DIRTY_YIELD)) {
 		seterr(err, errlen, "dirty_log_start: unknown flags %#x", flags);
 		return -EINVAL;
 	}
@@ -129,11 +131,33 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 			return -EINVAL;
 		}
 	}
+	pthread_mutex_lock(&gm->dirty_lock);
+	struct dirty_log *cur = gm->dirty_owner;
+	if (cur && !cur->yield) {
+		pthread_mutex_unlock(&gm->dirty_lock);
+		seterr(err, errlen, "dirty logging of this VM is in use by another job (replication or migration)");
+		return -EBUSY;
+	}
 	d = calloc(1, sizeof(*d));
 	if (!d) {
+		pthread_mutex_unlock(&gm->dirty_lock);
 		seterr(err, errlen, "dirty_log_start: out of memory");
 		return -ENOMEM;
 	}
+	if (cur) {
+		/* Take the log over: stop it for real (so this start's initial state — every page
+		 * dirty for DIRTY_START_ALL — applies), then the previous owner's syncs fail and it
+		 * leaves KVM alone. */
+		stop_slots(cur);
+		if (cur->cap_on)
+			enable_manual(cur->vm_fd, 0);
+		cur->revoked = true;
+		cur->cap_on = false;
+		for (int i = 0; i < cur->nr; i++)
+			cur->s[i].logging = false;
+		gm->dirty_owner = NULL;
+	}
+	d->yield = flags & DIRTY_YIELD;
 	d->vm_fd = vm_fd;
 	d->gm = gm;
 	d->nr = gm->nr;
@@ -179,6 +203,8 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 			goto err;
 		}
 	}
+	gm->dirty_owner = d;
+	pthread_mutex_unlock(&gm->dirty_lock);
 	*out = d;
 	return 0;
 err:
@@ -187,6 +213,7 @@ err:
 		enable_manual(vm_fd, 0);
 	free_slots(d);
 	free(d);
+	pthread_mutex_unlock(&gm->dirty_lock);
 	return rc;
 }
 
@@ -240,13 +267,25 @@ int64_t dirty_log_sync(struct dirty_log *d, uint64_t *bitmap)
 	return dirty_log_sync_keep(d, bitmap, NULL);
 }
 
+static int64_t sync_locked(struct dirty_log *d, uint64_t *bitmap, const uint64_t *keep);
+
 int64_t dirty_log_sync_keep(struct dirty_log *d, uint64_t *bitmap, const uint64_t *keep)
+{
+	int64_t n;
+
+	if (!d || !bitmap)
+		return -EINVAL;
+	pthread_mutex_lock(&d->gm->dirty_lock);
+	n = d->revoked ? -ECANCELED : sync_locked(d, bitmap, keep);
+	pthread_mutex_unlock(&d->gm->dirty_lock);
+	return n;
+}
+
+static int64_t sync_locked(struct dirty_log *d, uint64_t *bitmap, const uint64_t *keep)
 {
 	uint64_t t0 = now_ns(), n, dt;
 	size_t words;
 
-	if (!d || !bitmap)
-		return -EINVAL;
 	for (int i = 0; i < d->nr; i++)
 		if (!d->s[i].logging)
 			return -ENOENT;
@@ -297,16 +336,22 @@ int64_t dirty_log_sync_keep(struct dirty_log *d, uint64_t *bitmap, const uint64_
 
 int dirty_log_stop(struct dirty_log *d)
 {
-	int rc;
+	int rc = 0;
 
 	if (!d)
 		return -EINVAL;
-	rc = stop_slots(d);
-	if (!rc && d->cap_on) {
-		/* Leave the VM as we found it; harmless if it fails (no slot logs any more). */
-		enable_manual(d->vm_fd, 0);
-		d->cap_on = false;
+	pthread_mutex_lock(&d->gm->dirty_lock);
+	if (!d->revoked) {
+		rc = stop_slots(d);
+		if (!rc && d->cap_on) {
+			/* Leave the VM as we found it; harmless if it fails (no slot logs any more). */
+			enable_manual(d->vm_fd, 0);
+			d->cap_on = false;
+		}
+		if (!rc && d->gm->dirty_owner == d)
+			d->gm->dirty_owner = NULL;
 	}
+	pthread_mutex_unlock(&d->gm->dirty_lock);
 	return rc;
 }
 
@@ -315,6 +360,10 @@ void dirty_log_free(struct dirty_log *d)
 	if (!d)
 		return;
 	dirty_log_stop(d);
+	pthread_mutex_lock(&d->gm->dirty_lock);
+	if (d->gm->dirty_owner == d) /* a stop that failed: nobody may use this log any more */
+		d->gm->dirty_owner = NULL;
+	pthread_mutex_unlock(&d->gm->dirty_lock);
 	free_slots(d);
 	free(d);
 }

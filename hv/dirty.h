@@ -39,11 +39,16 @@ enum {
 	DIRTY_START_CLEAN = 1u << 0,
 	/* Testing/bench: do not use KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 even when available. */
 	DIRTY_FORCE_LEGACY = 1u << 1,
+	/* This log is opportunistic (e.g. the baseline of the next incremental snapshot): a later
+	 * start by another job takes it over, after which its syncs return -ECANCELED. */
+	DIRTY_YIELD = 1u << 2,
 };
 
 /* Start logging on every slot of gm (slot i <-> gm->r[i]) of the KVM VM vm_fd, with flags
  * DIRTY_START_ALL. Precondition: gm regions page-aligned, r[i].pfn_base a multiple of 64 (hv/mem.h
- * layout guarantees it), no other dirty_log active on this VM. VMM writes made before start (bits
+ * layout guarantees it). KVM has one log per slot, so a VM has one owner at a time
+ * (gm->dirty_owner): starting while another log owns it fails with -EBUSY unless that one was
+ * started with DIRTY_YIELD, which it then loses. VMM writes made before start (bits
  * already in gm->dev_dirty) are kept and reported by the first sync.
  * Returns 0 and *out, or -errno with a one-line reason in err (errlen may be 0); on error slots are
  * left without logging and nothing leaks. */

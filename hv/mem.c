@@ -34,6 +34,7 @@ int mem_create(struct guest_mem *gm, uint64_t size)
 
 	memset(gm, 0, sizeof(*gm));
 	gm->memfd = -1;
+	pthread_mutex_init(&gm->dirty_lock, NULL);
 	if (size == 0 || size % GUEST_PAGE_SIZE)
 		return -EINVAL;
 	layout(gm, size);
@@ -69,6 +70,7 @@ int mem_init_buffer(struct guest_mem *gm, void *buf, uint64_t size)
 {
 	memset(gm, 0, sizeof(*gm));
 	gm->memfd = -1;
+	pthread_mutex_init(&gm->dirty_lock, NULL);
 	if (size == 0 || size % GUEST_PAGE_SIZE || !buf)
 		return -EINVAL;
 	layout(gm, size);
@@ -77,6 +79,7 @@ int mem_init_buffer(struct guest_mem *gm, void *buf, uint64_t size)
 	if (alloc_bitmap(gm)) {
 		memset(gm, 0, sizeof(*gm));
 		gm->memfd = -1;
+		pthread_mutex_init(&gm->dirty_lock, NULL);
 		return -ENOMEM;
 	}
 	return 0;
@@ -91,8 +94,10 @@ void mem_destroy(struct guest_mem *gm)
 		close(gm->memfd);
 	}
 	free(gm->dev_dirty);
+	pthread_mutex_destroy(&gm->dirty_lock);
 	memset(gm, 0, sizeof(*gm));
 	gm->memfd = -1;
+	pthread_mutex_init(&gm->dirty_lock, NULL);
 }
 
 static const struct mem_region *find(const struct guest_mem *gm, uint64_t gpa, uint64_t len)

@@ -2,6 +2,7 @@
 #ifndef DOPPEL_HV_MEM_H
 #define DOPPEL_HV_MEM_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,9 @@ struct guest_mem {
 	uint64_t nr_pages;    /* size / GUEST_PAGE_SIZE */
 	int memfd;            /* -1 when built over a plain buffer */
 	uint64_t *dev_dirty;  /* bitmap, one bit per RAM page index, set by VMM writes (atomic) */
+	/* KVM keeps one dirty log per memory slot, so one tracker at a time owns it (hv/dirty.c). */
+	pthread_mutex_t dirty_lock;
+	void *dirty_owner; /* the struct dirty_log that owns the log, or NULL */
 };
 
 /* Create RAM of `size` bytes (page multiple, > 0) in a fresh memfd and map it.

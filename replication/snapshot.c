@@ -225,9 +225,17 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	}
 	if (s->log) {
 		int64_t n = dirty_log_sync(s->log, bitmap);
-		if (n < 0) {
+		if (n == -ECANCELED && !incremental_from) {
+			/* replication or migration took the dirty log over: a full snapshot needs none */
+			dirty_log_free(s->log);
+			s->log = NULL;
+		} else if (n < 0) {
 			rc = (int)n;
-			snprintf(err, errlen, "dirty log sync failed: %s", strerror(-rc));
+			if (rc == -ECANCELED)
+				snprintf(err, errlen, "the baseline of %s is gone (replication or migration took "
+					 "over dirty logging since); take a full snapshot", incremental_from);
+			else
+				snprintf(err, errlen, "dirty log sync failed: %s", strerror(-rc));
 			goto err_resume;
 		}
 	}
@@ -267,8 +275,9 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	/* The baseline for the next incremental snapshot is this moment, still paused. */
 	if (!s->log) {
 		char e2[256];
-		if (dirty_log_start_flags(&s->log, vm_fd(vm), gm, DIRTY_START_CLEAN, e2, sizeof(e2)))
-			s->log = NULL; /* incrementals unavailable; the snapshot itself is fine */
+		if (dirty_log_start_flags(&s->log, vm_fd(vm), gm, DIRTY_START_CLEAN | DIRTY_YIELD, e2,
+					  sizeof(e2)))
+			s->log = NULL; /* incrementals unavailable (e.g. Remus owns the log); the snapshot is fine */
 	}
 	s->last_id = info.id;
 	s->last_epoch = info.epoch;

@@ -109,6 +109,37 @@ def test_failover_dirty_sigkill(doppel_bin, pair):
     assert ev and ev[-1]["kind"] == "failover"
 
 
+def test_protect_after_snapshot_takes_over_the_dirty_log(doppel_bin, pair, tmp_path):
+    # a snapshot leaves a dirty log running for the next incremental; protect must take it over
+    # and still copy every page first, or the replica lacks what was written before
+    pr, sb, peer, _ = pair
+    snap = str(tmp_path / "s1")
+    r = doppel(doppel_bin, "snapshot", pr.name, snap, "--control", pr.control)
+    assert r.returncode == 0, r.stderr
+    protect(doppel_bin, pr, peer)
+    time.sleep(1.0)
+    # the incremental baseline is gone now: one clear error, VM untouched
+    r = doppel(doppel_bin, "snapshot", pr.name, str(tmp_path / "s2"), "--incremental-from", snap,
+               "--control", pr.control)
+    assert r.returncode != 0 and "full snapshot" in r.stderr, r.stderr
+    assert remus(pr)["role"] == "primary"
+    # a migration cannot share the dirty log with replication
+    dport = free_port()
+    dst = VM(doppel_bin, str(tmp_path), name="dst", kernel=None, cmdline=None, mem=MEM,
+             extra=["--incoming", f"127.0.0.1:{dport}"])
+    try:
+        dst.wait_ctl()
+        r = doppel(doppel_bin, "migrate", pr.name, "--to", f"127.0.0.1:{dport}", "--control", pr.control)
+        assert r.returncode != 0 and "in use" in r.stderr, r.stderr
+    finally:
+        dst.close()
+    assert remus(pr)["role"] == "primary"
+    before = last_pass(pr)
+    pr.kill()
+    pr.wait()
+    assert_took_over(sb, before)
+
+
 # ---- (b) kill the standby: the primary continues unprotected; protect again to a new one -------------
 
 def test_standby_killed_then_reprotect(doppel_bin, guest_elf, pair, tmp_path):

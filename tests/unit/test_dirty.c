@@ -326,6 +326,38 @@ static void test_keep_hot_pages(void **state)
 	tvm_destroy(&t);
 }
 
+/* One owner of a VM's log at a time: a DIRTY_YIELD log is taken over (its syncs then fail with
+ * -ECANCELED and the new owner starts from "every page dirty"), any other refuses (-EBUSY). */
+static void test_ownership(void **state)
+{
+	struct tvm t;
+	struct dirty_log *a = NULL, *b = NULL, *c = NULL;
+	char err[256] = "";
+	uint64_t *bm;
+
+	(void)state;
+	if (tvm_create(&t, 8ull << 20, true, true) < 0)
+		skip();
+	bm = bm_alloc(&t.gm);
+	assert_int_equal(dirty_log_start_flags(&a, t.vm, &t.gm, DIRTY_START_CLEAN | DIRTY_YIELD, err, sizeof(err)), 0);
+	assert_int_equal(dirty_log_sync(a, bm), 0);
+	assert_int_equal(dirty_log_start(&b, t.vm, &t.gm, err, sizeof(err)), 0); /* takes a's log */
+	assert_int_equal(dirty_log_sync(a, bm), -ECANCELED);
+	assert_int_equal((uint64_t)dirty_log_sync(b, bm), t.gm.nr_pages); /* START_ALL despite the takeover */
+	assert_int_equal(dirty_log_start(&c, t.vm, &t.gm, err, sizeof(err)), -EBUSY);
+	assert_null(c);
+	assert_non_null(strstr(err, "in use"));
+	dirty_log_free(a); /* the revoked log leaves b's logging alone */
+	tvm_store(&t, 0x100000, 0, 1);
+	assert_true(dirty_log_sync(b, bm) >= 1);
+	check_exact(bm, t.gm.nr_pages, (uint64_t[]){0x100}, 1);
+	dirty_log_free(b);
+	assert_int_equal(dirty_log_start(&c, t.vm, &t.gm, err, sizeof(err)), 0); /* free again */
+	dirty_log_free(c);
+	free(bm);
+	tvm_destroy(&t);
+}
+
 static void test_guest_manual(void **state)
 {
 	(void)state;
@@ -463,6 +495,7 @@ int main(void)
 		cmocka_unit_test(test_start_all_legacy),
 		cmocka_unit_test(test_two_regions),
 		cmocka_unit_test(test_keep_hot_pages),
+		cmocka_unit_test(test_ownership),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
