@@ -71,7 +71,9 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"client: acknowledged {s['acked']} of {s['acked'] + s['unacked']} INCRs, "
       f"{s['ops_per_s']:.0f} ops/s, p50 {s['p50_us'] / 1000:.1f} ms, p99 {s['p99_us'] / 1000:.1f} ms")
-print(f"outage seen by the client (longest stall): {s['longest_stall_ms']:.0f} ms")
+print(f"outage seen by the client (longest stall): {s['longest_stall_ms']:.0f} ms "
+      "(SIGKILL resets the replication connection; a host that just goes silent is declared dead "
+      "after the 200 ms heartbeat timeout)")
 EOF
 echo "highest acknowledged INCR: $last; value read back after failover: $value"
 echo "hello is still: $(in_ns client $B/doppel-kv 10.0.0.10 GET hello)"
