@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hv/dirty.h"
 #include "hv/kvm_state.h"
 #include "replication/checkpoint.h"
 
@@ -160,6 +161,20 @@ struct page_batch {
 	struct ckpt_progress *prog;
 };
 
+/* A batch counting into prog (may be NULL), whose total becomes `total`. NULL when out of memory. */
+static struct page_batch *batch_new(struct ckpt_progress *prog, uint64_t total)
+{
+	struct page_batch *b = malloc(sizeof(*b));
+
+	if (!b)
+		return NULL;
+	b->n = 0;
+	b->prog = prog;
+	if (prog)
+		__atomic_store_n(&prog->total, total, __ATOMIC_RELAXED);
+	return b;
+}
+
 static void progress_add(struct ckpt_progress *p, uint64_t n)
 {
 	if (p)
@@ -196,15 +211,11 @@ int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads)
 int ckpt_write_all_pages_progress(struct sr_ctx *w, struct guest_mem *gm, int nthreads,
 				  struct ckpt_progress *prog)
 {
-	struct page_batch *b = malloc(sizeof(*b));
+	struct page_batch *b = batch_new(prog, gm->nr_pages);
 	int rc = 0;
 
 	if (!b)
 		return -ENOMEM;
-	b->n = 0;
-	b->prog = prog;
-	if (prog)
-		__atomic_store_n(&prog->total, gm->nr_pages, __ATOMIC_RELAXED);
 	for (int i = 0; i < gm->nr && !rc; i++) {
 		const struct mem_region *r = &gm->r[i];
 		uint64_t npages = r->size >> GUEST_PAGE_SHIFT, p = 0;
@@ -247,28 +258,13 @@ int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_
 int ckpt_write_dirty_pages_progress(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
 				    int nthreads, struct ckpt_progress *prog)
 {
-	struct page_batch *b = malloc(sizeof(*b));
+	struct page_batch *b = batch_new(prog, prog ? dirty_bitmap_count(bitmap, gm->nr_pages) : 0);
 	int rc = 0;
 
 	if (!b)
 		return -ENOMEM;
-	b->n = 0;
-	b->prog = prog;
-	if (prog) {
-		uint64_t n = 0;
-		for (uint64_t wd = 0; wd < (gm->nr_pages + 63) / 64; wd++)
-			n += (uint64_t)__builtin_popcountll(bitmap[wd]);
-		__atomic_store_n(&prog->total, n, __ATOMIC_RELAXED);
-	}
-	for (uint64_t wd = 0; wd < (gm->nr_pages + 63) / 64 && !rc; wd++) {
-		uint64_t bits = bitmap[wd];
-		while (bits && !rc) {
-			uint64_t idx = wd * 64 + (uint64_t)__builtin_ctzll(bits);
-			bits &= bits - 1;
-			if (idx < gm->nr_pages)
-				rc = batch_add(w, b, gm, idx, nthreads);
-		}
-	}
+	for (uint64_t pos = 0, idx; !rc && (idx = dirty_next(bitmap, gm->nr_pages, &pos)) != UINT64_MAX;)
+		rc = batch_add(w, b, gm, idx, nthreads);
 	if (!rc)
 		rc = batch_flush(w, b, nthreads);
 	free(b);
