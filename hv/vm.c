@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hv/errf.h"
 #include "hv/vm_priv.h"
 
 #define KVM_TSS_ADDR 0xfffbd000ul
@@ -35,17 +36,6 @@ uint64_t vm_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void seterr(char *err, size_t len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !len)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, len, fmt, ap);
-	va_end(ap);
-}
-
 /* ---- create / destroy ------------------------------------------------------------------------- */
 
 static int exit_port(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write);
@@ -60,14 +50,14 @@ static int create_vcpu(struct vm *vm, int idx, char *err, size_t errlen)
 	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, idx);
 	if (v->fd < 0) {
 		rc = -errno;
-		seterr(err, errlen, "KVM_CREATE_VCPU %d: %s", idx, strerror(errno));
+		hv_fail(err, errlen, 0, "KVM_CREATE_VCPU %d: %s", idx, strerror(errno));
 		return rc;
 	}
 	v->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
 	if (v->run == MAP_FAILED) {
 		rc = -errno;
 		v->run = NULL;
-		seterr(err, errlen, "mmap vCPU %d run area: %s", idx, strerror(errno));
+		hv_fail(err, errlen, 0, "mmap vCPU %d run area: %s", idx, strerror(errno));
 		return rc;
 	}
 	return vcpu_setup_cpuid(vm, v, err, errlen);
@@ -81,12 +71,12 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 
 	*out = NULL;
 	if (cfg->nr_vcpus < 1 || cfg->nr_vcpus > HV_MAX_VCPUS) {
-		seterr(err, errlen, "vCPU count %d out of range (1..%d)", cfg->nr_vcpus, HV_MAX_VCPUS);
+		hv_fail(err, errlen, 0, "vCPU count %d out of range (1..%d)", cfg->nr_vcpus, HV_MAX_VCPUS);
 		return -EINVAL;
 	}
 	if (cfg->mem_size < HV_MEM_MIN || cfg->mem_size > HV_MEM_MAX ||
 	    cfg->mem_size % (2ull << 20)) {
-		seterr(err, errlen, "memory size %llu bytes invalid (2 MiB multiple, 2 MiB .. %llu GiB)",
+		hv_fail(err, errlen, 0, "memory size %llu bytes invalid (2 MiB multiple, 2 MiB .. %llu GiB)",
 		       (unsigned long long)cfg->mem_size, (unsigned long long)(HV_MEM_MAX >> 30));
 		return -EINVAL;
 	}
@@ -105,24 +95,24 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (vm->kvm_fd < 0) {
 		rc = -errno;
-		seterr(err, errlen, "cannot open /dev/kvm: %s", strerror(errno));
+		hv_fail(err, errlen, 0, "cannot open /dev/kvm: %s", strerror(errno));
 		goto err;
 	}
 	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
 		rc = -ENOTSUP;
-		seterr(err, errlen, "/dev/kvm: unsupported KVM API version");
+		hv_fail(err, errlen, 0, "/dev/kvm: unsupported KVM API version");
 		goto err;
 	}
 	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
 	if (vm->vm_fd < 0) {
 		rc = -errno;
-		seterr(err, errlen, "KVM_CREATE_VM: %s", strerror(errno));
+		hv_fail(err, errlen, 0, "KVM_CREATE_VM: %s", strerror(errno));
 		goto err;
 	}
 	mmap_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (mmap_size <= 0) {
 		rc = -EINVAL;
-		seterr(err, errlen, "KVM_GET_VCPU_MMAP_SIZE failed");
+		hv_fail(err, errlen, 0, "KVM_GET_VCPU_MMAP_SIZE failed");
 		goto err;
 	}
 	vm->run_size = (size_t)mmap_size;
@@ -134,14 +124,14 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 	}
 	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
 		rc = -errno;
-		seterr(err, errlen, "KVM_CREATE_IRQCHIP: %s", strerror(errno));
+		hv_fail(err, errlen, 0, "KVM_CREATE_IRQCHIP: %s", strerror(errno));
 		goto err;
 	}
 	{
 		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
 		if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
 			rc = -errno;
-			seterr(err, errlen, "KVM_CREATE_PIT2: %s", strerror(errno));
+			hv_fail(err, errlen, 0, "KVM_CREATE_PIT2: %s", strerror(errno));
 			goto err;
 		}
 	}
@@ -150,7 +140,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 		goto err;
 	rc = mem_create(&vm->mem, cfg->mem_size);
 	if (rc) {
-		seterr(err, errlen, "cannot allocate %llu MiB of guest memory: %s",
+		hv_fail(err, errlen, 0, "cannot allocate %llu MiB of guest memory: %s",
 		       (unsigned long long)(cfg->mem_size >> 20), strerror(-rc));
 		goto err;
 	}
@@ -163,7 +153,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 		};
 		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
 			rc = -errno;
-			seterr(err, errlen, "KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
+			hv_fail(err, errlen, 0, "KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
 			goto err;
 		}
 	}
