@@ -397,7 +397,9 @@ static int stage_state(struct ckpt_stage *s, const struct sr_record *rec, char *
 int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err,
 		    size_t errlen)
 {
-	struct rd rd = {.stg = stg, .gm = gm, .limit = 0};
+	/* An epoch names each page at most once; one batch of slack. A stream repeating pages to grow
+	 * the stage without bound is refused. */
+	struct rd rd = {.stg = stg, .gm = gm, .limit = sr_nr_pages(r) + SR_BATCH_PAGES};
 	struct sr_record rec;
 	char tn[48];
 	int rc;
@@ -411,11 +413,9 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 		}
 		switch (rec.type) {
 		case SR_REC_PAGE_DATA:
-			rd.limit = (1ull << 40) / GUEST_PAGE_SIZE; /* refined below */
 			rc = sr_decode_pages(r, &rec, on_page, &rd);
 			break;
 		case SR_REC_ZERO_PAGES:
-			rd.limit = (1ull << 40) / GUEST_PAGE_SIZE;
 			rc = sr_decode_zero_pages(r, &rec, on_zero, &rd);
 			break;
 		case SR_REC_VCPU_STATE:

@@ -104,6 +104,11 @@ void sr_stats(const struct sr_ctx *ctx, struct sr_stats *out)
 	*out = ctx->st;
 }
 
+uint64_t sr_nr_pages(const struct sr_ctx *ctx)
+{
+	return ctx->have_hdr ? ctx->hdr.nr_pages : 0;
+}
+
 void sr_set_compress(struct sr_ctx *ctx, bool compress, int level)
 {
 	ctx->compress = compress;

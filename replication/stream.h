@@ -105,6 +105,8 @@ int sr_reader_new(struct sr_ctx **ctx, struct sr_in *in);
 void sr_ctx_free(struct sr_ctx *ctx); /* NULL-safe */
 const char *sr_error(const struct sr_ctx *ctx); /* "" when no error */
 void sr_stats(const struct sr_ctx *ctx, struct sr_stats *out);
+/* RAM pages of the image: the header's nr_pages once it was written or read, else 0. */
+uint64_t sr_nr_pages(const struct sr_ctx *ctx);
 /* Change compression between records (writer only). */
 void sr_set_compress(struct sr_ctx *ctx, bool compress, int level);
 

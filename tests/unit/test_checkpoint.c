@@ -455,12 +455,62 @@ static void test_bad_images(void **state)
 	tvm_destroy(&b);
 }
 
+/* A hostile stream that names the same page over and over in one epoch must not grow the stage
+ * without bound: more staged pages than the VM has is refused. No KVM needed. */
+static void test_stage_is_bounded(void **state)
+{
+	const uint64_t pages = 64;
+	uint8_t *ram = calloc(pages, GUEST_PAGE_SIZE), page[GUEST_PAGE_SIZE];
+	uint64_t idx[SR_BATCH_PAGES];
+	const void *ptr[SR_BATCH_PAGES];
+	struct guest_mem gm;
+	struct sr_header h;
+	struct sr_out out;
+	struct sr_in in;
+	struct sr_ctx *w, *r;
+	struct ckpt_stage stg = {0};
+	char err[256] = "";
+
+	(void)state;
+	assert_non_null(ram);
+	assert_int_equal(mem_init_buffer(&gm, ram, pages * GUEST_PAGE_SIZE), 0);
+	memset(page, 0x5a, sizeof(page));
+	for (size_t i = 0; i < SR_BATCH_PAGES; i++) {
+		idx[i] = 3;
+		ptr[i] = page;
+	}
+	sr_out_mem(&out, 0);
+	assert_int_equal(sr_writer_new(&w, &out, false, 0), 0);
+	sr_header_from_mem(&h, &gm, 1);
+	assert_int_equal(sr_write_header(w, &h), 0);
+	assert_int_equal(sr_write_pages(w, idx, ptr, SR_BATCH_PAGES), 0); /* 512 copies: within slack */
+	assert_int_equal(sr_write_checkpoint_end(w, 1), 0);
+	assert_int_equal(sr_write_pages(w, idx, ptr, SR_BATCH_PAGES), 0); /* 512 + 512 > 64 + 512 */
+	assert_int_equal(sr_write_pages(w, idx, ptr, SR_BATCH_PAGES), 0);
+	assert_int_equal(sr_write_checkpoint_end(w, 2), 0);
+	sr_ctx_free(w);
+
+	sr_in_mem(&in, out.buf, out.len);
+	assert_int_equal(sr_reader_new(&r, &in), 0);
+	assert_int_equal(sr_read_header(r, &h), 0);
+	assert_int_equal(ckpt_read_epoch(r, &stg, NULL, err, sizeof(err)), 1);
+	assert_int_equal(stg.n, SR_BATCH_PAGES);
+	assert_int_equal(ckpt_read_epoch(r, &stg, NULL, err, sizeof(err)), -E2BIG);
+	assert_non_null(strstr(err, "more pages than the VM has"));
+	ckpt_stage_free(&stg);
+	sr_ctx_free(r);
+	sr_out_free(&out);
+	mem_destroy(&gm);
+	free(ram);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip_1vcpu_direct),
 		cmocka_unit_test(test_roundtrip_2vcpu_staged),
 		cmocka_unit_test(test_bad_images),
+		cmocka_unit_test(test_stage_is_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
