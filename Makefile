@@ -1,7 +1,7 @@
 # doppel — build, test, demo.  `make` builds build/doppel, build/doppel-kv and build/guest.elf.
 #
 # Sources are found by wildcard so a new file needs no Makefile edit:
-#   hv/ replication/ migrate/ netbuf/ tools/common/  -> build/libdoppel.a
+#   common/ hv/ replication/ migrate/ netbuf/ vmm/ tools/common/  -> build/libdoppel.a
 #   tools/doppel/*.c                                   -> build/doppel      (one file per CLI verb)
 #   tools/kv/*.c                                       -> build/doppel-kv
 #   guest/*.c guest/*.S                                -> build/guest.elf   (freestanding PVH ELF)
@@ -18,12 +18,13 @@ OPT     ?= -O2
 CFLAGS  := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lev -lpthread -lm $(EXTRA_LDFLAGS)
 
-LIB_SRC  := $(wildcard hv/*.c replication/*.c migrate/*.c netbuf/*.c tools/common/*.c)
+LIB_DIRS := common hv hv/kvm hv/dev replication migrate netbuf vmm tools/common
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 CLI_SRC  := $(wildcard tools/doppel/*.c)
 KV_SRC   := $(wildcard tools/kv/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
-HDRS     := $(wildcard hv/*.h replication/*.h migrate/*.h netbuf/*.h tools/common/*.h tools/doppel/*.h tools/kv/*.h)
+HDRS     := $(foreach d,$(LIB_DIRS) tools/doppel tools/kv,$(wildcard $(d)/*.h))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)

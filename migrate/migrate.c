@@ -11,9 +11,8 @@
 
 #include "migrate/migrate.h"
 #include "migrate/migrate_priv.h"
-#include "tools/common/cli.h"
-#include "tools/common/control.h"
-#include "tools/common/vmm.h"
+#include "common/parse.h"
+#include "vmm/vmm.h"
 
 uint64_t mig_now_ns(void)
 {

@@ -10,8 +10,7 @@
 #include "replication/checkpoint.h"
 #include "replication/sock.h"
 #include "replication/stream.h"
-#include "tools/common/vmm.h"
-#include "tools/common/vmm.h"
+#include "vmm/vmm.h"
 
 #define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, or the final epoch) */
 

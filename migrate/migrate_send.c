@@ -13,8 +13,7 @@
 #include "replication/checkpoint.h"
 #include "replication/sock.h"
 #include "replication/stream.h"
-#include "tools/common/control.h"
-#include "tools/common/vmm.h"
+#include "vmm/vmm.h"
 
 #define CHUNK_PAGES 4096u   /* pages per sr_write_pages_mt call (16 MiB raw) */
 #define NTHREADS 2          /* compression workers: both cores */

@@ -10,9 +10,7 @@
 #include <unistd.h>
 
 #include "replication/remus_priv.h"
-#include "tools/common/control.h"
-#include "tools/common/vmm.h"
-#include "tools/common/vmm.h"
+#include "vmm/vmm.h"
 
 uint64_t remus_now_ns(void)
 {

@@ -14,8 +14,7 @@
 
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
-#include "tools/common/control.h"
-#include "tools/common/vmm.h"
+#include "vmm/vmm.h"
 
 #define PRECOPY_MAX_ROUNDS 5
 #define PRECOPY_FEW_PAGES 1024

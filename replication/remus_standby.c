@@ -10,8 +10,7 @@
 
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
-#include "tools/common/control.h"
-#include "tools/common/vmm.h"
+#include "vmm/vmm.h"
 
 #define HELLO_TIMEOUT_MS 5000
 

@@ -5,7 +5,7 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/control.h"
+#include "vmm/control.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "tools/common/cli.h"
+#include "common/parse.h"
 
 static uint64_t size_ok(const char *s)
 {

@@ -19,7 +19,7 @@
 #include <ev.h>
 #include <json-c/json.h>
 
-#include "tools/common/control.h"
+#include "tools/common/ctl_client.h"
 
 /* ---- parser --------------------------------------------------------------------------------------- */
 

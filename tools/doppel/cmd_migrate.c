@@ -9,8 +9,8 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/cli.h"
-#include "tools/common/control.h"
+#include "common/parse.h"
+#include "tools/common/ctl_client.h"
 #include "tools/doppel/doppel.h"
 
 #define MIGRATE_TIMEOUT_MS (10 * 60 * 1000)

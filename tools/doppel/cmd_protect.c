@@ -4,7 +4,7 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/cli.h"
+#include "common/parse.h"
 #include "tools/doppel/doppel.h"
 
 static void usage(void)

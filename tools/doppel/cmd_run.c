@@ -7,8 +7,8 @@
 #include "migrate/migrate.h"
 #include "replication/remus.h"
 #include "replication/snapshot.h"
-#include "tools/common/cli.h"
-#include "tools/common/vmm.h"
+#include "common/parse.h"
+#include "vmm/vmm.h"
 #include "tools/doppel/doppel.h"
 
 static void usage(FILE *f)

@@ -8,7 +8,7 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/control.h"
+#include "tools/common/ctl_client.h"
 #include "tools/doppel/doppel.h"
 
 static void usage(void)

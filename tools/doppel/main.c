@@ -9,8 +9,8 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/cli.h"
-#include "tools/common/control.h"
+#include "common/parse.h"
+#include "tools/common/ctl_client.h"
 #include "tools/doppel/doppel.h"
 
 static const struct doppel_verb verbs[] = {

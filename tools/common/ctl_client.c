@@ -1,4 +1,4 @@
-/* control_client.c — the blocking control-plane client: one request line out, one reply line back (see control.h). */
+/* ctl_client.c — the blocking control-plane client: one request line out, one reply line back (see ctl_client.h). */
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -11,7 +11,7 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/control.h"
+#include "tools/common/ctl_client.h"
 
 static int64_t now_ms(void)
 {

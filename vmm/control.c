@@ -13,7 +13,7 @@
 #include <ev.h>
 #include <json-c/json.h>
 
-#include "tools/common/control.h"
+#include "vmm/control.h"
 
 #define CTL_IN_CAP (CTL_MAX_LINE + 1) /* a maximal line plus its '\n' */
 #define CTL_MAX_CLIENTS 64

@@ -13,10 +13,10 @@
 #include "hv/pvh.h"
 #include "hv/uart.h"
 #include "replication/snapshot.h"
-#include "tools/common/cli.h"
-#include "tools/common/control.h"
-#include "tools/common/vmm.h"
-#include "tools/common/vmm_priv.h"
+#include "common/parse.h"
+#include "vmm/control.h"
+#include "vmm/vmm.h"
+#include "vmm/vmm_priv.h"
 
 static uint64_t mono_ns(void)
 {

@@ -1,4 +1,4 @@
-/* control.h — the VM control plane: newline-delimited JSON over a unix stream socket (libev server, blocking client). */
+/* control.h — the VM control plane: newline-delimited JSON over a unix stream socket (libev server; the blocking client is tools/common/ctl_client.h). */
 #ifndef DOPPEL_CONTROL_H
 #define DOPPEL_CONTROL_H
 
@@ -7,6 +7,9 @@
 
 struct ev_loop;
 struct json_object;
+
+/* Reply builders, CTL_DEFER, ctl_reply and ctl_conn_alive are part of the runtime contract: vmm/vmm.h. */
+#include "vmm/vmm.h"
 
 /*
  * Protocol. A request is one JSON object on one line: {"cmd": "status", ...args}. Each request gets
@@ -40,19 +43,12 @@ int ctl_sockaddr(const char *path, struct sockaddr_un *sa, char *err, size_t err
 /* How replies and requests are serialised: one line, '/' not escaped. */
 #define CTL_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
-/* Reply builders. ctl_ok() is {"ok": true}; ctl_error() is {"ok": false, "error": <formatted>}.
- * Both return a new object (NULL only if out of memory). */
-struct json_object *ctl_ok(void);
-struct json_object *ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- server (libev) ------------------------------------------------------------------------------- */
 
 struct ctl_server;
 struct ctl_conn;
 
-/* Returned by a handler that will answer later with ctl_reply(). Never dereference or free it. */
-extern const char ctl_defer_marker;
-#define CTL_DEFER ((struct json_object *)(void *)&ctl_defer_marker)
 
 /*
  * Called on the loop thread for each well-formed request. `req` is owned by the server (take a
@@ -95,25 +91,6 @@ const char *ctl_server_path(const struct ctl_server *s);
  */
 struct ctl_conn *ctl_current_conn(struct ctl_server *s);
 
-/* Send `reply` (ownership taken, NULL means "internal error") to conn's client and drop the reference
- * from ctl_current_conn(). Thread-safe: may be called from any thread, also from within the handler
- * itself; the reply is written by the loop thread on its next iteration (via an ev_async). If the client
- * has gone away or the server was stopped, the reply is discarded and -ENOTCONN returned; otherwise 0.
- * Calling it twice for one reference is a bug (-EALREADY, reply discarded). */
-int ctl_reply(struct ctl_conn *conn, struct json_object *reply);
 
-/* True while the client behind conn is connected (thread-safe; e.g. to cancel long work early). */
-bool ctl_conn_alive(struct ctl_conn *conn);
-
-/* ---- client (blocking) ---------------------------------------------------------------------------- */
-
-/* Connect to `path`, send `req` (not consumed; must be an object with "cmd") as one line, read one
- * reply line, parse it. Everything within timeout_ms (> 0) in total.
- * Returns 0 if the reply has "ok": true. Returns -EREMOTEIO if the server answered "ok": false (err
- * gets its "error" text). In both cases *reply is the reply object (caller json_object_put()s it).
- * Otherwise *reply = NULL and -errno with one line in err: -ENOENT "no VM control socket at PATH (is the
- * VM running?)", -ECONNREFUSED (stale socket), -ETIMEDOUT, -EPROTO (bad or missing reply), ... */
-int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms, char *err,
-	     size_t errlen);
 
 #endif

@@ -29,8 +29,31 @@ struct vmm_opts {
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
 };
 
+/* ---- control replies ----------------------------------------------------------------------------
+ * What a command handler (vmm_register_cmd) returns or sends later. The control protocol itself is
+ * vmm/control.h; engines need only this. */
+struct ctl_conn;
+/* Reply builders. ctl_ok() is {"ok": true}; ctl_error() is {"ok": false, "error": <formatted>}.
+ * Both return a new object (NULL only if out of memory). */
+struct json_object *ctl_ok(void);
+struct json_object *ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Returned by a handler that will answer later with ctl_reply(). Never dereference or free it. */
+extern const char ctl_defer_marker;
+#define CTL_DEFER ((struct json_object *)(void *)&ctl_defer_marker)
+
+/* Send `reply` (ownership taken, NULL means "internal error") to conn's client and drop the reference
+ * from ctl_current_conn(). Thread-safe: may be called from any thread, also from within the handler
+ * itself; the reply is written by the loop thread on its next iteration (via an ev_async). If the client
+ * has gone away or the server was stopped, the reply is discarded and -ENOTCONN returned; otherwise 0.
+ * Calling it twice for one reference is a bug (-EALREADY, reply discarded). */
+int ctl_reply(struct ctl_conn *conn, struct json_object *reply);
+
+/* True while the client behind conn is connected (thread-safe; e.g. to cancel long work early). */
+bool ctl_conn_alive(struct ctl_conn *conn);
+
 /* A control command beyond the built-ins (status, pause, resume, stop). Runs on the loop thread.
- * Returns a reply object, or CTL_DEFER (see tools/common/control.h). */
+ * Returns a reply object, or CTL_DEFER (below). */
 typedef struct json_object *(*vmm_cmd_fn)(struct vmm *v, struct json_object *req, void *opaque);
 
 /* Build the VM: create it, attach devices, load the kernel with PVH (or restore a snapshot).
@@ -44,7 +67,7 @@ int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaqu
 /* The opaque pointer a command was registered with (NULL if no such command): lets a subsystem
  * find its per-VM state from the vmm alone. */
 void *vmm_cmd_opaque(struct vmm *v, const char *name);
-/* Inside a command handler: the requesting client, for a deferred reply (tools/common/control.h). */
+/* Inside a command handler: the requesting client, for a deferred reply (ctl_reply). */
 struct ctl_conn *vmm_ctl_current(struct vmm *v);
 /* True when the VM booted a kernel in this process (--kernel), i.e. its RAM is not all zero. */
 bool vmm_booted_kernel(const struct vmm *v);

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tools/common/control.h"
-#include "tools/common/vmm_priv.h"
+#include "vmm/control.h"
+#include "vmm/vmm_priv.h"
 
 struct job {
 	struct vmm *v;

@@ -1,4 +1,4 @@
-/* vmm_priv.h — the inside of struct vmm, shared by the files that make up tools/common/vmm*.c. */
+/* vmm_priv.h — the inside of struct vmm, shared by the files that make up vmm/vmm*.c. */
 #ifndef DOPPEL_VMM_PRIV_H
 #define DOPPEL_VMM_PRIV_H
 
@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "replication/snapshot.h"
-#include "tools/common/vmm.h"
+#include "vmm/vmm.h"
 
 struct virtio_net;
 

@@ -6,7 +6,7 @@
 
 #include "hv/netopt.h"
 #include "hv/virtio_net.h"
-#include "tools/common/vmm_priv.h"
+#include "vmm/vmm_priv.h"
 
 #define ETH_P_IP4 0x0800
 #define ETH_P_ARP4 0x0806

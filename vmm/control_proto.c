@@ -9,7 +9,7 @@
 
 #include <json-c/json.h>
 
-#include "tools/common/control.h"
+#include "vmm/control.h"
 
 static bool is_space(char c)
 {

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tools/common/cli.h"
+#include "common/parse.h"
 
 static bool is_digit(char c)
 {
