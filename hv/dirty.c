@@ -9,8 +9,9 @@
 #include <time.h>
 #include <linux/kvm.h>
 
-#include "hv/errf.h"
+#include "common/errf.h"
 #include "hv/dirty.h"
+#include "common/clock.h"
 
 /* Re-protect at most this many pages per KVM_CLEAR_DIRTY_LOG (1 GiB of 4 KiB pages): KVM holds the
  * MMU lock for the whole ioctl, so bounded chunks keep running vCPUs' fault latency bounded. */
@@ -40,13 +41,6 @@ struct dirty_log {
 	struct dirty_log_stats st;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static int set_slot_flags(struct dirty_log *d, struct dirty_slot *s, uint32_t flags)
 {
@@ -100,23 +94,23 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 	int rc, caps = 0;
 
 	if (!out || vm_fd < 0 || !gm) {
-		hv_fail(err, errlen, 0, "dirty_log_start: invalid argument (out/vm_fd/gm)");
+		errf(err, errlen, 0, "dirty_log_start: invalid argument (out/vm_fd/gm)");
 		return -EINVAL;
 	}
 	*out = NULL;
 	if (flags & ~(unsigned)(DIRTY_START_CLEAN | DIRTY_FORCE_LEGACY | DIRTY_YIELD)) {
-		hv_fail(err, errlen, 0, "dirty_log_start: unknown flags %#x", flags);
+		errf(err, errlen, 0, "dirty_log_start: unknown flags %#x", flags);
 		return -EINVAL;
 	}
 	if (gm->nr < 1 || gm->nr > MEM_MAX_REGIONS || !gm->dev_dirty || !gm->nr_pages) {
-		hv_fail(err, errlen, 0, "dirty_log_start: guest memory not initialised");
+		errf(err, errlen, 0, "dirty_log_start: guest memory not initialised");
 		return -EINVAL;
 	}
 	for (int i = 0; i < gm->nr; i++) {
 		const struct mem_region *r = &gm->r[i];
 		if (!r->size || (r->size | r->gpa) % GUEST_PAGE_SIZE || r->pfn_base % 64 ||
 		    r->pfn_base + (r->size >> GUEST_PAGE_SHIFT) > gm->nr_pages || !r->host) {
-			hv_fail(err, errlen, 0, "dirty_log_start: region %d (gpa %#llx size %#llx) not 64-page aligned",
+			errf(err, errlen, 0, "dirty_log_start: region %d (gpa %#llx size %#llx) not 64-page aligned",
 			       i, (unsigned long long)r->gpa, (unsigned long long)r->size);
 			return -EINVAL;
 		}
@@ -125,13 +119,13 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 	struct dirty_log *cur = gm->dirty_owner;
 	if (cur && !cur->yield) {
 		pthread_mutex_unlock(&gm->dirty_lock);
-		hv_fail(err, errlen, 0, "dirty logging of this VM is in use by another job (replication or migration)");
+		errf(err, errlen, 0, "dirty logging of this VM is in use by another job (replication or migration)");
 		return -EBUSY;
 	}
 	d = calloc(1, sizeof(*d));
 	if (!d) {
 		pthread_mutex_unlock(&gm->dirty_lock);
-		hv_fail(err, errlen, 0, "dirty_log_start: out of memory");
+		errf(err, errlen, 0, "dirty_log_start: out of memory");
 		return -ENOMEM;
 	}
 	if (cur) {
@@ -161,7 +155,7 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 		s->host = gm->r[i].host;
 		s->kbm = calloc(dirty_bitmap_words(s->npages), sizeof(uint64_t));
 		if (!s->kbm) {
-			hv_fail(err, errlen, 0, "dirty_log_start: out of memory");
+			errf(err, errlen, 0, "dirty_log_start: out of memory");
 			rc = -ENOMEM;
 			goto err;
 		}
@@ -175,7 +169,7 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 			a |= KVM_DIRTY_LOG_INITIALLY_SET;
 		rc = enable_manual(vm_fd, a);
 		if (rc) {
-			hv_fail(err, errlen, 0, "dirty_log_start: KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2): %s",
+			errf(err, errlen, 0, "dirty_log_start: KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2): %s",
 			       strerror(-rc));
 			goto err;
 		}
@@ -188,7 +182,7 @@ int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *g
 	for (int i = 0; i < d->nr; i++) {
 		rc = set_slot_flags(d, &d->s[i], KVM_MEM_LOG_DIRTY_PAGES);
 		if (rc) {
-			hv_fail(err, errlen, 0, "dirty_log_start: KVM_SET_USER_MEMORY_REGION(slot %d, LOG_DIRTY_PAGES): %s",
+			errf(err, errlen, 0, "dirty_log_start: KVM_SET_USER_MEMORY_REGION(slot %d, LOG_DIRTY_PAGES): %s",
 			       i, strerror(-rc));
 			goto err;
 		}

@@ -7,7 +7,7 @@
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
 
-#include "hv/errf.h"
+#include "common/errf.h"
 #include "hv/kvm_state.h"
 
 #define MSR_IA32_TSC 0x10
@@ -53,25 +53,25 @@ int kvm_state_ctx_init(struct kvm_state_ctx *c, int kvm_fd, int vm_fd, char *err
 	int x2;
 
 	if (!c)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: NULL ctx");
+		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
 	memset(c, 0, sizeof(*c));
 	if (kvm_fd < 0 || vm_fd < 0)
-		return hv_fail(err, errlen, -EBADF, "kvm_state: bad kvm/vm fd (%d, %d)", kvm_fd, vm_fd);
+		return errf(err, errlen, -EBADF, "kvm_state: bad kvm/vm fd (%d, %d)", kvm_fd, vm_fd);
 	if (ioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
-		return hv_fail(err, errlen, -errno, "kvm_state: KVM_GET_MSR_INDEX_LIST: %s", strerror(errno));
+		return errf(err, errlen, -errno, "kvm_state: KVM_GET_MSR_INDEX_LIST: %s", strerror(errno));
 	n = probe.nmsrs;
 	if (n > MSR_INDEX_LIST_MAX)
-		return hv_fail(err, errlen, -EOVERFLOW, "kvm_state: KVM lists %u MSRs (> %u)", n,
+		return errf(err, errlen, -EOVERFLOW, "kvm_state: KVM lists %u MSRs (> %u)", n,
 			    MSR_INDEX_LIST_MAX);
 	list = calloc(1, sizeof(*list) + (size_t)n * sizeof(list->indices[0]));
 	if (!list)
-		return hv_fail(err, errlen, -ENOMEM, "kvm_state: out of memory");
+		return errf(err, errlen, -ENOMEM, "kvm_state: out of memory");
 	list->nmsrs = n;
 	if (n && ioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, list) < 0) {
 		int rc = -errno;
 
 		free(list);
-		return hv_fail(err, errlen, rc, "kvm_state: KVM_GET_MSR_INDEX_LIST: %s", strerror(-rc));
+		return errf(err, errlen, rc, "kvm_state: KVM_GET_MSR_INDEX_LIST: %s", strerror(-rc));
 	}
 	for (i = 0; i < sizeof(msr_allow) / sizeof(msr_allow[0]); i++) {
 		for (j = 0; j < list->nmsrs && j < n; j++) {
@@ -92,7 +92,7 @@ int kvm_state_ctx_init(struct kvm_state_ctx *c, int kvm_fd, int vm_fd, char *err
 		c->xsave_size = sizeof(struct kvm_xsave);
 	}
 	if (c->xsave_size > (1u << 20))
-		return hv_fail(err, errlen, -EOVERFLOW, "kvm_state: XSAVE size %u too large", c->xsave_size);
+		return errf(err, errlen, -EOVERFLOW, "kvm_state: XSAVE size %u too large", c->xsave_size);
 	c->xcrs = check_ext(kvm_fd, vm_fd, KVM_CAP_XCRS) > 0;
 	c->sregs2 = check_ext(kvm_fd, vm_fd, KVM_CAP_SREGS2) > 0;
 	c->events = check_ext(kvm_fd, vm_fd, KVM_CAP_VCPU_EVENTS) > 0;
@@ -121,7 +121,7 @@ static int wr_init(struct wr *w, void *buf, size_t len, char *err, size_t errlen
 	w->off = KVM_STATE_HDR_SIZE;
 	w->nsec = 0;
 	if (w->len < KVM_STATE_HDR_SIZE)
-		return hv_fail(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
+		return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
 	return 0;
 }
 
@@ -148,7 +148,7 @@ static int sec_put(struct wr *w, uint32_t tag, const void *data, uint32_t dlen, 
 	void *d = sec_reserve(w, tag, dlen);
 
 	if (!d)
-		return hv_fail(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", w->len);
+		return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", w->len);
 	memcpy(d, data, dlen);
 	return 0;
 }
@@ -196,7 +196,7 @@ static int parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of
 
 	memset(s, 0, NSLOT * sizeof(*s));
 	if (!buf || len < KVM_STATE_HDR_SIZE)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: blob truncated (%zu bytes, header is %d)",
+		return errf(err, errlen, -EINVAL, "kvm_state: blob truncated (%zu bytes, header is %d)",
 			    buf ? len : 0, KVM_STATE_HDR_SIZE);
 	memcpy(&magic, p, 4);
 	memcpy(&ver, p + 4, 2);
@@ -204,15 +204,15 @@ static int parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of
 	memcpy(&total, p + 8, 4);
 	memcpy(&nsec, p + 12, 4);
 	if (magic != want_magic)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: bad magic 0x%08x (want %s state)", magic,
+		return errf(err, errlen, -EINVAL, "kvm_state: bad magic 0x%08x (want %s state)", magic,
 			    want_magic == KVM_STATE_VCPU_MAGIC ? "vCPU" : "VM");
 	if (ver != KVM_STATE_VERSION)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: unsupported blob version %u (want %u)",
+		return errf(err, errlen, -EINVAL, "kvm_state: unsupported blob version %u (want %u)",
 			    ver, KVM_STATE_VERSION);
 	if (hs != KVM_STATE_HDR_SIZE)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: bad header size %u", hs);
+		return errf(err, errlen, -EINVAL, "kvm_state: bad header size %u", hs);
 	if (total < KVM_STATE_HDR_SIZE || total > len)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: blob truncated (header says %u bytes, have %zu)",
+		return errf(err, errlen, -EINVAL, "kvm_state: blob truncated (header says %u bytes, have %zu)",
 			    total, len);
 	off = KVM_STATE_HDR_SIZE;
 	for (i = 0; i < nsec; i++) {
@@ -220,27 +220,27 @@ static int parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of
 		int k;
 
 		if (total - off < SEC_HDR)
-			return hv_fail(err, errlen, -EINVAL,
+			return errf(err, errlen, -EINVAL,
 				    "kvm_state: blob truncated at section %u of %u", i, nsec);
 		memcpy(&tag, p + off, 4);
 		memcpy(&slen, p + off + 4, 4);
 		if (PAD8(slen) > total - off - SEC_HDR)
-			return hv_fail(err, errlen, -EINVAL,
+			return errf(err, errlen, -EINVAL,
 				    "kvm_state: section 0x%x length %u overruns the blob", tag, slen);
 		k = slot_of(tag);
 		if (k < 0 && !(tag & KST_OPTIONAL))
-			return hv_fail(err, errlen, -EINVAL, "kvm_state: unknown mandatory section tag 0x%x",
+			return errf(err, errlen, -EINVAL, "kvm_state: unknown mandatory section tag 0x%x",
 				    tag);
 		if (k >= 0) {
 			if (s[k].d)
-				return hv_fail(err, errlen, -EINVAL, "kvm_state: duplicate section 0x%x", tag);
+				return errf(err, errlen, -EINVAL, "kvm_state: duplicate section 0x%x", tag);
 			s[k].d = p + off + SEC_HDR;
 			s[k].len = slen;
 		}
 		off += SEC_HDR + PAD8(slen);
 	}
 	if (off != total)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: %zu bytes after the last of %u sections",
+		return errf(err, errlen, -EINVAL, "kvm_state: %zu bytes after the last of %u sections",
 			    (size_t)total - off, nsec);
 	return 0;
 }
@@ -248,7 +248,7 @@ static int parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of
 static int want_len(const struct sec *s, const char *name, size_t want, char *err, size_t errlen)
 {
 	if (s->d && s->len != want)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: %s section is %u bytes, want %zu", name,
+		return errf(err, errlen, -EINVAL, "kvm_state: %s section is %u bytes, want %zu", name,
 			    s->len, want);
 	return 0;
 }
@@ -310,7 +310,7 @@ static int get_msrs(const struct kvm_state_ctx *c, int fd, struct kvm_msr_entry 
 	do {                                                                                       \
 		if (ioctl((fd), (req), (ptr)) < 0) {                                               \
 			rc = -errno;                                                               \
-			return hv_fail(err, errlen, rc, "kvm_state: %s: %s", (what), strerror(-rc));  \
+			return errf(err, errlen, rc, "kvm_state: %s: %s", (what), strerror(-rc));  \
 		}                                                                                  \
 	} while (0)
 
@@ -333,7 +333,7 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	int rc, khz;
 
 	if (!c)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: NULL ctx");
+		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
 	rc = wr_init(&w, buf, len, err, errlen);
 	if (rc)
 		return rc;
@@ -358,7 +358,7 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	if (c->xsave_size) {
 		x = sec_reserve(&w, KST_XSAVE, c->xsave_size);
 		if (!x)
-			return hv_fail(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
+			return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
 		if (c->xsave2)
 			GET_OR_FAIL(fd, KVM_GET_XSAVE2, x, "KVM_GET_XSAVE2");
 		else
@@ -375,10 +375,10 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	}
 	rc = get_msrs(c, fd, msrs, &nmsr);
 	if (rc)
-		return hv_fail(err, errlen, rc, "kvm_state: KVM_GET_MSRS: %s", strerror(-rc));
+		return errf(err, errlen, rc, "kvm_state: KVM_GET_MSRS: %s", strerror(-rc));
 	x = sec_reserve(&w, KST_MSRS, 8 + nmsr * sizeof(msrs[0]));
 	if (!x)
-		return hv_fail(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
+		return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
 	hdr[0] = nmsr;
 	hdr[1] = 0;
 	memcpy(x, hdr, 8);
@@ -388,7 +388,7 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	if (ioctl(fd, KVM_GET_LAPIC, &lapic) == 0)
 		PUT(KST_LAPIC, lapic);
 	else if (errno != ENXIO && errno != EINVAL) /* no in-kernel LAPIC: EINVAL (x86), ENXIO */
-		return hv_fail(err, errlen, -errno, "kvm_state: KVM_GET_LAPIC: %s", strerror(errno));
+		return errf(err, errlen, -errno, "kvm_state: KVM_GET_LAPIC: %s", strerror(errno));
 	if (c->events) {
 		memset(&ev, 0, sizeof(ev));
 		GET_OR_FAIL(fd, KVM_GET_VCPU_EVENTS, &ev, "KVM_GET_VCPU_EVENTS");
@@ -436,10 +436,10 @@ static int vcpu_validate(const struct kvm_state_ctx *c, const struct sec *s, cha
 	int rc = 0;
 
 	if (!s[KST_REGS].d || !s[KST_SREGS].d || !s[KST_MSRS].d)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: vCPU blob lacks a mandatory section (%s)",
+		return errf(err, errlen, -EINVAL, "kvm_state: vCPU blob lacks a mandatory section (%s)",
 			    !s[KST_REGS].d ? "regs" : !s[KST_SREGS].d ? "sregs" : "msrs");
 	if (!s[KST_XSAVE].d && !s[KST_FPU].d)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: vCPU blob has neither XSAVE nor FPU");
+		return errf(err, errlen, -EINVAL, "kvm_state: vCPU blob has neither XSAVE nor FPU");
 	rc = rc ?: want_len(&s[KST_REGS], "regs", sizeof(struct kvm_regs), err, errlen);
 	rc = rc ?: want_len(&s[KST_SREGS], "sregs", sizeof(struct kvm_sregs), err, errlen);
 	rc = rc ?: want_len(&s[KST_SREGS2], "sregs2", sizeof(struct kvm_sregs2), err, errlen);
@@ -453,26 +453,26 @@ static int vcpu_validate(const struct kvm_state_ctx *c, const struct sec *s, cha
 		return rc;
 	if (s[KST_XSAVE].d) {
 		if (!c->xsave_size)
-			return hv_fail(err, errlen, -EOPNOTSUPP, "kvm_state: blob has XSAVE, KVM lacks it");
+			return errf(err, errlen, -EOPNOTSUPP, "kvm_state: blob has XSAVE, KVM lacks it");
 		if (s[KST_XSAVE].len < sizeof(struct kvm_xsave) || s[KST_XSAVE].len > c->xsave_size)
-			return hv_fail(err, errlen, -EINVAL, "kvm_state: XSAVE section is %u bytes, want %zu..%u",
+			return errf(err, errlen, -EINVAL, "kvm_state: XSAVE section is %u bytes, want %zu..%u",
 				    s[KST_XSAVE].len, sizeof(struct kvm_xsave), c->xsave_size);
 	}
 	if ((s[KST_XCRS].d && !c->xcrs) || (s[KST_EVENTS].d && !c->events) ||
 	    (s[KST_DEBUGREGS].d && !c->debugregs) || (s[KST_MP_STATE].d && !c->mp_state))
-		return hv_fail(err, errlen, -EOPNOTSUPP,
+		return errf(err, errlen, -EOPNOTSUPP,
 			    "kvm_state: blob has xcrs/events/debugregs/mp state this KVM lacks");
 	if (s[KST_MSRS].len < 8)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: MSR section is %u bytes", s[KST_MSRS].len);
+		return errf(err, errlen, -EINVAL, "kvm_state: MSR section is %u bytes", s[KST_MSRS].len);
 	memcpy(hdr, s[KST_MSRS].d, 8);
 	if (hdr[0] > KVM_STATE_MAX_MSRS || hdr[1] != 0 ||
 	    s[KST_MSRS].len != 8 + (size_t)hdr[0] * sizeof(e))
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: bad MSR section (count %u, %u bytes)",
+		return errf(err, errlen, -EINVAL, "kvm_state: bad MSR section (count %u, %u bytes)",
 			    hdr[0], s[KST_MSRS].len);
 	for (i = 0; i < hdr[0]; i++) {
 		memcpy(&e, s[KST_MSRS].d + 8 + i * sizeof(e), sizeof(e));
 		if (!ctx_has_msr(c, e.index))
-			return hv_fail(err, errlen, -EINVAL, "kvm_state: MSR 0x%x is not restorable here",
+			return errf(err, errlen, -EINVAL, "kvm_state: MSR 0x%x is not restorable here",
 				    e.index);
 	}
 	return 0;
@@ -515,12 +515,12 @@ static int put_msrs(int fd, const struct sec *ms, bool deadline, char *err, size
 		memcpy(m->entries, ent + i, (size_t)(n - i) * sizeof(e));
 		r = ioctl(fd, KVM_SET_MSRS, m);
 		if (r < 0)
-			return hv_fail(err, errlen, -errno, "kvm_state: KVM_SET_MSRS: %s", strerror(errno));
+			return errf(err, errlen, -errno, "kvm_state: KVM_SET_MSRS: %s", strerror(errno));
 		if ((uint32_t)r >= n - i)
 			break;
 		e = ent[i + r];
 		if (!msr_harmless(fd, e.index, e.data))
-			return hv_fail(err, errlen, -EIO, "kvm_state: KVM refused MSR 0x%x = 0x%llx",
+			return errf(err, errlen, -EIO, "kvm_state: KVM refused MSR 0x%x = 0x%llx",
 				    e.index, (unsigned long long)e.data);
 		i += r + 1; /* skip the harmless refused entry */
 	}
@@ -544,7 +544,7 @@ int kvm_vcpu_restore(const struct kvm_state_ctx *c, int fd, const void *buf, siz
 	int rc;
 
 	if (!c)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: NULL ctx");
+		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
 	rc = parse(buf, len, KVM_STATE_VCPU_MAGIC, vcpu_slot, s, err, errlen);
 	if (rc)
 		return rc;
@@ -604,7 +604,7 @@ int kvm_vcpu_restore(const struct kvm_state_ctx *c, int fd, const void *buf, siz
 	rc = 0;
 out:
 	if (rc)
-		hv_fail(err, errlen, rc, "kvm_state: %s: %s", what, strerror(-rc));
+		errf(err, errlen, rc, "kvm_state: %s: %s", what, strerror(-rc));
 out_msg:
 	free(xs);
 	return rc;
@@ -631,7 +631,7 @@ int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len,
 	int rc;
 
 	if (!c)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: NULL ctx");
+		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
 	rc = wr_init(&w, buf, len, err, errlen);
 	if (rc)
 		return rc;
@@ -641,7 +641,7 @@ int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len,
 		if (ioctl(vm_fd, KVM_GET_IRQCHIP, &chip) < 0) {
 			if (errno == ENXIO && i == 0)
 				break; /* no in-kernel irqchip */
-			return hv_fail(err, errlen, -errno, "kvm_state: KVM_GET_IRQCHIP(%u): %s", i,
+			return errf(err, errlen, -errno, "kvm_state: KVM_GET_IRQCHIP(%u): %s", i,
 				    strerror(errno));
 		}
 		PUT(chip_tag[i], chip);
@@ -651,7 +651,7 @@ int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len,
 		if (ioctl(vm_fd, KVM_GET_PIT2, &pit) == 0)
 			PUT(KST_PIT2, pit);
 		else if (errno != ENXIO)
-			return hv_fail(err, errlen, -errno, "kvm_state: KVM_GET_PIT2: %s", strerror(errno));
+			return errf(err, errlen, -errno, "kvm_state: KVM_GET_PIT2: %s", strerror(errno));
 	}
 	if (c->clock) {
 		memset(&clk, 0, sizeof(clk));
@@ -674,7 +674,7 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 	int rc;
 
 	if (!c)
-		return hv_fail(err, errlen, -EINVAL, "kvm_state: NULL ctx");
+		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
 	rc = parse(buf, len, KVM_STATE_VM_MAGIC, vm_slot, s, err, errlen);
 	if (rc)
 		return rc;
@@ -687,7 +687,7 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 		if (cs->d) {
 			memcpy(&chip, cs->d, sizeof(chip));
 			if (chip.chip_id != i)
-				return hv_fail(err, errlen, -EINVAL, "kvm_state: irqchip section 0x%x has chip %u",
+				return errf(err, errlen, -EINVAL, "kvm_state: irqchip section 0x%x has chip %u",
 					    chip_tag[i], chip.chip_id);
 		}
 	}
@@ -696,7 +696,7 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 	if (rc)
 		return rc;
 	if ((s[vm_slot(KST_PIT2)].d && !c->pit2) || (s[vm_slot(KST_CLOCK)].d && !c->clock))
-		return hv_fail(err, errlen, -EOPNOTSUPP, "kvm_state: blob has PIT2/clock this KVM lacks");
+		return errf(err, errlen, -EOPNOTSUPP, "kvm_state: blob has PIT2/clock this KVM lacks");
 
 	for (i = 0; i < 3; i++) {
 		const struct sec *cs = &s[vm_slot(chip_tag[i])];
@@ -719,6 +719,6 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 	}
 	return 0;
 out:
-	return hv_fail(err, errlen, rc, "kvm_state: %s: %s%s", what, strerror(-rc),
+	return errf(err, errlen, rc, "kvm_state: %s: %s%s", what, strerror(-rc),
 		    rc == -ENXIO ? " (target VM lacks the in-kernel device)" : "");
 }

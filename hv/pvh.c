@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "hv/errf.h"
+#include "common/errf.h"
 #include "hv/pvh.h"
 
 _Static_assert(sizeof(struct hvm_start_info) == 56, "hvm_start_info layout");
@@ -66,21 +66,21 @@ static int parse_headers(struct elf_img *e, char *err, size_t errlen)
 	size_t ehsize, phsize;
 
 	if (e->len < SELFMAG || memcmp(p, ELFMAG, SELFMAG))
-		return hv_fail(err, errlen, -ENOEXEC, "not an ELF file");
+		return errf(err, errlen, -ENOEXEC, "not an ELF file");
 	if (e->len < EI_NIDENT)
-		return hv_fail(err, errlen, -ENOEXEC, "truncated ELF (identification)");
+		return errf(err, errlen, -ENOEXEC, "truncated ELF (identification)");
 	if (p[EI_CLASS] != ELFCLASS64 && p[EI_CLASS] != ELFCLASS32)
-		return hv_fail(err, errlen, -ENOEXEC, "unsupported ELF class %u", p[EI_CLASS]);
+		return errf(err, errlen, -ENOEXEC, "unsupported ELF class %u", p[EI_CLASS]);
 	if (p[EI_DATA] != ELFDATA2LSB)
-		return hv_fail(err, errlen, -ENOEXEC, "not a little-endian ELF file (EI_DATA %u)",
+		return errf(err, errlen, -ENOEXEC, "not a little-endian ELF file (EI_DATA %u)",
 			    p[EI_DATA]);
 	if (p[EI_VERSION] != EV_CURRENT)
-		return hv_fail(err, errlen, -ENOEXEC, "unsupported ELF version %u", p[EI_VERSION]);
+		return errf(err, errlen, -ENOEXEC, "unsupported ELF version %u", p[EI_VERSION]);
 	is64 = p[EI_CLASS] == ELFCLASS64;
 	ehsize = is64 ? sizeof(Elf64_Ehdr) : sizeof(Elf32_Ehdr);
 	phsize = is64 ? sizeof(Elf64_Phdr) : sizeof(Elf32_Phdr);
 	if (e->len < ehsize)
-		return hv_fail(err, errlen, -ENOEXEC, "truncated ELF (header)");
+		return errf(err, errlen, -ENOEXEC, "truncated ELF (header)");
 
 	type = rd16(p + offsetof(Elf64_Ehdr, e_type)); /* same offset in both classes */
 	machine = rd16(p + offsetof(Elf64_Ehdr, e_machine));
@@ -94,18 +94,18 @@ static int parse_headers(struct elf_img *e, char *err, size_t errlen)
 		phnum = rd16(p + offsetof(Elf32_Ehdr, e_phnum));
 	}
 	if (machine != (is64 ? EM_X86_64 : EM_386))
-		return hv_fail(err, errlen, -ENOEXEC, "unsupported ELF machine %u (want %s)", machine,
+		return errf(err, errlen, -ENOEXEC, "unsupported ELF machine %u (want %s)", machine,
 			    is64 ? "x86-64 (62)" : "i386 (3)");
 	if (phnum == 0)
-		return hv_fail(err, errlen, -ENOEXEC, "ELF file has no program headers");
+		return errf(err, errlen, -ENOEXEC, "ELF file has no program headers");
 	if (phnum > PVH_MAX_PHDRS)
-		return hv_fail(err, errlen, -ENOEXEC, "too many program headers (%u, max %d)", phnum,
+		return errf(err, errlen, -ENOEXEC, "too many program headers (%u, max %d)", phnum,
 			    PVH_MAX_PHDRS);
 	if (phentsize < phsize)
-		return hv_fail(err, errlen, -ENOEXEC, "bad program header size %u (want %zu)", phentsize,
+		return errf(err, errlen, -ENOEXEC, "bad program header size %u (want %zu)", phentsize,
 			    phsize);
 	if (!in_file(e, phoff, (uint64_t)phnum * phentsize))
-		return hv_fail(err, errlen, -ENOEXEC,
+		return errf(err, errlen, -ENOEXEC,
 			    "truncated ELF (program headers beyond end of file)");
 
 	e->type = type;
@@ -159,27 +159,27 @@ static int check_loads(const struct elf_img *e, const struct guest_mem *gm, uint
 		if (s->type != PT_LOAD)
 			continue;
 		if (s->filesz > s->memsz)
-			return hv_fail(err, errlen, -ENOEXEC,
+			return errf(err, errlen, -ENOEXEC,
 				    "segment %d: file size 0x%" PRIx64 " > memory size 0x%" PRIx64, i,
 				    s->filesz, s->memsz);
 		if (!in_file(e, s->off, s->filesz))
-			return hv_fail(err, errlen, -ENOEXEC,
+			return errf(err, errlen, -ENOEXEC,
 				    "truncated ELF (segment %d data beyond end of file)", i);
 		if (s->memsz == 0)
 			continue;
 		if (s->paddr + s->memsz < s->paddr)
-			return hv_fail(err, errlen, -ERANGE,
+			return errf(err, errlen, -ERANGE,
 				    "segment %d: address 0x%" PRIx64 " + size 0x%" PRIx64 " overflows",
 				    i, s->paddr, s->memsz);
 		if (!gpa_ptr(gm, s->paddr, s->memsz)) {
 			ram_desc(gm, ram, sizeof(ram));
-			return hv_fail(err, errlen, -ERANGE,
+			return errf(err, errlen, -ERANGE,
 				    "segment 0x%" PRIx64 "-0x%" PRIx64
 				    " outside guest memory (RAM is %s)",
 				    s->paddr, s->paddr + s->memsz, ram);
 		}
 		if (s->paddr < PVH_BOOT_AREA_END)
-			return hv_fail(err, errlen, -ERANGE,
+			return errf(err, errlen, -ERANGE,
 				    "segment 0x%" PRIx64 "-0x%" PRIx64
 				    " overlaps the boot area 0x0-0x%llx (start_info, memmap, command line)",
 				    s->paddr, s->paddr + s->memsz, PVH_BOOT_AREA_END);
@@ -188,7 +188,7 @@ static int check_loads(const struct elf_img *e, const struct guest_mem *gm, uint
 		nload++;
 	}
 	if (!nload)
-		return hv_fail(err, errlen, -ENOEXEC, "ELF file has no loadable segments");
+		return errf(err, errlen, -ENOEXEC, "ELF file has no loadable segments");
 	return 0;
 }
 
@@ -210,23 +210,23 @@ static int scan_notes(const struct elf_img *e, const struct seg *s, int idx, boo
 		uint64_t v;
 
 		if (doff > n || descsz > n - doff)
-			return hv_fail(err, errlen, -ENOEXEC,
+			return errf(err, errlen, -ENOEXEC,
 				    "truncated ELF note in segment %d (note overruns the segment)", idx);
 		pos = next < n ? next : n;
 		if (type != XEN_ELFNOTE_PHYS32_ENTRY || namesz != 4 || memcmp(name, "Xen", 4))
 			continue;
 		if (*found)
-			return hv_fail(err, errlen, -ENOEXEC, "more than one PVH entry note");
+			return errf(err, errlen, -ENOEXEC, "more than one PVH entry note");
 		if (descsz == 4) {
 			v = rd32(desc);
 		} else if (descsz == 8) {
 			v = rd64(desc);
 		} else {
-			return hv_fail(err, errlen, -ENOEXEC,
+			return errf(err, errlen, -ENOEXEC,
 				    "PVH entry note has a %u-byte descriptor (want 4 or 8)", descsz);
 		}
 		if (v > UINT32_MAX)
-			return hv_fail(err, errlen, -ENOEXEC, "PVH entry 0x%" PRIx64 " is above 4 GiB", v);
+			return errf(err, errlen, -ENOEXEC, "PVH entry 0x%" PRIx64 " is above 4 GiB", v);
 		*entry = (uint32_t)v;
 		*found = true;
 	}
@@ -244,14 +244,14 @@ static int find_entry(const struct elf_img *e, uint32_t *entry, char *err, size_
 		if (s->type != PT_NOTE)
 			continue;
 		if (!in_file(e, s->off, s->filesz))
-			return hv_fail(err, errlen, -ENOEXEC,
+			return errf(err, errlen, -ENOEXEC,
 				    "truncated ELF (note segment %d beyond end of file)", i);
 		rc = scan_notes(e, s, i, &found, entry, err, errlen);
 		if (rc)
 			return rc;
 	}
 	if (!found)
-		return hv_fail(err, errlen, -ENOEXEC,
+		return errf(err, errlen, -ENOEXEC,
 			    "no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)");
 	return 0;
 }
@@ -264,7 +264,7 @@ static int check_entry(const struct elf_img *e, uint32_t entry, char *err, size_
 		if (s->type == PT_LOAD && entry >= s->paddr && entry - s->paddr < s->filesz)
 			return 0;
 	}
-	return hv_fail(err, errlen, -ENOEXEC, "PVH entry 0x%x is not inside a loaded segment", entry);
+	return errf(err, errlen, -ENOEXEC, "PVH entry 0x%x is not inside a loaded segment", entry);
 }
 
 /* Write start_info, memmap and command line into the (already validated) boot area. */
@@ -318,17 +318,17 @@ int pvh_load(struct guest_mem *gm, const void *elf, size_t elf_len, const char *
 		cmdline = "";
 	cmdlen = strnlen(cmdline, PVH_CMDLINE_MAX);
 	if (cmdlen >= PVH_CMDLINE_MAX)
-		return hv_fail(err, errlen, -E2BIG, "kernel command line too long (max %d bytes)",
+		return errf(err, errlen, -E2BIG, "kernel command line too long (max %d bytes)",
 			    PVH_CMDLINE_MAX - 1);
 	if (!gpa_ptr(gm, 0, PVH_BOOT_AREA_END))
-		return hv_fail(err, errlen, -ERANGE,
+		return errf(err, errlen, -ERANGE,
 			    "guest RAM too small for the PVH boot area (0x0-0x%llx)", PVH_BOOT_AREA_END);
 	if (!elf)
 		elf_len = 0;
 
 	e = malloc(sizeof(*e));
 	if (!e)
-		return hv_fail(err, errlen, -ENOMEM, "out of memory");
+		return errf(err, errlen, -ENOMEM, "out of memory");
 	e->p = elf;
 	e->len = elf_len;
 	e->nseg = 0;
@@ -339,7 +339,7 @@ int pvh_load(struct guest_mem *gm, const void *elf, size_t elf_len, const char *
 	if (rc)
 		goto out;
 	if (e->type != ET_EXEC) {
-		rc = hv_fail(err, errlen, -ENOEXEC, "not an executable ELF file (e_type %u)", e->type);
+		rc = errf(err, errlen, -ENOEXEC, "not an executable ELF file (e_type %u)", e->type);
 		goto out;
 	}
 	rc = check_loads(e, gm, &end, err, errlen);
@@ -407,42 +407,42 @@ int pvh_load_file(struct guest_mem *gm, const char *path, const char *cmdline, s
 	int fd, rc;
 
 	if (!path || !*path)
-		return hv_fail(err, errlen, -EINVAL, "no kernel file given");
+		return errf(err, errlen, -EINVAL, "no kernel file given");
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		return hv_fail(err, errlen, rc, "cannot open kernel %s: %s", path, strerror(-rc));
+		return errf(err, errlen, rc, "cannot open kernel %s: %s", path, strerror(-rc));
 	}
 	if (fstat(fd, &st) < 0) {
 		rc = -errno;
-		hv_fail(err, errlen, rc, "cannot stat kernel %s: %s", path, strerror(-rc));
+		errf(err, errlen, rc, "cannot stat kernel %s: %s", path, strerror(-rc));
 		goto out;
 	}
 	if (S_ISDIR(st.st_mode)) {
-		rc = hv_fail(err, errlen, -EISDIR, "kernel %s: is a directory", path);
+		rc = errf(err, errlen, -EISDIR, "kernel %s: is a directory", path);
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		rc = hv_fail(err, errlen, -EINVAL, "kernel %s: not a regular file", path);
+		rc = errf(err, errlen, -EINVAL, "kernel %s: not a regular file", path);
 		goto out;
 	}
 	if (st.st_size == 0) {
-		rc = hv_fail(err, errlen, -EINVAL, "kernel %s: empty file", path);
+		rc = errf(err, errlen, -EINVAL, "kernel %s: empty file", path);
 		goto out;
 	}
 	if ((uint64_t)st.st_size > PVH_MAX_FILE) {
-		rc = hv_fail(err, errlen, -EFBIG, "kernel %s: too large (%lld bytes, max %llu MiB)", path,
+		rc = errf(err, errlen, -EFBIG, "kernel %s: too large (%lld bytes, max %llu MiB)", path,
 			  (long long)st.st_size, PVH_MAX_FILE >> 20);
 		goto out;
 	}
 	rc = read_all(fd, (size_t)st.st_size, &buf, &len);
 	if (rc) {
-		hv_fail(err, errlen, rc, "cannot read kernel %s: %s", path, strerror(-rc));
+		errf(err, errlen, rc, "cannot read kernel %s: %s", path, strerror(-rc));
 		goto out;
 	}
 	rc = pvh_load(gm, buf, len, cmdline, out, msg, sizeof(msg));
 	if (rc)
-		hv_fail(err, errlen, rc, "kernel %s: %s", path, msg);
+		errf(err, errlen, rc, "kernel %s: %s", path, msg);
 out:
 	free(buf);
 	close(fd);

@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 
 #include "hv/vm_priv.h"
+#include "common/clock.h"
 
 /* ---- CPUID ------------------------------------------------------------------------------------ */
 
@@ -237,7 +238,7 @@ int vm_start(struct vm *vm)
 
 int vm_pause(struct vm *vm)
 {
-	uint64_t t0 = vm_now_ns(), dt;
+	uint64_t t0 = now_ns(), dt;
 	int rc = 0;
 
 	pthread_mutex_lock(&vm->lock);
@@ -257,7 +258,7 @@ int vm_pause(struct vm *vm)
 		goto out;
 	}
 	vm->state = VM_PAUSED;
-	dt = vm_now_ns() - t0;
+	dt = now_ns() - t0;
 	vm->pst.count++;
 	vm->pst.last_ns = dt;
 	vm->pst.total_ns += dt;

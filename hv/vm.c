@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "hv/errf.h"
+#include "common/errf.h"
 #include "hv/vm_priv.h"
 
 #define KVM_TSS_ADDR 0xfffbd000ul
@@ -28,13 +28,6 @@ static void kick_handler(int sig)
 	(void)sig;
 }
 
-uint64_t vm_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- create / destroy ------------------------------------------------------------------------- */
 
@@ -50,14 +43,14 @@ static int create_vcpu(struct vm *vm, int idx, char *err, size_t errlen)
 	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, idx);
 	if (v->fd < 0) {
 		rc = -errno;
-		hv_fail(err, errlen, 0, "KVM_CREATE_VCPU %d: %s", idx, strerror(errno));
+		errf(err, errlen, 0, "KVM_CREATE_VCPU %d: %s", idx, strerror(errno));
 		return rc;
 	}
 	v->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
 	if (v->run == MAP_FAILED) {
 		rc = -errno;
 		v->run = NULL;
-		hv_fail(err, errlen, 0, "mmap vCPU %d run area: %s", idx, strerror(errno));
+		errf(err, errlen, 0, "mmap vCPU %d run area: %s", idx, strerror(errno));
 		return rc;
 	}
 	return vcpu_setup_cpuid(vm, v, err, errlen);
@@ -71,12 +64,12 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 
 	*out = NULL;
 	if (cfg->nr_vcpus < 1 || cfg->nr_vcpus > HV_MAX_VCPUS) {
-		hv_fail(err, errlen, 0, "vCPU count %d out of range (1..%d)", cfg->nr_vcpus, HV_MAX_VCPUS);
+		errf(err, errlen, 0, "vCPU count %d out of range (1..%d)", cfg->nr_vcpus, HV_MAX_VCPUS);
 		return -EINVAL;
 	}
 	if (cfg->mem_size < HV_MEM_MIN || cfg->mem_size > HV_MEM_MAX ||
 	    cfg->mem_size % (2ull << 20)) {
-		hv_fail(err, errlen, 0, "memory size %llu bytes invalid (2 MiB multiple, 2 MiB .. %llu GiB)",
+		errf(err, errlen, 0, "memory size %llu bytes invalid (2 MiB multiple, 2 MiB .. %llu GiB)",
 		       (unsigned long long)cfg->mem_size, (unsigned long long)(HV_MEM_MAX >> 30));
 		return -EINVAL;
 	}
@@ -95,24 +88,24 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (vm->kvm_fd < 0) {
 		rc = -errno;
-		hv_fail(err, errlen, 0, "cannot open /dev/kvm: %s", strerror(errno));
+		errf(err, errlen, 0, "cannot open /dev/kvm: %s", strerror(errno));
 		goto err;
 	}
 	if (ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
 		rc = -ENOTSUP;
-		hv_fail(err, errlen, 0, "/dev/kvm: unsupported KVM API version");
+		errf(err, errlen, 0, "/dev/kvm: unsupported KVM API version");
 		goto err;
 	}
 	vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
 	if (vm->vm_fd < 0) {
 		rc = -errno;
-		hv_fail(err, errlen, 0, "KVM_CREATE_VM: %s", strerror(errno));
+		errf(err, errlen, 0, "KVM_CREATE_VM: %s", strerror(errno));
 		goto err;
 	}
 	mmap_size = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (mmap_size <= 0) {
 		rc = -EINVAL;
-		hv_fail(err, errlen, 0, "KVM_GET_VCPU_MMAP_SIZE failed");
+		errf(err, errlen, 0, "KVM_GET_VCPU_MMAP_SIZE failed");
 		goto err;
 	}
 	vm->run_size = (size_t)mmap_size;
@@ -124,14 +117,14 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 	}
 	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
 		rc = -errno;
-		hv_fail(err, errlen, 0, "KVM_CREATE_IRQCHIP: %s", strerror(errno));
+		errf(err, errlen, 0, "KVM_CREATE_IRQCHIP: %s", strerror(errno));
 		goto err;
 	}
 	{
 		struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
 		if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
 			rc = -errno;
-			hv_fail(err, errlen, 0, "KVM_CREATE_PIT2: %s", strerror(errno));
+			errf(err, errlen, 0, "KVM_CREATE_PIT2: %s", strerror(errno));
 			goto err;
 		}
 	}
@@ -140,7 +133,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 		goto err;
 	rc = mem_create(&vm->mem, cfg->mem_size);
 	if (rc) {
-		hv_fail(err, errlen, 0, "cannot allocate %llu MiB of guest memory: %s",
+		errf(err, errlen, 0, "cannot allocate %llu MiB of guest memory: %s",
 		       (unsigned long long)(cfg->mem_size >> 20), strerror(-rc));
 		goto err;
 	}
@@ -153,7 +146,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 		};
 		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
 			rc = -errno;
-			hv_fail(err, errlen, 0, "KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
+			errf(err, errlen, 0, "KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
 			goto err;
 		}
 	}

@@ -63,7 +63,5 @@ void vm_kick_all_locked(struct vm *vm);
 void vm_stop_with(struct vm *vm, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* vcpu.c: CPUID for one vCPU (supported CPUID + APIC id + TSC-frequency leaf). */
 int vcpu_setup_cpuid(struct vm *vm, struct vcpu *v, char *err, size_t errlen);
-/* vm.c: monotonic clock in ns. */
-uint64_t vm_now_ns(void);
 
 #endif

@@ -13,14 +13,8 @@
 #include "migrate/migrate_priv.h"
 #include "common/parse.h"
 #include "vmm/vmm.h"
+#include "common/clock.h"
 
-uint64_t mig_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- back channel ----------------------------------------------------------------------------- */
 
@@ -49,11 +43,11 @@ int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, co
 
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms)
 {
-	uint64_t end = mig_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	uint64_t end = now_ns() + (uint64_t)timeout_ms * 1000000ull;
 	size_t off = 0;
 
 	while (off < sizeof(*m)) {
-		uint64_t now = mig_now_ns();
+		uint64_t now = now_ns();
 		if (now >= end)
 			return -ETIMEDOUT;
 		struct pollfd p = {.fd = fd, .events = POLLIN};

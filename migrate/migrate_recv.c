@@ -11,6 +11,7 @@
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
+#include "common/clock.h"
 
 #define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, or the final epoch) */
 
@@ -85,9 +86,9 @@ static void *receiver_main(void *arg)
 		rc = -EBADMSG;
 		goto out;
 	}
-	m->t_in_end = mig_now_ns();
+	m->t_in_end = now_ns();
 	rc = ckpt_state_apply(&keep.st, vm, err, sizeof(err));
-	m->t_in_applied = mig_now_ns();
+	m->t_in_applied = now_ns();
 	if (rc)
 		fail(m, "cannot apply the migrated state: %s", err);
 out:
@@ -105,7 +106,7 @@ out:
 static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
 	struct mig *m = w->data;
-	uint64_t t_start = mig_now_ns(), t_run;
+	uint64_t t_start = now_ns(), t_run;
 	int rc;
 
 	(void)loop, (void)revents;
@@ -119,7 +120,7 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		return;
 	}
 	rc = vmm_start_vcpus(m->v);
-	t_run = mig_now_ns();
+	t_run = now_ns();
 	if (rc) {
 		fprintf(stderr, "doppel run: cannot start the migrated VM: %s\n", strerror(-rc));
 		mig_msg_send(m->fd, MIG_ERROR, 0, 0, "cannot start the vCPUs");

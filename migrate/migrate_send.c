@@ -14,6 +14,7 @@
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
+#include "common/clock.h"
 
 #define CHUNK_PAGES 4096u   /* pages per sr_write_pages_mt call (16 MiB raw) */
 #define NTHREADS 2          /* compression workers: both cores */
@@ -52,7 +53,7 @@ static void publish(struct sender *s, uint64_t left, double est_ms)
 {
 	struct mig *m = s->m;
 	struct sr_stats st;
-	double el = secs(s->t0, mig_now_ns());
+	double el = secs(s->t0, now_ns());
 
 	sr_stats(s->w, &st);
 	pthread_mutex_lock(&m->lock);
@@ -73,7 +74,7 @@ static void pace(struct sender *s)
 	uint64_t bw = s->m->p.max_bw;
 	if (!bw)
 		return;
-	double due = (double)s->out.bytes / (double)bw, el = secs(s->t0, mig_now_ns());
+	double due = (double)s->out.bytes / (double)bw, el = secs(s->t0, now_ns());
 	if (due > el) {
 		double d = due - el;
 		struct timespec ts = {.tv_sec = (time_t)d, .tv_nsec = (long)((d - (double)(time_t)d) * 1e9)};
@@ -87,14 +88,14 @@ static int write_chunk(struct sender *s, size_t n)
 
 	if (!n)
 		return 0;
-	uint64_t t = mig_now_ns();
+	uint64_t t = now_ns();
 	rc = sr_write_pages_mt(s->w, s->idx, s->ptr, n, NTHREADS);
 	if (rc)
 		return rc;
 	s->pages_sent += n;
 	/* auto: time one full chunk raw, one compressed; keep the faster (pages/s incl. the link). */
 	if (s->m->p.compress == MIG_COMP_AUTO && s->auto_phase < 2 && n >= CHUNK_PAGES / 2) {
-		double r = (double)n / secs(t, mig_now_ns());
+		double r = (double)n / secs(t, now_ns());
 		if (s->auto_phase == 0) {
 			s->rate_raw = r;
 			s->compress = true;
@@ -175,7 +176,7 @@ static void log_round(struct sender *s, uint64_t pages, double sec, uint64_t dir
 	json_object_object_add(r, "pages", json_object_new_int64((int64_t)pages));
 	json_object_object_add(r, "ms", json_object_new_double(sec * 1e3));
 	json_object_object_add(r, "dirty", json_object_new_int64((int64_t)dirty));
-	json_object_object_add(r, "at_ms", json_object_new_double(secs(s->t0, mig_now_ns()) * 1e3));
+	json_object_object_add(r, "at_ms", json_object_new_double(secs(s->t0, now_ns()) * 1e3));
 	json_object_object_add(r, "throttle_pct", json_object_new_double(s->conv.throttle * 100));
 	json_object_array_add(s->rlog, r);
 }
@@ -264,7 +265,7 @@ static int run(struct sender *s, struct json_object **result)
 		return -ECONNREFUSED;
 	}
 	s->dst_zero = msg.t_start_ns == 1;
-	s->t_accepted = mig_now_ns();
+	s->t_accepted = now_ns();
 	rc = dirty_log_start_flags(&s->log, vm_fd(s->vm), s->gm, DIRTY_START_CLEAN, s->err, sizeof(s->err));
 	if (rc)
 		return rc;
@@ -275,7 +276,7 @@ static int run(struct sender *s, struct json_object **result)
 	}
 
 	/* Pre-copy. */
-	t_round = mig_now_ns();
+	t_round = now_ns();
 	s->epoch = 1;
 	n = first_round_bitmap(s);
 	for (;;) {
@@ -286,7 +287,7 @@ static int run(struct sender *s, struct json_object **result)
 		rc = wait_epoch(s);
 		if (rc)
 			return rc;
-		uint64_t t_sync = mig_now_ns();
+		uint64_t t_sync = now_ns();
 		conv_round_sent(&s->conv, (uint64_t)n, secs(t_round, t_sync));
 		left = dirty_log_sync(s->log, s->bm);
 		if (left < 0) {
@@ -314,7 +315,7 @@ static int run(struct sender *s, struct json_object **result)
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = "completing";
 	pthread_mutex_unlock(&m->lock);
-	t_pause = mig_now_ns();
+	t_pause = now_ns();
 	rc = vm_pause(s->vm);
 	if (rc) {
 		snprintf(s->err, sizeof(s->err), "cannot pause the VM: %s", strerror(-rc));
@@ -333,11 +334,11 @@ static int run(struct sender *s, struct json_object **result)
 		goto resume;
 	}
 	s->epoch++;
-	uint64_t final_pages = (uint64_t)left, t_synced = mig_now_ns();
+	uint64_t final_pages = (uint64_t)left, t_synced = now_ns();
 	n = send_bitmap(s);
-	uint64_t t_pages = mig_now_ns();
+	uint64_t t_pages = now_ns();
 	rc = n < 0 ? (int)n : ckpt_state_capture(&st, s->vm, s->err, sizeof(s->err));
-	uint64_t t_captured = mig_now_ns();
+	uint64_t t_captured = now_ns();
 	if (n >= 0 && rc) {
 		ckpt_state_free(&st);
 		goto resume;
@@ -349,13 +350,13 @@ static int run(struct sender *s, struct json_object **result)
 		rc = sr_write_checkpoint_end(s->w, s->epoch);
 	if (!rc)
 		rc = sr_write_end(s->w);
-	uint64_t t_sent = mig_now_ns();
+	uint64_t t_sent = now_ns();
 	if (rc) {
 		link_error(s, rc, "migration stream failed");
 		goto resume;
 	}
 	rc = mig_msg_recv(s->fd, &msg, m->p.io_timeout_ms);
-	t_ack = mig_now_ns();
+	t_ack = now_ns();
 	if (rc || msg.type != MIG_RUNNING) {
 		if (!rc)
 			snprintf(s->err, sizeof(s->err), "destination failed: %s", msg.text);
@@ -426,7 +427,7 @@ void *mig_sender_main(void *arg)
 	s->fd = -1;
 	s->vm = vmm_vm(m->v);
 	s->gm = vm_mem(s->vm);
-	s->t0 = mig_now_ns();
+	s->t0 = now_ns();
 	conv_init(&s->conv, m->p.downtime_ms);
 	s->rlog = json_object_new_array();
 	rc = run(s, &result);

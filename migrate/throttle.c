@@ -4,6 +4,7 @@
 
 #include "hv/hv.h"
 #include "migrate/migrate_priv.h"
+#include "common/clock.h"
 
 static void deadline(struct timespec *ts, uint64_t ns)
 {
@@ -37,11 +38,11 @@ static void *throttle_main(void *arg)
 			continue;
 		}
 		uint64_t off = (uint64_t)(f * (double)THROTTLE_SLICE_NS);
-		uint64_t t0 = mig_now_ns();
+		uint64_t t0 = now_ns();
 		if (vm_pause(t->vm) == 0) {
 			wait_ns(t, off);
 			vm_resume(t->vm);
-			t->paused_ns += mig_now_ns() - t0;
+			t->paused_ns += now_ns() - t0;
 		}
 		if (!t->stop)
 			wait_ns(t, THROTTLE_SLICE_NS - off);

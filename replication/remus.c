@@ -12,13 +12,6 @@
 #include "replication/remus_priv.h"
 #include "vmm/vmm.h"
 
-uint64_t remus_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 void remus_ring_push(struct remus_ring *r, uint64_t v)
 {

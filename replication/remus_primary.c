@@ -15,6 +15,7 @@
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
 #include "vmm/vmm.h"
+#include "common/clock.h"
 
 #define PRECOPY_MAX_ROUNDS 5
 #define PRECOPY_FEW_PAGES 1024
@@ -133,7 +134,7 @@ static void *sender_main(void *arg)
 		}
 		if (!r->job_pending) {
 			pthread_mutex_unlock(&r->lock);
-			uint64_t now = remus_now_ns();
+			uint64_t now = now_ns();
 			rc = sr_write_record(w, REMUS_REC_HEARTBEAT, &now, sizeof(now));
 			if (rc) {
 				sender_error(r, "sending heartbeat", w, rc);
@@ -143,7 +144,7 @@ static void *sender_main(void *arg)
 		}
 		pthread_mutex_unlock(&r->lock);
 		/* The staged epoch is ours until job_pending is cleared. */
-		t0 = remus_now_ns();
+		t0 = now_ns();
 		rc = sr_write_pages(w, r->st_idx, r->st_ptrs, r->st_n);
 		if (!rc)
 			rc = ckpt_state_write(w, &r->st_state);
@@ -155,7 +156,7 @@ static void *sender_main(void *arg)
 		}
 		account(r, w, &out);
 		pthread_mutex_lock(&r->lock);
-		r->send_ns_last = remus_now_ns() - t0;
+		r->send_ns_last = now_ns() - t0;
 		r->last_sent_epoch = r->st_epoch;
 		r->job_pending = false;
 		bool stop = r->stop_sender;
@@ -240,19 +241,19 @@ static void checkpoint(struct remus *r)
 		return;
 	}
 	e = r->next_epoch;
-	t0 = remus_now_ns();
+	t0 = now_ns();
 	rc = vm_pause(r->vm);
 	if (rc) {
 		remus_primary_fail(r, "cannot pause the VM: %s", strerror(-rc));
 		return;
 	}
-	uint64_t t_kick = remus_now_ns();
+	uint64_t t_kick = now_ns();
 	if (++r->hot_age >= REMUS_HOT_COOL) {
 		memset(r->hot, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
 		r->hot_age = 0;
 	}
 	n = dirty_log_sync_keep(r->log, r->bitmap, r->hot);
-	uint64_t t_sync = remus_now_ns();
+	uint64_t t_sync = now_ns();
 	if (n < 0) {
 		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
 		remus_primary_fail(r, "dirty log sync failed: %s", strerror((int)-n));
@@ -275,7 +276,7 @@ static void checkpoint(struct remus *r)
 		memset(r->hot, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
 		r->hot_pages = 0;
 	}
-	uint64_t t_cap = remus_now_ns();
+	uint64_t t_cap = now_ns();
 	while ((p = dirty_next(r->bitmap, gm->nr_pages, &pos)) != UINT64_MAX) {
 		const void *src = mem_page_host(gm, p);
 		if (!src)
@@ -285,10 +286,10 @@ static void checkpoint(struct remus *r)
 		r->st_ptrs[k] = r->st_data + k * GUEST_PAGE_SIZE;
 		k++;
 	}
-	uint64_t t_copy = remus_now_ns();
+	uint64_t t_copy = now_ns();
 	netbuf_mark(r->nb, e);
 	vm_resume(r->vm);
-	t1 = remus_now_ns();
+	t1 = now_ns();
 	r->ph_kick = t_kick - t0;
 	r->ph_sync = t_sync - t_kick;
 	r->ph_capture = t_cap - t_sync;
@@ -327,7 +328,7 @@ static void finish_reply(struct remus *r, struct json_object *reply)
 static void on_msg(void *opaque, const struct remus_msg *m)
 {
 	struct remus *r = opaque;
-	uint64_t now = remus_now_ns();
+	uint64_t now = now_ns();
 
 	r->last_rx_ns = now;
 	if (m->type != REMUS_MSG_ACK || m->value <= r->acked_epoch || m->value >= r->next_epoch)
@@ -376,7 +377,7 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void live_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct remus *r = w->data;
-	uint64_t silent = remus_now_ns() - r->last_rx_ns;
+	uint64_t silent = now_ns() - r->last_rx_ns;
 
 	(void)loop, (void)revents;
 	if (silent > (uint64_t)r->hb_timeout_ms * 1000000ull)
@@ -538,7 +539,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	r->first_ckpt = 0;
 	r->acked_epoch = r->last_sent_epoch = 0;
 	r->last_error[0] = 0;
-	r->last_rx_ns = r->protect_start_ns = remus_now_ns();
+	r->last_rx_ns = r->protect_start_ns = now_ns();
 	r->role = REMUS_PRIMARY;
 	netbuf_begin(r->nb);
 	vmm_set_tx_hook(r->v, tx_hook, r);

@@ -123,7 +123,6 @@ struct remus {
 };
 
 /* remus.c */
-uint64_t remus_now_ns(void);
 void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void remus_notify(struct remus *r, unsigned flag); /* any thread */

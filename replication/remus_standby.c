@@ -11,6 +11,7 @@
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
 #include "vmm/vmm.h"
+#include "common/clock.h"
 
 #define HELLO_TIMEOUT_MS 5000
 
@@ -120,7 +121,7 @@ static void *reader_main(void *arg)
 			reader_end(r, false, "rejected an epoch with pages but no machine state");
 			break;
 		}
-		t0 = remus_now_ns();
+		t0 = now_ns();
 		pthread_mutex_lock(&r->lock);
 		if (r->failed_over) {
 			pthread_mutex_unlock(&r->lock);
@@ -139,7 +140,7 @@ static void *reader_main(void *arg)
 		r->rx_epochs++;
 		r->rx_pages += r->stg.pages;
 		r->rx_bytes = in.bytes;
-		r->apply_ns_last = remus_now_ns() - t0;
+		r->apply_ns_last = now_ns() - t0;
 		send_msg(r, REMUS_MSG_ACK, r->stg.epoch);
 		pthread_mutex_unlock(&r->lock);
 	}
@@ -162,7 +163,7 @@ static void announce_cb(struct ev_loop *loop, ev_timer *w, int revents)
 /* Take over. Loop thread. Returns 0, or -EAGAIN when no complete state ever arrived. */
 static int do_failover(struct remus *r, const char *why, char *err, size_t errlen)
 {
-	uint64_t t0 = remus_now_ns(), epoch;
+	uint64_t t0 = now_ns(), epoch;
 	int rc;
 
 	pthread_mutex_lock(&r->lock);
@@ -204,7 +205,7 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	r->role = REMUS_UNPROTECTED;
 	r->nr_failovers++;
 	remus_record_event(r, "failover", epoch, "%s (took over in %.1f ms)", why,
-			   (double)(remus_now_ns() - t0) / 1e6);
+			   (double)(now_ns() - t0) / 1e6);
 	fprintf(stderr, "doppel: %s: took over at epoch %llu: %s\n", vmm_name(r->v),
 		(unsigned long long)epoch, why);
 	return 0;

@@ -11,16 +11,10 @@
 #include "hv/dirty.h"
 #include "replication/checkpoint.h"
 #include "replication/snapshot.h"
+#include "common/clock.h"
 
 #define SNAP_MAX_CHAIN 64
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* Open a snapshot and read its header and its info record (the first record of the epoch). */
 static int open_info(const char *path, int *fd, struct sr_in *in, struct sr_ctx **r,
@@ -198,7 +192,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 		snprintf(info.base_path, sizeof(info.base_path), "%s", incremental_from);
 	}
 	if (getrandom(&info.id, sizeof(info.id), 0) != sizeof(info.id) || !info.id)
-		info.id = mono_ns() ^ ((uint64_t)getpid() << 32);
+		info.id = now_ns() ^ ((uint64_t)getpid() << 32);
 	info.epoch = s->last_epoch + 1;
 
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -217,7 +211,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 		goto err;
 	}
 
-	t0 = mono_ns();
+	t0 = now_ns();
 	rc = vm_pause(vm);
 	if (rc) {
 		snprintf(err, errlen, "cannot pause VM: %s", strerror(-rc));
@@ -282,7 +276,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	s->last_id = info.id;
 	s->last_epoch = info.epoch;
 	snprintf(s->last_path, sizeof(s->last_path), "%s", path);
-	t1 = mono_ns();
+	t1 = now_ns();
 	if (!stop)
 		vm_resume(vm);
 	{

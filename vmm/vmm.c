@@ -17,14 +17,8 @@
 #include "vmm/control.h"
 #include "vmm/vmm.h"
 #include "vmm/vmm_priv.h"
+#include "common/clock.h"
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- control commands ------------------------------------------------------------------------- */
 
@@ -40,7 +34,7 @@ static struct json_object *cmd_status(struct vmm *v)
 	json_object_object_add(o, "vcpus", json_object_new_int(vm_nr_vcpus(v->vm)));
 	json_object_object_add(o, "mem_bytes", json_object_new_int64((int64_t)vm_mem(v->vm)->size));
 	json_object_object_add(o, "uptime_s",
-			       json_object_new_double((double)(mono_ns() - v->start_ns) / 1e9));
+			       json_object_new_double((double)(now_ns() - v->start_ns) / 1e9));
 	json_object_object_add(o, "exits", json_object_new_int64((int64_t)vm_exit_count(v->vm)));
 	json_object_object_add(p, "count", json_object_new_int64((int64_t)ps.count));
 	json_object_object_add(p, "last_us", json_object_new_double((double)ps.last_ns / 1e3));
@@ -334,7 +328,7 @@ int vmm_run(struct vmm *v, bool start_paused)
 			v->stdin_active = true;
 		}
 	}
-	v->start_ns = mono_ns();
+	v->start_ns = now_ns();
 	if (start_paused && vm_pause(v->vm) == 0) /* a hold before start: vCPUs start parked */
 		v->user_paused = true;
 	rc = v->held ? 0 : vm_start(v->vm);
@@ -389,7 +383,7 @@ int vmm_start_vcpus(struct vmm *v)
 		return -EALREADY;
 	v->held = false;
 	vmm_net_rx_enable_all(v, true);
-	v->start_ns = mono_ns();
+	v->start_ns = now_ns();
 	rc = vm_start(v->vm);
 	return rc;
 }

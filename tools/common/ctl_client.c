@@ -11,15 +11,8 @@
 
 #include <json-c/json.h>
 
+#include "common/clock.h"
 #include "tools/common/ctl_client.h"
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Wait for `events` on fd until deadline. 0, -ETIMEDOUT or -errno. */
 static int wait_fd(int fd, short events, int64_t deadline)
@@ -27,7 +20,7 @@ static int wait_fd(int fd, short events, int64_t deadline)
 	struct pollfd pfd = { .fd = fd, .events = events };
 
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - (int64_t)(now_ns() / 1000000);
 		int n;
 
 		if (left <= 0)
@@ -48,7 +41,7 @@ int ctl_call(const char *path, struct json_object *req, struct json_object **rep
 	const char *str;
 	char *buf = NULL, *nl = NULL;
 	size_t len, off = 0, cap = 0;
-	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+	int64_t deadline = (int64_t)(now_ns() / 1000000) + (timeout_ms > 0 ? timeout_ms : 1);
 	int fd = -1, rc;
 
 	*reply = NULL;

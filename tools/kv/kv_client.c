@@ -1,5 +1,6 @@
 /* kv_client.c — doppel-kv client: one request with retries, and the paced load generator. */
 #include "tools/kv/kv.h"
+#include "common/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -89,7 +90,7 @@ int kv_connect(const char *target, char *err, size_t errlen)
 
 uint64_t kv_id_base(void)
 {
-	uint64_t x = kv_now_ns() ^ ((uint64_t)getpid() << 40) ^ ((uint64_t)getpid() * 0x9e3779b97f4a7c15ull);
+	uint64_t x = now_ns() ^ ((uint64_t)getpid() << 40) ^ ((uint64_t)getpid() * 0x9e3779b97f4a7c15ull);
 
 	x ^= x >> 31;
 	x *= 0xbf58476d1ce4e5b9ull;
@@ -143,13 +144,13 @@ int kv_client_single(const struct kv_client_opts *o, enum kv_cmd cmd, const char
 		return 2;
 	}
 	for (unsigned t = 0; t <= o->retries && rc == 3; t++) {
-		uint64_t until = kv_now_ns() + (uint64_t)o->timeout_ms * 1000000ull;
+		uint64_t until = now_ns() + (uint64_t)o->timeout_ms * 1000000ull;
 
 		send_req(fd, buf, (size_t)len);
 		for (;;) {
 			struct pollfd p = { .fd = fd, .events = POLLIN };
 			struct kv_reply rep;
-			uint64_t now = kv_now_ns();
+			uint64_t now = now_ns();
 			int r;
 
 			if (now >= until)
@@ -424,10 +425,10 @@ int kv_client_load(const struct kv_client_opts *o)
 		goto out;
 	}
 	l.base = kv_id_base();
-	l.start_ns = kv_now_ns();
+	l.start_ns = now_ns();
 	deadline_ns = l.start_ns + (uint64_t)(o->deadline_s * 1e9);
 	for (;;) {
-		uint64_t now = kv_now_ns();
+		uint64_t now = now_ns();
 		struct pollfd p = { .fd = l.fd, .events = POLLIN };
 		struct kv_reply rep;
 		int tmo, r;
@@ -446,7 +447,7 @@ int kv_client_load(const struct kv_client_opts *o)
 			fprintf(stderr, "doppel-kv: poll: %s\n", strerror(errno));
 			goto out;
 		}
-		now = kv_now_ns();
+		now = now_ns();
 		while ((r = recv_reply(l.fd, &rep)) != 0) {
 			if (r < 0) {
 				fprintf(stderr, "doppel-kv: recv: %s\n", strerror(-r));
@@ -455,7 +456,7 @@ int kv_client_load(const struct kv_client_opts *o)
 			handle_reply(&l, &rep, now);
 		}
 	}
-	l.end_ns = kv_now_ns();
+	l.end_ns = now_ns();
 	if (l.inflight && l.end_ns - l.progress_ns > l.max_stall_ns)
 		l.max_stall_ns = l.end_ns - l.progress_ns;
 	summarize(&l);

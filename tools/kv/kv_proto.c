@@ -283,10 +283,3 @@ int kv_split_hostport(const char *s, char *host, size_t hostcap, char *port, siz
 	return 0;
 }
 
-uint64_t kv_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}

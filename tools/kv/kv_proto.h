@@ -78,6 +78,5 @@ int kv_format_reply(char *buf, size_t cap, uint64_t id, bool ok, const char *tex
 int kv_split_hostport(const char *s, char *host, size_t hostcap, char *port, size_t portcap);
 
 /* Monotonic clock (CLOCK_MONOTONIC) in ns: the time base of the load log. */
-uint64_t kv_now_ns(void);
 
 #endif
