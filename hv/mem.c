@@ -192,3 +192,45 @@ void mem_dev_dirty_take(struct guest_mem *gm, uint64_t *out)
 		out[w] |= __atomic_exchange_n(&gm->dev_dirty[w], 0, __ATOMIC_ACQ_REL);
 	}
 }
+
+int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, uint64_t *count,
+		    bool *is_data)
+{
+	const struct mem_region *r = NULL;
+
+	for (int i = 0; i < gm->nr; i++)
+		if (*pos >= gm->r[i].pfn_base && *pos < gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT))
+			r = &gm->r[i];
+	if (!r)
+		return 0;
+	uint64_t np = r->size >> GUEST_PAGE_SHIFT, p = *pos - r->pfn_base, d = p, h = np;
+	if (gm->memfd >= 0) {
+		/* Data extent [d, h) of the memfd; everything in [p, d) is a hole. */
+		off_t o = lseek(gm->memfd, (off_t)(r->fd_off + (p << GUEST_PAGE_SHIFT)), SEEK_DATA);
+		if (o < 0 && errno != ENXIO)
+			d = p; /* cannot tell: treat as data */
+		else if (o < 0 || (uint64_t)o >= r->fd_off + r->size)
+			d = np;
+		else
+			d = ((uint64_t)o - r->fd_off) >> GUEST_PAGE_SHIFT;
+		if (d < np) {
+			o = lseek(gm->memfd, (off_t)(r->fd_off + (d << GUEST_PAGE_SHIFT)), SEEK_HOLE);
+			h = (o < 0 || (uint64_t)o >= r->fd_off + r->size)
+				    ? np
+				    : ((uint64_t)o - r->fd_off + GUEST_PAGE_SIZE - 1) >> GUEST_PAGE_SHIFT;
+			if (h <= d)
+				h = d + 1;
+		}
+	}
+	if (d > p) {
+		*first = r->pfn_base + p;
+		*count = d - p;
+		*is_data = false;
+	} else {
+		*first = r->pfn_base + d;
+		*count = h - d;
+		*is_data = true;
+	}
+	*pos = *first + *count;
+	return 1;
+}

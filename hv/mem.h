@@ -68,6 +68,15 @@ uint64_t mem_page_index(const struct guest_mem *gm, uint64_t gpa);
 uint64_t mem_page_gpa(const struct guest_mem *gm, uint64_t page_index);
 void *mem_page_host(const struct guest_mem *gm, uint64_t page_index);
 
+/* Walk RAM as extents of page indices, in ascending order, each inside one region: data extents of
+ * the memfd (is_data) and holes (never written: they read as zero without being read). Start with
+ * *pos = 0; each call returns 1 with the next extent [*first, *first + *count) and moves *pos past
+ * it, or 0 when all nr_pages pages were covered. Every page is in exactly one extent. RAM built over
+ * a plain buffer (no memfd) is one data extent per region. Uses SEEK_DATA / SEEK_HOLE; an lseek
+ * failure reports the rest of the region as data (correct, only slower). */
+int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, uint64_t *count,
+		    bool *is_data);
+
 /* Atomically take the device-dirty bitmap: OR it into `out` (nr_pages bits) and clear it. */
 void mem_dev_dirty_take(struct guest_mem *gm, uint64_t *out);
 

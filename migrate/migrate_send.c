@@ -8,9 +8,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "hv/dirty.h"
+#include "common/errf.h"
 #include "migrate/migrate_priv.h"
-#include "replication/checkpoint.h"
+#include "replication/ckpt_engine.h"
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
@@ -27,10 +27,8 @@ struct sender {
 	int fd;
 	struct sr_out out;
 	struct sr_ctx *w;
-	struct dirty_log *log;
-	uint64_t *bm, *bm2;
-	uint64_t *idx;
-	const void **ptr;
+	struct ckpt_engine eng;
+	bool eng_ready;
 	struct throttle thr;
 	struct converge conv;
 	bool compress;
@@ -38,10 +36,17 @@ struct sender {
 	int auto_phase;      /* auto compression: 0 = try raw, 1 = try zstd, 2 = decided */
 	double rate_raw, rate_zstd;
 	uint64_t t0, t_accepted, pages_sent, epoch;
-	uint64_t left;  /* pages to send in the current round (for progress) */
+	uint64_t left;       /* pages to send in the current round (for progress) */
+	uint64_t round_sent; /* pages sent so far in the current round */
 	double est_ms;  /* downtime estimate at the last sync */
 	struct json_object *rlog; /* per-round {pages, ms, dirty, throttle} */
 	char err[300];
+};
+
+/* Migration writes every epoch straight from RAM; its stop-and-copy epoch stays paused (switchover). */
+static const struct ckpt_ops mig_ops = {
+	.name = "migration",
+	.log_flags = DIRTY_START_CLEAN,
 };
 
 static double secs(uint64_t a, uint64_t b)
@@ -82,20 +87,15 @@ static void pace(struct sender *s)
 	}
 }
 
-static int write_chunk(struct sender *s, size_t n)
+/* After every chunk the batcher wrote (pre-copy rounds and stop-and-copy). */
+static int on_chunk(void *opaque, size_t n, uint64_t write_ns)
 {
-	int rc;
+	struct sender *s = opaque;
 
-	if (!n)
-		return 0;
-	uint64_t t = now_ns();
-	rc = sr_write_pages_mt(s->w, s->idx, s->ptr, n, NTHREADS);
-	if (rc)
-		return rc;
 	s->pages_sent += n;
 	/* auto: time one full chunk raw, one compressed; keep the faster (pages/s incl. the link). */
 	if (s->m->p.compress == MIG_COMP_AUTO && s->auto_phase < 2 && n >= CHUNK_PAGES / 2) {
-		double r = (double)n / secs(t, now_ns());
+		double r = (double)n / ((double)(write_ns ? write_ns : 1) / 1e9);
 		if (s->auto_phase == 0) {
 			s->rate_raw = r;
 			s->compress = true;
@@ -109,64 +109,9 @@ static int write_chunk(struct sender *s, size_t n)
 		sr_set_compress(s->w, s->compress, ZSTD_LEVEL);
 	}
 	pace(s);
+	s->round_sent += n;
+	publish(s, s->left > s->round_sent ? s->left - s->round_sent : 0, s->est_ms);
 	return 0;
-}
-
-/* Send the pages set in s->bm, read live from RAM, in chunks. Returns pages sent or -errno. */
-static int64_t send_bitmap(struct sender *s)
-{
-	uint64_t pos = 0, p, total = 0;
-	size_t n = 0;
-	int rc;
-
-	while ((p = dirty_next(s->bm, s->gm->nr_pages, &pos)) != UINT64_MAX) {
-		s->idx[n] = p;
-		s->ptr[n] = mem_page_host(s->gm, p);
-		if (!s->ptr[n])
-			continue;
-		if (++n == CHUNK_PAGES) {
-			rc = write_chunk(s, n);
-			if (rc)
-				return rc;
-			total += n;
-			n = 0;
-			publish(s, s->left > total ? s->left - total : 0, s->est_ms);
-		}
-	}
-	rc = write_chunk(s, n);
-	return rc ? rc : (int64_t)(total + n);
-}
-
-/* Round 1: holes of the memfd go out as zero ranges without being read; data extents as pages. */
-static int64_t first_round_bitmap(struct sender *s)
-{
-	struct guest_mem *gm = s->gm;
-	int rc;
-
-	memset(s->bm, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
-	for (int i = 0; i < gm->nr; i++) {
-		const struct mem_region *r = &gm->r[i];
-		uint64_t np = r->size >> GUEST_PAGE_SHIFT, p = 0;
-		while (p < np) {
-			uint64_t d = p, h = np;
-			if (gm->memfd >= 0) {
-				off_t o = lseek(gm->memfd, (off_t)(r->fd_off + (p << GUEST_PAGE_SHIFT)), SEEK_DATA);
-				d = (o < 0 || (uint64_t)o >= r->fd_off + r->size) ? np
-					: ((uint64_t)o - r->fd_off) >> GUEST_PAGE_SHIFT;
-				if (d < np) {
-					o = lseek(gm->memfd, (off_t)(r->fd_off + (d << GUEST_PAGE_SHIFT)), SEEK_HOLE);
-					h = (o < 0 || (uint64_t)o >= r->fd_off + r->size) ? np
-						: ((uint64_t)o - r->fd_off + GUEST_PAGE_SIZE - 1) >> GUEST_PAGE_SHIFT;
-				}
-			}
-			if (d > p && !s->dst_zero && (rc = sr_write_zero_range(s->w, r->pfn_base + p, d - p)))
-				return rc;
-			for (uint64_t q = d; q < h; q++)
-				s->bm[(r->pfn_base + q) / 64] |= 1ull << ((r->pfn_base + q) % 64);
-			p = h > d ? h : d + 1;
-		}
-	}
-	return send_bitmap(s);
 }
 
 static void log_round(struct sender *s, uint64_t pages, double sec, uint64_t dirty)
@@ -221,15 +166,17 @@ static int wait_epoch(struct sender *s)
 	return 0;
 }
 
-static int run(struct sender *s, struct json_object **result)
+static const char *recv_err(int rc)
+{
+	return rc == -ETIMEDOUT ? "no answer (timed out)" : rc == -EPIPE ? "connection closed" : strerror(-rc);
+}
+
+/* Connect, send the stream header, wait for ACCEPT. */
+static int connect_dst(struct sender *s)
 {
 	struct mig *m = s->m;
 	struct sr_header h;
-	struct ckpt_state st = {0};
 	struct mig_msg msg;
-	uint64_t t_round, t_pause = 0, t_ack;
-	int64_t n, left;
-	bool paused = false;
 	int rc;
 
 	s->fd = sock_connect(m->p.to, m->p.connect_timeout_ms, s->err, sizeof(s->err));
@@ -241,13 +188,7 @@ static int run(struct sender *s, struct json_object **result)
 		s->compress = false; /* phase 0 tries raw first */
 	rc = sr_writer_new(&s->w, &s->out, s->compress, ZSTD_LEVEL);
 	if (rc)
-		goto nomem;
-	s->bm = calloc(dirty_bitmap_words(s->gm->nr_pages), sizeof(uint64_t));
-	s->bm2 = calloc(dirty_bitmap_words(s->gm->nr_pages), sizeof(uint64_t));
-	s->idx = malloc(CHUNK_PAGES * sizeof(*s->idx));
-	s->ptr = malloc(CHUNK_PAGES * sizeof(*s->ptr));
-	if (!s->bm || !s->bm2 || !s->idx || !s->ptr)
-		goto nomem;
+		return errf(s->err, sizeof(s->err), -ENOMEM, "out of memory");
 	sr_header_from_mem(&h, s->gm, (uint32_t)vm_nr_vcpus(s->vm));
 	rc = sr_write_header(s->w, &h);
 	if (rc) {
@@ -255,102 +196,106 @@ static int run(struct sender *s, struct json_object **result)
 		return rc;
 	}
 	rc = mig_msg_recv(s->fd, &msg, m->p.io_timeout_ms);
-	if (rc) {
-		snprintf(s->err, sizeof(s->err), "destination %.200s did not accept the migration: %s", m->p.to,
-			 rc == -ETIMEDOUT ? "no answer (timed out)" : rc == -EPIPE ? "connection closed" : strerror(-rc));
-		return rc;
-	}
-	if (msg.type != MIG_ACCEPT) {
-		snprintf(s->err, sizeof(s->err), "destination rejected the migration: %s", msg.text);
-		return -ECONNREFUSED;
-	}
+	if (rc)
+		return errf(s->err, sizeof(s->err), rc, "destination %.200s did not accept the migration: %s",
+			    m->p.to, recv_err(rc));
+	if (msg.type != MIG_ACCEPT)
+		return errf(s->err, sizeof(s->err), -ECONNREFUSED, "destination rejected the migration: %s",
+			    msg.text);
 	s->dst_zero = msg.t_start_ns == 1;
 	s->t_accepted = now_ns();
-	rc = dirty_log_start_flags(&s->log, vm_fd(s->vm), s->gm, DIRTY_START_CLEAN, s->err, sizeof(s->err));
-	if (rc)
-		return rc;
-	rc = throttle_start(&s->thr, s->vm);
-	if (rc) {
-		snprintf(s->err, sizeof(s->err), "cannot start the throttle thread: %s", strerror(-rc));
-		return rc;
-	}
+	return 0;
+}
 
-	/* Pre-copy. */
-	t_round = now_ns();
-	s->epoch = 1;
-	n = first_round_bitmap(s);
-	for (;;) {
-		if (n < 0 || (rc = sr_write_checkpoint_end(s->w, s->epoch))) {
-			link_error(s, n < 0 ? (int)n : rc, "migration stream failed");
-			return n < 0 ? (int)n : rc;
-		}
-		rc = wait_epoch(s);
-		if (rc)
-			return rc;
-		uint64_t t_sync = now_ns();
-		conv_round_sent(&s->conv, (uint64_t)n, secs(t_round, t_sync));
-		left = dirty_log_sync(s->log, s->bm);
-		if (left < 0) {
-			snprintf(s->err, sizeof(s->err), "dirty log sync failed: %s", strerror((int)-left));
-			return (int)left;
-		}
-		throttle_set(&s->thr, conv_round_synced(&s->conv, (uint64_t)left, secs(t_round, t_sync)));
-		log_round(s, (uint64_t)n, secs(t_round, t_sync), (uint64_t)left);
-		s->left = (uint64_t)left;
-		s->est_ms = conv_estimate_ms(&s->conv, (uint64_t)left);
-		publish(s, s->left, s->est_ms);
-		if (conv_fits(&s->conv, (uint64_t)left) || s->epoch >= m->p.max_rounds)
-			break;
-		if (!ctl_conn_alive(m->conn)) {
-			snprintf(s->err, sizeof(s->err), "the client that asked for the migration went away");
-			return -ECANCELED;
-		}
-		s->epoch++;
-		t_round = t_sync;
-		n = send_bitmap(s);
-	}
+/* ---- the pre-copy policy: converge.c decides --------------------------------------------------- */
 
-	/* Stop and copy. */
+static int round_end(void *opaque, const struct ckpt_round *rd)
+{
+	struct sender *s = opaque;
+
+	s->epoch = rd->epoch;
+	return wait_epoch(s);
+}
+
+static int next_round(void *opaque, const struct ckpt_round *rd)
+{
+	struct sender *s = opaque;
+	double sec = secs(rd->t_start, rd->t_sync);
+
+	conv_round_sent(&s->conv, rd->sent, sec);
+	throttle_set(&s->thr, conv_round_synced(&s->conv, rd->dirty, sec));
+	log_round(s, rd->sent, sec, rd->dirty);
+	s->left = rd->dirty;
+	s->round_sent = 0;
+	s->est_ms = conv_estimate_ms(&s->conv, rd->dirty);
+	publish(s, s->left, s->est_ms);
+	if (conv_fits(&s->conv, rd->dirty) || rd->epoch >= s->m->p.max_rounds)
+		return CKPT_STOP;
+	if (!ctl_conn_alive(s->m->conn))
+		return errf(s->err, sizeof(s->err), -ECANCELED, "the client that asked for the migration went away");
+	s->epoch = rd->epoch + 1;
+	return CKPT_ROUND;
+}
+
+static struct json_object *result_json(struct sender *s, const struct ckpt_epoch *ep, const struct mig_msg *msg,
+				       uint64_t t_sent, uint64_t t_ack)
+{
+	struct json_object *o = json_object_new_object();
+	uint64_t t_pause = ep->t_pause, t_synced = t_pause + ep->ph.kick + ep->ph.sync;
+	bool exact = msg->t_running_ns > t_pause && msg->t_running_ns < t_ack;
+	struct sr_stats ss;
+
+	sr_stats(s->w, &ss);
+#define ADD(k, v) json_object_object_add(o, k, v)
+	ADD("total_ms", json_object_new_double(secs(s->t0, t_ack) * 1e3));
+	ADD("downtime_ms", json_object_new_double(secs(t_pause, exact ? msg->t_running_ns : t_ack) * 1e3));
+	ADD("downtime_source", json_object_new_string(exact ? "exact" : "ack"));
+	ADD("downtime_ack_ms", json_object_new_double(secs(t_pause, t_ack) * 1e3));
+	ADD("final_send_ms", json_object_new_double(secs(t_pause, t_sent) * 1e3));
+	ADD("final_sync_ms", json_object_new_double(secs(t_pause, t_synced) * 1e3));
+	ADD("final_pages_ms", json_object_new_double((double)ep->ph.copy / 1e6));
+	ADD("final_capture_ms", json_object_new_double((double)ep->ph.capture / 1e6));
+	ADD("dst_end_ms", json_object_new_double(secs(t_pause, msg->t_start_ns) * 1e3));
+	ADD("dst_info", json_object_new_string(msg->text));
+	ADD("final_pages", json_object_new_int64((int64_t)ep->pages));
+	ADD("bytes_wire", json_object_new_int64((int64_t)s->out.bytes));
+	ADD("bytes_raw", json_object_new_int64((int64_t)(s->pages_sent * GUEST_PAGE_SIZE)));
+	ADD("pages_sent", json_object_new_int64((int64_t)s->pages_sent));
+	ADD("zero_pages", json_object_new_int64((int64_t)ss.zero_pages));
+	ADD("rounds", json_object_new_int64((int64_t)s->epoch));
+	ADD("compress", json_object_new_string(s->compress ? "zstd" : "none"));
+	ADD("max_throttle_pct", json_object_new_double(s->conv.throttle * 100));
+	ADD("page_rate", json_object_new_double(s->conv.page_rate));
+	ADD("dirty_rate", json_object_new_double(s->conv.dirty_rate));
+	ADD("round_log", json_object_get(s->rlog));
+	ADD("accepted_ms", json_object_new_double(secs(s->t0, s->t_accepted) * 1e3));
+#undef ADD
+	return o;
+}
+
+/* The final epoch: the engine pauses, merges the pages of the deciding sync (e->carry) into the last
+ * dirty set, captures, writes, and stays paused; then END and the destination's RUNNING. */
+static int stop_and_copy(struct sender *s, struct json_object **result)
+{
+	struct mig *m = s->m;
+	struct ckpt_epoch ep = {.epoch = s->epoch, .merge = s->eng.carry, .stay_paused = true, .w = s->w};
+	struct mig_msg msg;
+	uint64_t t_sent, t_ack;
+	int rc;
+
 	throttle_stop(&s->thr);
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = "completing";
 	pthread_mutex_unlock(&m->lock);
-	t_pause = now_ns();
-	rc = vm_pause(s->vm);
+	s->round_sent = 0;
+	rc = ckpt_engine_epoch(&s->eng, &ep, s->err, sizeof(s->err));
 	if (rc) {
-		snprintf(s->err, sizeof(s->err), "cannot pause the VM: %s", strerror(-rc));
-		return rc;
+		if (ep.io_failed)
+			link_error(s, rc, "migration stream failed");
+		return rc; /* resumed by the engine */
 	}
-	paused = true;
-	/* The pages of the deciding sync are still to send: OR this last sync into them. */
-	left = dirty_log_sync(s->log, s->bm2);
-	for (size_t i = 0; left >= 0 && i < dirty_bitmap_words(s->gm->nr_pages); i++)
-		s->bm[i] |= s->bm2[i];
-	if (left >= 0)
-		left = (int64_t)dirty_bitmap_count(s->bm, s->gm->nr_pages);
-	if (left < 0) {
-		rc = (int)left;
-		snprintf(s->err, sizeof(s->err), "dirty log sync failed: %s", strerror(-rc));
-		goto resume;
-	}
-	s->epoch++;
-	uint64_t final_pages = (uint64_t)left, t_synced = now_ns();
-	n = send_bitmap(s);
-	uint64_t t_pages = now_ns();
-	rc = n < 0 ? (int)n : ckpt_state_capture(&st, s->vm, s->err, sizeof(s->err));
-	uint64_t t_captured = now_ns();
-	if (n >= 0 && rc) {
-		ckpt_state_free(&st);
-		goto resume;
-	}
-	if (!rc)
-		rc = ckpt_state_write(s->w, &st);
-	ckpt_state_free(&st);
-	if (!rc)
-		rc = sr_write_checkpoint_end(s->w, s->epoch);
-	if (!rc)
-		rc = sr_write_end(s->w);
-	uint64_t t_sent = now_ns();
+	rc = sr_write_end(s->w);
+	t_sent = now_ns();
 	if (rc) {
 		link_error(s, rc, "migration stream failed");
 		goto resume;
@@ -359,53 +304,54 @@ static int run(struct sender *s, struct json_object **result)
 	t_ack = now_ns();
 	if (rc || msg.type != MIG_RUNNING) {
 		if (!rc)
-			snprintf(s->err, sizeof(s->err), "destination failed: %s", msg.text);
+			rc = errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed: %s", msg.text);
 		else
-			snprintf(s->err, sizeof(s->err), "destination did not confirm it runs: %s",
-				 rc == -ETIMEDOUT ? "no answer (timed out)" : rc == -EPIPE ? "connection closed" : strerror(-rc));
-		rc = rc ? rc : -EREMOTEIO;
+			errf(s->err, sizeof(s->err), rc, "destination did not confirm it runs: %s", recv_err(rc));
 		goto resume;
 	}
-
 	/* Done: the destination runs. The source stops once the reply is out. */
-	struct sr_stats ss;
-	bool exact = msg.t_running_ns > t_pause && msg.t_running_ns < t_ack;
-	sr_stats(s->w, &ss);
 	publish(s, 0, 0);
-	struct json_object *o = json_object_new_object();
-	json_object_object_add(o, "total_ms", json_object_new_double(secs(s->t0, t_ack) * 1e3));
-	json_object_object_add(o, "downtime_ms",
-			       json_object_new_double(secs(t_pause, exact ? msg.t_running_ns : t_ack) * 1e3));
-	json_object_object_add(o, "downtime_source", json_object_new_string(exact ? "exact" : "ack"));
-	json_object_object_add(o, "downtime_ack_ms", json_object_new_double(secs(t_pause, t_ack) * 1e3));
-	json_object_object_add(o, "final_send_ms", json_object_new_double(secs(t_pause, t_sent) * 1e3));
-	json_object_object_add(o, "final_sync_ms", json_object_new_double(secs(t_pause, t_synced) * 1e3));
-	json_object_object_add(o, "final_pages_ms", json_object_new_double(secs(t_synced, t_pages) * 1e3));
-	json_object_object_add(o, "final_capture_ms", json_object_new_double(secs(t_pages, t_captured) * 1e3));
-	json_object_object_add(o, "dst_end_ms", json_object_new_double(secs(t_pause, msg.t_start_ns) * 1e3));
-	json_object_object_add(o, "dst_info", json_object_new_string(msg.text));
-	json_object_object_add(o, "final_pages", json_object_new_int64((int64_t)final_pages));
-	json_object_object_add(o, "bytes_wire", json_object_new_int64((int64_t)s->out.bytes));
-	json_object_object_add(o, "bytes_raw", json_object_new_int64((int64_t)(s->pages_sent * GUEST_PAGE_SIZE)));
-	json_object_object_add(o, "pages_sent", json_object_new_int64((int64_t)s->pages_sent));
-	json_object_object_add(o, "zero_pages", json_object_new_int64((int64_t)ss.zero_pages));
-	json_object_object_add(o, "rounds", json_object_new_int64((int64_t)s->epoch));
-	json_object_object_add(o, "compress", json_object_new_string(s->compress ? "zstd" : "none"));
-	json_object_object_add(o, "max_throttle_pct", json_object_new_double(s->conv.throttle * 100));
-	json_object_object_add(o, "page_rate", json_object_new_double(s->conv.page_rate));
-	json_object_object_add(o, "dirty_rate", json_object_new_double(s->conv.dirty_rate));
-	json_object_object_add(o, "round_log", json_object_get(s->rlog));
-	json_object_object_add(o, "accepted_ms", json_object_new_double(secs(s->t0, s->t_accepted) * 1e3));
-	*result = o;
+	*result = result_json(s, &ep, &msg, t_sent, t_ack);
 	return 0;
-
-nomem:
-	snprintf(s->err, sizeof(s->err), "out of memory");
-	return -ENOMEM;
 resume:
-	if (paused)
-		vm_resume(s->vm);
+	vm_resume(s->vm);
 	return rc;
+}
+
+static int run(struct sender *s, struct json_object **result)
+{
+	struct ckpt_policy pol = {.round_end = round_end, .next = next_round};
+	bool io_failed;
+	int rc;
+
+	rc = ckpt_engine_init(&s->eng, s->vm, &mig_ops, s);
+	if (rc)
+		return errf(s->err, sizeof(s->err), rc, "out of memory");
+	s->eng_ready = true;
+	s->eng.batch->nthreads = NTHREADS;
+	s->eng.batch->chunk = CHUNK_PAGES;
+	s->eng.batch->on_chunk = on_chunk;
+	s->eng.batch->opaque = s;
+	rc = connect_dst(s);
+	if (rc)
+		return rc;
+	rc = ckpt_engine_start(&s->eng, s->err, sizeof(s->err));
+	if (rc)
+		return rc;
+	rc = throttle_start(&s->thr, s->vm);
+	if (rc)
+		return errf(s->err, sizeof(s->err), rc, "cannot start the throttle thread: %s", strerror(-rc));
+	/* Pre-copy: the full round (holes as zero ranges unless the destination is all zero), then
+	 * rounds until converge.c says the rest fits the downtime target. */
+	s->epoch = 1;
+	pol.skip_holes = s->dst_zero;
+	rc = ckpt_engine_precopy(&s->eng, s->w, &pol, s, &s->epoch, &io_failed, s->err, sizeof(s->err));
+	if (rc) {
+		if (io_failed)
+			link_error(s, rc, "migration stream failed");
+		return rc;
+	}
+	return stop_and_copy(s, result);
 }
 
 void *mig_sender_main(void *arg)
@@ -432,7 +378,8 @@ void *mig_sender_main(void *arg)
 	s->rlog = json_object_new_array();
 	rc = run(s, &result);
 	throttle_stop(&s->thr); /* the VM is left running on failure */
-	dirty_log_free(s->log);
+	if (s->eng_ready)
+		ckpt_engine_free(&s->eng);
 	sr_ctx_free(s->w);
 	if (s->fd >= 0)
 		close(s->fd);
@@ -447,10 +394,6 @@ void *mig_sender_main(void *arg)
 	else
 		ctl_reply(m->conn, result);
 	json_object_put(s->rlog);
-	free(s->bm);
-	free(s->bm2);
-	free(s->idx);
-	free(s->ptr);
 	free(s);
 	ev_async_send(vmm_loop(m->v), &m->done_async);
 	return NULL;

@@ -162,8 +162,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 			pthread_join(r->sender, NULL);
 		}
 		r->sender_running = false;
-		dirty_log_free(r->log);
-		r->log = NULL;
+		ckpt_engine_stop(&r->eng);
 	}
 	if (r->reader_running) {
 		/* A standby going away: stop applying (the replica's RAM goes next) and end the reader. */
@@ -182,12 +181,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 	if (r->fd >= 0)
 		close(r->fd);
 	netbuf_free(r->nb);
-	free(r->bitmap);
-	free(r->hot);
-	free(r->st_idx);
-	free(r->st_data);
-	free(r->st_ptrs);
-	ckpt_state_free(&r->st_state);
+	ckpt_engine_free(&r->eng);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
 	pthread_cond_destroy(&r->cond);

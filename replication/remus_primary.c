@@ -43,36 +43,44 @@ static void account(struct remus *r, struct sr_ctx *w, struct sr_out *out)
 	pthread_mutex_unlock(&r->lock);
 }
 
-/* Live full copy: every page while the guest runs, then rounds of the pages dirtied meanwhile. Each
- * round is an epoch without machine state (the standby writes it straight into its replica). */
+/* Live full copy: every page while the guest runs, then rounds of the pages dirtied meanwhile (up to
+ * PRECOPY_MAX_ROUNDS in all, ending after a round of at most PRECOPY_FEW_PAGES). Each round is an
+ * epoch without machine state (the standby writes it straight into its replica). */
+struct precopy_ctx {
+	struct remus *r;
+	struct sr_ctx *w;
+	struct sr_out *out;
+};
+
+static int precopy_round_end(void *opaque, const struct ckpt_round *rd)
+{
+	struct precopy_ctx *c = opaque;
+
+	(void)rd;
+	account(c->r, c->w, c->out);
+	return 0;
+}
+
+static int precopy_next(void *opaque, const struct ckpt_round *rd)
+{
+	struct remus *r = ((struct precopy_ctx *)opaque)->r;
+
+	r->precopy_rounds++;
+	r->precopy_pages += rd->dirty;
+	return rd->dirty <= PRECOPY_FEW_PAGES || r->precopy_rounds >= PRECOPY_MAX_ROUNDS ? CKPT_LAST_ROUND
+											: CKPT_ROUND;
+}
+
 static int precopy(struct remus *r, struct sr_ctx *w, struct sr_out *out, uint64_t *epoch)
 {
-	struct guest_mem *gm = vm_mem(r->vm);
-	int64_t n;
-	int rc;
+	static const struct ckpt_policy pol = {.round_end = precopy_round_end, .next = precopy_next};
+	struct precopy_ctx c = {.r = r, .w = w, .out = out};
+	char err[256];
+	bool io;
 
-	n = dirty_log_sync(r->log, r->bitmap); /* consumes the initial all-set log */
-	if (n < 0)
-		return (int)n;
-	rc = ckpt_write_all_pages(w, gm, 1);
-	if (!rc)
-		rc = sr_write_checkpoint_end(w, (*epoch)++);
 	r->precopy_rounds = 1;
-	r->precopy_pages = gm->nr_pages;
-	for (int round = 1; !rc && round < PRECOPY_MAX_ROUNDS; round++) {
-		n = dirty_log_sync(r->log, r->bitmap);
-		if (n < 0)
-			return (int)n;
-		rc = ckpt_write_dirty_pages(w, gm, r->bitmap, 1);
-		if (!rc)
-			rc = sr_write_checkpoint_end(w, (*epoch)++);
-		r->precopy_rounds++;
-		r->precopy_pages += (uint64_t)n;
-		account(r, w, out);
-		if (n <= PRECOPY_FEW_PAGES)
-			break;
-	}
-	return rc;
+	r->precopy_pages = vm_mem(r->vm)->nr_pages;
+	return ckpt_engine_precopy(&r->eng, w, &pol, &c, epoch, &io, err, sizeof(err));
 }
 
 static void *sender_main(void *arg)
@@ -145,11 +153,7 @@ static void *sender_main(void *arg)
 		pthread_mutex_unlock(&r->lock);
 		/* The staged epoch is ours until job_pending is cleared. */
 		t0 = now_ns();
-		rc = sr_write_pages(w, r->st_idx, r->st_ptrs, r->st_n);
-		if (!rc)
-			rc = ckpt_state_write(w, &r->st_state);
-		if (!rc)
-			rc = sr_write_checkpoint_end(w, r->st_epoch);
+		rc = ckpt_stage_write(w, &r->eng.stage);
 		if (rc) {
 			sender_error(r, "sending epoch", w, rc);
 			break;
@@ -157,7 +161,7 @@ static void *sender_main(void *arg)
 		account(r, w, &out);
 		pthread_mutex_lock(&r->lock);
 		r->send_ns_last = now_ns() - t0;
-		r->last_sent_epoch = r->st_epoch;
+		r->last_sent_epoch = r->eng.stage.epoch;
 		r->job_pending = false;
 		bool stop = r->stop_sender;
 		pthread_mutex_unlock(&r->lock);
@@ -199,38 +203,30 @@ static void pressure(void *opaque)
 	remus_notify(opaque, RA_FORCE_EPOCH);
 }
 
-static int stage_grow(struct remus *r, size_t n)
+/* Still paused, the epoch staged: output from now on belongs to the next epoch. */
+static int remus_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, size_t errlen)
 {
-	size_t cap = r->st_cap ? r->st_cap : 1024;
+	struct remus *r = e->opaque;
 
-	while (cap < n)
-		cap *= 2;
-	if (cap == r->st_cap)
-		return 0;
-	uint64_t *ni = realloc(r->st_idx, cap * sizeof(*ni));
-	if (!ni)
-		return -ENOMEM;
-	r->st_idx = ni;
-	const void **np = realloc(r->st_ptrs, cap * sizeof(*np));
-	if (!np)
-		return -ENOMEM;
-	r->st_ptrs = np;
-	uint8_t *nd = realloc(r->st_data, cap * GUEST_PAGE_SIZE);
-	if (!nd)
-		return -ENOMEM;
-	r->st_data = nd;
-	r->st_cap = cap;
+	(void)err, (void)errlen;
+	netbuf_mark(r->nb, ep->epoch);
 	return 0;
 }
 
-/* One checkpoint: pause, sync, capture, copy dirty pages, mark the output boundary, resume. */
+static const struct ckpt_ops remus_ops = {
+	.name = "remus",
+	.log_flags = DIRTY_START_ALL,
+	.keep_hot = true,
+	.stage = true,
+	.commit = remus_commit,
+};
+
+/* One checkpoint: the engine's epoch (pause, sync, capture, stage the dirty pages, mark the output
+ * boundary, resume), then hand the stage to the sender. */
 static void checkpoint(struct remus *r)
 {
-	struct guest_mem *gm = vm_mem(r->vm);
+	struct ckpt_epoch ep = {.epoch = r->next_epoch};
 	char err[256];
-	uint64_t t0, t1, e, pos = 0, p;
-	int64_t n;
-	size_t k = 0;
 	int rc;
 
 	pthread_mutex_lock(&r->lock);
@@ -240,70 +236,24 @@ static void checkpoint(struct remus *r)
 		r->skipped++;
 		return;
 	}
-	e = r->next_epoch;
-	t0 = now_ns();
-	rc = vm_pause(r->vm);
+	rc = ckpt_engine_epoch(&r->eng, &ep, err, sizeof(err));
 	if (rc) {
-		remus_primary_fail(r, "cannot pause the VM: %s", strerror(-rc));
+		remus_primary_fail(r, "%s", err);
 		return;
 	}
-	uint64_t t_kick = now_ns();
-	if (++r->hot_age >= REMUS_HOT_COOL) {
-		memset(r->hot, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
-		r->hot_age = 0;
-	}
-	n = dirty_log_sync_keep(r->log, r->bitmap, r->hot);
-	uint64_t t_sync = now_ns();
-	if (n < 0) {
-		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
-		remus_primary_fail(r, "dirty log sync failed: %s", strerror((int)-n));
-		return;
-	}
-	ckpt_state_free(&r->st_state);
-	rc = ckpt_state_capture(&r->st_state, r->vm, err, sizeof(err));
-	if (!rc)
-		rc = stage_grow(r, (size_t)n);
-	if (rc) {
-		vm_resume(r->vm); /* releases this hold only: an operator's pause stays */
-		remus_primary_fail(r, "checkpoint capture failed: %s", rc == -ENOMEM ? "out of memory" : err);
-		return;
-	}
-	/* What is dirty now and was dirty last epoch stays writable at the next sync. */
-	if (n <= REMUS_HOT_MAX) {
-		memcpy(r->hot, r->bitmap, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
-		r->hot_pages = (uint64_t)n;
-	} else {
-		memset(r->hot, 0, dirty_bitmap_words(gm->nr_pages) * sizeof(uint64_t));
-		r->hot_pages = 0;
-	}
-	uint64_t t_cap = now_ns();
-	while ((p = dirty_next(r->bitmap, gm->nr_pages, &pos)) != UINT64_MAX) {
-		const void *src = mem_page_host(gm, p);
-		if (!src)
-			continue;
-		r->st_idx[k] = p;
-		memcpy(r->st_data + k * GUEST_PAGE_SIZE, src, GUEST_PAGE_SIZE);
-		r->st_ptrs[k] = r->st_data + k * GUEST_PAGE_SIZE;
-		k++;
-	}
-	uint64_t t_copy = now_ns();
-	netbuf_mark(r->nb, e);
-	vm_resume(r->vm);
-	t1 = now_ns();
-	r->ph_kick = t_kick - t0;
-	r->ph_sync = t_sync - t_kick;
-	r->ph_capture = t_cap - t_sync;
-	r->ph_copy = t_copy - t_cap;
+	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
+	r->ph_kick = ep.ph.kick;
+	r->ph_sync = ep.ph.sync;
+	r->ph_capture = ep.ph.capture;
+	r->ph_copy = ep.ph.copy;
 	r->next_epoch = e + 1;
-	remus_ring_push(&r->pause_ns, t1 - t0);
+	remus_ring_push(&r->pause_ns, ep.pause_ns);
 	r->cap_epoch[e % 64] = e;
 	r->cap_ns[e % 64] = t1;
 	r->epochs++;
-	r->dirty_last = (uint64_t)n;
-	r->dirty_total += (uint64_t)n;
+	r->dirty_last = ep.pages;
+	r->dirty_total += ep.pages;
 	pthread_mutex_lock(&r->lock);
-	r->st_n = k;
-	r->st_epoch = e;
 	r->job_pending = true;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
@@ -412,9 +362,8 @@ static void teardown(struct remus *r, bool graceful)
 	r->fd = -1;
 	netbuf_release_all(r->nb);
 	vmm_set_tx_hook(r->v, NULL, NULL); /* the netbuf stays allocated: a vCPU may still be inside it */
-	dirty_log_free(r->log);
-	r->log = NULL;
-	ckpt_state_free(&r->st_state);
+	ckpt_engine_stop(&r->eng);
+	ckpt_state_free(&r->eng.stage.st);
 	r->role = REMUS_UNPROTECTED;
 }
 
@@ -512,23 +461,14 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		}
 		netbuf_set_pressure_cb(r->nb, pressure, r);
 	}
-	if (!r->bitmap)
-		r->bitmap = calloc(dirty_bitmap_words(vm_mem(r->vm)->nr_pages), sizeof(uint64_t));
-	if (!r->hot)
-		r->hot = calloc(dirty_bitmap_words(vm_mem(r->vm)->nr_pages), sizeof(uint64_t));
-	else
-		memset(r->hot, 0, dirty_bitmap_words(vm_mem(r->vm)->nr_pages) * sizeof(uint64_t));
-	r->hot_age = 0;
-	rc = r->bitmap && r->hot ? dirty_log_start_flags(&r->log, vm_fd(r->vm), vm_mem(r->vm), DIRTY_START_ALL, err,
-					       sizeof(err))
-		       : -ENOMEM;
+	rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
+	r->eng_ready = !rc;
+	if (!rc)
+		rc = ckpt_engine_start(&r->eng, err, sizeof(err));
 	if (rc) {
 		close(fd);
-		return ctl_error("cannot start dirty logging: %s", r->bitmap && r->hot ? err : "out of memory");
+		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
 	}
-	/* Staging for 4096 pages, touched now so the first epochs do not fault it in inside the pause. */
-	if (!r->st_cap && !stage_grow(r, 4096))
-		memset(r->st_data, 0, r->st_cap * GUEST_PAGE_SIZE);
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
@@ -606,7 +546,7 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	json_object_object_add(o, "pause", p);
 	json_object_object_add(d, "last", json_object_new_int64((int64_t)r->dirty_last));
 	json_object_object_add(d, "avg", json_object_new_double(r->epochs ? (double)r->dirty_total / (double)r->epochs : 0));
-	json_object_object_add(d, "hot", json_object_new_int64((int64_t)r->hot_pages));
+	json_object_object_add(d, "hot", json_object_new_int64((int64_t)r->eng.hot_pages));
 	json_object_object_add(o, "dirty_pages", d);
 	json_object_object_add(b, "raw", json_object_new_int64((int64_t)raw));
 	json_object_object_add(b, "wire", json_object_new_int64((int64_t)wire));

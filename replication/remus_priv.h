@@ -10,6 +10,7 @@
 #include "hv/dirty.h"
 #include "netbuf/netbuf.h"
 #include "replication/checkpoint.h"
+#include "replication/ckpt_engine.h"
 #include "replication/remus.h"
 #include "replication/remus_proto.h"
 
@@ -57,33 +58,20 @@ struct remus {
 	uint64_t nr_failovers;
 	char last_error[256];
 
-	/* Hot pages: a page dirty in two epochs in a row stays writable and is copied every epoch instead
- * of faulting on its first write after every re-protect (~3-10 us each here). Up to REMUS_HOT_MAX
- * pages; the set is dropped and re-learnt every REMUS_HOT_COOL epochs so pages that cooled down stop
- * being copied. */
-#define REMUS_HOT_MAX 32768
-#define REMUS_HOT_COOL 40
-
 	/* ---- primary ---- */
 	int fd;
 	struct netbuf *nb;
-	struct dirty_log *log;
-	uint64_t *bitmap;
-	uint64_t *hot;      /* pages left writable across epochs (dirty_log_sync_keep) */
-	uint64_t hot_pages;
-	uint32_t hot_age;   /* epochs since the hot set was last re-learnt */
+	/* The checkpoint engine in staging mode with hot pages (a page dirty in two epochs in a row
+	 * stays writable and is copied every epoch instead of faulting on its first write after every
+	 * re-protect, ~3-10 us each here). Its stage is the epoch the sender writes. */
+	struct ckpt_engine eng;
+	bool eng_ready; /* eng initialised (kept across sessions: the stage stays grown) */
 	pthread_t sender;
 	bool sender_running;
 	bool stop_sender;   /* lock */
 	bool job_pending;   /* lock: a staged epoch waits for / is being sent by the sender */
 	bool precopy_done;  /* lock */
 	char sender_err[256];
-	uint64_t *st_idx;
-	uint8_t *st_data;
-	const void **st_ptrs;
-	size_t st_n, st_cap;
-	struct ckpt_state st_state;
-	uint64_t st_epoch;
 	uint64_t next_epoch;     /* loop; monotonic across sessions */
 	uint64_t first_ckpt;     /* first real (stateful) epoch of this session */
 	uint64_t acked_epoch, last_sent_epoch;

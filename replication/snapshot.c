@@ -8,8 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "hv/dirty.h"
-#include "replication/checkpoint.h"
+#include "common/errf.h"
+#include "replication/ckpt_engine.h"
 #include "replication/snapshot.h"
 #include "common/clock.h"
 
@@ -147,174 +147,168 @@ int snap_restore(struct vm *vm, const char *path, char *err, size_t errlen)
 	return restore_one(vm, path, 0, 0, true, err, errlen);
 }
 
-int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
-	      bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen)
-{
-	struct guest_mem *gm = vm_mem(vm);
-	struct ckpt_info info = {0};
-	struct ckpt_state st = {0};
-	struct sr_header h;
-	struct sr_out out;
-	struct sr_ctx *w = NULL;
-	uint64_t *bitmap = NULL, t0, t1;
+/* Snapshots write their one epoch from RAM while paused; the commit makes the file. */
+struct take {
+	struct snap *s;
+	const char *path;
 	char tmp[300];
-	int fd = -1, rc;
+	int fd;
+	struct sr_out out;
+	struct sr_ctx *w;
+	struct ckpt_info info;
+};
 
-	memset(res, 0, sizeof(*res));
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp) ||
-	    strlen(path) >= sizeof(info.base_path)) {
-		snprintf(err, errlen, "snapshot path too long");
-		return -ENAMETOOLONG;
+/* Still paused, the epoch written: END, fsync, rename into place, and the baseline of the next
+ * incremental snapshot is this moment. */
+static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, size_t errlen)
+{
+	struct take *t = ep->opaque;
+	struct snap *s = t->s;
+	int rc = sr_write_end(t->w);
+
+	if (rc)
+		return errf(err, errlen, rc, "writing %s: %s", t->tmp, *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
+	if (fsync(t->fd) < 0 || close(t->fd) < 0) {
+		rc = -errno;
+		t->fd = -1;
+		return errf(err, errlen, rc, "writing %s: %s", t->tmp, strerror(-rc));
 	}
+	t->fd = -1;
+	if (rename(t->tmp, t->path) < 0)
+		return errf(err, errlen, -errno, "cannot rename %s to %s: %s", t->tmp, t->path, strerror(errno));
+	if (!e->log) {
+		char e2[256];
+		/* fails when e.g. Remus owns the log: incrementals unavailable, the snapshot is fine */
+		(void)ckpt_engine_start(e, e2, sizeof(e2));
+	}
+	s->last_id = t->info.id;
+	s->last_epoch = t->info.epoch;
+	snprintf(s->last_path, sizeof(s->last_path), "%s", t->path);
+	return 0;
+}
+
+static const struct ckpt_ops snap_ops = {
+	.name = "snapshot",
+	.log_flags = DIRTY_START_CLEAN | DIRTY_YIELD,
+	.commit = snap_commit,
+};
+
+/* Check the request; fill the image's info (id, epoch, base). */
+static int snap_prepare(struct snap *s, struct take *t, const char *incremental_from, char *err, size_t errlen)
+{
+	if (snprintf(t->tmp, sizeof(t->tmp), "%s.tmp", t->path) >= (int)sizeof(t->tmp) ||
+	    strlen(t->path) >= sizeof(t->info.base_path))
+		return errf(err, errlen, -ENAMETOOLONG, "snapshot path too long");
 	if (incremental_from) {
 		struct sr_header bh;
 		struct ckpt_info binfo;
 		struct sr_in bin;
 		struct sr_ctx *br;
-		int bfd;
-		rc = open_info(incremental_from, &bfd, &bin, &br, &bh, &binfo, err, errlen);
+		int bfd, rc = open_info(incremental_from, &bfd, &bin, &br, &bh, &binfo, err, errlen);
 		if (rc)
 			return rc;
 		sr_ctx_free(br);
 		close(bfd);
-		if (!strcmp(incremental_from, path)) {
-			snprintf(err, errlen, "an incremental snapshot cannot overwrite its base %s", path);
-			return -EINVAL;
-		}
-		if (!s->log || binfo.id != s->last_id) {
-			snprintf(err, errlen,
-				 "%s is not the last snapshot of this VM; an incremental snapshot needs the "
-				 "previous one taken by this VM process",
-				 incremental_from);
-			return -EINVAL;
-		}
-		info.base_id = binfo.id;
-		snprintf(info.base_path, sizeof(info.base_path), "%s", incremental_from);
+		if (!strcmp(incremental_from, t->path))
+			return errf(err, errlen, -EINVAL, "an incremental snapshot cannot overwrite its base %s",
+				    t->path);
+		if (!s->eng.log || binfo.id != s->last_id)
+			return errf(err, errlen, -EINVAL,
+				    "%s is not the last snapshot of this VM; an incremental snapshot needs the "
+				    "previous one taken by this VM process",
+				    incremental_from);
+		t->info.base_id = binfo.id;
+		snprintf(t->info.base_path, sizeof(t->info.base_path), "%s", incremental_from);
 	}
-	if (getrandom(&info.id, sizeof(info.id), 0) != sizeof(info.id) || !info.id)
-		info.id = now_ns() ^ ((uint64_t)getpid() << 32);
-	info.epoch = s->last_epoch + 1;
-
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
-		return rc;
-	}
-	sr_out_fd(&out, fd, -1);
-	rc = sr_writer_new(&w, &out, true, 1);
-	if (rc)
-		goto err;
-	bitmap = calloc((gm->nr_pages + 63) / 64, sizeof(uint64_t));
-	if (!bitmap) {
-		rc = -ENOMEM;
-		goto err;
-	}
-
-	t0 = now_ns();
-	rc = vm_pause(vm);
-	if (rc) {
-		snprintf(err, errlen, "cannot pause VM: %s", strerror(-rc));
-		goto err;
-	}
-	if (s->log) {
-		int64_t n = dirty_log_sync(s->log, bitmap);
-		if (n == -ECANCELED && !incremental_from) {
-			/* replication or migration took the dirty log over: a full snapshot needs none */
-			dirty_log_free(s->log);
-			s->log = NULL;
-		} else if (n < 0) {
-			rc = (int)n;
-			if (rc == -ECANCELED)
-				snprintf(err, errlen, "the baseline of %s is gone (replication or migration took "
-					 "over dirty logging since); take a full snapshot", incremental_from);
-			else
-				snprintf(err, errlen, "dirty log sync failed: %s", strerror(-rc));
-			goto err_resume;
-		}
-	}
-	rc = ckpt_state_capture(&st, vm, err, errlen);
-	if (rc)
-		goto err_resume;
-	sr_header_from_mem(&h, gm, (uint32_t)vm_nr_vcpus(vm));
-	rc = sr_write_header(w, &h);
-	if (!rc)
-		rc = ckpt_info_write(w, &info);
-	if (!rc)
-		rc = incremental_from
-			     ? ckpt_write_dirty_pages_progress(w, gm, bitmap, nthreads, &s->progress)
-			     : ckpt_write_all_pages_progress(w, gm, nthreads, &s->progress);
-	if (!rc)
-		rc = ckpt_state_write(w, &st);
-	if (!rc)
-		rc = sr_write_checkpoint_end(w, info.epoch);
-	if (!rc)
-		rc = sr_write_end(w);
-	if (rc) {
-		snprintf(err, errlen, "writing %s: %s", tmp, *sr_error(w) ? sr_error(w) : strerror(-rc));
-		goto err_resume;
-	}
-	if (fsync(fd) < 0 || close(fd) < 0) {
-		rc = -errno;
-		fd = -1;
-		snprintf(err, errlen, "writing %s: %s", tmp, strerror(-rc));
-		goto err_resume;
-	}
-	fd = -1;
-	if (rename(tmp, path) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-		goto err_resume;
-	}
-	/* The baseline for the next incremental snapshot is this moment, still paused. */
-	if (!s->log) {
-		char e2[256];
-		if (dirty_log_start_flags(&s->log, vm_fd(vm), gm, DIRTY_START_CLEAN | DIRTY_YIELD, e2,
-					  sizeof(e2)))
-			s->log = NULL; /* incrementals unavailable (e.g. Remus owns the log); the snapshot is fine */
-	}
-	s->last_id = info.id;
-	s->last_epoch = info.epoch;
-	snprintf(s->last_path, sizeof(s->last_path), "%s", path);
-	t1 = now_ns();
-	if (!stop)
-		vm_resume(vm);
-	{
-		struct sr_stats ss;
-		sr_stats(w, &ss);
-		res->pages = ss.data_pages;
-		res->zero_pages = ss.zero_pages;
-	}
-	res->id = info.id;
-	res->epoch = info.epoch;
-	res->bytes = out.bytes;
-	res->pause_ns = t1 - t0;
-	res->write_ns = t1 - t0;
-	res->incremental = incremental_from != NULL;
-	ckpt_state_free(&st);
-	sr_ctx_free(w);
-	free(bitmap);
+	if (getrandom(&t->info.id, sizeof(t->info.id), 0) != sizeof(t->info.id) || !t->info.id)
+		t->info.id = now_ns() ^ ((uint64_t)getpid() << 32);
+	t->info.epoch = s->last_epoch + 1;
 	return 0;
+}
 
-err_resume:
-	/* The sync consumed the log's bits: the next incremental must follow a new full snapshot. */
-	if (s->log) {
-		dirty_log_free(s->log);
-		s->log = NULL;
+/* Create the temporary file and write what precedes the epoch: header and info. */
+static int snap_open(struct take *t, struct vm *vm, char *err, size_t errlen)
+{
+	struct sr_header h;
+	int rc;
+
+	t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (t->fd < 0)
+		return errf(err, errlen, -errno, "cannot create %s: %s", t->tmp, strerror(errno));
+	sr_out_fd(&t->out, t->fd, -1);
+	rc = sr_writer_new(&t->w, &t->out, true, 1);
+	if (rc)
+		return errf(err, errlen, rc, "out of memory");
+	sr_header_from_mem(&h, vm_mem(vm), (uint32_t)vm_nr_vcpus(vm));
+	rc = sr_write_header(t->w, &h);
+	if (!rc)
+		rc = ckpt_info_write(t->w, &t->info);
+	if (rc)
+		return errf(err, errlen, rc, "writing %s: %s", t->tmp, *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
+	return 0;
+}
+
+int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
+	      bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen)
+{
+	struct take t = {.s = s, .path = path, .fd = -1};
+	struct ckpt_epoch ep = {.all_pages = !incremental_from, .stay_paused = stop, .opaque = &t};
+	int rc;
+
+	memset(res, 0, sizeof(*res));
+	if (!s->eng_ready) {
+		rc = ckpt_engine_init(&s->eng, vm, &snap_ops, s);
+		if (rc)
+			return errf(err, errlen, rc, "out of memory");
+		s->eng_ready = true;
 	}
-	vm_resume(vm);
+	s->eng.batch->nthreads = nthreads;
+	s->eng.batch->prog = &s->progress;
+	rc = snap_prepare(s, &t, incremental_from, err, errlen);
+	if (rc)
+		return rc;
+	rc = snap_open(&t, vm, err, errlen);
+	if (rc)
+		goto err;
+	ep.epoch = t.info.epoch;
+	ep.w = t.w;
+	rc = ckpt_engine_epoch(&s->eng, &ep, err, errlen);
+	if (rc) {
+		if (rc == -ECANCELED && incremental_from && !ep.io_failed)
+			errf(err, errlen, rc, "the baseline of %s is gone (replication or migration took over dirty "
+			     "logging since); take a full snapshot", incremental_from);
+		else if (ep.io_failed) {
+			char e2[256];
+			snprintf(e2, sizeof(e2), "%s", err);
+			errf(err, errlen, rc, "writing %s: %s", t.tmp, e2);
+		}
+		/* The sync consumed the log's bits: the next incremental must follow a new full snapshot. */
+		if (ep.quiesced)
+			ckpt_engine_stop(&s->eng);
+		goto err;
+	}
+	struct sr_stats ss;
+	sr_stats(t.w, &ss);
+	res->pages = ss.data_pages;
+	res->zero_pages = ss.zero_pages;
+	res->id = t.info.id;
+	res->epoch = t.info.epoch;
+	res->bytes = t.out.bytes;
+	res->pause_ns = res->write_ns = ep.pause_ns;
+	res->incremental = incremental_from != NULL;
+	sr_ctx_free(t.w);
+	return 0;
 err:
-	ckpt_state_free(&st);
-	sr_ctx_free(w);
-	free(bitmap);
-	if (fd >= 0)
-		close(fd);
-	unlink(tmp);
+	sr_ctx_free(t.w);
+	if (t.fd >= 0)
+		close(t.fd);
+	unlink(t.tmp);
 	return rc;
 }
 
 void snap_free(struct snap *s)
 {
-	dirty_log_free(s->log);
-	s->log = NULL;
+	if (s->eng_ready)
+		ckpt_engine_free(&s->eng);
+	s->eng_ready = false;
 }

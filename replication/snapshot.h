@@ -7,12 +7,14 @@
 
 #include "hv/hv.h"
 #include "replication/checkpoint.h"
+#include "replication/ckpt_engine.h"
 #include "replication/stream.h"
 
 /* Per-VM snapshot state: the id of the last snapshot and the dirty log that makes the next
  * incremental one possible. No globals: one per VM. */
 struct snap {
-	struct dirty_log *log; /* running since the last snapshot, or NULL */
+	struct ckpt_engine eng; /* its dirty log runs since the last snapshot, or is NULL */
+	bool eng_ready;
 	uint64_t last_id;
 	uint64_t last_epoch;
 	char last_path[256];
@@ -43,5 +45,10 @@ int snap_read_header(const char *path, struct sr_header *h, char *err, size_t er
  * each and checked by id) into `vm`, which has not run. Everything is validated; on error the VM must
  * be discarded. Returns 0 or -errno with err. */
 int snap_restore(struct vm *vm, const char *path, char *err, size_t errlen);
+
+/* Plug the "snapshot" control command (worker thread, deferred reply, progress in status, --stop)
+ * into a VM process (replication/snapshot_cmd.c). Before vmm_run. 0 or -errno. */
+struct vmm;
+int snapshot_setup(struct vmm *v);
 
 #endif

@@ -12,7 +12,7 @@
 
 #include "hv/pvh.h"
 #include "hv/uart.h"
-#include "replication/snapshot.h"
+#include "common/errf.h"
 #include "common/parse.h"
 #include "vmm/control.h"
 #include "vmm/vmm.h"
@@ -65,8 +65,6 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 
 	if (!strcmp(cmd, "status"))
 		return cmd_status(v);
-	if (v->job_busy && !strcmp(cmd, "snapshot"))
-		return ctl_error("%s is busy writing a snapshot; try again when it is done", v->name);
 	/* The operator's pause is one hold among others (checkpoints, throttling): idempotent here. */
 	if (!strcmp(cmd, "pause")) {
 		if (v->held)
@@ -88,8 +86,6 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		}
 		return pause_reply(v, vm_state_name(vm_get_state(v->vm)));
 	}
-	if (!strcmp(cmd, "snapshot"))
-		return vmm_cmd_snapshot(v, req);
 	if (!strcmp(cmd, "stop")) {
 		vmm_stop(v, 0);
 		return json_object_new_object();
@@ -276,7 +272,8 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	if (rc)
 		goto err;
 	if (o->restore) {
-		rc = snap_restore(v->vm, o->restore, err, errlen);
+		rc = o->restore_fn ? o->restore_fn(v->vm, o->restore, err, errlen)
+				   : errf(err, errlen, -EINVAL, "no restore function for %s", o->restore);
 		if (rc)
 			goto err;
 	} else if (o->kernel) {
@@ -292,7 +289,6 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	}
 	ev_async_init(&v->exit_async, exit_async_cb);
 	ev_async_start(v->loop, &v->exit_async);
-	vmm_snapshot_init(v);
 	vm_set_exit_cb(v->vm, on_vm_exit, v);
 	*out = v;
 	return 0;
@@ -334,7 +330,6 @@ int vmm_run(struct vmm *v, bool start_paused)
 	rc = v->held ? 0 : vm_start(v->vm);
 	if (rc == 0)
 		ev_run(v->loop, 0);
-	vmm_snapshot_join(v);
 	if (v->held)
 		vm_stop(v->vm, v->stop_status < 0 ? 0 : v->stop_status);
 	status = vm_wait(v->vm);
@@ -359,8 +354,6 @@ void vmm_destroy(struct vmm *v)
 		vm_stop(v->vm, 0);
 		vm_wait(v->vm);
 	}
-	vmm_snapshot_join(v);
-	snap_free(&v->snap);
 	while (v->nr_exit_hooks > 0) {
 		v->nr_exit_hooks--;
 		v->exit_hooks[v->nr_exit_hooks].fn(v, v->exit_hooks[v->nr_exit_hooks].opaque);

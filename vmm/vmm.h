@@ -23,7 +23,10 @@ struct vmm_opts {
 	const char *control; /* control socket path; default /run/doppel/NAME.sock */
 	uint64_t mem;        /* bytes; default 256 MiB */
 	int vcpus;           /* default 1 */
-	const char *restore; /* snapshot file to restore instead of booting a kernel */
+	const char *restore; /* snapshot file to restore instead of booting a kernel, with restore_fn: */
+	/* Restore `path` into vm (devices attached, nothing run yet); 0 or -errno with err. The caller
+	 * supplies it (doppel run: snap_restore), so the runtime needs no snapshot code. */
+	int (*restore_fn)(struct vm *vm, const char *path, char *err, size_t errlen);
 	const char *net[VMM_MAX_NETS]; /* --net option strings, parsed by the network layer */
 	int nr_net;
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */

@@ -6,7 +6,6 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "replication/snapshot.h"
 #include "vmm/vmm.h"
 
 struct virtio_net;
@@ -57,29 +56,14 @@ struct vmm {
 		void *opaque;
 	} exit_hooks[VMM_MAX_EXIT_HOOKS];
 	int nr_exit_hooks;
-	struct snap snap;
 	struct vmm_net net[VMM_MAX_NETS];
 	int nr_net;
 	vmm_tx_hook tx_hook;
 	void *tx_hook_opaque;
 	bool held; /* vCPUs not started yet (standby / incoming) */
 	bool user_paused; /* `doppel pause` holds the VM */
-
-	/* the snapshot being written on a worker thread (vmm_snapshot.c) */
-	bool job_busy;
-	pthread_t job_thread;
-	ev_async job_done;
-	struct ctl_conn *job_conn;
-	struct json_object *job_reply;
-	bool job_stop;
 };
 
-
-/* vmm_snapshot.c: the "snapshot" command, written on a worker thread with a deferred reply so the
- * control socket stays responsive and can report progress. */
-void vmm_snapshot_init(struct vmm *v);
-struct json_object *vmm_cmd_snapshot(struct vmm *v, struct json_object *req);
-void vmm_snapshot_join(struct vmm *v); /* wait for a snapshot in flight (loop thread) */
 
 /* vmm_net.c */
 int vmm_net_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);

@@ -155,6 +155,7 @@ int cmd_run(int argc, char **argv)
 		}
 		o.mem = h.mem_size;
 		o.vcpus = (int)h.nr_vcpus;
+		o.restore_fn = snap_restore;
 	}
 	rc = vmm_create(&v, &o, err, sizeof(err));
 	if (rc) {
@@ -162,6 +163,8 @@ int cmd_run(int argc, char **argv)
 		return 1;
 	}
 	rc = remus_setup(v);
+	if (!rc)
+		rc = snapshot_setup(v);
 	if (!rc)
 		rc = migrate_setup(v);
 	if (rc) {

@@ -1,0 +1,245 @@
+/* ckpt_engine.c — the one checkpoint engine: dirty log, quiesced epoch, pre-copy loop (see ckpt_engine.h). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/errf.h"
+#include "replication/ckpt_engine.h"
+
+#define STAGE_PREGROW 4096
+
+int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops *ops, void *opaque)
+{
+	memset(e, 0, sizeof(*e));
+	e->vm = vm;
+	e->gm = vm_mem(vm);
+	e->ops = ops;
+	e->opaque = opaque;
+	size_t words = dirty_bitmap_words(e->gm->nr_pages);
+	e->bitmap = calloc(words, sizeof(uint64_t));
+	e->carry = calloc(words, sizeof(uint64_t));
+	e->hot = ops->keep_hot ? calloc(words, sizeof(uint64_t)) : NULL;
+	e->batch = ckpt_batch_new(NULL, 1);
+	if (!e->bitmap || !e->carry || (ops->keep_hot && !e->hot) || !e->batch) {
+		ckpt_engine_free(e);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen)
+{
+	int rc;
+
+	if (e->hot)
+		memset(e->hot, 0, dirty_bitmap_words(e->gm->nr_pages) * sizeof(uint64_t));
+	e->hot_pages = 0;
+	e->hot_age = 0;
+	/* Touched now so the first epochs do not fault the stage in inside the pause. */
+	if (e->ops->stage && !e->stage.cap && !ckpt_stage_reserve(&e->stage, STAGE_PREGROW))
+		memset(e->stage.data, 0, e->stage.cap * GUEST_PAGE_SIZE);
+	rc = dirty_log_start_flags(&e->log, vm_fd(e->vm), e->gm, e->ops->log_flags, err, errlen);
+	if (rc)
+		e->log = NULL;
+	return rc;
+}
+
+void ckpt_engine_stop(struct ckpt_engine *e)
+{
+	dirty_log_free(e->log);
+	e->log = NULL;
+}
+
+void ckpt_engine_free(struct ckpt_engine *e)
+{
+	ckpt_engine_stop(e);
+	free(e->bitmap);
+	free(e->carry);
+	free(e->hot);
+	ckpt_batch_free(e->batch);
+	ckpt_stage_free(&e->stage);
+	memset(e, 0, sizeof(*e));
+}
+
+/* Paused: the dirty set into e->bitmap (| ep->merge). Returns its page count or -errno. */
+static int64_t epoch_sync(struct ckpt_engine *e, struct ckpt_epoch *ep)
+{
+	size_t words = dirty_bitmap_words(e->gm->nr_pages);
+	int64_t n;
+
+	if (!e->log) {
+		memset(e->bitmap, 0, words * sizeof(uint64_t));
+		n = 0;
+	} else if (e->ops->keep_hot) {
+		if (++e->hot_age >= CKPT_HOT_COOL) {
+			memset(e->hot, 0, words * sizeof(uint64_t));
+			e->hot_age = 0;
+		}
+		n = dirty_log_sync_keep(e->log, e->bitmap, e->hot);
+		/* What is dirty now and was dirty last epoch stays writable at the next sync. */
+		if (n >= 0 && n <= CKPT_HOT_MAX) {
+			memcpy(e->hot, e->bitmap, words * sizeof(uint64_t));
+			e->hot_pages = (uint64_t)n;
+		} else if (n >= 0) {
+			memset(e->hot, 0, words * sizeof(uint64_t));
+			e->hot_pages = 0;
+		}
+	} else {
+		n = dirty_log_sync(e->log, e->bitmap);
+	}
+	if (n == -ECANCELED && ep->all_pages) {
+		/* replication or migration took the log over: a full image needs none */
+		ckpt_engine_stop(e);
+		memset(e->bitmap, 0, words * sizeof(uint64_t));
+		n = 0;
+	}
+	if (n >= 0 && ep->merge) {
+		for (size_t i = 0; i < words; i++)
+			e->bitmap[i] |= ep->merge[i];
+		n = (int64_t)dirty_bitmap_count(e->bitmap, e->gm->nr_pages);
+	}
+	return n;
+}
+
+/* Paused: copy the dirty pages into the stage (Remus). */
+static int stage_pages(struct ckpt_engine *e, struct ckpt_epoch *ep, uint64_t n, char *err, size_t errlen)
+{
+	struct ckpt_stage *stg = &e->stage;
+	uint64_t pos = 0, p;
+
+	if (ckpt_stage_reserve(stg, (size_t)n))
+		return errf(err, errlen, -ENOMEM, "checkpoint capture failed: out of memory");
+	stg->n = 0;
+	while ((p = dirty_next(e->bitmap, e->gm->nr_pages, &pos)) != UINT64_MAX) {
+		const void *src = mem_page_host(e->gm, p);
+		if (src)
+			ckpt_stage_push(stg, p, src);
+	}
+	stg->epoch = ep->epoch;
+	stg->pages = stg->n;
+	return 0;
+}
+
+/* Paused: pages (from RAM), state, CHECKPOINT_END to ep->w. */
+static int write_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, size_t errlen)
+{
+	struct ckpt_batch *b = e->batch;
+	int rc;
+
+	b->w = ep->w;
+	rc = ep->all_pages ? ckpt_batch_write_all(b, e->gm, false) : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
+	if (!rc)
+		rc = ckpt_state_write(ep->w, &e->stage.st);
+	if (!rc)
+		rc = sr_write_checkpoint_end(ep->w, ep->epoch);
+	ep->io_failed = rc != 0;
+	if (rc)
+		return errf(err, errlen, rc, "%s", *sr_error(ep->w) ? sr_error(ep->w) : strerror(-rc));
+	return 0;
+}
+
+int ckpt_engine_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, size_t errlen)
+{
+	char cerr[256];
+	uint64_t t_kick, t_sync, t_cap, t_copy;
+	int64_t n;
+	int rc;
+
+	ep->quiesced = ep->io_failed = false;
+	ep->t_pause = now_ns();
+	rc = vm_pause(e->vm);
+	if (rc)
+		return errf(err, errlen, rc, "cannot pause the VM: %s", strerror(-rc));
+	ep->quiesced = true;
+	t_kick = now_ns();
+	n = epoch_sync(e, ep);
+	t_sync = now_ns();
+	if (n < 0) {
+		rc = errf(err, errlen, (int)n, "dirty log sync failed: %s", strerror((int)-n));
+		goto resume;
+	}
+	ep->pages = ep->all_pages ? e->gm->nr_pages : (uint64_t)n;
+	rc = ckpt_state_capture(&e->stage.st, e->vm, cerr, sizeof(cerr));
+	if (rc) {
+		errf(err, errlen, rc, "checkpoint capture failed: %s", rc == -ENOMEM ? "out of memory" : cerr);
+		goto resume;
+	}
+	e->stage.have_state = true;
+	t_cap = now_ns();
+	rc = e->ops->stage ? stage_pages(e, ep, (uint64_t)n, err, errlen) : write_epoch(e, ep, err, errlen);
+	t_copy = now_ns();
+	if (!rc && e->ops->commit)
+		rc = e->ops->commit(e, ep, err, errlen);
+	if (rc)
+		goto resume;
+	ep->ph = (struct ckpt_phases){.kick = t_kick - ep->t_pause,
+				      .sync = t_sync - t_kick,
+				      .capture = t_cap - t_sync,
+				      .copy = t_copy - t_cap};
+	if (!ep->stay_paused)
+		vm_resume(e->vm); /* releases this hold only: an operator's pause stays */
+	ep->pause_ns = now_ns() - ep->t_pause;
+	return 0;
+resume:
+	vm_resume(e->vm);
+	return rc;
+}
+
+/* ---- pre-copy -------------------------------------------------------------------------------- */
+
+static int sync_err(int64_t n, char *err, size_t errlen)
+{
+	return errf(err, errlen, (int)n, "dirty log sync failed: %s", strerror((int)-n));
+}
+
+int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ckpt_policy *pol,
+			void *opaque, uint64_t *epoch, bool *io_failed, char *err, size_t errlen)
+{
+	struct ckpt_batch *b = e->batch;
+	struct ckpt_round rd = {.round = 1, .epoch = *epoch, .t_start = now_ns()};
+	uint64_t before = b->pages;
+	bool last = false;
+	int64_t n;
+	int rc;
+
+	*io_failed = false;
+	b->w = w;
+	if (!(e->ops->log_flags & DIRTY_START_CLEAN) && (n = dirty_log_sync(e->log, e->bitmap)) < 0)
+		return sync_err(n, err, errlen);
+	rc = ckpt_batch_write_all(b, e->gm, pol->skip_holes);
+	for (;;) {
+		rd.sent = b->pages - before;
+		if (!rc)
+			rc = sr_write_checkpoint_end(w, rd.epoch);
+		if (rc) {
+			*io_failed = true;
+			return errf(err, errlen, rc, "%s", *sr_error(w) ? sr_error(w) : strerror(-rc));
+		}
+		*epoch = rd.epoch + 1;
+		if (pol->round_end && (rc = pol->round_end(opaque, &rd)))
+			return rc;
+		if (last)
+			return 0;
+		rd.t_sync = now_ns();
+		n = dirty_log_sync(e->log, e->bitmap);
+		if (n < 0)
+			return sync_err(n, err, errlen);
+		rd.dirty = (uint64_t)n;
+		rc = pol->next(opaque, &rd);
+		if (rc < 0)
+			return rc;
+		if (rc == CKPT_STOP) {
+			uint64_t *t = e->carry;
+			e->carry = e->bitmap;
+			e->bitmap = t;
+			return 0;
+		}
+		last = rc == CKPT_LAST_ROUND;
+		rd.round++;
+		rd.epoch++;
+		rd.t_start = rd.t_sync;
+		before = b->pages;
+		rc = ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
+	}
+}
