@@ -343,14 +343,15 @@ static int run(struct sender *s, struct json_object **result)
 		return errf(s->err, sizeof(s->err), rc, "cannot start the throttle thread: %s", strerror(-rc));
 	/* Pre-copy: the full round (holes as zero ranges unless the destination is all zero), then
 	 * rounds until converge.c says the rest fits the downtime target. */
-	s->epoch = 1;
+	uint64_t next = s->epoch = 1;
 	pol.skip_holes = s->dst_zero;
-	rc = ckpt_engine_precopy(&s->eng, s->w, &pol, s, &s->epoch, &io_failed, s->err, sizeof(s->err));
+	rc = ckpt_engine_precopy(&s->eng, s->w, &pol, s, &next, &io_failed, s->err, sizeof(s->err));
 	if (rc) {
 		if (io_failed)
 			link_error(s, rc, "migration stream failed");
 		return rc;
 	}
+	s->epoch = next; /* the stop-and-copy epoch */
 	return stop_and_copy(s, result);
 }
 
