@@ -1,4 +1,4 @@
-/* checkpoint.c — machine state of a paused VM: capture, write, apply (pages: checkpoint_write.c / checkpoint_read.c). */
+/* checkpoint.c — machine state of a paused VM: capture, write, apply. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

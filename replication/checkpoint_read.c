@@ -1,4 +1,4 @@
-/* checkpoint_read.c — epochs read from the stream into the stage (or straight into RAM), and applied. */
+/* checkpoint_read.c — epochs read from the stream into the stage or RAM, and applied. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -8,7 +8,8 @@
 #include "common/errf.h"
 #include "replication/checkpoint.h"
 
-/* ---- the stage -------------------------------------------------------------------------------- */
+/* ---- the stage --------------------------------------------------------------------------------
+ */
 
 int ckpt_stage_reserve(struct ckpt_stage *stg, size_t n)
 {
@@ -47,7 +48,8 @@ int ckpt_stage_write(struct sr_ctx *w, const struct ckpt_stage *stg)
 	return rc;
 }
 
-/* ---- reading ---------------------------------------------------------------------------------- */
+/* ---- reading ----------------------------------------------------------------------------------
+ */
 
 struct rd {
 	struct ckpt_stage *stg;
@@ -68,9 +70,11 @@ static void zero_pages(struct guest_mem *gm, uint64_t first, uint64_t count)
 		uint64_t in_region = r->pfn_base + (r->size >> GUEST_PAGE_SHIFT) - i;
 		uint64_t n = count - (i - first) < in_region ? count - (i - first) : in_region;
 		uint64_t off = r->fd_off + (gpa - r->gpa);
-		/* Punching a hole zeroes and frees the pages; fall back to memset on plain buffers. */
-		if (gm->memfd < 0 || fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-					       (off_t)off, (off_t)(n << GUEST_PAGE_SHIFT)) < 0)
+		/* Punching a hole zeroes and frees the pages; fall back to memset on plain buffers.
+		 */
+		if (gm->memfd < 0 ||
+		    fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+		              (off_t)(n << GUEST_PAGE_SHIFT)) < 0)
 			memset(r->host + (gpa - r->gpa), 0, n << GUEST_PAGE_SHIFT);
 		mem_mark_dirty(gm, gpa, n << GUEST_PAGE_SHIFT);
 		i += n;
@@ -129,17 +133,18 @@ static int stage_state(struct ckpt_stage *s, const struct sr_record *rec, char *
 {
 	if (rec->type == SR_REC_VCPU_STATE) {
 		if (rec->vcpu.vcpu >= HV_MAX_VCPUS)
-			return errf(err, errlen, -EBADMSG, "vCPU index %u out of range", rec->vcpu.vcpu);
+			return errf(err, errlen, -EBADMSG, "vCPU index %u out of range",
+			            rec->vcpu.vcpu);
 		if (rec->vcpu.vcpu + 1 > s->st.nr_vcpus)
 			s->st.nr_vcpus = rec->vcpu.vcpu + 1;
 		s->have_state = true;
 		return ckpt_blob_set(&s->st.vcpu[rec->vcpu.vcpu], "vcpu", 0, rec->vcpu.blob,
-				     rec->vcpu.blob_len);
+		                     rec->vcpu.blob_len);
 	}
 	if (rec->dev.kind == CKPT_DEV_INFO) {
 		if (rec->dev.blob_len != sizeof(s->info))
 			return errf(err, errlen, -EBADMSG, "info record has %u bytes, expected %zu",
-				    rec->dev.blob_len, sizeof(s->info));
+			            rec->dev.blob_len, sizeof(s->info));
 		memcpy(&s->info, rec->dev.blob, sizeof(s->info));
 		s->info.base_path[sizeof(s->info.base_path) - 1] = 0;
 		s->have_info = true;
@@ -155,10 +160,10 @@ static int stage_state(struct ckpt_stage *s, const struct sr_record *rec, char *
 }
 
 int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err,
-		    size_t errlen)
+                    size_t errlen)
 {
-	/* An epoch names each page at most once; one batch of slack. A stream repeating pages to grow
-	 * the stage without bound is refused. */
+	/* An epoch names each page at most once; one batch of slack. A stream repeating pages to
+	 * grow the stage without bound is refused. */
 	struct rd rd = {.stg = stg, .gm = gm, .limit = sr_nr_pages(r) + SR_BATCH_PAGES};
 	struct sr_record rec;
 	char tn[48];
@@ -189,7 +194,7 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 			return 0;
 		default:
 			return errf(err, errlen, -EBADMSG, "unexpected %s record",
-				    sr_type_name(rec.type, tn, sizeof(tn)));
+			            sr_type_name(rec.type, tn, sizeof(tn)));
 		}
 		if (rc) {
 			if (rc == -E2BIG)

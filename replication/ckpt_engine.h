@@ -1,4 +1,4 @@
-/* ckpt_engine.h — the one checkpoint engine: dirty log, quiesced epoch, pre-copy loop (Remus, migration, snapshots). */
+/* ckpt_engine.h — the one checkpoint engine: dirty log, quiesced epoch, pre-copy loop. */
 #ifndef DOPPEL_REPLICATION_CKPT_ENGINE_H
 #define DOPPEL_REPLICATION_CKPT_ENGINE_H
 
@@ -14,25 +14,26 @@
 /*
  * One path for an epoch, whoever asks for it:
  *
- *   pause -> dirty-set sync (| the caller's merge set) -> state capture -> pages -> commit -> resume
+ *   pause -> dirty sync (| caller's merge set) -> state capture -> pages -> commit -> resume
  *
  * "pages" is where the modes differ (struct ckpt_ops, cf. Xen's xc_sr_save_ops): a staging mode
- * (Remus) copies the dirty pages into the engine's stage and resumes at once, the stage being written
- * by another thread later (ckpt_stage_write); a writing mode (migration's stop-and-copy, snapshots)
- * writes pages, state and CHECKPOINT_END straight from RAM while still paused, then resumes or, when
- * the epoch asks (migration switchover, snapshot --stop), stays paused. Nothing inside the pause of a
- * staging epoch allocates unless the dirty set outgrew the stage (it is pre-grown at start).
+ * (Remus) copies the dirty pages into the engine's stage and resumes at once, the stage being
+ * written by another thread later (ckpt_stage_write); a writing mode (migration's stop-and-copy,
+ * snapshots) writes pages, state and CHECKPOINT_END straight from RAM while still paused, then
+ * resumes or, when the epoch asks (migration switchover, snapshot --stop), stays paused. Nothing
+ * inside the pause of a staging epoch allocates unless the dirty set outgrew the stage (it is
+ * pre-grown at start).
  *
  * Before the epochs, ckpt_engine_precopy runs the live rounds: a full round (every page, holes as
- * zero ranges), then rounds of the pages dirtied meanwhile; after each sync a policy callback decides
- * "another round, a last one, or stop-and-copy now".
+ * zero ranges), then rounds of the pages dirtied meanwhile; after each sync a policy callback
+ * decides "another round, a last one, or stop-and-copy now".
  *
  * Threads: an engine is driven by one thread at a time (Remus: the sender thread runs the pre-copy,
  * then the loop thread runs the epochs).
  */
 
 #define CKPT_HOT_MAX 32768 /* keep_hot: at most this many pages left writable across epochs */
-#define CKPT_HOT_COOL 40   /* keep_hot: the hot set is dropped and re-learnt every this many epochs */
+#define CKPT_HOT_COOL 40   /* keep_hot: the hot set is re-learnt every this many epochs */
 
 struct ckpt_engine;
 struct ckpt_epoch;
@@ -40,14 +41,14 @@ struct ckpt_epoch;
 struct ckpt_ops {
 	const char *name;
 	unsigned log_flags; /* DIRTY_START_* for ckpt_engine_start */
-	/* A page dirty in two epochs in a row stays writable (dirty_log_sync_keep) and is copied every
-	 * epoch instead of write-faulting after every re-protect (Remus). */
+	/* A page dirty in two epochs in a row stays writable (dirty_log_sync_keep) and is copied
+	 * every epoch instead of write-faulting after every re-protect (Remus). */
 	bool keep_hot;
 	/* Copy the dirty pages into e->stage and resume (Remus); else write the epoch to the stream
 	 * while paused. */
 	bool stage;
-	/* Still paused, the epoch complete: commit it (Remus: mark the output boundary; snapshots: END,
-	 * fsync, rename). Non-zero fails the epoch (the VM is resumed). May be NULL. */
+	/* Still paused, the epoch complete: commit it (Remus: mark the output boundary; snapshots:
+	 * END, fsync, rename). Non-zero fails the epoch (the VM is resumed). May be NULL. */
 	int (*commit)(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, size_t errlen);
 };
 
@@ -64,11 +65,11 @@ struct ckpt_epoch {
 	struct sr_ctx *w;      /* writing modes: the stream */
 	void *opaque;          /* for the ops */
 	/* out */
-	bool quiesced;         /* the VM was paused and the dirty set consumed (also on failure) */
-	bool io_failed;        /* the failure was the stream's (err holds sr_error) */
-	uint64_t pages;        /* pages in the epoch */
-	uint64_t t_pause;      /* now_ns() before vm_pause */
-	uint64_t pause_ns;     /* pause to resume (to the end of commit when staying paused) */
+	bool quiesced;     /* the VM was paused and the dirty set consumed (also on failure) */
+	bool io_failed;    /* the failure was the stream's (err holds sr_error) */
+	uint64_t pages;    /* pages in the epoch */
+	uint64_t t_pause;  /* now_ns() before vm_pause */
+	uint64_t pause_ns; /* pause to resume (to the end of commit when staying paused) */
 	struct ckpt_phases ph;
 };
 
@@ -83,12 +84,14 @@ struct ckpt_engine {
 	uint64_t *hot;         /* keep_hot */
 	uint64_t hot_pages;
 	uint32_t hot_age;
-	struct ckpt_stage stage;  /* staging mode: the last epoch; writing modes: its state */
-	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
+	struct ckpt_stage stage; /* staging mode: the last epoch; writing modes: its state */
+	struct ckpt_batch
+	    *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
 };
 
 /* Allocate bitmaps, batch (nthreads 1) and, for keep_hot, the hot set. 0 or -ENOMEM (then free). */
-int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops *ops, void *opaque);
+int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops *ops,
+                     void *opaque);
 /* Start dirty logging with ops->log_flags (the engine's only dirty_log_start). Forgets the hot set;
  * a staging engine pre-grows and touches its stage for 4096 pages. 0 or -errno with err. */
 int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen);
@@ -97,17 +100,17 @@ void ckpt_engine_stop(struct ckpt_engine *e);
 void ckpt_engine_free(struct ckpt_engine *e); /* everything; the struct may be re-initialised */
 
 /* One quiesced epoch (see the top). 0, or -errno with one line in err; on failure the VM is resumed
- * (this hold only) and, in writing modes, the stream is unusable. Errors: "cannot pause the VM: ..",
- * "dirty log sync failed: ..", "checkpoint capture failed: ..", a stream error (writing modes), or
- * the commit's. A full image (all_pages) whose log was taken over (-ECANCELED) drops the log and
- * goes on: it needs no dirty set. */
+ * (this hold only) and, in writing modes, the stream is unusable. Errors: "cannot pause the VM:
+ * ..", "dirty log sync failed: ..", "checkpoint capture failed: ..", a stream error (writing
+ * modes), or the commit's. A full image (all_pages) whose log was taken over (-ECANCELED) drops the
+ * log and goes on: it needs no dirty set. */
 int ckpt_engine_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, size_t errlen);
 
 /* ---- pre-copy -------------------------------------------------------------------------------- */
 
 enum ckpt_next {
-	CKPT_STOP = 0,       /* stop-and-copy now: the synced pages stay in e->carry for the merge */
-	CKPT_ROUND = 1,      /* send the synced pages as another round */
+	CKPT_STOP = 0,  /* stop-and-copy now: the synced pages stay in e->carry for the merge */
+	CKPT_ROUND = 1, /* send the synced pages as another round */
 	CKPT_LAST_ROUND = 2, /* send them, then stop (no further sync) */
 };
 
@@ -134,6 +137,6 @@ struct ckpt_policy {
  * consumed). Returns 0 or -errno; *io_failed tells a stream error (err then holds sr_error) from a
  * sync failure or the policy's own error. */
 int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ckpt_policy *pol,
-			void *opaque, uint64_t *epoch, bool *io_failed, char *err, size_t errlen);
+                        void *opaque, uint64_t *epoch, bool *io_failed, char *err, size_t errlen);
 
 #endif

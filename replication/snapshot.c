@@ -15,10 +15,9 @@
 
 #define SNAP_MAX_CHAIN 64
 
-
 /* Open a snapshot and read its header and its info record (the first record of the epoch). */
 static int open_info(const char *path, int *fd, struct sr_in *in, struct sr_ctx **r,
-		     struct sr_header *h, struct ckpt_info *info, char *err, size_t errlen)
+                     struct sr_header *h, struct ckpt_info *info, char *err, size_t errlen)
 {
 	struct sr_record rec;
 	int rc;
@@ -74,8 +73,8 @@ int snap_read_header(const char *path, struct sr_header *h, char *err, size_t er
 	return 0;
 }
 
-static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want_id, bool apply_state,
-		       char *err, size_t errlen)
+static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want_id,
+                       bool apply_state, char *err, size_t errlen)
 {
 	struct sr_header h;
 	struct ckpt_info info;
@@ -92,14 +91,16 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 	if (rc)
 		return rc;
 	if (want_id && info.id != want_id) {
-		snprintf(err, errlen, "snapshot %s is not the base the incremental snapshot was taken from", path);
+		snprintf(err, errlen,
+		         "snapshot %s is not the base the incremental snapshot was taken from",
+		         path);
 		rc = -EINVAL;
 		goto out;
 	}
 	rc = sr_header_check_mem(&h, vm_mem(vm), err, errlen);
 	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
 		snprintf(err, errlen, "snapshot %s has %u vCPUs, the VM has %d", path, h.nr_vcpus,
-			 vm_nr_vcpus(vm));
+		         vm_nr_vcpus(vm));
 		rc = -EINVAL;
 	}
 	if (rc)
@@ -126,7 +127,8 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 		struct sr_record rec;
 		rc = sr_read_record(r, &rec);
 		if (!rc && rec.type != SR_REC_END) {
-			snprintf(err, errlen, "snapshot %s: expected END after the checkpoint", path);
+			snprintf(err, errlen, "snapshot %s: expected END after the checkpoint",
+			         path);
 			rc = -EBADMSG;
 		} else if (rc) {
 			snprintf(err, errlen, "snapshot %s: %s", path, sr_error(r));
@@ -167,7 +169,8 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	int rc = sr_write_end(t->w);
 
 	if (rc)
-		return errf(err, errlen, rc, "writing %s: %s", t->tmp, *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
+		return errf(err, errlen, rc, "writing %s: %s", t->tmp,
+		            *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
 	if (fsync(t->fd) < 0 || close(t->fd) < 0) {
 		rc = -errno;
 		t->fd = -1;
@@ -175,10 +178,12 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	}
 	t->fd = -1;
 	if (rename(t->tmp, t->path) < 0)
-		return errf(err, errlen, -errno, "cannot rename %s to %s: %s", t->tmp, t->path, strerror(errno));
+		return errf(err, errlen, -errno, "cannot rename %s to %s: %s", t->tmp, t->path,
+		            strerror(errno));
 	if (!e->log) {
 		char e2[256];
-		/* fails when e.g. Remus owns the log: incrementals unavailable, the snapshot is fine */
+		/* fails when e.g. Remus owns the log: incrementals unavailable, the snapshot is
+		 * fine */
 		(void)ckpt_engine_start(e, e2, sizeof(e2));
 	}
 	s->last_id = t->info.id;
@@ -188,13 +193,14 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 }
 
 static const struct ckpt_ops snap_ops = {
-	.name = "snapshot",
-	.log_flags = DIRTY_START_CLEAN | DIRTY_YIELD,
-	.commit = snap_commit,
+    .name = "snapshot",
+    .log_flags = DIRTY_START_CLEAN | DIRTY_YIELD,
+    .commit = snap_commit,
 };
 
 /* Check the request; fill the image's info (id, epoch, base). */
-static int snap_prepare(struct snap *s, struct take *t, const char *incremental_from, char *err, size_t errlen)
+static int snap_prepare(struct snap *s, struct take *t, const char *incremental_from, char *err,
+                        size_t errlen)
 {
 	if (snprintf(t->tmp, sizeof(t->tmp), "%s.tmp", t->path) >= (int)sizeof(t->tmp) ||
 	    strlen(t->path) >= sizeof(t->info.base_path))
@@ -204,19 +210,22 @@ static int snap_prepare(struct snap *s, struct take *t, const char *incremental_
 		struct ckpt_info binfo;
 		struct sr_in bin;
 		struct sr_ctx *br;
-		int bfd, rc = open_info(incremental_from, &bfd, &bin, &br, &bh, &binfo, err, errlen);
+		int bfd,
+		    rc = open_info(incremental_from, &bfd, &bin, &br, &bh, &binfo, err, errlen);
 		if (rc)
 			return rc;
 		sr_ctx_free(br);
 		close(bfd);
 		if (!strcmp(incremental_from, t->path))
-			return errf(err, errlen, -EINVAL, "an incremental snapshot cannot overwrite its base %s",
-				    t->path);
+			return errf(err, errlen, -EINVAL,
+			            "an incremental snapshot cannot overwrite its base %s",
+			            t->path);
 		if (!s->eng.log || binfo.id != s->last_id)
 			return errf(err, errlen, -EINVAL,
-				    "%s is not the last snapshot of this VM; an incremental snapshot needs the "
-				    "previous one taken by this VM process",
-				    incremental_from);
+			            "%s is not the last snapshot of this VM; an incremental "
+			            "snapshot needs the "
+			            "previous one taken by this VM process",
+			            incremental_from);
 		t->info.base_id = binfo.id;
 		snprintf(t->info.base_path, sizeof(t->info.base_path), "%s", incremental_from);
 	}
@@ -244,12 +253,13 @@ static int snap_open(struct take *t, struct vm *vm, char *err, size_t errlen)
 	if (!rc)
 		rc = ckpt_info_write(t->w, &t->info);
 	if (rc)
-		return errf(err, errlen, rc, "writing %s: %s", t->tmp, *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
+		return errf(err, errlen, rc, "writing %s: %s", t->tmp,
+		            *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
 	return 0;
 }
 
 int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
-	      bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen)
+              bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen)
 {
 	struct take t = {.s = s, .path = path, .fd = -1};
 	struct ckpt_epoch ep = {.all_pages = !incremental_from, .stay_paused = stop, .opaque = &t};
@@ -275,14 +285,17 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	rc = ckpt_engine_epoch(&s->eng, &ep, err, errlen);
 	if (rc) {
 		if (rc == -ECANCELED && incremental_from && !ep.io_failed)
-			errf(err, errlen, rc, "the baseline of %s is gone (replication or migration took over dirty "
-			     "logging since); take a full snapshot", incremental_from);
+			errf(err, errlen, rc,
+			     "the baseline of %s is gone (replication or migration took over dirty "
+			     "logging since); take a full snapshot",
+			     incremental_from);
 		else if (ep.io_failed) {
 			char e2[256];
 			snprintf(e2, sizeof(e2), "%s", err);
 			errf(err, errlen, rc, "writing %s: %s", t.tmp, e2);
 		}
-		/* The sync consumed the log's bits: the next incremental must follow a new full snapshot. */
+		/* The sync consumed the log's bits: the next incremental must follow a new full
+		 * snapshot. */
 		if (ep.quiesced)
 			ckpt_engine_stop(&s->eng);
 		goto err;

@@ -30,20 +30,20 @@ struct snap_result {
  * Write a snapshot of `vm` to `path`: pause, write header + one epoch (every page, or with
  * `incremental_from` only pages dirtied since that snapshot — which must be the last one this VM
  * process took) + CHECKPOINT_END + END, fsync, rename into place (a failed write never leaves a
- * partial file at `path`), then release its pause hold unless `stop` (the VM is then left paused for the
- * caller to stop); a VM paused by someone else stays paused (holds nest, see vm_pause). Returns 0 or
- * -errno with one line in err; on error the hold is released.
+ * partial file at `path`), then release its pause hold unless `stop` (the VM is then left paused
+ * for the caller to stop); a VM paused by someone else stays paused (holds nest, see vm_pause).
+ * Returns 0 or -errno with one line in err; on error the hold is released.
  */
 int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
-	      bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen);
+              bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen);
 void snap_free(struct snap *s);
 
 /* Read the header of a snapshot file (for --restore without --mem/--vcpus). */
 int snap_read_header(const char *path, struct sr_header *h, char *err, size_t errlen);
 
-/* Restore `path` (and, for an incremental snapshot, its chain of bases, found by the path recorded in
- * each and checked by id) into `vm`, which has not run. Everything is validated; on error the VM must
- * be discarded. Returns 0 or -errno with err. */
+/* Restore `path` (and, for an incremental snapshot, its chain of bases, found by the path recorded
+ * in each and checked by id) into `vm`, which has not run. Everything is validated; on error the VM
+ * must be discarded. Returns 0 or -errno with err. */
 int snap_restore(struct vm *vm, const char *path, char *err, size_t errlen);
 
 /* Plug the "snapshot" control command (worker thread, deferred reply, progress in status, --stop)

@@ -1,4 +1,4 @@
-/* test_ckpt_engine.c — the checkpoint engine on real KVM VMs: merge set, stage round trip, write mode, extent walk, pre-copy policy. */
+/* test_ckpt_engine.c — the checkpoint engine on real KVM VMs (merge, stage, extents, policy). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,7 +19,7 @@
 #define TMEM (16ull << 20)
 
 static const struct ckpt_ops stage_ops = {
-	.name = "test-stage", .log_flags = DIRTY_START_ALL, .stage = true};
+    .name = "test-stage", .log_flags = DIRTY_START_ALL, .stage = true};
 static const struct ckpt_ops write_ops = {.name = "test-write", .log_flags = DIRTY_START_CLEAN};
 
 /* A VM that never runs: set-up failure of the code under test fails the test. */
@@ -42,7 +42,8 @@ static void fill_page(struct vm *vm, uint64_t idx, uint8_t seed)
 
 	for (size_t i = 0; i < sizeof(page); i++)
 		page[i] = (uint8_t)(seed + i * 7);
-	assert_int_equal(mem_write(vm_mem(vm), mem_page_gpa(vm_mem(vm), idx), page, sizeof(page)), 0);
+	assert_int_equal(mem_write(vm_mem(vm), mem_page_gpa(vm_mem(vm), idx), page, sizeof(page)),
+	                 0);
 }
 
 static void set_bit(uint64_t *bm, uint64_t i)
@@ -125,7 +126,8 @@ static void test_stage_round_trip(void **state)
 	assert_int_equal(sr_read_header(r, &h), 0);
 	assert_int_equal(ckpt_read_epoch(r, &stg, NULL, err, sizeof(err)), 1);
 	assert_int_equal(stg.epoch, 7);
-	assert_int_equal(stg.pages + stg.zero_pages, vm_mem(a)->nr_pages); /* zero pages go as ranges */
+	assert_int_equal(stg.pages + stg.zero_pages,
+	                 vm_mem(a)->nr_pages); /* zero pages go as ranges */
 	assert_true(stg.have_state);
 	for (size_t i = 0; i < stg.n; i++)
 		assert_ptr_equal(stg.ptrs[i], stg.data + i * GUEST_PAGE_SIZE);
@@ -161,7 +163,8 @@ static void test_write_mode_stays_paused(void **state)
 	assert_int_equal(ckpt_engine_init(&e, vm, &write_ops, NULL), 0);
 	assert_int_equal(ckpt_engine_start(&e, err, sizeof(err)), 0);
 	fill_page(vm, 3, 9);
-	memset(mem_page_host(gm, 200), 0x5a, GUEST_PAGE_SIZE); /* not dirty: no VMM or guest write */
+	memset(mem_page_host(gm, 200), 0x5a,
+	       GUEST_PAGE_SIZE); /* not dirty: no VMM or guest write */
 	set_bit(merge, 200);
 	sr_out_mem(&out, 0);
 	assert_int_equal(sr_writer_new(&w, &out, false, 1), 0);
@@ -195,7 +198,8 @@ static void test_write_mode_stays_paused(void **state)
 	vm_destroy(vm);
 }
 
-/* Extents tile [0, nr_pages) in order, inside regions; holes read as zero; written pages are data. */
+/* Extents tile [0, nr_pages) in order, inside regions; holes read as zero; written pages are data.
+ */
 static void check_extents(struct guest_mem *gm, const uint64_t *written, size_t nw, bool scan)
 {
 	static const uint8_t zero[GUEST_PAGE_SIZE];
@@ -211,7 +215,8 @@ static void check_extents(struct guest_mem *gm, const uint64_t *written, size_t 
 		bool in_one = false;
 		for (int i = 0; i < gm->nr; i++)
 			in_one |= first >= gm->r[i].pfn_base &&
-				  first + count <= gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT);
+			          first + count <=
+			              gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT);
 		assert_true(in_one);
 		memset(is_data + first, data, count);
 		data_pages += data ? count : 0;
@@ -220,7 +225,8 @@ static void check_extents(struct guest_mem *gm, const uint64_t *written, size_t 
 	assert_int_equal(next, gm->nr_pages);
 	for (size_t i = 0; i < nw; i++)
 		assert_true(is_data[written[i]]);
-	/* The naive scan, after the walk (reading a hole may fill it): what is not data reads zero. */
+	/* The naive scan, after the walk (reading a hole may fill it): what is not data reads zero.
+	 */
 	for (uint64_t p = 0; scan && p < gm->nr_pages; p++)
 		if (!is_data[p])
 			assert_memory_equal(mem_page_host(gm, p), zero, GUEST_PAGE_SIZE);
@@ -233,8 +239,9 @@ static void test_extent_walk(void **state)
 {
 	struct guest_mem gm;
 	const uint64_t written[] = {0, 1, 2, 100, 1023, 1024, 4095};
-	const uint64_t two[] = {5, (MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) - 1, MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT,
-				(MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) + 300};
+	const uint64_t two[] = {5, (MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) - 1,
+	                        MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT,
+	                        (MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) + 300};
 	uint8_t v = 0xa5;
 
 	(void)state;
@@ -267,7 +274,8 @@ static void test_extent_walk(void **state)
 	free(buf);
 }
 
-/* ---- pre-copy policy -------------------------------------------------------------------------- */
+/* ---- pre-copy policy --------------------------------------------------------------------------
+ */
 
 struct pol_state {
 	struct vm *vm;
@@ -283,7 +291,8 @@ static int t_round_end(void *opaque, const struct ckpt_round *rd)
 
 	assert_true(p->ends < 8);
 	p->epochs[p->ends++] = rd->epoch;
-	fill_page(p->vm, 40 + (uint64_t)p->ends, (uint8_t)p->ends); /* something for the next sync */
+	fill_page(p->vm, 40 + (uint64_t)p->ends,
+	          (uint8_t)p->ends); /* something for the next sync */
 	return 0;
 }
 
@@ -367,11 +376,9 @@ static void test_policy_stops_precopy(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_merge_set_honoured),
-		cmocka_unit_test(test_stage_round_trip),
-		cmocka_unit_test(test_write_mode_stays_paused),
-		cmocka_unit_test(test_extent_walk),
-		cmocka_unit_test(test_policy_stops_precopy),
+	    cmocka_unit_test(test_merge_set_honoured),      cmocka_unit_test(test_stage_round_trip),
+	    cmocka_unit_test(test_write_mode_stays_paused), cmocka_unit_test(test_extent_walk),
+	    cmocka_unit_test(test_policy_stops_precopy),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
