@@ -309,6 +309,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	res->bytes = t.out.bytes;
 	res->pause_ns = res->write_ns = ep.pause_ns;
 	res->incremental = incremental_from != NULL;
+	ckpt_state_free(&s->eng.stage.st); /* written: not kept until the next snapshot */
 	sr_ctx_free(t.w);
 	return 0;
 err:
