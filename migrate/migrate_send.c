@@ -266,7 +266,7 @@ static int run(struct sender *s, struct json_object **result)
 	}
 	s->dst_zero = msg.t_start_ns == 1;
 	s->t_accepted = now_ns();
-	rc = dirty_log_start_flags(&s->log, vm_fd(s->vm), s->gm, DIRTY_START_CLEAN, s->err, sizeof(s->err));
+	rc = dirty_log_start(&s->log, s->vm, DIRTY_START_CLEAN, s->err, sizeof(s->err));
 	if (rc)
 		return rc;
 	rc = throttle_start(&s->thr, s->vm);

@@ -519,7 +519,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	else
 		memset(r->hot, 0, dirty_bitmap_words(vm_mem(r->vm)->nr_pages) * sizeof(uint64_t));
 	r->hot_age = 0;
-	rc = r->bitmap && r->hot ? dirty_log_start_flags(&r->log, vm_fd(r->vm), vm_mem(r->vm), DIRTY_START_ALL, err,
+	rc = r->bitmap && r->hot ? dirty_log_start(&r->log, r->vm, DIRTY_START_ALL, err,
 					       sizeof(err))
 		       : -ENOMEM;
 	if (rc) {

@@ -269,7 +269,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	/* The baseline for the next incremental snapshot is this moment, still paused. */
 	if (!s->log) {
 		char e2[256];
-		if (dirty_log_start_flags(&s->log, vm_fd(vm), gm, DIRTY_START_CLEAN | DIRTY_YIELD, e2,
+		if (dirty_log_start(&s->log, vm, DIRTY_START_CLEAN | DIRTY_YIELD, e2,
 					  sizeof(e2)))
 			s->log = NULL; /* incrementals unavailable (e.g. Remus owns the log); the snapshot is fine */
 	}

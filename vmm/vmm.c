@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "hv/pvh.h"
-#include "hv/uart.h"
+#include "hv/dev/uart.h"
 #include "replication/snapshot.h"
 #include "common/parse.h"
 #include "vmm/control.h"
@@ -365,9 +365,7 @@ void vmm_destroy(struct vmm *v)
 		v->nr_exit_hooks--;
 		v->exit_hooks[v->nr_exit_hooks].fn(v, v->exit_hooks[v->nr_exit_hooks].opaque);
 	}
-	vmm_net_detach_all(v);
-	vm_destroy(v->vm);
-	uart_free(v->uart);
+	vm_destroy(v->vm); /* detaches the UART and the network devices */
 	if (v->own_serial_fd && v->serial_fd >= 0)
 		close(v->serial_fd);
 	if (v->loop)

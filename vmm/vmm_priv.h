@@ -82,8 +82,9 @@ struct json_object *vmm_cmd_snapshot(struct vmm *v, struct json_object *req);
 void vmm_snapshot_join(struct vmm *v); /* wait for a snapshot in flight (loop thread) */
 
 /* vmm_net.c */
+/* Attach the --net devices (virtio-net "netN" + its "netN-host" record each; the VM owns and detaches
+ * them in vm_destroy) and append their virtio_mmio.device= fragments to cmdline. */
 int vmm_net_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);
-void vmm_net_detach_all(struct vmm *v);
 void vmm_net_rx_enable_all(struct vmm *v, bool on);
 
 #endif

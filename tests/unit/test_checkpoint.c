@@ -15,10 +15,10 @@
 #include <cmocka.h>
 
 #include "hv/hv.h"
-#include "hv/kvm_state.h"
+#include "hv/kvm/kvm_state.h"
 #include "hv/mem.h"
 #include "hv/pvh.h"
-#include "hv/uart.h"
+#include "hv/dev/uart.h"
 #include "replication/checkpoint.h"
 #include "replication/stream.h"
 
@@ -65,8 +65,7 @@ static void tvm_destroy(struct tvm *t)
 		vm_stop(t->vm, 0);
 		vm_wait(t->vm);
 	}
-	vm_destroy(t->vm);
-	uart_free(t->uart);
+	vm_destroy(t->vm); /* frees the attached UART */
 	close(t->rd);
 	close(t->wr);
 	memset(t, 0, sizeof(*t));

@@ -15,7 +15,7 @@
 #include <linux/kvm.h>
 #include <cmocka.h>
 
-#include "hv/kvm_state.h"
+#include "hv/kvm/kvm_state.h"
 
 #define TMEM (64u << 10)
 #define CODE_GPA 0x1000

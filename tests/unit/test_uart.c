@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "hv/uart.h"
+#include "hv/dev/uart.h"
 
 static uint8_t rd(struct uart *u, unsigned off)
 {

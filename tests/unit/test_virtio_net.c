@@ -21,9 +21,9 @@
 #include <netlink/route/link/bridge.h>
 
 #include "hv/mem.h"
-#include "hv/netopt.h"
-#include "hv/tap.h"
-#include "hv/virtio_net.h"
+#include "vmm/netopt.h"
+#include "hv/dev/tap.h"
+#include "hv/dev/virtio_net.h"
 
 #define RAM_SIZE (1u << 20)
 #define QN 16

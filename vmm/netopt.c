@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "hv/netopt.h"
+#include "vmm/netopt.h"
 
 bool net_ifname_valid(const char *name)
 {

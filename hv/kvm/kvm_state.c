@@ -8,7 +8,7 @@
 #include <linux/kvm.h>
 
 #include "common/errf.h"
-#include "hv/kvm_state.h"
+#include "hv/kvm/kvm_state.h"
 
 #define MSR_IA32_TSC 0x10
 #define MSR_IA32_TSC_DEADLINE 0x6e0
