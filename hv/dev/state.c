@@ -1,4 +1,5 @@
-/* state.c — little-endian device-state encoder/decoder with bounds checks and a sticky overflow flag. */
+/* state.c — little-endian device-state encoder/decoder with bounds checks and a sticky overflow
+ * flag. */
 #include <endian.h>
 #include <errno.h>
 #include <string.h>

@@ -1,4 +1,5 @@
-/* state.h — the one little-endian encoder/decoder for device state, with size checks and a sticky error. */
+/* state.h — the one little-endian encoder/decoder for device state, with size checks and a sticky
+ * error. */
 #ifndef DOPPEL_HV_DEV_STATE_H
 #define DOPPEL_HV_DEV_STATE_H
 

@@ -1,4 +1,5 @@
-/* virtio_net_attach.c — wire a virtio-net device to a VM: tap backend, MMIO slot, IRQ line, libev RX, device ops. */
+/* virtio_net_attach.c — wire a virtio-net device to a VM: tap backend, MMIO slot, IRQ line, libev
+ * RX, device ops. */
 #include <errno.h>
 #include <ev.h>
 #include <net/if.h>
@@ -12,7 +13,8 @@
 #include "hv/dev/virtio_net.h"
 #include "hv/hv.h"
 
-#define RX_BURST 64 /* frames read from the tap per wakeup, so one busy tap cannot starve the loop */
+#define RX_BURST                                                                                   \
+	64 /* frames read from the tap per wakeup, so one busy tap cannot starve the loop */
 
 struct net_port {
 	struct virtio_net *dev;
@@ -22,7 +24,8 @@ struct net_port {
 	bool attached;
 	struct ev_loop *loop;
 	ev_io w;
-	bool rx_enabled; /* false while the VM does not run (standby, incoming): frames are dropped */
+	bool rx_enabled; /* false while the VM does not run (standby, incoming): frames are dropped
+	                  */
 	char ifname[IFNAMSIZ];
 	uint8_t buf[VNET_MAX_FRAME + 1];
 };
@@ -80,8 +83,10 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (n <= 0)
 			break; /* EAGAIN: drained; other errors: retried on the next readiness */
 		if (!__atomic_load_n(&p->rx_enabled, __ATOMIC_ACQUIRE))
-			continue; /* a replica must not receive: its memory belongs to the primary */
-		(void)virtio_net_rx_queue(p->dev, p->buf, (size_t)n); /* drops are counted in stats */
+			continue; /* a replica must not receive: its memory belongs to the primary
+			           */
+		(void)virtio_net_rx_queue(p->dev, p->buf,
+		                          (size_t)n); /* drops are counted in stats */
 	}
 }
 
@@ -135,17 +140,17 @@ static void detach_cb(void *opaque)
 }
 
 static const struct hv_dev_ops net_ops = {
-	.kind = "virtio-net",
-	.attach = attach_cb,
-	.reset = reset_cb,
-	.state_size = state_size_cb,
-	.save = save_cb,
-	.restore = restore_cb,
-	.detach = detach_cb,
+    .kind = "virtio-net",
+    .attach = attach_cb,
+    .reset = reset_cb,
+    .state_size = state_size_cb,
+    .save = save_cb,
+    .restore = restore_cb,
+    .detach = detach_cb,
 };
 
-int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_cfg *c, struct ev_loop *loop,
-		      struct virtio_net **out, char *err, size_t errlen)
+int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_cfg *c,
+                      struct ev_loop *loop, struct virtio_net **out, char *err, size_t errlen)
 {
 	struct net_port *p = NULL;
 	int rc;
