@@ -1,4 +1,4 @@
-/* dirty.h — dirty-page tracking of a VM (KVM bitmap + manual protect) for snapshots, Remus epochs, migration. */
+/* dirty.h — dirty-page tracking of a VM for snapshots, Remus epochs and migration. */
 #ifndef DOPPEL_HV_DIRTY_H
 #define DOPPEL_HV_DIRTY_H
 

@@ -1,4 +1,4 @@
-/* hv.h — the hypervisor seam: VM lifecycle, memory, devices, IRQs, state save/restore (no KVM fd leaves hv/). */
+/* hv.h — the hypervisor seam: VM lifecycle, memory, devices, IRQs, state; no KVM fd leaves hv/. */
 #ifndef DOPPEL_HV_H
 #define DOPPEL_HV_H
 

@@ -1,4 +1,4 @@
-/* netopt.h — the runtime's `--net tap=IFNAME[,bridge=BR][,mac=52:54:..]` option: parsing and the default MAC. */
+/* netopt.h — the runtime's `--net tap=IFNAME[,bridge=BR][,mac=..]` option and default MAC. */
 #ifndef DOPPEL_VMM_NETOPT_H
 #define DOPPEL_VMM_NETOPT_H
 

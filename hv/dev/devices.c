@@ -1,5 +1,4 @@
-/* devices.c — the device table of a VM: attach by name through hv_dev_ops, state view, MMIO slot
- * allocator. */
+/* devices.c — a VM's device table: attach through hv_dev_ops, state view, MMIO slot allocator. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>

@@ -1,5 +1,4 @@
-/* devices.h — one VM's device table: named devices with their ops, the state view, virtio-mmio
- * slots. */
+/* devices.h — a VM's device table: named devices and their ops, state view, virtio-mmio slots. */
 #ifndef DOPPEL_HV_DEV_DEVICES_H
 #define DOPPEL_HV_DEV_DEVICES_H
 

@@ -1,5 +1,4 @@
-/* state.c — little-endian device-state encoder/decoder with bounds checks and a sticky overflow
- * flag. */
+/* state.c — little-endian device-state encoder/decoder with bounds checks and a sticky error. */
 #include <endian.h>
 #include <errno.h>
 #include <string.h>

@@ -1,5 +1,4 @@
-/* state.h — the one little-endian encoder/decoder for device state, with size checks and a sticky
- * error. */
+/* state.h — the one little-endian device-state encoder/decoder: size checks, sticky error. */
 #ifndef DOPPEL_HV_DEV_STATE_H
 #define DOPPEL_HV_DEV_STATE_H
 

@@ -47,7 +47,7 @@ struct virtio_net_stats {
 int virtio_net_create(struct guest_mem *gm, const uint8_t mac[6], virtio_net_tx_fn tx, void *tx_opaque,
 		      struct virtio_net **out);
 /* Free the device. The caller guarantees no io_fn / rx call can still run (VM stopped, watcher
- * stopped). NULL-safe. Does not free a tap backend: see virtio_net_detach. */
+ * stopped). NULL-safe. Does not free a tap backend (an attached device is freed by vm_destroy). */
 void virtio_net_destroy(struct virtio_net *dev);
 
 /* The io_fn to register for the device's 0x200-byte MMIO window (opaque = dev). */
@@ -92,7 +92,7 @@ int virtio_net_restore(struct virtio_net *dev, const void *buf, size_t len);
 void virtio_net_set_backend(struct virtio_net *dev, void *backend);
 void *virtio_net_backend(struct virtio_net *dev);
 
-/* ---- wiring (hv/virtio_net_attach.c) ---- */
+/* ---- wiring (hv/dev/virtio_net_attach.c) ---- */
 
 struct ev_loop;
 

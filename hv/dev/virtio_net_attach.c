@@ -1,5 +1,4 @@
-/* virtio_net_attach.c — wire a virtio-net device to a VM: tap backend, MMIO slot, IRQ line, libev
- * RX, device ops. */
+/* virtio_net_attach.c — virtio-net on a VM: tap backend, MMIO slot, IRQ line, RX watcher, ops. */
 #include <errno.h>
 #include <ev.h>
 #include <net/if.h>

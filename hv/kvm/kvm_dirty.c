@@ -1,4 +1,4 @@
-/* kvm_dirty.c — KVM dirty-page tracking: per-slot bitmap log with manual re-protect (KVM_CLEAR_DIRTY_LOG). */
+/* kvm_dirty.c — KVM dirty logging: per-slot bitmaps with manual re-protect (CLEAR_DIRTY_LOG). */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>

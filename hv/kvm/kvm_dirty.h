@@ -1,5 +1,4 @@
-/* kvm_dirty.h — the KVM side of dirty logging on a raw VM fd (hv/ internals, tests and benches
- * only). */
+/* kvm_dirty.h — KVM dirty logging on a raw VM fd (hv/ internals, tests and benches only). */
 #ifndef DOPPEL_HV_KVM_DIRTY_H
 #define DOPPEL_HV_KVM_DIRTY_H
 

@@ -1,4 +1,4 @@
-/* kvm_state.c — capture/restore KVM vCPU and VM state (ioctls and validation; blob codec in kvm_state_blob.c). */
+/* kvm_state.c — capture/restore KVM vCPU and VM state: ioctls and validation. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>

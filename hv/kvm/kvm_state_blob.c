@@ -1,5 +1,4 @@
-/* kvm_state_blob.c — writer and validating parser of the KVM state blobs (header + tagged
- * sections). */
+/* kvm_state_blob.c — writer and validating parser of the KVM state blobs (tagged sections). */
 #include <errno.h>
 #include <string.h>
 

@@ -1,5 +1,4 @@
-/* kvm_state_blob.h — the tagged-section blob format of hv/kvm/kvm_state.h: writer and validating
- * parser. */
+/* kvm_state_blob.h — the KVM state blob format (kvm_state.h): writer and validating parser. */
 #ifndef DOPPEL_HV_KVM_STATE_BLOB_H
 #define DOPPEL_HV_KVM_STATE_BLOB_H
 

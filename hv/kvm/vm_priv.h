@@ -1,4 +1,4 @@
-/* vm_priv.h — the inside of struct vm (KVM backend), shared by hv/kvm/vm.c, vcpu.c and kvm_dirty.c. */
+/* vm_priv.h — the inside of struct vm (KVM backend): hv/kvm/vm.c, vcpu.c, kvm_dirty.c. */
 #ifndef DOPPEL_HV_VM_PRIV_H
 #define DOPPEL_HV_VM_PRIV_H
 
