@@ -99,7 +99,8 @@ int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t l
 struct hv_dev_ops {
 	const char *kind; /* model, for messages: "uart", "virtio-net", "net-host" */
 	/* Claim guest-visible resources: I/O windows (vm_io_register), a virtio-mmio slot
-	 * (vm_mmio_slot_claim). Returns 0, or -errno with one line in err after undoing its claims. */
+	 * (vm_mmio_slot_claim). Claims cannot be given back, so the last step that can fail claims.
+	 * Returns 0, or -errno with one line in err. */
 	int (*attach)(struct vm *vm, void *dev, char *err, size_t errlen);
 	/* Return to power-on state (guest-visible registers; host resources stay). */
 	void (*reset)(void *dev);

@@ -1,6 +1,5 @@
 /* uart.c — 16550 UART model: enough of the register set for Linux's 8250 driver and polled consoles. */
 #include <errno.h>
-#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,4 @@
 /* test_devices.c — device ops, slot/IRQ allocator, state encoder on real KVM: net and a stub. */
- * a stub. */
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>

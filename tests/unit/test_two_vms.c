@@ -1,5 +1,4 @@
 /* test_two_vms.c — two VMs in one process on real KVM: run, pause, resume and destroy apart. */
- */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
