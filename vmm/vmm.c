@@ -18,6 +18,7 @@
 #include "vmm/vmm.h"
 #include "vmm/vmm_priv.h"
 #include "common/clock.h"
+#include "common/log.h"
 
 
 /* ---- control commands ------------------------------------------------------------------------- */
@@ -310,7 +311,7 @@ int vmm_run(struct vmm *v, bool start_paused)
 	 * listener included) is set up: a client that sees it may use the VM at once. */
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
 	if (rc) {
-		fprintf(stderr, "doppel: %s\n", err);
+		log_error("vmm", v->name, "%s", err);
 		return 1;
 	}
 
@@ -339,7 +340,7 @@ int vmm_run(struct vmm *v, bool start_paused)
 		vm_stop(v->vm, v->stop_status < 0 ? 0 : v->stop_status);
 	status = vm_wait(v->vm);
 	if (*vm_error(v->vm))
-		fprintf(stderr, "doppel: %s: %s\n", v->name, vm_error(v->vm));
+		log_error("vmm", v->name, "%s", vm_error(v->vm));
 	if (v->stdin_active) {
 		ev_io_stop(v->loop, &v->stdin_w);
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
