@@ -13,6 +13,7 @@
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/errf.h"
 
 #define HELLO_TIMEOUT_MS 5000
 
@@ -170,8 +171,8 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	pthread_mutex_lock(&r->lock);
 	if (!r->have_committed) {
 		pthread_mutex_unlock(&r->lock);
-		snprintf(err, errlen, "no complete checkpoint received yet: cannot take over");
-		return -EAGAIN;
+		return errf(err, errlen, -EAGAIN,
+		            "no complete checkpoint received yet: cannot take over");
 	}
 	r->failed_over = true; /* the reader applies nothing more */
 	if (r->cfd >= 0)
@@ -193,7 +194,7 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 		rc = vmm_start_vcpus(r->v);
 	if (rc) {
 		if (!*err)
-			snprintf(err, errlen, "cannot start vCPUs: %s", strerror(-rc));
+			errf(err, errlen, rc, "cannot start vCPUs: %s", strerror(-rc));
 		snprintf(r->last_error, sizeof(r->last_error), "failover failed: %s", err);
 		log_error("remus", vmm_name(r->v), "failover failed: %s", err);
 		vmm_stop(r->v, 1);

@@ -19,7 +19,7 @@
 #include "vmm/vmm_priv.h"
 #include "common/clock.h"
 #include "common/log.h"
-
+#include "common/errf.h"
 
 /* ---- control commands ------------------------------------------------------------------------- */
 
@@ -217,15 +217,14 @@ static int open_serial(struct vmm *v, char *err, size_t errlen)
 	}
 	if (!strncmp(s, "file:", 5) && s[5]) {
 		v->serial_fd = open(s + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-		if (v->serial_fd < 0) {
-			snprintf(err, errlen, "cannot open serial file %s: %s", s + 5, strerror(errno));
-			return -errno;
-		}
+		if (v->serial_fd < 0)
+			return errf(err, errlen, -errno, "cannot open serial file %s: %s", s + 5,
+			            strerror(errno));
 		v->own_serial_fd = true;
 		return 0;
 	}
-	snprintf(err, errlen, "bad --serial '%s' (expected stdio, file:PATH or none)", s);
-	return -EINVAL;
+	return errf(err, errlen, -EINVAL, "bad --serial '%s' (expected stdio, file:PATH or none)",
+	            s);
 }
 
 int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
@@ -244,8 +243,8 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	v->held = o->hold;
 	snprintf(v->name, sizeof(v->name), "%s", o->name ? o->name : "vm");
 	if (!cli_name_valid(v->name)) {
-		snprintf(err, errlen, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)", v->name);
-		rc = -EINVAL;
+		rc = errf(err, errlen, -EINVAL, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)",
+		          v->name);
 		goto err;
 	}
 	if (o->control)
@@ -260,8 +259,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		goto err;
 	v->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!v->loop) {
-		snprintf(err, errlen, "cannot create event loop");
-		rc = -ENOMEM;
+		rc = errf(err, errlen, -ENOMEM, "cannot create event loop");
 		goto err;
 	}
 	rc = open_serial(v, err, errlen);
@@ -269,7 +267,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		goto err;
 	rc = uart_attach(v->vm, UART_COM1_BASE, v->serial_fd, &v->uart);
 	if (rc) {
-		snprintf(err, errlen, "cannot attach UART: %s", strerror(-rc));
+		errf(err, errlen, rc, "cannot attach UART: %s", strerror(-rc));
 		goto err;
 	}
 	snprintf(cmdline, sizeof(cmdline), "%s", o->cmdline ? o->cmdline : "");
@@ -287,7 +285,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 			goto err;
 		rc = vm_set_pvh_entry(v->vm, img.entry, img.start_info);
 		if (rc) {
-			snprintf(err, errlen, "cannot set boot vCPU state: %s", strerror(-rc));
+			errf(err, errlen, rc, "cannot set boot vCPU state: %s", strerror(-rc));
 			goto err;
 		}
 	}
