@@ -134,6 +134,7 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	snprintf(txt, sizeof(txt), "end=%llu applied=%llu loop=%llu",
 		 (unsigned long long)m->t_in_end, (unsigned long long)m->t_in_applied, (unsigned long long)t_start);
 	mig_msg_send(m->fd, MIG_RUNNING, m->t_in_end, t_run, txt);
+	log_debug("migrate", vmm_name(m->v), "incoming migration complete, running");
 	vmm_net_announce(m->v);
 	close(m->fd);
 	m->fd = -1;

@@ -312,6 +312,7 @@ int vmm_run(struct vmm *v, bool start_paused)
 		log_error("vmm", v->name, "%s", err);
 		return 1;
 	}
+	log_debug("vmm", v->name, "control socket %s", v->ctl_path);
 
 	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
@@ -339,6 +340,7 @@ int vmm_run(struct vmm *v, bool start_paused)
 	status = vm_wait(v->vm);
 	if (*vm_error(v->vm))
 		log_error("vmm", v->name, "%s", vm_error(v->vm));
+	log_debug("vmm", v->name, "stopped, exit status %d", status);
 	if (v->stdin_active) {
 		ev_io_stop(v->loop, &v->stdin_w);
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
