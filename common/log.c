@@ -44,8 +44,17 @@ int log_level_parse(const char *s, enum log_level *out)
 	return -EINVAL;
 }
 
+static uint64_t since_start(void)
+{
+	uint64_t now = now_ns(), zero = 0;
+
+	__atomic_compare_exchange_n(&L.t0, &zero, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+	return now - __atomic_load_n(&L.t0, __ATOMIC_RELAXED);
+}
+
 void log_set_level(enum log_level lvl)
 {
+	(void)since_start(); /* the program configures the logger at start-up: t counts from here */
 	__atomic_store_n(&L.level, (int)lvl, __ATOMIC_RELAXED);
 }
 
@@ -81,14 +90,6 @@ int log_set_json_file(const char *path, char *err, size_t errlen)
 	return 0;
 }
 
-static uint64_t since_start(void)
-{
-	uint64_t now = now_ns(), zero = 0;
-
-	__atomic_compare_exchange_n(&L.t0, &zero, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-	return now - __atomic_load_n(&L.t0, __ATOMIC_RELAXED);
-}
-
 /* text plus a newline as one write (so concurrent writers' lines never interleave) */
 static void write_line(int fd, const char *txt, size_t len)
 {
@@ -106,13 +107,19 @@ static void emit_json(int fd, uint64_t t, enum log_level lvl, const char *comp, 
 {
 	struct json_object *o = json_object_new_object();
 	struct timespec wall;
+	char num[48];
 
 	if (!o)
 		return;
 	clock_gettime(CLOCK_REALTIME, &wall);
-	json_object_object_add(o, "t", json_object_new_double((double)t / 1e9));
+	/* fixed decimals (µs, ms), not a double's 17 significant digits */
+	snprintf(num, sizeof(num), "%llu.%06llu", (unsigned long long)(t / 1000000000ull),
+	         (unsigned long long)(t / 1000 % 1000000));
+	json_object_object_add(o, "t", json_object_new_double_s((double)t / 1e9, num));
+	snprintf(num, sizeof(num), "%lld.%03ld", (long long)wall.tv_sec, wall.tv_nsec / 1000000);
 	json_object_object_add(
-	    o, "wall", json_object_new_double((double)wall.tv_sec + (double)wall.tv_nsec / 1e9));
+	    o, "wall",
+	    json_object_new_double_s((double)wall.tv_sec + (double)wall.tv_nsec / 1e9, num));
 	json_object_object_add(o, "level", json_object_new_string(log_level_name(lvl)));
 	json_object_object_add(o, "component", json_object_new_string(comp ? comp : ""));
 	if (vm)

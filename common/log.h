@@ -10,7 +10,7 @@
  * (may be NULL) and one line of text. Where it goes is the process's choice, made once at start-up by
  * the program (never by library code): stderr by default, as
  *     doppel: [  12.345678] warn  remus vm1: standby silent for 210 ms
- * (seconds since the logger was first used, monotonic), and optionally also as JSON lines to a file
+ * (monotonic seconds since the logger was first configured or used), and optionally also as JSON lines to a file
  *     {"t":12.345678,"wall":1764420000.123,"level":"warn","component":"remus","vm":"vm1","msg":"..."}
  * or to a caller-supplied sink (tests, an embedding program). Messages above the threshold level are
  * dropped before they are formatted. Thread-safe: a line is written with one write(2).
