@@ -12,8 +12,6 @@ from vmproc import VM, wait_for
 
 pytestmark = pytest.mark.needs_kvm
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def run(doppel_bin, *args, timeout=30):
     return subprocess.run([doppel_bin, *args], capture_output=True, text=True, timeout=timeout,
@@ -268,16 +266,8 @@ def test_restore_mismatched_shape(good_snapshot, doppel_bin, tmp_path, extra, wo
 
 # ---- a KV guest keeps its keys ------------------------------------------------------------------------
 
-def _guest_has_kv():
-    return subprocess.run("grep -q work_kv guest/*.c", shell=True, cwd=REPO).returncode == 0
-
-
 @pytest.mark.needs_root
-@pytest.mark.skipif(not _guest_has_kv(), reason="guest has no work=kv yet")
 def test_kv_guest_keeps_keys(topology, doppel_bin, guest_elf, kv_bin, tmp_path):
-    with open(guest_elf, "rb") as f:
-        if b"work_kv" not in f.read():
-            pytest.skip(f"{guest_elf} was built without work=kv")
     net = ["--net", "tap=tapA0,bridge=br0,mac=52:54:00:12:34:56"]
 
     def kv(*args):
