@@ -137,6 +137,9 @@ static void check_applied(const struct ckpt_stage *s, struct guest_mem *gm)
 	for (size_t z = 0; z < s->nzero; z++) {
 		uint64_t first = s->zero[z][0], count = s->zero[z][1];
 
+		check(count && first < NR_PAGES && count <= NR_PAGES - first,
+		      "a zero range outside the image");
+
 		for (uint64_t p = first; p < NR_PAGES && p - first < count; p++) {
 			if (!seen(p))
 				check(!memcmp(mem_page_host(gm, p), zero, GUEST_PAGE_SIZE),

@@ -159,7 +159,8 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* These tests need KVM and a working kvm_state context: a set-up failure fails them (never skips). */
+/* These tests need KVM and a working kvm_state context: a set-up failure fails them (never skips).
+ */
 #define NEED_KVM(f)                                                                                \
 	do {                                                                                       \
 		if ((f)->kvm < 0)                                                                  \
@@ -210,17 +211,17 @@ static const struct {
 	uint32_t idx;
 	uint64_t val;
 } test_msrs[] = {
-	{ 0x174, 0x10 },
-	{ 0x175, 0xffffc90000001000ull },
-	{ 0x176, 0xffffffff81000200ull },
-	{ 0xc0000081, 0x0023001000000000ull },
-	{ 0xc0000082, 0xffffffff81000000ull },
-	{ 0xc0000083, 0xffffffff81000100ull },
-	{ 0xc0000084, 0x47700 },
-	{ 0xc0000102, 0xffff888000001000ull },
-	{ 0x277, 0x0007010600070106ull },
-	{ 0xc0000103, 0x2a },			/* IA32_TSC_AUX */
-	{ 0x10, 0x123456789ull },
+    {0x174, 0x10},
+    {0x175, 0xffffc90000001000ull},
+    {0x176, 0xffffffff81000200ull},
+    {0xc0000081, 0x0023001000000000ull},
+    {0xc0000082, 0xffffffff81000000ull},
+    {0xc0000083, 0xffffffff81000100ull},
+    {0xc0000084, 0x47700},
+    {0xc0000102, 0xffff888000001000ull},
+    {0x277, 0x0007010600070106ull},
+    {0xc0000103, 0x2a}, /* IA32_TSC_AUX */
+    {0x10, 0x123456789ull},
 };
 
 /* Give VM t distinctive vCPU and device state. */
@@ -304,7 +305,8 @@ static void set_distinctive(struct fix *f, struct tvm *t)
 	dbg.dr7 = 0x455;
 	assert_int_equal(ioctl(t->vcpu, KVM_SET_DEBUGREGS, &dbg), 0);
 
-	if (ioctl(t->vcpu, KVM_GET_LAPIC, &lapic) == 0) { /* only VMs made with an irqchip have one */
+	if (ioctl(t->vcpu, KVM_GET_LAPIC, &lapic) ==
+	    0) {                          /* only VMs made with an irqchip have one */
 		lapic.regs[0x80] = 0x30;  /* TPR */
 		lapic.regs[0xf0] = 0xff;  /* SVR: vector 0xff */
 		lapic.regs[0xf1] |= 0x01; /* SVR: APIC enabled */
@@ -335,7 +337,7 @@ static void set_distinctive(struct fix *f, struct tvm *t)
 
 static uint64_t msr_get(int vcpu, uint32_t idx)
 {
-	uint64_t raw[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = { 0 };
+	uint64_t raw[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = {0};
 	struct kvm_msrs *m = (struct kvm_msrs *)raw;
 
 	m->nmsrs = 1;
@@ -345,13 +347,14 @@ static uint64_t msr_get(int vcpu, uint32_t idx)
 	return m->entries[0].data;
 }
 
-static void check_seg(const char *what, const struct kvm_segment *s, uint64_t base, uint16_t sel, uint8_t type)
+static void check_seg(const char *what, const struct kvm_segment *s, uint64_t base, uint16_t sel,
+                      uint8_t type)
 {
 	if (s->base != base || s->selector != sel || s->type != type || s->limit != 0xffffffff ||
 	    !s->present || !s->s || !s->db || !s->g)
 		fail_msg("%s: base 0x%llx sel 0x%x type %u limit 0x%x p%u s%u db%u g%u", what,
-			 (unsigned long long)s->base, s->selector, s->type, s->limit, s->present, s->s, s->db,
-			 s->g);
+		         (unsigned long long)s->base, s->selector, s->type, s->limit, s->present,
+		         s->s, s->db, s->g);
 }
 
 /* The TSC of `vcpu` (read with KVM_GET_MSRS) is at or after src_tsc, by less than 2 s at khz. */
@@ -360,8 +363,8 @@ static void check_tsc(int vcpu, uint64_t src_tsc, uint32_t khz)
 	uint64_t v = msr_get(vcpu, 0x10);
 
 	if (v < src_tsc || v - src_tsc >= (uint64_t)khz * 2000)
-		fail_msg("TSC 0x%llx, source had 0x%llx before save (%u kHz)", (unsigned long long)v,
-			 (unsigned long long)src_tsc, khz);
+		fail_msg("TSC 0x%llx, source had 0x%llx before save (%u kHz)",
+		         (unsigned long long)v, (unsigned long long)src_tsc, khz);
 }
 
 /*
@@ -415,14 +418,16 @@ static void check_fields(struct fix *f, struct tvm *t, bool devices)
 		if (!ctx_has(&f->ctx, test_msrs[i].idx))
 			continue;
 		if (test_msrs[i].idx == 0x10)
-			continue; /* the TSC runs on (and KVM may resynchronise a write): see check_tsc() */
+			continue; /* the TSC runs on (and KVM may resynchronise a write): see
+			             check_tsc() */
 		v = msr_get(t->vcpu, test_msrs[i].idx);
 		if (v != test_msrs[i].val) {
 			fail_msg("MSR 0x%x reads 0x%llx, set 0x%llx", test_msrs[i].idx,
-				 (unsigned long long)v, (unsigned long long)test_msrs[i].val);
+			         (unsigned long long)v, (unsigned long long)test_msrs[i].val);
 		}
 	}
-	/* The ones the issue names must be there to be checked (STAR, LSTAR; TSC_AUX if KVM has it). */
+	/* The ones the issue names must be there to be checked (STAR, LSTAR; TSC_AUX if KVM has
+	 * it). */
 	assert_true(ctx_has(&f->ctx, 0xc0000081) && ctx_has(&f->ctx, 0xc0000082));
 
 	if (f->ctx.xcrs) {
@@ -437,7 +442,8 @@ static void check_fields(struct fix *f, struct tvm *t, bool devices)
 		uint8_t *xs = calloc(1, f->ctx.xsave_size);
 
 		assert_non_null(xs);
-		assert_int_equal(ioctl(t->vcpu, f->ctx.xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, xs), 0);
+		assert_int_equal(ioctl(t->vcpu, f->ctx.xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, xs),
+		                 0);
 		for (i = 0; i < 16; i++)
 			assert_int_equal(xs[160 + i], 0xa0 + i); /* XMM0 */
 		free(xs);
@@ -455,11 +461,11 @@ static void check_fields(struct fix *f, struct tvm *t, bool devices)
 		return;
 
 	assert_int_equal(ioctl(t->vcpu, KVM_GET_LAPIC, &la), 0);
-	assert_int_equal((uint8_t)la.regs[0x80], 0x30);	     /* TPR */
-	assert_int_equal((uint8_t)la.regs[0xf0], 0xff);	     /* SVR vector */
-	assert_int_equal(la.regs[0xf1] & 1, 1);		     /* SVR: APIC software-enabled */
-	assert_int_equal((uint8_t)la.regs[0x320], 0xec);	     /* LVTT vector */
-	assert_int_equal((la.regs[0x322] >> 1) & 3, 2);	     /* LVTT mode: TSC deadline */
+	assert_int_equal((uint8_t)la.regs[0x80], 0x30);  /* TPR */
+	assert_int_equal((uint8_t)la.regs[0xf0], 0xff);  /* SVR vector */
+	assert_int_equal(la.regs[0xf1] & 1, 1);          /* SVR: APIC software-enabled */
+	assert_int_equal((uint8_t)la.regs[0x320], 0xec); /* LVTT vector */
+	assert_int_equal((la.regs[0x322] >> 1) & 3, 2);  /* LVTT mode: TSC deadline */
 	if (ctx_has(&f->ctx, 0x6e0))
 		assert_int_equal(msr_get(t->vcpu, 0x6e0), 0x7000000000000000ull);
 

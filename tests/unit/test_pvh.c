@@ -535,7 +535,8 @@ static void test_high_ram_memmap(void **state)
 	const struct hvm_memmap_table_entry *mm;
 	const struct hvm_start_info *si;
 
-	assert_int_equal(mem_create(&gm, size), 0); /* a set-up failure of the code under test fails */
+	assert_int_equal(mem_create(&gm, size),
+	                 0); /* a set-up failure of the code under test fails */
 	assert_int_equal(pvh_load(&gm, f->img, f->len, "hi", &img, f->err, sizeof(f->err)), 0);
 	si = gpa_ptr(&gm, PVH_START_INFO_GPA, sizeof(*si));
 	mm = gpa_ptr(&gm, PVH_MEMMAP_GPA, 3 * sizeof(*mm));
