@@ -63,7 +63,7 @@ $(B)/tests/%: tests/unit/%.c $(B)/libdoppel.a $(HDRS)
 include guest/guest.mk
 
 # ---- tests -------------------------------------------------------------------------------------
-unit: $(UNIT_BIN)
+unit: $(UNIT_BIN) $(B)/guest.elf
 	@rc=0; for t in $(UNIT_BIN); do $$t || rc=1; done; exit $$rc
 
 system: binaries

@@ -13,6 +13,7 @@
 #include <linux/kvm.h>
 
 #include "hv/dirty.h"
+#include "hv/kvm/kvm_dirty.h"
 #include "hv/mem.h"
 
 #define CODE_GPA 0x1000ull
@@ -201,7 +202,7 @@ static int bench_idle(uint64_t size, unsigned flags, bool *first)
 		return -1;
 	bm = calloc(dirty_bitmap_words(t.gm.nr_pages), sizeof(uint64_t));
 	t0 = now_ns();
-	if (!bm || dirty_log_start_flags(&d, t.vm, &t.gm, flags, err, sizeof(err))) {
+	if (!bm || kvm_dirty_log_start(&d, t.vm, &t.gm, flags, err, sizeof(err))) {
 		fprintf(stderr, "dirty_sync: %s\n", err);
 		free(bm);
 		bvm_destroy(&t);
@@ -245,7 +246,7 @@ static int bench_dirty(uint64_t size, uint32_t n, unsigned flags, bool user, boo
 	if (bvm_create(&t, size, user))
 		return -1;
 	bm = calloc(dirty_bitmap_words(t.gm.nr_pages), sizeof(uint64_t));
-	if (!bm || dirty_log_start_flags(&d, t.vm, &t.gm, flags | DIRTY_START_CLEAN, err, sizeof(err))) {
+	if (!bm || kvm_dirty_log_start(&d, t.vm, &t.gm, flags | DIRTY_START_CLEAN, err, sizeof(err))) {
 		fprintf(stderr, "dirty_sync: %s\n", err);
 		free(bm);
 		bvm_destroy(&t);

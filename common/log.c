@@ -1,10 +1,12 @@
-/* log.c — levels, monotonic timestamps and component tags to stderr, a JSON-lines file or a sink. */
+/* log.c — levels, monotonic timestamps and component tags to stderr, a JSON-lines file or a sink.
+ */
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,8 +44,17 @@ int log_level_parse(const char *s, enum log_level *out)
 	return -EINVAL;
 }
 
+static uint64_t since_start(void)
+{
+	uint64_t now = now_ns(), zero = 0;
+
+	__atomic_compare_exchange_n(&L.t0, &zero, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+	return now - __atomic_load_n(&L.t0, __ATOMIC_RELAXED);
+}
+
 void log_set_level(enum log_level lvl)
 {
+	(void)since_start(); /* the program configures the logger at start-up: t counts from here */
 	__atomic_store_n(&L.level, (int)lvl, __ATOMIC_RELAXED);
 }
 
@@ -70,7 +81,8 @@ int log_set_json_file(const char *path, char *err, size_t errlen)
 	if (path) {
 		fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
 		if (fd < 0)
-			return errf(err, errlen, -errno, "cannot open log file %s: %s", path, strerror(errno));
+			return errf(err, errlen, -errno, "cannot open log file %s: %s", path,
+			            strerror(errno));
 	}
 	old = __atomic_exchange_n(&L.json_fd, fd, __ATOMIC_ACQ_REL);
 	if (old >= 0)
@@ -78,49 +90,49 @@ int log_set_json_file(const char *path, char *err, size_t errlen)
 	return 0;
 }
 
-static uint64_t since_start(void)
+/* text plus a newline as one write (so concurrent writers' lines never interleave) */
+static void write_line(int fd, const char *txt, size_t len)
 {
-	uint64_t now = now_ns(), zero = 0;
+	struct iovec iov[2] = {{(void *)txt, len}, {(void *)"\n", 1}};
+	ssize_t n;
 
-	__atomic_compare_exchange_n(&L.t0, &zero, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-	return now - __atomic_load_n(&L.t0, __ATOMIC_RELAXED);
-}
-
-static void write_all(int fd, const char *buf, size_t len)
-{
-	while (len) {
-		ssize_t n = write(fd, buf, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return; /* nowhere to report a failing log */
-		buf += n;
-		len -= (size_t)n;
-	}
+	do
+		n = writev(fd, iov, 2);
+	while (n < 0 && errno == EINTR);
+	/* a short or failed write is dropped: there is nowhere to report a failing log */
 }
 
 static void emit_json(int fd, uint64_t t, enum log_level lvl, const char *comp, const char *vm,
-		      const char *msg)
+                      const char *msg)
 {
 	struct json_object *o = json_object_new_object();
 	struct timespec wall;
-	char line[2048];
+	char num[48];
 
 	if (!o)
 		return;
 	clock_gettime(CLOCK_REALTIME, &wall);
-	json_object_object_add(o, "t", json_object_new_double((double)t / 1e9));
-	json_object_object_add(o, "wall", json_object_new_double((double)wall.tv_sec + (double)wall.tv_nsec / 1e9));
+	/* fixed decimals (µs, ms), not a double's 17 significant digits */
+	snprintf(num, sizeof(num), "%llu.%06llu", (unsigned long long)(t / 1000000000ull),
+	         (unsigned long long)(t / 1000 % 1000000));
+	json_object_object_add(o, "t", json_object_new_double_s((double)t / 1e9, num));
+	snprintf(num, sizeof(num), "%lld.%03ld", (long long)wall.tv_sec, wall.tv_nsec / 1000000);
+	json_object_object_add(
+	    o, "wall",
+	    json_object_new_double_s((double)wall.tv_sec + (double)wall.tv_nsec / 1e9, num));
 	json_object_object_add(o, "level", json_object_new_string(log_level_name(lvl)));
 	json_object_object_add(o, "component", json_object_new_string(comp ? comp : ""));
 	if (vm)
 		json_object_object_add(o, "vm", json_object_new_string(vm));
 	json_object_object_add(o, "msg", json_object_new_string(msg));
-	int n = snprintf(line, sizeof(line), "%s\n",
-			 json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	/* the JSON text and its newline in one writev(2): a whole line or nothing, never a cut one
+	 */
+	size_t len = 0;
+	const char *txt = json_object_to_json_string_length(
+	    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	if (txt)
+		write_line(fd, txt, len);
 	json_object_put(o);
-	if (n > 0)
-		write_all(fd, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
 void log_msg(enum log_level lvl, const char *component, const char *vm, const char *fmt, ...)
@@ -141,11 +153,13 @@ void log_msg(enum log_level lvl, const char *component, const char *vm, const ch
 			*p = ' ';
 	t = since_start();
 	if (__atomic_load_n(&L.to_stderr, __ATOMIC_RELAXED)) {
-		n = snprintf(line, sizeof(line), "doppel: [%5llu.%06llu] %-5s %s%s%s: %s\n",
-			     (unsigned long long)(t / 1000000000ull), (unsigned long long)(t / 1000 % 1000000),
-			     log_level_name(lvl), component ? component : "-", vm ? " " : "", vm ? vm : "", msg);
+		n = snprintf(line, sizeof(line), "doppel: [%5llu.%06llu] %-5s %s%s%s: %s",
+		             (unsigned long long)(t / 1000000000ull),
+		             (unsigned long long)(t / 1000 % 1000000), log_level_name(lvl),
+		             component ? component : "-", vm ? " " : "", vm ? vm : "", msg);
 		if (n > 0)
-			write_all(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+			write_line(STDERR_FILENO, line,
+			           (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	}
 	fd = __atomic_load_n(&L.json_fd, __ATOMIC_ACQUIRE);
 	if (fd >= 0)

@@ -14,11 +14,12 @@
  * optionally followed by "iB" or "B" ("4K", "4KiB", "4KB", "512", "512B"). No signs, spaces, hex or
  * fractions. Returns 0 and sets *out, -EINVAL for malformed input (*out untouched), -ERANGE if the value
  * does not fit in 64 bits. */
-int parse_size(const char *s, uint64_t *out);
+int parse_size(const char *s, uint64_t *out) __attribute__((warn_unused_result));
 
 /* Parse a plain decimal unsigned integer (digits only) within [min, max]. Returns 0 and sets *out,
  * -EINVAL for malformed input, -ERANGE if it overflows or lies outside [min, max]. */
-int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+    __attribute__((warn_unused_result));
 
 /* A VM name is 1..CLI_NAME_MAX characters from [A-Za-z0-9._-], not starting with '-' or '.'
  * (so it never looks like an option or a hidden/relative path). NULL is invalid. */

@@ -1,4 +1,4 @@
-/* dirty.h — KVM dirty-page tracking (bitmap + manual protect) for snapshots, Remus epochs, migration. */
+/* dirty.h — dirty-page tracking of a VM for snapshots, Remus epochs and migration. */
 #ifndef DOPPEL_HV_DIRTY_H
 #define DOPPEL_HV_DIRTY_H
 
@@ -8,9 +8,10 @@
 #include "hv/mem.h"
 
 /*
- * Model. The VMM registered KVM memory slot i for gm->r[i] (guest_phys_addr = r[i].gpa,
- * memory_size = r[i].size, userspace_addr = r[i].host, flags 0). dirty_log_start re-registers the
- * same slots with KVM_MEM_LOG_DIRTY_PAGES; dirty_log_stop registers them again with flags 0.
+ * Model (KVM backend, hv/kvm/kvm_dirty.c). The VMM registered KVM memory slot i for gm->r[i]
+ * (guest_phys_addr = r[i].gpa, memory_size = r[i].size, userspace_addr = r[i].host, flags 0).
+ * dirty_log_start re-registers the same slots with KVM_MEM_LOG_DIRTY_PAGES; dirty_log_stop registers
+ * them again with flags 0.
  *
  * Each dirty_log_sync reports, in one bitmap indexed by RAM page index (hv/mem.h), every page
  * written since the previous sync (or since start) by the guest (KVM log) or by the VMM
@@ -44,17 +45,16 @@ enum {
 	DIRTY_YIELD = 1u << 2,
 };
 
-/* Start logging on every slot of gm (slot i <-> gm->r[i]) of the KVM VM vm_fd, with flags
- * DIRTY_START_ALL. Precondition: gm regions page-aligned, r[i].pfn_base a multiple of 64 (hv/mem.h
- * layout guarantees it). KVM has one log per slot, so a VM has one owner at a time
- * (gm->dirty_owner): starting while another log owns it fails with -EBUSY unless that one was
- * started with DIRTY_YIELD, which it then loses. VMM writes made before start (bits
- * already in gm->dev_dirty) are kept and reported by the first sync.
- * Returns 0 and *out, or -errno with a one-line reason in err (errlen may be 0); on error slots are
- * left without logging and nothing leaks. */
-int dirty_log_start(struct dirty_log **out, int vm_fd, struct guest_mem *gm, char *err, size_t errlen);
-int dirty_log_start_flags(struct dirty_log **out, int vm_fd, struct guest_mem *gm, unsigned flags,
-			  char *err, size_t errlen);
+/* Start logging on every RAM region of vm (hv/mem.h layout: page-aligned, pfn_base a multiple of 64)
+ * with `flags` (DIRTY_START_ALL = 0 for the usual first full copy). A VM has one log owner at a time
+ * (vm_mem(vm)->dirty_owner): starting while another log owns it fails with -EBUSY unless that one was
+ * started with DIRTY_YIELD, which it then loses. VMM writes made before start (bits already in
+ * gm->dev_dirty) are kept and reported by the first sync.
+ * Returns 0 and *out, or -errno with a one-line reason in err (errlen may be 0); on error the VM is
+ * left without logging and nothing leaks. (hv/kvm/kvm_dirty.h has the same on a raw KVM VM fd.) */
+struct vm;
+int dirty_log_start(struct dirty_log **out, struct vm *vm, unsigned flags, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 
 /* Sync-and-clear. Overwrites `bitmap` ((gm->nr_pages + 63) / 64 words; bits past nr_pages are
  * zeroed) with the pages dirtied since the last sync (see the model above), and re-protects them in

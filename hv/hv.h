@@ -1,4 +1,4 @@
-/* hv.h — the narrow VMM interface: create, memory map, devices, run, pause, resume, stop. */
+/* hv.h — the hypervisor seam: VM lifecycle, memory, devices, IRQs, state; no KVM fd leaves hv/. */
 #ifndef DOPPEL_HV_H
 #define DOPPEL_HV_H
 
@@ -8,6 +8,14 @@
 #include <pthread.h>
 
 #include "hv/mem.h"
+
+/*
+ * Everything outside hv/ drives a VM through this header, hv/dirty.h (dirty logging), hv/mem.h
+ * (guest RAM) and the device headers in hv/dev/. No KVM file descriptor, ioctl or struct crosses it:
+ * the KVM backend lives in hv/kvm/ (vm.c, vcpu.c, kvm_state*.c, kvm_dirty.c), the devices in hv/dev/
+ * (uart, virtio-mmio transport + virtqueues, virtio-net + tap, the device table and slot allocator,
+ * the state encoder). A second backend (Xen, a VMX-only feature) implements the same functions.
+ */
 
 #define HV_MAX_VCPUS 64
 #define HV_MAX_IO 64
@@ -45,39 +53,119 @@ void vm_destroy(struct vm *vm);
 
 struct guest_mem *vm_mem(struct vm *vm);
 int vm_nr_vcpus(const struct vm *vm);
-int vm_fd(const struct vm *vm);
-int vm_kvm_fd(const struct vm *vm); /* the VM's /dev/kvm fd */
 const char *vm_name(const struct vm *vm);
-/* What to save of this VM's vCPUs and in-kernel devices (hv/kvm_state.h), set up at create. */
-struct kvm_state_ctx;
-const struct kvm_state_ctx *vm_kvm_state(const struct vm *vm);
-int vm_vcpu_fd(const struct vm *vm, int idx);
 enum vm_state vm_get_state(const struct vm *vm);
 const char *vm_state_name(enum vm_state s);
+
+/* ---- whole-VM state (checkpoints, snapshots, migration) ----------------------------------------
+ * Backend blobs, opaque outside hv/ (KVM: the versioned tagged sections of hv/kvm/kvm_state.h). The
+ * vCPUs must be parked (vm_pause, or not started). A checkpoint saves every vCPU and the platform
+ * (in-kernel irqchip, PIT, clock) and restores them in the same order: every vCPU first, then the
+ * platform last, just before resuming, so the guest clock restarts as late as possible.
+ * save: 0 and *used, -ENOSPC when len is short (a buffer of the _max size never is), or -errno of the
+ * backend with one line in err. restore validates the whole blob before applying it: -EINVAL for a
+ * malformed blob (nothing changed), -EOPNOTSUPP when it needs a capability this VM lacks, other
+ * -errno when the backend refuses part of it (the vCPU/platform may then be partly restored). */
+size_t vm_vcpu_state_max(const struct vm *vm);
+size_t vm_platform_state_max(const struct vm *vm);
+int vm_vcpu_save(struct vm *vm, int idx, void *buf, size_t len, size_t *used, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+int vm_vcpu_restore(struct vm *vm, int idx, const void *buf, size_t len, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+int vm_platform_save(struct vm *vm, void *buf, size_t len, size_t *used, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+int vm_platform_restore(struct vm *vm, const void *buf, size_t len, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* Record name of the platform blob in streams and snapshot files ("kvm-vm" for the KVM backend). */
+const char *vm_platform_state_name(const struct vm *vm);
+
+/* Drive interrupt line `gsi` of the VM's interrupt controller to `level` (1 assert, 0 deassert).
+ * Any thread; a device model calls it with its own lock held. Returns 0 or -errno (the VM is gone). */
+int vm_irq_line(struct vm *vm, int gsi, int level);
 
 /* Register a device over [base, base+len) in one space. Overlaps are rejected (-EEXIST).
  * Only before vm_start. */
 int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t len, io_fn fn,
 		   void *opaque);
 
-/* Device state for checkpoints. Each device with guest-visible state registers one save/restore pair
- * (kept apart from host resources: a tap fd is not state). save writes at most `max` bytes and returns
- * the count or -errno; restore validates before changing anything and returns 0 or -errno. Both are
- * called only while the VM is paused (or not started). Names are unique, 1..31 chars. */
-#define HV_MAX_DEVSTATE 16
+/* ---- devices (hv/dev/) ------------------------------------------------------------------------
+ * One ops shape for every device, in the spirit of kvmtool's device headers and Firecracker's
+ * device manager. A device model is created by its own constructor (uart_new, virtio_net_attach...),
+ * then handed to vm_dev_attach under a unique name, which is also the name of its state record in
+ * streams and snapshot files ("uart0", "net0", "net0-host"). From then on the VM owns it: vm_destroy
+ * calls detach on every device, in reverse attach order, after the vCPUs have stopped.
+ * Every hook is optional. All are called with no hv lock held; save/restore/reset only while the VM
+ * is paused (or not started). */
+struct hv_dev_ops {
+	const char *kind; /* model, for messages: "uart", "virtio-net", "net-host" */
+	/* Claim guest-visible resources: I/O windows (vm_io_register), a virtio-mmio slot
+	 * (vm_mmio_slot_claim). Claims cannot be given back, so the last step that can fail claims.
+	 * Returns 0, or -errno with one line in err. */
+	int (*attach)(struct vm *vm, void *dev, char *err, size_t errlen);
+	/* Return to power-on state (guest-visible registers; host resources stay). */
+	void (*reset)(void *dev);
+	/* Upper bound of save's output (0 or NULL hook: the device has no state). */
+	size_t (*state_size)(void *dev);
+	/* Write the guest-visible state (hv/dev/state.h encoder): bytes written or -ENOSPC. */
+	int (*save)(void *dev, void *buf, size_t len);
+	/* Validate all of buf, then apply it: 0, or -EINVAL with the device unchanged. */
+	int (*restore)(void *dev, const void *buf, size_t len);
+	/* Release host resources and free the device (the VM's vCPUs have stopped). */
+	void (*detach)(void *dev);
+};
+
+#define HV_MAX_DEVS 16
+#define HV_DEV_NAME_MAX 32 /* names are 1..31 characters */
+#define HV_MAX_DEVSTATE HV_MAX_DEVS /* devices with state: checkpoints size their tables by it */
+
+/* Attach `dev` under `name`: checks the name (-EINVAL) is unique (-EEXIST) and the table has room
+ * (-ENOSPC) before calling ops->attach. Only before vm_start. On failure nothing was taken and the
+ * caller still owns dev. Returns 0 or -errno with one line in err. */
+int vm_dev_attach(struct vm *vm, const char *name, const struct hv_dev_ops *ops, void *dev, char *err,
+		  size_t errlen) __attribute__((warn_unused_result));
+/* The device attached under `name`, or NULL. */
+void *vm_dev_find(const struct vm *vm, const char *name);
+/* Call reset on every device, in attach order (the VM paused or not started). */
+void vm_dev_reset_all(struct vm *vm);
+
+/* The devices with state, in attach order, as checkpoints walk them. `max` bounds save's output;
+ * save/restore/opaque are the device's ops and the device itself. */
 typedef int (*devstate_save_fn)(void *opaque, void *buf, size_t len);
 typedef int (*devstate_restore_fn)(void *opaque, const void *buf, size_t len);
 struct vm_devstate {
-	char name[32];
+	char name[HV_DEV_NAME_MAX];
 	size_t max;
 	devstate_save_fn save;
 	devstate_restore_fn restore;
 	void *opaque;
+	const struct hv_dev_ops *ops;
 };
-int vm_devstate_register(struct vm *vm, const char *name, size_t max, devstate_save_fn save,
-			 devstate_restore_fn restore, void *opaque);
 int vm_devstate_count(const struct vm *vm);
 const struct vm_devstate *vm_devstate_get(const struct vm *vm, int idx);
+
+/* ---- virtio-mmio slots: the one MMIO window + IRQ allocator ------------------------------------
+ * Layout as QEMU microvm: slot s (0..HV_MMIO_SLOTS-1) at HV_MMIO_BASE + HV_MMIO_SLOT_SIZE * s with
+ * GSI HV_MMIO_IRQ_BASE + s; slots are handed out from the top in claim order, so the first device
+ * gets 512@0xfeb00e00:12 as under QEMU microvm, the second 512@0xfeb00c00:11, and so on. */
+#define HV_MMIO_BASE 0xfeb00000ull
+#define HV_MMIO_SLOT_SIZE 0x200ull
+#define HV_MMIO_SLOTS 8
+#define HV_MMIO_IRQ_BASE 5
+
+struct hv_mmio_slot {
+	int index;          /* claim order: 0 for the first device */
+	uint64_t base;      /* guest-physical base of the HV_MMIO_SLOT_SIZE window */
+	int gsi;            /* its interrupt line (vm_irq_line) */
+	char cmdline[64];   /* "virtio_mmio.device=512@0x...:GSI", also appended to vm_dev_cmdline */
+};
+
+/* Take the next free slot and register fn/opaque over its window. Returns 0 and *slot, -ENOSPC when
+ * all slots are taken, or the vm_io_register error; on error no slot is consumed. Before vm_start. */
+int vm_mmio_slot_claim(struct vm *vm, io_fn fn, void *opaque, struct hv_mmio_slot *slot)
+	__attribute__((warn_unused_result));
+/* The kernel command-line fragments of every claimed slot, space separated, in claim order ("" when
+ * none): what the guest needs to find its virtio-mmio devices. */
+const char *vm_dev_cmdline(const struct vm *vm);
 
 /* Set the boot vCPU state for a PVH entry: 32-bit flat protected mode, paging off, eip = entry,
  * ebx = start_info gpa. Other vCPUs stay in their reset state (the guest does not start APs). */

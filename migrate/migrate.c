@@ -14,7 +14,7 @@
 #include "common/parse.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
-
+#include "common/errf.h"
 
 /* ---- back channel ----------------------------------------------------------------------------- */
 
@@ -104,25 +104,20 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 
 	*p = (struct mig_params){.downtime_ms = 10, .compress = MIG_COMP_AUTO, .connect_timeout_ms = 5000,
 				 .io_timeout_ms = 5000, .max_rounds = 1000};
-	if (!json_object_object_get_ex(req, "to", &j) || !json_object_is_type(j, json_type_string) ||
-	    strlen(json_object_get_string(j)) >= sizeof(p->to)) {
-		snprintf(err, errlen, "migrate needs a \"to\": \"ADDR:PORT\" string");
-		return -EINVAL;
-	}
+	if (!json_object_object_get_ex(req, "to", &j) ||
+	    !json_object_is_type(j, json_type_string) ||
+	    strlen(json_object_get_string(j)) >= sizeof(p->to))
+		return errf(err, errlen, -EINVAL, "migrate needs a \"to\": \"ADDR:PORT\" string");
 	snprintf(p->to, sizeof(p->to), "%s", json_object_get_string(j));
 	if (json_object_object_get_ex(req, "downtime_ms", &j)) {
 		p->downtime_ms = json_object_get_double(j);
-		if (!(p->downtime_ms >= 1 && p->downtime_ms <= 60000)) {
-			snprintf(err, errlen, "\"downtime_ms\" must be 1..60000");
-			return -EINVAL;
-		}
+		if (!(p->downtime_ms >= 1 && p->downtime_ms <= 60000))
+			return errf(err, errlen, -EINVAL, "\"downtime_ms\" must be 1..60000");
 	}
 	if (json_object_object_get_ex(req, "max_bandwidth", &j)) {
 		int64_t bw = json_object_get_int64(j);
-		if (bw < 0) {
-			snprintf(err, errlen, "\"max_bandwidth\" must be >= 0 bytes/s");
-			return -EINVAL;
-		}
+		if (bw < 0)
+			return errf(err, errlen, -EINVAL, "\"max_bandwidth\" must be >= 0 bytes/s");
 		p->max_bw = (uint64_t)bw;
 	}
 	if (json_object_object_get_ex(req, "compress", &j)) {
@@ -134,16 +129,14 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 		else if (s && !strcmp(s, "none"))
 			p->compress = MIG_COMP_NONE;
 		else {
-			snprintf(err, errlen, "\"compress\" must be auto, zstd or none");
-			return -EINVAL;
+			return errf(err, errlen, -EINVAL,
+			            "\"compress\" must be auto, zstd or none");
 		}
 	}
 	if (json_object_object_get_ex(req, "timeout_ms", &j)) {
 		int64_t t = json_object_get_int64(j);
-		if (t < 100 || t > 600000) {
-			snprintf(err, errlen, "\"timeout_ms\" must be 100..600000");
-			return -EINVAL;
-		}
+		if (t < 100 || t > 600000)
+			return errf(err, errlen, -EINVAL, "\"timeout_ms\" must be 100..600000");
 		p->io_timeout_ms = p->connect_timeout_ms = (int)t;
 	}
 	return 0;
@@ -265,13 +258,9 @@ int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t e
 {
 	struct mig *m = mig_of(v);
 
-	if (!m) {
-		snprintf(err, errlen, "internal error: migrate_setup was not called");
-		return -EINVAL;
-	}
-	if (!vmm_held(v)) {
-		snprintf(err, errlen, "--incoming needs a VM that has not started");
-		return -EINVAL;
-	}
+	if (!m)
+		return errf(err, errlen, -EINVAL, "internal error: migrate_setup was not called");
+	if (!vmm_held(v))
+		return errf(err, errlen, -EINVAL, "--incoming needs a VM that has not started");
 	return mig_recv_listen(m, addr, err, errlen);
 }

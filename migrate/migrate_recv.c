@@ -12,6 +12,7 @@
 #include "replication/stream.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
+#include "common/log.h"
 
 #define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, or the final epoch) */
 
@@ -113,7 +114,7 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	pthread_join(m->receiver, NULL);
 	m->recv_started = false;
 	if (m->in_rc) {
-		fprintf(stderr, "doppel run: incoming migration failed: %s\n", m->in_err);
+		log_error("migrate", vmm_name(m->v), "incoming migration failed: %s", m->in_err);
 		close(m->fd);
 		m->fd = -1;
 		vmm_stop(m->v, 1);
@@ -122,7 +123,7 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	rc = vmm_start_vcpus(m->v);
 	t_run = now_ns();
 	if (rc) {
-		fprintf(stderr, "doppel run: cannot start the migrated VM: %s\n", strerror(-rc));
+		log_error("migrate", vmm_name(m->v), "cannot start the migrated VM: %s", strerror(-rc));
 		mig_msg_send(m->fd, MIG_ERROR, 0, 0, "cannot start the vCPUs");
 		close(m->fd);
 		m->fd = -1;
@@ -133,6 +134,7 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	snprintf(txt, sizeof(txt), "end=%llu applied=%llu loop=%llu",
 		 (unsigned long long)m->t_in_end, (unsigned long long)m->t_in_applied, (unsigned long long)t_start);
 	mig_msg_send(m->fd, MIG_RUNNING, m->t_in_end, t_run, txt);
+	log_debug("migrate", vmm_name(m->v), "incoming migration complete, running");
 	vmm_net_announce(m->v);
 	close(m->fd);
 	m->fd = -1;
@@ -159,7 +161,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	pthread_mutex_unlock(&m->lock);
 	rc = pthread_create(&m->receiver, NULL, receiver_main, m);
 	if (rc) {
-		fprintf(stderr, "doppel run: cannot start the migration receiver: %s\n", strerror(rc));
+		log_error("migrate", vmm_name(m->v), "cannot start the migration receiver: %s", strerror(rc));
 		vmm_stop(m->v, 1);
 		return;
 	}

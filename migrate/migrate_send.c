@@ -216,8 +216,7 @@ static int connect_dst(struct sender *s)
 	return 0;
 }
 
-/* ---- the pre-copy policy: converge.c decides ---------------------------------------------------
- */
+/* ---- the pre-copy policy: converge.c decides ------------------------------------------------- */
 
 static int round_end(void *opaque, const struct ckpt_round *rd)
 {

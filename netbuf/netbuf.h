@@ -42,7 +42,7 @@ struct netbuf_stats {
 /* New buffer, in passthrough mode. max_bytes/max_frames 0 -> the defaults. out_fn required.
  * Returns 0 or -ENOMEM / -EINVAL. */
 int netbuf_new(struct netbuf **out, size_t max_bytes, size_t max_frames, netbuf_out_fn out_fn,
-	       void *opaque);
+               void *opaque) __attribute__((warn_unused_result));
 /* Free, discarding held frames (they are not output). NULL-safe. */
 void netbuf_free(struct netbuf *nb);
 void netbuf_set_pressure_cb(struct netbuf *nb, netbuf_pressure_fn fn, void *opaque);

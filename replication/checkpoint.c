@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include "hv/dirty.h"
-#include "hv/kvm_state.h"
 #include "replication/checkpoint.h"
 
 /* ---- machine state ---------------------------------------------------------------------------- */
@@ -38,14 +37,13 @@ static int blob_set(struct ckpt_blob *b, const char *name, uint32_t kind, const 
 
 int ckpt_state_capture(struct ckpt_state *s, struct vm *vm, char *err, size_t errlen)
 {
-	const struct kvm_state_ctx *ks = vm_kvm_state(vm);
-	size_t max = kvm_vcpu_state_max(ks), used;
+	size_t max = vm_vcpu_state_max(vm), used;
 	uint8_t *buf;
 	int rc = 0;
 
 	ckpt_state_free(s);
-	if (kvm_vm_state_max() > max)
-		max = kvm_vm_state_max();
+	if (vm_platform_state_max(vm) > max)
+		max = vm_platform_state_max(vm);
 	for (int i = 0; i < vm_devstate_count(vm); i++)
 		if (vm_devstate_get(vm, i)->max > max)
 			max = vm_devstate_get(vm, i)->max;
@@ -54,12 +52,12 @@ int ckpt_state_capture(struct ckpt_state *s, struct vm *vm, char *err, size_t er
 		return -ENOMEM;
 	s->nr_vcpus = (uint32_t)vm_nr_vcpus(vm);
 	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-		rc = kvm_vcpu_save(ks, vm_vcpu_fd(vm, (int)i), buf, max, &used, err, errlen);
+		rc = vm_vcpu_save(vm, (int)i, buf, max, &used, err, errlen);
 		if (rc || (rc = blob_set(&s->vcpu[i], "vcpu", 0, buf, used)))
 			goto out;
 	}
-	rc = kvm_vm_save(ks, vm_fd(vm), buf, max, &used, err, errlen);
-	if (rc || (rc = blob_set(&s->dev[s->nr_dev++], "kvm-vm", CKPT_DEV_KVM, buf, used)))
+	rc = vm_platform_save(vm, buf, max, &used, err, errlen);
+	if (rc || (rc = blob_set(&s->dev[s->nr_dev++], vm_platform_state_name(vm), CKPT_DEV_KVM, buf, used)))
 		goto out;
 	for (int i = 0; i < vm_devstate_count(vm); i++) {
 		const struct vm_devstate *d = vm_devstate_get(vm, i);
@@ -104,8 +102,7 @@ static const struct ckpt_blob *find_dev(const struct ckpt_state *s, uint32_t kin
 
 int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_t errlen)
 {
-	const struct kvm_state_ctx *ks = vm_kvm_state(vm);
-	const struct ckpt_blob *kvm = find_dev(s, CKPT_DEV_KVM, "kvm-vm");
+	const struct ckpt_blob *kvm = find_dev(s, CKPT_DEV_KVM, vm_platform_state_name(vm));
 	int rc;
 
 	/* Validate presence of everything before touching anything. */
@@ -128,8 +125,7 @@ int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_
 			return -EINVAL;
 		}
 	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
-		rc = kvm_vcpu_restore(ks, vm_vcpu_fd(vm, (int)i), s->vcpu[i].data, s->vcpu[i].len, err,
-				      errlen);
+		rc = vm_vcpu_restore(vm, (int)i, s->vcpu[i].data, s->vcpu[i].len, err, errlen);
 		if (rc)
 			return rc;
 	}
@@ -142,7 +138,7 @@ int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_
 			return rc;
 		}
 	}
-	return kvm_vm_restore(ks, vm_fd(vm), kvm->data, kvm->len, err, errlen);
+	return vm_platform_restore(vm, kvm->data, kvm->len, err, errlen);
 }
 
 int ckpt_info_write(struct sr_ctx *w, const struct ckpt_info *info)

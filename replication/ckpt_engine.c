@@ -39,7 +39,7 @@ int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen)
 	/* Touched now so the first epochs do not fault the stage in inside the pause. */
 	if (e->ops->stage && !e->stage.cap && !ckpt_stage_reserve(&e->stage, STAGE_PREGROW))
 		memset(e->stage.data, 0, e->stage.cap * GUEST_PAGE_SIZE);
-	rc = dirty_log_start_flags(&e->log, vm_fd(e->vm), e->gm, e->ops->log_flags, err, errlen);
+	rc = dirty_log_start(&e->log, e->vm, e->ops->log_flags, err, errlen);
 	if (rc)
 		e->log = NULL;
 	return rc;

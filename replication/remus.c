@@ -11,7 +11,7 @@
 
 #include "replication/remus_priv.h"
 #include "vmm/vmm.h"
-
+#include "common/errf.h"
 
 void remus_ring_push(struct remus_ring *r, uint64_t v)
 {
@@ -227,13 +227,10 @@ int remus_standby_listen(struct vmm *v, const char *addr, char *err, size_t errl
 {
 	struct remus *r = remus_of(v);
 
-	if (!r) {
-		snprintf(err, errlen, "remus_setup was not called for this VM");
-		return -EINVAL;
-	}
-	if (!vmm_held(v)) {
-		snprintf(err, errlen, "a standby VM must be created held (no vCPUs running)");
-		return -EINVAL;
-	}
+	if (!r)
+		return errf(err, errlen, -EINVAL, "remus_setup was not called for this VM");
+	if (!vmm_held(v))
+		return errf(err, errlen, -EINVAL,
+		            "a standby VM must be created held (no vCPUs running)");
 	return remus_standby_start(r, addr, err, errlen);
 }

@@ -16,6 +16,7 @@
 #include "replication/sock.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
+#include "common/log.h"
 
 #define PRECOPY_MAX_ROUNDS 5
 #define PRECOPY_FEW_PAGES 1024
@@ -392,8 +393,8 @@ void remus_primary_fail(struct remus *r, const char *fmt, ...)
 	teardown(r, false);
 	snprintf(r->last_error, sizeof(r->last_error), "%s", why);
 	remus_record_event(r, "standby-lost", r->acked_epoch, "%s", why);
-	fprintf(stderr, "doppel: %s: replication to %s stopped, running unprotected: %s\n",
-	        vmm_name(r->v), r->peer, why);
+	log_warn("remus", vmm_name(r->v), "replication to %s stopped, running unprotected: %s",
+	         r->peer, why);
 	finish_reply(r, ctl_error("protect failed: %s", why));
 }
 

@@ -12,6 +12,8 @@
 #include "replication/sock.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
+#include "common/log.h"
+#include "common/errf.h"
 
 #define HELLO_TIMEOUT_MS 5000
 
@@ -169,8 +171,8 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	pthread_mutex_lock(&r->lock);
 	if (!r->have_committed) {
 		pthread_mutex_unlock(&r->lock);
-		snprintf(err, errlen, "no complete checkpoint received yet: cannot take over");
-		return -EAGAIN;
+		return errf(err, errlen, -EAGAIN,
+		            "no complete checkpoint received yet: cannot take over");
 	}
 	r->failed_over = true; /* the reader applies nothing more */
 	if (r->cfd >= 0)
@@ -192,9 +194,9 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 		rc = vmm_start_vcpus(r->v);
 	if (rc) {
 		if (!*err)
-			snprintf(err, errlen, "cannot start vCPUs: %s", strerror(-rc));
+			errf(err, errlen, rc, "cannot start vCPUs: %s", strerror(-rc));
 		snprintf(r->last_error, sizeof(r->last_error), "failover failed: %s", err);
-		fprintf(stderr, "doppel: %s: failover failed: %s\n", vmm_name(r->v), err);
+		log_error("remus", vmm_name(r->v), "failover failed: %s", err);
 		vmm_stop(r->v, 1);
 		return rc;
 	}
@@ -206,8 +208,7 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	r->nr_failovers++;
 	remus_record_event(r, "failover", epoch, "%s (took over in %.1f ms)", why,
 			   (double)(now_ns() - t0) / 1e6);
-	fprintf(stderr, "doppel: %s: took over at epoch %llu: %s\n", vmm_name(r->v),
-		(unsigned long long)epoch, why);
+	log_warn("remus", vmm_name(r->v), "took over at epoch %llu: %s", (unsigned long long)epoch, why);
 	return 0;
 }
 
@@ -274,13 +275,13 @@ void remus_standby_async(struct remus *r, unsigned flags)
 			remus_record_event(r, "rejected", r->committed_epoch, "%s", why);
 		}
 		snprintf(r->last_error, sizeof(r->last_error), "%s", why);
-		fprintf(stderr, "doppel: %s: standby: %s; waiting for a primary\n", vmm_name(r->v), why);
+		log_warn("remus", vmm_name(r->v), "standby: %s; waiting for a primary", why);
 		return;
 	}
 	if (do_failover(r, why, err, sizeof(err)) == -EAGAIN) {
 		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
 		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
-		fprintf(stderr, "doppel: %s: standby: %s; %s; waiting for a primary\n", vmm_name(r->v), why, err);
+		log_warn("remus", vmm_name(r->v), "standby: %s; %s; waiting for a primary", why, err);
 	}
 }
 

@@ -41,7 +41,7 @@ void sr_out_free(struct sr_out *o);
 
 /* Write all len bytes. Returns 0, -ETIMEDOUT (peer not draining within timeout_ms), -EPIPE (peer
  * closed), -ENOMEM/-ENOSPC (memory), or another -errno. On error a prefix may have been written. */
-int sr_out_write(struct sr_out *o, const void *buf, size_t len);
+int sr_out_write(struct sr_out *o, const void *buf, size_t len) __attribute__((warn_unused_result));
 
 /* Readers. sr_in_fd does not take ownership of fd; sr_in_mem does not copy buf. */
 void sr_in_fd(struct sr_in *in, int fd, int timeout_ms);
@@ -50,6 +50,6 @@ void sr_in_mem(struct sr_in *in, const void *buf, size_t len);
 /* Read up to len bytes, looping until len bytes came or EOF. Returns the count read (< len only at
  * EOF, 0 at EOF before any byte), or -ETIMEDOUT / -errno. Callers decide whether a short count is
  * a truncated stream (the stream layer reports "truncated stream: ..."). */
-ssize_t sr_in_read(struct sr_in *in, void *buf, size_t len);
+ssize_t sr_in_read(struct sr_in *in, void *buf, size_t len) __attribute__((warn_unused_result));
 
 #endif

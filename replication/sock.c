@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "replication/sock.h"
+#include "common/errf.h"
 
 int sock_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen)
 {
@@ -22,40 +23,34 @@ int sock_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char 
 	long p;
 	int rc;
 
-	if (!s || !*s || strlen(s) >= sizeof(host)) {
-		snprintf(err, errlen, "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s ? s : "");
-		return -EINVAL;
-	}
+	if (!s || !*s || strlen(s) >= sizeof(host))
+		return errf(err, errlen, -EINVAL,
+		            "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s ? s : "");
 	if (s[0] == '[') {
 		const char *rb = strchr(s, ']');
-		if (!rb || rb[1] != ':') {
-			snprintf(err, errlen, "bad address '%s' (expected [IPv6]:PORT)", s);
-			return -EINVAL;
-		}
+		if (!rb || rb[1] != ':')
+			return errf(err, errlen, -EINVAL, "bad address '%s' (expected [IPv6]:PORT)",
+			            s);
 		memcpy(host, s + 1, (size_t)(rb - s - 1));
 		host[rb - s - 1] = 0;
 		port = rb + 2;
 	} else {
 		const char *c = strrchr(s, ':');
-		if (!c || c == s || strchr(s, ':') != c) {
-			snprintf(err, errlen, "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s);
-			return -EINVAL;
-		}
+		if (!c || c == s || strchr(s, ':') != c)
+			return errf(err, errlen, -EINVAL,
+			            "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s);
 		memcpy(host, s, (size_t)(c - s));
 		host[c - s] = 0;
 		port = c + 1;
 	}
 	errno = 0;
 	p = strtol(port, &end, 10);
-	if (!*port || *end || errno || p < 1 || p > 65535) {
-		snprintf(err, errlen, "bad port in '%s' (1..65535)", s);
-		return -EINVAL;
-	}
+	if (!*port || *end || errno || p < 1 || p > 65535)
+		return errf(err, errlen, -EINVAL, "bad port in '%s' (1..65535)", s);
 	rc = getaddrinfo(host, port, &hints, &ai);
-	if (rc) {
-		snprintf(err, errlen, "cannot resolve '%s': %s", host, gai_strerror(rc));
-		return -EINVAL;
-	}
+	if (rc)
+		return errf(err, errlen, -EINVAL, "cannot resolve '%s': %s", host,
+		            gai_strerror(rc));
 	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
 	*len = ai->ai_addrlen;
 	freeaddrinfo(ai);
@@ -110,8 +105,7 @@ static int open_socket(const char *s, struct sockaddr_storage *ss, socklen_t *le
 	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0) {
 		rc = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(errno));
-		return rc;
+		return errf(err, errlen, rc, "socket: %s", strerror(errno));
 	}
 	return fd;
 }
@@ -127,8 +121,7 @@ int sock_listen(const char *s, char *err, size_t errlen)
 		return fd;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot listen on %s: %s", s, strerror(errno));
+		rc = errf(err, errlen, -errno, "cannot listen on %s: %s", s, strerror(errno));
 		close(fd);
 		return rc;
 	}
@@ -168,7 +161,7 @@ int sock_connect(const char *s, int timeout_ms, char *err, size_t errlen)
 	sock_tune(fd, timeout_ms);
 	return fd;
 err:
-	snprintf(err, errlen, "cannot connect to %s: %s", s, strerror(-rc));
+	errf(err, errlen, rc, "cannot connect to %s: %s", s, strerror(-rc));
 	close(fd);
 	return rc;
 }

@@ -10,6 +10,7 @@
 
 #include "replication/stream.h"
 #include "replication/stream_priv.h"
+#include "common/errf.h"
 
 int sr_fail(struct sr_ctx *ctx, int rc, const char *fmt, ...)
 {
@@ -133,20 +134,17 @@ void sr_header_from_mem(struct sr_header *h, const struct guest_mem *gm, uint32_
 int sr_header_check_mem(const struct sr_header *h, const struct guest_mem *gm, char *err,
 			size_t errlen)
 {
-	if (h->mem_size != gm->size || h->nr_regions != (uint32_t)gm->nr) {
-		snprintf(err, errlen,
-			 "stream: image has %llu bytes in %u regions, this VM %llu bytes in %d",
-			 (unsigned long long)h->mem_size, h->nr_regions,
-			 (unsigned long long)gm->size, gm->nr);
-		return -EINVAL;
-	}
+	if (h->mem_size != gm->size || h->nr_regions != (uint32_t)gm->nr)
+		return errf(err, errlen, -EINVAL,
+		            "stream: image has %llu bytes in %u regions, this VM %llu bytes in %d",
+		            (unsigned long long)h->mem_size, h->nr_regions,
+		            (unsigned long long)gm->size, gm->nr);
 	for (uint32_t i = 0; i < h->nr_regions; i++)
-		if (h->regions[i].gpa != gm->r[i].gpa || h->regions[i].size != gm->r[i].size) {
-			snprintf(err, errlen, "stream: image region %u [0x%llx,+0x%llx) differs from VM's",
-				 i, (unsigned long long)h->regions[i].gpa,
-				 (unsigned long long)h->regions[i].size);
-			return -EINVAL;
-		}
+		if (h->regions[i].gpa != gm->r[i].gpa || h->regions[i].size != gm->r[i].size)
+			return errf(err, errlen, -EINVAL,
+			            "stream: image region %u [0x%llx,+0x%llx) differs from VM's", i,
+			            (unsigned long long)h->regions[i].gpa,
+			            (unsigned long long)h->regions[i].size);
 	return 0;
 }
 

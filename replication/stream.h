@@ -99,9 +99,10 @@ struct sr_ctx;
 /* Writer over `out` (not owned; must outlive the ctx). compress=false writes raw PAGE_DATA
  * (--compress none); otherwise zstd at `level` (1 recommended; negative levels are faster).
  * Returns 0 or -ENOMEM. */
-int sr_writer_new(struct sr_ctx **ctx, struct sr_out *out, bool compress, int level);
+int sr_writer_new(struct sr_ctx **ctx, struct sr_out *out, bool compress, int level)
+    __attribute__((warn_unused_result));
 /* Reader over `in` (not owned). Returns 0 or -ENOMEM. */
-int sr_reader_new(struct sr_ctx **ctx, struct sr_in *in);
+int sr_reader_new(struct sr_ctx **ctx, struct sr_in *in) __attribute__((warn_unused_result));
 void sr_ctx_free(struct sr_ctx *ctx); /* NULL-safe */
 const char *sr_error(const struct sr_ctx *ctx); /* "" when no error */
 void sr_stats(const struct sr_ctx *ctx, struct sr_stats *out);
@@ -114,12 +115,13 @@ void sr_set_compress(struct sr_ctx *ctx, bool compress, int level);
 void sr_header_from_mem(struct sr_header *h, const struct guest_mem *gm, uint32_t nr_vcpus);
 /* 0 when h describes exactly gm's RAM layout, else -EINVAL with a line in err. */
 int sr_header_check_mem(const struct sr_header *h, const struct guest_mem *gm, char *err,
-			size_t errlen);
+                        size_t errlen) __attribute__((warn_unused_result));
 
 /* ---- writer ---- */
 
 /* Validate h (same rules as the reader) and write it. Must be called first, once. */
-int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h);
+int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h)
+    __attribute__((warn_unused_result));
 /*
  * Write n pages: page_ptrs[i] points at the 4096 bytes of page page_idx[i] (< nr_pages, else
  * -EINVAL; indices must be distinct within an epoch, which is not checked). All-zero pages go out as ZERO_PAGES (consecutive indices merged),
@@ -128,31 +130,34 @@ int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h);
  * The hot path: no allocation after the first call.
  */
 int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
-		   size_t n);
+                   size_t n) __attribute__((warn_unused_result));
 /* Same bytes as sr_write_pages, but batches are compressed by `nthreads` worker threads (capped at
  * 16, started and joined within the call) and written in order by the caller's thread. Falls back
  * to sr_write_pages for nthreads <= 1 or n <= SR_BATCH_PAGES. Allocates 2*8*n bytes per call. */
 int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
-		      size_t n, int nthreads);
+                      size_t n, int nthreads) __attribute__((warn_unused_result));
 /* ZERO_PAGES for [first, first+count) ranges, for callers that know pages are zero (e.g. fresh RAM). */
-int sr_write_zero_range(struct sr_ctx *ctx, uint64_t first, uint64_t count);
+int sr_write_zero_range(struct sr_ctx *ctx, uint64_t first, uint64_t count)
+    __attribute__((warn_unused_result));
 /* VCPU_STATE: vcpu < nr_vcpus, 1 <= len <= SR_MAX_VCPU_BLOB. */
-int sr_write_vcpu(struct sr_ctx *ctx, uint32_t vcpu, const void *blob, size_t len);
+int sr_write_vcpu(struct sr_ctx *ctx, uint32_t vcpu, const void *blob, size_t len)
+    __attribute__((warn_unused_result));
 /* DEVICE_STATE: name 1..31 printable ASCII, blob may be empty. */
 int sr_write_device(struct sr_ctx *ctx, uint32_t kind, const char *name, const void *blob,
-		    size_t len);
+                    size_t len) __attribute__((warn_unused_result));
 /* Close the epoch: CHECKPOINT_END with the running counts and xxh64; resets them. epoch must be
  * greater than the previous one (the first may be anything). */
-int sr_write_checkpoint_end(struct sr_ctx *ctx, uint64_t epoch);
+int sr_write_checkpoint_end(struct sr_ctx *ctx, uint64_t epoch) __attribute__((warn_unused_result));
 /* END. Only right after sr_write_checkpoint_end (-EINVAL otherwise). */
 int sr_write_end(struct sr_ctx *ctx);
 /* Any record, unvalidated body (for tests and for OPTIONAL extensions). len <= SR_MAX_RECORD. */
-int sr_write_record(struct sr_ctx *ctx, uint32_t type, const void *body, size_t len);
+int sr_write_record(struct sr_ctx *ctx, uint32_t type, const void *body, size_t len)
+    __attribute__((warn_unused_result));
 
 /* ---- reader ---- */
 
 /* Read and validate the header (magic, version, byte order, page size, counts, regions, checksum). */
-int sr_read_header(struct sr_ctx *ctx, struct sr_header *h);
+int sr_read_header(struct sr_ctx *ctx, struct sr_header *h) __attribute__((warn_unused_result));
 /*
  * Read the next record into rec, validated: length bound, zero padding, known mandatory type,
  * every field of the body (PAGE_DATA: count, encoding, lengths, indices < nr_pages; ZERO_PAGES:
@@ -162,7 +167,7 @@ int sr_read_header(struct sr_ctx *ctx, struct sr_header *h);
  * mismatching content; -ETIMEDOUT; -ENOMEM; -errno from I/O. After END, further calls return -EPIPE.
  * Decompression of PAGE_DATA is not done here: see sr_decode_pages (so the caller may stage).
  */
-int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec);
+int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec) __attribute__((warn_unused_result));
 
 /* Page index i of a PAGE_DATA record (i < rec->pages.count). */
 uint64_t sr_page_idx(const struct sr_record *rec, uint32_t i);
@@ -176,10 +181,11 @@ typedef int (*sr_zero_fn)(void *opaque, uint64_t first, uint64_t count);
 /* Decode the PAGE_DATA record last returned by sr_read_record: decompress into a bounded internal
  * buffer, check the size is count*4096, then call fn for each page in order. Returns 0, -EBADMSG
  * (bad compressed data, size mismatch; err says which), -EINVAL (rec is not PAGE_DATA), or fn's rc. */
-int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn fn, void *opaque);
+int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn fn, void *opaque)
+    __attribute__((warn_unused_result));
 /* Same for ZERO_PAGES. */
 int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn,
-			 void *opaque);
+                         void *opaque) __attribute__((warn_unused_result));
 
 /* Name of a record type ("PAGE_DATA", "OPTIONAL(0x80000007)", ...), into buf. */
 const char *sr_type_name(uint32_t type, char *buf, size_t len);

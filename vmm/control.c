@@ -14,6 +14,7 @@
 #include <json-c/json.h>
 
 #include "vmm/control.h"
+#include "common/errf.h"
 
 #define CTL_IN_CAP (CTL_MAX_LINE + 1) /* a maximal line plus its '\n' */
 #define CTL_MAX_CLIENTS 64
@@ -451,8 +452,8 @@ static int mkdir_parents(const char *path, char *err, size_t errlen)
 		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
 			int e = errno;
 
-			snprintf(err, errlen, "cannot create directory %s: %s", dir, strerror(e));
-			return -e;
+			return errf(err, errlen, -e, "cannot create directory %s: %s", dir,
+			            strerror(e));
 		}
 		*p = saved;
 		if (!saved)
@@ -470,34 +471,30 @@ static int take_over_path(const char *path, const struct sockaddr_un *sa, char *
 		if (errno == ENOENT)
 			return 0;
 		e = errno;
-		snprintf(err, errlen, "cannot stat control socket %s: %s", path, strerror(e));
-		return -e;
+		return errf(err, errlen, -e, "cannot stat control socket %s: %s", path,
+		            strerror(e));
 	}
-	if (!S_ISSOCK(st.st_mode)) {
-		snprintf(err, errlen, "%s exists and is not a socket (refusing to replace it)", path);
-		return -EEXIST;
-	}
+	if (!S_ISSOCK(st.st_mode))
+		return errf(err, errlen, -EEXIST,
+		            "%s exists and is not a socket (refusing to replace it)", path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		e = errno;
-		snprintf(err, errlen, "socket: %s", strerror(e));
-		return -e;
+		return errf(err, errlen, -e, "socket: %s", strerror(e));
 	}
 	rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
 	e = errno;
 	close(fd);
-	if (rc == 0 || e == EAGAIN || e == EINPROGRESS) {
-		snprintf(err, errlen, "control socket %s is in use by a running VM", path);
-		return -EADDRINUSE;
-	}
-	if (e != ECONNREFUSED) {
-		snprintf(err, errlen, "cannot probe existing control socket %s: %s", path, strerror(e));
-		return -e;
-	}
+	if (rc == 0 || e == EAGAIN || e == EINPROGRESS)
+		return errf(err, errlen, -EADDRINUSE, "control socket %s is in use by a running VM",
+		            path);
+	if (e != ECONNREFUSED)
+		return errf(err, errlen, -e, "cannot probe existing control socket %s: %s", path,
+		            strerror(e));
 	if (unlink(path) < 0 && errno != ENOENT) {
 		e = errno;
-		snprintf(err, errlen, "cannot remove stale control socket %s: %s", path, strerror(e));
-		return -e;
+		return errf(err, errlen, -e, "cannot remove stale control socket %s: %s", path,
+		            strerror(e));
 	}
 	return 0;
 }
@@ -510,10 +507,8 @@ int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *
 	int fd = -1, rc, e;
 
 	*out = NULL;
-	if (!loop || !fn) {
-		snprintf(err, errlen, "ctl_server_start: no loop or handler");
-		return -EINVAL;
-	}
+	if (!loop || !fn)
+		return errf(err, errlen, -EINVAL, "ctl_server_start: no loop or handler");
 	rc = ctl_sockaddr(path, &sa, err, errlen);
 	if (rc)
 		return rc;
@@ -525,29 +520,28 @@ int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *
 		return rc;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(-rc));
+		rc = errf(err, errlen, -errno, "socket: %s", strerror(errno));
 		goto err;
 	}
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		e = errno;
-		rc = -e;
 		if (e == EADDRINUSE)
-			snprintf(err, errlen, "control socket %s is in use by a running VM", sa.sun_path);
+			rc = errf(err, errlen, -e, "control socket %s is in use by a running VM",
+			          sa.sun_path);
 		else
-			snprintf(err, errlen, "cannot bind control socket %s: %s", sa.sun_path, strerror(e));
+			rc = errf(err, errlen, -e, "cannot bind control socket %s: %s", sa.sun_path,
+			          strerror(e));
 		goto err;
 	}
 	if (chmod(sa.sun_path, 0660) < 0 || listen(fd, 16) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot listen on control socket %s: %s", sa.sun_path, strerror(-rc));
+		rc = errf(err, errlen, -errno, "cannot listen on control socket %s: %s",
+		          sa.sun_path, strerror(errno));
 		unlink(sa.sun_path);
 		goto err;
 	}
 	s = calloc(1, sizeof(*s));
 	if (!s) {
-		rc = -ENOMEM;
-		snprintf(err, errlen, "out of memory");
+		rc = errf(err, errlen, -ENOMEM, "out of memory");
 		unlink(sa.sun_path);
 		goto err;
 	}

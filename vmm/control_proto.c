@@ -10,6 +10,7 @@
 #include <json-c/json.h>
 
 #include "vmm/control.h"
+#include "common/errf.h"
 
 static bool is_space(char c)
 {
@@ -31,14 +32,10 @@ int ctl_parse_json(const char *buf, size_t len, struct json_object **out, char *
 		buf++;
 		len--;
 	}
-	if (!len) {
-		snprintf(err, errlen, "empty request");
-		return -EINVAL;
-	}
-	if (memchr(buf, '\0', len)) {
-		snprintf(err, errlen, "malformed JSON: NUL byte in input");
-		return -EINVAL;
-	}
+	if (!len)
+		return errf(err, errlen, -EINVAL, "empty request");
+	if (memchr(buf, '\0', len))
+		return errf(err, errlen, -EINVAL, "malformed JSON: NUL byte in input");
 	/* json-c needs the terminating NUL in the input to know a trailing number or literal has ended. */
 	copy = malloc(len + 1);
 	tok = json_tokener_new();
@@ -46,8 +43,7 @@ int ctl_parse_json(const char *buf, size_t len, struct json_object **out, char *
 		free(copy);
 		if (tok)
 			json_tokener_free(tok);
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
+		return errf(err, errlen, -ENOMEM, "out of memory");
 	}
 	memcpy(copy, buf, len);
 	copy[len] = '\0';
@@ -58,13 +54,12 @@ int ctl_parse_json(const char *buf, size_t len, struct json_object **out, char *
 	free(copy);
 	if (jerr != json_tokener_success) {
 		json_object_put(obj);
-		snprintf(err, errlen, "malformed JSON: %s", json_tokener_error_desc(jerr));
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL, "malformed JSON: %s",
+		            json_tokener_error_desc(jerr));
 	}
 	if (end < len) {
 		json_object_put(obj);
-		snprintf(err, errlen, "malformed JSON: trailing data after the value");
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL, "malformed JSON: trailing data after the value");
 	}
 	*out = obj;
 	return 0;
@@ -78,31 +73,27 @@ int ctl_parse_request(const char *line, size_t len, struct json_object **req, co
 
 	*req = NULL;
 	*cmd = NULL;
-	if (len > CTL_MAX_LINE) {
-		snprintf(err, errlen, "request too large");
-		return -E2BIG;
-	}
-	if (!line && len) {
-		snprintf(err, errlen, "empty request");
-		return -EINVAL;
-	}
+	if (len > CTL_MAX_LINE)
+		return errf(err, errlen, -E2BIG, "request too large");
+	if (!line && len)
+		return errf(err, errlen, -EINVAL, "empty request");
 	rc = ctl_parse_json(line, len, &obj, err, errlen);
 	if (rc)
 		return rc;
 	if (!json_object_is_type(obj, json_type_object)) {
-		snprintf(err, errlen, "request must be a JSON object");
+		rc = errf(err, errlen, -EINVAL, "request must be a JSON object");
 		goto err;
 	}
 	if (!json_object_object_get_ex(obj, "cmd", &c)) {
-		snprintf(err, errlen, "request has no \"cmd\" field");
+		rc = errf(err, errlen, -EINVAL, "request has no \"cmd\" field");
 		goto err;
 	}
 	if (!json_object_is_type(c, json_type_string)) {
-		snprintf(err, errlen, "\"cmd\" must be a string");
+		rc = errf(err, errlen, -EINVAL, "\"cmd\" must be a string");
 		goto err;
 	}
 	if (json_object_get_string_len(c) == 0 || json_object_get_string_len(c) > CTL_MAX_CMD) {
-		snprintf(err, errlen, "\"cmd\" must be 1..%d characters", CTL_MAX_CMD);
+		rc = errf(err, errlen, -EINVAL, "\"cmd\" must be 1..%d characters", CTL_MAX_CMD);
 		goto err;
 	}
 	*req = obj;
@@ -110,7 +101,7 @@ int ctl_parse_request(const char *line, size_t len, struct json_object **req, co
 	return 0;
 err:
 	json_object_put(obj);
-	return -EINVAL;
+	return rc;
 }
 
 struct json_object *ctl_ok(void)
@@ -142,15 +133,12 @@ int ctl_sockaddr(const char *path, struct sockaddr_un *sa, char *err, size_t err
 {
 	memset(sa, 0, sizeof(*sa));
 	sa->sun_family = AF_UNIX;
-	if (!path || !path[0]) {
-		snprintf(err, errlen, "empty control socket path");
-		return -EINVAL;
-	}
-	if (strlen(path) >= sizeof(sa->sun_path)) {
-		snprintf(err, errlen, "control socket path too long (max %zu bytes): %s", sizeof(sa->sun_path) - 1,
-			 path);
-		return -ENAMETOOLONG;
-	}
+	if (!path || !path[0])
+		return errf(err, errlen, -EINVAL, "empty control socket path");
+	if (strlen(path) >= sizeof(sa->sun_path))
+		return errf(err, errlen, -ENAMETOOLONG,
+		            "control socket path too long (max %zu bytes): %s",
+		            sizeof(sa->sun_path) - 1, path);
 	memcpy(sa->sun_path, path, strlen(path));
 	return 0;
 }

@@ -11,14 +11,14 @@
 #include <unistd.h>
 
 #include "hv/pvh.h"
-#include "hv/uart.h"
-#include "common/errf.h"
+#include "hv/dev/uart.h"
 #include "common/parse.h"
 #include "vmm/control.h"
 #include "vmm/vmm.h"
 #include "vmm/vmm_priv.h"
 #include "common/clock.h"
-
+#include "common/log.h"
+#include "common/errf.h"
 
 /* ---- control commands ------------------------------------------------------------------------- */
 
@@ -212,15 +212,14 @@ static int open_serial(struct vmm *v, char *err, size_t errlen)
 	}
 	if (!strncmp(s, "file:", 5) && s[5]) {
 		v->serial_fd = open(s + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-		if (v->serial_fd < 0) {
-			snprintf(err, errlen, "cannot open serial file %s: %s", s + 5, strerror(errno));
-			return -errno;
-		}
+		if (v->serial_fd < 0)
+			return errf(err, errlen, -errno, "cannot open serial file %s: %s", s + 5,
+			            strerror(errno));
 		v->own_serial_fd = true;
 		return 0;
 	}
-	snprintf(err, errlen, "bad --serial '%s' (expected stdio, file:PATH or none)", s);
-	return -EINVAL;
+	return errf(err, errlen, -EINVAL, "bad --serial '%s' (expected stdio, file:PATH or none)",
+	            s);
 }
 
 int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
@@ -239,8 +238,8 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	v->held = o->hold;
 	snprintf(v->name, sizeof(v->name), "%s", o->name ? o->name : "vm");
 	if (!cli_name_valid(v->name)) {
-		snprintf(err, errlen, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)", v->name);
-		rc = -EINVAL;
+		rc = errf(err, errlen, -EINVAL, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)",
+		          v->name);
 		goto err;
 	}
 	if (o->control)
@@ -255,8 +254,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		goto err;
 	v->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!v->loop) {
-		snprintf(err, errlen, "cannot create event loop");
-		rc = -ENOMEM;
+		rc = errf(err, errlen, -ENOMEM, "cannot create event loop");
 		goto err;
 	}
 	rc = open_serial(v, err, errlen);
@@ -264,7 +262,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		goto err;
 	rc = uart_attach(v->vm, UART_COM1_BASE, v->serial_fd, &v->uart);
 	if (rc) {
-		snprintf(err, errlen, "cannot attach UART: %s", strerror(-rc));
+		errf(err, errlen, rc, "cannot attach UART: %s", strerror(-rc));
 		goto err;
 	}
 	snprintf(cmdline, sizeof(cmdline), "%s", o->cmdline ? o->cmdline : "");
@@ -283,7 +281,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 			goto err;
 		rc = vm_set_pvh_entry(v->vm, img.entry, img.start_info);
 		if (rc) {
-			snprintf(err, errlen, "cannot set boot vCPU state: %s", strerror(-rc));
+			errf(err, errlen, rc, "cannot set boot vCPU state: %s", strerror(-rc));
 			goto err;
 		}
 	}
@@ -306,9 +304,10 @@ int vmm_run(struct vmm *v, bool start_paused)
 	 * listener included) is set up: a client that sees it may use the VM at once. */
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
 	if (rc) {
-		fprintf(stderr, "doppel: %s\n", err);
+		log_error("vmm", v->name, "%s", err);
 		return 1;
 	}
+	log_debug("vmm", v->name, "control socket %s", v->ctl_path);
 
 	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
@@ -334,7 +333,8 @@ int vmm_run(struct vmm *v, bool start_paused)
 		vm_stop(v->vm, v->stop_status < 0 ? 0 : v->stop_status);
 	status = vm_wait(v->vm);
 	if (*vm_error(v->vm))
-		fprintf(stderr, "doppel: %s: %s\n", v->name, vm_error(v->vm));
+		log_error("vmm", v->name, "%s", vm_error(v->vm));
+	log_debug("vmm", v->name, "stopped, exit status %d", status);
 	if (v->stdin_active) {
 		ev_io_stop(v->loop, &v->stdin_w);
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
@@ -358,9 +358,7 @@ void vmm_destroy(struct vmm *v)
 		v->nr_exit_hooks--;
 		v->exit_hooks[v->nr_exit_hooks].fn(v, v->exit_hooks[v->nr_exit_hooks].opaque);
 	}
-	vmm_net_detach_all(v);
-	vm_destroy(v->vm);
-	uart_free(v->uart);
+	vm_destroy(v->vm); /* detaches the UART and the network devices */
 	if (v->own_serial_fd && v->serial_fd >= 0)
 		close(v->serial_fd);
 	if (v->loop)

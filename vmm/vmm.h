@@ -62,10 +62,12 @@ typedef struct json_object *(*vmm_cmd_fn)(struct vmm *v, struct json_object *req
 /* Build the VM: create it, attach devices, load the kernel with PVH (or restore a snapshot).
  * Nothing runs yet and the control socket does not exist yet (vmm_run opens it).
  * Returns 0, or -errno with one line in err (nothing is left behind). */
-int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen);
+int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 /* Register an extra control command (before vmm_run). Returns 0 or -ENOSPC/-EEXIST. */
-int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque);
+int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque)
+    __attribute__((warn_unused_result));
 
 /* The opaque pointer a command was registered with (NULL if no such command): lets a subsystem
  * find its per-VM state from the vmm alone. */
@@ -80,7 +82,8 @@ bool vmm_booted_kernel(const struct vmm *v);
  * Subsystems stop their threads and free their state here. Up to VMM_MAX_EXIT_HOOKS (-ENOSPC). */
 #define VMM_MAX_EXIT_HOOKS 8
 typedef void (*vmm_exit_fn)(struct vmm *v, void *opaque);
-int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque);
+int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque)
+    __attribute__((warn_unused_result));
 
 /* Add keys to every status reply: fn fills `status` (an object) on the loop thread. Up to
  * VMM_MAX_STATUS_HOOKS hooks (-ENOSPC beyond). */
@@ -92,7 +95,7 @@ int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque);
  * until the VM stops (guest exit, `doppel stop`, SIGINT/SIGTERM, fatal error). Returns the process
  * exit status: the guest's; 1 with one line on stderr if the control socket cannot be opened (e.g.
  * in use by a running VM). */
-int vmm_run(struct vmm *v, bool start_paused);
+int vmm_run(struct vmm *v, bool start_paused) __attribute__((warn_unused_result));
 
 /* Ask the loop to end with `status` (loop thread or any thread). */
 void vmm_stop(struct vmm *v, int status);
@@ -101,7 +104,7 @@ void vmm_destroy(struct vmm *v);
 
 /* Start the vCPUs of a VM created with `hold` (after its state arrived): enables network RX.
  * Loop thread. Returns 0 or -errno. */
-int vmm_start_vcpus(struct vmm *v);
+int vmm_start_vcpus(struct vmm *v) __attribute__((warn_unused_result));
 bool vmm_held(const struct vmm *v);
 
 /* ---- network ---------------------------------------------------------------------------------- */

@@ -4,8 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "hv/netopt.h"
-#include "hv/virtio_net.h"
+#include "common/errf.h"
+#include "hv/dev/state.h"
+#include "hv/dev/virtio_net.h"
+#include "vmm/netopt.h"
 #include "vmm/vmm_priv.h"
 
 #define ETH_P_IP4 0x0800
@@ -72,95 +74,105 @@ int vmm_net_count(const struct vmm *v)
 	return v->nr_net;
 }
 
-/* "netN-host": what the host learned, so a standby or migration target can announce the guest. */
+/* "netN-host": what the host learned, so a standby or migration target can announce the guest.
+ * Record (version 1, 32 bytes): u32 version, u8 ip4[4] (network order), u8 ip6[16], u32 have_ip6,
+ * u32 0. A device of its own (hv_dev_ops with state only) so it travels with the VM's devices. */
 #define HOSTINFO_VERSION 1
-struct hostinfo {
-	uint32_t version;
-	uint32_t ip4;
-	uint8_t ip6[16];
-	uint32_t have_ip6;
-	uint32_t pad;
-};
+#define HOSTINFO_LEN 32
+
+static size_t hostinfo_size(void *opaque)
+{
+	(void)opaque;
+	return HOSTINFO_LEN;
+}
 
 static int hostinfo_save(void *opaque, void *buf, size_t len)
 {
 	struct vmm_net *n = opaque;
-	struct hostinfo h = {.version = HOSTINFO_VERSION,
-			     .ip4 = __atomic_load_n(&n->ip4, __ATOMIC_RELAXED),
-			     .have_ip6 = n->have_ip6};
+	uint32_t ip4 = __atomic_load_n(&n->ip4, __ATOMIC_RELAXED);
+	struct st_enc e;
 
-	if (len < sizeof(h))
-		return -ENOSPC;
-	memcpy(h.ip6, n->ip6, 16);
-	memcpy(buf, &h, sizeof(h));
-	return (int)sizeof(h);
+	st_enc_init(&e, buf, len);
+	st_put32(&e, HOSTINFO_VERSION);
+	st_put_bytes(&e, &ip4, 4);
+	st_put_bytes(&e, n->ip6, 16);
+	st_put32(&e, n->have_ip6);
+	st_put32(&e, 0);
+	return st_enc_done(&e);
 }
 
 static int hostinfo_restore(void *opaque, const void *buf, size_t len)
 {
 	struct vmm_net *n = opaque;
-	struct hostinfo h;
+	uint32_t version, ip4, have_ip6;
+	uint8_t ip6[16];
+	struct st_dec d;
 
-	if (len != sizeof(h))
+	st_dec_init(&d, buf, len);
+	version = st_get32(&d);
+	st_get_bytes(&d, &ip4, 4);
+	st_get_bytes(&d, ip6, 16);
+	have_ip6 = st_get32(&d);
+	(void)st_get32(&d);
+	if (st_dec_done(&d, true) || version != HOSTINFO_VERSION || have_ip6 > 1)
 		return -EINVAL;
-	memcpy(&h, buf, sizeof(h));
-	if (h.version != HOSTINFO_VERSION || h.have_ip6 > 1)
-		return -EINVAL;
-	n->ip4 = h.ip4;
-	memcpy(n->ip6, h.ip6, 16);
-	n->have_ip6 = h.have_ip6;
+	n->ip4 = ip4;
+	memcpy(n->ip6, ip6, 16);
+	n->have_ip6 = have_ip6;
 	return 0;
 }
 
-static int dev_save(void *opaque, void *buf, size_t len)
-{
-	return virtio_net_save(opaque, buf, len);
-}
+static const struct hv_dev_ops hostinfo_ops = {
+	.kind = "net-host",
+	.state_size = hostinfo_size,
+	.save = hostinfo_save,
+	.restore = hostinfo_restore,
+};
 
-static int dev_restore(void *opaque, const void *buf, size_t len)
+static int attach_one(struct vmm *v, int i, char *err, size_t errlen)
 {
-	return virtio_net_restore(opaque, buf, len);
+	struct vmm_net *n = &v->net[i];
+	struct net_opts no;
+	struct virtio_net_cfg c;
+	char name[HV_DEV_NAME_MAX];
+	int rc;
+
+	rc = net_opts_parse(v->o.net[i], &no, err, errlen);
+	if (rc)
+		return rc;
+	c = (struct virtio_net_cfg){.ifname = no.ifname, .bridge = no.bridge};
+	memcpy(c.mac, no.mac, 6);
+	snprintf(name, sizeof(name), "net%d", i);
+	rc = virtio_net_attach(v->vm, name, &c, v->loop, &n->dev, err, errlen);
+	if (rc)
+		return rc;
+	v->nr_net = i + 1;
+	n->v = v;
+	n->idx = i;
+	virtio_net_get_mac(n->dev, n->mac);
+	virtio_net_set_tx(n->dev, tx, n);
+	virtio_net_rx_enable(n->dev, !v->held);
+	snprintf(name, sizeof(name), "net%d-host", i);
+	return vm_dev_attach(v->vm, name, &hostinfo_ops, n, err, errlen);
 }
 
 int vmm_net_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen)
 {
-	for (int i = 0; i < v->o.nr_net; i++) {
-		struct vmm_net *n = &v->net[i];
-		struct net_opts no;
-		char frag[96], name[32];
-		int rc;
+	const char *frags;
 
-		rc = net_opts_parse(v->o.net[i], &no, err, errlen);
+	for (int i = 0; i < v->o.nr_net; i++) {
+		int rc = attach_one(v, i, err, errlen);
 		if (rc)
 			return rc;
-		rc = virtio_net_attach(v->vm, &no, i, v->loop, &n->dev, frag, sizeof(frag), err, errlen);
-		if (rc)
-			return rc;
-		v->nr_net = i + 1;
-		n->v = v;
-		n->idx = i;
-		virtio_net_get_mac(n->dev, n->mac);
-		virtio_net_set_tx(n->dev, tx, n);
-		virtio_net_rx_enable(n->dev, !v->held);
-		snprintf(name, sizeof(name), "net%d", i);
-		rc = vm_devstate_register(v->vm, name, virtio_net_state_size(n->dev), dev_save, dev_restore,
-					  n->dev);
-		snprintf(name, sizeof(name), "net%d-host", i);
-		if (!rc)
-			rc = vm_devstate_register(v->vm, name, sizeof(struct hostinfo), hostinfo_save,
-						  hostinfo_restore, n);
-		if (rc) {
-			snprintf(err, errlen, "cannot register net%d state: %s", i, strerror(-rc));
-			return rc;
-		}
-		if (strlen(cmdline) + 1 + strlen(frag) + 1 > cmdlen) {
-			snprintf(err, errlen, "guest command line too long with the network devices");
-			return -E2BIG;
-		}
-		if (*cmdline)
-			strcat(cmdline, " ");
-		strcat(cmdline, frag);
 	}
+	frags = vm_dev_cmdline(v->vm);
+	if (!*frags)
+		return 0;
+	if (strlen(cmdline) + 1 + strlen(frags) + 1 > cmdlen)
+		return errf(err, errlen, -E2BIG, "guest command line too long with the network devices");
+	if (*cmdline)
+		strcat(cmdline, " ");
+	strcat(cmdline, frags);
 	return 0;
 }
 
@@ -168,15 +180,6 @@ void vmm_net_rx_enable_all(struct vmm *v, bool on)
 {
 	for (int i = 0; i < v->nr_net; i++)
 		virtio_net_rx_enable(v->net[i].dev, on);
-}
-
-void vmm_net_detach_all(struct vmm *v)
-{
-	for (int i = 0; i < v->nr_net; i++) {
-		virtio_net_detach(v->net[i].dev);
-		v->net[i].dev = NULL;
-	}
-	v->nr_net = 0;
 }
 
 /* ---- announcements ---------------------------------------------------------------------------- */

@@ -66,8 +66,9 @@ struct vmm {
 
 
 /* vmm_net.c */
+/* Attach the --net devices (virtio-net "netN" + its "netN-host" record each; the VM owns and detaches
+ * them in vm_destroy) and append their virtio_mmio.device= fragments to cmdline. */
 int vmm_net_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);
-void vmm_net_detach_all(struct vmm *v);
 void vmm_net_rx_enable_all(struct vmm *v, bool on);
 
 #endif

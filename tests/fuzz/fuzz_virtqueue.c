@@ -5,8 +5,8 @@
 #include <string.h>
 
 #include "hv/mem.h"
-#include "hv/virtio_net.h"
-#include "hv/virtqueue.h"
+#include "hv/dev/virtio_net.h"
+#include "hv/dev/virtqueue.h"
 
 #define RAM_SIZE (64u << 10)
 

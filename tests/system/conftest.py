@@ -1,18 +1,23 @@
 """conftest.py — shared fixtures and markers of the doppel system tests.
 
-Markers (skips with the reason when the machine cannot run the test):
-    @pytest.mark.needs_root   network namespaces (root + iproute2)
-    @pytest.mark.needs_kvm    root + /dev/kvm
+Markers:
+    @pytest.mark.needs_root   network namespaces (root + iproute2); skipped with the reason when the
+                              machine has none (these tests exercise only the namespace topology)
+    @pytest.mark.needs_kvm    root + /dev/kvm; FAILS (never skips) when missing: doppel's tests run on
+                              KVM hosts as root, so a missing /dev/kvm is a broken set-up, not an option
 Fixtures:
     build_dir   Path: $DOPPEL_BUILD or <repo>/build
     doppel_bin  / kv_bin / guest_elf   str paths of build/doppel, build/doppel-kv, build/guest.elf
                 (fail with "run make binaries" when missing)
     topology    a netns.Topology that is up (unique prefix per test; torn down always)
+    rng         random.Random seeded from $DOPPEL_SEED (replay) or a fresh seed; the seed is printed
+                (shown with the test's captured output on failure, and by -rA)
 Helpers for tests live in netns.py (namespaces, run_in, popen_in, wait_for, ping) and kvserver.py
 (reference server, single requests, load runs).
 """
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -31,12 +36,17 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    root_why, kvm_why = netns.netns_unavailable(), netns.kvm_unavailable()
+    root_why = netns.netns_unavailable()
     for item in items:
-        if kvm_why and item.get_closest_marker("needs_kvm"):
-            item.add_marker(pytest.mark.skip(reason=kvm_why))
-        elif root_why and item.get_closest_marker("needs_root"):
+        if root_why and item.get_closest_marker("needs_root") and not item.get_closest_marker("needs_kvm"):
             item.add_marker(pytest.mark.skip(reason=root_why))
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_kvm"):
+        why = netns.kvm_unavailable()
+        if why:
+            pytest.fail(f"set-up: {why} (needs_kvm tests fail rather than skip)", pytrace=False)
 
 
 # ---- build artefacts ----------------------------------------------------------------------------------
@@ -66,6 +76,19 @@ def kv_bin(build_dir):
 @pytest.fixture(scope="session")
 def guest_elf(build_dir):
     return _artefact(build_dir, "guest.elf")
+
+
+# ---- randomness ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def rng(request):
+    """random.Random for a test's random choices; DOPPEL_SEED=N replays a run."""
+    env = os.environ.get("DOPPEL_SEED")
+    seed = int(env) if env else random.SystemRandom().randrange(1 << 32)
+    print(f"{request.node.nodeid}: seed={seed} (replay with DOPPEL_SEED={seed})", flush=True)
+    r = random.Random(seed)
+    r.seed_value = seed
+    return r
 
 
 # ---- network ----------------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@
 #include <cmocka.h>
 
 #include "hv/hv.h"
-#include "hv/kvm_state.h"
+#include "hv/kvm/kvm_state.h"
 #include "hv/mem.h"
 #include "hv/pvh.h"
-#include "hv/uart.h"
+#include "hv/dev/uart.h"
 #include "replication/checkpoint.h"
 #include "replication/stream.h"
+#include "tests/unit/need.h"
 
 #define TMEM (64ull << 20)
 
@@ -65,8 +66,7 @@ static void tvm_destroy(struct tvm *t)
 		vm_stop(t->vm, 0);
 		vm_wait(t->vm);
 	}
-	vm_destroy(t->vm);
-	uart_free(t->uart);
+	vm_destroy(t->vm); /* frees the attached UART */
 	close(t->rd);
 	close(t->wr);
 	memset(t, 0, sizeof(*t));
@@ -300,16 +300,11 @@ out:
 	return rc;
 }
 
-static bool have_kvm(void)
+/* KVM and the test guest are requirements: missing, the test fails (never skips). */
+static void need_vm(void)
 {
-	const char *b = getenv("DOPPEL_BUILD");
-	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-
-	if (fd < 0)
-		return false;
-	close(fd);
-	snprintf(guest_path, sizeof(guest_path), "%s/guest.elf", b ? b : "build");
-	return access(guest_path, R_OK) == 0;
+	need_kvm();
+	need_guest_elf(guest_path, sizeof(guest_path));
 }
 
 /* Boot A with the dirty workload, pause it mid-run, move it into B, compare, run B on. */
@@ -321,8 +316,7 @@ static void roundtrip(int vcpus, bool direct, bool compress)
 	uint64_t a_last = 0, b_first = 0, b_last = 0, bad = 0;
 	char err[512];
 
-	if (!have_kvm())
-		skip();
+	need_vm();
 	assert_int_equal(tvm_create(&a, vcpus, "work=dirty ws=8M pi=100"), 0);
 	assert_int_equal(vm_start(a.vm), 0);
 	assert_true(wait_lines(&a, 2, 20000) >= 2);
@@ -397,8 +391,7 @@ static void test_bad_images(void **state)
 	int rc;
 
 	(void)state;
-	if (!have_kvm())
-		skip();
+	need_vm();
 	assert_int_equal(tvm_create(&a, 1, "work=dirty ws=4M pi=100"), 0);
 	assert_int_equal(vm_start(a.vm), 0);
 	assert_true(wait_lines(&a, 1, 20000) >= 1);

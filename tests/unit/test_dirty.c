@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "hv/dirty.h"
+#include "hv/kvm/kvm_dirty.h"
 #include "hv/mem.h"
 
 #define CODE_GPA 0x1000ull
@@ -89,7 +90,7 @@ static void setup_user64(struct tvm *t, struct kvm_sregs *sr)
 	sr->cr0 |= 0x80000001u;
 }
 
-/* 0, or -1 when /dev/kvm is missing (skip); fails the test on other errors. */
+/* 0; fails the test on any error (a missing /dev/kvm too: these tests need KVM). */
 static int tvm_create(struct tvm *t, uint64_t size, bool with_vcpu, bool user)
 {
 	struct kvm_sregs sr;
@@ -101,7 +102,7 @@ static int tvm_create(struct tvm *t, uint64_t size, bool with_vcpu, bool user)
 	t->gm.memfd = -1;
 	t->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (t->kvm < 0)
-		return -1;
+		fail_msg("set-up: open /dev/kvm: %s (this test needs KVM)", strerror(errno));
 	t->vm = ioctl(t->kvm, KVM_CREATE_VM, 0);
 	assert_true(t->vm >= 0);
 	assert_int_equal(mem_create(&t->gm, size), 0);
@@ -238,10 +239,9 @@ static void guest_scenario(unsigned flags, bool user)
 	uint64_t *bm, a[8], b[2], c[1];
 	int64_t n;
 
-	if (tvm_create(&t, 8ull << 20, true, user) < 0)
-		skip();
+	assert_int_equal(tvm_create(&t, 8ull << 20, true, user), 0);
 	bm = bm_alloc(&t.gm);
-	assert_int_equal(dirty_log_start_flags(&d, t.vm, &t.gm, flags | DIRTY_START_CLEAN, err, sizeof(err)), 0);
+	assert_int_equal(kvm_dirty_log_start(&d, t.vm, &t.gm, flags | DIRTY_START_CLEAN, err, sizeof(err)), 0);
 	if (!(flags & DIRTY_FORCE_LEGACY))
 		assert_string_equal(dirty_log_mode(d), "manual-protect");
 
@@ -300,11 +300,10 @@ static void test_keep_hot_pages(void **state)
 	uint64_t hot = 0x100, cold = 0x103;
 
 	(void)state;
-	if (tvm_create(&t, 8ull << 20, true, true) < 0)
-		skip();
+	assert_int_equal(tvm_create(&t, 8ull << 20, true, true), 0);
 	bm = bm_alloc(&t.gm);
 	keep = bm_alloc(&t.gm);
-	assert_int_equal(dirty_log_start_flags(&d, t.vm, &t.gm, DIRTY_START_CLEAN, err, sizeof(err)), 0);
+	assert_int_equal(kvm_dirty_log_start(&d, t.vm, &t.gm, DIRTY_START_CLEAN, err, sizeof(err)), 0);
 	tvm_store(&t, 0x100000, 0x3000, 2); /* pages 0x100 and 0x103 */
 	keep[hot / 64] |= 1ull << (hot % 64);
 	assert_true(dirty_log_sync_keep(d, bm, keep) >= 2);
@@ -336,15 +335,14 @@ static void test_ownership(void **state)
 	uint64_t *bm;
 
 	(void)state;
-	if (tvm_create(&t, 8ull << 20, true, true) < 0)
-		skip();
+	assert_int_equal(tvm_create(&t, 8ull << 20, true, true), 0);
 	bm = bm_alloc(&t.gm);
-	assert_int_equal(dirty_log_start_flags(&a, t.vm, &t.gm, DIRTY_START_CLEAN | DIRTY_YIELD, err, sizeof(err)), 0);
+	assert_int_equal(kvm_dirty_log_start(&a, t.vm, &t.gm, DIRTY_START_CLEAN | DIRTY_YIELD, err, sizeof(err)), 0);
 	assert_int_equal(dirty_log_sync(a, bm), 0);
-	assert_int_equal(dirty_log_start(&b, t.vm, &t.gm, err, sizeof(err)), 0); /* takes a's log */
+	assert_int_equal(kvm_dirty_log_start(&b, t.vm, &t.gm, 0, err, sizeof(err)), 0); /* takes a's log */
 	assert_int_equal(dirty_log_sync(a, bm), -ECANCELED);
 	assert_int_equal((uint64_t)dirty_log_sync(b, bm), t.gm.nr_pages); /* START_ALL despite the takeover */
-	assert_int_equal(dirty_log_start(&c, t.vm, &t.gm, err, sizeof(err)), -EBUSY);
+	assert_int_equal(kvm_dirty_log_start(&c, t.vm, &t.gm, 0, err, sizeof(err)), -EBUSY);
 	assert_null(c);
 	assert_non_null(strstr(err, "in use"));
 	dirty_log_free(a); /* the revoked log leaves b's logging alone */
@@ -352,7 +350,7 @@ static void test_ownership(void **state)
 	assert_true(dirty_log_sync(b, bm) >= 1);
 	check_exact(bm, t.gm.nr_pages, (uint64_t[]){0x100}, 1);
 	dirty_log_free(b);
-	assert_int_equal(dirty_log_start(&c, t.vm, &t.gm, err, sizeof(err)), 0); /* free again */
+	assert_int_equal(kvm_dirty_log_start(&c, t.vm, &t.gm, 0, err, sizeof(err)), 0); /* free again */
 	dirty_log_free(c);
 	free(bm);
 	tvm_destroy(&t);
@@ -390,10 +388,9 @@ static void start_all(unsigned flags)
 	char err[256] = "";
 	uint64_t *bm, pg = 0x123;
 
-	if (tvm_create(&t, 4ull << 20, true, true) < 0)
-		skip();
+	assert_int_equal(tvm_create(&t, 4ull << 20, true, true), 0);
 	bm = bm_alloc(&t.gm);
-	assert_int_equal(dirty_log_start_flags(&d, t.vm, &t.gm, flags, err, sizeof(err)), 0);
+	assert_int_equal(kvm_dirty_log_start(&d, t.vm, &t.gm, flags, err, sizeof(err)), 0);
 	assert_int_equal(dirty_log_sync(d, bm), (int64_t)t.gm.nr_pages);
 	assert_int_equal(dirty_log_sync(d, bm), 0);
 	tvm_store(&t, 0x123000, 0x1000, 1);
@@ -425,11 +422,10 @@ static void test_two_regions(void **state)
 	uint64_t *bm, exp[2];
 
 	(void)state;
-	if (tvm_create(&t, MEM_LOW_LIMIT + (2ull << 20), false, false) < 0)
-		skip();
+	assert_int_equal(tvm_create(&t, MEM_LOW_LIMIT + (2ull << 20), false, false), 0);
 	assert_int_equal(t.gm.nr, 2);
 	bm = bm_alloc(&t.gm);
-	assert_int_equal(dirty_log_start_flags(&d, t.vm, &t.gm, DIRTY_START_CLEAN, err, sizeof(err)), 0);
+	assert_int_equal(kvm_dirty_log_start(&d, t.vm, &t.gm, DIRTY_START_CLEAN, err, sizeof(err)), 0);
 	assert_int_equal(dirty_log_sync(d, bm), 0);
 	assert_int_equal(mem_write(&t.gm, MEM_HIGH_BASE + 0x1000, "x", 1), 0);
 	assert_int_equal(mem_write(&t.gm, 0x5000, "y", 1), 0);
@@ -451,12 +447,12 @@ static void test_bad_args(void **state)
 
 	(void)state;
 	memset(&empty, 0, sizeof(empty));
-	assert_int_equal(dirty_log_start(NULL, 3, &empty, err, sizeof(err)), -EINVAL);
-	assert_int_equal(dirty_log_start(&d, -1, &empty, err, sizeof(err)), -EINVAL);
-	assert_int_equal(dirty_log_start(&d, 3, &empty, err, sizeof(err)), -EINVAL);
+	assert_int_equal(kvm_dirty_log_start(NULL, 3, &empty, 0, err, sizeof(err)), -EINVAL);
+	assert_int_equal(kvm_dirty_log_start(&d, -1, &empty, 0, err, sizeof(err)), -EINVAL);
+	assert_int_equal(kvm_dirty_log_start(&d, 3, &empty, 0, err, sizeof(err)), -EINVAL);
 	assert_null(d);
 	assert_true(strlen(err) > 0);
-	assert_int_equal(dirty_log_start_flags(&d, 3, &empty, 0x80, NULL, 0), -EINVAL);
+	assert_int_equal(kvm_dirty_log_start(&d, 3, &empty, 0x80, NULL, 0), -EINVAL);
 	assert_int_equal(dirty_log_sync(NULL, bm), -EINVAL);
 	assert_int_equal(dirty_log_stop(NULL), -EINVAL);
 	dirty_log_free(NULL);
@@ -473,7 +469,7 @@ static void test_not_a_vm(void **state)
 	(void)state;
 	assert_true(fd >= 0);
 	assert_int_equal(mem_create(&gm, 2ull << 20), 0);
-	assert_true(dirty_log_start(&d, fd, &gm, err, sizeof(err)) < 0);
+	assert_true(kvm_dirty_log_start(&d, fd, &gm, 0, err, sizeof(err)) < 0);
 	assert_null(d);
 	assert_non_null(strstr(err, "KVM_SET_USER_MEMORY_REGION"));
 	mem_destroy(&gm);

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "hv/uart.h"
+#include "hv/dev/uart.h"
 
 static uint8_t rd(struct uart *u, unsigned off)
 {
@@ -88,22 +88,42 @@ static void test_save_restore_round_trip(void **state)
 {
 	struct uart *a = uart_new(-1), *b = uart_new(-1);
 	uint8_t s1[UART_STATE_SIZE], s2[UART_STATE_SIZE];
+	uint32_t lsr;
 	int n1, n2;
 
 	(void)state;
+	wr(a, 3, 0x80); /* DLAB: divisor 0x0201 */
+	wr(a, 0, 0x01);
+	wr(a, 1, 0x02);
+	wr(a, 3, 0x1b); /* 8 data bits, 1 stop bit, even parity */
 	wr(a, 1, 0x03);
 	wr(a, 4, 0x0b);
 	wr(a, 7, 0x77);
 	uart_input(a, "queued", 6);
 	rd(a, 0); /* consume 'q': head moves */
+	lsr = rd(a, 5);
+	assert_int_equal(lsr & 0x01, 0x01); /* data ready */
 	n1 = uart_save(a, s1, sizeof(s1));
 	assert_true(n1 > 0);
 	assert_int_equal(uart_restore(b, s1, (size_t)n1), 0);
 	n2 = uart_save(b, s2, sizeof(s2));
 	assert_int_equal(n1, n2);
 	assert_memory_equal(s1, s2, (size_t)n1);
-	assert_int_equal(rd(b, 7), 0x77);
-	assert_int_equal(rd(b, 0), 'u'); /* the FIFO continues where it was */
+	/* field by field through the register interface, as the guest reads them */
+	assert_int_equal(rd(b, 3), 0x1b);     /* LCR */
+	assert_int_equal(rd(b, 1), rd(a, 1)); /* IER */
+	assert_int_equal(rd(b, 1) & 0x03, 0x03);
+	assert_int_equal(rd(b, 4), rd(a, 4)); /* MCR */
+	assert_int_equal(rd(b, 4) & 0x0b, 0x0b);
+	assert_int_equal(rd(b, 5), lsr);  /* LSR: data ready, transmitter empty */
+	assert_int_equal(rd(b, 7), 0x77); /* scratch */
+	wr(b, 3, 0x9b);                   /* DLAB: the divisor */
+	assert_int_equal(rd(b, 0), 0x01);
+	assert_int_equal(rd(b, 1), 0x02);
+	wr(b, 3, 0x1b);
+	for (const char *p = "ueued"; *p; p++) /* the FIFO continues where it was */
+		assert_int_equal(rd(b, 0), *p);
+	assert_int_equal(rd(b, 5) & 0x01, 0); /* and ends there */
 	uart_free(a);
 	uart_free(b);
 }

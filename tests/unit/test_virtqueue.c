@@ -10,8 +10,8 @@
 #include <cmocka.h>
 
 #include "hv/mem.h"
-#include "hv/virtio_net.h"
-#include "hv/virtqueue.h"
+#include "hv/dev/virtio_net.h"
+#include "hv/dev/virtqueue.h"
 
 #define RAM_SIZE (1u << 20)
 #define DESC 0x1000

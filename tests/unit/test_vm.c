@@ -11,18 +11,9 @@
 #include <cmocka.h>
 
 #include "hv/hv.h"
+#include "tests/unit/need.h"
 
 #define ENTRY 0x100000u
-
-static bool have_kvm(void)
-{
-	int fd = open("/dev/kvm", O_RDWR);
-
-	if (fd < 0)
-		return false;
-	close(fd);
-	return true;
-}
 
 /* A VM whose one vCPU spins at ENTRY ("jmp ."), or writes `status` to the exit port. */
 static struct vm *make_vm(int nr_vcpus, int exit_status)
@@ -49,8 +40,7 @@ static void test_pause_holds_nest(void **state)
 	struct vm_pause_stats ps;
 
 	(void)state;
-	if (!have_kvm())
-		skip();
+	need_kvm();
 	vm = make_vm(2, -1);
 	assert_int_equal(vm_start(vm), 0);
 	assert_int_equal(vm_get_state(vm), VM_RUNNING);
@@ -77,8 +67,7 @@ static void test_hold_before_start_starts_parked(void **state)
 	struct vm *vm;
 
 	(void)state;
-	if (!have_kvm())
-		skip();
+	need_kvm();
 	vm = make_vm(1, 9); /* would exit at once if it ran */
 	assert_int_equal(vm_pause(vm), 0);
 	assert_int_equal(vm_start(vm), 0);
@@ -118,8 +107,7 @@ static void test_io_registration(void **state)
 	struct vm *vm;
 
 	(void)state;
-	if (!have_kvm())
-		skip();
+	need_kvm();
 	vm = make_vm(1, -1);
 	assert_int_equal(vm_io_register(vm, IO_PIO, 0x3f8, 8, nop_io, NULL), 0);
 	assert_int_equal(vm_io_register(vm, IO_PIO, 0x3fc, 2, nop_io, NULL), -EEXIST);

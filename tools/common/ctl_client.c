@@ -1,4 +1,5 @@
-/* ctl_client.c — the blocking control-plane client: one request line out, one reply line back (see ctl_client.h). */
+/* ctl_client.c — the blocking control-plane client: one request line out, one reply line back (see
+ * ctl_client.h). */
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -13,11 +14,12 @@
 
 #include "common/clock.h"
 #include "tools/common/ctl_client.h"
+#include "common/errf.h"
 
 /* Wait for `events` on fd until deadline. 0, -ETIMEDOUT or -errno. */
 static int wait_fd(int fd, short events, int64_t deadline)
 {
-	struct pollfd pfd = { .fd = fd, .events = events };
+	struct pollfd pfd = {.fd = fd, .events = events};
 
 	for (;;) {
 		int64_t left = deadline - (int64_t)(now_ns() / 1000000);
@@ -33,54 +35,55 @@ static int wait_fd(int fd, short events, int64_t deadline)
 	}
 }
 
-int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms, char *err,
-	     size_t errlen)
-{
-	struct sockaddr_un sa;
-	struct json_object *obj = NULL, *ok, *e;
-	const char *str;
-	char *buf = NULL, *nl = NULL;
-	size_t len, off = 0, cap = 0;
-	int64_t deadline = (int64_t)(now_ns() / 1000000) + (timeout_ms > 0 ? timeout_ms : 1);
-	int fd = -1, rc;
+/* What one call is talking to, for its error lines. */
+struct call {
+	const char *path;
+	int fd, timeout_ms;
+	int64_t deadline; /* ms, monotonic */
+	char *err;
+	size_t errlen;
+};
 
-	*reply = NULL;
-	rc = ctl_sockaddr(path, &sa, err, errlen);
-	if (rc)
-		return rc;
-	if (!req || !json_object_is_type(req, json_type_object)) {
-		snprintf(err, errlen, "control request must be a JSON object");
-		return -EINVAL;
-	}
-	str = json_object_to_json_string_ext(req, CTL_JSON_FLAGS);
-	len = str ? strlen(str) : 0;
-	if (!str || len > CTL_MAX_LINE) {
-		snprintf(err, errlen, str ? "request too large" : "out of memory");
-		return str ? -E2BIG : -ENOMEM;
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(-rc));
-		return rc;
-	}
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		rc = -errno;
-		if (rc == -ENOENT)
-			snprintf(err, errlen, "no VM control socket at %s (is the VM running?)", path);
-		else if (rc == -ECONNREFUSED)
-			snprintf(err, errlen, "nothing listening on %s (stale socket; is the VM running?)", path);
-		else if (rc == -EAGAIN)
-			snprintf(err, errlen, "VM control socket %s is busy (listen queue full)", path);
-		else
-			snprintf(err, errlen, "cannot connect to %s: %s", path, strerror(-rc));
-		goto out;
-	}
-	/* Send the line (the '\n' separately: str belongs to req). */
+/* A wait_fd failure as one line. Returns rc. */
+static int wait_failed(const struct call *c, int rc)
+{
+	if (rc == -ETIMEDOUT)
+		return errf(c->err, c->errlen, rc, "no reply from %s within %d ms", c->path,
+		            c->timeout_ms);
+	return errf(c->err, c->errlen, rc, "poll on %s: %s", c->path, strerror(-rc));
+}
+
+/* A non-blocking connected socket in c->fd. 0 or -errno with one line. */
+static int connect_ctl(struct call *c, const struct sockaddr_un *sa)
+{
+	int e;
+
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd < 0)
+		return errf(c->err, c->errlen, -errno, "socket: %s", strerror(errno));
+	if (connect(c->fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0)
+		return 0;
+	e = errno;
+	if (e == ENOENT)
+		return errf(c->err, c->errlen, -e,
+		            "no VM control socket at %s (is the VM running?)", c->path);
+	if (e == ECONNREFUSED)
+		return errf(c->err, c->errlen, -e,
+		            "nothing listening on %s (stale socket; is the VM running?)", c->path);
+	if (e == EAGAIN)
+		return errf(c->err, c->errlen, -e,
+		            "VM control socket %s is busy (listen queue full)", c->path);
+	return errf(c->err, c->errlen, -e, "cannot connect to %s: %s", c->path, strerror(e));
+}
+
+/* Send str (len bytes) and a '\n' (separately: str belongs to the request). 0 or -errno. */
+static int send_line(const struct call *c, const char *str, size_t len)
+{
 	for (size_t sent = 0; sent < len + 1;) {
 		const char *p = sent < len ? str + sent : "\n";
 		size_t n = sent < len ? len - sent : 1;
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		int rc;
 
 		if (w > 0) {
 			sent += (size_t)w;
@@ -88,76 +91,116 @@ int ctl_call(const char *path, struct json_object *req, struct json_object **rep
 		}
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-			rc = -errno;
-			snprintf(err, errlen, "VM closed the control connection %s: %s", path, strerror(-rc));
-			goto out;
-		}
-		rc = wait_fd(fd, POLLOUT, deadline);
+		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return errf(c->err, c->errlen, -errno,
+			            "VM closed the control connection %s: %s", c->path,
+			            strerror(errno));
+		rc = wait_fd(c->fd, POLLOUT, c->deadline);
 		if (rc)
-			goto timeout;
+			return wait_failed(c, rc);
 	}
-	/* Read one line. */
+	return 0;
+}
+
+/* Read up to and including the first '\n' into *buf (malloc'd, caller frees even on error);
+ * *linelen is the line's length without it. 0 or -errno. */
+static int recv_line(const struct call *c, char **buf, size_t *linelen)
+{
+	size_t off = 0, cap = 0;
+	char *nl = NULL;
+
 	while (!nl) {
 		ssize_t r;
+		int rc;
 
 		if (off == cap) {
 			char *p;
 
-			if (cap >= CTL_MAX_OUT) {
-				rc = -EPROTO;
-				snprintf(err, errlen, "reply from %s is too large", path);
-				goto out;
-			}
+			if (cap >= CTL_MAX_OUT)
+				return errf(c->err, c->errlen, -EPROTO,
+				            "reply from %s is too large", c->path);
 			cap = cap ? cap * 2 : 4096;
-			p = realloc(buf, cap);
-			if (!p) {
-				rc = -ENOMEM;
-				snprintf(err, errlen, "out of memory");
-				goto out;
-			}
-			buf = p;
+			p = realloc(*buf, cap);
+			if (!p)
+				return errf(c->err, c->errlen, -ENOMEM, "out of memory");
+			*buf = p;
 		}
-		r = recv(fd, buf + off, cap - off, MSG_DONTWAIT);
+		r = recv(c->fd, *buf + off, cap - off, MSG_DONTWAIT);
 		if (r > 0) {
-			nl = memchr(buf + off, '\n', (size_t)r);
+			nl = memchr(*buf + off, '\n', (size_t)r);
 			off += (size_t)r;
 			continue;
 		}
-		if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-			rc = -EPROTO;
-			snprintf(err, errlen, "VM closed the control connection %s without replying", path);
-			goto out;
-		}
-		rc = wait_fd(fd, POLLIN, deadline);
+		if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+			return errf(c->err, c->errlen, -EPROTO,
+			            "VM closed the control connection %s without replying",
+			            c->path);
+		rc = wait_fd(c->fd, POLLIN, c->deadline);
 		if (rc)
-			goto timeout;
+			return wait_failed(c, rc);
 	}
-	rc = ctl_parse_json(buf, (size_t)(nl - buf), &obj, err, errlen);
-	if (rc || !json_object_is_type(obj, json_type_object) || !json_object_object_get_ex(obj, "ok", &ok) ||
+	*linelen = (size_t)(nl - *buf);
+	return 0;
+}
+
+/* The reply line as an object with a boolean "ok" (see ctl_call for what is returned). */
+static int parse_reply(const struct call *c, const char *line, size_t len,
+                       struct json_object **reply)
+{
+	struct json_object *obj = NULL, *ok, *e;
+	int rc;
+
+	rc = ctl_parse_json(line, len, &obj, c->err, c->errlen);
+	if (rc || !json_object_is_type(obj, json_type_object) ||
+	    !json_object_object_get_ex(obj, "ok", &ok) ||
 	    !json_object_is_type(ok, json_type_boolean)) {
 		json_object_put(obj);
-		rc = -EPROTO;
-		snprintf(err, errlen, "malformed reply from %s", path);
-		goto out;
+		return errf(c->err, c->errlen, -EPROTO, "malformed reply from %s", c->path);
 	}
 	*reply = obj;
-	rc = 0;
-	if (!json_object_get_boolean(ok)) {
-		rc = -EREMOTEIO;
-		if (json_object_object_get_ex(obj, "error", &e) && json_object_is_type(e, json_type_string))
-			snprintf(err, errlen, "%s", json_object_get_string(e));
-		else
-			snprintf(err, errlen, "VM reported an error without a message");
-	}
-	goto out;
-timeout:
-	if (rc == -ETIMEDOUT)
-		snprintf(err, errlen, "no reply from %s within %d ms", path, timeout_ms);
-	else
-		snprintf(err, errlen, "poll on %s: %s", path, strerror(-rc));
-out:
+	if (json_object_get_boolean(ok))
+		return 0;
+	if (json_object_object_get_ex(obj, "error", &e) && json_object_is_type(e, json_type_string))
+		return errf(c->err, c->errlen, -EREMOTEIO, "%s", json_object_get_string(e));
+	return errf(c->err, c->errlen, -EREMOTEIO, "VM reported an error without a message");
+}
+
+int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
+             char *err, size_t errlen)
+{
+	struct call c = {.path = path,
+	                 .fd = -1,
+	                 .timeout_ms = timeout_ms,
+	                 .deadline =
+	                     (int64_t)(now_ns() / 1000000) + (timeout_ms > 0 ? timeout_ms : 1),
+	                 .err = err,
+	                 .errlen = errlen};
+	struct sockaddr_un sa;
+	const char *str;
+	char *buf = NULL;
+	size_t len, linelen = 0;
+	int rc;
+
+	*reply = NULL;
+	rc = ctl_sockaddr(path, &sa, err, errlen);
+	if (rc)
+		return rc;
+	if (!req || !json_object_is_type(req, json_type_object))
+		return errf(err, errlen, -EINVAL, "control request must be a JSON object");
+	str = json_object_to_json_string_ext(req, CTL_JSON_FLAGS);
+	len = str ? strlen(str) : 0;
+	if (!str || len > CTL_MAX_LINE)
+		return errf(err, errlen, str ? -E2BIG : -ENOMEM,
+		            str ? "request too large" : "out of memory");
+	rc = connect_ctl(&c, &sa);
+	if (!rc)
+		rc = send_line(&c, str, len);
+	if (!rc)
+		rc = recv_line(&c, &buf, &linelen);
+	if (!rc)
+		rc = parse_reply(&c, buf, linelen, reply);
 	free(buf);
-	close(fd);
+	if (c.fd >= 0)
+		close(c.fd);
 	return rc;
 }

@@ -1,5 +1,6 @@
 /* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,10 +8,12 @@
 #include "migrate/migrate.h"
 #include "replication/remus.h"
 #include "replication/snapshot.h"
+#include "common/log.h"
 #include "common/parse.h"
 #include "vmm/vmm.h"
 #include "tools/doppel/doppel.h"
 
+/* clang-format off */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -18,6 +21,7 @@ static void usage(FILE *f)
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
 		"                  [--standby --listen ADDR:PORT | --incoming ADDR:PORT]\n"
+		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
 		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
@@ -34,130 +38,199 @@ static void usage(FILE *f)
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
 		"  --standby        hold a replica for a primary (`doppel protect`); runs no vCPUs until\n"
 		"                   failover. Needs --listen ADDR:PORT ([IPv6]:PORT for IPv6)\n"
-		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n",
+		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
+		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
+		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
+		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
+		"                   component, vm, msg); the stderr lines stay\n",
 		HV_MAX_VCPUS);
 }
+/* clang-format on */
 
-int cmd_run(int argc, char **argv)
+/* What the command line asked for. */
+struct run_args {
+	struct vmm_opts o;
+	const char *listen, *incoming, *log_json;
+	enum log_level log_level;
+	bool standby;
+};
+
+static int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int bad_usage(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("doppel run: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return 2;
+}
+
+/* One option into a. Returns -1 to go on, else the exit status (2: usage error, 0: --help). */
+static int parse_opt(struct run_args *a, int c, const char *arg, const char *optname)
+{
+	struct vmm_opts *o = &a->o;
+	uint64_t n;
+
+	switch (c) {
+	case 'k':
+		o->kernel = arg;
+		break;
+	case 'r':
+		o->restore = arg;
+		break;
+	case 'S':
+		a->standby = true;
+		break;
+	case 'L':
+		a->listen = arg;
+		break;
+	case 'I':
+		a->incoming = arg;
+		break;
+	case 'n':
+		o->name = arg;
+		break;
+	case 'm':
+		if (parse_size(arg, &o->mem) || o->mem < HV_MEM_MIN || o->mem > HV_MEM_MAX ||
+		    o->mem % HV_MEM_MIN) {
+			fprintf(stderr,
+			        "doppel run: bad --mem '%s' (a size from 2M to %lluG in 2M steps, "
+			        "e.g. 256M)\n",
+			        arg, (unsigned long long)(HV_MEM_MAX >> 30));
+			return 2;
+		}
+		break;
+	case 'c':
+		if (parse_uint(arg, 1, HV_MAX_VCPUS, &n)) {
+			fprintf(stderr, "doppel run: bad --vcpus '%s' (1..%d)\n", arg,
+			        HV_MAX_VCPUS);
+			return 2;
+		}
+		o->vcpus = (int)n;
+		break;
+	case 'a':
+		o->cmdline = arg;
+		break;
+	case 's':
+		o->serial = arg;
+		break;
+	case 'C':
+		o->control = arg;
+		break;
+	case 'N':
+		if (o->nr_net >= VMM_MAX_NETS) {
+			fprintf(stderr, "doppel run: at most %d --net devices\n", VMM_MAX_NETS);
+			return 2;
+		}
+		o->net[o->nr_net++] = arg;
+		break;
+	case 'l':
+		if (log_level_parse(arg, &a->log_level))
+			return bad_usage("bad --log-level '%s' (error, warn, info or debug)", arg);
+		break;
+	case 'j':
+		a->log_json = arg;
+		break;
+	case 'h':
+		usage(stdout);
+		return 0;
+	default:
+		return bad_usage("unknown or incomplete option '%s' (try doppel run --help)",
+		                 optname);
+	}
+	return -1;
+}
+
+/* The options alone and together. Returns -1 to go on, else the exit status. */
+static int parse_args(struct run_args *a, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"kernel", required_argument, 0, 'k'}, {"name", required_argument, 0, 'n'},
-		{"mem", required_argument, 0, 'm'},    {"vcpus", required_argument, 0, 'c'},
-		{"cmdline", required_argument, 0, 'a'}, {"serial", required_argument, 0, 's'},
-		{"control", required_argument, 0, 'C'}, {"net", required_argument, 0, 'N'},
-		{"restore", required_argument, 0, 'r'}, {"help", no_argument, 0, 'h'},
-		{"standby", no_argument, 0, 'S'},       {"listen", required_argument, 0, 'L'},
-		{"incoming", required_argument, 0, 'I'},
-		{0, 0, 0, 0},
+	    {"kernel", required_argument, 0, 'k'},   {"name", required_argument, 0, 'n'},
+	    {"mem", required_argument, 0, 'm'},      {"vcpus", required_argument, 0, 'c'},
+	    {"cmdline", required_argument, 0, 'a'},  {"serial", required_argument, 0, 's'},
+	    {"control", required_argument, 0, 'C'},  {"net", required_argument, 0, 'N'},
+	    {"restore", required_argument, 0, 'r'},  {"help", no_argument, 0, 'h'},
+	    {"standby", no_argument, 0, 'S'},        {"listen", required_argument, 0, 'L'},
+	    {"incoming", required_argument, 0, 'I'}, {"log-level", required_argument, 0, 'l'},
+	    {"log-json", required_argument, 0, 'j'}, {0, 0, 0, 0},
 	};
-	struct vmm_opts o = {0};
-	const char *listen = NULL, *incoming = NULL;
-	bool standby = false;
-	struct vmm *v;
-	char err[512];
-	uint64_t n;
 	int c, rc;
 
+	*a = (struct run_args){.log_level = LOG_INFO};
 	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'k':
-			o.kernel = optarg;
-			break;
-		case 'r':
-			o.restore = optarg;
-			break;
-		case 'S':
-			standby = true;
-			break;
-		case 'L':
-			listen = optarg;
-			break;
-		case 'I':
-			incoming = optarg;
-			break;
-		case 'n':
-			o.name = optarg;
-			break;
-		case 'm':
-			if (parse_size(optarg, &o.mem) || o.mem < HV_MEM_MIN || o.mem > HV_MEM_MAX ||
-			    o.mem % HV_MEM_MIN) {
-				fprintf(stderr,
-					"doppel run: bad --mem '%s' (a size from 2M to %lluG in 2M steps, e.g. 256M)\n",
-					optarg, (unsigned long long)(HV_MEM_MAX >> 30));
-				return 2;
-			}
-			break;
-		case 'c':
-			if (parse_uint(optarg, 1, HV_MAX_VCPUS, &n)) {
-				fprintf(stderr, "doppel run: bad --vcpus '%s' (1..%d)\n", optarg, HV_MAX_VCPUS);
-				return 2;
-			}
-			o.vcpus = (int)n;
-			break;
-		case 'a':
-			o.cmdline = optarg;
-			break;
-		case 's':
-			o.serial = optarg;
-			break;
-		case 'C':
-			o.control = optarg;
-			break;
-		case 'N':
-			if (o.nr_net >= VMM_MAX_NETS) {
-				fprintf(stderr, "doppel run: at most %d --net devices\n", VMM_MAX_NETS);
-				return 2;
-			}
-			o.net[o.nr_net++] = optarg;
-			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			fprintf(stderr, "doppel run: unknown or incomplete option '%s' (try doppel run --help)\n",
-				argv[optind - 1]);
-			return 2;
-		}
+		rc = parse_opt(a, c, optarg, argv[optind - 1]);
+		if (rc >= 0)
+			return rc;
 	}
-	if (optind < argc) {
-		fprintf(stderr, "doppel run: unexpected argument '%s' (try doppel run --help)\n", argv[optind]);
-		return 2;
+	if (optind < argc)
+		return bad_usage("unexpected argument '%s' (try doppel run --help)", argv[optind]);
+	if (a->standby != (a->listen != NULL))
+		return bad_usage(
+		    "%s", "--standby and --listen ADDR:PORT go together (try doppel run --help)");
+	if (a->standby && a->incoming)
+		return bad_usage("--standby and --incoming exclude each other");
+	a->o.hold = a->standby || a->incoming;
+	if (a->o.hold && a->o.restore)
+		return bad_usage("--restore makes no sense with --standby or --incoming");
+	if (!a->o.hold && !a->o.kernel == !a->o.restore)
+		return bad_usage(
+		    "%s",
+		    "give exactly one of --kernel FILE or --restore FILE (try doppel run --help)");
+	return -1;
+}
+
+/* --restore: take --mem/--vcpus from the snapshot's header (they must match when given).
+ * Returns 0 or the exit status. */
+static int restore_opts(struct vmm_opts *o)
+{
+	struct sr_header h;
+	char err[512];
+
+	if (snap_read_header(o->restore, &h, err, sizeof(err))) {
+		fprintf(stderr, "doppel run: %s\n", err);
+		return 1;
 	}
-	if (standby != (listen != NULL)) {
-		fprintf(stderr, "doppel run: --standby and --listen ADDR:PORT go together (try doppel run --help)\n");
-		return 2;
+	if ((o->mem && o->mem != h.mem_size) || (o->vcpus && (uint32_t)o->vcpus != h.nr_vcpus)) {
+		fprintf(stderr,
+		        "doppel run: snapshot %s is of a VM with %llu MiB and %u vCPUs; "
+		        "--mem/--vcpus differ\n",
+		        o->restore, (unsigned long long)(h.mem_size >> 20), h.nr_vcpus);
+		return 1;
 	}
-	if (standby && incoming) {
-		fprintf(stderr, "doppel run: --standby and --incoming exclude each other\n");
-		return 2;
+	o->mem = h.mem_size;
+	o->vcpus = (int)h.nr_vcpus;
+	o->restore_fn = snap_restore;
+	return 0;
+}
+
+/* The process's log settings (the program chooses them; library code only logs). 0 or exit status.
+ */
+static int setup_logging(const struct run_args *a)
+{
+	char err[512];
+
+	log_set_level(a->log_level);
+	if (a->log_json && log_set_json_file(a->log_json, err, sizeof(err))) {
+		fprintf(stderr, "doppel run: %s\n", err);
+		return 1;
 	}
-	o.hold = standby || incoming;
-	if (o.hold && o.restore) {
-		fprintf(stderr, "doppel run: --restore makes no sense with --standby or --incoming\n");
-		return 2;
-	}
-	if (!o.hold && !o.kernel == !o.restore) {
-		fprintf(stderr, "doppel run: give exactly one of --kernel FILE or --restore FILE (try doppel run --help)\n");
-		return 2;
-	}
-	if (o.restore) {
-		struct sr_header h;
-		if (snap_read_header(o.restore, &h, err, sizeof(err))) {
-			fprintf(stderr, "doppel run: %s\n", err);
-			return 1;
-		}
-		if ((o.mem && o.mem != h.mem_size) || (o.vcpus && (uint32_t)o.vcpus != h.nr_vcpus)) {
-			fprintf(stderr, "doppel run: snapshot %s is of a VM with %llu MiB and %u vCPUs; --mem/--vcpus differ\n",
-				o.restore, (unsigned long long)(h.mem_size >> 20), h.nr_vcpus);
-			return 1;
-		}
-		o.mem = h.mem_size;
-		o.vcpus = (int)h.nr_vcpus;
-		o.restore_fn = snap_restore;
-	}
-	rc = vmm_create(&v, &o, err, sizeof(err));
+	return 0;
+}
+
+/* Build the VM with its control commands and, for a standby or a migration target, its listener.
+ * Returns 0 or the exit status (one line on stderr). */
+static int build_vm(struct run_args *a, struct vmm **out)
+{
+	struct vmm *v;
+	char err[512];
+	int rc;
+
+	rc = vmm_create(&v, &a->o, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "doppel run: %s\n", err);
 		return 1;
@@ -172,16 +245,36 @@ int cmd_run(int argc, char **argv)
 		vmm_destroy(v);
 		return 1;
 	}
-	if (standby)
-		rc = remus_standby_listen(v, listen, err, sizeof(err));
-	else if (incoming)
-		rc = migrate_incoming_listen(v, incoming, err, sizeof(err));
+	if (a->standby)
+		rc = remus_standby_listen(v, a->listen, err, sizeof(err));
+	else if (a->incoming)
+		rc = migrate_incoming_listen(v, a->incoming, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "doppel run: %s\n", err);
 		vmm_destroy(v);
 		return 1;
 	}
+	*out = v;
+	return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct run_args a;
+	struct vmm *v;
+	int rc;
+
+	rc = parse_args(&a, argc, argv);
+	if (rc >= 0)
+		return rc;
+	rc = setup_logging(&a);
+	if (!rc && a.o.restore)
+		rc = restore_opts(&a.o);
+	if (!rc)
+		rc = build_vm(&a, &v);
+	if (rc)
+		return rc;
 	rc = vmm_run(v, false);
 	vmm_destroy(v);
-	return rc;
+	return rc; /* the JSON log (if any) closes with the process */
 }

@@ -1,6 +1,7 @@
 /* kv_client.c — doppel-kv client: one request with retries, and the paced load generator. */
 #include "tools/kv/kv.h"
 #include "common/clock.h"
+#include "common/errf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -58,15 +59,12 @@ int kv_connect(const char *target, char *err, size_t errlen)
 	struct addrinfo *res = NULL, *ai;
 	int rc, fd = -1;
 
-	if (kv_split_hostport(target, host, sizeof(host), port, sizeof(port))) {
-		snprintf(err, errlen, "bad target '%s' (want HOST[:PORT], [IPv6]:PORT)", target);
-		return -EINVAL;
-	}
+	if (kv_split_hostport(target, host, sizeof(host), port, sizeof(port)))
+		return errf(err, errlen, -EINVAL, "bad target '%s' (want HOST[:PORT], [IPv6]:PORT)",
+		            target);
 	rc = getaddrinfo(host, port, &hints, &res);
-	if (rc) {
-		snprintf(err, errlen, "resolve '%s': %s", host, gai_strerror(rc));
-		return -EINVAL;
-	}
+	if (rc)
+		return errf(err, errlen, -EINVAL, "resolve '%s': %s", host, gai_strerror(rc));
 	rc = -EHOSTUNREACH;
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -81,10 +79,8 @@ int kv_connect(const char *target, char *err, size_t errlen)
 		fd = -1;
 	}
 	freeaddrinfo(res);
-	if (fd < 0) {
-		snprintf(err, errlen, "connect %s: %s", target, strerror(-rc));
-		return rc;
-	}
+	if (fd < 0)
+		return errf(err, errlen, rc, "connect %s: %s", target, strerror(-rc));
 	return fd;
 }
 

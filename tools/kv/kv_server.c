@@ -1,5 +1,6 @@
 /* kv_server.c — the reference key-value server (doppel-kv --serve): store + idempotent retry cache. */
 #include "tools/kv/kv.h"
+#include "common/errf.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -254,14 +255,12 @@ static int bind_socket(struct kv_server *s, const char *addrport, char *err, siz
 	if (port_only) {
 		uint64_t pv;
 
-		if (kv_parse_u64(addrport, strlen(addrport), &pv) || pv == 0 || pv > 65535) {
-			snprintf(err, errlen, "bad port '%s'", addrport);
-			return -EINVAL;
-		}
+		if (kv_parse_u64(addrport, strlen(addrport), &pv) || pv == 0 || pv > 65535)
+			return errf(err, errlen, -EINVAL, "bad port '%s'", addrport);
 		snprintf(port, sizeof(port), "%u", (unsigned)pv);
 	} else if (kv_split_hostport(addrport, host, sizeof(host), port, sizeof(port))) {
-		snprintf(err, errlen, "bad listen address '%s' (want [ADDR:]PORT)", addrport);
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL, "bad listen address '%s' (want [ADDR:]PORT)",
+		            addrport);
 	}
 	if (port_only) {
 		/* [::] dual-stack, falling back to 0.0.0.0 */
@@ -279,17 +278,15 @@ static int bind_socket(struct kv_server *s, const char *addrport, char *err, siz
 		}
 		fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 		if (fd < 0 || bind(fd, (struct sockaddr *)&a4, sizeof(a4))) {
-			rc = -errno;
-			snprintf(err, errlen, "bind port %s: %s", port, strerror(errno));
+			rc = errf(err, errlen, -errno, "bind port %s: %s", port, strerror(errno));
 			goto err;
 		}
 		goto bound;
 	}
 	rc = getaddrinfo(host, port, &hints, &res);
-	if (rc) {
-		snprintf(err, errlen, "listen address '%s': %s", host, gai_strerror(rc));
-		return -EINVAL;
-	}
+	if (rc)
+		return errf(err, errlen, -EINVAL, "listen address '%s': %s", host,
+		            gai_strerror(rc));
 	rc = -EADDRNOTAVAIL;
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -303,10 +300,8 @@ static int bind_socket(struct kv_server *s, const char *addrport, char *err, siz
 		fd = -1;
 	}
 	freeaddrinfo(res);
-	if (fd < 0) {
-		snprintf(err, errlen, "bind %s: %s", addrport, strerror(-rc));
-		return rc;
-	}
+	if (fd < 0)
+		return errf(err, errlen, rc, "bind %s: %s", addrport, strerror(-rc));
 bound:
 	s->fd = fd;
 	{
@@ -361,8 +356,7 @@ int kv_server_open(const char *addrport, struct kv_server **out, char *err, size
 	*out = s;
 	return 0;
 enomem:
-	snprintf(err, errlen, "out of memory");
-	rc = -ENOMEM;
+	rc = errf(err, errlen, -ENOMEM, "out of memory");
 err:
 	kv_server_close(s);
 	return rc;

@@ -12,16 +12,20 @@
 
 struct uart;
 
-/* Create a UART writing guest output to out_fd (not owned) and register it at `base` (8 ports).
- * Returns 0 or -errno. Must be called before vm_start. */
+#define UART_DEV_NAME "uart0" /* its device (and state record) name */
+
+/* Create a UART writing guest output to out_fd (not owned) and attach it to vm as UART_DEV_NAME
+ * (hv_dev_ops: ports [base, base+8), reset, save/restore). The VM owns it from then on: vm_destroy
+ * frees it; *out stays valid until then. Returns 0 or -errno. Must be called before vm_start. */
 int uart_attach(struct vm *vm, uint16_t base, int out_fd, struct uart **out);
+/* Free a UART made with uart_new and never attached. NULL-safe. */
 void uart_free(struct uart *u);
 
 /* Queue host input for the guest (from the event-loop thread). Returns bytes accepted (the FIFO is
  * bounded; excess input is dropped). */
 size_t uart_input(struct uart *u, const void *buf, size_t len);
 
-/* Guest-visible register state, versioned, independent of the output fd. */
+/* Guest-visible register state, versioned, independent of the output fd (hv/dev/state.h encoding). */
 #define UART_STATE_SIZE 280
 int uart_save(struct uart *u, void *buf, size_t len);          /* returns bytes used or -ENOSPC */
 int uart_restore(struct uart *u, const void *buf, size_t len); /* 0 or -EINVAL (nothing changed) */

@@ -1,4 +1,4 @@
-/* vm.c — KVM VM lifecycle: create and destroy, device and state registration, stop. */
+/* vm.c — KVM VM lifecycle: create and destroy, devices, IRQ line, whole-VM state, stop. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "common/errf.h"
-#include "hv/vm_priv.h"
+#include "hv/kvm/vm_priv.h"
 
 #define KVM_TSS_ADDR 0xfffbd000ul
 #define KVM_IDENTITY_MAP_ADDR 0xfeffc000ull
@@ -175,6 +175,7 @@ void vm_destroy(struct vm *vm)
 		vm_stop(vm, 0);
 		vm_wait(vm);
 	}
+	dev_table_detach_all(&vm->devs);
 	for (int i = 0; i < HV_MAX_VCPUS; i++) {
 		if (vm->vcpu[i].run)
 			munmap(vm->vcpu[i].run, vm->run_size);
@@ -199,21 +200,6 @@ struct guest_mem *vm_mem(struct vm *vm)
 int vm_nr_vcpus(const struct vm *vm)
 {
 	return vm->nr_vcpus;
-}
-
-int vm_fd(const struct vm *vm)
-{
-	return vm->vm_fd;
-}
-
-int vm_kvm_fd(const struct vm *vm)
-{
-	return vm->kvm_fd;
-}
-
-int vm_vcpu_fd(const struct vm *vm, int idx)
-{
-	return idx >= 0 && idx < vm->nr_vcpus ? vm->vcpu[idx].fd : -1;
 }
 
 enum vm_state vm_get_state(const struct vm *vm)
@@ -242,11 +228,6 @@ const char *vm_state_name(enum vm_state s)
 	return "unknown";
 }
 
-const struct kvm_state_ctx *vm_kvm_state(const struct vm *vm)
-{
-	return &vm->ks;
-}
-
 const char *vm_name(const struct vm *vm)
 {
 	return vm->name;
@@ -268,33 +249,90 @@ int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t l
 	return 0;
 }
 
-int vm_devstate_register(struct vm *vm, const char *name, size_t max, devstate_save_fn save,
-			 devstate_restore_fn restore, void *opaque)
+int vm_dev_attach(struct vm *vm, const char *name, const struct hv_dev_ops *ops, void *dev, char *err,
+		  size_t errlen)
 {
-	if (!name || !*name || strlen(name) >= sizeof(vm->devstate[0].name) || !save || !restore)
-		return -EINVAL;
-	if (vm->nr_devstate >= HV_MAX_DEVSTATE)
-		return -ENOSPC;
-	for (int i = 0; i < vm->nr_devstate; i++)
-		if (!strcmp(vm->devstate[i].name, name))
-			return -EEXIST;
-	struct vm_devstate *d = &vm->devstate[vm->nr_devstate++];
-	snprintf(d->name, sizeof(d->name), "%s", name);
-	d->max = max;
-	d->save = save;
-	d->restore = restore;
-	d->opaque = opaque;
-	return 0;
+	return dev_table_attach(&vm->devs, vm, name, ops, dev, err, errlen);
+}
+
+void *vm_dev_find(const struct vm *vm, const char *name)
+{
+	return dev_table_find(&vm->devs, name);
+}
+
+void vm_dev_reset_all(struct vm *vm)
+{
+	dev_table_reset_all(&vm->devs);
 }
 
 int vm_devstate_count(const struct vm *vm)
 {
-	return vm->nr_devstate;
+	return vm->devs.nr_stateful;
 }
 
 const struct vm_devstate *vm_devstate_get(const struct vm *vm, int idx)
 {
-	return idx >= 0 && idx < vm->nr_devstate ? &vm->devstate[idx] : NULL;
+	return idx >= 0 && idx < vm->devs.nr_stateful ? &vm->devs.dev[vm->devs.stateful[idx]] : NULL;
+}
+
+int vm_mmio_slot_claim(struct vm *vm, io_fn fn, void *opaque, struct hv_mmio_slot *slot)
+{
+	return dev_table_slot_claim(&vm->devs, vm, fn, opaque, slot);
+}
+
+const char *vm_dev_cmdline(const struct vm *vm)
+{
+	return vm->devs.cmdline;
+}
+
+int vm_irq_line(struct vm *vm, int gsi, int level)
+{
+	struct kvm_irq_level l = {.irq = (uint32_t)gsi, .level = (uint32_t)level};
+
+	return ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0 ? -errno : 0;
+}
+
+/* ---- whole-VM state ---------------------------------------------------------------------------- */
+
+size_t vm_vcpu_state_max(const struct vm *vm)
+{
+	return kvm_vcpu_state_max(&vm->ks);
+}
+
+size_t vm_platform_state_max(const struct vm *vm)
+{
+	(void)vm;
+	return kvm_vm_state_max();
+}
+
+const char *vm_platform_state_name(const struct vm *vm)
+{
+	(void)vm;
+	return "kvm-vm";
+}
+
+int vm_vcpu_save(struct vm *vm, int idx, void *buf, size_t len, size_t *used, char *err, size_t errlen)
+{
+	if (idx < 0 || idx >= vm->nr_vcpus)
+		return errf(err, errlen, -EINVAL, "no vCPU %d", idx);
+	return kvm_vcpu_save(&vm->ks, vm->vcpu[idx].fd, buf, len, used, err, errlen);
+}
+
+int vm_vcpu_restore(struct vm *vm, int idx, const void *buf, size_t len, char *err, size_t errlen)
+{
+	if (idx < 0 || idx >= vm->nr_vcpus)
+		return errf(err, errlen, -EINVAL, "no vCPU %d", idx);
+	return kvm_vcpu_restore(&vm->ks, vm->vcpu[idx].fd, buf, len, err, errlen);
+}
+
+int vm_platform_save(struct vm *vm, void *buf, size_t len, size_t *used, char *err, size_t errlen)
+{
+	return kvm_vm_save(&vm->ks, vm->vm_fd, buf, len, used, err, errlen);
+}
+
+int vm_platform_restore(struct vm *vm, const void *buf, size_t len, char *err, size_t errlen)
+{
+	return kvm_vm_restore(&vm->ks, vm->vm_fd, buf, len, err, errlen);
 }
 
 void vm_set_exit_cb(struct vm *vm, vm_exit_cb cb, void *opaque)

@@ -1,4 +1,4 @@
-/* kvm_state.c — capture/restore KVM vCPU and VM state as versioned tagged-section blobs. */
+/* kvm_state.c — capture/restore KVM vCPU and VM state: ioctls and validation. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,7 +8,8 @@
 #include <linux/kvm.h>
 
 #include "common/errf.h"
-#include "hv/kvm_state.h"
+#include "hv/kvm/kvm_state.h"
+#include "hv/kvm/kvm_state_blob.h"
 
 #define MSR_IA32_TSC 0x10
 #define MSR_IA32_TSC_DEADLINE 0x6e0
@@ -103,173 +104,23 @@ int kvm_state_ctx_init(struct kvm_state_ctx *c, int kvm_fd, int vm_fd, char *err
 	return 0;
 }
 
-/* ---- blob writer ------------------------------------------------------------------------------- */
-
-#define PAD8(x) (((size_t)(x) + 7) & ~(size_t)7)
-#define SEC_HDR 8
-
-struct wr {
-	uint8_t *p;
-	size_t len, off;
-	uint32_t nsec;
-};
-
-static int wr_init(struct wr *w, void *buf, size_t len, char *err, size_t errlen)
-{
-	w->p = buf;
-	w->len = buf ? len : 0;
-	w->off = KVM_STATE_HDR_SIZE;
-	w->nsec = 0;
-	if (w->len < KVM_STATE_HDR_SIZE)
-		return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
-	return 0;
-}
-
-/* Reserve a section of dlen bytes (zeroed, padding included); NULL when it does not fit. */
-static void *sec_reserve(struct wr *w, uint32_t tag, uint32_t dlen)
-{
-	size_t need = SEC_HDR + PAD8(dlen);
-	uint8_t *s;
-
-	if (w->len - w->off < need)
-		return NULL;
-	s = w->p + w->off;
-	memcpy(s, &tag, 4);
-	memcpy(s + 4, &dlen, 4);
-	memset(s + SEC_HDR, 0, PAD8(dlen));
-	w->off += need;
-	w->nsec++;
-	return s + SEC_HDR;
-}
-
-static int sec_put(struct wr *w, uint32_t tag, const void *data, uint32_t dlen, char *err,
-		   size_t errlen)
-{
-	void *d = sec_reserve(w, tag, dlen);
-
-	if (!d)
-		return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", w->len);
-	memcpy(d, data, dlen);
-	return 0;
-}
-
-static void wr_finish(struct wr *w, uint32_t magic, size_t *used)
-{
-	uint16_t ver = KVM_STATE_VERSION, hs = KVM_STATE_HDR_SIZE;
-	uint32_t total = (uint32_t)w->off;
-
-	memcpy(w->p, &magic, 4);
-	memcpy(w->p + 4, &ver, 2);
-	memcpy(w->p + 6, &hs, 2);
-	memcpy(w->p + 8, &total, 4);
-	memcpy(w->p + 12, &w->nsec, 4);
-	if (used)
-		*used = w->off;
-}
-
-/* ---- blob parser ------------------------------------------------------------------------------- */
-
-#define NSLOT 16
-
-struct sec {
-	const uint8_t *d;
-	uint32_t len;
-};
-
-static int vcpu_slot(uint32_t tag)
-{
-	return (tag >= KST_REGS && tag <= KST_MP_STATE) ? (int)tag : tag == KST_TSC_KHZ ? 12 : -1;
-}
-
-static int vm_slot(uint32_t tag)
-{
-	return (tag >= KST_PIC_MASTER && tag <= KST_CLOCK) ? (int)(tag - 0x100) : -1;
-}
-
-static int parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of)(uint32_t),
-		 struct sec *s, char *err, size_t errlen)
-{
-	const uint8_t *p = buf;
-	uint32_t magic, total, nsec, i;
-	uint16_t ver, hs;
-	size_t off;
-
-	memset(s, 0, NSLOT * sizeof(*s));
-	if (!buf || len < KVM_STATE_HDR_SIZE)
-		return errf(err, errlen, -EINVAL, "kvm_state: blob truncated (%zu bytes, header is %d)",
-			    buf ? len : 0, KVM_STATE_HDR_SIZE);
-	memcpy(&magic, p, 4);
-	memcpy(&ver, p + 4, 2);
-	memcpy(&hs, p + 6, 2);
-	memcpy(&total, p + 8, 4);
-	memcpy(&nsec, p + 12, 4);
-	if (magic != want_magic)
-		return errf(err, errlen, -EINVAL, "kvm_state: bad magic 0x%08x (want %s state)", magic,
-			    want_magic == KVM_STATE_VCPU_MAGIC ? "vCPU" : "VM");
-	if (ver != KVM_STATE_VERSION)
-		return errf(err, errlen, -EINVAL, "kvm_state: unsupported blob version %u (want %u)",
-			    ver, KVM_STATE_VERSION);
-	if (hs != KVM_STATE_HDR_SIZE)
-		return errf(err, errlen, -EINVAL, "kvm_state: bad header size %u", hs);
-	if (total < KVM_STATE_HDR_SIZE || total > len)
-		return errf(err, errlen, -EINVAL, "kvm_state: blob truncated (header says %u bytes, have %zu)",
-			    total, len);
-	off = KVM_STATE_HDR_SIZE;
-	for (i = 0; i < nsec; i++) {
-		uint32_t tag, slen;
-		int k;
-
-		if (total - off < SEC_HDR)
-			return errf(err, errlen, -EINVAL,
-				    "kvm_state: blob truncated at section %u of %u", i, nsec);
-		memcpy(&tag, p + off, 4);
-		memcpy(&slen, p + off + 4, 4);
-		if (PAD8(slen) > total - off - SEC_HDR)
-			return errf(err, errlen, -EINVAL,
-				    "kvm_state: section 0x%x length %u overruns the blob", tag, slen);
-		k = slot_of(tag);
-		if (k < 0 && !(tag & KST_OPTIONAL))
-			return errf(err, errlen, -EINVAL, "kvm_state: unknown mandatory section tag 0x%x",
-				    tag);
-		if (k >= 0) {
-			if (s[k].d)
-				return errf(err, errlen, -EINVAL, "kvm_state: duplicate section 0x%x", tag);
-			s[k].d = p + off + SEC_HDR;
-			s[k].len = slen;
-		}
-		off += SEC_HDR + PAD8(slen);
-	}
-	if (off != total)
-		return errf(err, errlen, -EINVAL, "kvm_state: %zu bytes after the last of %u sections",
-			    (size_t)total - off, nsec);
-	return 0;
-}
-
-static int want_len(const struct sec *s, const char *name, size_t want, char *err, size_t errlen)
-{
-	if (s->d && s->len != want)
-		return errf(err, errlen, -EINVAL, "kvm_state: %s section is %u bytes, want %zu", name,
-			    s->len, want);
-	return 0;
-}
-
 /* ---- vCPU -------------------------------------------------------------------------------------- */
 
 size_t kvm_vcpu_state_max(const struct kvm_state_ctx *c)
 {
 	size_t n = KVM_STATE_HDR_SIZE;
 
-	n += SEC_HDR + PAD8(sizeof(struct kvm_regs));
-	n += SEC_HDR + PAD8(sizeof(struct kvm_sregs));
-	n += SEC_HDR + PAD8(sizeof(struct kvm_sregs2));
-	n += SEC_HDR + PAD8(c && c->xsave_size ? c->xsave_size : sizeof(struct kvm_fpu));
-	n += SEC_HDR + PAD8(sizeof(struct kvm_xcrs));
-	n += SEC_HDR + 8 + KVM_STATE_MAX_MSRS * sizeof(struct kvm_msr_entry);
-	n += SEC_HDR + PAD8(sizeof(struct kvm_lapic_state));
-	n += SEC_HDR + PAD8(sizeof(struct kvm_vcpu_events));
-	n += SEC_HDR + PAD8(sizeof(struct kvm_debugregs));
-	n += SEC_HDR + PAD8(sizeof(struct kvm_mp_state));
-	n += SEC_HDR + 8;
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_regs));
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_sregs));
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_sregs2));
+	n += KST_SEC_HDR + KST_PAD8(c && c->xsave_size ? c->xsave_size : sizeof(struct kvm_fpu));
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_xcrs));
+	n += KST_SEC_HDR + 8 + KVM_STATE_MAX_MSRS * sizeof(struct kvm_msr_entry);
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_lapic_state));
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_vcpu_events));
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_debugregs));
+	n += KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_mp_state));
+	n += KST_SEC_HDR + 8;
 	return n;
 }
 
@@ -328,18 +179,18 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	struct kvm_debugregs dbg;
 	struct kvm_mp_state mp;
 	uint32_t nmsr = 0, hdr[2];
-	struct wr w;
+	struct kst_wr w;
 	void *x;
 	int rc, khz;
 
 	if (!c)
 		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
-	rc = wr_init(&w, buf, len, err, errlen);
+	rc = kst_wr_init(&w, buf, len, err, errlen);
 	if (rc)
 		return rc;
 #define PUT(tag, obj)                                                                              \
 	do {                                                                                       \
-		rc = sec_put(&w, (tag), &(obj), sizeof(obj), err, errlen);                         \
+		rc = kst_sec_put(&w, (tag), &(obj), sizeof(obj), err, errlen);                         \
 		if (rc)                                                                            \
 			return rc;                                                                 \
 	} while (0)
@@ -356,7 +207,7 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 		PUT(KST_SREGS2, sregs2);
 	}
 	if (c->xsave_size) {
-		x = sec_reserve(&w, KST_XSAVE, c->xsave_size);
+		x = kst_sec_reserve(&w, KST_XSAVE, c->xsave_size);
 		if (!x)
 			return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
 		if (c->xsave2)
@@ -376,7 +227,7 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	rc = get_msrs(c, fd, msrs, &nmsr);
 	if (rc)
 		return errf(err, errlen, rc, "kvm_state: KVM_GET_MSRS: %s", strerror(-rc));
-	x = sec_reserve(&w, KST_MSRS, 8 + nmsr * sizeof(msrs[0]));
+	x = kst_sec_reserve(&w, KST_MSRS, 8 + nmsr * sizeof(msrs[0]));
 	if (!x)
 		return errf(err, errlen, -ENOSPC, "kvm_state: buffer of %zu bytes too small", len);
 	hdr[0] = nmsr;
@@ -408,11 +259,11 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	if (khz > 0) { /* informational; optional */
 		hdr[0] = (uint32_t)khz;
 		hdr[1] = 0;
-		rc = sec_put(&w, KST_TSC_KHZ, hdr, 8, err, errlen);
+		rc = kst_sec_put(&w, KST_TSC_KHZ, hdr, 8, err, errlen);
 		if (rc)
 			return rc;
 	}
-	wr_finish(&w, KVM_STATE_VCPU_MAGIC, used);
+	kst_wr_finish(&w, KVM_STATE_VCPU_MAGIC, used);
 	return 0;
 }
 
@@ -428,7 +279,7 @@ static bool ctx_has_msr(const struct kvm_state_ctx *c, uint32_t idx)
 }
 
 /* Validate everything before touching the vCPU. */
-static int vcpu_validate(const struct kvm_state_ctx *c, const struct sec *s, char *err,
+static int vcpu_validate(const struct kvm_state_ctx *c, const struct kst_sec *s, char *err,
 			 size_t errlen)
 {
 	struct kvm_msr_entry e;
@@ -440,15 +291,15 @@ static int vcpu_validate(const struct kvm_state_ctx *c, const struct sec *s, cha
 			    !s[KST_REGS].d ? "regs" : !s[KST_SREGS].d ? "sregs" : "msrs");
 	if (!s[KST_XSAVE].d && !s[KST_FPU].d)
 		return errf(err, errlen, -EINVAL, "kvm_state: vCPU blob has neither XSAVE nor FPU");
-	rc = rc ?: want_len(&s[KST_REGS], "regs", sizeof(struct kvm_regs), err, errlen);
-	rc = rc ?: want_len(&s[KST_SREGS], "sregs", sizeof(struct kvm_sregs), err, errlen);
-	rc = rc ?: want_len(&s[KST_SREGS2], "sregs2", sizeof(struct kvm_sregs2), err, errlen);
-	rc = rc ?: want_len(&s[KST_FPU], "fpu", sizeof(struct kvm_fpu), err, errlen);
-	rc = rc ?: want_len(&s[KST_XCRS], "xcrs", sizeof(struct kvm_xcrs), err, errlen);
-	rc = rc ?: want_len(&s[KST_LAPIC], "lapic", sizeof(struct kvm_lapic_state), err, errlen);
-	rc = rc ?: want_len(&s[KST_EVENTS], "vcpu events", sizeof(struct kvm_vcpu_events), err, errlen);
-	rc = rc ?: want_len(&s[KST_DEBUGREGS], "debugregs", sizeof(struct kvm_debugregs), err, errlen);
-	rc = rc ?: want_len(&s[KST_MP_STATE], "mp state", sizeof(struct kvm_mp_state), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_REGS], "regs", sizeof(struct kvm_regs), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_SREGS], "sregs", sizeof(struct kvm_sregs), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_SREGS2], "sregs2", sizeof(struct kvm_sregs2), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_FPU], "fpu", sizeof(struct kvm_fpu), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_XCRS], "xcrs", sizeof(struct kvm_xcrs), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_LAPIC], "lapic", sizeof(struct kvm_lapic_state), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_EVENTS], "vcpu events", sizeof(struct kvm_vcpu_events), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_DEBUGREGS], "debugregs", sizeof(struct kvm_debugregs), err, errlen);
+	rc = rc ?: kst_want_len(&s[KST_MP_STATE], "mp state", sizeof(struct kvm_mp_state), err, errlen);
 	if (rc)
 		return rc;
 	if (s[KST_XSAVE].d) {
@@ -494,7 +345,7 @@ static bool msr_harmless(int fd, uint32_t idx, uint64_t val)
 }
 
 /* Write the blob's MSRs: deadline == false -> all but TSC_DEADLINE, true -> only TSC_DEADLINE. */
-static int put_msrs(int fd, const struct sec *ms, bool deadline, char *err, size_t errlen)
+static int put_msrs(int fd, const struct kst_sec *ms, bool deadline, char *err, size_t errlen)
 {
 	struct kvm_msr_entry ent[KVM_STATE_MAX_MSRS], e;
 	struct msr_buf mb;
@@ -538,14 +389,14 @@ static int put_msrs(int fd, const struct sec *ms, bool deadline, char *err, size
 int kvm_vcpu_restore(const struct kvm_state_ctx *c, int fd, const void *buf, size_t len,
 		     char *err, size_t errlen)
 {
-	struct sec s[NSLOT];
+	struct kst_sec s[KST_NSLOT];
 	const char *what = "";
 	void *xs = NULL;
 	int rc;
 
 	if (!c)
 		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
-	rc = parse(buf, len, KVM_STATE_VCPU_MAGIC, vcpu_slot, s, err, errlen);
+	rc = kst_parse(buf, len, KVM_STATE_VCPU_MAGIC, kst_vcpu_slot, s, err, errlen);
 	if (rc)
 		return rc;
 	rc = vcpu_validate(c, s, err, errlen);
@@ -614,9 +465,9 @@ out_msg:
 
 size_t kvm_vm_state_max(void)
 {
-	return KVM_STATE_HDR_SIZE + 3 * (SEC_HDR + PAD8(sizeof(struct kvm_irqchip))) +
-	       SEC_HDR + PAD8(sizeof(struct kvm_pit_state2)) + SEC_HDR +
-	       PAD8(sizeof(struct kvm_clock_data));
+	return KVM_STATE_HDR_SIZE + 3 * (KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_irqchip))) +
+	       KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_pit_state2)) + KST_SEC_HDR +
+	       KST_PAD8(sizeof(struct kvm_clock_data));
 }
 
 int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len, size_t *used,
@@ -626,13 +477,13 @@ int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len,
 	struct kvm_irqchip chip;
 	struct kvm_pit_state2 pit;
 	struct kvm_clock_data clk;
-	struct wr w;
+	struct kst_wr w;
 	uint32_t i;
 	int rc;
 
 	if (!c)
 		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
-	rc = wr_init(&w, buf, len, err, errlen);
+	rc = kst_wr_init(&w, buf, len, err, errlen);
 	if (rc)
 		return rc;
 	for (i = 0; i < 3; i++) {
@@ -658,7 +509,7 @@ int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len,
 		GET_OR_FAIL(vm_fd, KVM_GET_CLOCK, &clk, "KVM_GET_CLOCK");
 		PUT(KST_CLOCK, clk);
 	}
-	wr_finish(&w, KVM_STATE_VM_MAGIC, used);
+	kst_wr_finish(&w, KVM_STATE_VM_MAGIC, used);
 	return 0;
 }
 
@@ -668,20 +519,20 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 	static const uint32_t chip_tag[3] = { KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC };
 	struct kvm_clock_data clk, set;
 	struct kvm_irqchip chip;
-	struct sec s[NSLOT];
+	struct kst_sec s[KST_NSLOT];
 	const char *what = "";
 	uint32_t i;
 	int rc;
 
 	if (!c)
 		return errf(err, errlen, -EINVAL, "kvm_state: NULL ctx");
-	rc = parse(buf, len, KVM_STATE_VM_MAGIC, vm_slot, s, err, errlen);
+	rc = kst_parse(buf, len, KVM_STATE_VM_MAGIC, kst_vm_slot, s, err, errlen);
 	if (rc)
 		return rc;
 	for (i = 0; i < 3; i++) {
-		const struct sec *cs = &s[vm_slot(chip_tag[i])];
+		const struct kst_sec *cs = &s[kst_vm_slot(chip_tag[i])];
 
-		rc = want_len(cs, "irqchip", sizeof(chip), err, errlen);
+		rc = kst_want_len(cs, "irqchip", sizeof(chip), err, errlen);
 		if (rc)
 			return rc;
 		if (cs->d) {
@@ -691,27 +542,27 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 					    chip_tag[i], chip.chip_id);
 		}
 	}
-	rc = want_len(&s[vm_slot(KST_PIT2)], "pit2", sizeof(struct kvm_pit_state2), err, errlen);
-	rc = rc ?: want_len(&s[vm_slot(KST_CLOCK)], "clock", sizeof(clk), err, errlen);
+	rc = kst_want_len(&s[kst_vm_slot(KST_PIT2)], "pit2", sizeof(struct kvm_pit_state2), err, errlen);
+	rc = rc ?: kst_want_len(&s[kst_vm_slot(KST_CLOCK)], "clock", sizeof(clk), err, errlen);
 	if (rc)
 		return rc;
-	if ((s[vm_slot(KST_PIT2)].d && !c->pit2) || (s[vm_slot(KST_CLOCK)].d && !c->clock))
+	if ((s[kst_vm_slot(KST_PIT2)].d && !c->pit2) || (s[kst_vm_slot(KST_CLOCK)].d && !c->clock))
 		return errf(err, errlen, -EOPNOTSUPP, "kvm_state: blob has PIT2/clock this KVM lacks");
 
 	for (i = 0; i < 3; i++) {
-		const struct sec *cs = &s[vm_slot(chip_tag[i])];
+		const struct kst_sec *cs = &s[kst_vm_slot(chip_tag[i])];
 
 		if (!cs->d)
 			continue;
 		what = "KVM_SET_IRQCHIP";
 		SET_OR_FAIL(vm_fd, KVM_SET_IRQCHIP, cs->d, what);
 	}
-	if (s[vm_slot(KST_PIT2)].d) {
+	if (s[kst_vm_slot(KST_PIT2)].d) {
 		what = "KVM_SET_PIT2";
-		SET_OR_FAIL(vm_fd, KVM_SET_PIT2, s[vm_slot(KST_PIT2)].d, what);
+		SET_OR_FAIL(vm_fd, KVM_SET_PIT2, s[kst_vm_slot(KST_PIT2)].d, what);
 	}
-	if (s[vm_slot(KST_CLOCK)].d) {
-		memcpy(&clk, s[vm_slot(KST_CLOCK)].d, sizeof(clk));
+	if (s[kst_vm_slot(KST_CLOCK)].d) {
+		memcpy(&clk, s[kst_vm_slot(KST_CLOCK)].d, sizeof(clk));
 		memset(&set, 0, sizeof(set));
 		set.clock = clk.clock; /* flags 0: resume at the saved value, no realtime advance */
 		what = "KVM_SET_CLOCK";

@@ -7,7 +7,8 @@
 #include <stdint.h>
 
 /*
- * Works on raw KVM fds (no struct vm), so vm.c, snapshot, replication and migration can all use it.
+ * Works on raw KVM fds (no struct vm): hv/kvm/vm.c wraps it as vm_vcpu_save/restore and
+ * vm_platform_save/restore (hv/hv.h), the only way code outside hv/ reaches it; tests use it directly.
  * Thread safety: the ctx is read-only after kvm_state_ctx_init, so any number of threads may share it.
  * A vCPU must not be inside KVM_RUN while it is saved or restored (pause it first).
  *

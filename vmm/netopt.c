@@ -4,7 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "hv/netopt.h"
+#include "common/errf.h"
+#include "vmm/netopt.h"
 
 bool net_ifname_valid(const char *name)
 {
@@ -65,12 +66,11 @@ int net_opts_parse(const char *s, struct net_opts *o, char *err, size_t errlen)
 
 	memset(&r, 0, sizeof(r));
 	if (!s || !*s) {
-		snprintf(err, errlen, "--net: empty option (want tap=IFNAME[,bridge=BR][,mac=..])");
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL,
+		            "--net: empty option (want tap=IFNAME[,bridge=BR][,mac=..])");
 	}
 	if (strlen(s) >= sizeof(buf)) {
-		snprintf(err, errlen, "--net: option string too long");
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL, "--net: option string too long");
 	}
 	strcpy(buf, s);
 	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -78,8 +78,7 @@ int net_opts_parse(const char *s, struct net_opts *o, char *err, size_t errlen)
 		const char *val;
 
 		if (!eq) {
-			snprintf(err, errlen, "--net: '%.40s' is not key=value", tok);
-			return -EINVAL;
+			return errf(err, errlen, -EINVAL, "--net: '%.40s' is not key=value", tok);
 		}
 		*eq = 0;
 		val = eq + 1;
@@ -87,41 +86,40 @@ int net_opts_parse(const char *s, struct net_opts *o, char *err, size_t errlen)
 			bool is_tap = tok[0] == 't';
 
 			if (is_tap ? have_tap : have_br) {
-				snprintf(err, errlen, "--net: %s given twice", tok);
-				return -EINVAL;
+				return errf(err, errlen, -EINVAL, "--net: %s given twice", tok);
 			}
 			if (!net_ifname_valid(val)) {
-				snprintf(err, errlen, "--net: invalid interface name '%.40s' for %s", val, tok);
-				return -EINVAL;
+				return errf(err, errlen, -EINVAL,
+				            "--net: invalid interface name '%.40s' for %s", val,
+				            tok);
 			}
 			strcpy(is_tap ? r.ifname : r.bridge, val);
 			*(is_tap ? &have_tap : &have_br) = true;
 		} else if (!strcmp(tok, "mac")) {
 			if (r.mac_given) {
-				snprintf(err, errlen, "--net: mac given twice");
-				return -EINVAL;
+				return errf(err, errlen, -EINVAL, "--net: mac given twice");
 			}
 			if (net_mac_parse(val, r.mac)) {
-				snprintf(err, errlen, "--net: invalid mac '%.40s' (want xx:xx:xx:xx:xx:xx)", val);
-				return -EINVAL;
+				return errf(err, errlen, -EINVAL,
+				            "--net: invalid mac '%.40s' (want xx:xx:xx:xx:xx:xx)",
+				            val);
 			}
-			if ((r.mac[0] & 1) || !(r.mac[0] | r.mac[1] | r.mac[2] | r.mac[3] | r.mac[4] | r.mac[5])) {
-				snprintf(err, errlen, "--net: mac %s is multicast or zero", val);
-				return -EINVAL;
+			if ((r.mac[0] & 1) ||
+			    !(r.mac[0] | r.mac[1] | r.mac[2] | r.mac[3] | r.mac[4] | r.mac[5])) {
+				return errf(err, errlen, -EINVAL,
+				            "--net: mac %s is multicast or zero", val);
 			}
 			r.mac_given = true;
 		} else {
-			snprintf(err, errlen, "--net: unknown key '%.40s' (want tap, bridge, mac)", tok);
-			return -EINVAL;
+			return errf(err, errlen, -EINVAL,
+			            "--net: unknown key '%.40s' (want tap, bridge, mac)", tok);
 		}
 	}
 	if (!have_tap) {
-		snprintf(err, errlen, "--net: tap=IFNAME is required");
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL, "--net: tap=IFNAME is required");
 	}
 	if (have_br && !strcmp(r.bridge, r.ifname)) {
-		snprintf(err, errlen, "--net: bridge and tap are the same interface");
-		return -EINVAL;
+		return errf(err, errlen, -EINVAL, "--net: bridge and tap are the same interface");
 	}
 	if (!r.mac_given)
 		net_default_mac(r.ifname, r.mac);

@@ -6,9 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hv/hv.h"
 #include "hv/mem.h"
-#include "hv/netopt.h"
-#include "hv/virtio_mmio.h"
+#include "hv/dev/virtio_mmio.h"
 
 #define VIRTIO_ID_NET 1
 #define VIRTIO_NET_F_MAC 5
@@ -47,7 +47,7 @@ struct virtio_net_stats {
 int virtio_net_create(struct guest_mem *gm, const uint8_t mac[6], virtio_net_tx_fn tx, void *tx_opaque,
 		      struct virtio_net **out);
 /* Free the device. The caller guarantees no io_fn / rx call can still run (VM stopped, watcher
- * stopped). NULL-safe. Does not free a tap backend: see virtio_net_detach. */
+ * stopped). NULL-safe. Does not free a tap backend (an attached device is freed by vm_destroy). */
 void virtio_net_destroy(struct virtio_net *dev);
 
 /* The io_fn to register for the device's 0x200-byte MMIO window (opaque = dev). */
@@ -92,28 +92,30 @@ int virtio_net_restore(struct virtio_net *dev, const void *buf, size_t len);
 void virtio_net_set_backend(struct virtio_net *dev, void *backend);
 void *virtio_net_backend(struct virtio_net *dev);
 
-/* ---- wiring (hv/virtio_net_attach.c) ---- */
+/* ---- wiring (hv/dev/virtio_net_attach.c) ---- */
 
-struct vm;
 struct ev_loop;
 
-/* MMIO slot of device `index` (0..VIRTIO_MMIO_SLOTS-1): base 0xfeb00000 + 0x200*(7-index),
- * GSI 5 + (7-index); index 0 is 512@0xfeb00e00:12 as under QEMU microvm. */
-uint64_t virtio_net_mmio_base(int index);
-int virtio_net_gsi(int index);
+/* The host side of a virtio-net device, already parsed (the runtime parses --net: vmm/netopt.h). */
+struct virtio_net_cfg {
+	const char *ifname; /* tap device (created if absent), 1..15 characters */
+	const char *bridge; /* NULL or "" = do not enslave */
+	uint8_t mac[6];     /* guest MAC, unicast */
+};
 
-/* Open/create tap o->ifname, set it up (and enslave to o->bridge), create the device with o->mac,
- * register its MMIO window, wire TX to the tap (virtio_net_tap_output), the interrupt to
- * KVM_IRQ_LINE on vm_fd(vm), and start an ev_io RX watcher on `loop` (call on the loop's thread,
- * before vm_start). Writes "virtio_mmio.device=512@0x...:GSI" into cmdline_frag.
- * Returns 0 or -errno with one line in err; on error nothing is left behind (the MMIO window is
- * registered last). The tap stays up after detach (it may be persistent or shared with a bridge). */
-int virtio_net_attach(struct vm *vm, const struct net_opts *o, int index, struct ev_loop *loop,
-		      struct virtio_net **out, char *cmdline_frag, size_t fraglen, char *err, size_t errlen);
+/* Open/create tap c->ifname, set it up (and enslave it to c->bridge), create the device with c->mac,
+ * wire TX to the tap (virtio_net_tap_output), and attach it to vm under `name` (its state record,
+ * e.g. "net0") through hv_dev_ops: the next virtio-mmio slot (vm_mmio_slot_claim: window, GSI driven
+ * by vm_irq_line, and the guest's virtio_mmio.device= fragment in vm_dev_cmdline), save/restore,
+ * reset, detach. Starts an ev_io RX watcher on `loop` (call on the loop's thread, before vm_start).
+ * Returns 0 or -errno with one line in err; on error nothing is left behind. The VM owns the device
+ * from then on (vm_destroy detaches it on the thread that destroys the VM, which must be the loop's).
+ * The tap stays up after detach (it may be persistent or shared with a bridge). */
+int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_cfg *c, struct ev_loop *loop,
+		      struct virtio_net **out, char *err, size_t errlen);
 
-/* Stop the watcher (on the loop's thread), close the tap, free the device. Only after the VM's vCPUs
- * have stopped. NULL-safe. */
-void virtio_net_detach(struct virtio_net *dev);
+/* The slot the device got at attach (base, GSI, command-line fragment), or NULL when not attached. */
+const struct hv_mmio_slot *virtio_net_slot(struct virtio_net *dev);
 
 /* Default TX sink: write one frame to the device's tap (opaque = the struct virtio_net). Non-blocking:
  * returns -EAGAIN (frame dropped) when the tap is full. Does not take the device lock, so the netbuf

@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hv/virtio_net.h"
+#include "hv/dev/state.h"
+#include "hv/dev/virtio_net.h"
 
 struct rx_frame {
 	uint8_t *data;
@@ -348,21 +349,24 @@ size_t virtio_net_state_size(struct virtio_net *d)
 int virtio_net_save(struct virtio_net *d, void *buf, size_t len)
 {
 	size_t tl = virtio_mmio_state_size(&d->t);
-	uint8_t *p = buf;
-	uint32_t v;
+	uint8_t mac[6];
+	struct st_enc e;
 	int rc;
 
 	if (!buf || len < NET_HDR + tl)
 		return -ENOSPC;
-	memset(p, 0, NET_HDR);
-	v = htole32(NET_MAGIC);
-	memcpy(p, &v, 4);
-	v = htole32(NET_VERSION);
-	memcpy(p + 4, &v, 4);
-	virtio_net_get_mac(d, p + 8);
-	v = htole32((uint32_t)tl);
-	memcpy(p + 16, &v, 4);
-	rc = virtio_mmio_save(&d->t, p + NET_HDR, len - NET_HDR);
+	virtio_net_get_mac(d, mac);
+	st_enc_init(&e, buf, NET_HDR);
+	st_put32(&e, NET_MAGIC);
+	st_put32(&e, NET_VERSION);
+	st_put_bytes(&e, mac, 6);
+	st_pad_to(&e, 16);
+	st_put32(&e, (uint32_t)tl);
+	st_pad_to(&e, NET_HDR);
+	rc = st_enc_done(&e);
+	if (rc < 0)
+		return rc;
+	rc = virtio_mmio_save(&d->t, (uint8_t *)buf + NET_HDR, len - NET_HDR);
 	if (rc < 0)
 		return rc;
 	return (int)(NET_HDR + tl);
@@ -371,21 +375,24 @@ int virtio_net_save(struct virtio_net *d, void *buf, size_t len)
 int virtio_net_restore(struct virtio_net *d, const void *buf, size_t len)
 {
 	size_t tl = virtio_mmio_state_size(&d->t);
-	const uint8_t *p = buf;
 	uint32_t magic, ver, slen;
 	uint8_t mac[6];
+	struct st_dec c;
 
 	if (!buf || len != NET_HDR + tl)
 		return -EINVAL;
-	memcpy(&magic, p, 4);
-	memcpy(&ver, p + 4, 4);
-	memcpy(mac, p + 8, 6);
-	memcpy(&slen, p + 16, 4);
-	if (le32toh(magic) != NET_MAGIC || le32toh(ver) != NET_VERSION || le32toh(slen) != tl)
+	st_dec_init(&c, buf, NET_HDR);
+	magic = st_get32(&c);
+	ver = st_get32(&c);
+	st_get_bytes(&c, mac, 6);
+	st_skip_to(&c, 16);
+	slen = st_get32(&c);
+	st_skip_to(&c, NET_HDR);
+	if (st_dec_done(&c, true) || magic != NET_MAGIC || ver != NET_VERSION || slen != tl)
 		return -EINVAL;
 	if ((mac[0] & 1) || !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]))
 		return -EINVAL;
-	if (virtio_mmio_restore(&d->t, p + NET_HDR, tl) < 0)
+	if (virtio_mmio_restore(&d->t, (const uint8_t *)buf + NET_HDR, tl) < 0)
 		return -EINVAL;
 	pthread_mutex_lock(&d->t.lock);
 	memcpy(d->mac, mac, 6);

@@ -11,7 +11,8 @@
 #include <netlink/netlink.h>
 #include <netlink/route/link.h>
 
-#include "hv/tap.h"
+#include "common/errf.h"
+#include "hv/dev/tap.h"
 
 int tap_open(const char *ifname, char *actual_name, int flags, char *err, size_t errlen)
 {
@@ -19,13 +20,13 @@ int tap_open(const char *ifname, char *actual_name, int flags, char *err, size_t
 	int fd, rc;
 
 	if (!ifname || strlen(ifname) >= IFNAMSIZ) {
-		snprintf(err, errlen, "tap: interface name too long");
+		errf(err, errlen, 0, "tap: interface name too long");
 		return -EINVAL;
 	}
 	fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		snprintf(err, errlen, "tap: open /dev/net/tun: %s", strerror(errno));
+		errf(err, errlen, 0, "tap: open /dev/net/tun: %s", strerror(errno));
 		return rc;
 	}
 	memset(&ifr, 0, sizeof(ifr));
@@ -33,7 +34,7 @@ int tap_open(const char *ifname, char *actual_name, int flags, char *err, size_t
 	strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
 		rc = -errno;
-		snprintf(err, errlen, "tap: TUNSETIFF %s: %s", *ifname ? ifname : "(auto)", strerror(errno));
+		errf(err, errlen, 0, "tap: TUNSETIFF %s: %s", *ifname ? ifname : "(auto)", strerror(errno));
 		goto err;
 	}
 	if (actual_name) {
@@ -48,7 +49,7 @@ err:
 
 static int nlerr(int rc, const char *what, const char *name, char *err, size_t errlen)
 {
-	snprintf(err, errlen, "tap: %s %s: %s", what, name, nl_geterror(rc));
+	errf(err, errlen, 0, "tap: %s %s: %s", what, name, nl_geterror(rc));
 	return rc == -NLE_OBJ_NOTFOUND || rc == -NLE_NODEV ? -ENODEV : rc == -NLE_PERM ? -EPERM : -EIO;
 }
 
@@ -60,7 +61,7 @@ int tap_set_up(const char *ifname, const char *bridge, char *err, size_t errlen)
 
 	sk = nl_socket_alloc();
 	if (!sk) {
-		snprintf(err, errlen, "tap: out of memory for netlink socket");
+		errf(err, errlen, 0, "tap: out of memory for netlink socket");
 		return -ENOMEM;
 	}
 	rc = nl_connect(sk, NETLINK_ROUTE);
@@ -75,7 +76,7 @@ int tap_set_up(const char *ifname, const char *bridge, char *err, size_t errlen)
 	}
 	change = rtnl_link_alloc();
 	if (!change) {
-		snprintf(err, errlen, "tap: out of memory");
+		errf(err, errlen, 0, "tap: out of memory");
 		rc = -ENOMEM;
 		goto out;
 	}

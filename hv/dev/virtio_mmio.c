@@ -3,7 +3,8 @@
 #include <errno.h>
 #include <string.h>
 
-#include "hv/virtio_mmio.h"
+#include "hv/dev/state.h"
+#include "hv/dev/virtio_mmio.h"
 
 #define VENDOR_ID 0x4c505044u /* "DPPL" */
 #define STATUS_KNOWN                                                                               \
@@ -282,51 +283,6 @@ int virtio_mmio_io(void *opaque, uint64_t off, void *data, uint32_t len, bool is
 #define STATE_HDR 64
 #define STATE_PER_Q 32
 
-struct cur {
-	uint8_t *p;
-	const uint8_t *q;
-};
-
-static void put16(struct cur *c, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(c->p, &v, 2);
-	c->p += 2;
-}
-static void put32(struct cur *c, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(c->p, &v, 4);
-	c->p += 4;
-}
-static void put64(struct cur *c, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(c->p, &v, 8);
-	c->p += 8;
-}
-static uint16_t get16(struct cur *c)
-{
-	uint16_t v;
-	memcpy(&v, c->q, 2);
-	c->q += 2;
-	return le16toh(v);
-}
-static uint32_t get32(struct cur *c)
-{
-	uint32_t v;
-	memcpy(&v, c->q, 4);
-	c->q += 4;
-	return le32toh(v);
-}
-static uint64_t get64(struct cur *c)
-{
-	uint64_t v;
-	memcpy(&v, c->q, 8);
-	c->q += 8;
-	return le64toh(v);
-}
-
 size_t virtio_mmio_state_size(const struct virtio_mmio *t)
 {
 	return STATE_HDR + STATE_PER_Q * (size_t)t->nr_queues;
@@ -335,78 +291,79 @@ size_t virtio_mmio_state_size(const struct virtio_mmio *t)
 int virtio_mmio_save(struct virtio_mmio *t, void *buf, size_t len)
 {
 	size_t need = virtio_mmio_state_size(t);
-	struct cur c = {.p = buf};
+	struct st_enc c;
 
 	if (!buf || len < need)
 		return -ENOSPC;
-	memset(buf, 0, need);
+	st_enc_init(&c, buf, need);
 	pthread_mutex_lock(&t->lock);
-	put32(&c, STATE_MAGIC);
-	put32(&c, STATE_VERSION);
-	put32(&c, t->device_id);
-	put32(&c, t->nr_queues);
-	put64(&c, t->device_features);
-	put64(&c, t->driver_features);
-	put32(&c, t->dev_feat_sel);
-	put32(&c, t->drv_feat_sel);
-	put32(&c, t->queue_sel);
-	put32(&c, t->status);
-	put32(&c, t->isr);
-	put32(&c, t->config_gen);
-	c.p = (uint8_t *)buf + STATE_HDR;
+	st_put32(&c, STATE_MAGIC);
+	st_put32(&c, STATE_VERSION);
+	st_put32(&c, t->device_id);
+	st_put32(&c, t->nr_queues);
+	st_put64(&c, t->device_features);
+	st_put64(&c, t->driver_features);
+	st_put32(&c, t->dev_feat_sel);
+	st_put32(&c, t->drv_feat_sel);
+	st_put32(&c, t->queue_sel);
+	st_put32(&c, t->status);
+	st_put32(&c, t->isr);
+	st_put32(&c, t->config_gen);
+	st_pad_to(&c, STATE_HDR);
 	for (unsigned i = 0; i < t->nr_queues; i++) {
 		const struct vq *vq = &t->vq[i];
 
-		put16(&c, vq->num);
-		put16(&c, (uint16_t)(vq->ready | (vq->indirect << 1)));
-		put16(&c, vq->last_avail_idx);
-		put16(&c, vq->used_idx);
-		put64(&c, vq->desc_gpa);
-		put64(&c, vq->avail_gpa);
-		put64(&c, vq->used_gpa);
+		st_put16(&c, vq->num);
+		st_put16(&c, (uint16_t)(vq->ready | (vq->indirect << 1)));
+		st_put16(&c, vq->last_avail_idx);
+		st_put16(&c, vq->used_idx);
+		st_put64(&c, vq->desc_gpa);
+		st_put64(&c, vq->avail_gpa);
+		st_put64(&c, vq->used_gpa);
 	}
 	pthread_mutex_unlock(&t->lock);
-	return (int)need;
+	return st_enc_done(&c);
 }
 
 int virtio_mmio_restore(struct virtio_mmio *t, const void *buf, size_t len)
 {
 	size_t need = virtio_mmio_state_size(t);
-	struct cur c = {.q = buf};
+	struct st_dec c;
 	struct vq vqs[VIRTIO_MMIO_MAX_QUEUES];
 	uint64_t drv;
 	uint32_t dfs, drfs, qsel, status, isr, gen;
 
 	if (!buf || len < need)
 		return -EINVAL;
-	if (get32(&c) != STATE_MAGIC || get32(&c) != STATE_VERSION || get32(&c) != t->device_id ||
-	    get32(&c) != t->nr_queues)
+	st_dec_init(&c, buf, need);
+	if (st_get32(&c) != STATE_MAGIC || st_get32(&c) != STATE_VERSION || st_get32(&c) != t->device_id ||
+	    st_get32(&c) != t->nr_queues)
 		return -EINVAL;
-	(void)get64(&c); /* device features at save time: informational */
-	drv = get64(&c);
-	dfs = get32(&c);
-	drfs = get32(&c);
-	qsel = get32(&c);
-	status = get32(&c);
-	isr = get32(&c);
-	gen = get32(&c);
+	(void)st_get64(&c); /* device features at save time: informational */
+	drv = st_get64(&c);
+	dfs = st_get32(&c);
+	drfs = st_get32(&c);
+	qsel = st_get32(&c);
+	status = st_get32(&c);
+	isr = st_get32(&c);
+	gen = st_get32(&c);
 	if ((drv & ~t->device_features) || (status & ~STATUS_KNOWN) || (isr & ~3u))
 		return -EINVAL;
 	if ((status & VIRTIO_STATUS_FEATURES_OK) && !(drv & (1ull << VIRTIO_F_VERSION_1)))
 		return -EINVAL;
-	c.q = (const uint8_t *)buf + STATE_HDR;
+	st_skip_to(&c, STATE_HDR);
 	memset(vqs, 0, sizeof(vqs));
 	for (unsigned i = 0; i < t->nr_queues; i++) {
 		struct vq *vq = &vqs[i];
 		uint16_t fl;
 
-		vq->num = get16(&c);
-		fl = get16(&c);
-		vq->last_avail_idx = get16(&c);
-		vq->used_idx = get16(&c);
-		vq->desc_gpa = get64(&c);
-		vq->avail_gpa = get64(&c);
-		vq->used_gpa = get64(&c);
+		vq->num = st_get16(&c);
+		fl = st_get16(&c);
+		vq->last_avail_idx = st_get16(&c);
+		vq->used_idx = st_get16(&c);
+		vq->desc_gpa = st_get64(&c);
+		vq->avail_gpa = st_get64(&c);
+		vq->used_gpa = st_get64(&c);
 		vq->indirect = fl & 2;
 		if (fl & ~3u)
 			return -EINVAL;

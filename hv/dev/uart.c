@@ -5,7 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "hv/uart.h"
+#include "common/errf.h"
+#include "hv/dev/state.h"
+#include "hv/dev/uart.h"
 
 enum { RBR_THR = 0, IER = 1, IIR_FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7 };
 #define LCR_DLAB 0x80
@@ -29,8 +31,16 @@ struct uart_regs {
 struct uart {
 	pthread_mutex_t lock;
 	int out_fd;
+	uint16_t base; /* first port, once attached */
 	struct uart_regs r;
 };
+
+static void regs_init(struct uart_regs *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->dll = 12; /* 9600 baud, the 8250 reset default */
+	r->lcr = 0x03;
+}
 
 struct uart *uart_new(int out_fd)
 {
@@ -40,31 +50,69 @@ struct uart *uart_new(int out_fd)
 		return NULL;
 	pthread_mutex_init(&u->lock, NULL);
 	u->out_fd = out_fd;
-	u->r.dll = 12; /* 9600 baud, the 8250 reset default */
-	u->r.lcr = 0x03;
+	regs_init(&u->r);
 	return u;
 }
 
-static int save_cb(void *opaque, void *buf, size_t len)
+static int attach_cb(struct vm *vm, void *dev, char *err, size_t errlen)
 {
-	return uart_save(opaque, buf, len);
+	struct uart *u = dev;
+	int rc = vm_io_register(vm, IO_PIO, u->base, 8, uart_io, u);
+
+	return rc ? errf(err, errlen, rc, "uart: ports 0x%x-0x%x: %s", u->base, u->base + 7, strerror(-rc))
+		  : 0;
 }
 
-static int restore_cb(void *opaque, const void *buf, size_t len)
+static void reset_cb(void *dev)
 {
-	return uart_restore(opaque, buf, len);
+	struct uart *u = dev;
+
+	pthread_mutex_lock(&u->lock);
+	regs_init(&u->r);
+	pthread_mutex_unlock(&u->lock);
 }
+
+static size_t state_size_cb(void *dev)
+{
+	(void)dev;
+	return UART_STATE_SIZE;
+}
+
+static int save_cb(void *dev, void *buf, size_t len)
+{
+	return uart_save(dev, buf, len);
+}
+
+static int restore_cb(void *dev, const void *buf, size_t len)
+{
+	return uart_restore(dev, buf, len);
+}
+
+static void detach_cb(void *dev)
+{
+	uart_free(dev);
+}
+
+static const struct hv_dev_ops uart_ops = {
+	.kind = "uart",
+	.attach = attach_cb,
+	.reset = reset_cb,
+	.state_size = state_size_cb,
+	.save = save_cb,
+	.restore = restore_cb,
+	.detach = detach_cb,
+};
 
 int uart_attach(struct vm *vm, uint16_t base, int out_fd, struct uart **out)
 {
 	struct uart *u = uart_new(out_fd);
+	char err[128];
 	int rc;
 
 	if (!u)
 		return -ENOMEM;
-	rc = vm_io_register(vm, IO_PIO, base, 8, uart_io, u);
-	if (rc == 0)
-		rc = vm_devstate_register(vm, "uart0", UART_STATE_SIZE, save_cb, restore_cb, u);
+	u->base = base;
+	rc = vm_dev_attach(vm, UART_DEV_NAME, &uart_ops, u, err, sizeof(err));
 	if (rc) {
 		uart_free(u);
 		return rc;
@@ -213,30 +261,56 @@ size_t uart_input(struct uart *u, const void *buf, size_t len)
 	return n;
 }
 
+/* Record (version 1, 272 bytes): u8 version, 3 zero bytes, then u8 ier lcr mcr scr fcr dll dlm
+ * thri_pending, u16 rx_head, u16 rx_count, u8 rx[UART_RX_FIFO]. */
+#define UART_STATE_LEN (4 + 8 + 4 + UART_RX_FIFO)
+_Static_assert(UART_STATE_LEN <= UART_STATE_SIZE, "UART_STATE_SIZE too small");
+
 int uart_save(struct uart *u, void *buf, size_t len)
 {
-	uint8_t *p = buf;
+	struct st_enc e;
+	const struct uart_regs *r = &u->r;
 
-	if (len < 4 + sizeof(struct uart_regs))
-		return -ENOSPC;
-	_Static_assert(4 + sizeof(struct uart_regs) <= UART_STATE_SIZE, "UART_STATE_SIZE too small");
+	st_enc_init(&e, buf, len);
 	pthread_mutex_lock(&u->lock);
-	memset(p, 0, 4);
-	p[0] = UART_STATE_VERSION;
-	memcpy(p + 4, &u->r, sizeof(u->r));
+	st_put8(&e, UART_STATE_VERSION);
+	st_pad_to(&e, 4);
+	st_put8(&e, r->ier);
+	st_put8(&e, r->lcr);
+	st_put8(&e, r->mcr);
+	st_put8(&e, r->scr);
+	st_put8(&e, r->fcr);
+	st_put8(&e, r->dll);
+	st_put8(&e, r->dlm);
+	st_put8(&e, r->thri_pending);
+	st_put16(&e, r->rx_head);
+	st_put16(&e, r->rx_count);
+	st_put_bytes(&e, r->rx, UART_RX_FIFO);
 	pthread_mutex_unlock(&u->lock);
-	return (int)(4 + sizeof(struct uart_regs));
+	return st_enc_done(&e);
 }
 
 int uart_restore(struct uart *u, const void *buf, size_t len)
 {
-	const uint8_t *p = buf;
+	struct st_dec d;
 	struct uart_regs r;
 
-	if (len != 4 + sizeof(struct uart_regs) || p[0] != UART_STATE_VERSION)
+	st_dec_init(&d, buf, len);
+	if (st_get8(&d) != UART_STATE_VERSION)
 		return -EINVAL;
-	memcpy(&r, p + 4, sizeof(r));
-	if (r.rx_head >= UART_RX_FIFO || r.rx_count > UART_RX_FIFO)
+	st_skip_to(&d, 4);
+	r.ier = st_get8(&d);
+	r.lcr = st_get8(&d);
+	r.mcr = st_get8(&d);
+	r.scr = st_get8(&d);
+	r.fcr = st_get8(&d);
+	r.dll = st_get8(&d);
+	r.dlm = st_get8(&d);
+	r.thri_pending = st_get8(&d);
+	r.rx_head = st_get16(&d);
+	r.rx_count = st_get16(&d);
+	st_get_bytes(&d, r.rx, UART_RX_FIFO);
+	if (st_dec_done(&d, true) || r.rx_head >= UART_RX_FIFO || r.rx_count > UART_RX_FIFO)
 		return -EINVAL;
 	pthread_mutex_lock(&u->lock);
 	u->r = r;

@@ -1,11 +1,12 @@
-/* vm_priv.h — the inside of struct vm, shared by hv/vm.c (lifecycle) and hv/vcpu.c (vCPU threads). */
+/* vm_priv.h — the inside of struct vm (KVM backend): hv/kvm/vm.c, vcpu.c, kvm_dirty.c. */
 #ifndef DOPPEL_HV_VM_PRIV_H
 #define DOPPEL_HV_VM_PRIV_H
 
 #include <linux/kvm.h>
 
+#include "hv/dev/devices.h"
 #include "hv/hv.h"
-#include "hv/kvm_state.h"
+#include "hv/kvm/kvm_state.h"
 
 #define UNCLAIMED_WARN_MAX 8
 
@@ -36,8 +37,7 @@ struct vm {
 	struct vcpu vcpu[HV_MAX_VCPUS];
 	struct io_region io[HV_MAX_IO];
 	int nr_io;
-	struct vm_devstate devstate[HV_MAX_DEVSTATE];
-	int nr_devstate;
+	struct dev_table devs;
 
 	pthread_mutex_t lock; /* protects everything below */
 	pthread_cond_t cond;

@@ -7,8 +7,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
-#include "hv/vm_priv.h"
 #include "common/clock.h"
+#include "common/errf.h"
+#include "common/log.h"
+#include "hv/kvm/vm_priv.h"
 
 /* ---- CPUID ------------------------------------------------------------------------------------ */
 
@@ -28,8 +30,7 @@ int vcpu_setup_cpuid(struct vm *vm, struct vcpu *v, char *err, size_t errlen)
 		rc = -errno;
 		free(c);
 		if (rc != -E2BIG || n > 4096) {
-			snprintf(err, errlen, "KVM_GET_SUPPORTED_CPUID: %s", strerror(-rc));
-			return rc;
+			return errf(err, errlen, rc, "KVM_GET_SUPPORTED_CPUID: %s", strerror(-rc));
 		}
 		n *= 2;
 	}
@@ -58,7 +59,7 @@ int vcpu_setup_cpuid(struct vm *vm, struct vcpu *v, char *err, size_t errlen)
 	}
 	rc = ioctl(v->fd, KVM_SET_CPUID2, c) ? -errno : 0;
 	if (rc)
-		snprintf(err, errlen, "KVM_SET_CPUID2: %s", strerror(-rc));
+		errf(err, errlen, 0, "KVM_SET_CPUID2: %s", strerror(-rc));
 	free(c);
 	return rc;
 }
@@ -84,8 +85,8 @@ static int dispatch(struct vcpu *v, enum io_space space, uint64_t addr, void *da
 	pthread_mutex_lock(&vm->lock);
 	if (vm->unclaimed_warnings < UNCLAIMED_WARN_MAX) {
 		vm->unclaimed_warnings++;
-		fprintf(stderr, "doppel: %s: guest %s %s 0x%llx (%u bytes) hits no device; %s%s\n",
-			vm->name, is_write ? "write to" : "read from",
+		log_warn("hv", vm->name, "guest %s %s 0x%llx (%u bytes) hits no device; %s%s",
+			 is_write ? "write to" : "read from",
 			space == IO_PIO ? "port" : "MMIO address", (unsigned long long)addr, len,
 			is_write ? "ignored" : "read as all-ones",
 			vm->unclaimed_warnings == UNCLAIMED_WARN_MAX ? " (further such accesses not reported)"

@@ -8,14 +8,11 @@
 #include <stdint.h>
 
 #include "hv/mem.h"
-#include "hv/virtqueue.h"
+#include "hv/dev/virtqueue.h"
 
-/* Layout as QEMU microvm: slot s (0..7) at VIRTIO_MMIO_BASE + 0x200*s, GSI VIRTIO_MMIO_IRQ_BASE + s;
- * device index i uses slot 7 - i, so the first device is 512@0xfeb00e00:12 like QEMU's. */
-#define VIRTIO_MMIO_BASE 0xfeb00000ull
+/* One device's register window. Windows and interrupt lines come from the VM's slot allocator
+ * (vm_mmio_slot_claim in hv/hv.h), which also writes the guest's virtio_mmio.device= fragment. */
 #define VIRTIO_MMIO_SIZE 0x200ull
-#define VIRTIO_MMIO_SLOTS 8
-#define VIRTIO_MMIO_IRQ_BASE 5
 #define VIRTIO_MMIO_MAX_QUEUES 4
 #define VIRTIO_MMIO_MAGIC 0x74726976u
 

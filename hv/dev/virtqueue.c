@@ -2,7 +2,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "hv/virtqueue.h"
+#include "hv/dev/virtqueue.h"
 
 /* Ring layout (virtio 1.x §2.7): avail = {le16 flags, le16 idx, le16 ring[num], le16 used_event},
  * used = {le16 flags, le16 idx, {le32 id, le32 len} ring[num], le16 avail_event}. */

@@ -1,6 +1,6 @@
-/* netopt.h — the `--net tap=IFNAME[,bridge=BR][,mac=52:54:..]` option: parsing and the default MAC. */
-#ifndef DOPPEL_HV_NETOPT_H
-#define DOPPEL_HV_NETOPT_H
+/* netopt.h — the runtime's `--net tap=IFNAME[,bridge=BR][,mac=..]` option and default MAC. */
+#ifndef DOPPEL_VMM_NETOPT_H
+#define DOPPEL_VMM_NETOPT_H
 
 #include <stdbool.h>
 #include <stddef.h>
