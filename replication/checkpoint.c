@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "hv/dirty.h"
+#include "common/errf.h"
 #include "replication/checkpoint.h"
 
 /* ---- machine state ---------------------------------------------------------------------------- */
@@ -63,8 +64,7 @@ int ckpt_state_capture(struct ckpt_state *s, struct vm *vm, char *err, size_t er
 		const struct vm_devstate *d = vm_devstate_get(vm, i);
 		int n = d->save(d->opaque, buf, d->max);
 		if (n < 0) {
-			rc = n;
-			snprintf(err, errlen, "cannot save device %s: %s", d->name, strerror(-n));
+			rc = errf(err, errlen, n, "cannot save device %s: %s", d->name, strerror(-n));
 			goto out;
 		}
 		rc = blob_set(&s->dev[s->nr_dev++], d->name, CKPT_DEV_HV, buf, (size_t)n);
@@ -106,24 +106,18 @@ int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_
 	int rc;
 
 	/* Validate presence of everything before touching anything. */
-	if (s->nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
-		snprintf(err, errlen, "state has %u vCPUs, VM has %d", s->nr_vcpus, vm_nr_vcpus(vm));
-		return -EINVAL;
-	}
+	if (s->nr_vcpus != (uint32_t)vm_nr_vcpus(vm))
+		return errf(err, errlen, -EINVAL, "state has %u vCPUs, VM has %d", s->nr_vcpus,
+			    vm_nr_vcpus(vm));
 	for (uint32_t i = 0; i < s->nr_vcpus; i++)
-		if (!s->vcpu[i].data) {
-			snprintf(err, errlen, "state lacks vCPU %u", i);
-			return -EINVAL;
-		}
-	if (!kvm) {
-		snprintf(err, errlen, "state lacks the kvm-vm record");
-		return -EINVAL;
-	}
+		if (!s->vcpu[i].data)
+			return errf(err, errlen, -EINVAL, "state lacks vCPU %u", i);
+	if (!kvm)
+		return errf(err, errlen, -EINVAL, "state lacks the %s record", vm_platform_state_name(vm));
 	for (int i = 0; i < vm_devstate_count(vm); i++)
-		if (!find_dev(s, CKPT_DEV_HV, vm_devstate_get(vm, i)->name)) {
-			snprintf(err, errlen, "state lacks device %s", vm_devstate_get(vm, i)->name);
-			return -EINVAL;
-		}
+		if (!find_dev(s, CKPT_DEV_HV, vm_devstate_get(vm, i)->name))
+			return errf(err, errlen, -EINVAL, "state lacks device %s",
+				    vm_devstate_get(vm, i)->name);
 	for (uint32_t i = 0; i < s->nr_vcpus; i++) {
 		rc = vm_vcpu_restore(vm, (int)i, s->vcpu[i].data, s->vcpu[i].len, err, errlen);
 		if (rc)
@@ -133,10 +127,9 @@ int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_
 		const struct vm_devstate *d = vm_devstate_get(vm, i);
 		const struct ckpt_blob *b = find_dev(s, CKPT_DEV_HV, d->name);
 		rc = d->restore(d->opaque, b->data, b->len);
-		if (rc) {
-			snprintf(err, errlen, "device %s rejected its state: %s", d->name, strerror(-rc));
-			return rc;
-		}
+		if (rc)
+			return errf(err, errlen, rc, "device %s rejected its state: %s", d->name,
+				    strerror(-rc));
 	}
 	return vm_platform_restore(vm, kvm->data, kvm->len, err, errlen);
 }

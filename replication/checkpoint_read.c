@@ -197,13 +197,12 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 			            sr_type_name(rec.type, tn, sizeof(tn)));
 		}
 		if (rc) {
+			rc = rc < 0 ? rc : -EBADMSG;
 			if (rc == -E2BIG)
-				snprintf(err, errlen, "epoch carries more pages than the VM has");
-			else if (*sr_error(r))
-				snprintf(err, errlen, "%s", sr_error(r));
-			else
-				snprintf(err, errlen, "cannot apply page data: %s", strerror(-rc));
-			return rc < 0 ? rc : -EBADMSG;
+				return errf(err, errlen, rc, "epoch carries more pages than the VM has");
+			if (*sr_error(r))
+				return errf(err, errlen, rc, "%s", sr_error(r));
+			return errf(err, errlen, rc, "cannot apply page data: %s", strerror(-rc));
 		}
 	}
 }

@@ -24,28 +24,25 @@ static int open_info(const char *path, int *fd, struct sr_in *in, struct sr_ctx 
 
 	*r = NULL;
 	*fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (*fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot open snapshot %s: %s", path, strerror(errno));
-		return rc;
-	}
+	if (*fd < 0)
+		return errf(err, errlen, -errno, "cannot open snapshot %s: %s", path, strerror(errno));
 	sr_in_fd(in, *fd, -1);
 	rc = sr_reader_new(r, in);
 	if (rc) {
-		snprintf(err, errlen, "out of memory");
+		errf(err, errlen, rc, "out of memory");
 		goto err;
 	}
 	rc = sr_read_header(*r, h);
 	if (!rc)
 		rc = sr_read_record(*r, &rec);
 	if (rc) {
-		snprintf(err, errlen, "snapshot %s: %s", path, sr_error(*r));
+		errf(err, errlen, rc, "snapshot %s: %s", path, sr_error(*r));
 		goto err;
 	}
 	if (rec.type != SR_REC_DEVICE_STATE || rec.dev.kind != CKPT_DEV_INFO ||
 	    rec.dev.blob_len != sizeof(*info)) {
-		snprintf(err, errlen, "snapshot %s: first record is not the snapshot info", path);
-		rc = -EBADMSG;
+		rc = errf(err, errlen, -EBADMSG, "snapshot %s: first record is not the snapshot info",
+			  path);
 		goto err;
 	}
 	memcpy(info, rec.dev.blob, sizeof(*info));
@@ -83,25 +80,20 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 	struct sr_ctx *r;
 	int fd, rc;
 
-	if (depth > SNAP_MAX_CHAIN) {
-		snprintf(err, errlen, "snapshot chain longer than %d", SNAP_MAX_CHAIN);
-		return -ELOOP;
-	}
+	if (depth > SNAP_MAX_CHAIN)
+		return errf(err, errlen, -ELOOP, "snapshot chain longer than %d", SNAP_MAX_CHAIN);
 	rc = open_info(path, &fd, &in, &r, &h, &info, err, errlen);
 	if (rc)
 		return rc;
 	if (want_id && info.id != want_id) {
-		snprintf(err, errlen,
-		         "snapshot %s is not the base the incremental snapshot was taken from",
-		         path);
-		rc = -EINVAL;
+		rc = errf(err, errlen, -EINVAL,
+			  "snapshot %s is not the base the incremental snapshot was taken from", path);
 		goto out;
 	}
 	rc = sr_header_check_mem(&h, vm_mem(vm), err, errlen);
 	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
-		snprintf(err, errlen, "snapshot %s has %u vCPUs, the VM has %d", path, h.nr_vcpus,
-		         vm_nr_vcpus(vm));
-		rc = -EINVAL;
+		rc = errf(err, errlen, -EINVAL, "snapshot %s has %u vCPUs, the VM has %d", path,
+			  h.nr_vcpus, vm_nr_vcpus(vm));
 	}
 	if (rc)
 		goto out;
@@ -111,14 +103,12 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 			goto out;
 	}
 	rc = ckpt_read_epoch(r, &stg, vm_mem(vm), err, errlen);
-	if (rc == 0) {
-		snprintf(err, errlen, "snapshot %s holds no checkpoint", path);
-		rc = -EBADMSG;
-	}
+	if (rc == 0)
+		rc = errf(err, errlen, -EBADMSG, "holds no checkpoint");
 	if (rc < 0) {
 		char e2[512];
-		snprintf(e2, sizeof(e2), "snapshot %s: %s", path, err);
-		snprintf(err, errlen, "%s", e2);
+		snprintf(e2, sizeof(e2), "%s", err);
+		errf(err, errlen, rc, "snapshot %s: %s", path, e2);
 		goto out;
 	}
 	{
@@ -126,13 +116,11 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 		 * CHECKPOINT_END (or with a second epoch) is not a complete snapshot. */
 		struct sr_record rec;
 		rc = sr_read_record(r, &rec);
-		if (!rc && rec.type != SR_REC_END) {
-			snprintf(err, errlen, "snapshot %s: expected END after the checkpoint",
-			         path);
-			rc = -EBADMSG;
-		} else if (rc) {
-			snprintf(err, errlen, "snapshot %s: %s", path, sr_error(r));
-		}
+		if (!rc && rec.type != SR_REC_END)
+			rc = errf(err, errlen, -EBADMSG, "snapshot %s: expected END after the checkpoint",
+				  path);
+		else if (rc)
+			errf(err, errlen, rc, "snapshot %s: %s", path, sr_error(r));
 		if (rc)
 			goto out;
 	}
