@@ -33,7 +33,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PYTEST  := /usr/bin/python3 -m pytest
 
-.PHONY: all deps check unit system asan fuzz demo bench soak clean format
+.PHONY: all deps check unit system asan fuzz demo bench soak clean format format-check
 all: deps
 	@$(MAKE) --no-print-directory binaries
 
@@ -88,6 +88,7 @@ fuzz: deps fuzz-build
 	    || { tail -40 build-fuzz/$$n.log; exit 1; }; done
 
 check: deps
+	@scripts/format-check.sh
 	@$(MAKE) --no-print-directory binaries $(UNIT_BIN)
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(or $(CHECK_FUZZ_SECONDS),3)
 	@$(MAKE) --no-print-directory unit
@@ -110,6 +111,9 @@ bench: binaries
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	@scripts/format-check.sh
 
 clean:
 	rm -rf build build-asan build-fuzz

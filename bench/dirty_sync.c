@@ -60,8 +60,14 @@ static void bvm_destroy(struct bvm *t)
 
 static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
 {
-	*s = (struct kvm_segment){.base = 0, .limit = 0xffffffff, .selector = sel, .type = type,
-				  .present = 1, .db = 1, .s = 1, .g = 1};
+	*s = (struct kvm_segment){.base = 0,
+				  .limit = 0xffffffff,
+				  .selector = sel,
+				  .type = type,
+				  .present = 1,
+				  .db = 1,
+				  .s = 1,
+				  .g = 1};
 }
 
 /* Long mode, CPL3, 2 MiB pages identity-mapping [0, 1 GiB), user + writable: guest stores then run
@@ -147,8 +153,13 @@ err:
 /* Guest stores one dword in each of n consecutive pages from DATA_GPA; returns wall ns or 0 on error. */
 static uint64_t bvm_store(struct bvm *t, uint32_t n)
 {
-	struct kvm_regs regs = {.rip = t->user ? CODE64_GPA : CODE_GPA, .rflags = t->user ? 0x3002 : 2, .rax = 1, .rcx = n, .rdi = DATA_GPA,
-				.rsi = 4096, .rdx = EXIT_PORT};
+	struct kvm_regs regs = {.rip = t->user ? CODE64_GPA : CODE_GPA,
+				.rflags = t->user ? 0x3002 : 2,
+				.rax = 1,
+				.rcx = n,
+				.rdi = DATA_GPA,
+				.rsi = 4096,
+				.rdx = EXIT_PORT};
 	uint64_t t0 = now_ns();
 
 	if (ioctl(t->vcpu, KVM_SET_REGS, &regs) < 0)
@@ -222,10 +233,11 @@ static int bench_idle(uint64_t size, unsigned flags, bool *first)
 	dirty_log_stop(d);
 	t_stop = now_ns() - t0;
 	printf("%s\n    {\"mem_mib\": %llu, \"mode\": \"%s\", \"start\": \"%s\", \"start_us\": %.1f, "
-	       "\"first_sync_us\": %.1f, \"first_sync_pages\": %lld, \"idle_sync_us\": %.1f, \"stop_us\": %.1f}",
+	       "\"first_sync_us\": %.1f, \"first_sync_pages\": %lld, \"idle_sync_us\": %.1f, \"stop_us\": "
+	       "%.1f}",
 	       sep(first), (unsigned long long)(size >> 20), dirty_log_mode(d),
-	       flags & DIRTY_START_CLEAN ? "clean" : "all", t_start / 1000.0, t_first / 1000.0,
-	       (long long)n0, median_us(v, reps), t_stop / 1000.0);
+	       flags & DIRTY_START_CLEAN ? "clean" : "all", t_start / 1000.0, t_first / 1000.0, (long long)n0,
+	       median_us(v, reps), t_stop / 1000.0);
 	fflush(stdout);
 	dirty_log_free(d);
 	free(bm);
@@ -265,12 +277,13 @@ static int bench_dirty(uint64_t size, uint32_t n, unsigned flags, bool user, boo
 	}
 	{
 		double sync = median_us(vs, reps), prot = median_us(vp, reps), warm = median_us(vw, reps);
-		printf("%s\n    {\"mem_mib\": %llu, \"mode\": \"%s\", \"guest\": \"%s\", \"dirty_pages\": %u, \"reported\": %lld, "
+		printf("%s\n    {\"mem_mib\": %llu, \"mode\": \"%s\", \"guest\": \"%s\", \"dirty_pages\": "
+		       "%u, \"reported\": %lld, "
 		       "\"sync_us\": %.1f, \"sync_ns_per_page\": %.0f, \"guest_loop_protected_us\": %.1f, "
 		       "\"guest_loop_writable_us\": %.1f, \"write_fault_us_per_page\": %.2f}",
 		       sep(first), (unsigned long long)(size >> 20), dirty_log_mode(d),
-		       user ? "cpl3-native" : "cpl0-emulated", n, (long long)got, sync,
-		       sync * 1000.0 / n, prot, warm, (prot - warm) / n);
+		       user ? "cpl3-native" : "cpl0-emulated", n, (long long)got, sync, sync * 1000.0 / n,
+		       prot, warm, (prot - warm) / n);
 	}
 	fflush(stdout);
 	dirty_log_free(d);

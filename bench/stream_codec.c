@@ -29,10 +29,10 @@ static uint32_t rnd(uint64_t *s)
 /* 50% zero pages, 50% "text": random words from a small vocabulary (compresses ~3-4x). */
 static void make_pages(uint8_t *mem, size_t np)
 {
-	static const char *words[] = {"replication", "checkpoint", "the",   "of",    "kvm",
-				      "page",	     "dirty",	   "epoch", "guest", "memory",
-				      "virtio",	     "buffer",	   "and",   "to",    "a",
-				      "stream",	     "primary",	   "secondary", "42", "0x7f3a"};
+	static const char *words[] = {"replication", "checkpoint", "the",	"of",	 "kvm",
+				      "page",	     "dirty",	   "epoch",	"guest", "memory",
+				      "virtio",	     "buffer",	   "and",	"to",	 "a",
+				      "stream",	     "primary",	   "secondary", "42",	 "0x7f3a"};
 	uint64_t s = 12345;
 
 	for (size_t p = 0; p < np; p++) {
@@ -67,8 +67,8 @@ static int put_zero(void *opaque, uint64_t first, uint64_t count)
 	return 0;
 }
 
-static void run1(double *wt, double *rt, size_t *slen, uint8_t *mem, uint8_t *dst, size_t np, bool compress, int level,
-		int threads)
+static void run1(double *wt, double *rt, size_t *slen, uint8_t *mem, uint8_t *dst, size_t np, bool compress,
+		 int level, int threads)
 {
 	uint64_t *idx = malloc(np * sizeof(*idx));
 	const void **ptr = malloc(np * sizeof(*ptr));
@@ -141,8 +141,8 @@ static void run(const char *name, uint8_t *mem, uint8_t *dst, size_t np, bool co
 		bw = wt < bw ? wt : bw;
 		br = rt < br ? rt : br;
 	}
-	printf("%-22s write %6.2f GB/s  read %6.2f GB/s  stream %7.1f MiB (%.2fx)\n", name,
-	       bytes / bw / 1e9, bytes / br / 1e9, (double)slen / (1 << 20), bytes / (double)slen);
+	printf("%-22s write %6.2f GB/s  read %6.2f GB/s  stream %7.1f MiB (%.2fx)\n", name, bytes / bw / 1e9,
+	       bytes / br / 1e9, (double)slen / (1 << 20), bytes / (double)slen);
 }
 
 int main(int argc, char **argv)

@@ -82,7 +82,7 @@ int log_set_json_file(const char *path, char *err, size_t errlen)
 		fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
 		if (fd < 0)
 			return errf(err, errlen, -errno, "cannot open log file %s: %s", path,
-			            strerror(errno));
+				    strerror(errno));
 	}
 	old = __atomic_exchange_n(&L.json_fd, fd, __ATOMIC_ACQ_REL);
 	if (old >= 0)
@@ -103,7 +103,7 @@ static void write_line(int fd, const char *txt, size_t len)
 }
 
 static void emit_json(int fd, uint64_t t, enum log_level lvl, const char *comp, const char *vm,
-                      const char *msg)
+		      const char *msg)
 {
 	struct json_object *o = json_object_new_object();
 	struct timespec wall;
@@ -114,12 +114,11 @@ static void emit_json(int fd, uint64_t t, enum log_level lvl, const char *comp, 
 	clock_gettime(CLOCK_REALTIME, &wall);
 	/* fixed decimals (µs, ms), not a double's 17 significant digits */
 	snprintf(num, sizeof(num), "%llu.%06llu", (unsigned long long)(t / 1000000000ull),
-	         (unsigned long long)(t / 1000 % 1000000));
+		 (unsigned long long)(t / 1000 % 1000000));
 	json_object_object_add(o, "t", json_object_new_double_s((double)t / 1e9, num));
 	snprintf(num, sizeof(num), "%lld.%03ld", (long long)wall.tv_sec, wall.tv_nsec / 1000000);
 	json_object_object_add(
-	    o, "wall",
-	    json_object_new_double_s((double)wall.tv_sec + (double)wall.tv_nsec / 1e9, num));
+		o, "wall", json_object_new_double_s((double)wall.tv_sec + (double)wall.tv_nsec / 1e9, num));
 	json_object_object_add(o, "level", json_object_new_string(log_level_name(lvl)));
 	json_object_object_add(o, "component", json_object_new_string(comp ? comp : ""));
 	if (vm)
@@ -129,7 +128,7 @@ static void emit_json(int fd, uint64_t t, enum log_level lvl, const char *comp, 
 	 */
 	size_t len = 0;
 	const char *txt = json_object_to_json_string_length(
-	    o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+		o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
 	if (txt)
 		write_line(fd, txt, len);
 	json_object_put(o);
@@ -154,12 +153,12 @@ void log_msg(enum log_level lvl, const char *component, const char *vm, const ch
 	t = since_start();
 	if (__atomic_load_n(&L.to_stderr, __ATOMIC_RELAXED)) {
 		n = snprintf(line, sizeof(line), "doppel: [%5llu.%06llu] %-5s %s%s%s: %s",
-		             (unsigned long long)(t / 1000000000ull),
-		             (unsigned long long)(t / 1000 % 1000000), log_level_name(lvl),
-		             component ? component : "-", vm ? " " : "", vm ? vm : "", msg);
+			     (unsigned long long)(t / 1000000000ull),
+			     (unsigned long long)(t / 1000 % 1000000), log_level_name(lvl),
+			     component ? component : "-", vm ? " " : "", vm ? vm : "", msg);
 		if (n > 0)
 			write_line(STDERR_FILENO, line,
-			           (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+				   (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	}
 	fd = __atomic_load_n(&L.json_fd, __ATOMIC_ACQUIRE);
 	if (fd >= 0)

@@ -23,7 +23,7 @@
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
 void log_msg(enum log_level lvl, const char *component, const char *vm, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 #define log_error(comp, vm, ...) log_msg(LOG_ERROR, comp, vm, __VA_ARGS__)
 #define log_warn(comp, vm, ...) log_msg(LOG_WARN, comp, vm, __VA_ARGS__)
@@ -39,15 +39,14 @@ const char *log_level_name(enum log_level lvl);
 
 /* Also append JSON lines to `path` (created 0600, O_APPEND). NULL closes it.
  * Returns 0 or -errno with one line in err. */
-int log_set_json_file(const char *path, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+int log_set_json_file(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));
 /* stderr output on (default) or off. */
 void log_set_stderr(int on);
 
 /* A caller-supplied sink, called for every emitted message (after stderr/JSON); NULL removes it.
  * Called on the logging thread, unlocked: it must be thread-safe itself. */
 typedef void (*log_sink_fn)(void *opaque, enum log_level lvl, const char *component, const char *vm,
-                            const char *msg);
+			    const char *msg);
 void log_set_sink(log_sink_fn fn, void *opaque);
 
 #endif

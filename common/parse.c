@@ -46,11 +46,24 @@ int parse_size(const char *s, uint64_t *out)
 	if (rc)
 		return rc;
 	switch (lower(*p)) {
-	case 'k': shift = 10; p++; break;
-	case 'm': shift = 20; p++; break;
-	case 'g': shift = 30; p++; break;
-	case 't': shift = 40; p++; break;
-	default: break;
+	case 'k':
+		shift = 10;
+		p++;
+		break;
+	case 'm':
+		shift = 20;
+		p++;
+		break;
+	case 'g':
+		shift = 30;
+		p++;
+		break;
+	case 't':
+		shift = 40;
+		p++;
+		break;
+	default:
+		break;
 	}
 	if (shift && lower(p[0]) == 'i' && lower(p[1]) == 'b')
 		p += 2;

@@ -18,8 +18,7 @@ int parse_size(const char *s, uint64_t *out) __attribute__((warn_unused_result))
 
 /* Parse a plain decimal unsigned integer (digits only) within [min, max]. Returns 0 and sets *out,
  * -EINVAL for malformed input, -ERANGE if it overflows or lies outside [min, max]. */
-int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out)
-    __attribute__((warn_unused_result));
+int parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out) __attribute__((warn_unused_result));
 
 /* A VM name is 1..CLI_NAME_MAX characters from [A-Za-z0-9._-], not starting with '-' or '.'
  * (so it never looks like an option or a hidden/relative path). NULL is invalid. */

@@ -13,16 +13,16 @@
 #include <stdint.h>
 
 /* ---- layout (see docs/guest.md) -------------------------------------------------------------- */
-#define GUEST_LOAD_ADDR UINT64_C(0x100000)       /* ELF linked and loaded at 1 MiB */
-#define GUEST_WS_BASE   (UINT64_C(16) << 20)     /* work areas (work=dirty) start at 16 MiB */
-#define GUEST_PAGE      UINT64_C(4096)
+#define GUEST_LOAD_ADDR UINT64_C(0x100000) /* ELF linked and loaded at 1 MiB */
+#define GUEST_WS_BASE (UINT64_C(16) << 20) /* work areas (work=dirty) start at 16 MiB */
+#define GUEST_PAGE UINT64_C(4096)
 
 /* Exit statuses written to the exit port (QEMU isa-debug-exit turns s into (s << 1) | 1). */
-#define GUEST_EXIT_OK    0 /* secs= elapsed */
+#define GUEST_EXIT_OK 0 /* secs= elapsed */
 #define GUEST_EXIT_USAGE 2 /* bad cmdline / working set does not fit */
 #define GUEST_EXIT_FAULT 3 /* CPU exception (printed by the CPL0 handler) */
 
-#define GUEST_UART     0x3f8
+#define GUEST_UART 0x3f8
 #define GUEST_EXITPORT 0x501
 
 /* ---- PVH start info (Xen public/arch-x86/hvm/start_info.h) ----------------------------------- */
@@ -35,7 +35,7 @@ struct hvm_start_info {
 	uint64_t modlist_paddr;
 	uint64_t cmdline_paddr;
 	uint64_t rsdp_paddr;
-	uint64_t memmap_paddr;   /* version >= 1 */
+	uint64_t memmap_paddr; /* version >= 1 */
 	uint32_t memmap_entries; /* version >= 1 */
 	uint32_t reserved;
 };
@@ -48,8 +48,8 @@ struct hvm_memmap_table_entry {
 };
 
 /* Set by boot.S before dropping to ring 3. */
-extern uint64_t boot_start_info;   /* gpa of struct hvm_start_info (as passed in ebx) */
-extern uint8_t boot_kvmclock;      /* 1 if CPL0 enabled kvmclock on boot_pvclock */
+extern uint64_t boot_start_info; /* gpa of struct hvm_start_info (as passed in ebx) */
+extern uint8_t boot_kvmclock; /* 1 if CPL0 enabled kvmclock on boot_pvclock */
 extern volatile uint8_t boot_pvclock[32]; /* struct pvclock_vcpu_time_info */
 
 /* ---- port I/O, TSC, CPUID ------------------------------------------------------------------- */

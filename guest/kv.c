@@ -8,15 +8,15 @@
  * Datagrams whose ID cannot be parsed (or longer than KV_DGRAM_MAX) are dropped.
  */
 
-#define KV_PORT       7777
-#define KV_KEY_MAX    32
-#define KV_VAL_MAX    64
-#define KV_DGRAM_MAX  256
-#define KV_SLOTS      4096 /* store: open addressing, linear probing, no deletion */
-#define KV_CACHE      1024 /* retry cache ring */
-#define KV_CBUCKETS   2048
-#define KV_NIL        0xffff
-#define KV_REPLY_MAX  (20 + 5 + KV_VAL_MAX + 2)
+#define KV_PORT 7777
+#define KV_KEY_MAX 32
+#define KV_VAL_MAX 64
+#define KV_DGRAM_MAX 256
+#define KV_SLOTS 4096 /* store: open addressing, linear probing, no deletion */
+#define KV_CACHE 1024 /* retry cache ring */
+#define KV_CBUCKETS 2048
+#define KV_NIL 0xffff
+#define KV_REPLY_MAX (20 + 5 + KV_VAL_MAX + 2)
 
 struct kv_ent {
 	uint8_t klen, vlen;
@@ -217,8 +217,8 @@ static struct kv_ent *store_find(const char *key, size_t klen, bool create)
 }
 
 /* Apply a parsed request; writes the reply text to text (KV_VAL_MAX) and returns its length. */
-static size_t apply(unsigned cmd, const char *key, size_t klen, const char *val, size_t vlen,
-		    bool *ok, char *text)
+static size_t apply(unsigned cmd, const char *key, size_t klen, const char *val, size_t vlen, bool *ok,
+		    char *text)
 {
 	struct kv_ent *e;
 	int64_t v = 0;
@@ -309,7 +309,7 @@ static void cache_insert(uint32_t ip, uint16_t port, uint64_t id, const char *re
 
 static void kv_handle(const struct udp_rx *d)
 {
-	static const char *const cmds[3] = { "SET", "GET", "INCR" };
+	static const char *const cmds[3] = {"SET", "GET", "INCR"};
 	const char *buf = (const char *)d->data, *f[4], *reason = NULL;
 	char reply[KV_REPLY_MAX], text[KV_VAL_MAX];
 	size_t fl[4], i = 0, tlen, len = d->len;

@@ -249,11 +249,28 @@ int parse_size(const char *s, uint64_t *out)
 		v = v * 10 + d;
 	}
 	switch (*s) {
-	case 'k': case 'K': shift = 10; s++; break;
-	case 'm': case 'M': shift = 20; s++; break;
-	case 'g': case 'G': shift = 30; s++; break;
-	case 't': case 'T': shift = 40; s++; break;
-	default: break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		s++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		s++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		s++;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		s++;
+		break;
+	default:
+		break;
 	}
 	if (shift && *s == 'i')
 		s++;
@@ -271,7 +288,9 @@ int parse_size(const char *s, uint64_t *out)
 #define RAM_MAX_ENTRIES 32
 #define RAM_DEFAULT (128ull << 20) /* must match DEF_UNITS in boot.S */
 
-static struct { uint64_t addr, size; } ram[RAM_MAX_ENTRIES];
+static struct {
+	uint64_t addr, size;
+} ram[RAM_MAX_ENTRIES];
 static int ram_nr;
 
 void ram_init(const struct hvm_start_info *si)

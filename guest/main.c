@@ -2,21 +2,21 @@
 #include "guest.h"
 
 /* The works: one X(name) per `int work_<name>(void)`. Adding a work is a one-line change here. */
-#define WORKS(X) \
-	X(idle)  \
-	X(dirty) \
-	X(exit)  \
-	X(fault) \
+#define WORKS(X)                                                                                             \
+	X(idle)                                                                                              \
+	X(dirty)                                                                                             \
+	X(exit)                                                                                              \
+	X(fault)                                                                                             \
 	X(kv)
 
 #define WORK_DECL(n) int work_##n(void);
-#define WORK_ENTRY(n) { #n, work_##n },
+#define WORK_ENTRY(n) {#n, work_##n},
 WORKS(WORK_DECL)
 
 static const struct {
 	const char *name;
 	work_fn fn;
-} works[] = { WORKS(WORK_ENTRY) };
+} works[] = {WORKS(WORK_ENTRY)};
 
 uint64_t guest_pi_ns = 1000000000ull;
 

@@ -4,15 +4,15 @@
 /* Every length read from a frame is checked against what the frame holds before use: the network
  * is hostile. Malformed frames are dropped silently (counted in rx_drop). */
 
-#define ETH_HLEN   14
-#define ETH_P_IP   0x0800
-#define ETH_P_ARP  0x0806
-#define IP_HLEN    20
-#define UDP_HLEN   8
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_ARP 0x0806
+#define IP_HLEN 20
+#define UDP_HLEN 8
 #define PROTO_ICMP 1
-#define PROTO_UDP  17
-#define ARP_LEN    28
-#define ARP_SLOTS  16
+#define PROTO_UDP 17
+#define ARP_LEN 28
+#define ARP_SLOTS 16
 
 struct arp_ent {
 	uint32_t ip; /* host order, 0 = empty */
@@ -31,7 +31,7 @@ static struct {
 	struct net_stats st;
 } ns;
 
-static const uint8_t bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
+static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
 static inline uint16_t get16(const uint8_t *p)
 {
@@ -161,7 +161,7 @@ static void arp_send(uint16_t op, const uint8_t *dst, uint32_t tip)
 	memcpy(f, dst ? dst : bcast, 6);
 	memcpy(f + 6, ns.mac, 6);
 	put16(f + 12, ETH_P_ARP);
-	put16(f + 14, 1);       /* Ethernet */
+	put16(f + 14, 1); /* Ethernet */
 	put16(f + 16, ETH_P_IP);
 	f[18] = 6;
 	f[19] = 4;
@@ -183,8 +183,7 @@ static void arp_input(const uint8_t *f, size_t len)
 	uint32_t sip, tip;
 	uint16_t op;
 
-	if (len < ETH_HLEN + ARP_LEN || get16(a) != 1 || get16(a + 2) != ETH_P_IP || a[4] != 6 ||
-	    a[5] != 4) {
+	if (len < ETH_HLEN + ARP_LEN || get16(a) != 1 || get16(a + 2) != ETH_P_IP || a[4] != 6 || a[5] != 4) {
 		ns.st.rx_drop++;
 		return;
 	}
@@ -356,8 +355,8 @@ unsigned net_poll(unsigned budget)
 
 /* ---- UDP out --------------------------------------------------------------------------------- */
 
-static int udp_out(const uint8_t *dmac, uint32_t dst, uint16_t sport, uint16_t dport,
-		   const void *data, size_t len)
+static int udp_out(const uint8_t *dmac, uint32_t dst, uint16_t sport, uint16_t dport, const void *data,
+		   size_t len)
 {
 	size_t ulen = UDP_HLEN + len;
 	uint8_t *f, *u;
@@ -419,8 +418,8 @@ int net_init(uint16_t port, udp_rx_fn fn)
 	n = strlen(v);
 	while (slash < n && v[slash] != '/')
 		slash++;
-	if (parse_ipv4(v, slash, &ns.ip) || slash + 1 >= n || parse_u64(v + slash + 1, &plen) ||
-	    plen < 1 || plen > 30 || ns.ip == 0) {
+	if (parse_ipv4(v, slash, &ns.ip) || slash + 1 >= n || parse_u64(v + slash + 1, &plen) || plen < 1 ||
+	    plen > 30 || ns.ip == 0) {
 		printf("net: error: bad ip=%s (want A.B.C.D/N, N 1..30)\n", v);
 		return -1;
 	}

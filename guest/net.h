@@ -10,10 +10,10 @@
  * Single-threaded: none of this is reentrant.
  */
 
-#define VNET_HDR_LEN   12   /* largest virtio_net_hdr: 12 (v1, modern) or 10 (legacy, no MRG_RXBUF) */
-#define VNET_BUF_SIZE  2048 /* each RX/TX buffer: header + frame */
+#define VNET_HDR_LEN 12 /* largest virtio_net_hdr: 12 (v1, modern) or 10 (legacy, no MRG_RXBUF) */
+#define VNET_BUF_SIZE 2048 /* each RX/TX buffer: header + frame */
 #define VNET_FRAME_MAX (VNET_BUF_SIZE - VNET_HDR_LEN)
-#define VNET_QMAX      256  /* entries per queue at most */
+#define VNET_QMAX 256 /* entries per queue at most */
 
 /* ---- virtio.c: the device -------------------------------------------------------------------- */
 /*
@@ -56,7 +56,7 @@ void vnet_get_stats(struct vnet_stats *st);
 /* A received UDP datagram, as passed to the UDP handler. */
 struct udp_rx {
 	uint8_t src_mac[6];
-	uint32_t src_ip;   /* host order */
+	uint32_t src_ip; /* host order */
 	uint16_t src_port; /* host order */
 	uint16_t dst_port;
 	const uint8_t *data;

@@ -2,20 +2,20 @@
 #include "guest.h"
 
 #define PIT_HZ 1193182u
-#define PIT_CAL_MS 10u    /* per round; the median of 3 rounds is used */
-#define KHZ_MIN 10000ull       /* 10 MHz */
-#define KHZ_MAX 100000000ull   /* 100 GHz */
+#define PIT_CAL_MS 10u /* per round; the median of 3 rounds is used */
+#define KHZ_MIN 10000ull /* 10 MHz */
+#define KHZ_MAX 100000000ull /* 100 GHz */
 #define KHZ_DEFAULT 2000000ull
-#define MAX_STEP_MS 2000ull    /* TSC steps above this (or backwards) are clock jumps */
+#define MAX_STEP_MS 2000ull /* TSC steps above this (or backwards) are clock jumps */
 
 /* All clock state is guest memory, so it survives snapshot/restore with the rest of the guest. */
 static uint64_t clk_khz;
-static uint64_t clk_ns_mult;   /* ns per tick, 32.32 fixed point */
-static uint64_t clk_max_step;  /* ticks */
+static uint64_t clk_ns_mult; /* ns per tick, 32.32 fixed point */
+static uint64_t clk_max_step; /* ticks */
 static uint64_t clk_last_tsc;
 static uint64_t clk_acc_ticks; /* ticks counted since time_init, jumps excluded */
-static uint64_t clk_limit_ns;  /* secs= as ns */
-static bool clk_limited;       /* secs= given */
+static uint64_t clk_limit_ns; /* secs= as ns */
+static bool clk_limited; /* secs= given */
 
 static bool khz_ok(uint64_t khz)
 {
@@ -77,7 +77,7 @@ static uint64_t khz_from_pit_ch2(void)
 	if (old == 0xff)
 		return 0;
 	outb((uint8_t)((old & ~0x02) | 0x01), 0x61); /* gate ch2 on, speaker off */
-	outb(0xb0, 0x43);                            /* ch2, lo/hi byte, mode 0 */
+	outb(0xb0, 0x43); /* ch2, lo/hi byte, mode 0 */
 	outb(latch & 0xff, 0x42);
 	outb(latch >> 8, 0x42);
 	t0 = rdtsc();

@@ -2,40 +2,40 @@
 #include "net.h"
 
 /* virtio-mmio registers (virtio 1.x §4.2.2; the L_* ones only in the legacy layout, §4.2.4) */
-#define R_MAGIC          0x000
-#define R_VERSION        0x004
-#define R_DEVICE_ID      0x008
-#define R_DEV_FEAT       0x010
-#define R_DEV_FEAT_SEL   0x014
-#define R_DRV_FEAT       0x020
-#define R_DRV_FEAT_SEL   0x024
-#define L_GUEST_PAGE_SZ  0x028
-#define R_QUEUE_SEL      0x030
-#define R_QUEUE_NUM_MAX  0x034
-#define R_QUEUE_NUM      0x038
-#define L_QUEUE_ALIGN    0x03c
-#define L_QUEUE_PFN      0x040
-#define R_QUEUE_READY    0x044
-#define R_QUEUE_NOTIFY   0x050
-#define R_STATUS         0x070
-#define R_QUEUE_DESC_LO  0x080
-#define R_QUEUE_DESC_HI  0x084
+#define R_MAGIC 0x000
+#define R_VERSION 0x004
+#define R_DEVICE_ID 0x008
+#define R_DEV_FEAT 0x010
+#define R_DEV_FEAT_SEL 0x014
+#define R_DRV_FEAT 0x020
+#define R_DRV_FEAT_SEL 0x024
+#define L_GUEST_PAGE_SZ 0x028
+#define R_QUEUE_SEL 0x030
+#define R_QUEUE_NUM_MAX 0x034
+#define R_QUEUE_NUM 0x038
+#define L_QUEUE_ALIGN 0x03c
+#define L_QUEUE_PFN 0x040
+#define R_QUEUE_READY 0x044
+#define R_QUEUE_NOTIFY 0x050
+#define R_STATUS 0x070
+#define R_QUEUE_DESC_LO 0x080
+#define R_QUEUE_DESC_HI 0x084
 #define R_QUEUE_AVAIL_LO 0x090
 #define R_QUEUE_AVAIL_HI 0x094
-#define R_QUEUE_USED_LO  0x0a0
-#define R_QUEUE_USED_HI  0x0a4
-#define R_CONFIG_GEN     0x0fc
-#define R_CONFIG         0x100
+#define R_QUEUE_USED_LO 0x0a0
+#define R_QUEUE_USED_HI 0x0a4
+#define R_CONFIG_GEN 0x0fc
+#define R_CONFIG 0x100
 
 #define MMIO_MAGIC 0x74726976u
-#define ST_ACK         0x01
-#define ST_DRIVER      0x02
-#define ST_DRIVER_OK   0x04
+#define ST_ACK 0x01
+#define ST_DRIVER 0x02
+#define ST_DRIVER_OK 0x04
 #define ST_FEATURES_OK 0x08
-#define ST_FAILED      0x80
+#define ST_FAILED 0x80
 
-#define F_NET_MAC    5
-#define F_VERSION_1  32
+#define F_NET_MAC 5
+#define F_VERSION_1 32
 
 #define DESC_F_WRITE 2
 #define AVAIL_F_NO_INTERRUPT 1
@@ -43,7 +43,7 @@
 
 #define HDR_LEN_MODERN 12 /* virtio_net_hdr_v1: VERSION_1 always has num_buffers */
 #define HDR_LEN_LEGACY 10 /* virtio_net_hdr without MRG_RXBUF */
-#define VQ_PAGE 4096      /* legacy GuestPageSize and QueueAlign */
+#define VQ_PAGE 4096 /* legacy GuestPageSize and QueueAlign */
 
 #define RXQ 0
 #define TXQ 1
@@ -81,36 +81,36 @@ struct vq_used {
  * addresses, so both paths share one layout.
  */
 #define VQ_USED_OFF(num) (((16u * (num) + 6u + 2u * (num)) + VQ_PAGE - 1) & ~(VQ_PAGE - 1u))
-#define VQ_AREA_SIZE     (VQ_USED_OFF(VNET_QMAX) + ((6u + 8u * VNET_QMAX + VQ_PAGE - 1) & ~(VQ_PAGE - 1u)))
+#define VQ_AREA_SIZE (VQ_USED_OFF(VNET_QMAX) + ((6u + 8u * VNET_QMAX + VQ_PAGE - 1) & ~(VQ_PAGE - 1u)))
 
 struct vq {
 	uint8_t area[VQ_AREA_SIZE] __attribute__((aligned(VQ_PAGE)));
 	uint8_t buf[VNET_QMAX][VNET_BUF_SIZE] __attribute__((aligned(4096)));
-	struct vq_desc *desc;   /* into area */
+	struct vq_desc *desc; /* into area */
 	struct vq_avail *avail;
 	struct vq_used *used;
-	uint16_t num;       /* entries in use (power of two) */
+	uint16_t num; /* entries in use (power of two) */
 	uint16_t avail_idx; /* our shadow of avail.idx */
 	uint16_t used_seen; /* used entries consumed */
-	uint16_t nfree;     /* TX: free descriptor stack */
+	uint16_t nfree; /* TX: free descriptor stack */
 	uint16_t free[VNET_QMAX];
 };
 
 static struct {
-	uint64_t base;  /* MMIO base (in the uncached 3..4 GiB mapping) */
+	uint64_t base; /* MMIO base (in the uncached 3..4 GiB mapping) */
 	bool up;
-	bool legacy;         /* virtio-mmio version 1 */
-	uint16_t hdr_len;    /* virtio_net_hdr bytes before each frame: 12 (modern) or 10 (legacy) */
+	bool legacy; /* virtio-mmio version 1 */
+	uint16_t hdr_len; /* virtio_net_hdr bytes before each frame: 12 (modern) or 10 (legacy) */
 	uint16_t tx_pending; /* committed since the last flush */
-	bool rx_kick;        /* RX buffers re-posted after the device ran dry */
-	bool tx_held;        /* tx_cur was handed out by vnet_tx_alloc and not committed */
+	bool rx_kick; /* RX buffers re-posted after the device ran dry */
+	bool tx_held; /* tx_cur was handed out by vnet_tx_alloc and not committed */
 	uint16_t tx_cur;
 	struct vnet_stats st;
 	struct vq rx, tx;
 } vn; /* zero-initialised: .bss */
 
 #define barrier() __asm__ volatile("" ::: "memory")
-#define mfence()  __asm__ volatile("mfence" ::: "memory")
+#define mfence() __asm__ volatile("mfence" ::: "memory")
 
 static inline uint32_t rd(uint32_t off)
 {
@@ -316,7 +316,7 @@ static int probe(uint64_t base, uint8_t mac[6])
 				mac[i] = *(volatile uint8_t *)(uintptr_t)(base + R_CONFIG + (uint32_t)i);
 		} while (!vn.legacy && gen != rd(R_CONFIG_GEN));
 	} else {
-		static const uint8_t def[6] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
+		static const uint8_t def[6] = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 		memcpy(mac, def, 6);
 	}
 	wr(R_STATUS, st | ST_DRIVER_OK);
@@ -364,8 +364,8 @@ int vnet_init(uint8_t mac[6])
 		}
 		p = e;
 	}
-	printf("virtio: error: %s\n", seen ? "no usable virtio-mmio network device"
-					   : "no virtio_mmio.device= on the cmdline");
+	printf("virtio: error: %s\n",
+	       seen ? "no usable virtio-mmio network device" : "no virtio_mmio.device= on the cmdline");
 	return -1;
 }
 

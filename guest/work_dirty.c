@@ -42,8 +42,7 @@ int work_dirty(void)
 		return GUEST_EXIT_USAGE;
 	}
 	base = (volatile uint64_t *)(uintptr_t)wsbase;
-	printf("guest: dirty ws=%luK pages=%lu base=0x%lx\n", npages * GUEST_PAGE >> 10, npages,
-	       wsbase);
+	printf("guest: dirty ws=%luK pages=%lu base=0x%lx\n", npages * GUEST_PAGE >> 10, npages, wsbase);
 
 	d_pass = d_idx = d_bad = d_stored = 0;
 	d_last_ns = now_ns();

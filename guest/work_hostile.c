@@ -23,7 +23,7 @@ int hostile_port(void)
 	extern uint8_t tss[];
 	uint8_t *iobmp = tss + 104, v;
 
-	iobmp[HOSTILE_PORT / 8] &= (uint8_t)~(1u << (HOSTILE_PORT % 8));
+	iobmp[HOSTILE_PORT / 8] &= (uint8_t) ~(1u << (HOSTILE_PORT % 8));
 	outb(0x5a, HOSTILE_PORT);
 	v = inb(HOSTILE_PORT);
 	printf("fault: port 0x%x write and read -> 0x%x survived\n", HOSTILE_PORT, v);

@@ -83,10 +83,10 @@ const char *dirty_log_mode(const struct dirty_log *d);
 
 /* Cumulative counters, for status and benches. */
 struct dirty_log_stats {
-	uint64_t syncs;       /* successful syncs */
-	uint64_t pages;       /* total pages reported */
+	uint64_t syncs; /* successful syncs */
+	uint64_t pages; /* total pages reported */
 	uint64_t clear_calls; /* KVM_CLEAR_DIRTY_LOG ioctls */
-	uint64_t last_ns;     /* duration of the last sync */
+	uint64_t last_ns; /* duration of the last sync */
 	uint64_t max_ns;
 	uint64_t total_ns;
 };

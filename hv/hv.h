@@ -33,9 +33,9 @@ enum io_space { IO_PIO, IO_MMIO };
 typedef int (*io_fn)(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write);
 
 struct vm_config {
-	const char *name;  /* for messages; may be NULL */
+	const char *name; /* for messages; may be NULL */
 	uint64_t mem_size; /* bytes, page multiple, 2 MiB .. HV_MEM_MAX */
-	int nr_vcpus;      /* 1 .. HV_MAX_VCPUS */
+	int nr_vcpus; /* 1 .. HV_MAX_VCPUS */
 };
 #define HV_MEM_MIN (2ull << 20)
 #define HV_MEM_MAX (64ull << 30)
@@ -85,8 +85,7 @@ int vm_irq_line(struct vm *vm, int gsi, int level);
 
 /* Register a device over [base, base+len) in one space. Overlaps are rejected (-EEXIST).
  * Only before vm_start. */
-int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t len, io_fn fn,
-		   void *opaque);
+int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t len, io_fn fn, void *opaque);
 
 /* ---- devices (hv/dev/) ------------------------------------------------------------------------
  * One ops shape for every device, in the spirit of kvmtool's device headers and Firecracker's
@@ -153,10 +152,10 @@ const struct vm_devstate *vm_devstate_get(const struct vm *vm, int idx);
 #define HV_MMIO_IRQ_BASE 5
 
 struct hv_mmio_slot {
-	int index;          /* claim order: 0 for the first device */
-	uint64_t base;      /* guest-physical base of the HV_MMIO_SLOT_SIZE window */
-	int gsi;            /* its interrupt line (vm_irq_line) */
-	char cmdline[64];   /* "virtio_mmio.device=512@0x...:GSI", also appended to vm_dev_cmdline */
+	int index; /* claim order: 0 for the first device */
+	uint64_t base; /* guest-physical base of the HV_MMIO_SLOT_SIZE window */
+	int gsi; /* its interrupt line (vm_irq_line) */
+	char cmdline[64]; /* "virtio_mmio.device=512@0x...:GSI", also appended to vm_dev_cmdline */
 };
 
 /* Take the next free slot and register fn/opaque over its window. Returns 0 and *slot, -ENOSPC when

@@ -199,7 +199,8 @@ int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, 
 	const struct mem_region *r = NULL;
 
 	for (int i = 0; i < gm->nr; i++)
-		if (*pos >= gm->r[i].pfn_base && *pos < gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT))
+		if (*pos >= gm->r[i].pfn_base &&
+		    *pos < gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT))
 			r = &gm->r[i];
 	if (!r)
 		return 0;

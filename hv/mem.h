@@ -17,10 +17,10 @@
 #define MEM_MAX_REGIONS 2
 
 struct mem_region {
-	uint64_t gpa;      /* first guest-physical address */
-	uint64_t size;     /* bytes, page multiple */
-	uint8_t *host;     /* host mapping of the region */
-	uint64_t fd_off;   /* offset of the region in the memfd */
+	uint64_t gpa; /* first guest-physical address */
+	uint64_t size; /* bytes, page multiple */
+	uint8_t *host; /* host mapping of the region */
+	uint64_t fd_off; /* offset of the region in the memfd */
 	uint64_t pfn_base; /* index of the region's first page among all RAM pages */
 };
 
@@ -28,10 +28,10 @@ struct mem_region {
 struct guest_mem {
 	struct mem_region r[MEM_MAX_REGIONS];
 	int nr;
-	uint64_t size;        /* total RAM bytes */
-	uint64_t nr_pages;    /* size / GUEST_PAGE_SIZE */
-	int memfd;            /* -1 when built over a plain buffer */
-	uint64_t *dev_dirty;  /* bitmap, one bit per RAM page index, set by VMM writes (atomic) */
+	uint64_t size; /* total RAM bytes */
+	uint64_t nr_pages; /* size / GUEST_PAGE_SIZE */
+	int memfd; /* -1 when built over a plain buffer */
+	uint64_t *dev_dirty; /* bitmap, one bit per RAM page index, set by VMM writes (atomic) */
 	/* KVM keeps one dirty log per memory slot, so one tracker at a time owns it (hv/dirty.c). */
 	pthread_mutex_t dirty_lock;
 	void *dirty_owner; /* the struct dirty_log that owns the log, or NULL */

@@ -72,8 +72,7 @@ static int parse_headers(struct elf_img *e, char *err, size_t errlen)
 	if (p[EI_CLASS] != ELFCLASS64 && p[EI_CLASS] != ELFCLASS32)
 		return errf(err, errlen, -ENOEXEC, "unsupported ELF class %u", p[EI_CLASS]);
 	if (p[EI_DATA] != ELFDATA2LSB)
-		return errf(err, errlen, -ENOEXEC, "not a little-endian ELF file (EI_DATA %u)",
-			    p[EI_DATA]);
+		return errf(err, errlen, -ENOEXEC, "not a little-endian ELF file (EI_DATA %u)", p[EI_DATA]);
 	if (p[EI_VERSION] != EV_CURRENT)
 		return errf(err, errlen, -ENOEXEC, "unsupported ELF version %u", p[EI_VERSION]);
 	is64 = p[EI_CLASS] == ELFCLASS64;
@@ -105,8 +104,7 @@ static int parse_headers(struct elf_img *e, char *err, size_t errlen)
 		return errf(err, errlen, -ENOEXEC, "bad program header size %u (want %zu)", phentsize,
 			    phsize);
 	if (!in_file(e, phoff, (uint64_t)phnum * phentsize))
-		return errf(err, errlen, -ENOEXEC,
-			    "truncated ELF (program headers beyond end of file)");
+		return errf(err, errlen, -ENOEXEC, "truncated ELF (program headers beyond end of file)");
 
 	e->type = type;
 	e->nseg = phnum;
@@ -140,14 +138,13 @@ static int ram_desc(const struct guest_mem *gm, char *buf, size_t len)
 	if (gm->nr == 1)
 		return snprintf(buf, len, "0x%" PRIx64 "-0x%" PRIx64, gm->r[0].gpa,
 				gm->r[0].gpa + gm->r[0].size);
-	return snprintf(buf, len, "0x%" PRIx64 "-0x%" PRIx64 " and 0x%" PRIx64 "-0x%" PRIx64,
-			gm->r[0].gpa, gm->r[0].gpa + gm->r[0].size, gm->r[1].gpa,
-			gm->r[1].gpa + gm->r[1].size);
+	return snprintf(buf, len, "0x%" PRIx64 "-0x%" PRIx64 " and 0x%" PRIx64 "-0x%" PRIx64, gm->r[0].gpa,
+			gm->r[0].gpa + gm->r[0].size, gm->r[1].gpa, gm->r[1].gpa + gm->r[1].size);
 }
 
 /* Check every PT_LOAD: inside the file, filesz <= memsz, inside one RAM region, off the boot area. */
-static int check_loads(const struct elf_img *e, const struct guest_mem *gm, uint64_t *end,
-		       char *err, size_t errlen)
+static int check_loads(const struct elf_img *e, const struct guest_mem *gm, uint64_t *end, char *err,
+		       size_t errlen)
 {
 	char ram[96];
 	int nload = 0;
@@ -169,13 +166,12 @@ static int check_loads(const struct elf_img *e, const struct guest_mem *gm, uint
 			continue;
 		if (s->paddr + s->memsz < s->paddr)
 			return errf(err, errlen, -ERANGE,
-				    "segment %d: address 0x%" PRIx64 " + size 0x%" PRIx64 " overflows",
-				    i, s->paddr, s->memsz);
+				    "segment %d: address 0x%" PRIx64 " + size 0x%" PRIx64 " overflows", i,
+				    s->paddr, s->memsz);
 		if (!gpa_ptr(gm, s->paddr, s->memsz)) {
 			ram_desc(gm, ram, sizeof(ram));
 			return errf(err, errlen, -ERANGE,
-				    "segment 0x%" PRIx64 "-0x%" PRIx64
-				    " outside guest memory (RAM is %s)",
+				    "segment 0x%" PRIx64 "-0x%" PRIx64 " outside guest memory (RAM is %s)",
 				    s->paddr, s->paddr + s->memsz, ram);
 		}
 		if (s->paddr < PVH_BOOT_AREA_END)
@@ -193,8 +189,8 @@ static int check_loads(const struct elf_img *e, const struct guest_mem *gm, uint
 }
 
 /* Scan one PT_NOTE segment for the Xen PHYS32 entry note. */
-static int scan_notes(const struct elf_img *e, const struct seg *s, int idx, bool *found,
-		      uint32_t *entry, char *err, size_t errlen)
+static int scan_notes(const struct elf_img *e, const struct seg *s, int idx, bool *found, uint32_t *entry,
+		      char *err, size_t errlen)
 {
 	const uint8_t *p = e->p + s->off;
 	uint64_t n = s->filesz, pos = 0, a = s->align == 8 ? 8 : 4;
@@ -251,8 +247,7 @@ static int find_entry(const struct elf_img *e, uint32_t *entry, char *err, size_
 			return rc;
 	}
 	if (!found)
-		return errf(err, errlen, -ENOEXEC,
-			    "no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)");
+		return errf(err, errlen, -ENOEXEC, "no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)");
 	return 0;
 }
 
@@ -285,10 +280,9 @@ static void write_boot_area(struct guest_mem *gm, const char *cmdline, size_t cm
 			mm[n++] = (struct hvm_memmap_table_entry){
 				.addr = a, .size = end - a, .type = XEN_HVM_MEMMAP_TYPE_RAM};
 		if (i == 0)
-			mm[n++] = (struct hvm_memmap_table_entry){
-				.addr = MEM_LOW_LIMIT,
-				.size = MEM_HIGH_BASE - MEM_LOW_LIMIT,
-				.type = XEN_HVM_MEMMAP_TYPE_RESERVED};
+			mm[n++] = (struct hvm_memmap_table_entry){.addr = MEM_LOW_LIMIT,
+								  .size = MEM_HIGH_BASE - MEM_LOW_LIMIT,
+								  .type = XEN_HVM_MEMMAP_TYPE_RESERVED};
 	}
 	si = (struct hvm_start_info){
 		.magic = XEN_HVM_START_MAGIC_VALUE,
@@ -321,8 +315,8 @@ int pvh_load(struct guest_mem *gm, const void *elf, size_t elf_len, const char *
 		return errf(err, errlen, -E2BIG, "kernel command line too long (max %d bytes)",
 			    PVH_CMDLINE_MAX - 1);
 	if (!gpa_ptr(gm, 0, PVH_BOOT_AREA_END))
-		return errf(err, errlen, -ERANGE,
-			    "guest RAM too small for the PVH boot area (0x0-0x%llx)", PVH_BOOT_AREA_END);
+		return errf(err, errlen, -ERANGE, "guest RAM too small for the PVH boot area (0x0-0x%llx)",
+			    PVH_BOOT_AREA_END);
 	if (!elf)
 		elf_len = 0;
 

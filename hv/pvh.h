@@ -30,23 +30,23 @@
 #define PVH_CMDLINE_GPA 0x7000ull
 #define PVH_CMDLINE_MAX 4096 /* bytes including the NUL: at most 4095 characters */
 
-#define PVH_MAX_PHDRS 128              /* more program headers than this is rejected */
-#define PVH_MAX_FILE (256ull << 20)    /* pvh_load_file refuses larger kernels */
+#define PVH_MAX_PHDRS 128 /* more program headers than this is rejected */
+#define PVH_MAX_FILE (256ull << 20) /* pvh_load_file refuses larger kernels */
 
 /* Xen public/arch-x86/hvm/start_info.h, version 1. */
 #define XEN_HVM_START_MAGIC_VALUE 0x336ec578u
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
 struct hvm_start_info {
-	uint32_t magic;          /* XEN_HVM_START_MAGIC_VALUE */
-	uint32_t version;        /* 1 */
-	uint32_t flags;          /* SIF_xxx: 0 */
-	uint32_t nr_modules;     /* 0 */
-	uint64_t modlist_paddr;  /* 0 */
-	uint64_t cmdline_paddr;  /* PVH_CMDLINE_GPA */
-	uint64_t rsdp_paddr;     /* 0: no ACPI */
-	uint64_t memmap_paddr;   /* PVH_MEMMAP_GPA */
+	uint32_t magic; /* XEN_HVM_START_MAGIC_VALUE */
+	uint32_t version; /* 1 */
+	uint32_t flags; /* SIF_xxx: 0 */
+	uint32_t nr_modules; /* 0 */
+	uint64_t modlist_paddr; /* 0 */
+	uint64_t cmdline_paddr; /* PVH_CMDLINE_GPA */
+	uint64_t rsdp_paddr; /* 0: no ACPI */
+	uint64_t memmap_paddr; /* PVH_MEMMAP_GPA */
 	uint32_t memmap_entries;
-	uint32_t reserved;       /* 0 */
+	uint32_t reserved; /* 0 */
 };
 
 #define XEN_HVM_MEMMAP_TYPE_RAM 1
@@ -59,7 +59,7 @@ struct hvm_memmap_table_entry {
 };
 
 struct pvh_image {
-	uint32_t entry;      /* guest-physical 32-bit entry point (from the PVH note) */
+	uint32_t entry; /* guest-physical 32-bit entry point (from the PVH note) */
 	uint32_t start_info; /* gpa of struct hvm_start_info, for %ebx (PVH_START_INFO_GPA) */
 	uint64_t kernel_end; /* highest p_paddr + p_memsz over the loaded segments (exclusive) */
 };

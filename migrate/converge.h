@@ -18,14 +18,14 @@
  * raise the fraction of each 10 ms slice the vCPUs spend paused: 50 %, then +15 % per round, up to 99 %.
  */
 struct converge {
-	double page_rate;     /* pages/s, EWMA over rounds (0 = unknown) */
-	double dirty_rate;    /* pages/s dirtied by the guest while a round was sent (EWMA) */
-	double overhead_ms;   /* fixed stop-and-copy cost */
-	double target_ms;     /* downtime target */
-	double throttle;      /* 0 .. CONV_THROTTLE_MAX */
+	double page_rate; /* pages/s, EWMA over rounds (0 = unknown) */
+	double dirty_rate; /* pages/s dirtied by the guest while a round was sent (EWMA) */
+	double overhead_ms; /* fixed stop-and-copy cost */
+	double target_ms; /* downtime target */
+	double throttle; /* 0 .. CONV_THROTTLE_MAX */
 	uint64_t rounds;
-	uint64_t last_dirty;  /* pages found dirty at the last sync */
-	int stalls;           /* consecutive rounds without enough progress */
+	uint64_t last_dirty; /* pages found dirty at the last sync */
+	int stalls; /* consecutive rounds without enough progress */
 };
 
 #define CONV_THROTTLE_FIRST 0.50

@@ -20,8 +20,8 @@
 
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
 {
-	struct mig_msg m = {.magic = MIG_MSG_MAGIC, .type = type, .t_start_ns = t_start,
-			    .t_running_ns = t_running};
+	struct mig_msg m = {
+		.magic = MIG_MSG_MAGIC, .type = type, .t_start_ns = t_start, .t_running_ns = t_running};
 	size_t off = 0;
 
 	if (text)
@@ -102,10 +102,12 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 {
 	struct json_object *j;
 
-	*p = (struct mig_params){.downtime_ms = 10, .compress = MIG_COMP_AUTO, .connect_timeout_ms = 5000,
-				 .io_timeout_ms = 5000, .max_rounds = 1000};
-	if (!json_object_object_get_ex(req, "to", &j) ||
-	    !json_object_is_type(j, json_type_string) ||
+	*p = (struct mig_params){.downtime_ms = 10,
+				 .compress = MIG_COMP_AUTO,
+				 .connect_timeout_ms = 5000,
+				 .io_timeout_ms = 5000,
+				 .max_rounds = 1000};
+	if (!json_object_object_get_ex(req, "to", &j) || !json_object_is_type(j, json_type_string) ||
 	    strlen(json_object_get_string(j)) >= sizeof(p->to))
 		return errf(err, errlen, -EINVAL, "migrate needs a \"to\": \"ADDR:PORT\" string");
 	snprintf(p->to, sizeof(p->to), "%s", json_object_get_string(j));
@@ -129,8 +131,7 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 		else if (s && !strcmp(s, "none"))
 			p->compress = MIG_COMP_NONE;
 		else {
-			return errf(err, errlen, -EINVAL,
-			            "\"compress\" must be auto, zstd or none");
+			return errf(err, errlen, -EINVAL, "\"compress\" must be auto, zstd or none");
 		}
 	}
 	if (json_object_object_get_ex(req, "timeout_ms", &j)) {

@@ -12,6 +12,6 @@ int migrate_setup(struct vmm *v) __attribute__((warn_unused_result));
 /* Make this (held, not running) VM wait for an incoming migration on `addr`; when the stream has
  * arrived completely the VM starts. Loop thread, before vmm_run. Returns 0 or -errno with err. */
 int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 #endif

@@ -35,7 +35,6 @@ _Static_assert(sizeof(struct mig_msg) == 144, "mig_msg layout");
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
 
-
 /* ---- auto-converge throttle (throttle.c) ----------------------------------------------------- */
 
 /* A thread that, while frac > 0, pauses the VM for frac of every 10 ms slice (vm_pause/vm_resume). */

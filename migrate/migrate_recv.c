@@ -46,12 +46,14 @@ static void *receiver_main(void *arg)
 	}
 	rc = sr_header_check_mem(&h, vm_mem(vm), err, sizeof(err));
 	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
-		snprintf(err, sizeof(err), "the source VM has %u vCPUs, this one %d", h.nr_vcpus, vm_nr_vcpus(vm));
+		snprintf(err, sizeof(err), "the source VM has %u vCPUs, this one %d", h.nr_vcpus,
+			 vm_nr_vcpus(vm));
 		rc = -EINVAL;
 	}
 	if (rc) {
 		if (h.mem_size != vm_mem(vm)->size) /* keep the REJECT text within its 120 bytes */
-			snprintf(err, sizeof(err), "memory size/layout differs (source %llu MiB, here %llu MiB)",
+			snprintf(err, sizeof(err),
+				 "memory size/layout differs (source %llu MiB, here %llu MiB)",
 				 (unsigned long long)(h.mem_size >> 20),
 				 (unsigned long long)(vm_mem(vm)->size >> 20));
 		mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
@@ -131,8 +133,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		return;
 	}
 	char txt[100];
-	snprintf(txt, sizeof(txt), "end=%llu applied=%llu loop=%llu",
-		 (unsigned long long)m->t_in_end, (unsigned long long)m->t_in_applied, (unsigned long long)t_start);
+	snprintf(txt, sizeof(txt), "end=%llu applied=%llu loop=%llu", (unsigned long long)m->t_in_end,
+		 (unsigned long long)m->t_in_applied, (unsigned long long)t_start);
 	mig_msg_send(m->fd, MIG_RUNNING, m->t_in_end, t_run, txt);
 	log_debug("migrate", vmm_name(m->v), "incoming migration complete, running");
 	vmm_net_announce(m->v);

@@ -17,7 +17,7 @@
 #include "common/clock.h"
 
 #define CHUNK_PAGES 4096u /* pages per sr_write_pages_mt call (16 MiB raw) */
-#define NTHREADS 2        /* compression workers: both cores */
+#define NTHREADS 2 /* compression workers: both cores */
 #define ZSTD_LEVEL 1
 
 struct sender {
@@ -32,13 +32,13 @@ struct sender {
 	struct throttle thr;
 	struct converge conv;
 	bool compress;
-	bool dst_zero;  /* the destination's RAM is known to be all zero */
+	bool dst_zero; /* the destination's RAM is known to be all zero */
 	int auto_phase; /* auto compression: 0 = try raw, 1 = try zstd, 2 = decided */
 	double rate_raw, rate_zstd;
 	uint64_t t0, t_accepted, pages_sent, epoch;
-	uint64_t left;            /* pages to send in the current round (for progress) */
-	uint64_t round_sent;      /* pages sent so far in the current round */
-	double est_ms;            /* downtime estimate at the last sync */
+	uint64_t left; /* pages to send in the current round (for progress) */
+	uint64_t round_sent; /* pages sent so far in the current round */
+	double est_ms; /* downtime estimate at the last sync */
 	struct json_object *rlog; /* per-round {pages, ms, dirty, throttle} */
 	char err[300];
 };
@@ -46,8 +46,8 @@ struct sender {
 /* Migration writes every epoch straight from RAM; its stop-and-copy epoch stays paused
  * (switchover). */
 static const struct ckpt_ops mig_ops = {
-    .name = "migration",
-    .log_flags = DIRTY_START_CLEAN,
+	.name = "migration",
+	.log_flags = DIRTY_START_CLEAN,
 };
 
 static double secs(uint64_t a, uint64_t b)
@@ -83,8 +83,7 @@ static void pace(struct sender *s)
 	double due = (double)s->out.bytes / (double)bw, el = secs(s->t0, now_ns());
 	if (due > el) {
 		double d = due - el;
-		struct timespec ts = {.tv_sec = (time_t)d,
-		                      .tv_nsec = (long)((d - (double)(time_t)d) * 1e9)};
+		struct timespec ts = {.tv_sec = (time_t)d, .tv_nsec = (long)((d - (double)(time_t)d) * 1e9)};
 		nanosleep(&ts, NULL);
 	}
 }
@@ -155,9 +154,9 @@ static int wait_epoch(struct sender *s)
 
 	if (rc) {
 		snprintf(s->err, sizeof(s->err), "destination stopped answering: %s",
-		         rc == -ETIMEDOUT ? "no answer (timed out)"
-		         : rc == -EPIPE   ? "connection closed"
-		                          : strerror(-rc));
+			 rc == -ETIMEDOUT ? "no answer (timed out)"
+			 : rc == -EPIPE	  ? "connection closed"
+					  : strerror(-rc));
 		return rc;
 	}
 	if (msg.type == MIG_REJECT || msg.type == MIG_ERROR) {
@@ -166,7 +165,7 @@ static int wait_epoch(struct sender *s)
 	}
 	if (msg.type != MIG_EPOCH || msg.t_start_ns != s->epoch) {
 		snprintf(s->err, sizeof(s->err), "destination sent an unexpected message (type %u)",
-		         msg.type);
+			 msg.type);
 		return -EPROTO;
 	}
 	return 0;
@@ -175,8 +174,8 @@ static int wait_epoch(struct sender *s)
 static const char *recv_err(int rc)
 {
 	return rc == -ETIMEDOUT ? "no answer (timed out)"
-	       : rc == -EPIPE   ? "connection closed"
-	                        : strerror(-rc);
+	       : rc == -EPIPE	? "connection closed"
+				: strerror(-rc);
 }
 
 /* Connect, send the stream header, wait for ACCEPT. */
@@ -205,12 +204,11 @@ static int connect_dst(struct sender *s)
 	}
 	rc = mig_msg_recv(s->fd, &msg, m->p.io_timeout_ms);
 	if (rc)
-		return errf(s->err, sizeof(s->err), rc,
-		            "destination %.200s did not accept the migration: %s", m->p.to,
-		            recv_err(rc));
+		return errf(s->err, sizeof(s->err), rc, "destination %.200s did not accept the migration: %s",
+			    m->p.to, recv_err(rc));
 	if (msg.type != MIG_ACCEPT)
-		return errf(s->err, sizeof(s->err), -ECONNREFUSED,
-		            "destination rejected the migration: %s", msg.text);
+		return errf(s->err, sizeof(s->err), -ECONNREFUSED, "destination rejected the migration: %s",
+			    msg.text);
 	s->dst_zero = msg.t_start_ns == 1;
 	s->t_accepted = now_ns();
 	return 0;
@@ -242,13 +240,13 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 		return CKPT_STOP;
 	if (!ctl_conn_alive(s->m->conn))
 		return errf(s->err, sizeof(s->err), -ECANCELED,
-		            "the client that asked for the migration went away");
+			    "the client that asked for the migration went away");
 	s->epoch = rd->epoch + 1;
 	return CKPT_ROUND;
 }
 
 static struct json_object *result_json(struct sender *s, const struct ckpt_epoch *ep,
-                                       const struct mig_msg *msg, uint64_t t_sent, uint64_t t_ack)
+				       const struct mig_msg *msg, uint64_t t_sent, uint64_t t_ack)
 {
 	struct json_object *o = json_object_new_object();
 	uint64_t t_pause = ep->t_pause, t_synced = t_pause + ep->ph.kick + ep->ph.sync;
@@ -258,8 +256,7 @@ static struct json_object *result_json(struct sender *s, const struct ckpt_epoch
 	sr_stats(s->w, &ss);
 #define ADD(k, v) json_object_object_add(o, k, v)
 	ADD("total_ms", json_object_new_double(secs(s->t0, t_ack) * 1e3));
-	ADD("downtime_ms",
-	    json_object_new_double(secs(t_pause, exact ? msg->t_running_ns : t_ack) * 1e3));
+	ADD("downtime_ms", json_object_new_double(secs(t_pause, exact ? msg->t_running_ns : t_ack) * 1e3));
 	ADD("downtime_source", json_object_new_string(exact ? "exact" : "ack"));
 	ADD("downtime_ack_ms", json_object_new_double(secs(t_pause, t_ack) * 1e3));
 	ADD("final_send_ms", json_object_new_double(secs(t_pause, t_sent) * 1e3));
@@ -289,8 +286,7 @@ static struct json_object *result_json(struct sender *s, const struct ckpt_epoch
 static int stop_and_copy(struct sender *s, struct json_object **result)
 {
 	struct mig *m = s->m;
-	struct ckpt_epoch ep = {
-	    .epoch = s->epoch, .merge = s->eng.carry, .stay_paused = true, .w = s->w};
+	struct ckpt_epoch ep = {.epoch = s->epoch, .merge = s->eng.carry, .stay_paused = true, .w = s->w};
 	struct mig_msg msg;
 	uint64_t t_sent, t_ack;
 	int rc;
@@ -316,8 +312,7 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 	t_ack = now_ns();
 	if (rc || msg.type != MIG_RUNNING) {
 		if (!rc)
-			rc = errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed: %s",
-			          msg.text);
+			rc = errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed: %s", msg.text);
 		else
 			errf(s->err, sizeof(s->err), rc, "destination did not confirm it runs: %s",
 			     recv_err(rc));
@@ -355,7 +350,7 @@ static int run(struct sender *s, struct json_object **result)
 	rc = throttle_start(&s->thr, s->vm);
 	if (rc)
 		return errf(s->err, sizeof(s->err), rc, "cannot start the throttle thread: %s",
-		            strerror(-rc));
+			    strerror(-rc));
 	/* Pre-copy: the full round (holes as zero ranges unless the destination is all zero), then
 	 * rounds until converge.c says the rest fits the downtime target. */
 	uint64_t next = s->epoch = 1;
@@ -406,8 +401,7 @@ void *mig_sender_main(void *arg)
 	m->success = rc == 0;
 	pthread_mutex_unlock(&m->lock);
 	if (rc)
-		ctl_reply(m->conn,
-		          ctl_error("migration failed: %s", s->err[0] ? s->err : strerror(-rc)));
+		ctl_reply(m->conn, ctl_error("migration failed: %s", s->err[0] ? s->err : strerror(-rc)));
 	else
 		ctl_reply(m->conn, result);
 	json_object_put(s->rlog);

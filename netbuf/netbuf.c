@@ -29,8 +29,7 @@ struct netbuf {
 	struct netbuf_stats st;
 };
 
-int netbuf_new(struct netbuf **out, size_t max_bytes, size_t max_frames, netbuf_out_fn out_fn,
-	       void *opaque)
+int netbuf_new(struct netbuf **out, size_t max_bytes, size_t max_frames, netbuf_out_fn out_fn, void *opaque)
 {
 	struct netbuf *nb;
 

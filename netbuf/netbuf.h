@@ -31,18 +31,18 @@ typedef void (*netbuf_pressure_fn)(void *opaque);
 struct netbuf;
 
 struct netbuf_stats {
-	uint64_t held_frames, held_bytes;         /* currently held (open + closed epochs) */
+	uint64_t held_frames, held_bytes; /* currently held (open + closed epochs) */
 	uint64_t released_frames, released_bytes; /* output after an ack or release-all */
-	uint64_t passthrough_frames;              /* output at once (not holding) */
-	uint64_t dropped;                         /* frames dropped: buffer full, too big, no memory */
-	uint64_t pressure_events;                 /* pressure callback runs */
+	uint64_t passthrough_frames; /* output at once (not holding) */
+	uint64_t dropped; /* frames dropped: buffer full, too big, no memory */
+	uint64_t pressure_events; /* pressure callback runs */
 	bool holding;
 };
 
 /* New buffer, in passthrough mode. max_bytes/max_frames 0 -> the defaults. out_fn required.
  * Returns 0 or -ENOMEM / -EINVAL. */
-int netbuf_new(struct netbuf **out, size_t max_bytes, size_t max_frames, netbuf_out_fn out_fn,
-               void *opaque) __attribute__((warn_unused_result));
+int netbuf_new(struct netbuf **out, size_t max_bytes, size_t max_frames, netbuf_out_fn out_fn, void *opaque)
+	__attribute__((warn_unused_result));
 /* Free, discarding held frames (they are not output). NULL-safe. */
 void netbuf_free(struct netbuf *nb);
 void netbuf_set_pressure_cb(struct netbuf *nb, netbuf_pressure_fn fn, void *opaque);

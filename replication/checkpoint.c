@@ -86,8 +86,7 @@ int ckpt_state_write(struct sr_ctx *w, const struct ckpt_state *s)
 		if ((rc = sr_write_vcpu(w, i, s->vcpu[i].data, s->vcpu[i].len)))
 			return rc;
 	for (int i = 0; i < s->nr_dev; i++)
-		if ((rc = sr_write_device(w, s->dev[i].kind, s->dev[i].name, s->dev[i].data,
-					  s->dev[i].len)))
+		if ((rc = sr_write_device(w, s->dev[i].kind, s->dev[i].name, s->dev[i].data, s->dev[i].len)))
 			return rc;
 	return 0;
 }

@@ -47,8 +47,7 @@ int ckpt_state_write(struct sr_ctx *w, const struct ckpt_state *s);
 int ckpt_state_apply(const struct ckpt_state *s, struct vm *vm, char *err, size_t errlen);
 void ckpt_state_free(struct ckpt_state *s); /* frees blobs; the struct may be reused */
 /* Set a blob to a copy of data (the reading side's records). 0 or -ENOMEM. */
-int ckpt_blob_set(struct ckpt_blob *b, const char *name, uint32_t kind, const void *data,
-                  size_t len);
+int ckpt_blob_set(struct ckpt_blob *b, const char *name, uint32_t kind, const void *data, size_t len);
 /* The blob of kind/name in s, or NULL. */
 struct ckpt_blob *ckpt_state_find(const struct ckpt_state *s, uint32_t kind, const char *name);
 
@@ -56,8 +55,7 @@ struct ckpt_blob *ckpt_state_find(const struct ckpt_state *s, uint32_t kind, con
  */
 struct ckpt_info {
 	uint64_t id; /* random id of this image */
-	uint64_t
-	    base_id; /* 0 for a full image; else the id of the image this one is incremental to */
+	uint64_t base_id; /* 0 for a full image; else the id of the image this one is incremental to */
 	uint64_t epoch;
 	char base_path[256]; /* where the base image was written (a hint, NUL-terminated) */
 };
@@ -81,12 +79,10 @@ struct ckpt_progress {
 #define CKPT_CHUNK_MAX 16384u
 struct ckpt_batch {
 	struct sr_ctx *w; /* the stream (set before writing) */
-	int nthreads;     /* compression threads (<= 1: inline) */
-	size_t chunk;     /* pages per write call, 1..CKPT_CHUNK_MAX */
-	struct ckpt_progress
-	    *prog; /* NULL or counted into (total set by each ckpt_batch_write_*) */
-	int (*on_chunk)(void *opaque, size_t pages,
-	                uint64_t write_ns); /* non-zero stops the write */
+	int nthreads; /* compression threads (<= 1: inline) */
+	size_t chunk; /* pages per write call, 1..CKPT_CHUNK_MAX */
+	struct ckpt_progress *prog; /* NULL or counted into (total set by each ckpt_batch_write_*) */
+	int (*on_chunk)(void *opaque, size_t pages, uint64_t write_ns); /* non-zero stops the write */
 	void *opaque;
 	uint64_t pages; /* pages written through this batch so far */
 	size_t n;
@@ -105,17 +101,15 @@ int ckpt_batch_flush(struct ckpt_batch *b);
  * when skip_holes: the reader's RAM is known to be zero), data extents as pages. Flushes. */
 int ckpt_batch_write_all(struct ckpt_batch *b, const struct guest_mem *gm, bool skip_holes);
 /* The pages whose bit is set in bitmap (gm->nr_pages bits). Flushes. */
-int ckpt_batch_write_bitmap(struct ckpt_batch *b, const struct guest_mem *gm,
-                            const uint64_t *bitmap);
+int ckpt_batch_write_bitmap(struct ckpt_batch *b, const struct guest_mem *gm, const uint64_t *bitmap);
 
 /* One-shot forms of the above on a batch of their own (tests, tools). */
 int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads);
-int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
-                           int nthreads);
+int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap, int nthreads);
 int ckpt_write_all_pages_progress(struct sr_ctx *w, struct guest_mem *gm, int nthreads,
-                                  struct ckpt_progress *prog);
+				  struct ckpt_progress *prog);
 int ckpt_write_dirty_pages_progress(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
-                                    int nthreads, struct ckpt_progress *prog);
+				    int nthreads, struct ckpt_progress *prog);
 
 /* ---- reading ----------------------------------------------------------------------------------
  */
@@ -129,8 +123,8 @@ int ckpt_write_dirty_pages_progress(struct sr_ctx *w, struct guest_mem *gm, cons
  * gm set, for restoring into a VM that has not run) pages go straight into RAM.
  */
 struct ckpt_stage {
-	uint64_t *idx;     /* staged page indices */
-	uint8_t *data;     /* staged pages, 4096 bytes each */
+	uint64_t *idx; /* staged page indices */
+	uint8_t *data; /* staged pages, 4096 bytes each */
 	const void **ptrs; /* ptrs[i] == data + i * 4096 */
 	size_t n, cap;
 	uint64_t (*zero)[2]; /* staged zero ranges {first, count} */
@@ -146,8 +140,7 @@ struct ckpt_stage {
 /* Read records up to and including the next CHECKPOINT_END (whose checksum the reader verifies).
  * Returns 1 when an epoch was read, 0 at END, -errno with err on any failure (the stage then holds
  * nothing usable: ckpt_stage_reset it). With gm non-NULL pages are written directly into gm. */
-int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err,
-                    size_t errlen);
+int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err, size_t errlen);
 /* Apply a staged epoch: pages into RAM (marked device-dirty), then state if the epoch carried it.
  * The VM must be paused or not started. */
 int ckpt_stage_apply(struct ckpt_stage *stg, struct vm *vm, char *err, size_t errlen);

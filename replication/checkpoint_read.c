@@ -54,7 +54,7 @@ int ckpt_stage_write(struct sr_ctx *w, const struct ckpt_stage *stg)
 struct rd {
 	struct ckpt_stage *stg;
 	struct guest_mem *gm; /* direct mode */
-	uint64_t limit;       /* max staged pages */
+	uint64_t limit; /* max staged pages */
 };
 
 static void zero_pages(struct guest_mem *gm, uint64_t first, uint64_t count)
@@ -72,9 +72,8 @@ static void zero_pages(struct guest_mem *gm, uint64_t first, uint64_t count)
 		uint64_t off = r->fd_off + (gpa - r->gpa);
 		/* Punching a hole zeroes and frees the pages; fall back to memset on plain buffers.
 		 */
-		if (gm->memfd < 0 ||
-		    fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-		              (off_t)(n << GUEST_PAGE_SHIFT)) < 0)
+		if (gm->memfd < 0 || fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					       (off_t)off, (off_t)(n << GUEST_PAGE_SHIFT)) < 0)
 			memset(r->host + (gpa - r->gpa), 0, n << GUEST_PAGE_SHIFT);
 		mem_mark_dirty(gm, gpa, n << GUEST_PAGE_SHIFT);
 		i += n;
@@ -133,18 +132,17 @@ static int stage_state(struct ckpt_stage *s, const struct sr_record *rec, char *
 {
 	if (rec->type == SR_REC_VCPU_STATE) {
 		if (rec->vcpu.vcpu >= HV_MAX_VCPUS)
-			return errf(err, errlen, -EBADMSG, "vCPU index %u out of range",
-			            rec->vcpu.vcpu);
+			return errf(err, errlen, -EBADMSG, "vCPU index %u out of range", rec->vcpu.vcpu);
 		if (rec->vcpu.vcpu + 1 > s->st.nr_vcpus)
 			s->st.nr_vcpus = rec->vcpu.vcpu + 1;
 		s->have_state = true;
 		return ckpt_blob_set(&s->st.vcpu[rec->vcpu.vcpu], "vcpu", 0, rec->vcpu.blob,
-		                     rec->vcpu.blob_len);
+				     rec->vcpu.blob_len);
 	}
 	if (rec->dev.kind == CKPT_DEV_INFO) {
 		if (rec->dev.blob_len != sizeof(s->info))
 			return errf(err, errlen, -EBADMSG, "info record has %u bytes, expected %zu",
-			            rec->dev.blob_len, sizeof(s->info));
+				    rec->dev.blob_len, sizeof(s->info));
 		memcpy(&s->info, rec->dev.blob, sizeof(s->info));
 		s->info.base_path[sizeof(s->info.base_path) - 1] = 0;
 		s->have_info = true;
@@ -159,8 +157,7 @@ static int stage_state(struct ckpt_stage *s, const struct sr_record *rec, char *
 	return ckpt_blob_set(b, rec->dev.name, rec->dev.kind, rec->dev.blob, rec->dev.blob_len);
 }
 
-int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err,
-                    size_t errlen)
+int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *gm, char *err, size_t errlen)
 {
 	/* An epoch names each page at most once; one batch of slack. A stream repeating pages to
 	 * grow the stage without bound is refused. */
@@ -194,7 +191,7 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 			return 0;
 		default:
 			return errf(err, errlen, -EBADMSG, "unexpected %s record",
-			            sr_type_name(rec.type, tn, sizeof(tn)));
+				    sr_type_name(rec.type, tn, sizeof(tn)));
 		}
 		if (rc) {
 			rc = rc < 0 ? rc : -EBADMSG;

@@ -50,7 +50,7 @@ int ckpt_batch_flush(struct ckpt_batch *b)
 		return 0;
 	t = now_ns();
 	rc = b->nthreads > 1 ? sr_write_pages_mt(b->w, b->idx, b->ptr, n, b->nthreads)
-	                     : sr_write_pages(b->w, b->idx, b->ptr, n);
+			     : sr_write_pages(b->w, b->idx, b->ptr, n);
 	b->n = 0;
 	if (rc)
 		return rc;
@@ -93,15 +93,13 @@ int ckpt_batch_write_all(struct ckpt_batch *b, const struct guest_mem *gm, bool 
 	return rc ? rc : ckpt_batch_flush(b);
 }
 
-int ckpt_batch_write_bitmap(struct ckpt_batch *b, const struct guest_mem *gm,
-                            const uint64_t *bitmap)
+int ckpt_batch_write_bitmap(struct ckpt_batch *b, const struct guest_mem *gm, const uint64_t *bitmap)
 {
 	int rc = 0;
 
 	if (b->prog)
 		progress_total(b->prog, dirty_bitmap_count(bitmap, gm->nr_pages));
-	for (uint64_t pos = 0, idx;
-	     !rc && (idx = dirty_next(bitmap, gm->nr_pages, &pos)) != UINT64_MAX;)
+	for (uint64_t pos = 0, idx; !rc && (idx = dirty_next(bitmap, gm->nr_pages, &pos)) != UINT64_MAX;)
 		rc = ckpt_batch_page(b, gm, idx);
 	return rc ? rc : ckpt_batch_flush(b);
 }
@@ -110,7 +108,7 @@ int ckpt_batch_write_bitmap(struct ckpt_batch *b, const struct guest_mem *gm,
  */
 
 static int one_shot(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap, int nthreads,
-                    struct ckpt_progress *prog)
+		    struct ckpt_progress *prog)
 {
 	struct ckpt_batch *b = ckpt_batch_new(w, nthreads);
 	int rc;
@@ -129,19 +127,18 @@ int ckpt_write_all_pages(struct sr_ctx *w, struct guest_mem *gm, int nthreads)
 }
 
 int ckpt_write_all_pages_progress(struct sr_ctx *w, struct guest_mem *gm, int nthreads,
-                                  struct ckpt_progress *prog)
+				  struct ckpt_progress *prog)
 {
 	return one_shot(w, gm, NULL, nthreads, prog);
 }
 
-int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
-                           int nthreads)
+int ckpt_write_dirty_pages(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap, int nthreads)
 {
 	return one_shot(w, gm, bitmap, nthreads, NULL);
 }
 
 int ckpt_write_dirty_pages_progress(struct sr_ctx *w, struct guest_mem *gm, const uint64_t *bitmap,
-                                    int nthreads, struct ckpt_progress *prog)
+				    int nthreads, struct ckpt_progress *prog)
 {
 	return one_shot(w, gm, bitmap, nthreads, prog);
 }

@@ -103,8 +103,7 @@ static int64_t epoch_sync(struct ckpt_engine *e, struct ckpt_epoch *ep)
 }
 
 /* Paused: copy the dirty pages into the stage (Remus). */
-static int stage_pages(struct ckpt_engine *e, struct ckpt_epoch *ep, uint64_t n, char *err,
-                       size_t errlen)
+static int stage_pages(struct ckpt_engine *e, struct ckpt_epoch *ep, uint64_t n, char *err, size_t errlen)
 {
 	struct ckpt_stage *stg = &e->stage;
 	uint64_t pos = 0, p;
@@ -130,15 +129,14 @@ static int write_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 
 	b->w = ep->w;
 	rc = ep->all_pages ? ckpt_batch_write_all(b, e->gm, false)
-	                   : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
+			   : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
 	if (!rc)
 		rc = ckpt_state_write(ep->w, &e->stage.st);
 	if (!rc)
 		rc = sr_write_checkpoint_end(ep->w, ep->epoch);
 	ep->io_failed = rc != 0;
 	if (rc)
-		return errf(err, errlen, rc, "%s",
-		            *sr_error(ep->w) ? sr_error(ep->w) : strerror(-rc));
+		return errf(err, errlen, rc, "%s", *sr_error(ep->w) ? sr_error(ep->w) : strerror(-rc));
 	return 0;
 }
 
@@ -171,17 +169,16 @@ int ckpt_engine_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, s
 	}
 	e->stage.have_state = true;
 	t_cap = now_ns();
-	rc = e->ops->stage ? stage_pages(e, ep, (uint64_t)n, err, errlen)
-	                   : write_epoch(e, ep, err, errlen);
+	rc = e->ops->stage ? stage_pages(e, ep, (uint64_t)n, err, errlen) : write_epoch(e, ep, err, errlen);
 	t_copy = now_ns();
 	if (!rc && e->ops->commit)
 		rc = e->ops->commit(e, ep, err, errlen);
 	if (rc)
 		goto resume;
 	ep->ph = (struct ckpt_phases){.kick = t_kick - ep->t_pause,
-	                              .sync = t_sync - t_kick,
-	                              .capture = t_cap - t_sync,
-	                              .copy = t_copy - t_cap};
+				      .sync = t_sync - t_kick,
+				      .capture = t_cap - t_sync,
+				      .copy = t_copy - t_cap};
 	if (!ep->stay_paused)
 		vm_resume(e->vm); /* releases this hold only: an operator's pause stays */
 	ep->pause_ns = now_ns() - ep->t_pause;
@@ -198,8 +195,8 @@ static int sync_err(int64_t n, char *err, size_t errlen)
 	return errf(err, errlen, (int)n, "dirty log sync failed: %s", strerror((int)-n));
 }
 
-int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ckpt_policy *pol,
-                        void *opaque, uint64_t *epoch, bool *io_failed, char *err, size_t errlen)
+int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ckpt_policy *pol, void *opaque,
+			uint64_t *epoch, bool *io_failed, char *err, size_t errlen)
 {
 	struct ckpt_batch *b = e->batch;
 	struct ckpt_round rd = {.round = 1, .epoch = *epoch, .t_start = now_ns()};
@@ -219,8 +216,7 @@ int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ck
 			rc = sr_write_checkpoint_end(w, rd.epoch);
 		if (rc) {
 			*io_failed = true;
-			return errf(err, errlen, rc, "%s",
-			            *sr_error(w) ? sr_error(w) : strerror(-rc));
+			return errf(err, errlen, rc, "%s", *sr_error(w) ? sr_error(w) : strerror(-rc));
 		}
 		*epoch = rd.epoch + 1;
 		if (pol->round_end && (rc = pol->round_end(opaque, &rd)))

@@ -33,7 +33,7 @@
  */
 
 #define CKPT_HOT_MAX 32768 /* keep_hot: at most this many pages left writable across epochs */
-#define CKPT_HOT_COOL 40   /* keep_hot: the hot set is re-learnt every this many epochs */
+#define CKPT_HOT_COOL 40 /* keep_hot: the hot set is re-learnt every this many epochs */
 
 struct ckpt_engine;
 struct ckpt_epoch;
@@ -58,17 +58,17 @@ struct ckpt_phases {
 
 struct ckpt_epoch {
 	/* in */
-	uint64_t epoch;        /* number for CHECKPOINT_END / the stage */
+	uint64_t epoch; /* number for CHECKPOINT_END / the stage */
 	const uint64_t *merge; /* pages to include even if not dirty (gm->nr_pages bits), or NULL */
-	bool all_pages;        /* a full image: every RAM page, not the dirty set */
-	bool stay_paused;      /* keep the pause hold after a successful epoch */
-	struct sr_ctx *w;      /* writing modes: the stream */
-	void *opaque;          /* for the ops */
+	bool all_pages; /* a full image: every RAM page, not the dirty set */
+	bool stay_paused; /* keep the pause hold after a successful epoch */
+	struct sr_ctx *w; /* writing modes: the stream */
+	void *opaque; /* for the ops */
 	/* out */
-	bool quiesced;     /* the VM was paused and the dirty set consumed (also on failure) */
-	bool io_failed;    /* the failure was the stream's (err holds sr_error) */
-	uint64_t pages;    /* pages in the epoch */
-	uint64_t t_pause;  /* now_ns() before vm_pause */
+	bool quiesced; /* the VM was paused and the dirty set consumed (also on failure) */
+	bool io_failed; /* the failure was the stream's (err holds sr_error) */
+	uint64_t pages; /* pages in the epoch */
+	uint64_t t_pause; /* now_ns() before vm_pause */
 	uint64_t pause_ns; /* pause to resume (to the end of commit when staying paused) */
 	struct ckpt_phases ph;
 };
@@ -79,19 +79,17 @@ struct ckpt_engine {
 	const struct ckpt_ops *ops;
 	void *opaque;
 	struct dirty_log *log; /* NULL until ckpt_engine_start */
-	uint64_t *bitmap;      /* the dirty set of the last sync (| merge) */
-	uint64_t *carry;       /* after a pre-copy ending in stop-and-copy: its last sync's pages */
-	uint64_t *hot;         /* keep_hot */
+	uint64_t *bitmap; /* the dirty set of the last sync (| merge) */
+	uint64_t *carry; /* after a pre-copy ending in stop-and-copy: its last sync's pages */
+	uint64_t *hot; /* keep_hot */
 	uint64_t hot_pages;
 	uint32_t hot_age;
 	struct ckpt_stage stage; /* staging mode: the last epoch; writing modes: its state */
-	struct ckpt_batch
-	    *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
+	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
 };
 
 /* Allocate bitmaps, batch (nthreads 1) and, for keep_hot, the hot set. 0 or -ENOMEM (then free). */
-int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops *ops,
-                     void *opaque);
+int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops *ops, void *opaque);
 /* Start dirty logging with ops->log_flags (the engine's only dirty_log_start). Forgets the hot set;
  * a staging engine pre-grows and touches its stage for 4096 pages. 0 or -errno with err. */
 int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen);
@@ -109,18 +107,18 @@ int ckpt_engine_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, s
 /* ---- pre-copy -------------------------------------------------------------------------------- */
 
 enum ckpt_next {
-	CKPT_STOP = 0,  /* stop-and-copy now: the synced pages stay in e->carry for the merge */
+	CKPT_STOP = 0, /* stop-and-copy now: the synced pages stay in e->carry for the merge */
 	CKPT_ROUND = 1, /* send the synced pages as another round */
 	CKPT_LAST_ROUND = 2, /* send them, then stop (no further sync) */
 };
 
 struct ckpt_round {
-	uint64_t round;   /* 1 = the full round */
-	uint64_t epoch;   /* the round's CHECKPOINT_END number */
-	uint64_t sent;    /* pages the round wrote */
-	uint64_t dirty;   /* pages the sync after it found (next only) */
+	uint64_t round; /* 1 = the full round */
+	uint64_t epoch; /* the round's CHECKPOINT_END number */
+	uint64_t sent; /* pages the round wrote */
+	uint64_t dirty; /* pages the sync after it found (next only) */
 	uint64_t t_start; /* now_ns() when the round began */
-	uint64_t t_sync;  /* now_ns() right before the sync (next only) */
+	uint64_t t_sync; /* now_ns() right before the sync (next only) */
 };
 
 struct ckpt_policy {
@@ -136,7 +134,7 @@ struct ckpt_policy {
  * started with DIRTY_START_ALL is synced once before the full round (its initial all-set is
  * consumed). Returns 0 or -errno; *io_failed tells a stream error (err then holds sr_error) from a
  * sync failure or the policy's own error. */
-int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ckpt_policy *pol,
-                        void *opaque, uint64_t *epoch, bool *io_failed, char *err, size_t errlen);
+int ckpt_engine_precopy(struct ckpt_engine *e, struct sr_ctx *w, const struct ckpt_policy *pol, void *opaque,
+			uint64_t *epoch, bool *io_failed, char *err, size_t errlen);
 
 #endif

@@ -230,7 +230,6 @@ int remus_standby_listen(struct vmm *v, const char *addr, char *err, size_t errl
 	if (!r)
 		return errf(err, errlen, -EINVAL, "remus_setup was not called for this VM");
 	if (!vmm_held(v))
-		return errf(err, errlen, -EINVAL,
-		            "a standby VM must be created held (no vCPUs running)");
+		return errf(err, errlen, -EINVAL, "a standby VM must be created held (no vCPUs running)");
 	return remus_standby_start(r, addr, err, errlen);
 }

@@ -14,6 +14,6 @@ int remus_setup(struct vmm *v) __attribute__((warn_unused_result));
  * acknowledged epoch, take over when the primary goes silent. Loop thread, before vmm_run.
  * Returns 0 or -errno with one line in err. */
 int remus_standby_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 #endif

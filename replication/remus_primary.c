@@ -29,7 +29,7 @@ static void sender_error(struct remus *r, const char *what, struct sr_ctx *w, in
 {
 	pthread_mutex_lock(&r->lock);
 	snprintf(r->sender_err, sizeof(r->sender_err), "%s: %s", what,
-	         w && *sr_error(w) ? sr_error(w) : strerror(-rc));
+		 w && *sr_error(w) ? sr_error(w) : strerror(-rc));
 	pthread_mutex_unlock(&r->lock);
 	remus_notify(r, RA_SENDER_FAILED);
 }
@@ -69,15 +69,13 @@ static int precopy_next(void *opaque, const struct ckpt_round *rd)
 
 	r->precopy_rounds++;
 	r->precopy_pages += rd->dirty;
-	return rd->dirty <= PRECOPY_FEW_PAGES || r->precopy_rounds >= PRECOPY_MAX_ROUNDS
-	           ? CKPT_LAST_ROUND
-	           : CKPT_ROUND;
+	return rd->dirty <= PRECOPY_FEW_PAGES || r->precopy_rounds >= PRECOPY_MAX_ROUNDS ? CKPT_LAST_ROUND
+											 : CKPT_ROUND;
 }
 
 static int precopy(struct remus *r, struct sr_ctx *w, struct sr_out *out, uint64_t *epoch)
 {
-	static const struct ckpt_policy pol = {.round_end = precopy_round_end,
-	                                       .next = precopy_next};
+	static const struct ckpt_policy pol = {.round_end = precopy_round_end, .next = precopy_next};
 	struct precopy_ctx c = {.r = r, .w = w, .out = out};
 	char err[256];
 	bool io;
@@ -98,8 +96,7 @@ static void *sender_main(void *arg)
 	int rc;
 
 	sr_out_fd(&out, r->fd, SEND_TIMEOUT_MS);
-	remus_msg_encode(hello, REMUS_MSG_HELLO,
-	                 remus_hello_value(r->interval_ms, r->hb_timeout_ms));
+	remus_msg_encode(hello, REMUS_MSG_HELLO, remus_hello_value(r->interval_ms, r->hb_timeout_ms));
 	rc = sr_out_write(&out, hello, sizeof(hello));
 	if (rc) {
 		sender_error(r, "sending hello", NULL, rc);
@@ -221,11 +218,11 @@ static int remus_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err,
 }
 
 static const struct ckpt_ops remus_ops = {
-    .name = "remus",
-    .log_flags = DIRTY_START_ALL,
-    .keep_hot = true,
-    .stage = true,
-    .commit = remus_commit,
+	.name = "remus",
+	.log_flags = DIRTY_START_ALL,
+	.keep_hot = true,
+	.stage = true,
+	.commit = remus_commit,
 };
 
 /* One checkpoint: the engine's epoch (pause, sync, capture, stage the dirty pages, mark the output
@@ -299,11 +296,10 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 		json_object_object_add(o, "role", json_object_new_string("primary"));
 		json_object_object_add(o, "peer", json_object_new_string(r->peer));
 		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)m->value));
-		json_object_object_add(
-		    o, "sync_ms",
-		    json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(o, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
 		json_object_object_add(o, "precopy_rounds",
-		                       json_object_new_int64((int64_t)r->precopy_rounds));
+				       json_object_new_int64((int64_t)r->precopy_rounds));
 		finish_reply(r, o);
 	}
 }
@@ -329,7 +325,7 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
 		remus_primary_fail(r, "standby closed the connection%s%s", n ? ": " : "",
-		                   n ? strerror(errno) : "");
+				   n ? strerror(errno) : "");
 		return;
 	}
 }
@@ -342,7 +338,7 @@ static void live_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	(void)loop, (void)revents;
 	if (silent > (uint64_t)r->hb_timeout_ms * 1000000ull)
 		remus_primary_fail(r, "standby silent for %llu ms (timeout %u ms)",
-		                   (unsigned long long)(silent / 1000000), r->hb_timeout_ms);
+				   (unsigned long long)(silent / 1000000), r->hb_timeout_ms);
 }
 
 /* Tear the session down; keep running unprotected. Loop thread. graceful: give the sender up to 1 s
@@ -371,8 +367,7 @@ static void teardown(struct remus *r, bool graceful)
 		close(r->fd);
 	r->fd = -1;
 	netbuf_release_all(r->nb);
-	vmm_set_tx_hook(r->v, NULL,
-	                NULL); /* the netbuf stays allocated: a vCPU may still be inside it */
+	vmm_set_tx_hook(r->v, NULL, NULL); /* the netbuf stays allocated: a vCPU may still be inside it */
 	ckpt_engine_stop(&r->eng);
 	ckpt_state_free(&r->eng.stage.st);
 	r->role = REMUS_UNPROTECTED;
@@ -393,8 +388,7 @@ void remus_primary_fail(struct remus *r, const char *fmt, ...)
 	teardown(r, false);
 	snprintf(r->last_error, sizeof(r->last_error), "%s", why);
 	remus_record_event(r, "standby-lost", r->acked_epoch, "%s", why);
-	log_warn("remus", vmm_name(r->v), "replication to %s stopped, running unprotected: %s",
-	         r->peer, why);
+	log_warn("remus", vmm_name(r->v), "replication to %s stopped, running unprotected: %s", r->peer, why);
 	finish_reply(r, ctl_error("protect failed: %s", why));
 }
 
@@ -422,7 +416,7 @@ void remus_primary_async(struct remus *r, unsigned flags)
 }
 
 static int get_ms(struct json_object *req, const char *key, uint32_t def, uint32_t lo, uint32_t hi,
-                  uint32_t *out)
+		  uint32_t *out)
 {
 	struct json_object *j;
 
@@ -450,21 +444,18 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("%s is already protected (peer %s)", vmm_name(r->v), r->peer);
 	if (vmm_held(r->v) || vm_get_state(r->vm) != VM_RUNNING)
 		return ctl_error("%s is not running (%s)", vmm_name(r->v),
-		                 vm_state_name(vm_get_state(r->vm)));
-	if (!json_object_object_get_ex(req, "peer", &j) ||
-	    !json_object_is_type(j, json_type_string))
+				 vm_state_name(vm_get_state(r->vm)));
+	if (!json_object_object_get_ex(req, "peer", &j) || !json_object_is_type(j, json_type_string))
 		return ctl_error("protect needs a \"peer\" string (ADDR:PORT)");
 	const char *peer = json_object_get_string(j);
 	if (strlen(peer) >= sizeof(r->peer))
 		return ctl_error("peer address too long");
 	uint32_t iv, to;
 	if (get_ms(req, "interval_ms", 25, REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS, &iv))
-		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS,
-		                 REMUS_MAX_INTERVAL_MS);
-	if (get_ms(req, "heartbeat_timeout_ms", 200, REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS,
-	           &to))
+		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS);
+	if (get_ms(req, "heartbeat_timeout_ms", 200, REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS, &to))
 		return ctl_error("bad heartbeat_timeout_ms (%u..%u)", REMUS_MIN_TIMEOUT_MS,
-		                 REMUS_MAX_TIMEOUT_MS);
+				 REMUS_MAX_TIMEOUT_MS);
 	fd = sock_connect(peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
 	if (fd < 0)
 		return ctl_error("%s", err);
@@ -483,8 +474,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		rc = ckpt_engine_start(&r->eng, err, sizeof(err));
 	if (rc) {
 		close(fd);
-		return ctl_error("cannot start dirty logging: %s",
-		                 r->eng_ready ? err : "out of memory");
+		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
 	}
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
 	r->interval_ms = iv;
@@ -517,8 +507,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	/* The epoch pause runs on this (the loop) thread: at real-time priority the sender, the
 	 * host's other work and a local standby cannot stretch the guest's pause. The loop only
 	 * ever does short work, so it cannot starve them. Best effort: needs CAP_SYS_NICE. */
-	pthread_setschedparam(pthread_self(), SCHED_FIFO,
-	                      &(struct sched_param){.sched_priority = 1});
+	pthread_setschedparam(pthread_self(), SCHED_FIFO, &(struct sched_param){.sched_priority = 1});
 	r->reply_conn = vmm_ctl_current(r->v);
 	return r->reply_conn ? CTL_DEFER : json_object_new_object();
 }
@@ -550,28 +539,25 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	json_object_object_add(o, "epochs", json_object_new_int64((int64_t)r->epochs));
 	json_object_object_add(o, "epochs_skipped", json_object_new_int64((int64_t)r->skipped));
 	json_object_object_add(o, "epochs_forced", json_object_new_int64((int64_t)r->forced));
-	json_object_object_add(o, "precopy_rounds",
-	                       json_object_new_int64((int64_t)r->precopy_rounds));
+	json_object_object_add(o, "precopy_rounds", json_object_new_int64((int64_t)r->precopy_rounds));
 	json_object_object_add(
-	    p, "last_us",
-	    json_object_new_double(
-	        r->pause_ns.n ? (double)r->pause_ns.v[(r->pause_ns.n - 1) % REMUS_RING] / 1e3 : 0));
-	json_object_object_add(
-	    p, "p50_us", json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.5) / 1e3));
-	json_object_object_add(
-	    p, "p99_us", json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.99) / 1e3));
+		p, "last_us",
+		json_object_new_double(
+			r->pause_ns.n ? (double)r->pause_ns.v[(r->pause_ns.n - 1) % REMUS_RING] / 1e3 : 0));
+	json_object_object_add(p, "p50_us",
+			       json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.5) / 1e3));
+	json_object_object_add(p, "p99_us",
+			       json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.99) / 1e3));
 	struct json_object *ph = json_object_new_object();
 	json_object_object_add(ph, "kick_us", json_object_new_double((double)r->ph_kick / 1e3));
 	json_object_object_add(ph, "sync_us", json_object_new_double((double)r->ph_sync / 1e3));
-	json_object_object_add(ph, "capture_us",
-	                       json_object_new_double((double)r->ph_capture / 1e3));
+	json_object_object_add(ph, "capture_us", json_object_new_double((double)r->ph_capture / 1e3));
 	json_object_object_add(ph, "copy_us", json_object_new_double((double)r->ph_copy / 1e3));
 	json_object_object_add(p, "last_phases", ph);
 	json_object_object_add(o, "pause", p);
 	json_object_object_add(d, "last", json_object_new_int64((int64_t)r->dirty_last));
 	json_object_object_add(
-	    d, "avg",
-	    json_object_new_double(r->epochs ? (double)r->dirty_total / (double)r->epochs : 0));
+		d, "avg", json_object_new_double(r->epochs ? (double)r->dirty_total / (double)r->epochs : 0));
 	json_object_object_add(d, "hot", json_object_new_int64((int64_t)r->eng.hot_pages));
 	json_object_object_add(o, "dirty_pages", d);
 	json_object_object_add(b, "raw", json_object_new_int64((int64_t)raw));
@@ -579,20 +565,19 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	json_object_object_add(b, "last_send_ms", json_object_new_double((double)send_ns / 1e6));
 	json_object_object_add(o, "bytes", b);
 	json_object_object_add(
-	    a, "last_ms",
-	    json_object_new_double(
-	        r->ack_ns.n ? (double)r->ack_ns.v[(r->ack_ns.n - 1) % REMUS_RING] / 1e6 : 0));
-	json_object_object_add(
-	    a, "p50_ms", json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.5) / 1e6));
-	json_object_object_add(
-	    a, "p99_ms", json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
+		a, "last_ms",
+		json_object_new_double(r->ack_ns.n ? (double)r->ack_ns.v[(r->ack_ns.n - 1) % REMUS_RING] / 1e6
+						   : 0));
+	json_object_object_add(a, "p50_ms",
+			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.5) / 1e6));
+	json_object_object_add(a, "p99_ms",
+			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
 	json_object_object_add(o, "ack_latency", a);
 	if (r->nb)
 		netbuf_get_stats(r->nb, &ns);
 	json_object_object_add(h, "frames", json_object_new_int64((int64_t)ns.held_frames));
 	json_object_object_add(h, "bytes", json_object_new_int64((int64_t)ns.held_bytes));
-	json_object_object_add(h, "released_frames",
-	                       json_object_new_int64((int64_t)ns.released_frames));
+	json_object_object_add(h, "released_frames", json_object_new_int64((int64_t)ns.released_frames));
 	json_object_object_add(h, "dropped", json_object_new_int64((int64_t)ns.dropped));
 	json_object_object_add(o, "held_output", h);
 }

@@ -68,8 +68,8 @@ struct remus {
 	bool eng_ready; /* eng initialised (kept across sessions: the stage stays grown) */
 	pthread_t sender;
 	bool sender_running;
-	bool stop_sender;  /* lock */
-	bool job_pending;  /* lock: a staged epoch waits for / is being sent by the sender */
+	bool stop_sender; /* lock */
+	bool job_pending; /* lock: a staged epoch waits for / is being sent by the sender */
 	bool precopy_done; /* lock */
 	char sender_err[256];
 	uint64_t next_epoch; /* loop; monotonic across sessions */
@@ -85,42 +85,41 @@ struct remus {
 	/* primary stats */
 	struct remus_ring pause_ns, ack_ns;
 	uint64_t epochs, skipped, forced, dirty_last, dirty_total, precopy_pages, precopy_rounds;
-	uint64_t bytes_raw, bytes_wire;                 /* lock (sender) */
-	uint64_t send_ns_last;                          /* lock */
+	uint64_t bytes_raw, bytes_wire; /* lock (sender) */
+	uint64_t send_ns_last; /* lock */
 	uint64_t ph_kick, ph_sync, ph_capture, ph_copy; /* last pause, by phase (ns) */
 
 	/* ---- standby ---- */
 	int lfd;
 	ev_io accept_w;
 	ev_timer hb_w;
-	int cfd;             /* lock */
+	int cfd; /* lock */
 	bool reader_running; /* loop */
 	pthread_t reader;
-	bool connected;     /* lock: a primary is heard */
-	bool failed_over;   /* lock */
+	bool connected; /* lock: a primary is heard */
+	bool failed_over; /* lock */
 	bool want_failover; /* lock: set by the reader at its end */
 	char end_reason[200];
 	struct ckpt_stage stg;
-	struct ckpt_state committed;                      /* lock */
-	bool have_committed;                              /* lock */
-	uint64_t committed_epoch;                         /* lock */
+	struct ckpt_state committed; /* lock */
+	bool have_committed; /* lock */
+	uint64_t committed_epoch; /* lock */
 	uint64_t rx_epochs, rx_bytes, rx_pages, rejected; /* lock */
-	uint64_t apply_ns_last;                           /* lock */
+	uint64_t apply_ns_last; /* lock */
 	int announce_left;
 	ev_timer announce_w;
 };
 
 /* remus.c */
 void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 void remus_notify(struct remus *r, unsigned flag); /* any thread */
 
 /* remus_primary.c (loop thread unless noted) */
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req);
 struct json_object *remus_cmd_unprotect(struct remus *r);
 void remus_primary_async(struct remus *r, unsigned flags);
-void remus_primary_fail(struct remus *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void remus_primary_fail(struct remus *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void remus_primary_status(struct remus *r, struct json_object *o);
 
 /* remus_standby.c (loop thread) */

@@ -54,8 +54,7 @@ int remus_hello_parse(uint64_t value, uint32_t *interval_ms, uint32_t *timeout_m
 	return 0;
 }
 
-int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn,
-		      void *opaque)
+int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn, void *opaque)
 {
 	struct remus_msg m;
 	int count = 0;

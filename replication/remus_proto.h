@@ -44,7 +44,7 @@ int remus_msg_decode(const uint8_t *in, struct remus_msg *m) __attribute__((warn
 /* HELLO value <-> settings. remus_hello_parse returns 0 or -EINVAL when out of the ranges above. */
 uint64_t remus_hello_value(uint32_t interval_ms, uint32_t timeout_ms);
 int remus_hello_parse(uint64_t value, uint32_t *interval_ms, uint32_t *timeout_ms)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 /* Reassembly of messages from a byte stream read in arbitrary pieces. */
 struct remus_msgbuf {
@@ -54,7 +54,7 @@ struct remus_msgbuf {
 typedef void (*remus_msg_fn)(void *opaque, const struct remus_msg *m);
 /* Feed len bytes; calls fn for each complete message in order. Returns the number of messages, or
  * -EBADMSG at the first bad one (messages before it were delivered; the stream is then unusable). */
-int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn,
-                      void *opaque) __attribute__((warn_unused_result));
+int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn, void *opaque)
+	__attribute__((warn_unused_result));
 
 #endif

@@ -171,8 +171,7 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	pthread_mutex_lock(&r->lock);
 	if (!r->have_committed) {
 		pthread_mutex_unlock(&r->lock);
-		return errf(err, errlen, -EAGAIN,
-		            "no complete checkpoint received yet: cannot take over");
+		return errf(err, errlen, -EAGAIN, "no complete checkpoint received yet: cannot take over");
 	}
 	r->failed_over = true; /* the reader applies nothing more */
 	if (r->cfd >= 0)
@@ -300,8 +299,9 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 	heard = r->connected;
 	pthread_mutex_unlock(&r->lock);
 	if (heard && !force)
-		return ctl_error("the primary is still heard (connected, timeout %u ms); use --force for a drill",
-				 r->hb_timeout_ms);
+		return ctl_error(
+			"the primary is still heard (connected, timeout %u ms); use --force for a drill",
+			r->hb_timeout_ms);
 	rc = do_failover(r, force ? "manual failover (forced)" : "manual failover", err, sizeof(err));
 	if (rc)
 		return ctl_error("failover failed: %s", err);

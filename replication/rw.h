@@ -16,21 +16,21 @@ enum sr_io_kind { SR_IO_FD, SR_IO_MEM };
 
 struct sr_out {
 	enum sr_io_kind kind;
-	int fd;           /* SR_IO_FD */
-	int timeout_ms;   /* SR_IO_FD: -1 = wait forever */
-	uint8_t *buf;     /* SR_IO_MEM: growable, owned by the sr_out */
-	size_t len, cap;  /* SR_IO_MEM */
-	size_t max;       /* SR_IO_MEM: refuse to grow past this (0 = no limit) -> -ENOSPC */
-	uint64_t bytes;   /* bytes written so far */
+	int fd; /* SR_IO_FD */
+	int timeout_ms; /* SR_IO_FD: -1 = wait forever */
+	uint8_t *buf; /* SR_IO_MEM: growable, owned by the sr_out */
+	size_t len, cap; /* SR_IO_MEM */
+	size_t max; /* SR_IO_MEM: refuse to grow past this (0 = no limit) -> -ENOSPC */
+	uint64_t bytes; /* bytes written so far */
 };
 
 struct sr_in {
 	enum sr_io_kind kind;
-	int fd;             /* SR_IO_FD */
-	int timeout_ms;     /* SR_IO_FD: -1 = wait forever */
+	int fd; /* SR_IO_FD */
+	int timeout_ms; /* SR_IO_FD: -1 = wait forever */
 	const uint8_t *buf; /* SR_IO_MEM: caller-owned, must outlive the sr_in */
-	size_t len, pos;    /* SR_IO_MEM */
-	uint64_t bytes;     /* bytes read so far */
+	size_t len, pos; /* SR_IO_MEM */
+	uint64_t bytes; /* bytes read so far */
 };
 
 /* Writers. sr_out_fd does not take ownership of fd. sr_out_mem starts empty; free with sr_out_free

@@ -16,8 +16,8 @@
 #define SNAP_MAX_CHAIN 64
 
 /* Open a snapshot and read its header and its info record (the first record of the epoch). */
-static int open_info(const char *path, int *fd, struct sr_in *in, struct sr_ctx **r,
-                     struct sr_header *h, struct ckpt_info *info, char *err, size_t errlen)
+static int open_info(const char *path, int *fd, struct sr_in *in, struct sr_ctx **r, struct sr_header *h,
+		     struct ckpt_info *info, char *err, size_t errlen)
 {
 	struct sr_record rec;
 	int rc;
@@ -41,8 +41,7 @@ static int open_info(const char *path, int *fd, struct sr_in *in, struct sr_ctx 
 	}
 	if (rec.type != SR_REC_DEVICE_STATE || rec.dev.kind != CKPT_DEV_INFO ||
 	    rec.dev.blob_len != sizeof(*info)) {
-		rc = errf(err, errlen, -EBADMSG, "snapshot %s: first record is not the snapshot info",
-			  path);
+		rc = errf(err, errlen, -EBADMSG, "snapshot %s: first record is not the snapshot info", path);
 		goto err;
 	}
 	memcpy(info, rec.dev.blob, sizeof(*info));
@@ -70,8 +69,8 @@ int snap_read_header(const char *path, struct sr_header *h, char *err, size_t er
 	return 0;
 }
 
-static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want_id,
-                       bool apply_state, char *err, size_t errlen)
+static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want_id, bool apply_state,
+		       char *err, size_t errlen)
 {
 	struct sr_header h;
 	struct ckpt_info info;
@@ -92,8 +91,8 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 	}
 	rc = sr_header_check_mem(&h, vm_mem(vm), err, errlen);
 	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
-		rc = errf(err, errlen, -EINVAL, "snapshot %s has %u vCPUs, the VM has %d", path,
-			  h.nr_vcpus, vm_nr_vcpus(vm));
+		rc = errf(err, errlen, -EINVAL, "snapshot %s has %u vCPUs, the VM has %d", path, h.nr_vcpus,
+			  vm_nr_vcpus(vm));
 	}
 	if (rc)
 		goto out;
@@ -158,7 +157,7 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 
 	if (rc)
 		return errf(err, errlen, rc, "writing %s: %s", t->tmp,
-		            *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
+			    *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
 	if (fsync(t->fd) < 0 || close(t->fd) < 0) {
 		rc = -errno;
 		t->fd = -1;
@@ -167,7 +166,7 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	t->fd = -1;
 	if (rename(t->tmp, t->path) < 0)
 		return errf(err, errlen, -errno, "cannot rename %s to %s: %s", t->tmp, t->path,
-		            strerror(errno));
+			    strerror(errno));
 	if (!e->log) {
 		char e2[256];
 		/* fails when e.g. Remus owns the log: incrementals unavailable, the snapshot is
@@ -181,14 +180,14 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 }
 
 static const struct ckpt_ops snap_ops = {
-    .name = "snapshot",
-    .log_flags = DIRTY_START_CLEAN | DIRTY_YIELD,
-    .commit = snap_commit,
+	.name = "snapshot",
+	.log_flags = DIRTY_START_CLEAN | DIRTY_YIELD,
+	.commit = snap_commit,
 };
 
 /* Check the request; fill the image's info (id, epoch, base). */
 static int snap_prepare(struct snap *s, struct take *t, const char *incremental_from, char *err,
-                        size_t errlen)
+			size_t errlen)
 {
 	if (snprintf(t->tmp, sizeof(t->tmp), "%s.tmp", t->path) >= (int)sizeof(t->tmp) ||
 	    strlen(t->path) >= sizeof(t->info.base_path))
@@ -198,22 +197,20 @@ static int snap_prepare(struct snap *s, struct take *t, const char *incremental_
 		struct ckpt_info binfo;
 		struct sr_in bin;
 		struct sr_ctx *br;
-		int bfd,
-		    rc = open_info(incremental_from, &bfd, &bin, &br, &bh, &binfo, err, errlen);
+		int bfd, rc = open_info(incremental_from, &bfd, &bin, &br, &bh, &binfo, err, errlen);
 		if (rc)
 			return rc;
 		sr_ctx_free(br);
 		close(bfd);
 		if (!strcmp(incremental_from, t->path))
 			return errf(err, errlen, -EINVAL,
-			            "an incremental snapshot cannot overwrite its base %s",
-			            t->path);
+				    "an incremental snapshot cannot overwrite its base %s", t->path);
 		if (!s->eng.log || binfo.id != s->last_id)
 			return errf(err, errlen, -EINVAL,
-			            "%s is not the last snapshot of this VM; an incremental "
-			            "snapshot needs the "
-			            "previous one taken by this VM process",
-			            incremental_from);
+				    "%s is not the last snapshot of this VM; an incremental "
+				    "snapshot needs the "
+				    "previous one taken by this VM process",
+				    incremental_from);
 		t->info.base_id = binfo.id;
 		snprintf(t->info.base_path, sizeof(t->info.base_path), "%s", incremental_from);
 	}
@@ -242,12 +239,12 @@ static int snap_open(struct take *t, struct vm *vm, char *err, size_t errlen)
 		rc = ckpt_info_write(t->w, &t->info);
 	if (rc)
 		return errf(err, errlen, rc, "writing %s: %s", t->tmp,
-		            *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
+			    *sr_error(t->w) ? sr_error(t->w) : strerror(-rc));
 	return 0;
 }
 
-int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
-              bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen)
+int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from, bool stop,
+	      int nthreads, struct snap_result *res, char *err, size_t errlen)
 {
 	struct take t = {.s = s, .path = path, .fd = -1};
 	struct ckpt_epoch ep = {.all_pages = !incremental_from, .stay_paused = stop, .opaque = &t};

@@ -34,8 +34,8 @@ struct snap_result {
  * for the caller to stop); a VM paused by someone else stays paused (holds nest, see vm_pause).
  * Returns 0 or -errno with one line in err; on error the hold is released.
  */
-int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from,
-              bool stop, int nthreads, struct snap_result *res, char *err, size_t errlen);
+int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from, bool stop,
+	      int nthreads, struct snap_result *res, char *err, size_t errlen);
 void snap_free(struct snap *s);
 
 /* Read the header of a snapshot file (for --restore without --mem/--vcpus). */

@@ -37,8 +37,8 @@ static void *job_main(void *arg)
 	char err[512];
 	int rc;
 
-	rc = snap_take(&c->snap, vmm_vm(c->v), j->path, j->has_prev ? j->prev : NULL, j->stop, 2,
-	               &res, err, sizeof(err));
+	rc = snap_take(&c->snap, vmm_vm(c->v), j->path, j->has_prev ? j->prev : NULL, j->stop, 2, &res, err,
+		       sizeof(err));
 	if (rc) {
 		o = ctl_error("snapshot failed: %s", err);
 	} else {
@@ -47,11 +47,9 @@ static void *job_main(void *arg)
 		json_object_object_add(o, "incremental", json_object_new_boolean(res.incremental));
 		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)res.epoch));
 		json_object_object_add(o, "pages", json_object_new_int64((int64_t)res.pages));
-		json_object_object_add(o, "zero_pages",
-		                       json_object_new_int64((int64_t)res.zero_pages));
+		json_object_object_add(o, "zero_pages", json_object_new_int64((int64_t)res.zero_pages));
 		json_object_object_add(o, "bytes", json_object_new_int64((int64_t)res.bytes));
-		json_object_object_add(o, "pause_ms",
-		                       json_object_new_double((double)res.pause_ns / 1e6));
+		json_object_object_add(o, "pause_ms", json_object_new_double((double)res.pause_ns / 1e6));
 	}
 	c->reply = o;
 	c->stop_after = rc == 0 && j->stop;
@@ -92,12 +90,12 @@ static void status_hook(struct vmm *v, struct json_object *status, void *opaque)
 	if (!c->busy)
 		return;
 	o = json_object_new_object();
-	json_object_object_add(o, "pages_done",
-	                       json_object_new_int64((int64_t)__atomic_load_n(
-	                           &c->snap.progress.done, __ATOMIC_RELAXED)));
-	json_object_object_add(o, "pages_total",
-	                       json_object_new_int64((int64_t)__atomic_load_n(
-	                           &c->snap.progress.total, __ATOMIC_RELAXED)));
+	json_object_object_add(
+		o, "pages_done",
+		json_object_new_int64((int64_t)__atomic_load_n(&c->snap.progress.done, __ATOMIC_RELAXED)));
+	json_object_object_add(
+		o, "pages_total",
+		json_object_new_int64((int64_t)__atomic_load_n(&c->snap.progress.total, __ATOMIC_RELAXED)));
 	json_object_object_add(status, "snapshot_in_progress", o);
 }
 
@@ -113,7 +111,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 }
 
 static bool get_path(struct json_object *req, const char *key, char *out, size_t len, bool *present,
-                     struct json_object **bad)
+		     struct json_object **bad)
 {
 	struct json_object *j;
 
@@ -122,8 +120,7 @@ static bool get_path(struct json_object *req, const char *key, char *out, size_t
 		return true;
 	if (!json_object_is_type(j, json_type_string) || !*json_object_get_string(j) ||
 	    strlen(json_object_get_string(j)) >= len) {
-		*bad =
-		    ctl_error("\"%s\" must be a non-empty path shorter than %zu bytes", key, len);
+		*bad = ctl_error("\"%s\" must be a non-empty path shorter than %zu bytes", key, len);
 		return false;
 	}
 	snprintf(out, len, "%s", json_object_get_string(j));
@@ -139,15 +136,13 @@ static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req, 
 	int rc;
 
 	if (c->busy)
-		return ctl_error("%s is busy writing a snapshot; try again when it is done",
-		                 vmm_name(v));
+		return ctl_error("%s is busy writing a snapshot; try again when it is done", vmm_name(v));
 	job = calloc(1, sizeof(*job));
 	if (!job)
 		return ctl_error("out of memory");
 	job->c = c;
 	if (!get_path(req, "path", job->path, sizeof(job->path), &has_path, &bad) ||
-	    !get_path(req, "incremental_from", job->prev, sizeof(job->prev), &job->has_prev,
-	              &bad)) {
+	    !get_path(req, "incremental_from", job->prev, sizeof(job->prev), &job->has_prev, &bad)) {
 		free(job);
 		return bad;
 	}
@@ -169,8 +164,7 @@ static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req, 
 		c->busy = false;
 		free(job);
 		if (c->conn)
-			ctl_reply(c->conn,
-			          ctl_error("cannot start snapshot thread: %s", strerror(rc)));
+			ctl_reply(c->conn, ctl_error("cannot start snapshot thread: %s", strerror(rc)));
 		c->conn = NULL;
 	}
 	return CTL_DEFER;

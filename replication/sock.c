@@ -24,13 +24,12 @@ int sock_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char 
 	int rc;
 
 	if (!s || !*s || strlen(s) >= sizeof(host))
-		return errf(err, errlen, -EINVAL,
-		            "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s ? s : "");
+		return errf(err, errlen, -EINVAL, "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)",
+			    s ? s : "");
 	if (s[0] == '[') {
 		const char *rb = strchr(s, ']');
 		if (!rb || rb[1] != ':')
-			return errf(err, errlen, -EINVAL, "bad address '%s' (expected [IPv6]:PORT)",
-			            s);
+			return errf(err, errlen, -EINVAL, "bad address '%s' (expected [IPv6]:PORT)", s);
 		memcpy(host, s + 1, (size_t)(rb - s - 1));
 		host[rb - s - 1] = 0;
 		port = rb + 2;
@@ -38,7 +37,7 @@ int sock_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char 
 		const char *c = strrchr(s, ':');
 		if (!c || c == s || strchr(s, ':') != c)
 			return errf(err, errlen, -EINVAL,
-			            "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s);
+				    "bad address '%s' (expected HOST:PORT or [IPv6]:PORT)", s);
 		memcpy(host, s, (size_t)(c - s));
 		host[c - s] = 0;
 		port = c + 1;
@@ -49,8 +48,7 @@ int sock_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char 
 		return errf(err, errlen, -EINVAL, "bad port in '%s' (1..65535)", s);
 	rc = getaddrinfo(host, port, &hints, &ai);
 	if (rc)
-		return errf(err, errlen, -EINVAL, "cannot resolve '%s': %s", host,
-		            gai_strerror(rc));
+		return errf(err, errlen, -EINVAL, "cannot resolve '%s': %s", host, gai_strerror(rc));
 	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
 	*len = ai->ai_addrlen;
 	freeaddrinfo(ai);
@@ -95,8 +93,7 @@ void sock_tune(int fd, int timeout_ms)
 }
 
 /* Parse `s` and make a non-blocking, close-on-exec TCP socket of its family. fd or -errno (err). */
-static int open_socket(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
-		       size_t errlen)
+static int open_socket(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen)
 {
 	int fd, rc = sock_parse(s, ss, len, err, errlen);
 

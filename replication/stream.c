@@ -27,9 +27,8 @@ int sr_fail(struct sr_ctx *ctx, int rc, const char *fmt, ...)
 
 const char *sr_type_name(uint32_t type, char *buf, size_t len)
 {
-	static const char *const names[] = {NULL,		"PAGE_DATA",	  "ZERO_PAGES",
-					    "VCPU_STATE",	"DEVICE_STATE",	  "CHECKPOINT_END",
-					    "END"};
+	static const char *const names[] = {NULL,	    "PAGE_DATA",      "ZERO_PAGES", "VCPU_STATE",
+					    "DEVICE_STATE", "CHECKPOINT_END", "END"};
 
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		snprintf(buf, len, "%s", names[type]);
@@ -131,20 +130,19 @@ void sr_header_from_mem(struct sr_header *h, const struct guest_mem *gm, uint32_
 	h->nr_pages = gm->size / SR_PAGE_SIZE;
 }
 
-int sr_header_check_mem(const struct sr_header *h, const struct guest_mem *gm, char *err,
-			size_t errlen)
+int sr_header_check_mem(const struct sr_header *h, const struct guest_mem *gm, char *err, size_t errlen)
 {
 	if (h->mem_size != gm->size || h->nr_regions != (uint32_t)gm->nr)
 		return errf(err, errlen, -EINVAL,
-		            "stream: image has %llu bytes in %u regions, this VM %llu bytes in %d",
-		            (unsigned long long)h->mem_size, h->nr_regions,
-		            (unsigned long long)gm->size, gm->nr);
+			    "stream: image has %llu bytes in %u regions, this VM %llu bytes in %d",
+			    (unsigned long long)h->mem_size, h->nr_regions, (unsigned long long)gm->size,
+			    gm->nr);
 	for (uint32_t i = 0; i < h->nr_regions; i++)
 		if (h->regions[i].gpa != gm->r[i].gpa || h->regions[i].size != gm->r[i].size)
 			return errf(err, errlen, -EINVAL,
-			            "stream: image region %u [0x%llx,+0x%llx) differs from VM's", i,
-			            (unsigned long long)h->regions[i].gpa,
-			            (unsigned long long)h->regions[i].size);
+				    "stream: image region %u [0x%llx,+0x%llx) differs from VM's", i,
+				    (unsigned long long)h->regions[i].gpa,
+				    (unsigned long long)h->regions[i].size);
 	return 0;
 }
 
@@ -154,8 +152,8 @@ int sr_check_header(struct sr_ctx *ctx, const struct sr_header *h)
 	uint64_t sum = 0, end = 0;
 
 	if (h->nr_vcpus < 1 || h->nr_vcpus > SR_MAX_VCPUS)
-		return sr_fail(ctx, -EBADMSG, "stream: header nr_vcpus %u out of range 1..%u",
-			       h->nr_vcpus, SR_MAX_VCPUS);
+		return sr_fail(ctx, -EBADMSG, "stream: header nr_vcpus %u out of range 1..%u", h->nr_vcpus,
+			       SR_MAX_VCPUS);
 	if (h->mem_size < SR_PAGE_SIZE || h->mem_size > SR_MAX_MEM || h->mem_size % SR_PAGE_SIZE)
 		return sr_fail(ctx, -EBADMSG,
 			       "stream: header mem_size %llu not a page multiple in 4096..%llu",
@@ -241,13 +239,15 @@ int sr_wr_check(struct sr_ctx *ctx)
 		return ctx->dead;
 	if (!ctx->writer || !ctx->have_hdr || ctx->ended)
 		return sr_fail(ctx, -EINVAL, "stream: record written %s",
-			       !ctx->writer ? "on a reader" : ctx->ended ? "after END" : "before header");
+			       !ctx->writer ? "on a reader"
+			       : ctx->ended ? "after END"
+					    : "before header");
 	return 0;
 }
 
 /* Write one record made of pre[prelen] + blob[bloblen]; hash it unless it closes the epoch. */
-static int wr_rec(struct sr_ctx *ctx, uint32_t type, const void *pre, size_t prelen,
-		  const void *blob, size_t bloblen, bool in_epoch)
+static int wr_rec(struct sr_ctx *ctx, uint32_t type, const void *pre, size_t prelen, const void *blob,
+		  size_t bloblen, bool in_epoch)
 {
 	uint8_t h[8 + 48];
 	size_t len = prelen + bloblen;
@@ -273,8 +273,8 @@ static int wr_rec(struct sr_ctx *ctx, uint32_t type, const void *pre, size_t pre
 	if (!rc && pad8(len))
 		rc = sr_out_write(ctx->out, sr_zeros, pad8(len));
 	if (rc)
-		return sr_fail(ctx, rc, "stream: writing %s record: %s",
-			       sr_type_name(type, tn, sizeof(tn)), strerror(-rc));
+		return sr_fail(ctx, rc, "stream: writing %s record: %s", sr_type_name(type, tn, sizeof(tn)),
+			       strerror(-rc));
 	ctx->st.records++;
 	return 0;
 }
@@ -310,8 +310,7 @@ int sr_write_vcpu(struct sr_ctx *ctx, uint32_t vcpu, const void *blob, size_t le
 	return wr_rec(ctx, SR_REC_VCPU_STATE, pre, 8, blob, len, true);
 }
 
-int sr_write_device(struct sr_ctx *ctx, uint32_t kind, const char *name, const void *blob,
-		    size_t len)
+int sr_write_device(struct sr_ctx *ctx, uint32_t kind, const char *name, const void *blob, size_t len)
 {
 	uint8_t pre[8 + SR_DEV_NAME_LEN] = {0};
 	size_t nl = name ? strnlen(name, SR_DEV_NAME_LEN) : 0;
@@ -475,8 +474,8 @@ static int flush_batch(struct sr_ctx *ctx, const uint64_t *idx, const void *cons
 
 	if (!n)
 		return 0;
-	len = sr_encode_batch(ctx->cctx, ctx->compress, ctx->level, ctx->rec, ctx->stage, idx,
-			      pages, n, &zstd);
+	len = sr_encode_batch(ctx->cctx, ctx->compress, ctx->level, ctx->rec, ctx->stage, idx, pages, n,
+			      &zstd);
 	return sr_emit_batch(ctx, ctx->rec, len, n, zstd);
 }
 
@@ -522,8 +521,7 @@ int sr_add_zero(struct sr_ctx *ctx, uint64_t idx)
 	return 0;
 }
 
-int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
-		   size_t n)
+int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs, size_t n)
 {
 	uint64_t bidx[SR_BATCH_PAGES];
 	const void *bptr[SR_BATCH_PAGES];

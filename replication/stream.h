@@ -28,10 +28,10 @@
 #define SR_MAX_VCPUS 1024u
 #define SR_MAX_MEM (1ull << 40)
 #define SR_MAX_REGIONS 8u
-#define SR_MAX_RECORD (64u << 20)     /* body length limit */
-#define SR_BATCH_PAGES 512u           /* PAGE_DATA count limit (2 MiB of payload) */
+#define SR_MAX_RECORD (64u << 20) /* body length limit */
+#define SR_BATCH_PAGES 512u /* PAGE_DATA count limit (2 MiB of payload) */
 #define SR_MAX_VCPU_BLOB (1u << 20)
-#define SR_DEV_NAME_LEN 32u           /* includes the terminating NUL */
+#define SR_DEV_NAME_LEN 32u /* includes the terminating NUL */
 
 #define SR_REC_OPTIONAL 0x80000000u
 enum sr_rec_type {
@@ -50,20 +50,20 @@ struct sr_region {
 };
 
 struct sr_header {
-	uint32_t version;   /* filled by the reader; the writer always writes SR_VERSION */
+	uint32_t version; /* filled by the reader; the writer always writes SR_VERSION */
 	uint32_t page_size; /* ditto, SR_PAGE_SIZE */
 	uint32_t nr_vcpus;
 	uint64_t mem_size;
 	uint32_t nr_regions;
 	struct sr_region regions[SR_MAX_REGIONS];
-	uint64_t nr_pages;  /* mem_size / SR_PAGE_SIZE, filled by both sr_write_header and the reader */
+	uint64_t nr_pages; /* mem_size / SR_PAGE_SIZE, filled by both sr_write_header and the reader */
 };
 
 /* The record the reader returned last. Pointers point into the ctx and are valid until the next
  * sr_read_record or sr_ctx_free. Only the member of the union matching `type` is set. */
 struct sr_record {
-	uint32_t type;        /* SR_REC_* (unknown optional records are skipped, never returned) */
-	uint32_t length;      /* body length */
+	uint32_t type; /* SR_REC_* (unknown optional records are skipped, never returned) */
+	uint32_t length; /* body length */
 	const uint8_t *body;
 	union {
 		struct {
@@ -100,7 +100,7 @@ struct sr_ctx;
  * (--compress none); otherwise zstd at `level` (1 recommended; negative levels are faster).
  * Returns 0 or -ENOMEM. */
 int sr_writer_new(struct sr_ctx **ctx, struct sr_out *out, bool compress, int level)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 /* Reader over `in` (not owned). Returns 0 or -ENOMEM. */
 int sr_reader_new(struct sr_ctx **ctx, struct sr_in *in) __attribute__((warn_unused_result));
 void sr_ctx_free(struct sr_ctx *ctx); /* NULL-safe */
@@ -114,14 +114,13 @@ void sr_set_compress(struct sr_ctx *ctx, bool compress, int level);
 /* Fill a header from a VM's memory layout (hv/mem.h). */
 void sr_header_from_mem(struct sr_header *h, const struct guest_mem *gm, uint32_t nr_vcpus);
 /* 0 when h describes exactly gm's RAM layout, else -EINVAL with a line in err. */
-int sr_header_check_mem(const struct sr_header *h, const struct guest_mem *gm, char *err,
-                        size_t errlen) __attribute__((warn_unused_result));
+int sr_header_check_mem(const struct sr_header *h, const struct guest_mem *gm, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 
 /* ---- writer ---- */
 
 /* Validate h (same rules as the reader) and write it. Must be called first, once. */
-int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h)
-    __attribute__((warn_unused_result));
+int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h) __attribute__((warn_unused_result));
 /*
  * Write n pages: page_ptrs[i] points at the 4096 bytes of page page_idx[i] (< nr_pages, else
  * -EINVAL; indices must be distinct within an epoch, which is not checked). All-zero pages go out as ZERO_PAGES (consecutive indices merged),
@@ -129,22 +128,22 @@ int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h)
  * ZSTD_compressCCtx per batch, reused CCtx) unless compression is off or did not shrink it.
  * The hot path: no allocation after the first call.
  */
-int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
-                   size_t n) __attribute__((warn_unused_result));
+int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs, size_t n)
+	__attribute__((warn_unused_result));
 /* Same bytes as sr_write_pages, but batches are compressed by `nthreads` worker threads (capped at
  * 16, started and joined within the call) and written in order by the caller's thread. Falls back
  * to sr_write_pages for nthreads <= 1 or n <= SR_BATCH_PAGES. Allocates 2*8*n bytes per call. */
-int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
-                      size_t n, int nthreads) __attribute__((warn_unused_result));
+int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs, size_t n,
+		      int nthreads) __attribute__((warn_unused_result));
 /* ZERO_PAGES for [first, first+count) ranges, for callers that know pages are zero (e.g. fresh RAM). */
 int sr_write_zero_range(struct sr_ctx *ctx, uint64_t first, uint64_t count)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 /* VCPU_STATE: vcpu < nr_vcpus, 1 <= len <= SR_MAX_VCPU_BLOB. */
 int sr_write_vcpu(struct sr_ctx *ctx, uint32_t vcpu, const void *blob, size_t len)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 /* DEVICE_STATE: name 1..31 printable ASCII, blob may be empty. */
-int sr_write_device(struct sr_ctx *ctx, uint32_t kind, const char *name, const void *blob,
-                    size_t len) __attribute__((warn_unused_result));
+int sr_write_device(struct sr_ctx *ctx, uint32_t kind, const char *name, const void *blob, size_t len)
+	__attribute__((warn_unused_result));
 /* Close the epoch: CHECKPOINT_END with the running counts and xxh64; resets them. epoch must be
  * greater than the previous one (the first may be anything). */
 int sr_write_checkpoint_end(struct sr_ctx *ctx, uint64_t epoch) __attribute__((warn_unused_result));
@@ -152,7 +151,7 @@ int sr_write_checkpoint_end(struct sr_ctx *ctx, uint64_t epoch) __attribute__((w
 int sr_write_end(struct sr_ctx *ctx);
 /* Any record, unvalidated body (for tests and for OPTIONAL extensions). len <= SR_MAX_RECORD. */
 int sr_write_record(struct sr_ctx *ctx, uint32_t type, const void *body, size_t len)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 /* ---- reader ---- */
 
@@ -182,10 +181,10 @@ typedef int (*sr_zero_fn)(void *opaque, uint64_t first, uint64_t count);
  * buffer, check the size is count*4096, then call fn for each page in order. Returns 0, -EBADMSG
  * (bad compressed data, size mismatch; err says which), -EINVAL (rec is not PAGE_DATA), or fn's rc. */
 int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn fn, void *opaque)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 /* Same for ZERO_PAGES. */
-int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn,
-                         void *opaque) __attribute__((warn_unused_result));
+int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn, void *opaque)
+	__attribute__((warn_unused_result));
 
 /* Name of a record type ("PAGE_DATA", "OPTIONAL(0x80000007)", ...), into buf. */
 const char *sr_type_name(uint32_t type, char *buf, size_t len);

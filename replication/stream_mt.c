@@ -20,8 +20,8 @@ struct sr_mt_slot {
 };
 
 struct sr_mt {
-	int nt;        /* slots allocated */
-	int running;   /* threads of the current call */
+	int nt; /* slots allocated */
+	int running; /* threads of the current call */
 	struct sr_mt_slot slot[SR_MT_MAX];
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
@@ -93,8 +93,7 @@ static void *mt_worker(void *arg)
 
 	for (size_t b = (size_t)a->w; b < mt->nb; b += (size_t)mt->running) {
 		size_t first = b * SR_BATCH_PAGES;
-		uint32_t n = (uint32_t)(mt->nnz - first < SR_BATCH_PAGES ? mt->nnz - first
-									  : SR_BATCH_PAGES);
+		uint32_t n = (uint32_t)(mt->nnz - first < SR_BATCH_PAGES ? mt->nnz - first : SR_BATCH_PAGES);
 
 		bool abort;
 
@@ -105,8 +104,8 @@ static void *mt_worker(void *arg)
 		pthread_mutex_unlock(&mt->lock);
 		if (abort)
 			break;
-		s->len = sr_encode_batch(s->cctx, mt->compress, mt->level, s->rec, s->stage,
-					 mt->idx + first, mt->ptrs + first, n, &s->zstd);
+		s->len = sr_encode_batch(s->cctx, mt->compress, mt->level, s->rec, s->stage, mt->idx + first,
+					 mt->ptrs + first, n, &s->zstd);
 		s->n = n;
 		pthread_mutex_lock(&mt->lock);
 		s->ready = true;
@@ -116,8 +115,8 @@ static void *mt_worker(void *arg)
 	return NULL;
 }
 
-int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs,
-		      size_t n, int nthreads)
+int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *const *page_ptrs, size_t n,
+		      int nthreads)
 {
 	struct mt_arg args[SR_MT_MAX];
 	pthread_t th[SR_MT_MAX];
@@ -146,8 +145,7 @@ int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *
 	for (size_t i = 0; i < n; i++)
 		if (page_idx[i] >= ctx->hdr.nr_pages) {
 			rc = sr_fail(ctx, -EINVAL, "stream: page index %llu beyond %llu pages",
-				     (unsigned long long)page_idx[i],
-				     (unsigned long long)ctx->hdr.nr_pages);
+				     (unsigned long long)page_idx[i], (unsigned long long)ctx->hdr.nr_pages);
 			goto out;
 		}
 	/* Split: zero pages become ranges now, the rest is compacted for the workers. */

@@ -40,7 +40,7 @@ struct sr_ctx {
 	ZSTD_CCtx *cctx;
 	uint8_t *rec, *stage; /* SR_BATCH_REC_CAP, 2 MiB */
 	size_t rec_cap;
-	uint64_t *zr;         /* pending zero ranges {first, count}, host order until flushed */
+	uint64_t *zr; /* pending zero ranges {first, count}, host order until flushed */
 	size_t zr_n, zr_cap;
 	struct sr_mt *mt;
 

@@ -31,9 +31,8 @@ static int read_exact(struct sr_ctx *ctx, void *buf, size_t len, const char *wha
 	if (n < 0)
 		return sr_fail(ctx, (int)n, "stream: reading %s at offset %llu: %s", what,
 			       (unsigned long long)off, strerror((int)-n));
-	return sr_fail(ctx, -EPIPE,
-		       "truncated stream: EOF in %s at offset %llu (wanted %zu bytes, got %zd)", what,
-		       (unsigned long long)off, len, n);
+	return sr_fail(ctx, -EPIPE, "truncated stream: EOF in %s at offset %llu (wanted %zu bytes, got %zd)",
+		       what, (unsigned long long)off, len, n);
 }
 
 int sr_read_header(struct sr_ctx *ctx, struct sr_header *h)
@@ -58,12 +57,10 @@ int sr_read_header(struct sr_ctx *ctx, struct sr_header *h)
 	}
 	if ((v = get32(b + 8)) != SR_VERSION)
 		return sr_fail(ctx, -EPROTONOSUPPORT,
-			       "stream: unsupported format version %u (this reader knows %u)", v,
-			       SR_VERSION);
+			       "stream: unsupported format version %u (this reader knows %u)", v, SR_VERSION);
 	if ((v = get32(b + 12)) != SR_ENDIAN_MARKER)
-		return sr_fail(ctx, -EBADMSG,
-			       "stream: byte-order marker 0x%08x, want 0x%08x (little endian)", v,
-			       SR_ENDIAN_MARKER);
+		return sr_fail(ctx, -EBADMSG, "stream: byte-order marker 0x%08x, want 0x%08x (little endian)",
+			       v, SR_ENDIAN_MARKER);
 	if ((v = get32(b + 16)) != SR_PAGE_SIZE)
 		return sr_fail(ctx, -EBADMSG, "stream: page size %u, this reader supports %u", v,
 			       SR_PAGE_SIZE);
@@ -83,8 +80,9 @@ int sr_read_header(struct sr_ctx *ctx, struct sr_header *h)
 	if (rc)
 		return rc;
 	if (get64(b + n) != XXH64(b, n, 0) && !SR_FUZZING)
-		return sr_fail(ctx, -EBADMSG, "stream: header checksum mismatch (stream 0x%016llx, "
-					      "computed 0x%016llx)",
+		return sr_fail(ctx, -EBADMSG,
+			       "stream: header checksum mismatch (stream 0x%016llx, "
+			       "computed 0x%016llx)",
 			       (unsigned long long)get64(b + n), (unsigned long long)XXH64(b, n, 0));
 	for (uint32_t i = 0; i < h->nr_regions; i++) {
 		h->regions[i].gpa = get64(b + SR_HDR_FIXED + 16 * i);
@@ -169,8 +167,8 @@ static int parse_pages(struct sr_ctx *ctx, struct sr_record *rec)
 	} else if (enc == SR_ENC_ZSTD) {
 		if (rec->length <= fixed)
 			return sr_fail(ctx, -EBADMSG,
-				       "stream: zstd PAGE_DATA of %u pages has no payload (length %u)",
-				       n, rec->length);
+				       "stream: zstd PAGE_DATA of %u pages has no payload (length %u)", n,
+				       rec->length);
 	} else {
 		return sr_fail(ctx, -EBADMSG, "stream: PAGE_DATA encoding %u unknown", enc);
 	}
@@ -196,15 +194,14 @@ static int parse_zero(struct sr_ctx *ctx, struct sr_record *rec)
 	n = get32(rec->body);
 	if (n != (rec->length - 8) / 16 || get32(rec->body + 4))
 		return sr_fail(ctx, -EBADMSG,
-			       "stream: ZERO_PAGES nr_ranges %u disagrees with length %u or reserved set",
-			       n, rec->length);
+			       "stream: ZERO_PAGES nr_ranges %u disagrees with length %u or reserved set", n,
+			       rec->length);
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t first = get64(rec->body + 8 + 16 * (size_t)i);
 		uint64_t count = get64(rec->body + 16 + 16 * (size_t)i);
 
 		if (!count || first >= np || count > np - first)
-			return sr_fail(ctx, -EBADMSG,
-				       "stream: ZERO_PAGES range %llu+%llu outside %llu pages",
+			return sr_fail(ctx, -EBADMSG, "stream: ZERO_PAGES range %llu+%llu outside %llu pages",
 				       (unsigned long long)first, (unsigned long long)count,
 				       (unsigned long long)np);
 		sum += count;
@@ -219,12 +216,12 @@ static int parse_vcpu(struct sr_ctx *ctx, struct sr_record *rec)
 	uint32_t v;
 
 	if (rec->length < 9 || rec->length > 8 + SR_MAX_VCPU_BLOB)
-		return sr_fail(ctx, -EBADMSG, "stream: VCPU_STATE length %u out of range 9..%u",
-			       rec->length, 8 + SR_MAX_VCPU_BLOB);
+		return sr_fail(ctx, -EBADMSG, "stream: VCPU_STATE length %u out of range 9..%u", rec->length,
+			       8 + SR_MAX_VCPU_BLOB);
 	v = get32(rec->body);
 	if (v >= ctx->hdr.nr_vcpus || get32(rec->body + 4))
-		return sr_fail(ctx, -EBADMSG, "stream: VCPU_STATE vcpu %u (of %u) or reserved invalid",
-			       v, ctx->hdr.nr_vcpus);
+		return sr_fail(ctx, -EBADMSG, "stream: VCPU_STATE vcpu %u (of %u) or reserved invalid", v,
+			       ctx->hdr.nr_vcpus);
 	rec->vcpu.vcpu = v;
 	rec->vcpu.blob = rec->body + 8;
 	rec->vcpu.blob_len = rec->length - 8;
@@ -265,20 +262,18 @@ static int parse_ckpt(struct sr_ctx *ctx, struct sr_record *rec)
 	rec->ckpt.checksum = get64(rec->body + 32);
 	if (ctx->have_epoch && rec->ckpt.epoch <= ctx->last_epoch)
 		return sr_fail(ctx, -EBADMSG, "stream: epoch %llu not after previous epoch %llu",
-			       (unsigned long long)rec->ckpt.epoch,
-			       (unsigned long long)ctx->last_epoch);
+			       (unsigned long long)rec->ckpt.epoch, (unsigned long long)ctx->last_epoch);
 	if (rec->ckpt.checksum != sum && !SR_FUZZING)
 		return sr_fail(ctx, -EBADMSG,
 			       "stream: epoch %llu checksum mismatch (stream 0x%016llx, computed 0x%016llx)",
-			       (unsigned long long)rec->ckpt.epoch,
-			       (unsigned long long)rec->ckpt.checksum, (unsigned long long)sum);
+			       (unsigned long long)rec->ckpt.epoch, (unsigned long long)rec->ckpt.checksum,
+			       (unsigned long long)sum);
 	if (rec->ckpt.nr_records != ctx->ep_records || rec->ckpt.nr_data_pages != ctx->ep_data ||
 	    rec->ckpt.nr_zero_pages != ctx->ep_zero)
 		return sr_fail(ctx, -EBADMSG,
 			       "stream: epoch %llu counts mismatch (stream %llu records %llu+%llu pages, "
 			       "read %llu records %llu+%llu pages)",
-			       (unsigned long long)rec->ckpt.epoch,
-			       (unsigned long long)rec->ckpt.nr_records,
+			       (unsigned long long)rec->ckpt.epoch, (unsigned long long)rec->ckpt.nr_records,
 			       (unsigned long long)rec->ckpt.nr_data_pages,
 			       (unsigned long long)rec->ckpt.nr_zero_pages,
 			       (unsigned long long)ctx->ep_records, (unsigned long long)ctx->ep_data,
@@ -314,15 +309,17 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 		if (n != 8) {
 			rc = n < 0 ? (int)n : 0;
 			if (rc == -ETIMEDOUT)
-				return sr_fail(ctx, rc, "stream: timed out waiting for a record at "
-							"offset %llu (peer silent %d ms)",
+				return sr_fail(ctx, rc,
+					       "stream: timed out waiting for a record at "
+					       "offset %llu (peer silent %d ms)",
 					       (unsigned long long)off, ctx->in->timeout_ms);
 			if (rc)
 				return sr_fail(ctx, rc, "stream: reading record header at offset %llu: %s",
 					       (unsigned long long)off, strerror(-rc));
-			return sr_fail(ctx, -EPIPE,
-				       "truncated stream: EOF in record header at offset %llu (got %zd of 8 bytes)",
-				       (unsigned long long)off, n);
+			return sr_fail(
+				ctx, -EPIPE,
+				"truncated stream: EOF in record header at offset %llu (got %zd of 8 bytes)",
+				(unsigned long long)off, n);
 		}
 		memset(rec, 0, sizeof(*rec));
 		rec->type = get32(h);
@@ -330,11 +327,11 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 		sr_type_name(rec->type, tn, sizeof(tn));
 		if (rec->type == 0 || (rec->type > SR_REC_END && !(rec->type & SR_REC_OPTIONAL)))
 			return sr_fail(ctx, -EBADMSG,
-				       "stream: unknown mandatory record type 0x%x at offset %llu",
-				       rec->type, (unsigned long long)off);
+				       "stream: unknown mandatory record type 0x%x at offset %llu", rec->type,
+				       (unsigned long long)off);
 		if (rec->length > SR_MAX_RECORD)
-			return sr_fail(ctx, -EBADMSG, "stream: record %s length %u exceeds maximum %u",
-				       tn, rec->length, SR_MAX_RECORD);
+			return sr_fail(ctx, -EBADMSG, "stream: record %s length %u exceeds maximum %u", tn,
+				       rec->length, SR_MAX_RECORD);
 		pad = pad8(rec->length);
 		rc = read_body(ctx, rec->length + pad, tn);
 		if (rc)
@@ -361,9 +358,10 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 			if (rec->length)
 				return sr_fail(ctx, -EBADMSG, "stream: END length %u, want 0", rec->length);
 			if (!ctx->have_epoch || ctx->ep_records)
-				return sr_fail(ctx, -EBADMSG,
-					       "stream: END after %llu uncommitted records (no CHECKPOINT_END)",
-					       (unsigned long long)ctx->ep_records);
+				return sr_fail(
+					ctx, -EBADMSG,
+					"stream: END after %llu uncommitted records (no CHECKPOINT_END)",
+					(unsigned long long)ctx->ep_records);
 			ctx->ended = true;
 			return 0;
 		default:
@@ -380,8 +378,9 @@ int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn 
 	int rc;
 
 	if (rec->type != SR_REC_PAGE_DATA || rec->body != ctx->body)
-		return sr_fail(ctx, -EINVAL, "stream: sr_decode_pages on a record that is not the "
-					     "current PAGE_DATA");
+		return sr_fail(ctx, -EINVAL,
+			       "stream: sr_decode_pages on a record that is not the "
+			       "current PAGE_DATA");
 	n = rec->pages.count;
 	raw = (size_t)n * SR_PAGE_SIZE;
 	payload = rec->body + 8 + 8 * (size_t)n;
@@ -401,16 +400,16 @@ int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn 
 			return sr_fail(ctx, -ENOMEM, "stream: out of memory for zstd");
 		if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != ZSTD_CONTENTSIZE_ERROR && fcs > raw)
 			return sr_fail(ctx, -EBADMSG,
-				       "stream: PAGE_DATA decompressed size %llu, want %zu (%u pages)",
-				       fcs, raw, n);
+				       "stream: PAGE_DATA decompressed size %llu, want %zu (%u pages)", fcs,
+				       raw, n);
 		got = ZSTD_decompressDCtx(ctx->dctx, ctx->pages, raw, payload, plen);
 		if (ZSTD_isError(got))
 			return sr_fail(ctx, -EBADMSG, "stream: PAGE_DATA zstd payload corrupt: %s",
 				       ZSTD_getErrorName(got));
 		if (got != raw)
 			return sr_fail(ctx, -EBADMSG,
-				       "stream: PAGE_DATA decompressed size %zu, want %zu (%u pages)",
-				       got, raw, n);
+				       "stream: PAGE_DATA decompressed size %zu, want %zu (%u pages)", got,
+				       raw, n);
 		pages = ctx->pages;
 	}
 	for (uint32_t i = 0; i < n; i++) {
@@ -421,14 +420,14 @@ int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn 
 	return 0;
 }
 
-int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn,
-			 void *opaque)
+int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn, void *opaque)
 {
 	int rc;
 
 	if (rec->type != SR_REC_ZERO_PAGES || rec->body != ctx->body)
-		return sr_fail(ctx, -EINVAL, "stream: sr_decode_zero_pages on a record that is not "
-					     "the current ZERO_PAGES");
+		return sr_fail(ctx, -EINVAL,
+			       "stream: sr_decode_zero_pages on a record that is not "
+			       "the current ZERO_PAGES");
 	for (uint32_t i = 0; i < rec->zero.nr_ranges; i++) {
 		rc = fn(opaque, get64(rec->body + 8 + 16 * (size_t)i),
 			get64(rec->body + 16 + 16 * (size_t)i));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh — install the Debian packages doppel builds and tests with; quiet and fast when all are present.
 set -euo pipefail
-PKGS=(gcc make pkg-config clang libclang-rt-14-dev
+PKGS=(gcc make pkg-config clang clang-format libclang-rt-14-dev
       libzstd-dev libev-dev libnl-3-dev libnl-route-3-dev libjson-c-dev libxxhash-dev libcmocka-dev
       python3-pytest iproute2 qemu-system-x86 zstd)
 missing=()

@@ -26,19 +26,19 @@ const char ctl_defer_marker;
 struct ctl_conn {
 	struct ctl_server *s;
 	struct ctl_conn *prev, *next; /* in s->conns while open */
-	int fd;                       /* -1 once closed */
+	int fd; /* -1 once closed */
 	ev_io rio, wio;
 	char *in;
 	size_t in_len;
 	char *out;
 	size_t out_off, out_len, out_cap;
 	bool waiting; /* a deferred reply is outstanding: further requests wait */
-	bool held;    /* ctl_current_conn() was called during the current dispatch */
+	bool held; /* ctl_current_conn() was called during the current dispatch */
 	bool closing; /* close once the output is flushed */
-	bool eof;     /* client half-closed: close once replies are out */
-	int refs;                    /* [lock] 1 while open + 1 per holder */
-	bool closed;                 /* [lock] */
-	bool has_pending;            /* [lock] ctl_reply() delivered, loop not yet written */
+	bool eof; /* client half-closed: close once replies are out */
+	int refs; /* [lock] 1 while open + 1 per holder */
+	bool closed; /* [lock] */
+	bool has_pending; /* [lock] ctl_reply() delivered, loop not yet written */
 	struct json_object *pending; /* [lock] */
 };
 
@@ -54,7 +54,7 @@ struct ctl_server {
 	struct ctl_conn *conns;
 	struct ctl_conn *cur; /* conn being dispatched */
 	pthread_mutex_t lock;
-	int refs;     /* [lock] 1 for the owner + 1 per conn not yet freed */
+	int refs; /* [lock] 1 for the owner + 1 per conn not yet freed */
 	bool stopped; /* [lock] */
 };
 
@@ -134,7 +134,8 @@ static void conn_close(struct ctl_conn *c)
 static void conn_flush(struct ctl_conn *c)
 {
 	while (c->out_off < c->out_len) {
-		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -174,7 +175,8 @@ static void conn_send(struct ctl_conn *c, struct json_object *reply)
 	} else if (r && !json_object_object_get_ex(r, "ok", NULL)) {
 		r = ctl_ok(); /* "ok" first, then the handler's keys */
 		if (r) {
-			json_object_object_foreach(reply, key, v) {
+			json_object_object_foreach(reply, key, v)
+			{
 				val = json_object_get(v);
 				json_object_object_add(r, key, val);
 			}
@@ -452,8 +454,7 @@ static int mkdir_parents(const char *path, char *err, size_t errlen)
 		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
 			int e = errno;
 
-			return errf(err, errlen, -e, "cannot create directory %s: %s", dir,
-			            strerror(e));
+			return errf(err, errlen, -e, "cannot create directory %s: %s", dir, strerror(e));
 		}
 		*p = saved;
 		if (!saved)
@@ -471,12 +472,11 @@ static int take_over_path(const char *path, const struct sockaddr_un *sa, char *
 		if (errno == ENOENT)
 			return 0;
 		e = errno;
-		return errf(err, errlen, -e, "cannot stat control socket %s: %s", path,
-		            strerror(e));
+		return errf(err, errlen, -e, "cannot stat control socket %s: %s", path, strerror(e));
 	}
 	if (!S_ISSOCK(st.st_mode))
-		return errf(err, errlen, -EEXIST,
-		            "%s exists and is not a socket (refusing to replace it)", path);
+		return errf(err, errlen, -EEXIST, "%s exists and is not a socket (refusing to replace it)",
+			    path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		e = errno;
@@ -486,15 +486,13 @@ static int take_over_path(const char *path, const struct sockaddr_un *sa, char *
 	e = errno;
 	close(fd);
 	if (rc == 0 || e == EAGAIN || e == EINPROGRESS)
-		return errf(err, errlen, -EADDRINUSE, "control socket %s is in use by a running VM",
-		            path);
+		return errf(err, errlen, -EADDRINUSE, "control socket %s is in use by a running VM", path);
 	if (e != ECONNREFUSED)
 		return errf(err, errlen, -e, "cannot probe existing control socket %s: %s", path,
-		            strerror(e));
+			    strerror(e));
 	if (unlink(path) < 0 && errno != ENOENT) {
 		e = errno;
-		return errf(err, errlen, -e, "cannot remove stale control socket %s: %s", path,
-		            strerror(e));
+		return errf(err, errlen, -e, "cannot remove stale control socket %s: %s", path, strerror(e));
 	}
 	return 0;
 }
@@ -527,15 +525,15 @@ int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *
 		e = errno;
 		if (e == EADDRINUSE)
 			rc = errf(err, errlen, -e, "control socket %s is in use by a running VM",
-			          sa.sun_path);
+				  sa.sun_path);
 		else
 			rc = errf(err, errlen, -e, "cannot bind control socket %s: %s", sa.sun_path,
-			          strerror(e));
+				  strerror(e));
 		goto err;
 	}
 	if (chmod(sa.sun_path, 0660) < 0 || listen(fd, 16) < 0) {
-		rc = errf(err, errlen, -errno, "cannot listen on control socket %s: %s",
-		          sa.sun_path, strerror(errno));
+		rc = errf(err, errlen, -errno, "cannot listen on control socket %s: %s", sa.sun_path,
+			  strerror(errno));
 		unlink(sa.sun_path);
 		goto err;
 	}

@@ -18,9 +18,9 @@ struct json_object;
  * {"ok":false,"error":"request too large"} and the connection is closed; any other bad request gets an
  * error reply and the connection stays usable.
  */
-#define CTL_MAX_LINE (64 * 1024)   /* request line, without its '\n' */
-#define CTL_MAX_OUT (1024 * 1024)  /* per-client unsent reply bytes; a client over it is dropped */
-#define CTL_MAX_CMD 64             /* length of the "cmd" string */
+#define CTL_MAX_LINE (64 * 1024) /* request line, without its '\n' */
+#define CTL_MAX_OUT (1024 * 1024) /* per-client unsent reply bytes; a client over it is dropped */
+#define CTL_MAX_CMD 64 /* length of the "cmd" string */
 
 /* ---- request parsing (pure, no sockets) ---------------------------------------------------------- */
 
@@ -29,28 +29,26 @@ struct json_object;
  * json_object_put) and *cmd points at its "cmd" string (valid as long as *req). On failure returns
  * -E2BIG (line over CTL_MAX_LINE) or -EINVAL (empty, NUL byte, malformed JSON, not an object, missing
  * or non-string or empty or over-long "cmd"), sets *req = NULL, *cmd = NULL and writes one line to err. */
-int ctl_parse_request(const char *line, size_t len, struct json_object **req, const char **cmd,
-                      char *err, size_t errlen) __attribute__((warn_unused_result));
+int ctl_parse_request(const char *line, size_t len, struct json_object **req, const char **cmd, char *err,
+		      size_t errlen) __attribute__((warn_unused_result));
 
 /* Parse exactly one JSON value (any type) from buf[0, len), whitespace around it allowed, no NUL bytes.
  * Returns 0 and *out (caller owns), or -EINVAL/-ENOMEM with *out = NULL and one line in err. */
 int ctl_parse_json(const char *buf, size_t len, struct json_object **out, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 /* Fill *sa for a unix socket at path. -EINVAL (empty) or -ENAMETOOLONG (over sun_path) with one line. */
 struct sockaddr_un;
 int ctl_sockaddr(const char *path, struct sockaddr_un *sa, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 /* How replies and requests are serialised: one line, '/' not escaped. */
 #define CTL_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
-
 
 /* ---- server (libev) ------------------------------------------------------------------------------- */
 
 struct ctl_server;
 struct ctl_conn;
-
 
 /*
  * Called on the loop thread for each well-formed request. `req` is owned by the server (take a
@@ -74,9 +72,8 @@ typedef struct json_object *(*ctl_handler)(void *opaque, const char *cmd, struct
  * running VM"; a stale socket (connect refused) -> unlinked and replaced; anything else -> -EEXIST,
  * left alone. The socket is chmod 0660. Returns 0 and *out, or -errno with one line in err.
  * The server's watchers keep the loop alive until ctl_server_stop(). */
-int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *path,
-                     ctl_handler fn, void *opaque, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *path, ctl_handler fn,
+		     void *opaque, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* Stop listening, close every client, unlink the socket. Call on the loop thread (from a handler is
  * fine). NULL-safe. Outstanding deferred conns stay valid until their ctl_reply(); the replies are
@@ -93,7 +90,5 @@ const char *ctl_server_path(const struct ctl_server *s);
  * ctl_reply() consumes it.
  */
 struct ctl_conn *ctl_current_conn(struct ctl_server *s);
-
-
 
 #endif

@@ -54,8 +54,7 @@ int ctl_parse_json(const char *buf, size_t len, struct json_object **out, char *
 	free(copy);
 	if (jerr != json_tokener_success) {
 		json_object_put(obj);
-		return errf(err, errlen, -EINVAL, "malformed JSON: %s",
-		            json_tokener_error_desc(jerr));
+		return errf(err, errlen, -EINVAL, "malformed JSON: %s", json_tokener_error_desc(jerr));
 	}
 	if (end < len) {
 		json_object_put(obj);
@@ -136,9 +135,8 @@ int ctl_sockaddr(const char *path, struct sockaddr_un *sa, char *err, size_t err
 	if (!path || !path[0])
 		return errf(err, errlen, -EINVAL, "empty control socket path");
 	if (strlen(path) >= sizeof(sa->sun_path))
-		return errf(err, errlen, -ENAMETOOLONG,
-		            "control socket path too long (max %zu bytes): %s",
-		            sizeof(sa->sun_path) - 1, path);
+		return errf(err, errlen, -ENAMETOOLONG, "control socket path too long (max %zu bytes): %s",
+			    sizeof(sa->sun_path) - 1, path);
 	memcpy(sa->sun_path, path, strlen(path));
 	return 0;
 }

@@ -67,7 +67,7 @@ int net_opts_parse(const char *s, struct net_opts *o, char *err, size_t errlen)
 	memset(&r, 0, sizeof(r));
 	if (!s || !*s) {
 		return errf(err, errlen, -EINVAL,
-		            "--net: empty option (want tap=IFNAME[,bridge=BR][,mac=..])");
+			    "--net: empty option (want tap=IFNAME[,bridge=BR][,mac=..])");
 	}
 	if (strlen(s) >= sizeof(buf)) {
 		return errf(err, errlen, -EINVAL, "--net: option string too long");
@@ -90,8 +90,7 @@ int net_opts_parse(const char *s, struct net_opts *o, char *err, size_t errlen)
 			}
 			if (!net_ifname_valid(val)) {
 				return errf(err, errlen, -EINVAL,
-				            "--net: invalid interface name '%.40s' for %s", val,
-				            tok);
+					    "--net: invalid interface name '%.40s' for %s", val, tok);
 			}
 			strcpy(is_tap ? r.ifname : r.bridge, val);
 			*(is_tap ? &have_tap : &have_br) = true;
@@ -101,18 +100,16 @@ int net_opts_parse(const char *s, struct net_opts *o, char *err, size_t errlen)
 			}
 			if (net_mac_parse(val, r.mac)) {
 				return errf(err, errlen, -EINVAL,
-				            "--net: invalid mac '%.40s' (want xx:xx:xx:xx:xx:xx)",
-				            val);
+					    "--net: invalid mac '%.40s' (want xx:xx:xx:xx:xx:xx)", val);
 			}
 			if ((r.mac[0] & 1) ||
 			    !(r.mac[0] | r.mac[1] | r.mac[2] | r.mac[3] | r.mac[4] | r.mac[5])) {
-				return errf(err, errlen, -EINVAL,
-				            "--net: mac %s is multicast or zero", val);
+				return errf(err, errlen, -EINVAL, "--net: mac %s is multicast or zero", val);
 			}
 			r.mac_given = true;
 		} else {
 			return errf(err, errlen, -EINVAL,
-			            "--net: unknown key '%.40s' (want tap, bridge, mac)", tok);
+				    "--net: unknown key '%.40s' (want tap, bridge, mac)", tok);
 		}
 	}
 	if (!have_tap) {

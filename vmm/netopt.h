@@ -11,7 +11,7 @@
 struct net_opts {
 	char ifname[NETOPT_IFNAMSIZ]; /* tap device name (created if absent) */
 	char bridge[NETOPT_IFNAMSIZ]; /* "" = do not enslave */
-	uint8_t mac[6];               /* guest MAC: given, or net_default_mac(ifname) */
+	uint8_t mac[6]; /* guest MAC: given, or net_default_mac(ifname) */
 	bool mac_given;
 };
 

@@ -33,14 +33,14 @@ static struct json_object *cmd_status(struct vmm *v)
 	json_object_object_add(o, "pid", json_object_new_int(getpid()));
 	json_object_object_add(o, "vcpus", json_object_new_int(vm_nr_vcpus(v->vm)));
 	json_object_object_add(o, "mem_bytes", json_object_new_int64((int64_t)vm_mem(v->vm)->size));
-	json_object_object_add(o, "uptime_s",
-			       json_object_new_double((double)(now_ns() - v->start_ns) / 1e9));
+	json_object_object_add(o, "uptime_s", json_object_new_double((double)(now_ns() - v->start_ns) / 1e9));
 	json_object_object_add(o, "exits", json_object_new_int64((int64_t)vm_exit_count(v->vm)));
 	json_object_object_add(p, "count", json_object_new_int64((int64_t)ps.count));
 	json_object_object_add(p, "last_us", json_object_new_double((double)ps.last_ns / 1e3));
 	json_object_object_add(p, "max_us", json_object_new_double((double)ps.max_ns / 1e3));
-	json_object_object_add(p, "mean_us",
-			       json_object_new_double(ps.count ? (double)ps.total_ns / 1e3 / (double)ps.count : 0));
+	json_object_object_add(
+		p, "mean_us",
+		json_object_new_double(ps.count ? (double)ps.total_ns / 1e3 / (double)ps.count : 0));
 	json_object_object_add(o, "pause", p);
 	for (int i = 0; i < v->nr_status_hooks; i++)
 		v->status_hooks[i].fn(v, o, v->status_hooks[i].opaque);
@@ -214,12 +214,11 @@ static int open_serial(struct vmm *v, char *err, size_t errlen)
 		v->serial_fd = open(s + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
 		if (v->serial_fd < 0)
 			return errf(err, errlen, -errno, "cannot open serial file %s: %s", s + 5,
-			            strerror(errno));
+				    strerror(errno));
 		v->own_serial_fd = true;
 		return 0;
 	}
-	return errf(err, errlen, -EINVAL, "bad --serial '%s' (expected stdio, file:PATH or none)",
-	            s);
+	return errf(err, errlen, -EINVAL, "bad --serial '%s' (expected stdio, file:PATH or none)", s);
 }
 
 int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
@@ -238,8 +237,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	v->held = o->hold;
 	snprintf(v->name, sizeof(v->name), "%s", o->name ? o->name : "vm");
 	if (!cli_name_valid(v->name)) {
-		rc = errf(err, errlen, -EINVAL, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)",
-		          v->name);
+		rc = errf(err, errlen, -EINVAL, "bad VM name '%s' (1-64 of A-Z a-z 0-9 . _ -)", v->name);
 		goto err;
 	}
 	if (o->control)

@@ -16,13 +16,13 @@ struct vmm;
 #define VMM_MAX_CMDS 32
 
 struct vmm_opts {
-	const char *name;    /* VM name; default "vm" */
-	const char *kernel;  /* PVH ELF (required unless restoring) */
+	const char *name; /* VM name; default "vm" */
+	const char *kernel; /* PVH ELF (required unless restoring) */
 	const char *cmdline; /* guest command line (may be NULL) */
-	const char *serial;  /* "stdio" (default), "file:PATH" or "none" */
+	const char *serial; /* "stdio" (default), "file:PATH" or "none" */
 	const char *control; /* control socket path; default /run/doppel/NAME.sock */
-	uint64_t mem;        /* bytes; default 256 MiB */
-	int vcpus;           /* default 1 */
+	uint64_t mem; /* bytes; default 256 MiB */
+	int vcpus; /* default 1 */
 	const char *restore; /* snapshot file to restore instead of booting a kernel, with restore_fn: */
 	/* Restore `path` into vm (devices attached, nothing run yet); 0 or -errno with err. The caller
 	 * supplies it (doppel run: snap_restore), so the runtime needs no snapshot code. */
@@ -63,11 +63,11 @@ typedef struct json_object *(*vmm_cmd_fn)(struct vmm *v, struct json_object *req
  * Nothing runs yet and the control socket does not exist yet (vmm_run opens it).
  * Returns 0, or -errno with one line in err (nothing is left behind). */
 int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 /* Register an extra control command (before vmm_run). Returns 0 or -ENOSPC/-EEXIST. */
 int vmm_register_cmd(struct vmm *v, const char *name, vmm_cmd_fn fn, void *opaque)
-    __attribute__((warn_unused_result));
+	__attribute__((warn_unused_result));
 
 /* The opaque pointer a command was registered with (NULL if no such command): lets a subsystem
  * find its per-VM state from the vmm alone. */
@@ -82,8 +82,7 @@ bool vmm_booted_kernel(const struct vmm *v);
  * Subsystems stop their threads and free their state here. Up to VMM_MAX_EXIT_HOOKS (-ENOSPC). */
 #define VMM_MAX_EXIT_HOOKS 8
 typedef void (*vmm_exit_fn)(struct vmm *v, void *opaque);
-int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque)
-    __attribute__((warn_unused_result));
+int vmm_add_exit_hook(struct vmm *v, vmm_exit_fn fn, void *opaque) __attribute__((warn_unused_result));
 
 /* Add keys to every status reply: fn fills `status` (an object) on the loop thread. Up to
  * VMM_MAX_STATUS_HOOKS hooks (-ENOSPC beyond). */

@@ -200,7 +200,7 @@ static size_t arp_frame(uint8_t *f, const uint8_t *mac, uint32_t ip, uint16_t ty
 	size_t o = eth_hdr(f, bcast, mac, type);
 	uint8_t *a = f + o;
 
-	a[0] = 0, a[1] = 1;       /* Ethernet */
+	a[0] = 0, a[1] = 1; /* Ethernet */
 	a[2] = 0x08, a[3] = 0x00; /* IPv4 */
 	a[4] = 6, a[5] = 4;
 	a[6] = (uint8_t)(op >> 8), a[7] = (uint8_t)op;
@@ -232,11 +232,11 @@ static size_t na_frame(uint8_t *f, const uint8_t *mac, const uint8_t *ip6)
 	memset(ip, 0, 40 + plen);
 	ip[0] = 0x60;
 	ip[4] = 0, ip[5] = plen;
-	ip[6] = 58;  /* ICMPv6 */
+	ip[6] = 58; /* ICMPv6 */
 	ip[7] = 255; /* hop limit */
 	memcpy(ip + 8, ip6, 16);
 	memcpy(ip + 24, allnodes, 16);
-	icmp[0] = 136;  /* neighbour advertisement */
+	icmp[0] = 136; /* neighbour advertisement */
 	icmp[4] = 0x20; /* override */
 	memcpy(icmp + 8, ip6, 16);
 	icmp[24] = 2; /* target link-layer address option */

@@ -17,7 +17,7 @@ struct vmm_net {
 	int idx;
 	struct virtio_net *dev;
 	uint8_t mac[6];
-	uint32_t ip4;   /* network order; 0 = not seen yet */
+	uint32_t ip4; /* network order; 0 = not seen yet */
 	uint8_t ip6[16];
 	bool have_ip6;
 };
@@ -63,7 +63,6 @@ struct vmm {
 	bool held; /* vCPUs not started yet (standby / incoming) */
 	bool user_paused; /* `doppel pause` holds the VM */
 };
-
 
 /* vmm_net.c */
 /* Attach the --net devices (virtio-net "netN" + its "netN-host" record each; the VM owns and detaches

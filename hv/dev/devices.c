@@ -6,23 +6,21 @@
 #include "common/errf.h"
 #include "hv/dev/devices.h"
 
-int dev_table_attach(struct dev_table *t, struct vm *vm, const char *name,
-                     const struct hv_dev_ops *ops, void *dev, char *err, size_t errlen)
+int dev_table_attach(struct dev_table *t, struct vm *vm, const char *name, const struct hv_dev_ops *ops,
+		     void *dev, char *err, size_t errlen)
 {
 	struct vm_devstate *d;
 	int rc;
 
 	if (!name || !*name || strlen(name) >= HV_DEV_NAME_MAX || !ops)
-		return errf(err, errlen, -EINVAL,
-		            "device name '%s' invalid (1..%d characters, with ops)",
-		            name ? name : "", HV_DEV_NAME_MAX - 1);
+		return errf(err, errlen, -EINVAL, "device name '%s' invalid (1..%d characters, with ops)",
+			    name ? name : "", HV_DEV_NAME_MAX - 1);
 	if ((ops->save == NULL) != (ops->restore == NULL))
 		return errf(err, errlen, -EINVAL, "device %s: save and restore go together", name);
 	if (dev_table_find(t, name))
 		return errf(err, errlen, -EEXIST, "device name %s already in use", name);
 	if (t->nr >= HV_MAX_DEVS)
-		return errf(err, errlen, -ENOSPC, "device %s: too many devices (%d)", name,
-		            HV_MAX_DEVS);
+		return errf(err, errlen, -ENOSPC, "device %s: too many devices (%d)", name, HV_MAX_DEVS);
 	if (ops->attach) {
 		rc = ops->attach(vm, dev, err, errlen);
 		if (rc)
@@ -69,7 +67,7 @@ void dev_table_detach_all(struct dev_table *t)
 }
 
 int dev_table_slot_claim(struct dev_table *t, struct vm *vm, io_fn fn, void *opaque,
-                         struct hv_mmio_slot *slot)
+			 struct hv_mmio_slot *slot)
 {
 	int s, rc;
 	size_t n;
@@ -87,7 +85,7 @@ int dev_table_slot_claim(struct dev_table *t, struct vm *vm, io_fn fn, void *opa
 	if (rc)
 		return rc;
 	snprintf(slot->cmdline, sizeof(slot->cmdline), "virtio_mmio.device=%llu@0x%llx:%d",
-	         (unsigned long long)HV_MMIO_SLOT_SIZE, (unsigned long long)slot->base, slot->gsi);
+		 (unsigned long long)HV_MMIO_SLOT_SIZE, (unsigned long long)slot->base, slot->gsi);
 	n = strlen(t->cmdline);
 	snprintf(t->cmdline + n, sizeof(t->cmdline) - n, "%s%s", n ? " " : "", slot->cmdline);
 	t->nr_slots++;

@@ -15,13 +15,13 @@ struct dev_table {
 	char cmdline[HV_MMIO_SLOTS * 64];
 };
 
-int dev_table_attach(struct dev_table *t, struct vm *vm, const char *name,
-                     const struct hv_dev_ops *ops, void *dev, char *err, size_t errlen);
+int dev_table_attach(struct dev_table *t, struct vm *vm, const char *name, const struct hv_dev_ops *ops,
+		     void *dev, char *err, size_t errlen);
 void *dev_table_find(const struct dev_table *t, const char *name);
 void dev_table_reset_all(struct dev_table *t);
 /* Detach every device, newest first, and empty the table (vm_destroy, vCPUs stopped). */
 void dev_table_detach_all(struct dev_table *t);
 int dev_table_slot_claim(struct dev_table *t, struct vm *vm, io_fn fn, void *opaque,
-                         struct hv_mmio_slot *slot);
+			 struct hv_mmio_slot *slot);
 
 #endif

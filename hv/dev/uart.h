@@ -27,7 +27,7 @@ size_t uart_input(struct uart *u, const void *buf, size_t len);
 
 /* Guest-visible register state, versioned, independent of the output fd (hv/dev/state.h encoding). */
 #define UART_STATE_SIZE 280
-int uart_save(struct uart *u, void *buf, size_t len);          /* returns bytes used or -ENOSPC */
+int uart_save(struct uart *u, void *buf, size_t len); /* returns bytes used or -ENOSPC */
 int uart_restore(struct uart *u, const void *buf, size_t len); /* 0 or -EINVAL (nothing changed) */
 
 /* Register-level access, exported for unit tests (same as the io_fn the VM calls). */

@@ -7,8 +7,8 @@
 #include "hv/dev/virtio_mmio.h"
 
 #define VENDOR_ID 0x4c505044u /* "DPPL" */
-#define STATUS_KNOWN                                                                               \
-	(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_DRIVER_OK |              \
+#define STATUS_KNOWN                                                                                         \
+	(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_DRIVER_OK |                        \
 	 VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)
 
 int virtio_mmio_init(struct virtio_mmio *t, struct guest_mem *gm, uint32_t device_id, uint64_t features,

@@ -60,7 +60,7 @@ enum {
 
 /* Device model callbacks. All are called with the transport lock held. */
 struct virtio_dev_ops {
-	void (*notify)(void *opaque, unsigned queue);                  /* QueueNotify on a live queue */
+	void (*notify)(void *opaque, unsigned queue); /* QueueNotify on a live queue */
 	void (*cfg_read)(void *opaque, uint32_t off, void *data, uint32_t len); /* data pre-zeroed */
 	void (*cfg_write)(void *opaque, uint32_t off, const void *data, uint32_t len);
 	void (*reset)(void *opaque); /* after the transport has reset itself (Status = 0) */

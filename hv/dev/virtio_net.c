@@ -25,7 +25,7 @@ struct virtio_net {
 	uint8_t txbuf[VNET_HDR_LEN + VNET_MAX_FRAME];
 };
 
-#define FEATURES                                                                                   \
+#define FEATURES                                                                                             \
 	((1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_NET_F_MAC) | (1ull << VIRTIO_F_INDIRECT_DESC))
 
 static void rxq_clear(struct virtio_net *d)

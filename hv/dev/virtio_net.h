@@ -12,9 +12,9 @@
 
 #define VIRTIO_ID_NET 1
 #define VIRTIO_NET_F_MAC 5
-#define VNET_HDR_LEN 12      /* struct virtio_net_hdr_v1 (with num_buffers) */
+#define VNET_HDR_LEN 12 /* struct virtio_net_hdr_v1 (with num_buffers) */
 #define VNET_MAX_FRAME 65535 /* largest Ethernet frame carried (no GSO offered) */
-#define VNET_RXQ_LEN 64      /* frames held while the guest has no RX buffer posted */
+#define VNET_RXQ_LEN 64 /* frames held while the guest has no RX buffer posted */
 #define VNET_QUEUE_SIZE 256
 #define VNET_RXQ 0
 #define VNET_TXQ 1
@@ -74,8 +74,8 @@ int virtio_net_rx_queue(struct virtio_net *dev, const void *frame, size_t len);
 void virtio_net_poll(struct virtio_net *dev);
 
 void virtio_net_get_stats(struct virtio_net *dev, struct virtio_net_stats *st);
-uint32_t virtio_net_status(struct virtio_net *dev);      /* the Status register */
-const char *virtio_net_broken(struct virtio_net *dev);   /* why NEEDS_RESET, or NULL */
+uint32_t virtio_net_status(struct virtio_net *dev); /* the Status register */
+const char *virtio_net_broken(struct virtio_net *dev); /* why NEEDS_RESET, or NULL */
 void virtio_net_get_mac(struct virtio_net *dev, uint8_t mac[6]);
 struct virtio_mmio *virtio_net_transport(struct virtio_net *dev);
 
@@ -100,7 +100,7 @@ struct ev_loop;
 struct virtio_net_cfg {
 	const char *ifname; /* tap device (created if absent), 1..15 characters */
 	const char *bridge; /* NULL or "" = do not enslave */
-	uint8_t mac[6];     /* guest MAC, unicast */
+	uint8_t mac[6]; /* guest MAC, unicast */
 };
 
 /* Open/create tap c->ifname, set it up (and enslave it to c->bridge), create the device with c->mac,

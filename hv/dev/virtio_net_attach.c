@@ -12,8 +12,7 @@
 #include "hv/dev/virtio_net.h"
 #include "hv/hv.h"
 
-#define RX_BURST                                                                                   \
-	64 /* frames read from the tap per wakeup, so one busy tap cannot starve the loop */
+#define RX_BURST 64 /* frames read from the tap per wakeup, so one busy tap cannot starve the loop */
 
 struct net_port {
 	struct virtio_net *dev;
@@ -84,8 +83,7 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (!__atomic_load_n(&p->rx_enabled, __ATOMIC_ACQUIRE))
 			continue; /* a replica must not receive: its memory belongs to the primary
 			           */
-		(void)virtio_net_rx_queue(p->dev, p->buf,
-		                          (size_t)n); /* drops are counted in stats */
+		(void)virtio_net_rx_queue(p->dev, p->buf, (size_t)n); /* drops are counted in stats */
 	}
 }
 
@@ -139,17 +137,17 @@ static void detach_cb(void *opaque)
 }
 
 static const struct hv_dev_ops net_ops = {
-    .kind = "virtio-net",
-    .attach = attach_cb,
-    .reset = reset_cb,
-    .state_size = state_size_cb,
-    .save = save_cb,
-    .restore = restore_cb,
-    .detach = detach_cb,
+	.kind = "virtio-net",
+	.attach = attach_cb,
+	.reset = reset_cb,
+	.state_size = state_size_cb,
+	.save = save_cb,
+	.restore = restore_cb,
+	.detach = detach_cb,
 };
 
-int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_cfg *c,
-                      struct ev_loop *loop, struct virtio_net **out, char *err, size_t errlen)
+int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_cfg *c, struct ev_loop *loop,
+		      struct virtio_net **out, char *err, size_t errlen)
 {
 	struct net_port *p = NULL;
 	int rc;

@@ -53,8 +53,8 @@ static void read_desc(const struct vring_desc *table, unsigned i, struct vring_d
 }
 
 /* Walk one chain in `table` (entries `n`) starting at `i`. Appends to e. */
-static int walk(struct vq *vq, struct guest_mem *gm, const struct vring_desc *table, unsigned n,
-		unsigned i, bool in_indirect, struct vq_elem *e, unsigned *seen)
+static int walk(struct vq *vq, struct guest_mem *gm, const struct vring_desc *table, unsigned n, unsigned i,
+		bool in_indirect, struct vq_elem *e, unsigned *seen)
 {
 	struct vring_desc d;
 

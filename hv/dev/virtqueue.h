@@ -9,7 +9,7 @@
 #include "hv/mem.h"
 
 #define VQ_MAX_SIZE 256 /* largest queue size we offer (QueueNumMax) */
-#define VQ_MAX_IOV 256  /* most descriptors in one chain (direct or indirect) */
+#define VQ_MAX_IOV 256 /* most descriptors in one chain (direct or indirect) */
 
 #define VRING_DESC_F_NEXT 1
 #define VRING_DESC_F_WRITE 2
@@ -45,10 +45,10 @@ struct vq {
 	bool indirect; /* VIRTIO_F_INDIRECT_DESC negotiated */
 	uint64_t desc_gpa, avail_gpa, used_gpa;
 	uint16_t last_avail_idx; /* next avail ring slot the device will consume */
-	uint16_t used_idx;       /* device's copy of used->idx */
+	uint16_t used_idx; /* device's copy of used->idx */
 	struct vring_desc *desc;
 	uint16_t *avail; /* flags, idx, ring[num] */
-	uint8_t *used;   /* flags, idx, ring[num] of {u32 id, u32 len} */
+	uint8_t *used; /* flags, idx, ring[num] of {u32 id, u32 len} */
 	const char *err; /* why the queue is broken (static string), NULL when fine */
 };
 

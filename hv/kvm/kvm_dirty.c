@@ -35,14 +35,13 @@ struct dirty_log {
 	struct guest_mem *gm;
 	int nr;
 	struct dirty_slot s[MEM_MAX_REGIONS];
-	bool manual;    /* mode: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + KVM_CLEAR_DIRTY_LOG */
-	bool cap_on;    /* we enabled that cap and have not disabled it yet */
+	bool manual; /* mode: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 + KVM_CLEAR_DIRTY_LOG */
+	bool cap_on; /* we enabled that cap and have not disabled it yet */
 	bool first_all; /* the next sync reports every page (DIRTY_START_ALL without INITIALLY_SET) */
-	bool yield;     /* DIRTY_YIELD: another start may take the log over */
-	bool revoked;   /* taken over (gm->dirty_lock): syncs fail with -ECANCELED, KVM untouched */
+	bool yield; /* DIRTY_YIELD: another start may take the log over */
+	bool revoked; /* taken over (gm->dirty_lock): syncs fail with -ECANCELED, KVM untouched */
 	struct dirty_log_stats st;
 };
-
 
 static int set_slot_flags(struct dirty_log *d, struct dirty_slot *s, uint32_t flags)
 {
@@ -112,8 +111,9 @@ int kvm_dirty_log_start(struct dirty_log **out, int vm_fd, struct guest_mem *gm,
 		const struct mem_region *r = &gm->r[i];
 		if (!r->size || (r->size | r->gpa) % GUEST_PAGE_SIZE || r->pfn_base % 64 ||
 		    r->pfn_base + (r->size >> GUEST_PAGE_SHIFT) > gm->nr_pages || !r->host) {
-			errf(err, errlen, 0, "dirty_log_start: region %d (gpa %#llx size %#llx) not 64-page aligned",
-			       i, (unsigned long long)r->gpa, (unsigned long long)r->size);
+			errf(err, errlen, 0,
+			     "dirty_log_start: region %d (gpa %#llx size %#llx) not 64-page aligned", i,
+			     (unsigned long long)r->gpa, (unsigned long long)r->size);
 			return -EINVAL;
 		}
 	}
@@ -121,7 +121,8 @@ int kvm_dirty_log_start(struct dirty_log **out, int vm_fd, struct guest_mem *gm,
 	struct dirty_log *cur = gm->dirty_owner;
 	if (cur && !cur->yield) {
 		pthread_mutex_unlock(&gm->dirty_lock);
-		errf(err, errlen, 0, "dirty logging of this VM is in use by another job (replication or migration)");
+		errf(err, errlen, 0,
+		     "dirty logging of this VM is in use by another job (replication or migration)");
 		return -EBUSY;
 	}
 	d = calloc(1, sizeof(*d));
@@ -172,7 +173,7 @@ int kvm_dirty_log_start(struct dirty_log **out, int vm_fd, struct guest_mem *gm,
 		rc = enable_manual(vm_fd, a);
 		if (rc) {
 			errf(err, errlen, 0, "dirty_log_start: KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2): %s",
-			       strerror(-rc));
+			     strerror(-rc));
 			goto err;
 		}
 		d->manual = d->cap_on = true;
@@ -184,8 +185,9 @@ int kvm_dirty_log_start(struct dirty_log **out, int vm_fd, struct guest_mem *gm,
 	for (int i = 0; i < d->nr; i++) {
 		rc = set_slot_flags(d, &d->s[i], KVM_MEM_LOG_DIRTY_PAGES);
 		if (rc) {
-			errf(err, errlen, 0, "dirty_log_start: KVM_SET_USER_MEMORY_REGION(slot %d, LOG_DIRTY_PAGES): %s",
-			       i, strerror(-rc));
+			errf(err, errlen, 0,
+			     "dirty_log_start: KVM_SET_USER_MEMORY_REGION(slot %d, LOG_DIRTY_PAGES): %s", i,
+			     strerror(-rc));
 			goto err;
 		}
 	}

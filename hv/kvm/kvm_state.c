@@ -19,23 +19,68 @@
  * in KVM_GET_MSR_INDEX_LIST are kept. EFER/FS/GS base travel in sregs; feature MSRs (ARCH_CAPABILITIES,
  * PERF_CAPABILITIES, PLATFORM_INFO, UCODE_REV...) are VMM configuration, like CPUID, not state. */
 static const uint32_t msr_allow[] = {
-	0x174, 0x175, 0x176,                    /* SYSENTER_CS/ESP/EIP */
-	0xc0000081, 0xc0000082, 0xc0000083,     /* STAR, LSTAR, CSTAR */
-	0xc0000084, 0xc0000102, 0xc0000103,     /* SYSCALL_MASK, KERNEL_GS_BASE, TSC_AUX */
-	0x277, 0x1a0, 0x140,                    /* PAT, MISC_ENABLE, MISC_FEATURES_ENABLES */
-	0x48, 0xc001011f, 0x122, 0xe1, 0xda0,   /* SPEC_CTRL, VIRT_SPEC_CTRL, TSX_CTRL, UMWAIT, XSS */
-	0xd90, 0x3a, 0x34,                      /* BNDCFGS, FEATURE_CONTROL, SMI_COUNT */
-	0x17a, 0x17b,                           /* MCG_STATUS, MCG_CTL */
-	0x2ff, 0x250, 0x258, 0x259,             /* MTRR def type, fixed */
-	0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
-	0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, /* MTRR variable */
-	0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f,
-	0x3b, MSR_IA32_TSC,                     /* TSC_ADJUST, TSC */
-	0x11, 0x12,                             /* KVM_WALL_CLOCK, KVM_SYSTEM_TIME (old) */
-	0x4b564d00, 0x4b564d01,                 /* WALL_CLOCK_NEW, SYSTEM_TIME_NEW */
-	0x4b564d06, 0x4b564d02,                 /* ASYNC_PF_INT before ASYNC_PF_EN */
-	0x4b564d03, 0x4b564d04, 0x4b564d05,     /* STEAL_TIME, PV_EOI_EN, POLL_CONTROL */
-	MSR_IA32_TSC_DEADLINE,                  /* written after the LAPIC */
+	0x174,
+	0x175,
+	0x176, /* SYSENTER_CS/ESP/EIP */
+	0xc0000081,
+	0xc0000082,
+	0xc0000083, /* STAR, LSTAR, CSTAR */
+	0xc0000084,
+	0xc0000102,
+	0xc0000103, /* SYSCALL_MASK, KERNEL_GS_BASE, TSC_AUX */
+	0x277,
+	0x1a0,
+	0x140, /* PAT, MISC_ENABLE, MISC_FEATURES_ENABLES */
+	0x48,
+	0xc001011f,
+	0x122,
+	0xe1,
+	0xda0, /* SPEC_CTRL, VIRT_SPEC_CTRL, TSX_CTRL, UMWAIT, XSS */
+	0xd90,
+	0x3a,
+	0x34, /* BNDCFGS, FEATURE_CONTROL, SMI_COUNT */
+	0x17a,
+	0x17b, /* MCG_STATUS, MCG_CTL */
+	0x2ff,
+	0x250,
+	0x258,
+	0x259, /* MTRR def type, fixed */
+	0x268,
+	0x269,
+	0x26a,
+	0x26b,
+	0x26c,
+	0x26d,
+	0x26e,
+	0x26f,
+	0x200,
+	0x201,
+	0x202,
+	0x203,
+	0x204,
+	0x205,
+	0x206,
+	0x207, /* MTRR variable */
+	0x208,
+	0x209,
+	0x20a,
+	0x20b,
+	0x20c,
+	0x20d,
+	0x20e,
+	0x20f,
+	0x3b,
+	MSR_IA32_TSC, /* TSC_ADJUST, TSC */
+	0x11,
+	0x12, /* KVM_WALL_CLOCK, KVM_SYSTEM_TIME (old) */
+	0x4b564d00,
+	0x4b564d01, /* WALL_CLOCK_NEW, SYSTEM_TIME_NEW */
+	0x4b564d06,
+	0x4b564d02, /* ASYNC_PF_INT before ASYNC_PF_EN */
+	0x4b564d03,
+	0x4b564d04,
+	0x4b564d05, /* STEAL_TIME, PV_EOI_EN, POLL_CONTROL */
+	MSR_IA32_TSC_DEADLINE, /* written after the LAPIC */
 };
 
 static int check_ext(int kvm_fd, int vm_fd, long cap)
@@ -49,7 +94,7 @@ static int check_ext(int kvm_fd, int vm_fd, long cap)
 
 int kvm_state_ctx_init(struct kvm_state_ctx *c, int kvm_fd, int vm_fd, char *err, size_t errlen)
 {
-	struct kvm_msr_list probe = { .nmsrs = 0 }, *list;
+	struct kvm_msr_list probe = {.nmsrs = 0}, *list;
 	uint32_t n, i, j;
 	int x2;
 
@@ -87,8 +132,8 @@ int kvm_state_ctx_init(struct kvm_state_ctx *c, int kvm_fd, int vm_fd, char *err
 	x2 = check_ext(kvm_fd, vm_fd, KVM_CAP_XSAVE2);
 	if (x2 > 0) {
 		c->xsave2 = true;
-		c->xsave_size = (uint32_t)x2 < sizeof(struct kvm_xsave) ? sizeof(struct kvm_xsave)
-									 : (uint32_t)x2;
+		c->xsave_size =
+			(uint32_t)x2 < sizeof(struct kvm_xsave) ? sizeof(struct kvm_xsave) : (uint32_t)x2;
 	} else if (check_ext(kvm_fd, vm_fd, KVM_CAP_XSAVE) > 0) {
 		c->xsave_size = sizeof(struct kvm_xsave);
 	}
@@ -157,16 +202,16 @@ static int get_msrs(const struct kvm_state_ctx *c, int fd, struct kvm_msr_entry 
 	return 0;
 }
 
-#define GET_OR_FAIL(fd, req, ptr, what)                                                            \
-	do {                                                                                       \
-		if (ioctl((fd), (req), (ptr)) < 0) {                                               \
-			rc = -errno;                                                               \
-			return errf(err, errlen, rc, "kvm_state: %s: %s", (what), strerror(-rc));  \
-		}                                                                                  \
+#define GET_OR_FAIL(fd, req, ptr, what)                                                                      \
+	do {                                                                                                 \
+		if (ioctl((fd), (req), (ptr)) < 0) {                                                         \
+			rc = -errno;                                                                         \
+			return errf(err, errlen, rc, "kvm_state: %s: %s", (what), strerror(-rc));            \
+		}                                                                                            \
 	} while (0)
 
-int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, size_t *used,
-		  char *err, size_t errlen)
+int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, size_t *used, char *err,
+		  size_t errlen)
 {
 	struct kvm_msr_entry msrs[KVM_STATE_MAX_MSRS];
 	struct kvm_regs regs;
@@ -188,11 +233,11 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int fd, void *buf, size_t len, 
 	rc = kst_wr_init(&w, buf, len, err, errlen);
 	if (rc)
 		return rc;
-#define PUT(tag, obj)                                                                              \
-	do {                                                                                       \
-		rc = kst_sec_put(&w, (tag), &(obj), sizeof(obj), err, errlen);                         \
-		if (rc)                                                                            \
-			return rc;                                                                 \
+#define PUT(tag, obj)                                                                                        \
+	do {                                                                                                 \
+		rc = kst_sec_put(&w, (tag), &(obj), sizeof(obj), err, errlen);                               \
+		if (rc)                                                                                      \
+			return rc;                                                                           \
 	} while (0)
 
 	memset(&regs, 0, sizeof(regs));
@@ -279,8 +324,7 @@ static bool ctx_has_msr(const struct kvm_state_ctx *c, uint32_t idx)
 }
 
 /* Validate everything before touching the vCPU. */
-static int vcpu_validate(const struct kvm_state_ctx *c, const struct kst_sec *s, char *err,
-			 size_t errlen)
+static int vcpu_validate(const struct kvm_state_ctx *c, const struct kst_sec *s, char *err, size_t errlen)
 {
 	struct kvm_msr_entry e;
 	uint32_t hdr[2], i;
@@ -288,7 +332,9 @@ static int vcpu_validate(const struct kvm_state_ctx *c, const struct kst_sec *s,
 
 	if (!s[KST_REGS].d || !s[KST_SREGS].d || !s[KST_MSRS].d)
 		return errf(err, errlen, -EINVAL, "kvm_state: vCPU blob lacks a mandatory section (%s)",
-			    !s[KST_REGS].d ? "regs" : !s[KST_SREGS].d ? "sregs" : "msrs");
+			    !s[KST_REGS].d    ? "regs"
+			    : !s[KST_SREGS].d ? "sregs"
+					      : "msrs");
 	if (!s[KST_XSAVE].d && !s[KST_FPU].d)
 		return errf(err, errlen, -EINVAL, "kvm_state: vCPU blob has neither XSAVE nor FPU");
 	rc = rc ?: kst_want_len(&s[KST_REGS], "regs", sizeof(struct kvm_regs), err, errlen);
@@ -306,8 +352,9 @@ static int vcpu_validate(const struct kvm_state_ctx *c, const struct kst_sec *s,
 		if (!c->xsave_size)
 			return errf(err, errlen, -EOPNOTSUPP, "kvm_state: blob has XSAVE, KVM lacks it");
 		if (s[KST_XSAVE].len < sizeof(struct kvm_xsave) || s[KST_XSAVE].len > c->xsave_size)
-			return errf(err, errlen, -EINVAL, "kvm_state: XSAVE section is %u bytes, want %zu..%u",
-				    s[KST_XSAVE].len, sizeof(struct kvm_xsave), c->xsave_size);
+			return errf(err, errlen, -EINVAL,
+				    "kvm_state: XSAVE section is %u bytes, want %zu..%u", s[KST_XSAVE].len,
+				    sizeof(struct kvm_xsave), c->xsave_size);
 	}
 	if ((s[KST_XCRS].d && !c->xcrs) || (s[KST_EVENTS].d && !c->events) ||
 	    (s[KST_DEBUGREGS].d && !c->debugregs) || (s[KST_MP_STATE].d && !c->mp_state))
@@ -316,10 +363,9 @@ static int vcpu_validate(const struct kvm_state_ctx *c, const struct kst_sec *s,
 	if (s[KST_MSRS].len < 8)
 		return errf(err, errlen, -EINVAL, "kvm_state: MSR section is %u bytes", s[KST_MSRS].len);
 	memcpy(hdr, s[KST_MSRS].d, 8);
-	if (hdr[0] > KVM_STATE_MAX_MSRS || hdr[1] != 0 ||
-	    s[KST_MSRS].len != 8 + (size_t)hdr[0] * sizeof(e))
-		return errf(err, errlen, -EINVAL, "kvm_state: bad MSR section (count %u, %u bytes)",
-			    hdr[0], s[KST_MSRS].len);
+	if (hdr[0] > KVM_STATE_MAX_MSRS || hdr[1] != 0 || s[KST_MSRS].len != 8 + (size_t)hdr[0] * sizeof(e))
+		return errf(err, errlen, -EINVAL, "kvm_state: bad MSR section (count %u, %u bytes)", hdr[0],
+			    s[KST_MSRS].len);
 	for (i = 0; i < hdr[0]; i++) {
 		memcpy(&e, s[KST_MSRS].d + 8 + i * sizeof(e), sizeof(e));
 		if (!ctx_has_msr(c, e.index))
@@ -371,23 +417,23 @@ static int put_msrs(int fd, const struct kst_sec *ms, bool deadline, char *err, 
 			break;
 		e = ent[i + r];
 		if (!msr_harmless(fd, e.index, e.data))
-			return errf(err, errlen, -EIO, "kvm_state: KVM refused MSR 0x%x = 0x%llx",
-				    e.index, (unsigned long long)e.data);
+			return errf(err, errlen, -EIO, "kvm_state: KVM refused MSR 0x%x = 0x%llx", e.index,
+				    (unsigned long long)e.data);
 		i += r + 1; /* skip the harmless refused entry */
 	}
 	return 0;
 }
 
-#define SET_OR_FAIL(fd, req, ptr, what)                                                            \
-	do {                                                                                       \
-		if (ioctl((fd), (req), (ptr)) < 0) {                                               \
-			rc = -errno;                                                               \
-			goto out;                                                                  \
-		}                                                                                  \
+#define SET_OR_FAIL(fd, req, ptr, what)                                                                      \
+	do {                                                                                                 \
+		if (ioctl((fd), (req), (ptr)) < 0) {                                                         \
+			rc = -errno;                                                                         \
+			goto out;                                                                            \
+		}                                                                                            \
 	} while (0)
 
-int kvm_vcpu_restore(const struct kvm_state_ctx *c, int fd, const void *buf, size_t len,
-		     char *err, size_t errlen)
+int kvm_vcpu_restore(const struct kvm_state_ctx *c, int fd, const void *buf, size_t len, char *err,
+		     size_t errlen)
 {
 	struct kst_sec s[KST_NSLOT];
 	const char *what = "";
@@ -465,15 +511,15 @@ out_msg:
 
 size_t kvm_vm_state_max(void)
 {
-	return KVM_STATE_HDR_SIZE + 3 * (KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_irqchip))) +
-	       KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_pit_state2)) + KST_SEC_HDR +
+	return KVM_STATE_HDR_SIZE + 3 * (KST_SEC_HDR + KST_PAD8(sizeof(struct kvm_irqchip))) + KST_SEC_HDR +
+	       KST_PAD8(sizeof(struct kvm_pit_state2)) + KST_SEC_HDR +
 	       KST_PAD8(sizeof(struct kvm_clock_data));
 }
 
-int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len, size_t *used,
-		char *err, size_t errlen)
+int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len, size_t *used, char *err,
+		size_t errlen)
 {
-	static const uint32_t chip_tag[3] = { KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC };
+	static const uint32_t chip_tag[3] = {KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC};
 	struct kvm_irqchip chip;
 	struct kvm_pit_state2 pit;
 	struct kvm_clock_data clk;
@@ -513,10 +559,10 @@ int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len,
 	return 0;
 }
 
-int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, size_t len,
-		   char *err, size_t errlen)
+int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, size_t len, char *err,
+		   size_t errlen)
 {
-	static const uint32_t chip_tag[3] = { KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC };
+	static const uint32_t chip_tag[3] = {KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC};
 	struct kvm_clock_data clk, set;
 	struct kvm_irqchip chip;
 	struct kst_sec s[KST_NSLOT];
@@ -538,8 +584,9 @@ int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, si
 		if (cs->d) {
 			memcpy(&chip, cs->d, sizeof(chip));
 			if (chip.chip_id != i)
-				return errf(err, errlen, -EINVAL, "kvm_state: irqchip section 0x%x has chip %u",
-					    chip_tag[i], chip.chip_id);
+				return errf(err, errlen, -EINVAL,
+					    "kvm_state: irqchip section 0x%x has chip %u", chip_tag[i],
+					    chip.chip_id);
 		}
 	}
 	rc = kst_want_len(&s[kst_vm_slot(KST_PIT2)], "pit2", sizeof(struct kvm_pit_state2), err, errlen);

@@ -58,7 +58,7 @@
 #define KVM_STATE_VERSION 1
 #define KVM_STATE_MAX_MSRS 64
 #define KVM_STATE_VCPU_MAGIC 0x43564b44u /* "DKVC" */
-#define KVM_STATE_VM_MAGIC 0x4d564b44u   /* "DKVM" */
+#define KVM_STATE_VM_MAGIC 0x4d564b44u /* "DKVM" */
 #define KVM_STATE_HDR_SIZE 16
 
 #define KST_OPTIONAL 0x80000000u
@@ -86,7 +86,7 @@ struct kvm_state_ctx {
 	uint32_t msrs[KVM_STATE_MAX_MSRS]; /* MSRs to save, in restore order */
 	uint32_t nr_msrs;
 	uint32_t xsave_size; /* bytes of the XSAVE area; 0 = no XSAVE, use KVM_GET_FPU */
-	bool xsave2;         /* KVM_GET_XSAVE2 available */
+	bool xsave2; /* KVM_GET_XSAVE2 available */
 	bool xcrs, sregs2, events, debugregs, mp_state, clock, pit2;
 };
 
@@ -107,8 +107,8 @@ size_t kvm_vm_state_max(void);
 /* Save the state of a stopped (not in KVM_RUN) vCPU into buf[0..len). On success *used = bytes
  * written. Returns 0, -ENOSPC when len is too small, or -errno of a failed ioctl (err says which).
  * An essential ioctl failing (regs, sregs, msrs, lapic other than ENXIO, ...) fails the save. */
-int kvm_vcpu_save(const struct kvm_state_ctx *c, int vcpu_fd, void *buf, size_t len, size_t *used,
-		  char *err, size_t errlen);
+int kvm_vcpu_save(const struct kvm_state_ctx *c, int vcpu_fd, void *buf, size_t len, size_t *used, char *err,
+		  size_t errlen);
 
 /* Validate the whole blob (magic, version, lengths, tags, MSR count and indices), then apply it to
  * vcpu_fd in the order above. Returns 0, -EINVAL for a malformed blob (vCPU untouched), -EOPNOTSUPP
@@ -116,13 +116,13 @@ int kvm_vcpu_save(const struct kvm_state_ctx *c, int vcpu_fd, void *buf, size_t 
  * a failed ioctl (the vCPU may then be partly restored). A refused MSR write is tolerated only when
  * it loses nothing: the vCPU already holds that value, or cannot read the MSR and the value is 0
  * (e.g. ASYNC_PF_INT without an in-kernel LAPIC). len may exceed the blob (trailing bytes ignored). */
-int kvm_vcpu_restore(const struct kvm_state_ctx *c, int vcpu_fd, const void *buf, size_t len,
-		     char *err, size_t errlen);
+int kvm_vcpu_restore(const struct kvm_state_ctx *c, int vcpu_fd, const void *buf, size_t len, char *err,
+		     size_t errlen);
 
 /* Same for the VM-wide state of vm_fd. Restoring irqchip/PIT sections into a VM that lacks them
  * fails with -ENXIO. */
-int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len, size_t *used,
-		char *err, size_t errlen);
+int kvm_vm_save(const struct kvm_state_ctx *c, int vm_fd, void *buf, size_t len, size_t *used, char *err,
+		size_t errlen);
 int kvm_vm_restore(const struct kvm_state_ctx *c, int vm_fd, const void *buf, size_t len, char *err,
 		   size_t errlen);
 

@@ -23,8 +23,7 @@ int kst_wr_init(struct kst_wr *w, void *buf, size_t len, char *err, size_t errle
 /* Reserve a section of dlen bytes (zeroed, padding included); NULL when it does not fit. */
 void *kst_sec_reserve(struct kst_wr *w, uint32_t tag, uint32_t dlen);
 /* Append a section holding data[0..dlen); -ENOSPC (err set) when it does not fit. */
-int kst_sec_put(struct kst_wr *w, uint32_t tag, const void *data, uint32_t dlen, char *err,
-                size_t errlen);
+int kst_sec_put(struct kst_wr *w, uint32_t tag, const void *data, uint32_t dlen, char *err, size_t errlen);
 /* Write the header (magic, version, total length, section count); *used = bytes (may be NULL). */
 void kst_wr_finish(struct kst_wr *w, uint32_t magic, size_t *used);
 
@@ -39,8 +38,8 @@ int kst_vcpu_slot(uint32_t tag);
 int kst_vm_slot(uint32_t tag);
 /* Validate buf (magic, version, lengths, tags, duplicates) and fill s[KST_NSLOT] by slot_of.
  * 0, or -EINVAL with one line in err. */
-int kst_parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of)(uint32_t),
-              struct kst_sec *s, char *err, size_t errlen);
+int kst_parse(const void *buf, size_t len, uint32_t want_magic, int (*slot_of)(uint32_t), struct kst_sec *s,
+	      char *err, size_t errlen);
 /* -EINVAL (err set) when section s is present with a length other than want. */
 int kst_want_len(const struct kst_sec *s, const char *name, size_t want, char *err, size_t errlen);
 

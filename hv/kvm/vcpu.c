@@ -86,11 +86,11 @@ static int dispatch(struct vcpu *v, enum io_space space, uint64_t addr, void *da
 	if (vm->unclaimed_warnings < UNCLAIMED_WARN_MAX) {
 		vm->unclaimed_warnings++;
 		log_warn("hv", vm->name, "guest %s %s 0x%llx (%u bytes) hits no device; %s%s",
-			 is_write ? "write to" : "read from",
-			space == IO_PIO ? "port" : "MMIO address", (unsigned long long)addr, len,
-			is_write ? "ignored" : "read as all-ones",
-			vm->unclaimed_warnings == UNCLAIMED_WARN_MAX ? " (further such accesses not reported)"
-								      : "");
+			 is_write ? "write to" : "read from", space == IO_PIO ? "port" : "MMIO address",
+			 (unsigned long long)addr, len, is_write ? "ignored" : "read as all-ones",
+			 vm->unclaimed_warnings == UNCLAIMED_WARN_MAX
+				 ? " (further such accesses not reported)"
+				 : "");
 	}
 	pthread_mutex_unlock(&vm->lock);
 	return 0;
@@ -120,7 +120,7 @@ static int handle_exit(struct vcpu *v)
 		struct kvm_regs regs = {0};
 		ioctl(v->fd, KVM_GET_REGS, &regs);
 		vm_stop_with(v->vm, 1, "guest triple fault on vCPU %d (rip=0x%llx); VM stopped", v->idx,
-			  (unsigned long long)regs.rip);
+			     (unsigned long long)regs.rip);
 		return 1;
 	}
 	case KVM_EXIT_HLT:
@@ -128,15 +128,15 @@ static int handle_exit(struct vcpu *v)
 		return 1;
 	case KVM_EXIT_SYSTEM_EVENT:
 		vm_stop_with(v->vm, run->system_event.type == KVM_SYSTEM_EVENT_RESET ? 1 : 0,
-			  "guest requested system event %u", run->system_event.type);
+			     "guest requested system event %u", run->system_event.type);
 		return 1;
 	case KVM_EXIT_FAIL_ENTRY:
 		vm_stop_with(v->vm, 1, "KVM entry failed on vCPU %d (reason 0x%llx)", v->idx,
-			  (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+			     (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
 		return 1;
 	case KVM_EXIT_INTERNAL_ERROR:
 		vm_stop_with(v->vm, 1, "KVM internal error on vCPU %d (suberror %u)", v->idx,
-			  run->internal.suberror);
+			     run->internal.suberror);
 		return 1;
 	default:
 		vm_stop_with(v->vm, 1, "unhandled KVM exit reason %u on vCPU %d", run->exit_reason, v->idx);
@@ -186,8 +186,8 @@ static void *vcpu_thread(void *arg)
 		v->exits++;
 		int rc = handle_exit(v);
 		if (rc < 0)
-			vm_stop_with(vm, 1, "bad device access on vCPU %d (exit reason %u); VM stopped", v->idx,
-				  v->run->exit_reason);
+			vm_stop_with(vm, 1, "bad device access on vCPU %d (exit reason %u); VM stopped",
+				     v->idx, v->run->exit_reason);
 		if (rc)
 			break;
 		/* A stop or pause request is honoured at the next KVM_RUN, which completes this exit's
@@ -328,8 +328,16 @@ int vm_set_pvh_entry(struct vm *vm, uint32_t entry, uint32_t start_info)
 	struct kvm_sregs sregs;
 	struct kvm_regs regs = {0};
 	struct kvm_segment code = {
-		.base = 0, .limit = 0xffffffff, .selector = 0x10, .type = 0xb,
-		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = 0x10,
+		.type = 0xb,
+		.present = 1,
+		.dpl = 0,
+		.db = 1,
+		.s = 1,
+		.l = 0,
+		.g = 1,
 	};
 	struct kvm_segment data = code;
 

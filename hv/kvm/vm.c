@@ -28,7 +28,6 @@ static void kick_handler(int sig)
 	(void)sig;
 }
 
-
 /* ---- create / destroy ------------------------------------------------------------------------- */
 
 static int exit_port(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write);
@@ -67,10 +66,9 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 		errf(err, errlen, 0, "vCPU count %d out of range (1..%d)", cfg->nr_vcpus, HV_MAX_VCPUS);
 		return -EINVAL;
 	}
-	if (cfg->mem_size < HV_MEM_MIN || cfg->mem_size > HV_MEM_MAX ||
-	    cfg->mem_size % (2ull << 20)) {
+	if (cfg->mem_size < HV_MEM_MIN || cfg->mem_size > HV_MEM_MAX || cfg->mem_size % (2ull << 20)) {
 		errf(err, errlen, 0, "memory size %llu bytes invalid (2 MiB multiple, 2 MiB .. %llu GiB)",
-		       (unsigned long long)cfg->mem_size, (unsigned long long)(HV_MEM_MAX >> 30));
+		     (unsigned long long)cfg->mem_size, (unsigned long long)(HV_MEM_MAX >> 30));
 		return -EINVAL;
 	}
 	vm = calloc(1, sizeof(*vm));
@@ -134,7 +132,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 	rc = mem_create(&vm->mem, cfg->mem_size);
 	if (rc) {
 		errf(err, errlen, 0, "cannot allocate %llu MiB of guest memory: %s",
-		       (unsigned long long)(cfg->mem_size >> 20), strerror(-rc));
+		     (unsigned long long)(cfg->mem_size >> 20), strerror(-rc));
 		goto err;
 	}
 	for (int i = 0; i < vm->mem.nr; i++) {
@@ -233,8 +231,7 @@ const char *vm_name(const struct vm *vm)
 	return vm->name;
 }
 
-int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t len, io_fn fn,
-		   void *opaque)
+int vm_io_register(struct vm *vm, enum io_space space, uint64_t base, uint64_t len, io_fn fn, void *opaque)
 {
 	if (!fn || len == 0 || base + len < base || (space == IO_PIO && base + len > 0x10000))
 		return -EINVAL;

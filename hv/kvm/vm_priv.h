@@ -44,8 +44,8 @@ struct vm {
 	enum vm_state state;
 	bool pause_req;
 	unsigned pause_count; /* nested holds: vm_pause increments, vm_resume decrements */
-	int parked;  /* vCPU threads parked for a pause */
-	int alive;   /* vCPU threads not yet ended */
+	int parked; /* vCPU threads parked for a pause */
+	int alive; /* vCPU threads not yet ended */
 	bool stop_req;
 	int exit_status;
 	char error[256];

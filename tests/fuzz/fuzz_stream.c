@@ -47,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Fuzzer-process state (libFuzzer runs inputs one at a time): made once, reused for every input. */
 static struct {
-	struct vm *vm;   /* target of state; never started */
+	struct vm *vm; /* target of state; never started */
 	uint8_t *ram[2]; /* [0] staged mode, [1] direct mode; each between guard pages */
 	struct guest_mem gm[2];
 	struct ckpt_stage stg;
@@ -87,7 +87,7 @@ static void check_err(int rc, const char *err, const char *what)
 static uint8_t *guarded(size_t size)
 {
 	uint8_t *p = mmap(NULL, size + 2 * GUEST_PAGE_SIZE, PROT_NONE,
-	                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
 	if (p == MAP_FAILED)
 		die("mmap: %s", strerror(errno));
@@ -103,8 +103,7 @@ static uint64_t ram_sum(int i)
 
 static void check_empty(const struct ckpt_stage *s)
 {
-	check(s->n == 0 && s->nzero == 0 && s->pages == 0 && s->zero_pages == 0,
-	      "reset stage holds pages");
+	check(s->n == 0 && s->nzero == 0 && s->pages == 0 && s->zero_pages == 0, "reset stage holds pages");
 	check(!s->have_state && !s->have_info && s->epoch == 0, "reset stage holds state or info");
 	check(s->st.nr_vcpus == 0 && s->st.nr_dev == 0, "reset stage counts state blobs");
 	for (int i = 0; i < HV_MAX_VCPUS; i++)
@@ -131,8 +130,7 @@ static void check_applied(const struct ckpt_stage *s, struct guest_mem *gm)
 		if (seen(p))
 			continue;
 		fz.seen[p / 64] |= 1ull << (p % 64);
-		check(!memcmp(host, s->data + i * GUEST_PAGE_SIZE, GUEST_PAGE_SIZE),
-		      "applied page differs");
+		check(!memcmp(host, s->data + i * GUEST_PAGE_SIZE, GUEST_PAGE_SIZE), "applied page differs");
 	}
 	for (size_t z = 0; z < s->nzero; z++) {
 		uint64_t first = s->zero[z][0], count = s->zero[z][1];
@@ -150,7 +148,7 @@ static void check_applied(const struct ckpt_stage *s, struct guest_mem *gm)
 
 /* 0 with *r ready at the first record, -1 when the stream is refused at its header (r freed). */
 static int open_stream(const uint8_t *data, size_t size, struct sr_in *in, struct sr_ctx **r,
-                       struct guest_mem *gm)
+		       struct guest_mem *gm)
 {
 	struct sr_header h;
 	char err[256] = "";
@@ -199,12 +197,10 @@ static void run_staged(const uint8_t *data, size_t size)
 		}
 		check(rc == 1, "ckpt_read_epoch returned > 1");
 		if (fz.verbose)
-			fprintf(stderr,
-			        "epoch %llu: %zu pages, %zu zero ranges, state %d, info %d\n",
-			        (unsigned long long)fz.stg.epoch, fz.stg.n, fz.stg.nzero,
-			        fz.stg.have_state, fz.stg.have_info);
-		check(fz.stg.n <= NR_PAGES + SR_BATCH_PAGES &&
-		          fz.stg.nzero <= NR_PAGES + SR_BATCH_PAGES,
+			fprintf(stderr, "epoch %llu: %zu pages, %zu zero ranges, state %d, info %d\n",
+				(unsigned long long)fz.stg.epoch, fz.stg.n, fz.stg.nzero, fz.stg.have_state,
+				fz.stg.have_info);
+		check(fz.stg.n <= NR_PAGES + SR_BATCH_PAGES && fz.stg.nzero <= NR_PAGES + SR_BATCH_PAGES,
 		      "stage beyond the image's page count");
 		ckpt_stage_apply_pages(&fz.stg, &fz.gm[0]);
 		check_applied(&fz.stg, &fz.gm[0]);
@@ -283,12 +279,10 @@ static void write_seeds(const char *dir)
 	char err[256], name[32];
 	int rc;
 
-	for (int i = 0; i < 64;
-	     i++) { /* a few pages with content; the rest stays a memfd hole (zero) */
+	for (int i = 0; i < 64; i++) { /* a few pages with content; the rest stays a memfd hole (zero) */
 		char line[64];
 
-		snprintf(line, sizeof(line), "doppel fuzz seed: page one, text line %02d %24s\n", i,
-		         "");
+		snprintf(line, sizeof(line), "doppel fuzz seed: page one, text line %02d %24s\n", i, "");
 		mem_write(gm, 0x1000 + i * 64, line, 64);
 	}
 	memset(mem_page_host(gm, 7), 0xa5, GUEST_PAGE_SIZE);
@@ -320,8 +314,7 @@ static void write_seeds(const char *dir)
 		sr_ctx_free(w);
 		if (v == 3)
 			o.len -= 40; /* END and most of the second CHECKPOINT_END */
-		snprintf(name, sizeof(name), "ckpt_%s",
-		         (const char *[]){"zstd", "raw", "info", "torn"}[v]);
+		snprintf(name, sizeof(name), "ckpt_%s", (const char *[]){"zstd", "raw", "info", "torn"}[v]);
 		put_file(dir, name, &o);
 		sr_out_free(&o);
 	}

@@ -21,9 +21,8 @@ static inline void need_kvm(void)
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 
 	if (fd < 0)
-		fail_msg(
-		    "set-up: open /dev/kvm: %s (this test needs KVM; it fails rather than skips)",
-		    strerror(errno));
+		fail_msg("set-up: open /dev/kvm: %s (this test needs KVM; it fails rather than skips)",
+			 strerror(errno));
 	close(fd);
 }
 
@@ -35,8 +34,8 @@ static inline void need_guest_elf(char *path, size_t len)
 
 	snprintf(path, len, "%s/guest.elf", b && *b ? b : "build");
 	if (access(path, R_OK))
-		fail_msg("set-up: %s: %s (build it with `make binaries`, or set DOPPEL_BUILD)",
-		         path, strerror(errno));
+		fail_msg("set-up: %s: %s (build it with `make binaries`, or set DOPPEL_BUILD)", path,
+			 strerror(errno));
 }
 
 #endif

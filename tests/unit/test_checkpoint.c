@@ -54,7 +54,8 @@ static int tvm_create(struct tvm *t, int vcpus, const char *cmdline)
 	}
 	assert_int_equal(uart_attach(t->vm, UART_COM1_BASE, t->wr, &t->uart), 0);
 	if (cmdline) {
-		assert_int_equal(pvh_load_file(vm_mem(t->vm), guest_path, cmdline, &img, err, sizeof(err)), 0);
+		assert_int_equal(pvh_load_file(vm_mem(t->vm), guest_path, cmdline, &img, err, sizeof(err)),
+				 0);
 		assert_int_equal(vm_set_pvh_entry(t->vm, img.entry, img.start_info), 0);
 	}
 	return 0;
@@ -90,7 +91,8 @@ static int dirty_lines(struct tvm *t, uint64_t *last_pass, uint64_t *bad, uint64
 	*bad = 0;
 	for (char *p = strstr(t->out, "dirty: pass="); p; p = strstr(p + 1, "dirty: pass=")) {
 		unsigned long long pass, rate, b;
-		if (!strchr(p, '\n') || sscanf(p, "dirty: pass=%llu rate=%llu bad=%llu", &pass, &rate, &b) != 3)
+		if (!strchr(p, '\n') ||
+		    sscanf(p, "dirty: pass=%llu rate=%llu bad=%llu", &pass, &rate, &b) != 3)
 			break;
 		if (n == 0 && first_pass)
 			*first_pass = pass;
@@ -271,8 +273,7 @@ static void write_image(struct tvm *a, const struct ckpt_state *st, struct sr_ou
 }
 
 /* Read the image into B: direct (gm) or staged then applied. Returns ckpt_read_epoch's rc. */
-static int read_image(struct tvm *b, const uint8_t *buf, size_t len, bool direct, char *err,
-		      size_t errlen)
+static int read_image(struct tvm *b, const uint8_t *buf, size_t len, bool direct, char *err, size_t errlen)
 {
 	struct ckpt_stage stg = {0};
 	struct sr_header h;
@@ -357,8 +358,8 @@ static void roundtrip(int vcpus, bool direct, bool compress)
 	assert_true(dirty_lines(&b, &b_last, &bad, &b_first) >= 3);
 	if (bad != 0 || b_first < a_last)
 		fail_msg("restored guest: first pass %llu (source last %llu), bad=%llu; output:\n%s",
-			 (unsigned long long)b_first, (unsigned long long)a_last,
-			 (unsigned long long)bad, b.out);
+			 (unsigned long long)b_first, (unsigned long long)a_last, (unsigned long long)bad,
+			 b.out);
 	assert_true(b_last > b_first);
 
 	ckpt_state_free(&sa);

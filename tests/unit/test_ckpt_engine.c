@@ -25,8 +25,7 @@
 
 #define TMEM (16ull << 20)
 
-static const struct ckpt_ops stage_ops = {
-    .name = "test-stage", .log_flags = DIRTY_START_ALL, .stage = true};
+static const struct ckpt_ops stage_ops = {.name = "test-stage", .log_flags = DIRTY_START_ALL, .stage = true};
 static const struct ckpt_ops write_ops = {.name = "test-write", .log_flags = DIRTY_START_CLEAN};
 
 /* A VM that never runs: set-up failure of the code under test fails the test. */
@@ -49,8 +48,7 @@ static void fill_page(struct vm *vm, uint64_t idx, uint8_t seed)
 
 	for (size_t i = 0; i < sizeof(page); i++)
 		page[i] = (uint8_t)(seed + i * 7);
-	assert_int_equal(mem_write(vm_mem(vm), mem_page_gpa(vm_mem(vm), idx), page, sizeof(page)),
-	                 0);
+	assert_int_equal(mem_write(vm_mem(vm), mem_page_gpa(vm_mem(vm), idx), page, sizeof(page)), 0);
 }
 
 static void set_bit(uint64_t *bm, uint64_t i)
@@ -107,7 +105,7 @@ static void test_merge_set_honoured(void **state)
 static void test_hot_pages_kept(void **state)
 {
 	static const struct ckpt_ops hot_ops = {
-	    .name = "test-hot", .log_flags = DIRTY_START_CLEAN, .keep_hot = true, .stage = true};
+		.name = "test-hot", .log_flags = DIRTY_START_CLEAN, .keep_hot = true, .stage = true};
 	struct vm_config cfg = {.name = "t", .mem_size = 64ull << 20, .nr_vcpus = 1};
 	struct vm *vm = NULL;
 	struct uart *u = NULL;
@@ -122,8 +120,7 @@ static void test_hot_pages_kept(void **state)
 	assert_true(devnull >= 0);
 	assert_int_equal(vm_create(&cfg, &vm, err, sizeof(err)), 0);
 	assert_int_equal(uart_attach(vm, UART_COM1_BASE, devnull, &u), 0);
-	assert_int_equal(
-	    pvh_load_file(vm_mem(vm), guest, "work=dirty ws=256K", &img, err, sizeof(err)), 0);
+	assert_int_equal(pvh_load_file(vm_mem(vm), guest, "work=dirty ws=256K", &img, err, sizeof(err)), 0);
 	assert_int_equal(vm_set_pvh_entry(vm, img.entry, img.start_info), 0);
 	assert_int_equal(ckpt_engine_init(&e, vm, &hot_ops, NULL), 0);
 	assert_int_equal(ckpt_engine_start(&e, err, sizeof(err)), 0);
@@ -196,8 +193,7 @@ static void test_stage_round_trip(void **state)
 	assert_int_equal(sr_read_header(r, &h), 0);
 	assert_int_equal(ckpt_read_epoch(r, &stg, NULL, err, sizeof(err)), 1);
 	assert_int_equal(stg.epoch, 7);
-	assert_int_equal(stg.pages + stg.zero_pages,
-	                 vm_mem(a)->nr_pages); /* zero pages go as ranges */
+	assert_int_equal(stg.pages + stg.zero_pages, vm_mem(a)->nr_pages); /* zero pages go as ranges */
 	assert_true(stg.have_state);
 	for (size_t i = 0; i < stg.n; i++)
 		assert_ptr_equal(stg.ptrs[i], stg.data + i * GUEST_PAGE_SIZE);
@@ -233,8 +229,7 @@ static void test_write_mode_stays_paused(void **state)
 	assert_int_equal(ckpt_engine_init(&e, vm, &write_ops, NULL), 0);
 	assert_int_equal(ckpt_engine_start(&e, err, sizeof(err)), 0);
 	fill_page(vm, 3, 9);
-	memset(mem_page_host(gm, 200), 0x5a,
-	       GUEST_PAGE_SIZE); /* not dirty: no VMM or guest write */
+	memset(mem_page_host(gm, 200), 0x5a, GUEST_PAGE_SIZE); /* not dirty: no VMM or guest write */
 	set_bit(merge, 200);
 	sr_out_mem(&out, 0);
 	assert_int_equal(sr_writer_new(&w, &out, false, 1), 0);
@@ -243,7 +238,7 @@ static void test_write_mode_stays_paused(void **state)
 	struct ckpt_epoch ep = {.epoch = 4, .merge = merge, .stay_paused = true, .w = w};
 	assert_int_equal(ckpt_engine_epoch(&e, &ep, err, sizeof(err)), 0);
 	assert_int_equal(ep.pages, 2);
-	assert_int_equal(vm_resume(vm), 0);       /* the epoch's hold was kept */
+	assert_int_equal(vm_resume(vm), 0); /* the epoch's hold was kept */
 	assert_int_equal(vm_resume(vm), -EINVAL); /* and it was the only one */
 	assert_int_equal(sr_write_end(w), 0);
 
@@ -285,8 +280,7 @@ static void check_extents(struct guest_mem *gm, const uint64_t *written, size_t 
 		bool in_one = false;
 		for (int i = 0; i < gm->nr; i++)
 			in_one |= first >= gm->r[i].pfn_base &&
-			          first + count <=
-			              gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT);
+				  first + count <= gm->r[i].pfn_base + (gm->r[i].size >> GUEST_PAGE_SHIFT);
 		assert_true(in_one);
 		memset(is_data + first, data, count);
 		data_pages += data ? count : 0;
@@ -309,9 +303,8 @@ static void test_extent_walk(void **state)
 {
 	struct guest_mem gm;
 	const uint64_t written[] = {0, 1, 2, 100, 1023, 1024, 4095};
-	const uint64_t two[] = {5, (MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) - 1,
-	                        MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT,
-	                        (MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) + 300};
+	const uint64_t two[] = {5, (MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) - 1, MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT,
+				(MEM_LOW_LIMIT >> GUEST_PAGE_SHIFT) + 300};
 	uint8_t v = 0xa5;
 
 	(void)state;
@@ -350,7 +343,7 @@ static void test_extent_walk(void **state)
 struct pol_state {
 	struct vm *vm;
 	int stop_at; /* call of next() that stops */
-	int last;    /* return CKPT_LAST_ROUND instead of CKPT_STOP */
+	int last; /* return CKPT_LAST_ROUND instead of CKPT_STOP */
 	int nexts, ends;
 	uint64_t rounds[8], epochs[8];
 };
@@ -361,8 +354,7 @@ static int t_round_end(void *opaque, const struct ckpt_round *rd)
 
 	assert_true(p->ends < 8);
 	p->epochs[p->ends++] = rd->epoch;
-	fill_page(p->vm, 40 + (uint64_t)p->ends,
-	          (uint8_t)p->ends); /* something for the next sync */
+	fill_page(p->vm, 40 + (uint64_t)p->ends, (uint8_t)p->ends); /* something for the next sync */
 	return 0;
 }
 

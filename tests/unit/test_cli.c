@@ -40,8 +40,8 @@ static void test_size_valid(void **state)
 
 static void test_size_invalid(void **state)
 {
-	static const char *bad[] = { "", "K", "-1", "+1", " 1", "1 ", "1 K", "0x10", "1.5G", "1KK", "1Ki", "1iB",
-				     "1BB", "1P", "1E", "1KiBx", "1G\n", "abc", "1,000" };
+	static const char *bad[] = {"",	   "K",	  "-1",	 "+1", " 1", "1 ",    "1 K",  "0x10", "1.5G", "1KK",
+				    "1Ki", "1iB", "1BB", "1P", "1E", "1KiBx", "1G\n", "abc",  "1,000"};
 	uint64_t v = 77;
 
 	(void)state;
@@ -59,7 +59,7 @@ static void test_size_overflow(void **state)
 	(void)state;
 	assert_int_equal(parse_size("18446744073709551616", &v), -ERANGE);
 	assert_int_equal(parse_size("99999999999999999999999", &v), -ERANGE);
-	assert_int_equal(parse_size("16777216T", &v), -ERANGE);    /* 2^24 * 2^40 = 2^64 */
+	assert_int_equal(parse_size("16777216T", &v), -ERANGE); /* 2^24 * 2^40 = 2^64 */
 	assert_int_equal(parse_size("17179869184G", &v), -ERANGE); /* 2^34 * 2^30 */
 	assert_int_equal(parse_size("18014398509481984K", &v), -ERANGE);
 	assert_int_equal(v, 77);
@@ -137,8 +137,9 @@ static void test_default_path(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_size_valid),  cmocka_unit_test(test_size_invalid), cmocka_unit_test(test_size_overflow),
-		cmocka_unit_test(test_uint),        cmocka_unit_test(test_names),        cmocka_unit_test(test_default_path),
+		cmocka_unit_test(test_size_valid),    cmocka_unit_test(test_size_invalid),
+		cmocka_unit_test(test_size_overflow), cmocka_unit_test(test_uint),
+		cmocka_unit_test(test_names),	      cmocka_unit_test(test_default_path),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

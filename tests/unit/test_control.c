@@ -43,19 +43,22 @@ static void test_parse_valid(void **state)
 	char err[256];
 
 	(void)state;
-	assert_int_equal(ctl_parse_request("{\"cmd\":\"status\",\"x\":1}", 22, &req, &cmd, err, sizeof(err)), 0);
+	assert_int_equal(ctl_parse_request("{\"cmd\":\"status\",\"x\":1}", 22, &req, &cmd, err, sizeof(err)),
+			 0);
 	assert_string_equal(cmd, "status");
 	assert_int_equal(json_object_get_int(json_object_object_get(req, "x")), 1);
 	json_object_put(req);
 	/* trailing \r and whitespace; not NUL-terminated (length excludes the garbage after) */
-	assert_int_equal(ctl_parse_request("  {\"cmd\":\"pause\"} \r#junk", 19, &req, &cmd, err, sizeof(err)), 0);
+	assert_int_equal(ctl_parse_request("  {\"cmd\":\"pause\"} \r#junk", 19, &req, &cmd, err, sizeof(err)),
+			 0);
 	assert_string_equal(cmd, "pause");
 	json_object_put(req);
 }
 
 static void test_parse_malformed(void **state)
 {
-	static const char *bad[] = { "{\"cmd\":", "{cmd:1}", "nul", "{\"cmd\":\"a\"} x", "{\"cmd\":\"a\"}}", "}" };
+	static const char *bad[] = {"{\"cmd\":",	 "{cmd:1}",	     "nul",
+				    "{\"cmd\":\"a\"} x", "{\"cmd\":\"a\"}}", "}"};
 	const char *cmd;
 	char err[256];
 
@@ -73,7 +76,7 @@ static void test_parse_malformed(void **state)
 
 static void test_parse_nonobject(void **state)
 {
-	static const char *bad[] = { "[1]", "\"status\"", "123", "null", "true" };
+	static const char *bad[] = {"[1]", "\"status\"", "123", "null", "true"};
 	const char *cmd;
 	char err[256];
 
@@ -269,7 +272,7 @@ static int fx_setup(void **state)
 	f->timer.data = f;
 	if (*state) { /* a test asked for a stale socket file first */
 		char dir[200];
-		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
 		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 
 		snprintf(dir, sizeof(dir), "%s/run", f->dir);
@@ -323,7 +326,7 @@ static int call(struct fx *f, const char *cmd, struct json_object **reply, char 
 
 static int raw_connect(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 
 	set_sun(&sa, path);
@@ -342,7 +345,7 @@ static int raw_line(int fd, char *buf, size_t cap)
 	size_t n = 0;
 
 	while (n + 1 < cap) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
+		struct pollfd p = {.fd = fd, .events = POLLIN};
 
 		if (poll(&p, 1, 2000) <= 0 || recv(fd, buf + n, 1, 0) != 1)
 			return -1;
@@ -376,7 +379,8 @@ static void test_status(void **state)
 	assert_true(json_object_object_get_ex(r, "mem", &v));
 	assert_int_equal(json_object_get_int64(json_object_object_get(v, "size")), 1 << 26);
 	/* "ok" was added in front */
-	assert_non_null(strstr(json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN), "{\"ok\":true,\"state\""));
+	assert_non_null(
+		strstr(json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN), "{\"ok\":true,\"state\""));
 	json_object_put(r);
 }
 
@@ -521,7 +525,7 @@ static void test_missing_and_stale(void **state)
 	struct fx *f = *state;
 	struct json_object *req = json_object_new_object(), *r;
 	char err[256], path[200];
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd;
 
 	json_object_object_add(req, "cmd", json_object_new_string("status"));
@@ -631,7 +635,7 @@ static void test_non_reader_dropped(void **state)
 		;
 	if (n < 0 && errno != ECONNRESET)
 		fail_msg("dropped client: recv %s (want EOF or ECONNRESET)",
-		         errno == EAGAIN ? "timed out after 3 s" : strerror(errno));
+			 errno == EAGAIN ? "timed out after 3 s" : strerror(errno));
 	close(fd);
 }
 

@@ -24,8 +24,7 @@
 #define STUB_ID 0x5354u
 #define STUB_STATE_VERSION 1
 
-static bool
-    have_netns; /* the whole test runs in a private network namespace (taps vanish with it) */
+static bool have_netns; /* the whole test runs in a private network namespace (taps vanish with it) */
 
 static bool have_kvm(void)
 {
@@ -41,7 +40,7 @@ static bool have_kvm(void)
 
 struct stub {
 	struct hv_mmio_slot slot;
-	uint32_t reg;      /* guest-visible: written at 0x10, read back at 0x10 */
+	uint32_t reg; /* guest-visible: written at 0x10, read back at 0x10 */
 	uint64_t last_off; /* last access, for routing checks */
 	unsigned accesses, attaches, resets, detaches;
 	bool fail_attach;
@@ -134,13 +133,13 @@ static void stub_detach(void *dev)
 }
 
 static const struct hv_dev_ops stub_ops = {
-    .kind = "stub",
-    .attach = stub_attach,
-    .reset = stub_reset,
-    .state_size = stub_size,
-    .save = stub_save,
-    .restore = stub_restore,
-    .detach = stub_detach,
+	.kind = "stub",
+	.attach = stub_attach,
+	.reset = stub_reset,
+	.state_size = stub_size,
+	.save = stub_save,
+	.restore = stub_restore,
+	.detach = stub_detach,
 };
 
 /* ---- helpers ---- */
@@ -156,8 +155,8 @@ static struct vm *make_vm(void)
 	return vm;
 }
 
-static struct virtio_net *attach_net(struct vm *vm, const char *name, const char *ifname,
-                                     uint8_t last, struct ev_loop *loop)
+static struct virtio_net *attach_net(struct vm *vm, const char *name, const char *ifname, uint8_t last,
+				     struct ev_loop *loop)
 {
 	struct virtio_net_cfg c = {.ifname = ifname, .mac = {0x52, 0x54, 0, 0x12, 0x34, last}};
 	struct virtio_net *n = NULL;
@@ -216,16 +215,15 @@ static void test_net_and_stub(void **state)
 	/* 32-bit flat code: eax = [net + DeviceID]; [OUT] = eax; eax = [stub + DeviceID]; [OUT+4] =
 	 * eax; [stub + 0x10] = 0x1234abcd; eax = [stub + 0x10]; [OUT+8] = eax; exit(0). */
 	uint8_t code[] = {
-	    0xa1, 0x08, 0x0e, 0xb0, 0xfe, /* mov eax, [0xfeb00e08] */
-	    0xa3, 0x00, 0x30, 0x00, 0x00, /* mov [0x3000], eax */
-	    0xa1, 0x08, 0x0c, 0xb0, 0xfe, /* mov eax, [0xfeb00c08] */
-	    0xa3, 0x04, 0x30, 0x00, 0x00, /* mov [0x3004], eax */
-	    0xc7, 0x05, 0x10, 0x0c, 0xb0, 0xfe, 0xcd,
-	    0xab, 0x34, 0x12,                         /* mov dword [0xfeb00c10], imm */
-	    0xa1, 0x10, 0x0c, 0xb0, 0xfe,             /* mov eax, [0xfeb00c10] */
-	    0xa3, 0x08, 0x30, 0x00, 0x00,             /* mov [0x3008], eax */
-	    0xb0, 0x00, 0x66, 0xba, 0x01, 0x05, 0xee, /* exit port <- 0 */
-	    0xeb, 0xfe,                               /* jmp . */
+		0xa1, 0x08, 0x0e, 0xb0, 0xfe, /* mov eax, [0xfeb00e08] */
+		0xa3, 0x00, 0x30, 0x00, 0x00, /* mov [0x3000], eax */
+		0xa1, 0x08, 0x0c, 0xb0, 0xfe, /* mov eax, [0xfeb00c08] */
+		0xa3, 0x04, 0x30, 0x00, 0x00, /* mov [0x3004], eax */
+		0xc7, 0x05, 0x10, 0x0c, 0xb0, 0xfe, 0xcd, 0xab, 0x34, 0x12, /* mov dword [0xfeb00c10], imm */
+		0xa1, 0x10, 0x0c, 0xb0, 0xfe, /* mov eax, [0xfeb00c10] */
+		0xa3, 0x08, 0x30, 0x00, 0x00, /* mov [0x3008], eax */
+		0xb0, 0x00, 0x66, 0xba, 0x01, 0x05, 0xee, /* exit port <- 0 */
+		0xeb, 0xfe, /* jmp . */
 	};
 
 	(void)state;
@@ -246,9 +244,8 @@ static void test_net_and_stub(void **state)
 	assert_int_equal(st.slot.base, 0xfeb00c00ull);
 	assert_int_equal(st.slot.gsi, 11);
 	assert_int_equal(st.slot.index, 1);
-	assert_string_equal(
-	    vm_dev_cmdline(vm),
-	    "virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11");
+	assert_string_equal(vm_dev_cmdline(vm),
+			    "virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11");
 	assert_ptr_equal(vm_dev_find(vm, "stub0"), &st);
 	assert_non_null(vm_dev_find(vm, "net0"));
 	assert_null(vm_dev_find(vm, "net1"));
@@ -324,9 +321,8 @@ static void test_two_nets(void **state)
 	assert_int_equal(virtio_net_slot(b)->base, 0xfeb00c00ull);
 	assert_int_equal(virtio_net_slot(b)->gsi, 11);
 	assert_string_equal(virtio_net_slot(b)->cmdline, "virtio_mmio.device=512@0xfeb00c00:11");
-	assert_string_equal(
-	    vm_dev_cmdline(vm),
-	    "virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11");
+	assert_string_equal(vm_dev_cmdline(vm),
+			    "virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11");
 	virtio_net_get_mac(b, mac);
 	assert_int_equal(mac[5], 2);
 	assert_int_equal(vm_devstate_count(vm), 2);
@@ -352,8 +348,7 @@ static void test_slot_exhaustion(void **state)
 		snprintf(name, sizeof(name), "stub%d", i);
 		assert_int_equal(vm_dev_attach(vm, name, &stub_ops, &st[i], err, sizeof(err)), 0);
 		assert_int_equal(st[i].slot.index, i);
-		assert_int_equal(st[i].slot.base,
-		                 HV_MMIO_BASE + HV_MMIO_SLOT_SIZE * (HV_MMIO_SLOTS - 1 - i));
+		assert_int_equal(st[i].slot.base, HV_MMIO_BASE + HV_MMIO_SLOT_SIZE * (HV_MMIO_SLOTS - 1 - i));
 		assert_int_equal(st[i].slot.gsi, HV_MMIO_IRQ_BASE + HV_MMIO_SLOTS - 1 - i);
 		for (int j = 0; j < i; j++) {
 			assert_true(st[i].slot.base != st[j].slot.base);
@@ -362,8 +357,8 @@ static void test_slot_exhaustion(void **state)
 	}
 	cmd = vm_dev_cmdline(vm);
 	assert_non_null(strstr(cmd, "virtio_mmio.device=512@0xfeb00000:5"));
-	assert_int_equal(
-	    vm_dev_attach(vm, "stub8", &stub_ops, &st[HV_MMIO_SLOTS], err, sizeof(err)), -ENOSPC);
+	assert_int_equal(vm_dev_attach(vm, "stub8", &stub_ops, &st[HV_MMIO_SLOTS], err, sizeof(err)),
+			 -ENOSPC);
 	assert_true(strlen(err) > 0);
 	assert_null(vm_dev_find(vm, "stub8"));
 	assert_int_equal(vm_devstate_count(vm), HV_MMIO_SLOTS);
@@ -379,7 +374,7 @@ static void test_slot_exhaustion(void **state)
 static void test_names_and_table(void **state)
 {
 	static const struct hv_dev_ops state_only = {
-	    .kind = "s", .state_size = stub_size, .save = stub_save, .restore = stub_restore};
+		.kind = "s", .state_size = stub_size, .save = stub_save, .restore = stub_restore};
 	static const struct hv_dev_ops half = {.kind = "h", .save = stub_save};
 	struct stub a = {0}, b = {0}, c = {0}, many[HV_MAX_DEVS];
 	char name[40], err[256];
@@ -405,16 +400,13 @@ static void test_names_and_table(void **state)
 	assert_string_equal(err, "stub: refused");
 	assert_null(vm_dev_find(vm, "fails"));
 	assert_int_equal(vm_devstate_count(vm), 2);
-	assert_string_equal(vm_dev_cmdline(vm),
-	                    "virtio_mmio.device=512@0xfeb00e00:12"); /* only a's */
+	assert_string_equal(vm_dev_cmdline(vm), "virtio_mmio.device=512@0xfeb00e00:12"); /* only a's */
 	memset(many, 0, sizeof(many));
 	for (int i = 2; i < HV_MAX_DEVS; i++) {
 		snprintf(name, sizeof(name), "s%d", i);
-		assert_int_equal(vm_dev_attach(vm, name, &state_only, &many[i], err, sizeof(err)),
-		                 0);
+		assert_int_equal(vm_dev_attach(vm, name, &state_only, &many[i], err, sizeof(err)), 0);
 	}
-	assert_int_equal(vm_dev_attach(vm, "onemore", &state_only, &many[0], err, sizeof(err)),
-	                 -ENOSPC);
+	assert_int_equal(vm_dev_attach(vm, "onemore", &state_only, &many[0], err, sizeof(err)), -ENOSPC);
 	assert_int_equal(vm_devstate_count(vm), HV_MAX_DEVS);
 	assert_null(vm_devstate_get(vm, HV_MAX_DEVS));
 	assert_null(vm_devstate_get(vm, -1));
@@ -428,7 +420,7 @@ static void test_state_codec(void **state)
 {
 	uint8_t buf[32], small[5];
 	uint8_t want[] = {0xaa, 0x34, 0x12, 0x78, 0x56, 0x34, 0x12, 0xef, 0xcd, 0xab,
-	                  0x89, 0x67, 0x45, 0x23, 0x01, 'h',  'i',  0,    0,    0};
+			  0x89, 0x67, 0x45, 0x23, 0x01, 'h',  'i',  0,	  0,	0};
 	struct st_enc e;
 	struct st_dec d;
 	char s[2];
@@ -462,7 +454,7 @@ static void test_state_codec(void **state)
 	st_enc_init(&e, small, sizeof(small));
 	st_put32(&e, 1);
 	st_put16(&e, 2); /* does not fit */
-	st_put8(&e, 3);  /* would fit, but the record is already broken */
+	st_put8(&e, 3); /* would fit, but the record is already broken */
 	assert_int_equal(st_enc_done(&e), -ENOSPC);
 	assert_int_equal(small[4], 0x5a);
 	st_enc_init(&e, small, sizeof(small));
@@ -476,7 +468,7 @@ static void test_state_codec(void **state)
 	st_dec_init(&d, buf, 5);
 	assert_int_equal(st_get32(&d), 0x781234aau);
 	assert_int_equal(st_get16(&d), 0); /* only one byte left: overflow */
-	assert_int_equal(st_get8(&d), 0);  /* sticky */
+	assert_int_equal(st_get8(&d), 0); /* sticky */
 	assert_int_equal(st_dec_left(&d), 0);
 	assert_int_equal(st_dec_done(&d, false), -EINVAL);
 	st_dec_init(&d, buf, 4);
@@ -506,7 +498,7 @@ static void test_uart_record(void **state)
 	assert_int_equal(b1[0], 1);
 	assert_int_equal(b1[4 + 1], 0x83); /* lcr */
 	assert_int_equal(b1[4 + 5], 0x01); /* dll */
-	assert_int_equal(b1[14], 3);       /* rx_count, little endian */
+	assert_int_equal(b1[14], 3); /* rx_count, little endian */
 	assert_int_equal(b1[15], 0);
 	assert_memory_equal(b1 + 16, "xyz", 3);
 	assert_int_equal(uart_save(u, b1, 271), -ENOSPC);
@@ -525,9 +517,9 @@ static void test_uart_record(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_state_codec),     cmocka_unit_test(test_uart_record),
-	    cmocka_unit_test(test_names_and_table), cmocka_unit_test(test_slot_exhaustion),
-	    cmocka_unit_test(test_net_and_stub),    cmocka_unit_test(test_two_nets),
+		cmocka_unit_test(test_state_codec),	cmocka_unit_test(test_uart_record),
+		cmocka_unit_test(test_names_and_table), cmocka_unit_test(test_slot_exhaustion),
+		cmocka_unit_test(test_net_and_stub),	cmocka_unit_test(test_two_nets),
 	};
 
 	/* Taps made by these tests live and die with a private network namespace. */

@@ -56,8 +56,16 @@ static void tvm_destroy(struct tvm *t)
 
 static void seg(struct kvm_segment *s, uint16_t sel, uint8_t type)
 {
-	*s = (struct kvm_segment){.base = 0, .limit = 0xffffffff, .selector = sel, .type = type,
-				  .present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1};
+	*s = (struct kvm_segment){.base = 0,
+				  .limit = 0xffffffff,
+				  .selector = sel,
+				  .type = type,
+				  .present = 1,
+				  .dpl = 0,
+				  .db = 1,
+				  .s = 1,
+				  .l = 0,
+				  .g = 1};
 }
 
 /* Long mode, CPL3, 2 MiB pages identity-mapping [0, 1 GiB) user-writable. */
@@ -85,7 +93,7 @@ static void setup_user64(struct tvm *t, struct kvm_sregs *sr)
 	sr->ds.dpl = 3;
 	sr->es = sr->fs = sr->gs = sr->ss = sr->ds;
 	sr->cr3 = PML4_GPA;
-	sr->cr4 |= 1u << 5;                 /* PAE */
+	sr->cr4 |= 1u << 5; /* PAE */
 	sr->efer |= (1u << 8) | (1u << 10); /* LME, LMA */
 	sr->cr0 |= 0x80000001u;
 }
@@ -139,8 +147,13 @@ static int tvm_create(struct tvm *t, uint64_t size, bool with_vcpu, bool user)
 /* Run the guest store loop: n dword stores at base, base + stride, ... */
 static void tvm_store(struct tvm *t, uint32_t base, uint32_t stride, uint32_t n)
 {
-	struct kvm_regs regs = {.rip = t->user ? CODE64_GPA : CODE_GPA, .rflags = t->user ? 0x3002 : 2, .rax = 0x5a5a5a5a, .rcx = n,
-				.rdi = base, .rsi = stride, .rdx = EXIT_PORT};
+	struct kvm_regs regs = {.rip = t->user ? CODE64_GPA : CODE_GPA,
+				.rflags = t->user ? 0x3002 : 2,
+				.rax = 0x5a5a5a5a,
+				.rcx = n,
+				.rdi = base,
+				.rsi = stride,
+				.rdx = EXIT_PORT};
 
 	assert_int_equal(ioctl(t->vcpu, KVM_SET_REGS, &regs), 0);
 	for (;;) {
@@ -241,7 +254,8 @@ static void guest_scenario(unsigned flags, bool user)
 
 	assert_int_equal(tvm_create(&t, 8ull << 20, true, user), 0);
 	bm = bm_alloc(&t.gm);
-	assert_int_equal(kvm_dirty_log_start(&d, t.vm, &t.gm, flags | DIRTY_START_CLEAN, err, sizeof(err)), 0);
+	assert_int_equal(kvm_dirty_log_start(&d, t.vm, &t.gm, flags | DIRTY_START_CLEAN, err, sizeof(err)),
+			 0);
 	if (!(flags & DIRTY_FORCE_LEGACY))
 		assert_string_equal(dirty_log_mode(d), "manual-protect");
 
@@ -337,7 +351,8 @@ static void test_ownership(void **state)
 	(void)state;
 	assert_int_equal(tvm_create(&t, 8ull << 20, true, true), 0);
 	bm = bm_alloc(&t.gm);
-	assert_int_equal(kvm_dirty_log_start(&a, t.vm, &t.gm, DIRTY_START_CLEAN | DIRTY_YIELD, err, sizeof(err)), 0);
+	assert_int_equal(
+		kvm_dirty_log_start(&a, t.vm, &t.gm, DIRTY_START_CLEAN | DIRTY_YIELD, err, sizeof(err)), 0);
 	assert_int_equal(dirty_log_sync(a, bm), 0);
 	assert_int_equal(kvm_dirty_log_start(&b, t.vm, &t.gm, 0, err, sizeof(err)), 0); /* takes a's log */
 	assert_int_equal(dirty_log_sync(a, bm), -ECANCELED);
@@ -479,18 +494,12 @@ static void test_not_a_vm(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_bitmap_helpers),
-		cmocka_unit_test(test_for_each),
-		cmocka_unit_test(test_bad_args),
-		cmocka_unit_test(test_not_a_vm),
-		cmocka_unit_test(test_guest_manual),
-		cmocka_unit_test(test_guest_legacy),
-		cmocka_unit_test(test_guest_manual_user),
-		cmocka_unit_test(test_guest_legacy_user),
-		cmocka_unit_test(test_start_all),
-		cmocka_unit_test(test_start_all_legacy),
-		cmocka_unit_test(test_two_regions),
-		cmocka_unit_test(test_keep_hot_pages),
+		cmocka_unit_test(test_bitmap_helpers),	  cmocka_unit_test(test_for_each),
+		cmocka_unit_test(test_bad_args),	  cmocka_unit_test(test_not_a_vm),
+		cmocka_unit_test(test_guest_manual),	  cmocka_unit_test(test_guest_legacy),
+		cmocka_unit_test(test_guest_manual_user), cmocka_unit_test(test_guest_legacy_user),
+		cmocka_unit_test(test_start_all),	  cmocka_unit_test(test_start_all_legacy),
+		cmocka_unit_test(test_two_regions),	  cmocka_unit_test(test_keep_hot_pages),
 		cmocka_unit_test(test_ownership),
 	};
 

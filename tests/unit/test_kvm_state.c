@@ -36,8 +36,8 @@ struct fix {
 
 static int tvm_create(int kvm, struct tvm *t, bool devices)
 {
-	struct kvm_userspace_memory_region r = { 0 };
-	struct kvm_pit_config pit = { 0 };
+	struct kvm_userspace_memory_region r = {0};
+	struct kvm_pit_config pit = {0};
 	struct kvm_cpuid2 *cpuid;
 	int n;
 
@@ -161,10 +161,10 @@ static int teardown(void **state)
 
 /* These tests need KVM and a working kvm_state context: a set-up failure fails them (never skips).
  */
-#define NEED_KVM(f)                                                                                \
-	do {                                                                                       \
-		if ((f)->kvm < 0)                                                                  \
-			fail_msg("set-up failed: %s", (f)->why);                                   \
+#define NEED_KVM(f)                                                                                          \
+	do {                                                                                                 \
+		if ((f)->kvm < 0)                                                                            \
+			fail_msg("set-up failed: %s", (f)->why);                                             \
 	} while (0)
 
 /* ---- blob walking ------------------------------------------------------------------------------ */
@@ -189,7 +189,7 @@ static uint8_t *find_sec(uint8_t *blob, size_t used, uint32_t tag, uint32_t *len
 
 static uint32_t msr_set(int vcpu, uint32_t idx, uint64_t val)
 {
-	uint64_t raw[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = { 0 };
+	uint64_t raw[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = {0};
 	struct kvm_msrs *m = (struct kvm_msrs *)raw;
 
 	m->nmsrs = 1;
@@ -211,17 +211,17 @@ static const struct {
 	uint32_t idx;
 	uint64_t val;
 } test_msrs[] = {
-    {0x174, 0x10},
-    {0x175, 0xffffc90000001000ull},
-    {0x176, 0xffffffff81000200ull},
-    {0xc0000081, 0x0023001000000000ull},
-    {0xc0000082, 0xffffffff81000000ull},
-    {0xc0000083, 0xffffffff81000100ull},
-    {0xc0000084, 0x47700},
-    {0xc0000102, 0xffff888000001000ull},
-    {0x277, 0x0007010600070106ull},
-    {0xc0000103, 0x2a}, /* IA32_TSC_AUX */
-    {0x10, 0x123456789ull},
+	{0x174, 0x10},
+	{0x175, 0xffffc90000001000ull},
+	{0x176, 0xffffffff81000200ull},
+	{0xc0000081, 0x0023001000000000ull},
+	{0xc0000082, 0xffffffff81000000ull},
+	{0xc0000083, 0xffffffff81000100ull},
+	{0xc0000084, 0x47700},
+	{0xc0000102, 0xffff888000001000ull},
+	{0x277, 0x0007010600070106ull},
+	{0xc0000103, 0x2a}, /* IA32_TSC_AUX */
+	{0x10, 0x123456789ull},
 };
 
 /* Give VM t distinctive vCPU and device state. */
@@ -254,10 +254,22 @@ static void set_distinctive(struct fix *f, struct tvm *t)
 	assert_int_equal(ioctl(t->vcpu, KVM_SET_REGS, &regs), 0);
 
 	assert_int_equal(ioctl(t->vcpu, KVM_GET_SREGS, &sregs), 0);
-	sregs.cs = (struct kvm_segment){ .base = 0, .limit = 0xffffffff, .selector = 8, .type = 0xb,
-					 .present = 1, .db = 1, .s = 1, .g = 1 };
-	sregs.ds = (struct kvm_segment){ .base = 0, .limit = 0xffffffff, .selector = 0x10, .type = 3,
-					 .present = 1, .db = 1, .s = 1, .g = 1 };
+	sregs.cs = (struct kvm_segment){.base = 0,
+					.limit = 0xffffffff,
+					.selector = 8,
+					.type = 0xb,
+					.present = 1,
+					.db = 1,
+					.s = 1,
+					.g = 1};
+	sregs.ds = (struct kvm_segment){.base = 0,
+					.limit = 0xffffffff,
+					.selector = 0x10,
+					.type = 3,
+					.present = 1,
+					.db = 1,
+					.s = 1,
+					.g = 1};
 	sregs.es = sregs.ss = sregs.ds;
 	sregs.fs = sregs.ds;
 	sregs.fs.base = 0x12345000;
@@ -305,10 +317,9 @@ static void set_distinctive(struct fix *f, struct tvm *t)
 	dbg.dr7 = 0x455;
 	assert_int_equal(ioctl(t->vcpu, KVM_SET_DEBUGREGS, &dbg), 0);
 
-	if (ioctl(t->vcpu, KVM_GET_LAPIC, &lapic) ==
-	    0) {                          /* only VMs made with an irqchip have one */
-		lapic.regs[0x80] = 0x30;  /* TPR */
-		lapic.regs[0xf0] = 0xff;  /* SVR: vector 0xff */
+	if (ioctl(t->vcpu, KVM_GET_LAPIC, &lapic) == 0) { /* only VMs made with an irqchip have one */
+		lapic.regs[0x80] = 0x30; /* TPR */
+		lapic.regs[0xf0] = 0xff; /* SVR: vector 0xff */
 		lapic.regs[0xf1] |= 0x01; /* SVR: APIC enabled */
 		lapic.regs[0x320] = 0xec; /* LVTT: vector 0xec, TSC-deadline mode */
 		lapic.regs[0x322] = 0x04;
@@ -348,13 +359,13 @@ static uint64_t msr_get(int vcpu, uint32_t idx)
 }
 
 static void check_seg(const char *what, const struct kvm_segment *s, uint64_t base, uint16_t sel,
-                      uint8_t type)
+		      uint8_t type)
 {
 	if (s->base != base || s->selector != sel || s->type != type || s->limit != 0xffffffff ||
 	    !s->present || !s->s || !s->db || !s->g)
 		fail_msg("%s: base 0x%llx sel 0x%x type %u limit 0x%x p%u s%u db%u g%u", what,
-		         (unsigned long long)s->base, s->selector, s->type, s->limit, s->present,
-		         s->s, s->db, s->g);
+			 (unsigned long long)s->base, s->selector, s->type, s->limit, s->present, s->s, s->db,
+			 s->g);
 }
 
 /* The TSC of `vcpu` (read with KVM_GET_MSRS) is at or after src_tsc, by less than 2 s at khz. */
@@ -363,8 +374,8 @@ static void check_tsc(int vcpu, uint64_t src_tsc, uint32_t khz)
 	uint64_t v = msr_get(vcpu, 0x10);
 
 	if (v < src_tsc || v - src_tsc >= (uint64_t)khz * 2000)
-		fail_msg("TSC 0x%llx, source had 0x%llx before save (%u kHz)",
-		         (unsigned long long)v, (unsigned long long)src_tsc, khz);
+		fail_msg("TSC 0x%llx, source had 0x%llx before save (%u kHz)", (unsigned long long)v,
+			 (unsigned long long)src_tsc, khz);
 }
 
 /*
@@ -422,8 +433,8 @@ static void check_fields(struct fix *f, struct tvm *t, bool devices)
 			             check_tsc() */
 		v = msr_get(t->vcpu, test_msrs[i].idx);
 		if (v != test_msrs[i].val) {
-			fail_msg("MSR 0x%x reads 0x%llx, set 0x%llx", test_msrs[i].idx,
-			         (unsigned long long)v, (unsigned long long)test_msrs[i].val);
+			fail_msg("MSR 0x%x reads 0x%llx, set 0x%llx", test_msrs[i].idx, (unsigned long long)v,
+				 (unsigned long long)test_msrs[i].val);
 		}
 	}
 	/* The ones the issue names must be there to be checked (STAR, LSTAR; TSC_AUX if KVM has
@@ -442,8 +453,7 @@ static void check_fields(struct fix *f, struct tvm *t, bool devices)
 		uint8_t *xs = calloc(1, f->ctx.xsave_size);
 
 		assert_non_null(xs);
-		assert_int_equal(ioctl(t->vcpu, f->ctx.xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, xs),
-		                 0);
+		assert_int_equal(ioctl(t->vcpu, f->ctx.xsave2 ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, xs), 0);
 		for (i = 0; i < 16; i++)
 			assert_int_equal(xs[160 + i], 0xa0 + i); /* XMM0 */
 		free(xs);
@@ -461,11 +471,11 @@ static void check_fields(struct fix *f, struct tvm *t, bool devices)
 		return;
 
 	assert_int_equal(ioctl(t->vcpu, KVM_GET_LAPIC, &la), 0);
-	assert_int_equal((uint8_t)la.regs[0x80], 0x30);  /* TPR */
-	assert_int_equal((uint8_t)la.regs[0xf0], 0xff);  /* SVR vector */
-	assert_int_equal(la.regs[0xf1] & 1, 1);          /* SVR: APIC software-enabled */
+	assert_int_equal((uint8_t)la.regs[0x80], 0x30); /* TPR */
+	assert_int_equal((uint8_t)la.regs[0xf0], 0xff); /* SVR vector */
+	assert_int_equal(la.regs[0xf1] & 1, 1); /* SVR: APIC software-enabled */
 	assert_int_equal((uint8_t)la.regs[0x320], 0xec); /* LVTT vector */
-	assert_int_equal((la.regs[0x322] >> 1) & 3, 2);  /* LVTT mode: TSC deadline */
+	assert_int_equal((la.regs[0x322] >> 1) & 3, 2); /* LVTT mode: TSC deadline */
 	if (ctx_has(&f->ctx, 0x6e0))
 		assert_int_equal(msr_get(t->vcpu, 0x6e0), 0x7000000000000000ull);
 
@@ -531,7 +541,7 @@ static void compare_vm(uint8_t *a, size_t alen, uint8_t *b, size_t blen)
 {
 	struct kvm_pit_state2 pa, pb;
 	struct kvm_clock_data ca, cb;
-	uint32_t tags[] = { KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC };
+	uint32_t tags[] = {KST_PIC_MASTER, KST_PIC_SLAVE, KST_IOAPIC};
 	uint8_t *sa, *sb;
 	uint32_t la, lb;
 	int i;
@@ -675,8 +685,8 @@ static void test_roundtrip(void **state)
 }
 
 /* Real-mode guest at CODE_GPA: mov eax, 0x11111111; out 0x10, al; add eax, 1; out 0x11, al; hlt. */
-static const uint8_t guest_code[] = { 0x66, 0xb8, 0x11, 0x11, 0x11, 0x11, 0xe6, 0x10,
-				      0x66, 0x83, 0xc0, 0x01, 0xe6, 0x11, 0xf4 };
+static const uint8_t guest_code[] = {0x66, 0xb8, 0x11, 0x11, 0x11, 0x11, 0xe6, 0x10,
+				     0x66, 0x83, 0xc0, 0x01, 0xe6, 0x11, 0xf4};
 
 static void run_to_io(struct tvm *t, uint16_t port, uint8_t val)
 {
@@ -747,8 +757,7 @@ static void put32(uint8_t *p, uint32_t v)
 	memcpy(p, &v, 4);
 }
 
-static void expect_bad(struct fix *f, int vcpu, const uint8_t *b, size_t len, int rc,
-		       const char *needle)
+static void expect_bad(struct fix *f, int vcpu, const uint8_t *b, size_t len, int rc, const char *needle)
 {
 	char err[256] = "";
 	int r = kvm_vcpu_restore(&f->ctx, vcpu, b, len, err, sizeof(err));
@@ -783,8 +792,7 @@ static void test_bad_blobs(void **state)
 	assert_int_equal(kvm_vm_save(&f->ctx, A.vm, vm, sizeof(vm), &vused, err, sizeof(err)), 0);
 
 	/* Buffers too small. */
-	assert_int_equal(kvm_vcpu_save(&f->ctx, A.vcpu, small, sizeof(small), &l, err, sizeof(err)),
-			 -ENOSPC);
+	assert_int_equal(kvm_vcpu_save(&f->ctx, A.vcpu, small, sizeof(small), &l, err, sizeof(err)), -ENOSPC);
 	assert_int_equal(kvm_vcpu_save(&f->ctx, A.vcpu, NULL, 0, &l, err, sizeof(err)), -ENOSPC);
 	assert_int_equal(kvm_vm_save(&f->ctx, A.vm, small, 40, &l, err, sizeof(err)), -ENOSPC);
 
@@ -799,8 +807,9 @@ static void test_bad_blobs(void **state)
 	}
 	/* Trailing bytes beyond total_len are ignored. */
 	memcpy(bad, blob, used);
-	assert_int_equal(kvm_vcpu_restore(&f->ctx, A.vcpu, bad, used + 8 <= max ? used + 8 : used,
-					  err, sizeof(err)), 0);
+	assert_int_equal(
+		kvm_vcpu_restore(&f->ctx, A.vcpu, bad, used + 8 <= max ? used + 8 : used, err, sizeof(err)),
+		0);
 
 	memcpy(bad, blob, used);
 	put32(bad + KVM_STATE_HDR_SIZE, 0x77); /* REGS is first: corrupt its tag */
@@ -928,10 +937,8 @@ static void test_ctx_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_ctx_errors),
-		cmocka_unit_test(test_roundtrip),
-		cmocka_unit_test(test_run_continue),
-		cmocka_unit_test(test_bad_blobs),
+		cmocka_unit_test(test_ctx_errors),   cmocka_unit_test(test_roundtrip),
+		cmocka_unit_test(test_run_continue), cmocka_unit_test(test_bad_blobs),
 		cmocka_unit_test(test_no_irqchip),
 	};
 

@@ -22,8 +22,7 @@ struct seen {
 	char comp[16][32], vm[16][32], msg[16][1100];
 };
 
-static void sink(void *opaque, enum log_level lvl, const char *component, const char *vm,
-                 const char *msg)
+static void sink(void *opaque, enum log_level lvl, const char *component, const char *vm, const char *msg)
 {
 	struct seen *s = opaque;
 
@@ -118,8 +117,7 @@ static void test_newline_flattened(void **state)
 static void test_level_parse(void **state)
 {
 	static const char *const good[] = {"error", "warn", "info", "debug"};
-	static const char *const junk[] = {"",  "Error", "warning", "infoo",
-	                                   "3", " info", "debug ",  "trace"};
+	static const char *const junk[] = {"", "Error", "warning", "infoo", "3", " info", "debug ", "trace"};
 	enum log_level l;
 
 	(void)state;
@@ -182,8 +180,7 @@ static void test_json_lines(void **state)
 	log_error("vmm", NULL, "no vm here");
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
-	log_info("migrate", "vm2", "%s",
-	         big); /* longer than the message buffer: cut, still valid JSON */
+	log_info("migrate", "vm2", "%s", big); /* longer than the message buffer: cut, still valid JSON */
 	assert_int_equal(log_set_json_file(NULL, err, sizeof(err)), 0);
 	log_info("vmm", "vm1", "after close: not in the file");
 
@@ -204,7 +201,7 @@ static void test_json_lines(void **state)
 	assert_string_equal(str_field(o[2], "vm"), "vm2");
 	assert_true(strlen(str_field(o[2], "msg")) > 1000);
 	assert_true(json_object_get_double(json_object_object_get(o[2], "t")) >=
-	            json_object_get_double(json_object_object_get(o[0], "t")));
+		    json_object_get_double(json_object_object_get(o[0], "t")));
 	for (int i = 0; i < n; i++)
 		json_object_put(o[i]);
 	unlink(path);
@@ -215,20 +212,19 @@ static void test_json_open_error(void **state)
 	char err[256] = "";
 
 	(void)state;
-	assert_int_equal(log_set_json_file("/nonexistent-dir/x/log.json", err, sizeof(err)),
-	                 -ENOENT);
+	assert_int_equal(log_set_json_file("/nonexistent-dir/x/log.json", err, sizeof(err)), -ENOENT);
 	assert_non_null(strstr(err, "/nonexistent-dir/x/log.json"));
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_sink_receives, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_level_filter, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_newline_flattened, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_level_parse, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_json_lines, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_json_open_error, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sink_receives, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_level_filter, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_newline_flattened, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_level_parse, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_json_lines, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_json_open_error, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

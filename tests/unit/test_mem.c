@@ -51,18 +51,18 @@ static void test_gpa_ptr_bounds(void **state)
 	assert_ptr_equal(gpa_ptr(&gm, 0, 1), buf);
 	assert_ptr_equal(gpa_ptr(&gm, 0, SMALL), buf);
 	assert_ptr_equal(gpa_ptr(&gm, SMALL - 1, 1), buf + SMALL - 1);
-	assert_null(gpa_ptr(&gm, SMALL, 1));          /* one past */
-	assert_null(gpa_ptr(&gm, SMALL - 1, 2));      /* last byte + one past */
+	assert_null(gpa_ptr(&gm, SMALL, 1)); /* one past */
+	assert_null(gpa_ptr(&gm, SMALL - 1, 2)); /* last byte + one past */
 	assert_null(gpa_ptr(&gm, 0, SMALL + 1));
-	assert_ptr_equal(gpa_ptr(&gm, 0, 0), buf);    /* len 0 */
+	assert_ptr_equal(gpa_ptr(&gm, 0, 0), buf); /* len 0 */
 	assert_ptr_equal(gpa_ptr(&gm, SMALL, 0), buf + SMALL); /* len 0 at the end: "inside" */
 	assert_null(gpa_ptr(&gm, SMALL + 1, 0));
-	assert_null(gpa_ptr(&gm, 1, UINT64_MAX));     /* gpa + len overflows */
+	assert_null(gpa_ptr(&gm, 1, UINT64_MAX)); /* gpa + len overflows */
 	assert_null(gpa_ptr(&gm, SMALL - 1, UINT64_MAX));
 	assert_null(gpa_ptr(&gm, UINT64_MAX, 1));
 	assert_null(gpa_ptr(&gm, UINT64_MAX, 0));
 	assert_null(gpa_ptr(&gm, UINT64_MAX - 4095, 4096));
-	assert_null(gpa_ptr(&gm, MEM_HIGH_BASE, 1));  /* no high region */
+	assert_null(gpa_ptr(&gm, MEM_HIGH_BASE, 1)); /* no high region */
 	assert_ptr_equal(GPA_PTR(&gm, SMALL - 8, uint64_t), buf + SMALL - 8);
 	assert_null(GPA_PTR(&gm, SMALL - 7, uint64_t));
 	mem_destroy(&gm);
@@ -105,12 +105,12 @@ static void test_dirty(void **state)
 	assert_non_null(buf);
 	assert_int_equal(mem_init_buffer(&gm, buf, SMALL), 0);
 
-	assert_int_equal(mem_write(&gm, 0x1fff, data, 1), 0);      /* page 1 only */
-	assert_int_equal(mem_write(&gm, 0x4fff, data, 2), 0);      /* pages 4, 5 */
+	assert_int_equal(mem_write(&gm, 0x1fff, data, 1), 0); /* page 1 only */
+	assert_int_equal(mem_write(&gm, 0x4fff, data, 2), 0); /* pages 4, 5 */
 	assert_int_equal(mem_write(&gm, 0x8000, data, 0x2001), 0); /* pages 8, 9, 10 */
-	assert_int_equal(mem_write(&gm, 0x20000, data, 0), 0);     /* len 0: nothing */
-	assert_int_equal(mem_write(&gm, SMALL - 1, data, 1), 0);   /* last page */
-	mem_mark_dirty(&gm, SMALL - 1, 2);                         /* past the end: ignored */
+	assert_int_equal(mem_write(&gm, 0x20000, data, 0), 0); /* len 0: nothing */
+	assert_int_equal(mem_write(&gm, SMALL - 1, data, 1), 0); /* last page */
+	mem_mark_dirty(&gm, SMALL - 1, 2); /* past the end: ignored */
 	mem_mark_dirty(&gm, UINT64_MAX, 2);
 	mem_mark_dirty(&gm, 0x30000, 0);
 
@@ -167,8 +167,7 @@ static void test_high_region(void **state)
 	uint8_t *hi, b = 0;
 
 	(void)state;
-	assert_int_equal(mem_create(&gm, BIG),
-	                 0); /* a set-up failure of the code under test fails */
+	assert_int_equal(mem_create(&gm, BIG), 0); /* a set-up failure of the code under test fails */
 	assert_int_equal(gm.nr, 2);
 	assert_int_equal(gm.r[0].gpa, 0);
 	assert_int_equal(gm.r[0].size, MEM_LOW_LIMIT);
@@ -179,12 +178,12 @@ static void test_high_region(void **state)
 
 	assert_non_null(gpa_ptr(&gm, MEM_LOW_LIMIT - 1, 1));
 	assert_null(gpa_ptr(&gm, MEM_LOW_LIMIT - 1, 2)); /* runs into the hole */
-	assert_null(gpa_ptr(&gm, MEM_LOW_LIMIT, 1));     /* the MMIO hole */
-	assert_null(gpa_ptr(&gm, 0xfeb00000, 4));        /* virtio-mmio */
+	assert_null(gpa_ptr(&gm, MEM_LOW_LIMIT, 1)); /* the MMIO hole */
+	assert_null(gpa_ptr(&gm, 0xfeb00000, 4)); /* virtio-mmio */
 	assert_null(gpa_ptr(&gm, MEM_HIGH_BASE - 1, 1));
 	assert_null(gpa_ptr(&gm, MEM_HIGH_BASE - 1, 2)); /* spans hole -> high */
 	assert_null(gpa_ptr(&gm, MEM_LOW_LIMIT - 4096, MEM_HIGH_BASE - MEM_LOW_LIMIT + 8192));
-	assert_null(gpa_ptr(&gm, 0, BIG));               /* spans low and high */
+	assert_null(gpa_ptr(&gm, 0, BIG)); /* spans low and high */
 	assert_ptr_equal(gpa_ptr(&gm, MEM_HIGH_BASE, 1), hi);
 	assert_ptr_equal(gpa_ptr(&gm, MEM_HIGH_BASE, 8ull << 20), hi);
 	assert_ptr_equal(gpa_ptr(&gm, hi_end - 1, 1), hi + (8ull << 20) - 1);
@@ -258,12 +257,9 @@ static void test_destroy_zeroed(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_init_errors),
-		cmocka_unit_test(test_gpa_ptr_bounds),
-		cmocka_unit_test(test_read_write),
-		cmocka_unit_test(test_dirty),
-		cmocka_unit_test(test_page_index_low),
-		cmocka_unit_test(test_high_region),
+		cmocka_unit_test(test_init_errors),    cmocka_unit_test(test_gpa_ptr_bounds),
+		cmocka_unit_test(test_read_write),     cmocka_unit_test(test_dirty),
+		cmocka_unit_test(test_page_index_low), cmocka_unit_test(test_high_region),
 		cmocka_unit_test(test_destroy_zeroed),
 	};
 	return cmocka_run_group_tests_name("mem", tests, NULL, NULL);

@@ -18,7 +18,7 @@
 #include "tests/unit/need.h"
 
 #define RAM_SIZE (16ull << 20)
-#define IMG_PH 64      /* program header table */
+#define IMG_PH 64 /* program header table */
 #define IMG_NOTE 0x100 /* Xen note */
 #define IMG_DATA 0x200 /* PT_LOAD file bytes, up to the end of the image */
 #define DATA_LEN 0x300
@@ -64,11 +64,18 @@ static size_t build(uint8_t *b, int cls, int desc)
 		eh->e_ehsize = sizeof(*eh);
 		eh->e_phentsize = sizeof(*ph);
 		eh->e_phnum = 2;
-		ph[0] = (Elf64_Phdr){.p_type = PT_NOTE, .p_offset = IMG_NOTE, .p_filesz = note_len,
-				     .p_memsz = note_len, .p_align = 4};
-		ph[1] = (Elf64_Phdr){.p_type = PT_LOAD, .p_offset = IMG_DATA, .p_paddr = LOAD_GPA,
-				     .p_vaddr = 0xffffffff81000000ull, .p_filesz = DATA_LEN,
-				     .p_memsz = MEMSZ, .p_align = 0x1000};
+		ph[0] = (Elf64_Phdr){.p_type = PT_NOTE,
+				     .p_offset = IMG_NOTE,
+				     .p_filesz = note_len,
+				     .p_memsz = note_len,
+				     .p_align = 4};
+		ph[1] = (Elf64_Phdr){.p_type = PT_LOAD,
+				     .p_offset = IMG_DATA,
+				     .p_paddr = LOAD_GPA,
+				     .p_vaddr = 0xffffffff81000000ull,
+				     .p_filesz = DATA_LEN,
+				     .p_memsz = MEMSZ,
+				     .p_align = 0x1000};
 	} else {
 		Elf32_Ehdr *eh = (Elf32_Ehdr *)b;
 		Elf32_Phdr *ph = (Elf32_Phdr *)(b + IMG_PH);
@@ -84,10 +91,17 @@ static size_t build(uint8_t *b, int cls, int desc)
 		eh->e_ehsize = sizeof(*eh);
 		eh->e_phentsize = sizeof(*ph);
 		eh->e_phnum = 2;
-		ph[0] = (Elf32_Phdr){.p_type = PT_NOTE, .p_offset = IMG_NOTE, .p_filesz = note_len,
-				     .p_memsz = note_len, .p_align = 4};
-		ph[1] = (Elf32_Phdr){.p_type = PT_LOAD, .p_offset = IMG_DATA, .p_paddr = LOAD_GPA,
-				     .p_vaddr = LOAD_GPA, .p_filesz = DATA_LEN, .p_memsz = MEMSZ,
+		ph[0] = (Elf32_Phdr){.p_type = PT_NOTE,
+				     .p_offset = IMG_NOTE,
+				     .p_filesz = note_len,
+				     .p_memsz = note_len,
+				     .p_align = 4};
+		ph[1] = (Elf32_Phdr){.p_type = PT_LOAD,
+				     .p_offset = IMG_DATA,
+				     .p_paddr = LOAD_GPA,
+				     .p_vaddr = LOAD_GPA,
+				     .p_filesz = DATA_LEN,
+				     .p_memsz = MEMSZ,
 				     .p_align = 0x1000};
 	}
 	memcpy(n, &(uint32_t){4}, 4);
@@ -535,8 +549,7 @@ static void test_high_ram_memmap(void **state)
 	const struct hvm_memmap_table_entry *mm;
 	const struct hvm_start_info *si;
 
-	assert_int_equal(mem_create(&gm, size),
-	                 0); /* a set-up failure of the code under test fails */
+	assert_int_equal(mem_create(&gm, size), 0); /* a set-up failure of the code under test fails */
 	assert_int_equal(pvh_load(&gm, f->img, f->len, "hi", &img, f->err, sizeof(f->err)), 0);
 	si = gpa_ptr(&gm, PVH_START_INFO_GPA, sizeof(*si));
 	mm = gpa_ptr(&gm, PVH_MEMMAP_GPA, 3 * sizeof(*mm));
@@ -582,8 +595,7 @@ static void test_load_file(void **state)
 	int fd;
 
 	assert_int_equal(load_path(f, "/nonexistent/kernel.elf"), -ENOENT);
-	assert_string_equal(f->err,
-			    "cannot open kernel /nonexistent/kernel.elf: No such file or directory");
+	assert_string_equal(f->err, "cannot open kernel /nonexistent/kernel.elf: No such file or directory");
 	assert_int_equal(load_path(f, tmpdir()), -EISDIR);
 	assert_non_null(strstr(f->err, "is a directory"));
 	assert_int_equal(load_path(f, "/dev/null"), -EINVAL);

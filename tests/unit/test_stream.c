@@ -52,13 +52,12 @@ static void fill_page(uint8_t *p, int kind, unsigned seed)
 		}
 	} else {
 		for (unsigned i = 0; i < PG; i++)
-			p[i] = (uint8_t)"the quick brown fox jumps over the lazy dog "[(i + seed) % 44];
+			p[i] = (uint8_t) "the quick brown fox jumps over the lazy dog "[(i + seed) % 44];
 	}
 }
 
 /* Write a two-epoch stream describing `src` to o. Extra hook writes extra records in epoch 1. */
-static void write_stream(struct sr_out *o, bool compress, const struct vmimg *src, bool optional,
-			 bool mt)
+static void write_stream(struct sr_out *o, bool compress, const struct vmimg *src, bool optional, bool mt)
 {
 	struct sr_ctx *w;
 	struct sr_header h;
@@ -473,8 +472,7 @@ static void test_absurd_length_and_padding(void **s)
 	expect_err(b, len, true, -EBADMSG, "nonzero padding");
 	b[off + 8 + 25 + 3] = 0;
 	memset(b + off + 4, 0xff, 4);
-	expect_err(b, len, true, -EBADMSG,
-		   "record VCPU_STATE length 4294967295 exceeds maximum 67108864");
+	expect_err(b, len, true, -EBADMSG, "record VCPU_STATE length 4294967295 exceeds maximum 67108864");
 	free(b);
 }
 

@@ -64,8 +64,7 @@ static uint32_t wait_past(struct vm *vm, uint32_t from)
 
 	while ((c = counter(vm)) == from) {
 		if (now_ns() > end)
-			fail_msg("%s made no progress in %d ms (counter %u)", vm_name(vm), WAIT_MS,
-			         from);
+			fail_msg("%s made no progress in %d ms (counter %u)", vm_name(vm), WAIT_MS, from);
 		poll(NULL, 0, 1);
 	}
 	return c;
@@ -247,8 +246,8 @@ static void test_guests(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_counters),
-	    cmocka_unit_test(test_guests),
+		cmocka_unit_test(test_counters),
+		cmocka_unit_test(test_guests),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

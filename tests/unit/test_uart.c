@@ -110,14 +110,14 @@ static void test_save_restore_round_trip(void **state)
 	assert_int_equal(n1, n2);
 	assert_memory_equal(s1, s2, (size_t)n1);
 	/* field by field through the register interface, as the guest reads them */
-	assert_int_equal(rd(b, 3), 0x1b);     /* LCR */
+	assert_int_equal(rd(b, 3), 0x1b); /* LCR */
 	assert_int_equal(rd(b, 1), rd(a, 1)); /* IER */
 	assert_int_equal(rd(b, 1) & 0x03, 0x03);
 	assert_int_equal(rd(b, 4), rd(a, 4)); /* MCR */
 	assert_int_equal(rd(b, 4) & 0x0b, 0x0b);
-	assert_int_equal(rd(b, 5), lsr);  /* LSR: data ready, transmitter empty */
+	assert_int_equal(rd(b, 5), lsr); /* LSR: data ready, transmitter empty */
 	assert_int_equal(rd(b, 7), 0x77); /* scratch */
-	wr(b, 3, 0x9b);                   /* DLAB: the divisor */
+	wr(b, 3, 0x9b); /* DLAB: the divisor */
 	assert_int_equal(rd(b, 0), 0x01);
 	assert_int_equal(rd(b, 1), 0x02);
 	wr(b, 3, 0x1b);

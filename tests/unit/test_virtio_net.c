@@ -207,7 +207,8 @@ static void test_registers(void **state)
 	assert_int_equal(rd(f, VMMIO_DEVICE_ID), VIRTIO_ID_NET);
 	assert_int_not_equal(rd(f, VMMIO_VENDOR_ID), 0);
 	wr(f, VMMIO_DEV_FEATURES_SEL, 0);
-	assert_int_equal(rd(f, VMMIO_DEV_FEATURES), (1u << VIRTIO_NET_F_MAC) | (1u << VIRTIO_F_INDIRECT_DESC));
+	assert_int_equal(rd(f, VMMIO_DEV_FEATURES),
+			 (1u << VIRTIO_NET_F_MAC) | (1u << VIRTIO_F_INDIRECT_DESC));
 	wr(f, VMMIO_DEV_FEATURES_SEL, 1);
 	assert_int_equal(rd(f, VMMIO_DEV_FEATURES), 1);
 	wr(f, VMMIO_DEV_FEATURES_SEL, 2);
@@ -257,7 +258,8 @@ static void test_negotiation(void **state)
 	/* features frozen after FEATURES_OK */
 	wr(f, VMMIO_DRV_FEATURES_SEL, 0);
 	wr(f, VMMIO_DRV_FEATURES, 0);
-	assert_int_equal(virtio_net_transport(f->d)->driver_features, (1ull << 32) | (1u << VIRTIO_NET_F_MAC));
+	assert_int_equal(virtio_net_transport(f->d)->driver_features,
+			 (1ull << 32) | (1u << VIRTIO_NET_F_MAC));
 	/* reset forgets queues */
 	wr(f, VMMIO_STATUS, 0);
 	wr(f, VMMIO_QUEUE_SEL, 0);
@@ -554,9 +556,21 @@ static void test_netopt(void **state)
 	assert_int_equal(o.mac[3], 0xab);
 	assert_int_equal(o.mac[5], 0x01);
 	static const char *bad[] = {
-		"", "tap", "tap=", "bridge=br0", "tap=a,tap=b", "tap=a,mac=52:54:00:00:00",
-		"tap=a,mac=53:54:00:00:00:01", "tap=a,mac=00:00:00:00:00:00", "tap=a,mac=52-54-00-00-00-01",
-		"tap=0123456789abcdef", "tap=a/b", "tap=..", "tap=a,foo=1", "tap=a,bridge=a", "tap=a b",
+		"",
+		"tap",
+		"tap=",
+		"bridge=br0",
+		"tap=a,tap=b",
+		"tap=a,mac=52:54:00:00:00",
+		"tap=a,mac=53:54:00:00:00:01",
+		"tap=a,mac=00:00:00:00:00:00",
+		"tap=a,mac=52-54-00-00-00-01",
+		"tap=0123456789abcdef",
+		"tap=a/b",
+		"tap=..",
+		"tap=a,foo=1",
+		"tap=a,bridge=a",
+		"tap=a b",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		err[0] = 0;

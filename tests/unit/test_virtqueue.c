@@ -334,8 +334,16 @@ static void device_breaks(struct fx *f, void (*corrupt)(struct fx *))
 	virtio_net_destroy(d);
 }
 
-static void c_beyond(struct fx *f) { set_desc(f, DESC, 0, RAM_SIZE, 100, 0, 0); offer(f, 0); }
-static void c_wrap(struct fx *f) { set_desc(f, DESC, 0, ~0ull - 10, 100, 0, 0); offer(f, 0); }
+static void c_beyond(struct fx *f)
+{
+	set_desc(f, DESC, 0, RAM_SIZE, 100, 0, 0);
+	offer(f, 0);
+}
+static void c_wrap(struct fx *f)
+{
+	set_desc(f, DESC, 0, ~0ull - 10, 100, 0, 0);
+	offer(f, 0);
+}
 static void c_loop(struct fx *f)
 {
 	set_desc(f, DESC, 0, BUF, 20, VRING_DESC_F_NEXT, 0);
@@ -346,7 +354,10 @@ static void c_next(struct fx *f)
 	set_desc(f, DESC, 0, BUF, 20, VRING_DESC_F_NEXT, 0xffff);
 	offer(f, 0);
 }
-static void c_jump(struct fx *f) { avail(f)[1] = 0x8000; }
+static void c_jump(struct fx *f)
+{
+	avail(f)[1] = 0x8000;
+}
 static void c_indirect(struct fx *f)
 {
 	set_desc(f, DESC, 0, 0xfeb00000, 64, VRING_DESC_F_INDIRECT, 0);
@@ -379,10 +390,10 @@ static void test_device_bad_queue_config(void **state)
 		wr(d, VMMIO_DRV_FEATURES, 1);
 		wr(d, VMMIO_STATUS, ok);
 		wr(d, VMMIO_QUEUE_SEL, 0);
-		wr(d, VMMIO_QUEUE_NUM, c == 0 ? 7 : QN);                  /* not a power of two */
-		wr(d, VMMIO_QUEUE_DESC_LO, c == 1 ? 0xfeb00000 : DESC);    /* MMIO hole */
+		wr(d, VMMIO_QUEUE_NUM, c == 0 ? 7 : QN); /* not a power of two */
+		wr(d, VMMIO_QUEUE_DESC_LO, c == 1 ? 0xfeb00000 : DESC); /* MMIO hole */
 		wr(d, VMMIO_QUEUE_DRIVER_LO, AVAIL);
-		wr(d, VMMIO_QUEUE_DEVICE_LO, c == 2 ? USED + 2 : USED);    /* misaligned */
+		wr(d, VMMIO_QUEUE_DEVICE_LO, c == 2 ? USED + 2 : USED); /* misaligned */
 		wr(d, VMMIO_QUEUE_READY, 1);
 		assert_int_equal(rd(d, VMMIO_QUEUE_READY), 0);
 		assert_true(rd(d, VMMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET);

@@ -48,8 +48,7 @@ struct call {
 static int wait_failed(const struct call *c, int rc)
 {
 	if (rc == -ETIMEDOUT)
-		return errf(c->err, c->errlen, rc, "no reply from %s within %d ms", c->path,
-		            c->timeout_ms);
+		return errf(c->err, c->errlen, rc, "no reply from %s within %d ms", c->path, c->timeout_ms);
 	return errf(c->err, c->errlen, rc, "poll on %s: %s", c->path, strerror(-rc));
 }
 
@@ -65,14 +64,14 @@ static int connect_ctl(struct call *c, const struct sockaddr_un *sa)
 		return 0;
 	e = errno;
 	if (e == ENOENT)
-		return errf(c->err, c->errlen, -e,
-		            "no VM control socket at %s (is the VM running?)", c->path);
+		return errf(c->err, c->errlen, -e, "no VM control socket at %s (is the VM running?)",
+			    c->path);
 	if (e == ECONNREFUSED)
 		return errf(c->err, c->errlen, -e,
-		            "nothing listening on %s (stale socket; is the VM running?)", c->path);
+			    "nothing listening on %s (stale socket; is the VM running?)", c->path);
 	if (e == EAGAIN)
-		return errf(c->err, c->errlen, -e,
-		            "VM control socket %s is busy (listen queue full)", c->path);
+		return errf(c->err, c->errlen, -e, "VM control socket %s is busy (listen queue full)",
+			    c->path);
 	return errf(c->err, c->errlen, -e, "cannot connect to %s: %s", c->path, strerror(e));
 }
 
@@ -92,9 +91,8 @@ static int send_line(const struct call *c, const char *str, size_t len)
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-			return errf(c->err, c->errlen, -errno,
-			            "VM closed the control connection %s: %s", c->path,
-			            strerror(errno));
+			return errf(c->err, c->errlen, -errno, "VM closed the control connection %s: %s",
+				    c->path, strerror(errno));
 		rc = wait_fd(c->fd, POLLOUT, c->deadline);
 		if (rc)
 			return wait_failed(c, rc);
@@ -117,8 +115,8 @@ static int recv_line(const struct call *c, char **buf, size_t *linelen)
 			char *p;
 
 			if (cap >= CTL_MAX_OUT)
-				return errf(c->err, c->errlen, -EPROTO,
-				            "reply from %s is too large", c->path);
+				return errf(c->err, c->errlen, -EPROTO, "reply from %s is too large",
+					    c->path);
 			cap = cap ? cap * 2 : 4096;
 			p = realloc(*buf, cap);
 			if (!p)
@@ -133,8 +131,7 @@ static int recv_line(const struct call *c, char **buf, size_t *linelen)
 		}
 		if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
 			return errf(c->err, c->errlen, -EPROTO,
-			            "VM closed the control connection %s without replying",
-			            c->path);
+				    "VM closed the control connection %s without replying", c->path);
 		rc = wait_fd(c->fd, POLLIN, c->deadline);
 		if (rc)
 			return wait_failed(c, rc);
@@ -144,15 +141,13 @@ static int recv_line(const struct call *c, char **buf, size_t *linelen)
 }
 
 /* The reply line as an object with a boolean "ok" (see ctl_call for what is returned). */
-static int parse_reply(const struct call *c, const char *line, size_t len,
-                       struct json_object **reply)
+static int parse_reply(const struct call *c, const char *line, size_t len, struct json_object **reply)
 {
 	struct json_object *obj = NULL, *ok, *e;
 	int rc;
 
 	rc = ctl_parse_json(line, len, &obj, c->err, c->errlen);
-	if (rc || !json_object_is_type(obj, json_type_object) ||
-	    !json_object_object_get_ex(obj, "ok", &ok) ||
+	if (rc || !json_object_is_type(obj, json_type_object) || !json_object_object_get_ex(obj, "ok", &ok) ||
 	    !json_object_is_type(ok, json_type_boolean)) {
 		json_object_put(obj);
 		return errf(c->err, c->errlen, -EPROTO, "malformed reply from %s", c->path);
@@ -165,16 +160,15 @@ static int parse_reply(const struct call *c, const char *line, size_t len,
 	return errf(c->err, c->errlen, -EREMOTEIO, "VM reported an error without a message");
 }
 
-int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
-             char *err, size_t errlen)
+int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms, char *err,
+	     size_t errlen)
 {
 	struct call c = {.path = path,
-	                 .fd = -1,
-	                 .timeout_ms = timeout_ms,
-	                 .deadline =
-	                     (int64_t)(now_ns() / 1000000) + (timeout_ms > 0 ? timeout_ms : 1),
-	                 .err = err,
-	                 .errlen = errlen};
+			 .fd = -1,
+			 .timeout_ms = timeout_ms,
+			 .deadline = (int64_t)(now_ns() / 1000000) + (timeout_ms > 0 ? timeout_ms : 1),
+			 .err = err,
+			 .errlen = errlen};
 	struct sockaddr_un sa;
 	const char *str;
 	char *buf = NULL;
@@ -190,8 +184,7 @@ int ctl_call(const char *path, struct json_object *req, struct json_object **rep
 	str = json_object_to_json_string_ext(req, CTL_JSON_FLAGS);
 	len = str ? strlen(str) : 0;
 	if (!str || len > CTL_MAX_LINE)
-		return errf(err, errlen, str ? -E2BIG : -ENOMEM,
-		            str ? "request too large" : "out of memory");
+		return errf(err, errlen, str ? -E2BIG : -ENOMEM, str ? "request too large" : "out of memory");
 	rc = connect_ctl(&c, &sa);
 	if (!rc)
 		rc = send_line(&c, str, len);

@@ -12,7 +12,7 @@
  * gets its "error" text). In both cases *reply is the reply object (caller json_object_put()s it).
  * Otherwise *reply = NULL and -errno with one line in err: -ENOENT "no VM control socket at PATH (is the
  * VM running?)", -ECONNREFUSED (stale socket), -ETIMEDOUT, -EPROTO (bad or missing reply), ... */
-int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
-             char *err, size_t errlen) __attribute__((warn_unused_result));
+int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms, char *err,
+	     size_t errlen) __attribute__((warn_unused_result));
 
 #endif

@@ -66,10 +66,14 @@ static void *progress_main(void *arg)
 			for (int i = 0; i < 4; i++)
 				if (json_object_object_get_ex(mg, keys[i], &j))
 					v[i] = json_object_get_double(j);
-			double thr = json_object_object_get_ex(mg, "throttle_pct", &j) ? json_object_get_double(j) : 0;
+			double thr = json_object_object_get_ex(mg, "throttle_pct", &j)
+					     ? json_object_get_double(j)
+					     : 0;
 			pthread_mutex_lock(&p->lock);
 			if (!p->done) {
-				fprintf(stderr, "\r\033[Kround %.0f  pages left %.0f  %.0f MB/s  est. downtime %.1f ms  throttle %.0f%%",
+				fprintf(stderr,
+					"\r\033[Kround %.0f  pages left %.0f  %.0f MB/s  est. downtime %.1f "
+					"ms  throttle %.0f%%",
 					v[0], v[1], v[2], v[3] > 1e6 ? 0 : v[3], thr);
 				p->printed = true;
 			}
@@ -116,15 +120,18 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
-				return doppel_usage_error("migrate", "bad --downtime-ms '%s' (1..60000)", optarg);
+				return doppel_usage_error("migrate", "bad --downtime-ms '%s' (1..60000)",
+							  optarg);
 			break;
 		case 'B':
 			if (parse_size(optarg, &bw) || bw < 1024)
-				return doppel_usage_error("migrate", "bad --max-bandwidth '%s' (bytes/s, e.g. 100M)", optarg);
+				return doppel_usage_error(
+					"migrate", "bad --max-bandwidth '%s' (bytes/s, e.g. 100M)", optarg);
 			break;
 		case 'Z':
 			if (strcmp(optarg, "auto") && strcmp(optarg, "zstd") && strcmp(optarg, "none"))
-				return doppel_usage_error("migrate", "bad --compress '%s' (auto, zstd or none)", optarg);
+				return doppel_usage_error("migrate",
+							  "bad --compress '%s' (auto, zstd or none)", optarg);
 			compress = optarg;
 			break;
 		default:
@@ -181,7 +188,8 @@ int cmd_migrate(int argc, char **argv)
 		for (int i = 0; i < 3; i++)
 			if (json_object_object_get_ex(reply, k[i], &j))
 				v[i] = json_object_get_double(j);
-		int64_t wire = json_object_object_get_ex(reply, "bytes_wire", &j) ? json_object_get_int64(j) : 0;
+		int64_t wire =
+			json_object_object_get_ex(reply, "bytes_wire", &j) ? json_object_get_int64(j) : 0;
 		printf("migrated %s to %s in %.1f ms (downtime %.2f ms, %.0f rounds, %.1f MiB on the wire)\n",
 		       o.label, to, v[0], v[1], v[2], (double)wire / 1048576.0);
 	}

@@ -11,7 +11,8 @@ static bool latency_us(struct json_object *reply, double *us)
 	static const struct {
 		const char *key;
 		double scale;
-	} keys[] = { { "pause_latency_us", 1 }, { "latency_us", 1 }, { "pause_latency_ns", 1e-3 }, { "latency_ns", 1e-3 } };
+	} keys[] = {
+		{"pause_latency_us", 1}, {"latency_us", 1}, {"pause_latency_ns", 1e-3}, {"latency_ns", 1e-3}};
 	struct json_object *v;
 
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {

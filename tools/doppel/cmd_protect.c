@@ -21,7 +21,8 @@ static void usage(void)
 	       "\n"
 	       "  -p, --peer ADDR:PORT          the standby ([IPv6]:PORT for IPv6)\n"
 	       "  -i, --interval MS             checkpoint interval (default 25)\n"
-	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n" DOPPEL_CTL_OPTHELP);
+	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default "
+	       "200)\n" DOPPEL_CTL_OPTHELP);
 }
 
 static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
@@ -65,11 +66,13 @@ int cmd_protect(int argc, char **argv)
 			peer = optarg;
 		} else if (c == 'i') {
 			if (parse_uint(optarg, 1, 10000, &interval))
-				return doppel_usage_error("protect", "bad --interval '%s' (milliseconds, 1..10000)", optarg);
+				return doppel_usage_error(
+					"protect", "bad --interval '%s' (milliseconds, 1..10000)", optarg);
 		} else if (c == 'H') {
 			if (parse_uint(optarg, 20, 60000, &timeout))
-				return doppel_usage_error("protect", "bad --heartbeat-timeout '%s' (milliseconds, 20..60000)",
-							  optarg);
+				return doppel_usage_error(
+					"protect", "bad --heartbeat-timeout '%s' (milliseconds, 20..60000)",
+					optarg);
 		} else if ((rc = doppel_ctl_opt(&o, c, optarg)) == 1) {
 			return doppel_bad_option("protect", c, argv);
 		} else if (rc) {

@@ -97,16 +97,15 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		if (parse_size(arg, &o->mem) || o->mem < HV_MEM_MIN || o->mem > HV_MEM_MAX ||
 		    o->mem % HV_MEM_MIN) {
 			fprintf(stderr,
-			        "doppel run: bad --mem '%s' (a size from 2M to %lluG in 2M steps, "
-			        "e.g. 256M)\n",
-			        arg, (unsigned long long)(HV_MEM_MAX >> 30));
+				"doppel run: bad --mem '%s' (a size from 2M to %lluG in 2M steps, "
+				"e.g. 256M)\n",
+				arg, (unsigned long long)(HV_MEM_MAX >> 30));
 			return 2;
 		}
 		break;
 	case 'c':
 		if (parse_uint(arg, 1, HV_MAX_VCPUS, &n)) {
-			fprintf(stderr, "doppel run: bad --vcpus '%s' (1..%d)\n", arg,
-			        HV_MAX_VCPUS);
+			fprintf(stderr, "doppel run: bad --vcpus '%s' (1..%d)\n", arg, HV_MAX_VCPUS);
 			return 2;
 		}
 		o->vcpus = (int)n;
@@ -138,8 +137,7 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		usage(stdout);
 		return 0;
 	default:
-		return bad_usage("unknown or incomplete option '%s' (try doppel run --help)",
-		                 optname);
+		return bad_usage("unknown or incomplete option '%s' (try doppel run --help)", optname);
 	}
 	return -1;
 }
@@ -148,14 +146,14 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 static int parse_args(struct run_args *a, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"kernel", required_argument, 0, 'k'},   {"name", required_argument, 0, 'n'},
-	    {"mem", required_argument, 0, 'm'},      {"vcpus", required_argument, 0, 'c'},
-	    {"cmdline", required_argument, 0, 'a'},  {"serial", required_argument, 0, 's'},
-	    {"control", required_argument, 0, 'C'},  {"net", required_argument, 0, 'N'},
-	    {"restore", required_argument, 0, 'r'},  {"help", no_argument, 0, 'h'},
-	    {"standby", no_argument, 0, 'S'},        {"listen", required_argument, 0, 'L'},
-	    {"incoming", required_argument, 0, 'I'}, {"log-level", required_argument, 0, 'l'},
-	    {"log-json", required_argument, 0, 'j'}, {0, 0, 0, 0},
+		{"kernel", required_argument, 0, 'k'},	 {"name", required_argument, 0, 'n'},
+		{"mem", required_argument, 0, 'm'},	 {"vcpus", required_argument, 0, 'c'},
+		{"cmdline", required_argument, 0, 'a'},	 {"serial", required_argument, 0, 's'},
+		{"control", required_argument, 0, 'C'},	 {"net", required_argument, 0, 'N'},
+		{"restore", required_argument, 0, 'r'},	 {"help", no_argument, 0, 'h'},
+		{"standby", no_argument, 0, 'S'},	 {"listen", required_argument, 0, 'L'},
+		{"incoming", required_argument, 0, 'I'}, {"log-level", required_argument, 0, 'l'},
+		{"log-json", required_argument, 0, 'j'}, {0, 0, 0, 0},
 	};
 	int c, rc;
 
@@ -170,8 +168,8 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (optind < argc)
 		return bad_usage("unexpected argument '%s' (try doppel run --help)", argv[optind]);
 	if (a->standby != (a->listen != NULL))
-		return bad_usage(
-		    "%s", "--standby and --listen ADDR:PORT go together (try doppel run --help)");
+		return bad_usage("%s",
+				 "--standby and --listen ADDR:PORT go together (try doppel run --help)");
 	if (a->standby && a->incoming)
 		return bad_usage("--standby and --incoming exclude each other");
 	a->o.hold = a->standby || a->incoming;
@@ -179,8 +177,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
 	if (!a->o.hold && !a->o.kernel == !a->o.restore)
 		return bad_usage(
-		    "%s",
-		    "give exactly one of --kernel FILE or --restore FILE (try doppel run --help)");
+			"%s", "give exactly one of --kernel FILE or --restore FILE (try doppel run --help)");
 	return -1;
 }
 
@@ -197,9 +194,9 @@ static int restore_opts(struct vmm_opts *o)
 	}
 	if ((o->mem && o->mem != h.mem_size) || (o->vcpus && (uint32_t)o->vcpus != h.nr_vcpus)) {
 		fprintf(stderr,
-		        "doppel run: snapshot %s is of a VM with %llu MiB and %u vCPUs; "
-		        "--mem/--vcpus differ\n",
-		        o->restore, (unsigned long long)(h.mem_size >> 20), h.nr_vcpus);
+			"doppel run: snapshot %s is of a VM with %llu MiB and %u vCPUs; "
+			"--mem/--vcpus differ\n",
+			o->restore, (unsigned long long)(h.mem_size >> 20), h.nr_vcpus);
 		return 1;
 	}
 	o->mem = h.mem_size;

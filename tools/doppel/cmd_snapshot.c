@@ -13,7 +13,8 @@
 
 static void usage(void)
 {
-	printf("usage: doppel snapshot NAME FILE [--stop] [--incremental-from PREV] [--control PATH] [--json]\n"
+	printf("usage: doppel snapshot NAME FILE [--stop] [--incremental-from PREV] [--control PATH] "
+	       "[--json]\n"
 	       "\n"
 	       "Pause the VM, write its complete state (memory, vCPUs, devices) to FILE, then resume it\n"
 	       "(or, with --stop, stop it). With --incremental-from PREV only the pages written since\n"

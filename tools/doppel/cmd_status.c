@@ -6,7 +6,8 @@ int cmd_status(int argc, char **argv)
 	static const struct doppel_simple_verb v = {
 		.verb = "status",
 		.cmd = "status",
-		.description = "Show the state of a running VM: every field it reports, one \"key: value\" per line.",
+		.description = "Show the state of a running VM: every field it reports, one \"key: value\" "
+			       "per line.",
 		.print = NULL, /* doppel_print_tree */
 	};
 

@@ -11,7 +11,7 @@ struct json_object;
 
 /* Exit codes of every verb. */
 #define DOPPEL_EXIT_OK 0
-#define DOPPEL_EXIT_FAIL 1  /* the operation failed */
+#define DOPPEL_EXIT_FAIL 1 /* the operation failed */
 #define DOPPEL_EXIT_USAGE 2 /* bad command line */
 
 /*
@@ -51,27 +51,30 @@ int doppel_bad_option(const char *verb, int c, char **argv);
 #define DOPPEL_CTL_TIMEOUT_MS 10000
 
 struct doppel_ctl_opts {
-	const char *verb;    /* for messages */
-	const char *name;    /* VM name (positional), may be NULL when --control is given */
+	const char *verb; /* for messages */
+	const char *name; /* VM name (positional), may be NULL when --control is given */
 	const char *control; /* --control PATH, or NULL */
-	bool json;           /* --json */
-	int timeout_ms;      /* --timeout MS */
+	bool json; /* --json */
+	int timeout_ms; /* --timeout MS */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* resolved socket path */
-	const char *label;   /* name, or the path when no name: what to call the VM in messages */
+	const char *label; /* name, or the path when no name: what to call the VM in messages */
 };
 
 /* The options every control verb accepts; a verb appends its own (short options free: all but c j t h)
  * and ends the array with {0}. Optstring for these: DOPPEL_CTL_OPTSTRING. */
-#define DOPPEL_CTL_LONGOPTS                                                                          \
-	{ "control", required_argument, NULL, 'c' }, { "json", no_argument, NULL, 'j' },             \
-		{ "timeout", required_argument, NULL, 't' }, { "help", no_argument, NULL, 'h' }
+#define DOPPEL_CTL_LONGOPTS                                                                                  \
+	{"control", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},                         \
+		{"timeout", required_argument, NULL, 't'},                                                   \
+	{                                                                                                    \
+		"help", no_argument, NULL, 'h'                                                               \
+	}
 #define DOPPEL_CTL_OPTSTRING ":c:jt:h"
 /* Usage lines for them, to append to a verb's usage text. */
-#define DOPPEL_CTL_OPTHELP                                                                           \
-	"  NAME                 the VM; its control socket is /run/doppel/NAME.sock\n"               \
-	"  -c, --control PATH   use this control socket instead (NAME is then optional)\n"           \
-	"  -j, --json           print the reply as one JSON object\n"                                \
-	"  -t, --timeout MS     give up after MS milliseconds (default 10000)\n"                     \
+#define DOPPEL_CTL_OPTHELP                                                                                   \
+	"  NAME                 the VM; its control socket is /run/doppel/NAME.sock\n"                       \
+	"  -c, --control PATH   use this control socket instead (NAME is then optional)\n"                   \
+	"  -j, --json           print the reply as one JSON object\n"                                        \
+	"  -t, --timeout MS     give up after MS milliseconds (default 10000)\n"                             \
 	"  -h, --help           show this help\n"
 
 void doppel_ctl_opts_init(struct doppel_ctl_opts *o, const char *verb);

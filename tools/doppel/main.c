@@ -14,15 +14,15 @@
 #include "tools/doppel/doppel.h"
 
 static const struct doppel_verb verbs[] = {
-	{ "run", "create and run a VM, serving its control socket", cmd_run },
-	{ "status", "show the state of a running VM", cmd_status },
-	{ "pause", "pause a running VM (all vCPUs stop)", cmd_pause },
-	{ "resume", "resume a paused VM", cmd_resume },
-	{ "stop", "stop a VM (its doppel run process exits)", cmd_stop },
-	{ "snapshot", "write a VM's complete state to a file (full or incremental)", cmd_snapshot },
-	{ "migrate", "live-migrate a running VM to another host (doppel run --incoming)", cmd_migrate },
-	{ "protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect },
-	{ "failover", "promote a standby by hand (drills)", cmd_failover },
+	{"run", "create and run a VM, serving its control socket", cmd_run},
+	{"status", "show the state of a running VM", cmd_status},
+	{"pause", "pause a running VM (all vCPUs stop)", cmd_pause},
+	{"resume", "resume a paused VM", cmd_resume},
+	{"stop", "stop a VM (its doppel run process exits)", cmd_stop},
+	{"snapshot", "write a VM's complete state to a file (full or incremental)", cmd_snapshot},
+	{"migrate", "live-migrate a running VM to another host (doppel run --incoming)", cmd_migrate},
+	{"protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect},
+	{"failover", "promote a standby by hand (drills)", cmd_failover},
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
@@ -83,7 +83,8 @@ int doppel_ctl_opt(struct doppel_ctl_opts *o, int c, const char *arg)
 		return 0;
 	case 't':
 		if (parse_uint(arg, 1, 3600 * 1000, &v))
-			return doppel_usage_error(o->verb, "bad --timeout '%s' (milliseconds, 1..3600000)", arg);
+			return doppel_usage_error(o->verb, "bad --timeout '%s' (milliseconds, 1..3600000)",
+						  arg);
 		o->timeout_ms = (int)v;
 		return 0;
 	default:
@@ -98,11 +99,13 @@ int doppel_ctl_finish(struct doppel_ctl_opts *o, int argc, char **argv)
 	if (optind < argc)
 		return doppel_usage_error(o->verb, "unexpected argument '%s'", argv[optind]);
 	if (o->name && !cli_name_valid(o->name))
-		return doppel_usage_error(o->verb, "invalid VM name '%s' (1-%d characters from A-Z a-z 0-9 . _ -)",
+		return doppel_usage_error(o->verb,
+					  "invalid VM name '%s' (1-%d characters from A-Z a-z 0-9 . _ -)",
 					  o->name, CLI_NAME_MAX);
 	if (o->control) {
 		if (!o->control[0] || strlen(o->control) >= sizeof(o->path))
-			return doppel_usage_error(o->verb, "bad --control path (1-%zu bytes)", sizeof(o->path) - 1);
+			return doppel_usage_error(o->verb, "bad --control path (1-%zu bytes)",
+						  sizeof(o->path) - 1);
 		snprintf(o->path, sizeof(o->path), "%s", o->control);
 	} else if (!o->name) {
 		return doppel_usage_error(o->verb, "missing VM name");
@@ -133,7 +136,8 @@ void doppel_print_json(struct json_object *reply)
 
 	if (!copy)
 		return;
-	json_object_object_foreach(reply, key, val) {
+	json_object_object_foreach(reply, key, val)
+	{
 		if (strcmp(key, "ok"))
 			json_object_object_add(copy, key, json_object_get(val));
 	}
@@ -169,7 +173,8 @@ void doppel_print_tree(FILE *f, struct json_object *obj, int indent)
 		fputc('\n', f);
 		return;
 	}
-	json_object_object_foreach(obj, key, val) {
+	json_object_object_foreach(obj, key, val)
+	{
 		if (indent == 0 && !strcmp(key, "ok"))
 			continue;
 		fprintf(f, "%*s%s:", indent, "", key);
@@ -233,7 +238,7 @@ int doppel_ctl_run(const struct doppel_ctl_opts *o, struct json_object *req,
 
 int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv)
 {
-	static const struct option longopts[] = { DOPPEL_CTL_LONGOPTS, { 0 } };
+	static const struct option longopts[] = {DOPPEL_CTL_LONGOPTS, {0}};
 	struct doppel_ctl_opts o;
 	struct json_object *req;
 	int c, rc;
@@ -242,7 +247,8 @@ int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv
 	doppel_getopt_reset();
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING, longopts, NULL)) != -1) {
 		if (c == 'h') {
-			printf("usage: doppel %s NAME [--control PATH] [--json] [--timeout MS]\n%s\n" DOPPEL_CTL_OPTHELP,
+			printf("usage: doppel %s NAME [--control PATH] [--json] [--timeout "
+			       "MS]\n%s\n" DOPPEL_CTL_OPTHELP,
 			       v->verb, v->description);
 			return DOPPEL_EXIT_OK;
 		}
@@ -309,7 +315,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "doppel: unknown verb '%s' (try doppel --help)\n", argv[2]);
 			return DOPPEL_EXIT_USAGE;
 		}
-		char *hargv[] = { argv[2], (char *)"--help", NULL };
+		char *hargv[] = {argv[2], (char *)"--help", NULL};
 
 		return v->fn(2, hargv);
 	}

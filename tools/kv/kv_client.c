@@ -55,13 +55,12 @@ struct load {
 int kv_connect(const char *target, char *err, size_t errlen)
 {
 	char host[256], port[16];
-	struct addrinfo hints = { .ai_socktype = SOCK_DGRAM };
+	struct addrinfo hints = {.ai_socktype = SOCK_DGRAM};
 	struct addrinfo *res = NULL, *ai;
 	int rc, fd = -1;
 
 	if (kv_split_hostport(target, host, sizeof(host), port, sizeof(port)))
-		return errf(err, errlen, -EINVAL, "bad target '%s' (want HOST[:PORT], [IPv6]:PORT)",
-		            target);
+		return errf(err, errlen, -EINVAL, "bad target '%s' (want HOST[:PORT], [IPv6]:PORT)", target);
 	rc = getaddrinfo(host, port, &hints, &res);
 	if (rc)
 		return errf(err, errlen, -EINVAL, "resolve '%s': %s", host, gai_strerror(rc));
@@ -119,10 +118,9 @@ static int recv_reply(int fd, struct kv_reply *rep)
 	return 1;
 }
 
-int kv_client_single(const struct kv_client_opts *o, enum kv_cmd cmd, const char *key,
-		     const char *value)
+int kv_client_single(const struct kv_client_opts *o, enum kv_cmd cmd, const char *key, const char *value)
 {
-	struct kv_req req = { .id = kv_id_base(), .cmd = cmd };
+	struct kv_req req = {.id = kv_id_base(), .cmd = cmd};
 	char err[300], buf[KV_DGRAM_MAX + 1];
 	int fd, len, rc = 3;
 
@@ -131,7 +129,7 @@ int kv_client_single(const struct kv_client_opts *o, enum kv_cmd cmd, const char
 	len = kv_format_request(buf, sizeof(buf), &req);
 	if (len < 0) {
 		fprintf(stderr, "doppel-kv: invalid request (key 1..32 of [A-Za-z0-9_.-]; value 1..64 "
-			"printable, no spaces, only with SET)\n");
+				"printable, no spaces, only with SET)\n");
 		return 2;
 	}
 	fd = kv_connect(o->target, err, sizeof(err));
@@ -144,7 +142,7 @@ int kv_client_single(const struct kv_client_opts *o, enum kv_cmd cmd, const char
 
 		send_req(fd, buf, (size_t)len);
 		for (;;) {
-			struct pollfd p = { .fd = fd, .events = POLLIN };
+			struct pollfd p = {.fd = fd, .events = POLLIN};
 			struct kv_reply rep;
 			uint64_t now = now_ns();
 			int r;
@@ -329,10 +327,11 @@ static void summarize(struct load *l)
 		return;
 	}
 	printf("acked %" PRIu64 "/%" PRIu64 ", unacked %" PRIu64 ", errors %" PRIu64
-	       " in %.3f s: %.0f ops/s\n", l->acked, l->n, unacked, l->errors, secs, ops);
+	       " in %.3f s: %.0f ops/s\n",
+	       l->acked, l->n, unacked, l->errors, secs, ops);
 	printf("latency p50 %" PRIu64 " us, p99 %" PRIu64 " us, max %" PRIu64
-	       " us; longest stall %.1f ms; last value ", p50 / 1000, p99 / 1000, max / 1000,
-	       (double)l->max_stall_ns / 1e6);
+	       " us; longest stall %.1f ms; last value ",
+	       p50 / 1000, p99 / 1000, max / 1000, (double)l->max_stall_ns / 1e6);
 	if (!l->have_last)
 		printf("none\n");
 	else if (l->last_is_int)
@@ -360,8 +359,7 @@ static int service(struct load *l, uint64_t now)
 	}
 	/* new sends */
 	while (l->next < l->n && l->inflight < o->window) {
-		uint64_t due = o->rate > 0 ? l->start_ns + (uint64_t)((double)l->next * 1e9 / o->rate)
-					   : now;
+		uint64_t due = o->rate > 0 ? l->start_ns + (uint64_t)((double)l->next * 1e9 / o->rate) : now;
 
 		if (due > now) {
 			if (due < wake)
@@ -391,7 +389,7 @@ static int service(struct load *l, uint64_t now)
 
 int kv_client_load(const struct kv_client_opts *o)
 {
-	struct load l = { .o = o, .fd = -1, .n = o->load };
+	struct load l = {.o = o, .fd = -1, .n = o->load};
 	uint64_t deadline_ns;
 	char err[300];
 	int rc = 2;
@@ -425,15 +423,17 @@ int kv_client_load(const struct kv_client_opts *o)
 	deadline_ns = l.start_ns + (uint64_t)(o->deadline_s * 1e9);
 	for (;;) {
 		uint64_t now = now_ns();
-		struct pollfd p = { .fd = l.fd, .events = POLLIN };
+		struct pollfd p = {.fd = l.fd, .events = POLLIN};
 		struct kv_reply rep;
 		int tmo, r;
 
 		if (l.next == l.n && l.inflight == 0)
 			break;
 		if (now >= deadline_ns) {
-			fprintf(stderr, "doppel-kv: deadline of %.1f s reached with %u in flight, "
-				"%" PRIu64 " not sent\n", o->deadline_s, l.inflight, l.n - l.next);
+			fprintf(stderr,
+				"doppel-kv: deadline of %.1f s reached with %u in flight, "
+				"%" PRIu64 " not sent\n",
+				o->deadline_s, l.inflight, l.n - l.next);
 			break;
 		}
 		tmo = service(&l, now);

@@ -10,18 +10,18 @@
 #define MAX_WINDOW 4096
 
 static const char usage[] =
-    "usage:\n"
-    "  doppel-kv HOST[:PORT] SET|GET|INCR KEY [VALUE] [--timeout MS] [--retries N]\n"
-    "  doppel-kv HOST[:PORT] --load N --rate R [--window W] [--cmd INCR|SET|GET|mix]\n"
-    "            [--key K | --keys N] [--timeout MS] [--deadline S] [--log FILE.jsonl] [--json]\n"
-    "  doppel-kv --serve [ADDR:]PORT [--verbose]\n"
-    "HOST: name, IPv4, IPv6 or [IPv6]; PORT defaults to 7777.\n"
-    "Single request: prints VALUE; ERR -> line on stderr, exit 1; no reply -> exit 3; usage -> 2.\n"
-    "Load: N requests paced at R/s (0 = unpaced), at most W in flight (default 32); each retried\n"
-    "  with the same ID every --timeout ms (default 100) until acknowledged or --deadline\n"
-    "  (default N/R*2+10 s). --key K (default k), --keys N uses keys K0..K(N-1). --log writes one\n"
-    "  JSON line per acknowledged op; --json prints the summary as one JSON object.\n"
-    "  Exit 0 when every request was acknowledged, 1 otherwise.\n";
+	"usage:\n"
+	"  doppel-kv HOST[:PORT] SET|GET|INCR KEY [VALUE] [--timeout MS] [--retries N]\n"
+	"  doppel-kv HOST[:PORT] --load N --rate R [--window W] [--cmd INCR|SET|GET|mix]\n"
+	"            [--key K | --keys N] [--timeout MS] [--deadline S] [--log FILE.jsonl] [--json]\n"
+	"  doppel-kv --serve [ADDR:]PORT [--verbose]\n"
+	"HOST: name, IPv4, IPv6 or [IPv6]; PORT defaults to 7777.\n"
+	"Single request: prints VALUE; ERR -> line on stderr, exit 1; no reply -> exit 3; usage -> 2.\n"
+	"Load: N requests paced at R/s (0 = unpaced), at most W in flight (default 32); each retried\n"
+	"  with the same ID every --timeout ms (default 100) until acknowledged or --deadline\n"
+	"  (default N/R*2+10 s). --key K (default k), --keys N uses keys K0..K(N-1). --log writes one\n"
+	"  JSON line per acknowledged op; --json prints the summary as one JSON object.\n"
+	"  Exit 0 when every request was acknowledged, 1 otherwise.\n";
 
 static int bad(const char *what, const char *val)
 {
@@ -205,7 +205,7 @@ static int single_main(struct cli *c)
 		return bad("key (1..32 of [A-Za-z0-9_.-])", pos[2]);
 	if ((k == KV_SET) != (npos == 4))
 		return bad(k == KV_SET ? "SET (needs a VALUE)" : "request (VALUE only with SET)",
-		           pos[npos - 1]);
+			   pos[npos - 1]);
 	if (npos == 4 && !kv_value_valid(pos[3], strlen(pos[3])))
 		return bad("value (1..64 printable, no spaces)", pos[3]);
 	if (!c->have_timeout)
@@ -216,11 +216,11 @@ static int single_main(struct cli *c)
 int main(int argc, char **argv)
 {
 	struct cli c = {.o = {.timeout_ms = 0,
-	                      .retries = 5,
-	                      .window = 32,
-	                      .cmd = KV_LOAD_INCR,
-	                      .key = "k",
-	                      .keys = 1}};
+			      .retries = 5,
+			      .window = 32,
+			      .cmd = KV_LOAD_INCR,
+			      .key = "k",
+			      .keys = 1}};
 	int rc;
 
 	rc = parse_args(&c, argc, argv);

@@ -71,7 +71,7 @@ bool kv_value_valid(const char *s, size_t len)
 	return true;
 }
 
-static const char *const cmd_names[] = { [KV_SET] = "SET", [KV_GET] = "GET", [KV_INCR] = "INCR" };
+static const char *const cmd_names[] = {[KV_SET] = "SET", [KV_GET] = "GET", [KV_INCR] = "INCR"};
 
 const char *kv_cmd_name(enum kv_cmd cmd)
 {
@@ -115,8 +115,7 @@ static int split_fields(const char *buf, size_t len, const char **f, size_t *fle
 	return n;
 }
 
-int kv_parse_request(const char *buf, size_t len, struct kv_req *req, bool *id_valid,
-		     const char **reason)
+int kv_parse_request(const char *buf, size_t len, struct kv_req *req, bool *id_valid, const char **reason)
 {
 	const char *f[4];
 	size_t fl[4];
@@ -180,13 +179,12 @@ int kv_format_request(char *buf, size_t cap, const struct kv_req *req)
 	if (req->cmd == KV_SET) {
 		if (!kv_value_valid(req->val, strlen(req->val)))
 			return -EINVAL;
-		n = snprintf(buf, cap, "%llu SET %s %s", (unsigned long long)req->id, req->key,
-			     req->val);
+		n = snprintf(buf, cap, "%llu SET %s %s", (unsigned long long)req->id, req->key, req->val);
 	} else {
 		if (req->val[0])
 			return -EINVAL;
-		n = snprintf(buf, cap, "%llu %s %s", (unsigned long long)req->id,
-			     kv_cmd_name(req->cmd), req->key);
+		n = snprintf(buf, cap, "%llu %s %s", (unsigned long long)req->id, kv_cmd_name(req->cmd),
+			     req->key);
 	}
 	if (n < 0 || (size_t)n >= cap)
 		return -ENOSPC;
@@ -282,4 +280,3 @@ int kv_split_hostport(const char *s, char *host, size_t hostcap, char *port, siz
 		return -EINVAL;
 	return 0;
 }
-

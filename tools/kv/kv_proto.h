@@ -57,8 +57,7 @@ int kv_cmd_parse(const char *s, size_t len, enum kv_cmd *out);
  * short protocol reason word ("badid", "badcmd", "badkey", "badvalue", "args", "toolong");
  * *id_valid tells whether req->id was parsed (a server replies "ID ERR reason" only then).
  */
-int kv_parse_request(const char *buf, size_t len, struct kv_req *req, bool *id_valid,
-		     const char **reason);
+int kv_parse_request(const char *buf, size_t len, struct kv_req *req, bool *id_valid, const char **reason);
 
 /* Format a request into buf (size cap). Returns the length, or -EINVAL for an invalid key/value or a
  * value with GET/INCR, -ENOSPC if cap is too small. No trailing newline. */

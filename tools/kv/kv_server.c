@@ -16,7 +16,7 @@
 
 #define STORE_SLOTS 16384 /* open addressing, power of two */
 #define STORE_MAX (STORE_SLOTS * 3 / 4)
-#define CACHE_CAP 8192    /* remembered replies, FIFO eviction */
+#define CACHE_CAP 8192 /* remembered replies, FIFO eviction */
 #define CACHE_BUCKETS 16384
 
 struct store_ent {
@@ -44,10 +44,10 @@ struct kv_server {
 	int fd;
 	char addr[INET6_ADDRSTRLEN + 10];
 	unsigned nkeys;
-	struct store_ent *store;  /* STORE_SLOTS */
-	struct cache_ent *cache;  /* CACHE_CAP */
-	int32_t *buckets;         /* CACHE_BUCKETS */
-	uint32_t cache_head;      /* next ring slot to (re)use */
+	struct store_ent *store; /* STORE_SLOTS */
+	struct cache_ent *cache; /* CACHE_CAP */
+	int32_t *buckets; /* CACHE_BUCKETS */
+	uint32_t cache_head; /* next ring slot to (re)use */
 	uint64_t nreq, nretry, ndrop;
 };
 
@@ -85,8 +85,7 @@ static struct store_ent *store_find(struct kv_server *s, const char *key, bool c
 	return NULL;
 }
 
-static bool client_key_of(const struct sockaddr *sa, socklen_t len, uint64_t id,
-			  struct client_key *k)
+static bool client_key_of(const struct sockaddr *sa, socklen_t len, uint64_t id, struct client_key *k)
 {
 	memset(k, 0, sizeof(*k));
 	k->id = id;
@@ -130,8 +129,7 @@ static struct cache_ent *cache_lookup(struct kv_server *s, const struct client_k
 	return NULL;
 }
 
-static void cache_insert(struct kv_server *s, const struct client_key *k, const char *reply,
-			 size_t len)
+static void cache_insert(struct kv_server *s, const struct client_key *k, const char *reply, size_t len)
 {
 	int32_t idx = (int32_t)s->cache_head;
 	struct cache_ent *e = &s->cache[idx];
@@ -203,8 +201,8 @@ static void apply(struct kv_server *s, const struct kv_req *req, bool *ok, char 
 	*ok = true;
 }
 
-size_t kv_server_handle(struct kv_server *s, const struct sockaddr *from, socklen_t fromlen,
-			const char *buf, size_t len, char *out, size_t cap)
+size_t kv_server_handle(struct kv_server *s, const struct sockaddr *from, socklen_t fromlen, const char *buf,
+			size_t len, char *out, size_t cap)
 {
 	struct kv_req req;
 	struct client_key k;
@@ -247,7 +245,7 @@ size_t kv_server_handle(struct kv_server *s, const struct sockaddr *from, sockle
 static int bind_socket(struct kv_server *s, const char *addrport, char *err, size_t errlen)
 {
 	char host[256], port[16];
-	struct addrinfo hints = { .ai_socktype = SOCK_DGRAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST };
+	struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
 	struct addrinfo *res = NULL, *ai;
 	bool port_only = addrport[0] != '\0' && strspn(addrport, "0123456789") == strlen(addrport);
 	int rc, fd = -1, zero = 0, one = 1;
@@ -259,15 +257,16 @@ static int bind_socket(struct kv_server *s, const char *addrport, char *err, siz
 			return errf(err, errlen, -EINVAL, "bad port '%s'", addrport);
 		snprintf(port, sizeof(port), "%u", (unsigned)pv);
 	} else if (kv_split_hostport(addrport, host, sizeof(host), port, sizeof(port))) {
-		return errf(err, errlen, -EINVAL, "bad listen address '%s' (want [ADDR:]PORT)",
-		            addrport);
+		return errf(err, errlen, -EINVAL, "bad listen address '%s' (want [ADDR:]PORT)", addrport);
 	}
 	if (port_only) {
 		/* [::] dual-stack, falling back to 0.0.0.0 */
-		struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = in6addr_any,
-					   .sin6_port = htons((uint16_t)atoi(port)) };
-		struct sockaddr_in a4 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY),
-					  .sin_port = a6.sin6_port };
+		struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
+					  .sin6_addr = in6addr_any,
+					  .sin6_port = htons((uint16_t)atoi(port))};
+		struct sockaddr_in a4 = {.sin_family = AF_INET,
+					 .sin_addr.s_addr = htonl(INADDR_ANY),
+					 .sin_port = a6.sin6_port};
 
 		fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 		if (fd >= 0) {
@@ -285,8 +284,7 @@ static int bind_socket(struct kv_server *s, const char *addrport, char *err, siz
 	}
 	rc = getaddrinfo(host, port, &hints, &res);
 	if (rc)
-		return errf(err, errlen, -EINVAL, "listen address '%s': %s", host,
-		            gai_strerror(rc));
+		return errf(err, errlen, -EINVAL, "listen address '%s': %s", host, gai_strerror(rc));
 	rc = -EADDRNOTAVAIL;
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -393,7 +391,7 @@ int kv_server_run(struct kv_server *s, bool verbose)
 	if (sfd < 0)
 		return -errno;
 	for (;;) {
-		struct pollfd p[2] = { { .fd = s->fd, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
+		struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
 		struct sockaddr_storage from;
 		socklen_t fl = sizeof(from);
 		char buf[KV_DGRAM_MAX + 2], out[KV_DGRAM_MAX];
@@ -409,8 +407,8 @@ int kv_server_run(struct kv_server *s, bool verbose)
 		if (p[1].revents)
 			break;
 		/* one byte more than allowed so over-long datagrams are seen as such */
-		n = recvfrom(s->fd, buf, sizeof(buf) - 1, MSG_DONTWAIT | MSG_TRUNC,
-			     (struct sockaddr *)&from, &fl);
+		n = recvfrom(s->fd, buf, sizeof(buf) - 1, MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from,
+			     &fl);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EINTR || errno == ECONNREFUSED)
 				continue;
@@ -427,9 +425,10 @@ int kv_server_run(struct kv_server *s, bool verbose)
 		if (rl)
 			sendto(s->fd, out, rl, MSG_DONTWAIT, (struct sockaddr *)&from, fl);
 	}
-	fprintf(stderr, "doppel-kv: server stopping: %llu requests, %llu retries answered from cache, "
-		"%llu dropped\n", (unsigned long long)s->nreq, (unsigned long long)s->nretry,
-		(unsigned long long)s->ndrop);
+	fprintf(stderr,
+		"doppel-kv: server stopping: %llu requests, %llu retries answered from cache, "
+		"%llu dropped\n",
+		(unsigned long long)s->nreq, (unsigned long long)s->nretry, (unsigned long long)s->ndrop);
 	close(sfd);
 	return rc;
 }
