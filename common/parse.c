@@ -1,4 +1,4 @@
-/* cli.c — small command-line helpers: size and integer parsing, VM names, control socket paths. */
+/* parse.c — small command-line helpers: size and integer parsing, VM names, control socket paths. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* cli.h — small command-line helpers: size and integer parsing, VM names, control socket paths. */
+/* parse.h — small command-line helpers: size and integer parsing, VM names, control socket paths. */
 #ifndef DOPPEL_CLI_H
 #define DOPPEL_CLI_H
 

@@ -111,6 +111,9 @@ struct hv_dev_ops {
 	int (*restore)(void *dev, const void *buf, size_t len);
 	/* Release host resources and free the device (the VM's vCPUs have stopped). */
 	void (*detach)(void *dev);
+	/* Optional: the last pause hold was released; deliver what was held back while paused (see
+	 * vm_dma_begin). Called on the resuming thread with no hv lock held. */
+	void (*resumed)(void *dev);
 };
 
 #define HV_MAX_DEVS 16
@@ -185,6 +188,17 @@ int vm_start(struct vm *vm);
  * is outstanding. Both return -ESHUTDOWN once the VM has stopped. Not callable from a vCPU thread. */
 int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);
+
+/* The DMA gate. A device that writes guest RAM (or changes the state it saves) from a thread other
+ * than a vCPU thread — net RX on the event loop — brackets that work with vm_dma_begin/vm_dma_end.
+ * While any pause hold is outstanding the gate is closed: vm_dma_begin returns false and the device
+ * must leave guest RAM and its saved state alone (queue the work, deliver it from hv_dev_ops.resumed),
+ * and vm_pause returns only after every bracket that was open has ended. So between a pause and its
+ * resume, guest RAM and device state change only through the hold's owner: a checkpoint's dirty sync,
+ * state capture and page copy see one consistent machine. vCPU threads need no bracket (they are parked
+ * while paused). Not callable from a thread that holds a pause (it would wait for itself). */
+bool vm_dma_begin(struct vm *vm);
+void vm_dma_end(struct vm *vm);
 
 /* Last pause latency (request -> all acknowledged), in ns, and totals. */
 struct vm_pause_stats {

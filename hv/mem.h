@@ -32,7 +32,7 @@ struct guest_mem {
 	uint64_t nr_pages; /* size / GUEST_PAGE_SIZE */
 	int memfd; /* -1 when built over a plain buffer */
 	uint64_t *dev_dirty; /* bitmap, one bit per RAM page index, set by VMM writes (atomic) */
-	/* KVM keeps one dirty log per memory slot, so one tracker at a time owns it (hv/dirty.c). */
+	/* KVM keeps one dirty log per memory slot, so one tracker at a time owns it (hv/kvm/kvm_dirty.c). */
 	pthread_mutex_t dirty_lock;
 	void *dirty_owner; /* the struct dirty_log that owns the log, or NULL */
 };

@@ -56,6 +56,13 @@ void dev_table_reset_all(struct dev_table *t)
 			t->dev[i].ops->reset(t->dev[i].opaque);
 }
 
+void dev_table_resumed_all(struct dev_table *t)
+{
+	for (int i = 0; i < t->nr; i++)
+		if (t->dev[i].ops->resumed)
+			t->dev[i].ops->resumed(t->dev[i].opaque);
+}
+
 void dev_table_detach_all(struct dev_table *t)
 {
 	while (t->nr > 0) {

@@ -19,6 +19,8 @@ int dev_table_attach(struct dev_table *t, struct vm *vm, const char *name, const
 		     void *dev, char *err, size_t errlen);
 void *dev_table_find(const struct dev_table *t, const char *name);
 void dev_table_reset_all(struct dev_table *t);
+/* Call every device's resumed hook (the last pause hold was released). */
+void dev_table_resumed_all(struct dev_table *t);
 /* Detach every device, newest first, and empty the table (vm_destroy, vCPUs stopped). */
 void dev_table_detach_all(struct dev_table *t);
 int dev_table_slot_claim(struct dev_table *t, struct vm *vm, io_fn fn, void *opaque,

@@ -155,6 +155,41 @@ int virtio_net_rx(struct virtio_net *d, const void *frame, size_t len)
 	return rc;
 }
 
+/* Append a frame to the holding queue (lock held): 0 or -ENOBUFS / -ENOMEM / -EMSGSIZE (counted). */
+static int rxq_append(struct virtio_net *d, const void *frame, size_t len)
+{
+	struct rx_frame *f = &d->rxq[(d->rxq_head + d->rxq_count) % VNET_RXQ_LEN];
+	int rc = 0;
+
+	if (d->rxq_count == VNET_RXQ_LEN || len == 0 || len > VNET_MAX_FRAME || !(f->data = malloc(len))) {
+		rc = d->rxq_count == VNET_RXQ_LEN ? -ENOBUFS : len ? -ENOMEM : -EMSGSIZE;
+		d->st.rx_dropped++;
+		return rc;
+	}
+	memcpy(f->data, frame, len);
+	f->len = len;
+	d->rxq_count++;
+	d->st.rx_queued++;
+	return 0;
+}
+
+int virtio_net_rx_hold(struct virtio_net *d, const void *frame, size_t len)
+{
+	int rc;
+
+	pthread_mutex_lock(&d->t.lock);
+	rc = rxq_append(d, frame, len);
+	pthread_mutex_unlock(&d->t.lock);
+	return rc;
+}
+
+void virtio_net_rx_flush(struct virtio_net *d)
+{
+	pthread_mutex_lock(&d->t.lock);
+	rxq_flush(d);
+	pthread_mutex_unlock(&d->t.lock);
+}
+
 int virtio_net_rx_queue(struct virtio_net *d, const void *frame, size_t len)
 {
 	int rc = -EAGAIN;
@@ -165,23 +200,11 @@ int virtio_net_rx_queue(struct virtio_net *d, const void *frame, size_t len)
 		rc = rx_locked(d, frame, len);
 		if (rc == 0)
 			d->st.rx_frames++;
+		else if (rc != -EAGAIN)
+			d->st.rx_dropped++;
 	}
-	if (rc == -EAGAIN) {
-		struct rx_frame *f = &d->rxq[(d->rxq_head + d->rxq_count) % VNET_RXQ_LEN];
-
-		if (d->rxq_count == VNET_RXQ_LEN || len == 0 || len > VNET_MAX_FRAME ||
-		    !(f->data = malloc(len))) {
-			rc = d->rxq_count == VNET_RXQ_LEN ? -ENOBUFS : len ? -ENOMEM : -EMSGSIZE;
-		} else {
-			memcpy(f->data, frame, len);
-			f->len = len;
-			d->rxq_count++;
-			d->st.rx_queued++;
-			rc = 0;
-		}
-	}
-	if (rc)
-		d->st.rx_dropped++;
+	if (rc == -EAGAIN)
+		rc = rxq_append(d, frame, len);
 	pthread_mutex_unlock(&d->t.lock);
 	return rc;
 }

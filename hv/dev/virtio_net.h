@@ -70,6 +70,11 @@ int virtio_net_rx(struct virtio_net *dev, const void *frame, size_t len);
  * delivered or queued, -ENOBUFS when the queue is full (dropped), other errors as virtio_net_rx. */
 int virtio_net_rx_queue(struct virtio_net *dev, const void *frame, size_t len);
 
+/* Queue one frame behind any already queued without touching guest RAM (the VM is paused: see
+ * vm_dma_begin); 0, or -ENOBUFS / -EMSGSIZE / -ENOMEM (dropped, counted). virtio_net_rx_flush
+ * delivers the queue while the guest has RX buffers posted. Both take the lock. */
+int virtio_net_rx_hold(struct virtio_net *dev, const void *frame, size_t len);
+void virtio_net_rx_flush(struct virtio_net *dev);
 /* Process pending TX chains and flush queued RX frames (e.g. from an event-loop timer). Takes the lock. */
 void virtio_net_poll(struct virtio_net *dev);
 

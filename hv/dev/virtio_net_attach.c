@@ -83,7 +83,14 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (!__atomic_load_n(&p->rx_enabled, __ATOMIC_ACQUIRE))
 			continue; /* a replica must not receive: its memory belongs to the primary
 			           */
-		(void)virtio_net_rx_queue(p->dev, p->buf, (size_t)n); /* drops are counted in stats */
+		/* Into guest RAM only through the DMA gate: while a checkpoint (or anyone) holds the VM
+		 * paused, frames wait in the device's queue and go in from resumed_cb. Drops are counted. */
+		if (vm_dma_begin(p->vm)) {
+			(void)virtio_net_rx_queue(p->dev, p->buf, (size_t)n);
+			vm_dma_end(p->vm);
+		} else {
+			(void)virtio_net_rx_hold(p->dev, p->buf, (size_t)n);
+		}
 	}
 }
 
@@ -124,6 +131,16 @@ static int restore_cb(void *opaque, const void *buf, size_t len)
 	return virtio_net_restore(((struct net_port *)opaque)->dev, buf, len);
 }
 
+static void resumed_cb(void *opaque)
+{
+	struct net_port *p = opaque;
+
+	if (vm_dma_begin(p->vm)) {
+		virtio_net_rx_flush(p->dev);
+		vm_dma_end(p->vm);
+	}
+}
+
 static void detach_cb(void *opaque)
 {
 	struct net_port *p = opaque;
@@ -144,6 +161,7 @@ static const struct hv_dev_ops net_ops = {
 	.save = save_cb,
 	.restore = restore_cb,
 	.detach = detach_cb,
+	.resumed = resumed_cb,
 };
 
 int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_cfg *c, struct ev_loop *loop,

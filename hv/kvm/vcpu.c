@@ -247,8 +247,12 @@ int vm_pause(struct vm *vm)
 		rc = -ESHUTDOWN;
 		goto out;
 	}
-	/* Holds nest: only the first one stops the vCPUs. */
-	if (vm->pause_count++ > 0 || vm->state == VM_CREATED)
+	/* Holds nest: only the first one closes the DMA gate and stops the vCPUs. */
+	if (vm->pause_count++ > 0)
+		goto out;
+	while (vm->dma_active > 0)
+		pthread_cond_wait(&vm->cond, &vm->lock);
+	if (vm->state == VM_CREATED)
 		goto out;
 	vm->pause_req = true;
 	vm_kick_all_locked(vm);
@@ -272,6 +276,7 @@ out:
 
 int vm_resume(struct vm *vm)
 {
+	bool opened = false;
 	int rc = 0;
 
 	pthread_mutex_lock(&vm->lock);
@@ -279,13 +284,38 @@ int vm_resume(struct vm *vm)
 		rc = -ESHUTDOWN;
 	else if (vm->pause_count == 0)
 		rc = -EINVAL; /* unbalanced: nobody holds the VM paused */
-	else if (--vm->pause_count == 0 && vm->state == VM_PAUSED) {
-		vm->pause_req = false;
-		vm->state = VM_RUNNING;
-		pthread_cond_broadcast(&vm->cond);
+	else if (--vm->pause_count == 0) {
+		if (vm->state == VM_PAUSED) {
+			vm->pause_req = false;
+			vm->state = VM_RUNNING;
+			pthread_cond_broadcast(&vm->cond);
+		}
+		opened = true;
 	}
 	pthread_mutex_unlock(&vm->lock);
+	if (opened)
+		vm_dev_resumed_all(vm);
 	return rc;
+}
+
+bool vm_dma_begin(struct vm *vm)
+{
+	bool open;
+
+	pthread_mutex_lock(&vm->lock);
+	open = vm->pause_count == 0;
+	if (open)
+		vm->dma_active++;
+	pthread_mutex_unlock(&vm->lock);
+	return open;
+}
+
+void vm_dma_end(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (--vm->dma_active == 0)
+		pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
 }
 
 void vm_pause_stats(const struct vm *vm, struct vm_pause_stats *out)

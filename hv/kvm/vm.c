@@ -262,6 +262,11 @@ void vm_dev_reset_all(struct vm *vm)
 	dev_table_reset_all(&vm->devs);
 }
 
+void vm_dev_resumed_all(struct vm *vm)
+{
+	dev_table_resumed_all(&vm->devs);
+}
+
 int vm_devstate_count(const struct vm *vm)
 {
 	return vm->devs.nr_stateful;

@@ -44,6 +44,7 @@ struct vm {
 	enum vm_state state;
 	bool pause_req;
 	unsigned pause_count; /* nested holds: vm_pause increments, vm_resume decrements */
+	int dma_active; /* open vm_dma_begin brackets (the gate is closed while pause_count > 0) */
 	int parked; /* vCPU threads parked for a pause */
 	int alive; /* vCPU threads not yet ended */
 	bool stop_req;
@@ -59,6 +60,8 @@ struct vm {
 int vm_sig_kick(void);
 /* Set immediate_exit on every vCPU and signal the running ones. vm->lock held. */
 void vm_kick_all_locked(struct vm *vm);
+/* vm.c: the last pause hold was released (vm_resume, no lock held): every device's resumed hook. */
+void vm_dev_resumed_all(struct vm *vm);
 /* First stop wins: record status and (printf-style, may be NULL) reason, kick, notify the owner. */
 void vm_stop_with(struct vm *vm, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* vcpu.c: CPUID for one vCPU (supported CPUID + APIC id + TSC-frequency leaf). */

@@ -1,5 +1,6 @@
-/* test_vm.c — VM lifecycle on real KVM: start, nested pause holds, stop, exit port, bad configs. */
+/* test_vm.c — VM lifecycle on real KVM: start, nested pause holds, the DMA gate, stop, exit port, bad configs. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -118,6 +119,59 @@ static void test_io_registration(void **state)
 	vm_destroy(vm);
 }
 
+/* A stub device counting its resumed hook. */
+static int stub_resumed;
+static void stub_resumed_cb(void *dev)
+{
+	(void)dev;
+	__atomic_fetch_add(&stub_resumed, 1, __ATOMIC_SEQ_CST);
+}
+static const struct hv_dev_ops stub_ops = {.kind = "stub", .resumed = stub_resumed_cb};
+
+static int pause_done;
+static void *pause_thread(void *arg)
+{
+	assert_int_equal(vm_pause(arg), 0);
+	__atomic_store_n(&pause_done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* The DMA gate: a pause waits for an open bracket, brackets cannot open while any hold is out, and
+ * the last resume calls the devices' resumed hooks (where a device delivers what it held back). */
+static void test_dma_gate(void **state)
+{
+	struct vm *vm;
+	pthread_t th;
+	char err[256];
+
+	(void)state;
+	need_kvm();
+	vm = make_vm(1, -1);
+	assert_int_equal(vm_dev_attach(vm, "stub0", &stub_ops, &stub_resumed, err, sizeof(err)), 0);
+	assert_int_equal(vm_start(vm), 0);
+	assert_true(vm_dma_begin(vm)); /* e.g. net RX writing a frame into guest RAM */
+	pause_done = 0;
+	assert_int_equal(pthread_create(&th, NULL, pause_thread, vm), 0);
+	usleep(50 * 1000); /* a pause that does not wait for the bracket would be done by now */
+	assert_int_equal(__atomic_load_n(&pause_done, __ATOMIC_SEQ_CST), 0);
+	vm_dma_end(vm);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(pause_done, 1);
+	assert_int_equal(vm_get_state(vm), VM_PAUSED);
+	assert_false(vm_dma_begin(vm)); /* closed while paused */
+	assert_int_equal(vm_pause(vm), 0); /* a nested hold */
+	assert_int_equal(vm_resume(vm), 0);
+	assert_int_equal(stub_resumed, 0); /* still held: no resumed hook yet */
+	assert_false(vm_dma_begin(vm));
+	assert_int_equal(vm_resume(vm), 0);
+	assert_int_equal(stub_resumed, 1); /* last hold released */
+	assert_true(vm_dma_begin(vm));
+	vm_dma_end(vm);
+	vm_stop(vm, 0);
+	assert_int_equal(vm_wait(vm), 0);
+	vm_destroy(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -125,6 +179,7 @@ int main(void)
 		cmocka_unit_test(test_hold_before_start_starts_parked),
 		cmocka_unit_test(test_bad_configs),
 		cmocka_unit_test(test_io_registration),
+		cmocka_unit_test(test_dma_gate),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
