@@ -1,322 +1,17 @@
-/* witness.c — etcd v3 witness client (libcurl + json-c over the gRPC gateway): lease, key, fencing token. */
-#include "replication/witness.h"
-
+/* witness.c — etcd v3 witness client: lease, create-if-absent key, fencing token, keepalive thread. */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
-#include <json-c/json.h>
-
 #include "common/clock.h"
 #include "common/errf.h"
 #include "common/log.h"
+#include "replication/witness_priv.h"
 
 #define WIT "witness"
-#define MAX_REPLY (1u << 20) /* an etcd reply of ours is < 1 KiB; cap what a wrong server can send */
-#define MAX_URLS 16
 #define MS 1000000ull
-
-/* One libcurl handle and its reply buffer; one per thread that talks to etcd. */
-struct wconn {
-	CURL *c;
-	struct curl_slist *hdrs;
-	char *buf;
-	size_t len, cap;
-	int too_big;
-};
-
-struct witness {
-	char *urls[MAX_URLS];
-	int n_urls;
-	atomic_int cur; /* endpoint that answered last; both threads start there */
-	char *name, key[320], key_b64[440];
-	uint32_t ttl_ms, margin_ms, connect_ms, request_ms;
-	char holder[128], holder_b64[180];
-	int64_t lease; /* set by acquire/release (caller thread) while no keepalive thread runs */
-	uint32_t granted_ms;
-	_Atomic uint64_t valid_until, token, last_renew, last_rtt;
-	atomic_int lost;
-	struct wconn api, ka;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	pthread_t thr;
-	int thr_running, stop;
-};
-
-/* ---- base64 (RFC 4648, padded) ------------------------------------------------------------- */
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static void b64_encode(const char *in, size_t n, char *out)
-{
-	const unsigned char *s = (const unsigned char *)in;
-	size_t i, o = 0;
-
-	for (i = 0; i + 2 < n; i += 3) {
-		out[o++] = B64[s[i] >> 2];
-		out[o++] = B64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
-		out[o++] = B64[((s[i + 1] & 15) << 2) | (s[i + 2] >> 6)];
-		out[o++] = B64[s[i + 2] & 63];
-	}
-	if (i < n) {
-		out[o++] = B64[s[i] >> 2];
-		if (i + 1 < n) {
-			out[o++] = B64[((s[i] & 3) << 4) | (s[i + 1] >> 4)];
-			out[o++] = B64[(s[i + 1] & 15) << 2];
-		} else {
-			out[o++] = B64[(s[i] & 3) << 4];
-			out[o++] = '=';
-		}
-		out[o++] = '=';
-	}
-	out[o] = 0;
-}
-
-static int b64_val(char c)
-{
-	const char *p = c ? strchr(B64, c) : NULL;
-
-	return p ? (int)(p - B64) : -1;
-}
-
-/* Decode into out (len bytes incl. NUL; truncates). 0 or -EPROTO on a bad character. */
-static int b64_decode(const char *in, char *out, size_t len)
-{
-	uint32_t acc = 0;
-	int bits = 0;
-	size_t o = 0;
-
-	for (; *in && *in != '='; in++) {
-		int v = b64_val(*in);
-
-		if (v < 0)
-			return -EPROTO;
-		acc = (acc << 6) | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (o + 1 < len)
-				out[o++] = (char)((acc >> bits) & 0xff);
-		}
-	}
-	if (len)
-		out[o] = 0;
-	return 0;
-}
-
-/* ---- JSON helpers ---------------------------------------------------------------------------- */
-
-/* An int64 field as etcd's gateway writes it: a string of digits (or a number); absent = 0
- * (protobuf omits defaults). 0, or -EPROTO when present but not an integer. */
-static int jget_i64(struct json_object *o, const char *k, int64_t *out)
-{
-	struct json_object *v;
-	const char *s;
-	char *end;
-
-	*out = 0;
-	if (!o || !json_object_object_get_ex(o, k, &v) || !v)
-		return 0;
-	if (json_object_is_type(v, json_type_int)) {
-		*out = json_object_get_int64(v);
-		return 0;
-	}
-	if (!json_object_is_type(v, json_type_string))
-		return -EPROTO;
-	s = json_object_get_string(v);
-	errno = 0;
-	*out = strtoll(s, &end, 10);
-	return (!*s || *end || errno) ? -EPROTO : 0;
-}
-
-static struct json_object *jget(struct json_object *o, const char *k, enum json_type t)
-{
-	struct json_object *v;
-
-	if (!o || !json_object_object_get_ex(o, k, &v) || !json_object_is_type(v, t))
-		return NULL;
-	return v;
-}
-
-/* ---- HTTP ------------------------------------------------------------------------------------ */
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
-
-static void curl_init(void)
-{
-	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-static size_t on_data(char *p, size_t sz, size_t n, void *opaque)
-{
-	struct wconn *c = opaque;
-	size_t add = sz * n;
-
-	if (c->len + add + 1 > MAX_REPLY) {
-		c->too_big = 1;
-		return 0; /* aborts the transfer */
-	}
-	if (c->len + add + 1 > c->cap) {
-		size_t cap = c->cap ? c->cap : 1024;
-		char *nb;
-
-		while (cap < c->len + add + 1)
-			cap *= 2;
-		nb = realloc(c->buf, cap);
-		if (!nb)
-			return 0;
-		c->buf = nb;
-		c->cap = cap;
-	}
-	memcpy(c->buf + c->len, p, add);
-	c->len += add;
-	c->buf[c->len] = 0;
-	return add;
-}
-
-static int conn_init(struct wconn *c)
-{
-	c->c = curl_easy_init();
-	c->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-	if (c->hdrs) {
-		struct curl_slist *h = curl_slist_append(c->hdrs, "Expect:");
-
-		if (h)
-			c->hdrs = h;
-	}
-	return c->c && c->hdrs ? 0 : -ENOMEM;
-}
-
-static void conn_fini(struct wconn *c)
-{
-	if (c->c)
-		curl_easy_cleanup(c->c);
-	curl_slist_free_all(c->hdrs);
-	free(c->buf);
-	memset(c, 0, sizeof(*c));
-}
-
-static int curl_errno(CURLcode cc)
-{
-	switch (cc) {
-	case CURLE_COULDNT_CONNECT:
-		return -ECONNREFUSED;
-	case CURLE_OPERATION_TIMEDOUT:
-		return -ETIMEDOUT;
-	case CURLE_URL_MALFORMAT:
-	case CURLE_UNSUPPORTED_PROTOCOL:
-		return -EINVAL;
-	case CURLE_OUT_OF_MEMORY:
-		return -ENOMEM;
-	case CURLE_COULDNT_RESOLVE_HOST:
-		return -EHOSTUNREACH;
-	default:
-		return -EIO;
-	}
-}
-
-/* An error reply of the gateway: {"error":"...","code":N} or, on streams, {"error":{"grpc_code":N,
- * "message":"..."}}. Fills msg, returns -ENOENT for gRPC NotFound, -EAGAIN for codes worth another
- * endpoint (Unavailable, DeadlineExceeded, Unknown, Internal), else -EPROTO. */
-static int gw_error(struct json_object *j, char *msg, size_t len)
-{
-	struct json_object *e = NULL;
-	int64_t code = 0;
-
-	snprintf(msg, len, "unexpected reply");
-	if (!j || !json_object_object_get_ex(j, "error", &e) || !e)
-		return -EPROTO;
-	if (json_object_is_type(e, json_type_object)) {
-		(void)jget_i64(e, "grpc_code", &code);
-		e = jget(e, "message", json_type_string);
-	} else {
-		(void)jget_i64(j, "code", &code);
-	}
-	if (e && json_object_is_type(e, json_type_string))
-		snprintf(msg, len, "%s", json_object_get_string(e));
-	if (code == 5)
-		return -ENOENT;
-	if (code == 14 || code == 4 || code == 2 || code == 13)
-		return -EAGAIN;
-	return -EPROTO;
-}
-
-/* POST body to path on the endpoints in order (starting with the last good one) until one answers
- * with a JSON object. *out is the parsed reply (the "result" of a stream reply unwrapped); caller
- * puts it. 0 or -errno with one line in err. -ENOENT: etcd said NotFound. */
-static int post(struct witness *w, struct wconn *c, const char *path, struct json_object *body,
-		struct json_object **out, char *err, size_t errlen)
-{
-	const char *txt = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN);
-	int start = atomic_load(&w->cur), rc = -EIO;
-	char msg[800] = "no endpoint";
-
-	*out = NULL;
-	for (int i = 0; i < w->n_urls; i++) {
-		int idx = (start + i) % w->n_urls;
-		char url[512];
-		long status = 0;
-		CURLcode cc;
-		struct json_object *j, *res;
-
-		snprintf(url, sizeof(url), "%s%s", w->urls[idx], path);
-		c->len = 0;
-		c->too_big = 0;
-		curl_easy_setopt(c->c, CURLOPT_URL, url);
-		curl_easy_setopt(c->c, CURLOPT_POSTFIELDS, txt);
-		curl_easy_setopt(c->c, CURLOPT_HTTPHEADER, c->hdrs);
-		curl_easy_setopt(c->c, CURLOPT_WRITEFUNCTION, on_data);
-		curl_easy_setopt(c->c, CURLOPT_WRITEDATA, c);
-		curl_easy_setopt(c->c, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(c->c, CURLOPT_NOPROXY, "*");
-		curl_easy_setopt(c->c, CURLOPT_TIMEOUT_MS, (long)w->request_ms);
-		curl_easy_setopt(c->c, CURLOPT_CONNECTTIMEOUT_MS, (long)w->connect_ms);
-		curl_easy_setopt(c->c, CURLOPT_PROTOCOLS_STR, "http,https");
-		cc = curl_easy_perform(c->c);
-		if (cc != CURLE_OK) {
-			rc = c->too_big ? -EPROTO : curl_errno(cc);
-			snprintf(msg, sizeof(msg), "%s: %s", url,
-				 c->too_big ? "reply too long" : curl_easy_strerror(cc));
-			continue;
-		}
-		curl_easy_getinfo(c->c, CURLINFO_RESPONSE_CODE, &status);
-		j = c->len ? json_tokener_parse(c->buf) : NULL;
-		if (!j || !json_object_is_type(j, json_type_object)) {
-			json_object_put(j);
-			rc = status >= 500 ? -EAGAIN : -EPROTO;
-			snprintf(msg, sizeof(msg), "%s: HTTP %ld, not a JSON object", url, status);
-			continue;
-		}
-		res = jget(j, "result", json_type_object);
-		if (status != 200 || json_object_object_get_ex(j, "error", NULL)) {
-			char e[160];
-
-			rc = gw_error(j, e, sizeof(e));
-			json_object_put(j);
-			snprintf(msg, sizeof(msg), "%s: HTTP %ld: %s", url, status, e);
-			if (rc == -EAGAIN || status >= 500)
-				continue;
-			return errf(err, errlen, rc, "etcd %s", msg);
-		}
-		if (res) {
-			json_object_get(res);
-			json_object_put(j);
-			j = res;
-		}
-		atomic_store(&w->cur, idx);
-		*out = j;
-		return 0;
-	}
-	if (rc == -EAGAIN)
-		rc = -ETIMEDOUT; /* every member busy/leaderless: to callers that is "no answer in time" */
-	return errf(err, errlen, rc, "etcd %s", msg);
-}
 
 /* ---- lease ----------------------------------------------------------------------------------- */
 
@@ -349,11 +44,11 @@ static int lease_grant(struct witness *w, uint64_t *t_send, char *err, size_t er
 		return errf(err, errlen, -ENOMEM, "witness: out of memory");
 	json_object_object_add(b, "TTL", json_object_new_int64((w->ttl_ms + 999) / 1000));
 	*t_send = now_ns();
-	rc = post(w, &w->api, "/v3/lease/grant", b, &r, err, errlen);
+	rc = wit_post(w, &w->api, "/v3/lease/grant", b, &r, err, errlen);
 	json_object_put(b);
 	if (rc)
 		return rc;
-	if (jget_i64(r, "ID", &id) || jget_i64(r, "TTL", &ttl) || id == 0 || ttl <= 0)
+	if (wit_jget_i64(r, "ID", &id) || wit_jget_i64(r, "TTL", &ttl) || id == 0 || ttl <= 0)
 		rc = errf(err, errlen, -EPROTO, "etcd lease grant: bad reply %.120s",
 			  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
 	json_object_put(r);
@@ -372,7 +67,7 @@ static int lease_revoke(struct witness *w, int64_t id, char *err, size_t errlen)
 	if (!b)
 		return errf(err, errlen, -ENOMEM, "witness: out of memory");
 	lease_to(b, "ID", id);
-	rc = post(w, &w->api, "/v3/lease/revoke", b, &r, err, errlen);
+	rc = wit_post(w, &w->api, "/v3/lease/revoke", b, &r, err, errlen);
 	json_object_put(b);
 	json_object_put(r);
 	return rc == -ENOENT ? 0 : rc; /* already expired: fine */
@@ -393,14 +88,14 @@ static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen
 		return errf(err, errlen, -ENOMEM, "witness: out of memory");
 	lease_to(b, "ID", w->lease);
 	t0 = now_ns();
-	rc = post(w, c, "/v3/lease/keepalive", b, &r, err, errlen);
+	rc = wit_post(w, c, "/v3/lease/keepalive", b, &r, err, errlen);
 	json_object_put(b);
 	if (rc == -ENOENT)
 		ttl = 0;
 	else if (rc)
 		return rc;
-	else if (!jget(r, "header", json_type_object) || jget_i64(r, "ID", &id) || jget_i64(r, "TTL", &ttl) ||
-		 (id && id != w->lease))
+	else if (!wit_jget(r, "header", json_type_object) || wit_jget_i64(r, "ID", &id) ||
+		 wit_jget_i64(r, "TTL", &ttl) || (id && id != w->lease))
 		rc = errf(err, errlen, -EPROTO, "etcd keepalive: bad reply %.120s",
 			  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
 	json_object_put(r);
@@ -423,16 +118,17 @@ static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen
 /* The holder id and create revision of the first kv in a range reply (r: a RangeResponse). */
 static int kv_holder(struct json_object *r, char *buf, size_t len, uint64_t *token)
 {
-	struct json_object *kvs = jget(r, "kvs", json_type_array), *kv, *v;
+	struct json_object *kvs = wit_jget(r, "kvs", json_type_array), *kv, *v;
 	int64_t crev = 0;
 
 	if (!kvs || json_object_array_length(kvs) == 0)
 		return -ENOENT;
 	kv = json_object_array_get_idx(kvs, 0);
-	if (!json_object_is_type(kv, json_type_object) || jget_i64(kv, "create_revision", &crev) || crev <= 0)
+	if (!json_object_is_type(kv, json_type_object) || wit_jget_i64(kv, "create_revision", &crev) ||
+	    crev <= 0)
 		return -EPROTO;
-	v = jget(kv, "value", json_type_string);
-	if (buf && len && b64_decode(v ? json_object_get_string(v) : "", buf, len))
+	v = wit_jget(kv, "value", json_type_string);
+	if (buf && len && wit_b64_decode(v ? json_object_get_string(v) : "", buf, len))
 		return -EPROTO;
 	if (token)
 		*token = (uint64_t)crev;
@@ -478,21 +174,21 @@ static int txn_create(struct witness *w, char *err, size_t errlen)
 	json_object_object_add(b, "compare", ca);
 	json_object_object_add(b, "success", sa);
 	json_object_object_add(b, "failure", fa);
-	rc = post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
+	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
 	json_object_put(b);
 	if (rc)
 		return rc;
-	s = jget(r, "succeeded", json_type_boolean);
+	s = wit_jget(r, "succeeded", json_type_boolean);
 	if (s && json_object_get_boolean(s)) {
-		if (jget_i64(jget(r, "header", json_type_object), "revision", &rev) || rev <= 0)
+		if (wit_jget_i64(wit_jget(r, "header", json_type_object), "revision", &rev) || rev <= 0)
 			rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a revision");
 		else
 			atomic_store(&w->token, (uint64_t)rev);
 	} else {
-		struct json_object *rs = jget(r, "responses", json_type_array), *rr;
+		struct json_object *rs = wit_jget(r, "responses", json_type_array), *rr;
 
 		rr = rs && json_object_array_length(rs) ? json_object_array_get_idx(rs, 0) : NULL;
-		rr = jget(rr, "response_range", json_type_object);
+		rr = wit_jget(rr, "response_range", json_type_object);
 		rc = rr ? kv_holder(rr, who, sizeof(who), &tok) : -EPROTO;
 		if (rc == 0 || rc == -ENOENT) /* ENOENT: it expired between compare and range */
 			rc = errf(err, errlen, -EBUSY, "witness %s: held by \"%s\" (token %" PRIu64 ")",
@@ -519,7 +215,7 @@ int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t 
 		return errf(err, errlen, -EBUSY,
 			    "witness %s: keepalive running for a lost lease; release first", w->key);
 	snprintf(w->holder, sizeof(w->holder), "%s", holder_id);
-	b64_encode(w->holder, strlen(w->holder), w->holder_b64);
+	wit_b64_encode(w->holder, strlen(w->holder), w->holder_b64);
 	atomic_store(&w->lost, 0);
 	atomic_store(&w->token, 0);
 	atomic_store(&w->valid_until, 0);
@@ -558,7 +254,7 @@ int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, ch
 		buf[0] = 0;
 	if (token)
 		*token = 0;
-	rc = post(w, &w->api, "/v3/kv/range", b, &r, err, errlen);
+	rc = wit_post(w, &w->api, "/v3/kv/range", b, &r, err, errlen);
 	json_object_put(b);
 	if (rc)
 		return rc;
@@ -592,7 +288,7 @@ int witness_release(struct witness *w, char *err, size_t errlen)
 	json_object_array_add(sa, op("request_delete_range", keyobj(w)));
 	json_object_object_add(b, "compare", ca);
 	json_object_object_add(b, "success", sa);
-	rc = post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
+	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
 	json_object_put(b);
 	json_object_put(r);
 	rc2 = lease_revoke(w, w->lease, rc ? NULL : err, errlen);
@@ -727,8 +423,7 @@ int witness_new(struct witness **out, const char *urls, const char *vm_name, uin
 		return errf(err, errlen, -EINVAL, "witness: bad VM name");
 	if (ttl_ms < 100 || ttl_ms > 3600000)
 		return errf(err, errlen, -EINVAL, "witness: ttl %u ms out of range (100..3600000)", ttl_ms);
-	pthread_once(&curl_once, curl_init);
-	if (curl_init_rc != CURLE_OK)
+	if (wit_curl_global())
 		return errf(err, errlen, -EIO, "witness: curl_global_init failed");
 	w = calloc(1, sizeof(*w));
 	if (!w)
@@ -743,11 +438,11 @@ int witness_new(struct witness **out, const char *urls, const char *vm_name, uin
 	w->request_ms = ttl_ms / 4 < 50 ? 50 : ttl_ms / 4 > 2000 ? 2000 : ttl_ms / 4;
 	w->connect_ms = w->request_ms < 200 ? w->request_ms : 200;
 	snprintf(w->key, sizeof(w->key), "/doppel/vm/%s/active", vm_name);
-	b64_encode(w->key, strlen(w->key), w->key_b64);
+	wit_b64_encode(w->key, strlen(w->key), w->key_b64);
 	w->name = strdup(vm_name);
 	rc = w->name ? parse_urls(w, urls, err, errlen)
 		     : errf(err, errlen, -ENOMEM, "witness: out of memory");
-	if (!rc && (conn_init(&w->api) || conn_init(&w->ka)))
+	if (!rc && (wit_conn_init(&w->api) || wit_conn_init(&w->ka)))
 		rc = errf(err, errlen, -ENOMEM, "witness: curl handle: out of memory");
 	if (rc) {
 		witness_free(w);
@@ -762,8 +457,8 @@ void witness_free(struct witness *w)
 	if (!w)
 		return;
 	witness_stop_keepalive(w);
-	conn_fini(&w->api);
-	conn_fini(&w->ka);
+	wit_conn_fini(&w->api);
+	wit_conn_fini(&w->ka);
 	for (int i = 0; i < w->n_urls; i++)
 		free(w->urls[i]);
 	free(w->name);
