@@ -179,7 +179,9 @@ static int txn_create(struct witness *w, char *err, size_t errlen)
 	if (rc)
 		return rc;
 	s = wit_jget(r, "succeeded", json_type_boolean);
-	if (s && json_object_get_boolean(s)) {
+	if (!wit_jget(r, "header", json_type_object)) {
+		rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a header");
+	} else if (s && json_object_get_boolean(s)) {
 		if (wit_jget_i64(wit_jget(r, "header", json_type_object), "revision", &rev) || rev <= 0)
 			rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a revision");
 		else
@@ -209,11 +211,13 @@ int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t 
 
 	if (!holder_id || !*holder_id || strlen(holder_id) >= sizeof(w->holder))
 		return errf(err, errlen, -EINVAL, "witness: bad holder id");
-	if (w->lease && !atomic_load(&w->lost) && !strcmp(holder_id, w->holder))
+	if (w->lease && witness_lease_valid(w) && !strcmp(holder_id, w->holder))
 		return 0;
-	if (w->thr_running)
-		return errf(err, errlen, -EBUSY,
-			    "witness %s: keepalive running for a lost lease; release first", w->key);
+	if (w->lease) { /* a lease we can no longer prove (or another holder id): start afresh */
+		witness_stop_keepalive(w);
+		(void)lease_revoke(w, w->lease, NULL, 0);
+		w->lease = 0;
+	}
 	snprintf(w->holder, sizeof(w->holder), "%s", holder_id);
 	wit_b64_encode(w->holder, strlen(w->holder), w->holder_b64);
 	atomic_store(&w->lost, 0);
@@ -258,7 +262,7 @@ int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, ch
 	json_object_put(b);
 	if (rc)
 		return rc;
-	rc = kv_holder(r, buf, len, token);
+	rc = wit_jget(r, "header", json_type_object) ? kv_holder(r, buf, len, token) : -EPROTO;
 	if (rc == -ENOENT)
 		rc = errf(err, errlen, -ENOENT, "witness %s: nobody holds it", w->key);
 	else if (rc)
