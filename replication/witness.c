@@ -315,7 +315,7 @@ static void *keepalive_main(void *opaque)
 {
 	struct witness *w = opaque;
 	uint64_t next = now_ns() + w->ttl_ms / 3 * MS;
-	int fails = 0;
+	int fails = 0, was_valid = 1;
 
 	pthread_mutex_lock(&w->mu);
 	while (!w->stop) {
@@ -338,14 +338,18 @@ static void *keepalive_main(void *opaque)
 				log_info(WIT, w->name, "renewals of %s resumed after %d failure(s)", w->key,
 					 fails);
 			fails = 0;
+			was_valid = 1;
 			next = now_ns() + w->ttl_ms / 3 * MS;
 		} else {
-			if (!fails++ || !witness_lease_valid(w))
+			int64_t left = ((int64_t)witness_valid_until_ns(w) - (int64_t)now_ns()) / (int64_t)MS;
+
+			/* the first failure, the moment validity runs out, then every ~50 attempts */
+			if (!fails || (left <= 0 && (was_valid || fails % 50 == 0)))
 				log_warn(WIT, w->name,
 					 "renewal failed (%s); lease provably valid for %" PRId64 " ms more",
-					 err,
-					 ((int64_t)witness_valid_until_ns(w) - (int64_t)now_ns()) /
-						 (int64_t)MS);
+					 err, left > 0 ? left : 0);
+			was_valid = left > 0;
+			fails++;
 			next = now_ns() + (w->ttl_ms / 10 < 100 ? w->ttl_ms / 10 : 100) * MS;
 		}
 	}

@@ -228,7 +228,7 @@ class EtcdCluster:
             r = self.ctl("endpoint", "status", "-w", "json", endpoints=m.url, timeout=5)
             try:
                 st = json.loads(r.stdout)[0]["Status"]
-                out[m.idx] = (st["header"]["member_id"], st["leader"], st["raft_term"])
+                out[m.idx] = (st["header"]["member_id"], st["leader"], st["header"].get("raft_term", 0))
             except (ValueError, LookupError, TypeError):
                 pass
         return out

@@ -6,6 +6,7 @@ renew_age_ms, rtt_ms; it releases when its stdin closes).
 """
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -72,7 +73,7 @@ def test_cluster_reachable_from_hosts(etcd_cluster, topology):
     assert c.leader() is not None
     for ns in (topology.hostA, topology.hostB, topology.client):
         r = netns.run_in(ns, ["etcdctl", "--endpoints", c.urls, "--dial-timeout=1s", "endpoint", "health"],
-                         env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+                         env=dict(os.environ, ETCDCTL_API="3"))
         assert r.returncode == 0, f"{ns}: {r.stdout}{r.stderr}"
 
 
