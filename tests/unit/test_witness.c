@@ -500,6 +500,13 @@ static void test_garbage_replies(void **state)
 
 /* ---- driver mode for tests/system/test_witness.py ------------------------------------------------ */
 
+static void json_print_err(const char *what, int rc, char *err)
+{
+	for (char *q = err; *q; q++)
+		*q = *q == '"' || *q == '\\' ? '\'' : *q;
+	printf("{\"%s\":%d,\"err\":\"%s\"}\n", what, rc, err);
+}
+
 /* test_witness --driver URLS VM TTL_MS HOLDER: acquire (retrying up to 20 s), keep the lease alive
  * and print one JSON line every 20 ms until stdin closes; then release. */
 static int driver(char **argv)
@@ -510,14 +517,14 @@ static int driver(char **argv)
 	int rc = witness_new(&w, argv[2], argv[3], (uint32_t)atoi(argv[4]), err, sizeof(err));
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	while (!rc && (rc = witness_acquire(w, argv[5], err, sizeof(err))) && now_ns() < end)
+	while (w && (rc = witness_acquire(w, argv[5], err, sizeof(err))) && now_ns() < end) {
+		json_print_err("acquire", rc, err);
 		usleep(100000);
+	}
 	if (!rc)
 		rc = witness_start_keepalive(w, err, sizeof(err));
 	if (rc) {
-		for (char *q = err; *q; q++)
-			*q = *q == '"' || *q == '\\' ? '\'' : *q;
-		printf("{\"error\":\"%s\"}\n", err);
+		json_print_err("error", rc, err);
 		witness_free(w);
 		return 1;
 	}
