@@ -57,8 +57,13 @@ int witness_new(struct witness **out, const char *urls, const char *vm_name, uin
  * first for a clean hand-over; otherwise the lease simply expires). NULL is fine. */
 void witness_free(struct witness *w);
 
-/* Tuning (before acquire). margin_ms < ttl_ms. Returns 0 or -EINVAL. */
+/* Tuning (before acquire / start_keepalive). Returns 0 or -EINVAL.
+ * margin: subtracted from every validity window (< ttl).
+ * renew: keepalive interval (default ttl/3; 10 ms .. < ttl). An etcd leader election stalls
+ *   renewals for ~1-2 election timeouts: renewing more often keeps the lease provable across it.
+ * timeouts: connect and whole-request timeouts of one attempt at one endpoint (connect <= request). */
 int witness_set_margin_ms(struct witness *w, uint32_t margin_ms);
+int witness_set_renew_ms(struct witness *w, uint32_t interval_ms);
 int witness_set_timeouts_ms(struct witness *w, uint32_t connect_ms, uint32_t request_ms);
 
 /* Grant a lease and create the key with it (txn: create_revision == 0), value = holder_id.
@@ -77,9 +82,10 @@ int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t 
  * it runs out on its own). Not to be called while the keepalive thread runs. */
 int witness_renew(struct witness *w, char *err, size_t errlen) __attribute__((warn_unused_result));
 
-/* Start/stop the internal keepalive thread: one renewal every TTL/3 (retries every ~TTL/10 after a
- * failure) until stopped or the lease is lost. Start after a successful acquire. Stop joins the
- * thread (bounded by one request). Returns 0 or -errno. stop on a stopped witness is a no-op. */
+/* Start/stop the internal keepalive thread: one renewal every renew interval (default TTL/3;
+ * retries every min(TTL/10, 100 ms) after a failure) until stopped or the lease is lost. Start
+ * after a successful acquire. Stop joins the thread (bounded by one request). Returns 0 or -errno.
+ * stop on a stopped witness is a no-op. */
 int witness_start_keepalive(struct witness *w, char *err, size_t errlen) __attribute__((warn_unused_result));
 void witness_stop_keepalive(struct witness *w);
 

@@ -24,10 +24,12 @@ TTL_MS = 2000
 class Driver:
     """One witness client process in a namespace; its status lines collected by a thread."""
 
-    def __init__(self, topology, build_dir, ns, urls, vm, holder, ttl_ms=TTL_MS):
+    def __init__(self, topology, build_dir, ns, urls, vm, holder, ttl_ms=TTL_MS, renew_ms=None):
         self.lines = []
-        self.p = topology.popen(ns, [build_dir / "tests" / "test_witness", "--driver", urls, vm, ttl_ms, holder],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argv = [build_dir / "tests" / "test_witness", "--driver", urls, vm, ttl_ms, holder]
+        if renew_ms:
+            argv.append(renew_ms)
+        self.p = topology.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.t = threading.Thread(target=self._read, daemon=True)
         self.t.start()
 
@@ -77,9 +79,10 @@ def test_cluster_reachable_from_hosts(etcd_cluster, topology):
         assert r.returncode == 0, f"{ns}: {r.stdout}{r.stderr}"
 
 
-def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bin):
+@pytest.mark.parametrize("renew_ms", [None, TTL_MS // 6], ids=["renew-ttl/3", "renew-ttl/6"])
+def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bin, renew_ms):
     c = etcd_cluster
-    d = Driver(topology, build_dir, topology.hostA, c.urls, "vm1", "hostA")
+    d = Driver(topology, build_dir, topology.hostA, c.urls, "vm1", "hostA", renew_ms=renew_ms)
     d.wait_valid()
     token = d.last()["token"]
     assert c.get("/doppel/vm/vm1/active")[:2] == ("hostA", token)
@@ -100,7 +103,9 @@ def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bi
     # renewals go through again; with renewals every TTL/3 the gap since the last successful one is
     # then at most ~TTL/3 + 2 * election + one request timeout. Within that the lease may be
     # unprovable for a moment (a holder must then hold output), but it is never lost.
-    assert gap < TTL_MS / 3 + 2 * c.election_ms + TTL_MS / 4 + 300, f"renewals stalled {gap:.0f} ms"
+    assert gap < (renew_ms or TTL_MS / 3) + 2 * c.election_ms + TTL_MS / 4 + 300, f"renewals stalled {gap:.0f} ms"
+    if renew_ms:  # renewing every TTL/6 leaves room for the election: provable throughout
+        assert not invalid, f"lease unprovable after the leader kill: {invalid[:3]}"
     netns.wait_for(lambda: d.last()["valid"], timeout=2, what="lease valid again")
     # the key is still hostA's, same create revision, on the surviving members
     assert c.get("/doppel/vm/vm1/active")[:2] == ("hostA", token)

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "common/clock.h"
+#include "common/errf.h"
 #include "common/log.h"
 #include "replication/witness.h"
 
@@ -340,6 +341,9 @@ static void test_bad_arguments(void **state)
 	assert_int_equal(witness_set_margin_ms(w, 1000), -EINVAL);
 	assert_int_equal(witness_set_margin_ms(w, 100), 0);
 	assert_int_equal(witness_set_timeouts_ms(w, 200, 100), -EINVAL);
+	assert_int_equal(witness_set_renew_ms(w, 1000), -EINVAL);
+	assert_int_equal(witness_set_renew_ms(w, 5), -EINVAL);
+	assert_int_equal(witness_set_renew_ms(w, 200), 0);
 	assert_int_equal(witness_renew(w, err, sizeof(err)), -ENOLCK);
 	assert_int_equal(witness_start_keepalive(w, err, sizeof(err)), -ENOLCK);
 	assert_int_equal(witness_acquire(w, "", err, sizeof(err)), -EINVAL);
@@ -507,7 +511,7 @@ static void json_print_err(const char *what, int rc, char *err)
 	printf("{\"%s\":%d,\"err\":\"%s\"}\n", what, rc, err);
 }
 
-/* test_witness --driver URLS VM TTL_MS HOLDER: acquire (retrying up to 20 s), keep the lease alive
+/* test_witness --driver URLS VM TTL_MS HOLDER [RENEW_MS]: acquire (retrying up to 20 s), keep the lease alive
  * and print one JSON line every 20 ms until stdin closes; then release. */
 static int driver(char **argv)
 {
@@ -517,6 +521,8 @@ static int driver(char **argv)
 	int rc = witness_new(&w, argv[2], argv[3], (uint32_t)atoi(argv[4]), err, sizeof(err));
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (!rc && argv[6] && witness_set_renew_ms(w, (uint32_t)atoi(argv[6])))
+		rc = errf(err, sizeof(err), -EINVAL, "bad renew interval %s", argv[6]);
 	while (w && (rc = witness_acquire(w, argv[5], err, sizeof(err))) && now_ns() < end) {
 		json_print_err("acquire", rc, err);
 		usleep(100000);
@@ -564,7 +570,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_garbage_replies),
 	};
 
-	if (argc == 6 && !strcmp(argv[1], "--driver"))
+	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "--driver"))
 		return driver(argv);
 	signal(SIGPIPE, SIG_IGN);
 	log_set_level(LOG_ERROR);
