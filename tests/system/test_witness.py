@@ -14,7 +14,7 @@ import time
 import pytest
 
 import netns
-from etcd import etcd_cluster  # noqa: F401  (fixture)
+from etcd import etcd_cluster, etcd_single  # noqa: F401  (fixtures)
 from netns import HOSTA_IP, HOSTB_IP
 
 pytestmark = pytest.mark.needs_root
@@ -142,3 +142,51 @@ def test_isolated_holder_loses_before_other_acquires(etcd_cluster, topology, bui
     assert c.get("/doppel/vm/vm2/active")[:2] == ("hostB", first_b["token"])
     a.close()
     assert b.close() == [{"released": 0}]
+
+
+def test_frozen_member_is_skipped(etcd_cluster, topology, build_dir, driver_bin):
+    """SIGSTOP the member the client talks to first (connections stay open, nothing answers): the
+    client times out on it and moves on; the lease is never lost."""
+    c = etcd_cluster
+    d = Driver(topology, build_dir, topology.hostA, c.urls, "vm3", "hostA", renew_ms=TTL_MS // 6)
+    d.wait_valid()
+    token = d.last()["token"]
+    time.sleep(0.5)
+    t0 = time.monotonic_ns()
+    was_leader = c.leader() == 0
+    c.pause(0)
+    time.sleep(3 * TTL_MS / 1000)
+    s = [x for x in d.status() if x["mono_ns"] >= t0]
+    gap = max(x["renew_age_ms"] for x in s)
+    invalid = [x for x in s if not x["valid"]]
+    print(f"member 0 (leader: {was_leader}) frozen: longest time since a renewal {gap:.0f} ms; "
+          f"lease unprovable for ~{20 * len(invalid)} ms")
+    assert all(x["token"] == token and not x["lost"] for x in s)
+    assert gap < TTL_MS // 6 + 2 * c.election_ms + TTL_MS / 4 + 300, f"renewals stalled {gap:.0f} ms"
+    assert d.last()["valid"]
+    c.resume(0)
+    c.wait_healthy()
+    assert d.close() == [{"released": 0}]
+
+
+def test_single_loopback(etcd_single, build_dir, driver_bin):
+    """The loopback fixture: one member on 127.0.0.21; freezing it makes the lease unprovable
+    within the TTL of the last renewal."""
+    c = etcd_single
+    assert c.urls.startswith("http://127.0.0.21:")
+    p = netns.popen_in(None, [driver_bin, "--driver", c.urls, "vm4", 1000, "me"], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        first = json.loads(p.stdout.readline())
+        assert first["valid"] and first["token"] > 0
+        assert c.get("/doppel/vm/vm4/active")[0] == "me"
+        c.pause(0)
+        t_stop = time.monotonic_ns()
+        while True:
+            x = json.loads(p.stdout.readline())
+            if not x["valid"]:
+                break
+        assert x["renew_age_ms"] <= 1000 and (x["mono_ns"] - t_stop) / 1e6 <= 1000 + 50
+        c.resume(0)
+    finally:
+        netns.stop_proc(p)
