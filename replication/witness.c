@@ -446,6 +446,7 @@ int witness_new(struct witness **out, const char *urls, const char *vm_name, uin
 	w->renew_ms = ttl_ms / 3;
 	w->request_ms = ttl_ms / 4 < 50 ? 50 : ttl_ms / 4 > 2000 ? 2000 : ttl_ms / 4;
 	w->connect_ms = w->request_ms < 200 ? w->request_ms : 200;
+	w->op_ms = ttl_ms < 1000 ? 1000 : ttl_ms > 5000 ? 5000 : ttl_ms;
 	snprintf(w->key, sizeof(w->key), "/doppel/vm/%s/active", vm_name);
 	wit_b64_encode(w->key, strlen(w->key), w->key_b64);
 	w->name = strdup(vm_name);
@@ -498,6 +499,14 @@ int witness_set_timeouts_ms(struct witness *w, uint32_t connect_ms, uint32_t req
 		return -EINVAL;
 	w->connect_ms = connect_ms;
 	w->request_ms = request_ms;
+	return 0;
+}
+
+int witness_set_op_timeout_ms(struct witness *w, uint32_t op_ms)
+{
+	if (op_ms < w->connect_ms)
+		return -EINVAL;
+	w->op_ms = op_ms;
 	return 0;
 }
 

@@ -495,6 +495,8 @@ static void test_garbage_replies(void **state)
 	snprintf(urls, sizeof(urls), "http://127.0.0.1:%d", f.port);
 	w = mk(urls, "vm-hole", 1000);
 	assert_int_equal(witness_set_timeouts_ms(w, 100, 200), 0);
+	assert_int_equal(witness_set_op_timeout_ms(w, 50), -EINVAL); /* < connect */
+	assert_int_equal(witness_set_op_timeout_ms(w, 200), 0);
 	t0 = now_ns();
 	assert_int_equal(witness_acquire(w, "A", err, sizeof(err)), -ETIMEDOUT);
 	assert_true(now_ns() - t0 < 600 * MS);
