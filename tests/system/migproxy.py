@@ -17,6 +17,8 @@ both sides (FIN) at the chosen point:
   drop-go        forward READY, swallow GO: the source committed, the destination never gets GO
   after-go       forward GO, then cut before RUNNING: the destination runs, the source never hears
   kill-at-go     SIGKILL the source when its GO arrives, forward GO: the destination runs alone
+  stall-dst      SIGSTOP the destination (PID) as its READY passes, SIGCONT it 3.5 s later: the source
+                 sends GO, hears nothing (uncertain), then gets the late RUNNING
 """
 import os
 import signal
@@ -24,6 +26,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 MSG = 144
 TYPES = {1: "ACCEPT", 2: "REJECT", 3: "RUNNING", 4: "ERROR", 5: "EPOCH", 6: "READY", 7: "GO"}
@@ -31,6 +34,23 @@ TYPES = {1: "ACCEPT", 2: "REJECT", 3: "RUNNING", 4: "ERROR", 5: "EPOCH", 6: "REA
 
 def say(*a):
     print(*a, flush=True)
+
+
+def stop(pid):
+    """SIGSTOP pid and wait until every thread of it is stopped (kill() only queues the stop)."""
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(2000):
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        if states and all(s in "Tt" for s in states):
+            return
+        time.sleep(0.001)
+    raise RuntimeError(f"{pid} did not stop")
 
 
 def main():
@@ -74,11 +94,14 @@ def main():
                     if t == "READY" and mode == "before-ready":
                         return cut("READY withheld")
                     if t == "READY" and mode == "after-ready":
-                        os.kill(pid, signal.SIGSTOP)
+                        stop(pid)
                         c.sendall(m)
                         cut("after READY, before GO")
                         os.kill(pid, signal.SIGCONT)
                         return
+                    if t == "READY" and mode == "stall-dst":
+                        stop(pid)
+                        threading.Timer(3.5, os.kill, (pid, signal.SIGCONT)).start()
                     if t == "RUNNING" and mode == "after-go":
                         return cut("RUNNING withheld")
                     c.sendall(m)

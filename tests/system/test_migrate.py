@@ -15,7 +15,7 @@ import time
 import pytest
 
 import netns
-from vmproc import VM, wait_for
+from vmproc import VM, ctl, wait_for
 
 pytestmark = pytest.mark.needs_kvm
 
@@ -287,10 +287,11 @@ MIGPROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migproxy.py
 POST_SWITCH = ("failed", "switchover", "switchover-uncertain", "completed")
 
 
-def vm_state(vm):
-    """(VM state, migration state) from status, or (None, None) when the process does not answer."""
+def vm_state(vm, timeout=5.0):
+    """(VM state, migration state) from status, or (None, None) when the process does not answer
+    (gone, or stopped: then after `timeout`)."""
     try:
-        st = vm.ctl("status")
+        st = ctl(vm.control, {"cmd": "status"}, timeout=timeout)
         return st["state"], st["migration"]["state"]
     except (OSError, ValueError, KeyError):
         return None, None
@@ -311,8 +312,8 @@ class CopyChecker:
     def run(self):
         while not self.stop_ev.is_set():
             t = time.monotonic()
-            d, dm = vm_state(self.dst)
-            s, sm = vm_state(self.src)
+            d, dm = vm_state(self.dst, 0.1)
+            s, sm = vm_state(self.src, 0.1)
             self.samples.append((t, s, sm, d, dm))
             time.sleep(self.period)
 
@@ -325,7 +326,9 @@ class CopyChecker:
         src_after = [x for x in smp if x[1] == "running" and x[2] in POST_SWITCH]
         assert not both, f"two copies running: {both[:3]}"
         assert not (dst_ran and src_after), f"both sides ran after the switchover: {src_after[:3]}"
-        rate = len(smp) / (smp[-1][0] - smp[0][0]) if len(smp) > 1 else 0
+        # The rate while both processes answered promptly (a SIGSTOPped one holds a poll for 0.1 s).
+        gaps = [b[0] - a[0] for a, b in zip(smp, smp[1:]) if b[0] - a[0] < 0.09]
+        rate = len(gaps) / sum(gaps) if gaps else 0
         assert rate >= 50, f"status polled at {rate:.0f} Hz only"
         return dst_ran, bool(src_after), rate
 
@@ -335,12 +338,15 @@ def start_proxy(ns, target, mode, pid):
                          stdout=subprocess.PIPE, text=True, start_new_session=True)
     line = p.stdout.readline().split()
     assert line and line[0] == "port", line
+    p.lines = []
+    threading.Thread(target=lambda: p.lines.extend(iter(p.stdout.readline, "")), daemon=True).start()
     return p, int(line[1])
 
 
 def proxy_log(p):
-    netns.stop_proc(p)
-    return p.stdout.read()
+    """The proxy's event lines so far (it has cut the link by the time doppel migrate returned)."""
+    time.sleep(0.2)
+    return "".join(p.lines)
 
 
 def resolve_and_check(mode, doppel, r, src, dst, proxy):
@@ -360,6 +366,13 @@ def resolve_and_check(mode, doppel, r, src, dst, proxy):
                             stderr=subprocess.PIPE, text=True)
         assert rr.returncode == 1 and "not in an uncertain switchover" in rr.stderr, rr.stderr
         return src
+    if mode == "stall-dst":  # the late RUNNING resolves it: the source exits 0, never having resumed
+        assert "uncertain" in err, err
+        st = src.ctl("status")
+        assert st["state"] == "paused" and st["migration"]["state"] == "switchover-uncertain", st
+        assert src.wait(20) == 0, src.stderr()
+        wait_for(lambda: vm_state(dst)[0] == "running", 10, what="destination runs")
+        return dst
     if mode == "kill-at-go":
         assert dst.proc.poll() is None, dst.stderr()
         wait_for(lambda: vm_state(dst)[0] == "running", 10, what="destination runs")
@@ -391,7 +404,11 @@ def resolve_and_check(mode, doppel, r, src, dst, proxy):
     return src
 
 
-SWITCH_MODES = ["before-ready", "after-ready", "drop-go", "after-go", "kill-at-go"]
+SWITCH_MODES = ["before-ready", "after-ready", "drop-go", "after-go", "kill-at-go", "stall-dst"]
+
+
+def proxy_pid(mode, src, dst):
+    return dst.proc.pid if mode == "stall-dst" else src.proc.pid
 
 
 @pytest.mark.needs_root
@@ -412,7 +429,7 @@ def test_switchover_cut_kv(doppel_bin, guest_elf, kv_bin, tmp_path, topology, mo
         src.wait_ctl()
         wait_ready(dst)
         wait_for(lambda: netns.ping(t.client, netns.GUEST_IP), 20, what="guest answers ping")
-        proxy, pport = start_proxy(t.hostA, f"{netns.REPL_B_IP}:{port}", mode, src.proc.pid)
+        proxy, pport = start_proxy(t.hostA, f"{netns.REPL_B_IP}:{port}", mode, proxy_pid(mode, src, dst))
         chk = CopyChecker(src, dst)
         load = t.popen(t.client, [kv_bin, netns.GUEST_IP, "--load", str(n), "--rate", "400", "--cmd", "INCR",
                                   "--key", "k", "--json", "--deadline", "40"], stdout=subprocess.PIPE, text=True)
@@ -444,7 +461,7 @@ def test_switchover_cut_dirty(doppel_bin, guest_elf, tmp_path, mode):
     src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws="16M")
     proxy = None
     try:
-        proxy, pport = start_proxy(None, f"127.0.0.1:{port}", mode, src.proc.pid)
+        proxy, pport = start_proxy(None, f"127.0.0.1:{port}", mode, proxy_pid(mode, src, dst))
         chk = CopyChecker(src, dst)
         r, _ = migrate(doppel_bin, src, f"127.0.0.1:{pport}", "--timeout", "2000")
         last_src = src.dirty()[-1]["pass"]
