@@ -66,7 +66,7 @@ int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms)
 		}
 		off += (size_t)n;
 	}
-	if (m->magic != MIG_MSG_MAGIC || m->type < MIG_ACCEPT || m->type > MIG_EPOCH)
+	if (m->magic != MIG_MSG_MAGIC || m->type < MIG_ACCEPT || m->type > MIG_GO)
 		return -EBADMSG;
 	m->text[sizeof(m->text) - 1] = 0;
 	for (char *c = m->text; *c; c++)
@@ -143,13 +143,35 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 	return 0;
 }
 
+/* `doppel migrate NAME --resume-source`: the operator's way out of an uncertain switchover (GO sent,
+ * no RUNNING). Only then: the sender thread, waiting in that state, resumes the VM and replies. The
+ * operator must know the destination does not run (it exits whenever GO did not reach it). */
+static struct json_object *resume_source(struct vmm *v, struct mig *m)
+{
+	pthread_mutex_lock(&m->lock);
+	if (!m->uncertain || m->op_resume) {
+		const char *st = m->prog.state ? m->prog.state : "none";
+		pthread_mutex_unlock(&m->lock);
+		return ctl_error("%s is not in an uncertain switchover (migration state %s); nothing to "
+				 "resume",
+				 vmm_name(v), st);
+	}
+	m->op_resume = true;
+	m->op_conn = vmm_ctl_current(v);
+	pthread_mutex_unlock(&m->lock);
+	return CTL_DEFER;
+}
+
 static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, void *opaque)
 {
 	struct mig *m = opaque;
 	struct mig_params p;
+	struct json_object *j;
 	char err[300];
 	int rc;
 
+	if (json_object_object_get_ex(req, "resume_source", &j) && json_object_get_boolean(j))
+		return resume_source(v, m);
 	if (vmm_held(v))
 		return ctl_error("this VM is not running (held for an incoming migration or as a standby)");
 	if (vm_get_state(vmm_vm(v)) != VM_RUNNING)
@@ -164,6 +186,8 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 	}
 	m->busy = true;
 	m->success = false;
+	m->uncertain = m->op_resume = false;
+	m->op_conn = NULL;
 	m->p = p;
 	m->prog = (struct mig_progress){.state = "active"};
 	pthread_mutex_unlock(&m->lock);
@@ -189,6 +213,7 @@ static void status_hook(struct vmm *v, struct json_object *st, void *opaque)
 	pthread_mutex_lock(&m->lock);
 	json_object_object_add(o, "state", json_object_new_string(m->prog.state ? m->prog.state : "none"));
 	if (m->prog.state) {
+		json_object_object_add(o, "committed", json_object_new_boolean(m->prog.committed));
 		json_object_object_add(o, "round", json_object_new_int64((int64_t)m->prog.round));
 		json_object_object_add(o, "pages_left", json_object_new_int64((int64_t)m->prog.pages_left));
 		json_object_object_add(o, "rate_mbps", json_object_new_double(m->prog.rate_mbps));
@@ -209,7 +234,13 @@ static void exit_hook(struct vmm *v, void *opaque)
 {
 	struct mig *m = opaque;
 
-	if (m->busy || m->recv_started)
+	pthread_mutex_lock(&m->lock);
+	bool waiting = m->busy && m->uncertain;
+	m->quit = true;
+	pthread_mutex_unlock(&m->lock);
+	if (waiting) /* an uncertain switchover ended by the operator (stop): the thread exits in 100 ms */
+		pthread_join(m->sender, NULL);
+	else if (m->busy || m->recv_started)
 		return;
 	ev_io_stop(vmm_loop(v), &m->accept_w);
 	ev_timer_stop(vmm_loop(v), &m->stop_timer);

@@ -14,16 +14,40 @@ struct vm;
 struct ctl_conn;
 
 /*
- * Back channel (destination -> source) on the migration TCP connection: fixed 144-byte messages,
- * little endian. ACCEPT (t_start_ns = 1 when the destination's RAM is known to be all zero) after the stream header matched the VM (before any memory flows), REJECT
- * (text says why) instead, RUNNING once the destination's vCPUs were started (t_start_ns: when the
- * destination began applying the final state, t_running_ns: vCPUs started; CLOCK_MONOTONIC),
- * ERROR when the destination gave up mid-stream, EPOCH (t_start_ns = epoch number) when a pre-copy
- * epoch has been read and written into RAM: the source waits for it before the next round, so its
- * page rate is end to end (the receiver, not the socket buffer, is usually the bottleneck).
+ * Back channel on the migration TCP connection: fixed 144-byte messages, little endian. All of them
+ * go destination -> source except GO, the one message the source writes after the stream's END.
+ *
+ *   ACCEPT   after the stream header matched the VM, before any memory flows (t_start_ns = 1 when
+ *            the destination's RAM is known to be all zero); REJECT (text says why) instead.
+ *   EPOCH    pre-copy epoch t_start_ns has been read and written into RAM: the source waits for it
+ *            before the next round, so its page rate is end to end.
+ *   ERROR    the destination gave up (bad stream, cannot apply the state, cannot start): it exits and
+ *            never runs, whenever it is sent — so the source may resume on it even after GO.
+ *
+ * The switchover is two-phase, so that in every failure case at most one copy runs:
+ *   1. source: final epoch (paused), END;
+ *   2. destination: applies the state, answers READY (t_start_ns: END read, t_running_ns: state
+ *      applied) — it could run now, but does NOT start;
+ *   3. source, still paused: COMMITS (from here on it never resumes by itself; status says
+ *      "committed") and sends GO;
+ *   4. destination: starts its vCPUs on GO only, answers RUNNING (t_start_ns: END read,
+ *      t_running_ns: vCPUs started, both CLOCK_MONOTONIC: the exact downtime), announces (GARP).
+ * Link loss before the destination has the whole GO: the destination discards (exits, never runs)
+ * and the source resumes if it had not sent GO. Link loss after the source sent GO: the source stays
+ * paused ("switchover-uncertain") until RUNNING or ERROR arrives late, or an operator decides
+ * (`doppel migrate NAME --resume-source` once the destination is known not to run, or `doppel stop`).
+ * docs/migration.md and docs/failure-model-migration.md have the table.
  */
 #define MIG_MSG_MAGIC 0x474d5044u /* "DPMG" */
-enum mig_msg_type { MIG_ACCEPT = 1, MIG_REJECT = 2, MIG_RUNNING = 3, MIG_ERROR = 4, MIG_EPOCH = 5 };
+enum mig_msg_type {
+	MIG_ACCEPT = 1,
+	MIG_REJECT = 2,
+	MIG_RUNNING = 3,
+	MIG_ERROR = 4,
+	MIG_EPOCH = 5,
+	MIG_READY = 6,
+	MIG_GO = 7,
+};
 struct mig_msg {
 	uint32_t magic, type;
 	uint64_t t_start_ns, t_running_ns;
@@ -31,7 +55,9 @@ struct mig_msg {
 };
 _Static_assert(sizeof(struct mig_msg) == 144, "mig_msg layout");
 
-/* Write / read one message with a timeout. 0 or -errno (-ETIMEDOUT, -EPIPE on EOF, -EBADMSG). */
+/* Write / read one message with a timeout. 0 or -errno (-ETIMEDOUT, -EPIPE on EOF, -EBADMSG).
+ * mig_msg_send returns 0 only when all 144 bytes are in the kernel's send buffer: on an error the
+ * peer can never receive the whole message (what makes a failed GO safe to resume from). */
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
 
@@ -68,7 +94,11 @@ struct mig_params {
 
 /* Progress, published by the sender for status (lock). */
 struct mig_progress {
-	const char *state; /* "none", "active", "completing", "completed", "failed" */
+	/* source: "none", "active", "completing" (paused, not committed), "switchover" (committed, GO
+	 * sent), "switchover-uncertain" (no RUNNING: stays paused), "completed", "failed";
+	 * destination: "waiting", "incoming", "ready" (READY sent, waiting for GO), "completed" */
+	const char *state;
+	bool committed; /* source: GO was sent; this side never resumes by itself */
 	uint64_t round, pages_left, bytes_wire, bytes_raw;
 	double rate_mbps, est_downtime_ms, throttle;
 	bool compress;
@@ -86,13 +116,16 @@ struct mig {
 	ev_async done_async; /* sender -> loop: migration finished */
 	ev_timer stop_timer; /* after success: let the reply flush, then stop */
 	bool success;
+	/* source, after an uncertain switchover (lock): the operator's decision */
+	bool uncertain, op_resume, quit;
+	struct ctl_conn *op_conn;
 	/* incoming */
 	int lfd, fd;
 	ev_io accept_w;
 	ev_async in_async; /* receiver -> loop: stream complete, start vCPUs */
 	pthread_t receiver;
 	bool recv_started;
-	uint64_t t_in_end, t_in_applied; /* when END was read, state applied */
+	uint64_t t_in_end, t_in_applied, t_in_go; /* when END was read, state applied, GO read */
 	char in_err[512];
 	int in_rc;
 };

@@ -14,11 +14,38 @@
 #include "common/clock.h"
 #include "common/log.h"
 
-#define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, or the final epoch) */
+#define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, the final epoch, GO) */
 
 static void fail(struct mig *m, const char *fmt, const char *what)
 {
 	snprintf(m->in_err, sizeof(m->in_err), fmt, what);
+}
+
+/* Phase two: READY (everything is here and applied), then wait for GO. Without the whole GO this
+ * side never runs: the source may have resumed. 0 (GO read) or -errno with m->in_err. */
+static int await_go(struct mig *m)
+{
+	struct mig_msg msg;
+	int rc = mig_msg_send(m->fd, MIG_READY, m->t_in_end, m->t_in_applied, NULL);
+
+	if (rc) {
+		fail(m, "cannot answer the source: %s", strerror(-rc));
+		return rc;
+	}
+	pthread_mutex_lock(&m->lock);
+	m->prog.state = "ready";
+	pthread_mutex_unlock(&m->lock);
+	rc = mig_msg_recv(m->fd, &msg, RECV_TIMEOUT_MS);
+	m->t_in_go = now_ns();
+	if (!rc && msg.type != MIG_GO)
+		rc = -EPROTO;
+	if (rc)
+		fail(m, "no GO from the source (%s): discarded, never ran; the source keeps the VM",
+		     rc == -ETIMEDOUT ? "timed out"
+		     : rc == -EPIPE   ? "connection closed"
+		     : rc == -EPROTO  ? "unexpected message"
+				      : strerror(-rc));
+	return rc;
 }
 
 /* Receiver thread: header check -> ACCEPT, epochs straight into RAM, keep the last state, END. */
@@ -92,8 +119,11 @@ static void *receiver_main(void *arg)
 	m->t_in_end = now_ns();
 	rc = ckpt_state_apply(&keep.st, vm, err, sizeof(err));
 	m->t_in_applied = now_ns();
-	if (rc)
+	if (rc) {
 		fail(m, "cannot apply the migrated state: %s", err);
+		goto out;
+	}
+	rc = await_go(m);
 out:
 	m->in_rc = rc ? rc : 0;
 	if (rc && m->fd >= 0)
@@ -105,7 +135,7 @@ out:
 	return NULL;
 }
 
-/* Loop thread: the stream is in (or broke). Start the vCPUs, announce, ack. */
+/* Loop thread: GO arrived (or the stream broke, or GO did not come). Start the vCPUs, ack, announce. */
 static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
 	struct mig *m = w->data;
@@ -133,8 +163,9 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		return;
 	}
 	char txt[100];
-	snprintf(txt, sizeof(txt), "end=%llu applied=%llu loop=%llu", (unsigned long long)m->t_in_end,
-		 (unsigned long long)m->t_in_applied, (unsigned long long)t_start);
+	snprintf(txt, sizeof(txt), "end=%llu applied=%llu go=%llu loop=%llu", (unsigned long long)m->t_in_end,
+		 (unsigned long long)m->t_in_applied, (unsigned long long)m->t_in_go,
+		 (unsigned long long)t_start);
 	mig_msg_send(m->fd, MIG_RUNNING, m->t_in_end, t_run, txt);
 	log_debug("migrate", vmm_name(m->v), "incoming migration complete, running");
 	vmm_net_announce(m->v);

@@ -1,6 +1,8 @@
 /* migrate_send.c — the source side: pre-copy rounds on a sender thread, then stop-and-copy. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include "replication/stream.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
+#include "common/log.h"
 
 #define CHUNK_PAGES 4096u /* pages per sr_write_pages_mt call (16 MiB raw) */
 #define NTHREADS 2 /* compression workers: both cores */
@@ -36,6 +39,7 @@ struct sender {
 	int auto_phase; /* auto compression: 0 = try raw, 1 = try zstd, 2 = decided */
 	double rate_raw, rate_zstd;
 	uint64_t t0, t_accepted, pages_sent, epoch;
+	uint64_t t_ready, t_go; /* switchover: READY received, GO sent */
 	uint64_t left; /* pages to send in the current round (for progress) */
 	uint64_t round_sent; /* pages sent so far in the current round */
 	double est_ms; /* downtime estimate at the last sync */
@@ -264,6 +268,8 @@ static struct json_object *result_json(struct sender *s, const struct ckpt_epoch
 	ADD("final_pages_ms", json_object_new_double((double)ep->ph.copy / 1e6));
 	ADD("final_capture_ms", json_object_new_double((double)ep->ph.capture / 1e6));
 	ADD("dst_end_ms", json_object_new_double(secs(t_pause, msg->t_start_ns) * 1e3));
+	ADD("ready_ms", json_object_new_double(secs(t_pause, s->t_ready) * 1e3));
+	ADD("go_ms", json_object_new_double(secs(t_pause, s->t_go) * 1e3));
 	ADD("dst_info", json_object_new_string(msg->text));
 	ADD("final_pages", json_object_new_int64((int64_t)ep->pages));
 	ADD("bytes_wire", json_object_new_int64((int64_t)s->out.bytes));
@@ -281,20 +287,82 @@ static struct json_object *result_json(struct sender *s, const struct ckpt_epoch
 	return o;
 }
 
+/* True when the destination has closed its end (EOF or an error pending): it will not take GO. */
+static bool peer_gone(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+	char c;
+
+	if (poll(&p, 1, 0) <= 0)
+		return false;
+	if (p.revents & (POLLRDHUP | POLLHUP | POLLERR))
+		return true;
+	return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+static void set_state(struct mig *m, const char *state, bool committed)
+{
+	pthread_mutex_lock(&m->lock);
+	m->prog.state = state;
+	m->prog.committed = committed;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Phase two, the VM paused and END sent: READY -> commit -> GO -> RUNNING. Returns 0 (RUNNING in
+ * msg), SW_UNCERTAIN (committed, no answer: stay paused) or another -errno (not committed, or the
+ * destination said it will not run: resume). */
+#define SW_UNCERTAIN (-EINPROGRESS)
+static int switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack)
+{
+	struct mig *m = s->m;
+	int rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
+
+	if (rc)
+		return errf(s->err, sizeof(s->err), rc, "destination did not confirm it is ready: %s",
+			    recv_err(rc));
+	if (msg->type != MIG_READY)
+		return errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed: %s", msg->text);
+	s->t_ready = now_ns();
+	if (peer_gone(s->fd))
+		return errf(s->err, sizeof(s->err), -EPIPE,
+			    "the link to the destination dropped after READY, before GO");
+	/* The commit point. A GO not wholly in the send buffer can never reach the destination. */
+	set_state(m, "switchover", true);
+	rc = mig_msg_send(s->fd, MIG_GO, 0, 0, NULL);
+	if (rc) {
+		set_state(m, "completing", false);
+		return errf(s->err, sizeof(s->err), rc, "cannot send GO to the destination: %s",
+			    strerror(-rc));
+	}
+	s->t_go = now_ns();
+	rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
+	*t_ack = now_ns();
+	if (!rc && msg->type == MIG_RUNNING)
+		return 0;
+	if (!rc && msg->type == MIG_ERROR) { /* it exits without running: resuming is safe */
+		set_state(m, "completing", false);
+		return errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed after GO: %s", msg->text);
+	}
+	snprintf(s->err, sizeof(s->err),
+		 "switchover uncertain: GO was sent but the destination did not confirm it runs (%s); "
+		 "the source stays paused: if the destination runs, stop the source; if it does not, "
+		 "`doppel migrate NAME --resume-source`",
+		 rc ? recv_err(rc) : "unexpected message");
+	return SW_UNCERTAIN;
+}
+
 /* The final epoch: the engine pauses, merges the pages of the deciding sync (e->carry) into the
- * last dirty set, captures, writes, and stays paused; then END and the destination's RUNNING. */
+ * last dirty set, captures, writes, and stays paused; then END and the two-phase switchover. */
 static int stop_and_copy(struct sender *s, struct json_object **result)
 {
 	struct mig *m = s->m;
 	struct ckpt_epoch ep = {.epoch = s->epoch, .merge = s->eng.carry, .stay_paused = true, .w = s->w};
 	struct mig_msg msg;
-	uint64_t t_sent, t_ack;
+	uint64_t t_sent, t_ack = 0;
 	int rc;
 
 	throttle_stop(&s->thr);
-	pthread_mutex_lock(&m->lock);
-	m->prog.state = "completing";
-	pthread_mutex_unlock(&m->lock);
+	set_state(m, "completing", false);
 	s->round_sent = 0;
 	rc = ckpt_engine_epoch(&s->eng, &ep, s->err, sizeof(s->err));
 	if (rc) {
@@ -308,16 +376,11 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 		link_error(s, rc, "migration stream failed");
 		goto resume;
 	}
-	rc = mig_msg_recv(s->fd, &msg, m->p.io_timeout_ms);
-	t_ack = now_ns();
-	if (rc || msg.type != MIG_RUNNING) {
-		if (!rc)
-			rc = errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed: %s", msg.text);
-		else
-			errf(s->err, sizeof(s->err), rc, "destination did not confirm it runs: %s",
-			     recv_err(rc));
+	rc = switchover(s, &msg, &t_ack);
+	if (rc == SW_UNCERTAIN)
+		return rc; /* stays paused */
+	if (rc)
 		goto resume;
-	}
 	/* Done: the destination runs. The source stops once the reply is out. */
 	publish(s, 0, 0);
 	*result = result_json(s, &ep, &msg, t_sent, t_ack);
@@ -325,6 +388,47 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 resume:
 	vm_resume(s->vm);
 	return rc;
+}
+
+/* After an uncertain switchover: stay paused until the destination answers late (RUNNING: done;
+ * ERROR: it will not run, resume) or the operator decides (--resume-source; `stop` ends us). */
+static int wait_uncertain(struct sender *s)
+{
+	struct mig *m = s->m;
+	struct mig_msg msg;
+
+	for (;;) {
+		pthread_mutex_lock(&m->lock);
+		bool quit = m->quit, resume = m->op_resume;
+		pthread_mutex_unlock(&m->lock);
+		if (quit)
+			return SW_UNCERTAIN;
+		if (resume) {
+			vm_resume(s->vm);
+			log_warn("migrate", vmm_name(m->v),
+				 "resumed by the operator after an uncertain switchover");
+			snprintf(s->err, sizeof(s->err),
+				 "resumed by the operator after an uncertain switchover");
+			return -ECANCELED;
+		}
+		if (s->fd < 0) {
+			struct timespec ts = {0, 100000000};
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		int rc = mig_msg_recv(s->fd, &msg, 100);
+		if (rc == -ETIMEDOUT)
+			continue;
+		if (!rc && msg.type == MIG_RUNNING)
+			return 0;
+		if (!rc && msg.type == MIG_ERROR) {
+			vm_resume(s->vm);
+			snprintf(s->err, sizeof(s->err), "destination failed after GO: %s", msg.text);
+			return -EREMOTEIO;
+		}
+		close(s->fd); /* EOF or garbage: only the operator can decide now */
+		s->fd = -1;
+	}
 }
 
 static int run(struct sender *s, struct json_object **result)
@@ -365,6 +469,21 @@ static int run(struct sender *s, struct json_object **result)
 	return stop_and_copy(s, result);
 }
 
+/* Everything but s itself and s->err. */
+static void sender_free(struct sender *s)
+{
+	if (s->eng_ready)
+		ckpt_engine_free(&s->eng);
+	s->eng_ready = false;
+	sr_ctx_free(s->w);
+	s->w = NULL;
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+	json_object_put(s->rlog);
+	s->rlog = NULL;
+}
+
 void *mig_sender_main(void *arg)
 {
 	struct mig *m = arg;
@@ -388,23 +507,45 @@ void *mig_sender_main(void *arg)
 	conv_init(&s->conv, m->p.downtime_ms);
 	s->rlog = json_object_new_array();
 	rc = run(s, &result);
-	throttle_stop(&s->thr); /* the VM is left running on failure */
-	if (s->eng_ready)
-		ckpt_engine_free(&s->eng);
-	sr_ctx_free(s->w);
-	if (s->fd >= 0)
-		close(s->fd);
+	throttle_stop(&s->thr); /* the VM is left running on failure, paused when committed */
+	if (rc == SW_UNCERTAIN) {
+		log_error("migrate", vmm_name(m->v), "%s", s->err);
+		pthread_mutex_lock(&m->lock);
+		m->prog.state = "switchover-uncertain";
+		snprintf(m->prog.error, sizeof(m->prog.error), "%s", s->err);
+		m->uncertain = true;
+		pthread_mutex_unlock(&m->lock);
+		ctl_reply(m->conn, ctl_error("migration failed: %s", s->err));
+		m->conn = NULL;
+		rc = wait_uncertain(s);
+		if (rc == SW_UNCERTAIN) { /* the process is ending (operator stop): touch nothing more */
+			sender_free(s);
+			free(s);
+			return NULL;
+		}
+		if (rc == 0)
+			log_info("migrate", vmm_name(m->v), "the destination confirmed late: it runs");
+	}
+	sender_free(s);
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = rc ? "failed" : "completed";
 	if (rc)
 		snprintf(m->prog.error, sizeof(m->prog.error), "%s", s->err);
+	m->prog.committed = rc == 0;
 	m->success = rc == 0;
+	m->uncertain = false;
+	struct ctl_conn *op = m->op_resume ? m->op_conn : NULL;
 	pthread_mutex_unlock(&m->lock);
-	if (rc)
+	if (op && rc) /* the operator's --resume-source: answered once the VM runs again */
+		ctl_reply(op, json_object_new_object());
+	else if (op)
+		ctl_reply(op, ctl_error("the destination confirmed it runs: %s exits", vmm_name(m->v)));
+	if (m->conn && rc)
 		ctl_reply(m->conn, ctl_error("migration failed: %s", s->err[0] ? s->err : strerror(-rc)));
-	else
+	else if (m->conn)
 		ctl_reply(m->conn, result);
-	json_object_put(s->rlog);
+	else
+		json_object_put(result);
 	free(s);
 	ev_async_send(vmm_loop(m->v), &m->done_async);
 	return NULL;

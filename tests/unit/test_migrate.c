@@ -1,12 +1,17 @@
-/* test_migrate.c — unit tests of the pre-copy convergence estimator (migrate/converge.c). */
+/* test_migrate.c — unit tests of the pre-copy estimator (migrate/converge.c) and the back-channel messages. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "migrate/converge.h"
+#include "migrate/migrate_priv.h"
 
 static void test_unknown_rate_never_fits(void **state)
 {
@@ -75,6 +80,62 @@ static void test_no_throttle_when_converging(void **state)
 	assert_true(conv_fits(&c, left));
 }
 
+/* The two-phase switchover's messages go both ways and keep their timestamps. */
+static void test_ready_go_roundtrip(void **state)
+{
+	struct mig_msg m;
+	int sv[2];
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(mig_msg_send(sv[1], MIG_READY, 11, 22, NULL), 0);
+	assert_int_equal(mig_msg_recv(sv[0], &m, 1000), 0);
+	assert_int_equal(m.type, MIG_READY);
+	assert_true(m.t_start_ns == 11 && m.t_running_ns == 22);
+	assert_int_equal(mig_msg_send(sv[0], MIG_GO, 0, 0, NULL), 0);
+	assert_int_equal(mig_msg_recv(sv[1], &m, 1000), 0);
+	assert_int_equal(m.type, MIG_GO);
+	assert_int_equal(mig_msg_send(sv[1], MIG_RUNNING, 1, 2, "end=1\n"), 0);
+	assert_int_equal(mig_msg_recv(sv[0], &m, 1000), 0);
+	assert_int_equal(m.type, MIG_RUNNING);
+	assert_string_equal(m.text, "end=1?"); /* control characters are masked */
+	close(sv[0]);
+	close(sv[1]);
+}
+
+/* A GO cut short by the link is never a GO: the destination sees EOF (and discards). */
+static void test_partial_go_is_eof(void **state)
+{
+	struct mig_msg m = {.magic = MIG_MSG_MAGIC, .type = MIG_GO};
+	int sv[2];
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(write(sv[0], &m, sizeof(m) - 1), (ssize_t)sizeof(m) - 1);
+	close(sv[0]);
+	assert_int_equal(mig_msg_recv(sv[1], &m, 1000), -EPIPE);
+	close(sv[1]);
+}
+
+/* Silence is a timeout, unknown types and bad magic are protocol errors. */
+static void test_bad_messages(void **state)
+{
+	struct mig_msg m = {.magic = MIG_MSG_MAGIC, .type = MIG_GO + 1};
+	int sv[2];
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(mig_msg_recv(sv[1], &m, 50), -ETIMEDOUT);
+	m = (struct mig_msg){.magic = MIG_MSG_MAGIC, .type = MIG_GO + 1};
+	assert_int_equal(write(sv[0], &m, sizeof(m)), (ssize_t)sizeof(m));
+	assert_int_equal(mig_msg_recv(sv[1], &m, 1000), -EBADMSG);
+	m = (struct mig_msg){.magic = 0x12345678, .type = MIG_GO};
+	assert_int_equal(write(sv[0], &m, sizeof(m)), (ssize_t)sizeof(m));
+	assert_int_equal(mig_msg_recv(sv[1], &m, 1000), -EBADMSG);
+	close(sv[0]);
+	close(sv[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -82,6 +143,9 @@ int main(void)
 		cmocka_unit_test(test_estimate_from_rate),
 		cmocka_unit_test(test_throttle_grows_without_progress),
 		cmocka_unit_test(test_no_throttle_when_converging),
+		cmocka_unit_test(test_ready_go_roundtrip),
+		cmocka_unit_test(test_partial_go_is_eof),
+		cmocka_unit_test(test_bad_messages),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

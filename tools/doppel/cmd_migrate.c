@@ -20,8 +20,13 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--json] [--control PATH] [--timeout MS]\n"
+		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
-		"source VM exits and the destination runs; on failure the source keeps running.\n"
+		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
+		"link dies after the source committed (sent GO) it stays paused (switchover uncertain):\n"
+		"stop it if the destination runs, else resume it with --resume-source.\n"
+		"  --resume-source       resume a source left paused by an uncertain switchover; only\n"
+		"                        when the destination does not run (it exits when GO is lost)\n"
 		"  --to ADDR:PORT        the destination ([IPv6]:PORT for IPv6)\n"
 		"  --downtime-ms N       downtime target in ms (default 10)\n"
 		"  --max-bandwidth RATE  cap on the wire, bytes/s with K/M/G suffixes (default unlimited)\n"
@@ -87,6 +92,32 @@ static void *progress_main(void *arg)
 	return NULL;
 }
 
+/* --resume-source: {"cmd":"migrate","resume_source":true}, answered once the VM runs again. */
+static int resume_source(struct doppel_ctl_opts *o, const char *to)
+{
+	struct json_object *req, *reply = NULL;
+	char err[512];
+	int rc;
+
+	if (to)
+		return doppel_usage_error("migrate", "--resume-source takes no --to");
+	req = json_object_new_object();
+	json_object_object_add(req, "cmd", json_object_new_string("migrate"));
+	json_object_object_add(req, "resume_source", json_object_new_boolean(1));
+	rc = ctl_call(o->path, req, &reply, o->timeout_ms, err, sizeof(err));
+	json_object_put(req);
+	json_object_put(reply);
+	if (rc) {
+		fprintf(stderr, "doppel migrate: %s\n", err);
+		return DOPPEL_EXIT_FAIL;
+	}
+	if (!o->json)
+		printf("resumed %s on the source\n", o->label);
+	else
+		printf("{\"resumed\": true}\n");
+	return fflush(stdout) ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+}
+
 int cmd_migrate(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -95,12 +126,13 @@ int cmd_migrate(int argc, char **argv)
 		{"downtime-ms", required_argument, NULL, 'D'},
 		{"max-bandwidth", required_argument, NULL, 'B'},
 		{"compress", required_argument, NULL, 'Z'},
+		{"resume-source", no_argument, NULL, 'R'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	const char *to = NULL, *compress = "auto";
 	uint64_t downtime = 10, bw = 0;
-	bool timeout_given = false;
+	bool timeout_given = false, resume = false;
 	struct json_object *req, *reply = NULL;
 	char err[512];
 	int c, rc;
@@ -117,6 +149,9 @@ int cmd_migrate(int argc, char **argv)
 			return doppel_bad_option("migrate", c, argv);
 		case 'T':
 			to = optarg;
+			break;
+		case 'R':
+			resume = true;
 			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
@@ -145,6 +180,8 @@ int cmd_migrate(int argc, char **argv)
 	rc = doppel_ctl_finish(&o, argc, argv);
 	if (rc)
 		return rc;
+	if (resume)
+		return resume_source(&o, to);
 	if (!to)
 		return doppel_usage_error("migrate", "--to ADDR:PORT is required");
 	req = json_object_new_object();
