@@ -1,0 +1,525 @@
+/* witness.c — etcd v3 witness client: lease, create-if-absent key, fencing token, keepalive thread. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/errf.h"
+#include "common/log.h"
+#include "replication/witness_priv.h"
+
+#define WIT "witness"
+#define MS 1000000ull
+
+/* ---- lease ----------------------------------------------------------------------------------- */
+
+static void lease_to(struct json_object *o, const char *k, int64_t id)
+{
+	char s[24];
+
+	snprintf(s, sizeof(s), "%" PRId64, id);
+	json_object_object_add(o, k, json_object_new_string(s));
+}
+
+static void set_valid(struct witness *w, uint64_t t_send, int64_t ttl_s)
+{
+	uint64_t ttl = (uint64_t)ttl_s * 1000;
+
+	if (ttl > w->ttl_ms)
+		ttl = w->ttl_ms;
+	atomic_store(&w->valid_until, ttl > w->margin_ms ? t_send + (ttl - w->margin_ms) * MS : 0);
+	atomic_store(&w->last_renew, t_send);
+	atomic_store(&w->last_rtt, now_ns() - t_send);
+}
+
+static int lease_grant(struct witness *w, uint64_t *t_send, char *err, size_t errlen)
+{
+	struct json_object *b = json_object_new_object(), *r = NULL;
+	int64_t id = 0, ttl = 0;
+	int rc;
+
+	if (!b)
+		return errf(err, errlen, -ENOMEM, "witness: out of memory");
+	json_object_object_add(b, "TTL", json_object_new_int64((w->ttl_ms + 999) / 1000));
+	*t_send = now_ns();
+	rc = wit_post(w, &w->api, "/v3/lease/grant", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc)
+		return rc;
+	if (wit_jget_i64(r, "ID", &id) || wit_jget_i64(r, "TTL", &ttl) || id == 0 || ttl <= 0)
+		rc = errf(err, errlen, -EPROTO, "etcd lease grant: bad reply %.120s",
+			  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+	json_object_put(r);
+	if (rc)
+		return rc;
+	w->lease = id;
+	w->granted_ms = (uint32_t)(ttl > 4000000 ? 4000000000u : ttl * 1000);
+	return (int)ttl;
+}
+
+static int lease_revoke(struct witness *w, int64_t id, char *err, size_t errlen)
+{
+	struct json_object *b = json_object_new_object(), *r = NULL;
+	int rc;
+
+	if (!b)
+		return errf(err, errlen, -ENOMEM, "witness: out of memory");
+	lease_to(b, "ID", id);
+	rc = wit_post(w, &w->api, "/v3/lease/revoke", b, &r, err, errlen);
+	json_object_put(b);
+	json_object_put(r);
+	return rc == -ENOENT ? 0 : rc; /* already expired: fine */
+}
+
+/* One keepalive on connection c. See witness_renew. */
+static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen)
+{
+	struct json_object *b, *r = NULL;
+	int64_t id = 0, ttl = 0;
+	uint64_t t0;
+	int rc;
+
+	if (!w->lease)
+		return errf(err, errlen, -ENOLCK, "witness %s: no lease held", w->key);
+	b = json_object_new_object();
+	if (!b)
+		return errf(err, errlen, -ENOMEM, "witness: out of memory");
+	lease_to(b, "ID", w->lease);
+	t0 = now_ns();
+	rc = wit_post(w, c, "/v3/lease/keepalive", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc == -ENOENT)
+		ttl = 0;
+	else if (rc)
+		return rc;
+	else if (!wit_jget(r, "header", json_type_object) || wit_jget_i64(r, "ID", &id) ||
+		 wit_jget_i64(r, "TTL", &ttl) || (id && id != w->lease))
+		rc = errf(err, errlen, -EPROTO, "etcd keepalive: bad reply %.120s",
+			  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+	json_object_put(r);
+	if (rc && rc != -ENOENT)
+		return rc;
+	if (ttl <= 0) {
+		atomic_store(&w->valid_until, 0);
+		if (!atomic_exchange(&w->lost, 1))
+			log_warn(WIT, w->name,
+				 "lease %" PRIx64 " is gone (expired or revoked): %s no longer held",
+				 (uint64_t)w->lease, w->key);
+		return errf(err, errlen, -ENOENT, "witness %s: lease expired", w->key);
+	}
+	set_valid(w, t0, ttl);
+	return 0;
+}
+
+/* ---- key ------------------------------------------------------------------------------------- */
+
+/* The holder id and create revision of the first kv in a range reply (r: a RangeResponse). */
+static int kv_holder(struct json_object *r, char *buf, size_t len, uint64_t *token)
+{
+	struct json_object *kvs = wit_jget(r, "kvs", json_type_array), *kv, *v;
+	int64_t crev = 0;
+
+	if (!kvs || json_object_array_length(kvs) == 0)
+		return -ENOENT;
+	kv = json_object_array_get_idx(kvs, 0);
+	if (!json_object_is_type(kv, json_type_object) || wit_jget_i64(kv, "create_revision", &crev) ||
+	    crev <= 0)
+		return -EPROTO;
+	v = wit_jget(kv, "value", json_type_string);
+	if (buf && len && wit_b64_decode(v ? json_object_get_string(v) : "", buf, len))
+		return -EPROTO;
+	if (token)
+		*token = (uint64_t)crev;
+	return 0;
+}
+
+static struct json_object *op(const char *kind, struct json_object *args)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, kind, args);
+	return o;
+}
+
+static struct json_object *keyobj(struct witness *w)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "key", json_object_new_string(w->key_b64));
+	return o;
+}
+
+/* txn: if the key does not exist, put it with our lease; else read it. 0 with the token, -EBUSY
+ * with the holder in err, or -errno. */
+static int txn_create(struct witness *w, char *err, size_t errlen)
+{
+	struct json_object *b = json_object_new_object(), *cmp = keyobj(w), *put = keyobj(w), *r = NULL, *s;
+	struct json_object *ca = json_object_new_array(), *sa = json_object_new_array(),
+			   *fa = json_object_new_array();
+	int64_t rev = 0;
+	char who[128] = "";
+	uint64_t tok = 0;
+	int rc;
+
+	json_object_object_add(cmp, "target", json_object_new_string("CREATE"));
+	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
+	json_object_object_add(cmp, "create_revision", json_object_new_string("0"));
+	json_object_array_add(ca, cmp);
+	json_object_object_add(put, "value", json_object_new_string(w->holder_b64));
+	lease_to(put, "lease", w->lease);
+	json_object_array_add(sa, op("request_put", put));
+	json_object_array_add(fa, op("request_range", keyobj(w)));
+	json_object_object_add(b, "compare", ca);
+	json_object_object_add(b, "success", sa);
+	json_object_object_add(b, "failure", fa);
+	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc)
+		return rc;
+	s = wit_jget(r, "succeeded", json_type_boolean);
+	if (s && json_object_get_boolean(s)) {
+		if (wit_jget_i64(wit_jget(r, "header", json_type_object), "revision", &rev) || rev <= 0)
+			rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a revision");
+		else
+			atomic_store(&w->token, (uint64_t)rev);
+	} else {
+		struct json_object *rs = wit_jget(r, "responses", json_type_array), *rr;
+
+		rr = rs && json_object_array_length(rs) ? json_object_array_get_idx(rs, 0) : NULL;
+		rr = wit_jget(rr, "response_range", json_type_object);
+		rc = rr ? kv_holder(rr, who, sizeof(who), &tok) : -EPROTO;
+		if (rc == 0 || rc == -ENOENT) /* ENOENT: it expired between compare and range */
+			rc = errf(err, errlen, -EBUSY, "witness %s: held by \"%s\" (token %" PRIu64 ")",
+				  w->key, who, tok);
+		else
+			rc = errf(err, errlen, -EPROTO, "etcd txn: bad reply %.120s",
+				  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+	}
+	json_object_put(r);
+	return rc;
+}
+
+int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t errlen)
+{
+	uint64_t t0 = 0;
+	int64_t ttl;
+	int rc;
+
+	if (!holder_id || !*holder_id || strlen(holder_id) >= sizeof(w->holder))
+		return errf(err, errlen, -EINVAL, "witness: bad holder id");
+	if (w->lease && !atomic_load(&w->lost) && !strcmp(holder_id, w->holder))
+		return 0;
+	if (w->thr_running)
+		return errf(err, errlen, -EBUSY,
+			    "witness %s: keepalive running for a lost lease; release first", w->key);
+	snprintf(w->holder, sizeof(w->holder), "%s", holder_id);
+	wit_b64_encode(w->holder, strlen(w->holder), w->holder_b64);
+	atomic_store(&w->lost, 0);
+	atomic_store(&w->token, 0);
+	atomic_store(&w->valid_until, 0);
+	rc = lease_grant(w, &t0, err, errlen);
+	if (rc < 0)
+		goto err;
+	ttl = rc;
+	rc = txn_create(w, err, errlen);
+	if (rc)
+		goto err;
+	set_valid(w, t0, ttl);
+	log_info(WIT, w->name, "acquired %s as \"%s\": token %" PRIu64 ", lease %" PRIx64 " ttl %u ms",
+		 w->key, w->holder, atomic_load(&w->token), (uint64_t)w->lease, w->ttl_ms);
+	return 0;
+err:
+	if (w->lease) {
+		(void)lease_revoke(w, w->lease, NULL, 0);
+		w->lease = 0;
+	}
+	atomic_store(&w->token, 0);
+	return rc;
+}
+
+int witness_renew(struct witness *w, char *err, size_t errlen)
+{
+	return renew_on(w, &w->api, err, errlen);
+}
+
+int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, char *err, size_t errlen)
+{
+	struct json_object *r = NULL;
+	struct json_object *b = keyobj(w);
+	int rc;
+
+	if (buf && len)
+		buf[0] = 0;
+	if (token)
+		*token = 0;
+	rc = wit_post(w, &w->api, "/v3/kv/range", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc)
+		return rc;
+	rc = kv_holder(r, buf, len, token);
+	if (rc == -ENOENT)
+		rc = errf(err, errlen, -ENOENT, "witness %s: nobody holds it", w->key);
+	else if (rc)
+		rc = errf(err, errlen, rc, "etcd range: bad reply %.120s",
+			  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+	json_object_put(r);
+	return rc;
+}
+
+int witness_release(struct witness *w, char *err, size_t errlen)
+{
+	struct json_object *b, *cmp, *ca, *sa, *r = NULL;
+	int rc, rc2;
+
+	witness_stop_keepalive(w);
+	atomic_store(&w->valid_until, 0);
+	if (!w->lease)
+		return 0;
+	b = json_object_new_object();
+	cmp = keyobj(w);
+	ca = json_object_new_array();
+	sa = json_object_new_array();
+	json_object_object_add(cmp, "target", json_object_new_string("LEASE"));
+	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
+	lease_to(cmp, "lease", w->lease);
+	json_object_array_add(ca, cmp);
+	json_object_array_add(sa, op("request_delete_range", keyobj(w)));
+	json_object_object_add(b, "compare", ca);
+	json_object_object_add(b, "success", sa);
+	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
+	json_object_put(b);
+	json_object_put(r);
+	rc2 = lease_revoke(w, w->lease, rc ? NULL : err, errlen);
+	log_info(WIT, w->name, "released %s (token %" PRIu64 ")%s", w->key, atomic_load(&w->token),
+		 rc || rc2 ? ": etcd unreachable, the lease will expire on its own" : "");
+	w->lease = 0;
+	atomic_store(&w->token, 0);
+	return rc ? rc : rc2;
+}
+
+/* ---- keepalive thread ------------------------------------------------------------------------ */
+
+static void add_ns(struct timespec *ts, uint64_t at_ns)
+{
+	ts->tv_sec = (time_t)(at_ns / 1000000000ull);
+	ts->tv_nsec = (long)(at_ns % 1000000000ull);
+}
+
+static void *keepalive_main(void *opaque)
+{
+	struct witness *w = opaque;
+	uint64_t next = now_ns() + w->ttl_ms / 3 * MS;
+	int fails = 0;
+
+	pthread_mutex_lock(&w->mu);
+	while (!w->stop) {
+		struct timespec ts;
+		char err[256];
+		int rc;
+
+		add_ns(&ts, next);
+		if (now_ns() < next) {
+			pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+			continue;
+		}
+		pthread_mutex_unlock(&w->mu);
+		rc = renew_on(w, &w->ka, err, sizeof(err));
+		pthread_mutex_lock(&w->mu);
+		if (rc == -ENOENT)
+			break;
+		if (rc == 0) {
+			if (fails)
+				log_info(WIT, w->name, "renewals of %s resumed after %d failure(s)", w->key,
+					 fails);
+			fails = 0;
+			next = now_ns() + w->ttl_ms / 3 * MS;
+		} else {
+			if (!fails++ || !witness_lease_valid(w))
+				log_warn(WIT, w->name,
+					 "renewal failed (%s); lease provably valid for %" PRId64 " ms more",
+					 err,
+					 ((int64_t)witness_valid_until_ns(w) - (int64_t)now_ns()) /
+						 (int64_t)MS);
+			next = now_ns() + (w->ttl_ms / 10 < 100 ? w->ttl_ms / 10 : 100) * MS;
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+int witness_start_keepalive(struct witness *w, char *err, size_t errlen)
+{
+	int rc;
+
+	if (w->thr_running)
+		return 0;
+	if (!w->lease || atomic_load(&w->lost))
+		return errf(err, errlen, -ENOLCK, "witness %s: no lease held", w->key);
+	w->stop = 0;
+	rc = pthread_create(&w->thr, NULL, keepalive_main, w);
+	if (rc)
+		return errf(err, errlen, -rc, "witness: keepalive thread: %s", strerror(rc));
+	w->thr_running = 1;
+	return 0;
+}
+
+void witness_stop_keepalive(struct witness *w)
+{
+	if (!w || !w->thr_running)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->stop = 1;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->thr, NULL);
+	w->thr_running = 0;
+}
+
+/* ---- life cycle and accessors ---------------------------------------------------------------- */
+
+static int parse_urls(struct witness *w, const char *urls, char *err, size_t errlen)
+{
+	char *dup = strdup(urls), *save = NULL, *tok;
+
+	if (!dup)
+		return errf(err, errlen, -ENOMEM, "witness: out of memory");
+	for (tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		size_t n = strlen(tok);
+
+		while (n && tok[n - 1] == '/')
+			tok[--n] = 0;
+		if (strncmp(tok, "http://", 7) && strncmp(tok, "https://", 8)) {
+			errf(err, errlen, -EINVAL, "witness: \"%s\" is not an http:// or https:// URL", tok);
+			goto bad;
+		}
+		if (w->n_urls == MAX_URLS || n > 400) {
+			errf(err, errlen, -EINVAL, "witness: too many or too long URLs");
+			goto bad;
+		}
+		w->urls[w->n_urls] = strdup(tok);
+		if (!w->urls[w->n_urls++]) {
+			errf(err, errlen, -ENOMEM, "witness: out of memory");
+			goto bad;
+		}
+	}
+	free(dup);
+	return w->n_urls ? 0 : errf(err, errlen, -EINVAL, "witness: empty URL list");
+bad:
+	free(dup);
+	return -EINVAL;
+}
+
+int witness_new(struct witness **out, const char *urls, const char *vm_name, uint32_t ttl_ms, char *err,
+		size_t errlen)
+{
+	struct witness *w;
+	pthread_condattr_t ca;
+	int rc;
+
+	*out = NULL;
+	if (!urls || !vm_name || !*vm_name || strlen(vm_name) > 200 || strchr(vm_name, '/'))
+		return errf(err, errlen, -EINVAL, "witness: bad VM name");
+	if (ttl_ms < 100 || ttl_ms > 3600000)
+		return errf(err, errlen, -EINVAL, "witness: ttl %u ms out of range (100..3600000)", ttl_ms);
+	if (wit_curl_global())
+		return errf(err, errlen, -EIO, "witness: curl_global_init failed");
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return errf(err, errlen, -ENOMEM, "witness: out of memory");
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&w->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	w->ttl_ms = ttl_ms;
+	w->margin_ms = ttl_ms / 10 + 50;
+	w->request_ms = ttl_ms / 4 < 50 ? 50 : ttl_ms / 4 > 2000 ? 2000 : ttl_ms / 4;
+	w->connect_ms = w->request_ms < 200 ? w->request_ms : 200;
+	snprintf(w->key, sizeof(w->key), "/doppel/vm/%s/active", vm_name);
+	wit_b64_encode(w->key, strlen(w->key), w->key_b64);
+	w->name = strdup(vm_name);
+	rc = w->name ? parse_urls(w, urls, err, errlen)
+		     : errf(err, errlen, -ENOMEM, "witness: out of memory");
+	if (!rc && (wit_conn_init(&w->api) || wit_conn_init(&w->ka)))
+		rc = errf(err, errlen, -ENOMEM, "witness: curl handle: out of memory");
+	if (rc) {
+		witness_free(w);
+		return rc;
+	}
+	*out = w;
+	return 0;
+}
+
+void witness_free(struct witness *w)
+{
+	if (!w)
+		return;
+	witness_stop_keepalive(w);
+	wit_conn_fini(&w->api);
+	wit_conn_fini(&w->ka);
+	for (int i = 0; i < w->n_urls; i++)
+		free(w->urls[i]);
+	free(w->name);
+	pthread_cond_destroy(&w->cv);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+}
+
+int witness_set_margin_ms(struct witness *w, uint32_t margin_ms)
+{
+	if (margin_ms >= w->ttl_ms)
+		return -EINVAL;
+	w->margin_ms = margin_ms;
+	return 0;
+}
+
+int witness_set_timeouts_ms(struct witness *w, uint32_t connect_ms, uint32_t request_ms)
+{
+	if (!connect_ms || !request_ms || connect_ms > request_ms)
+		return -EINVAL;
+	w->connect_ms = connect_ms;
+	w->request_ms = request_ms;
+	return 0;
+}
+
+uint64_t witness_valid_until_ns(const struct witness *w)
+{
+	return atomic_load(&((struct witness *)w)->valid_until);
+}
+
+int witness_lease_valid(const struct witness *w)
+{
+	return now_ns() < witness_valid_until_ns(w);
+}
+
+uint64_t witness_token(const struct witness *w)
+{
+	return atomic_load(&((struct witness *)w)->token);
+}
+
+int witness_lost(const struct witness *w)
+{
+	return atomic_load(&((struct witness *)w)->lost);
+}
+
+uint64_t witness_last_renew_ns(const struct witness *w)
+{
+	return atomic_load(&((struct witness *)w)->last_renew);
+}
+
+uint64_t witness_last_rtt_ns(const struct witness *w)
+{
+	return atomic_load(&((struct witness *)w)->last_rtt);
+}
+
+const char *witness_key(const struct witness *w)
+{
+	return w->key;
+}
+
+uint32_t witness_ttl_ms(const struct witness *w)
+{
+	return w->ttl_ms;
+}
