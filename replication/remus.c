@@ -106,6 +106,10 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	json_object_object_add(rm, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
 	remus_primary_status(r, rm);
 	remus_standby_status(r, rm);
+	remus_witness_status(r, rm);
+	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
+	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
+		json_object_object_add(o, "state", json_object_new_string("fenced"));
 	for (int i = 0; i < r->nr_events; i++) {
 		struct json_object *e = json_object_new_object();
 		json_object_object_add(e, "time", json_object_new_double(r->events[i].wall));
@@ -153,6 +157,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 
 	(void)v;
 	remus_primary_exit(r);
+	remus_witness_free(r);
 	if (r->reader_running) {
 		/* A standby going away: stop applying (the replica's RAM goes next) and end the reader. */
 		pthread_mutex_lock(&r->lock);
@@ -229,5 +234,11 @@ int remus_standby_listen(struct vmm *v, const struct remus_standby_opts *o, char
 			    sizeof(r->fence_cmd) - 1);
 	snprintf(r->fence_cmd, sizeof(r->fence_cmd), "%s", o->fence_cmd ? o->fence_cmd : "");
 	r->failover_policy = o->failover_manual ? FAILOVER_MANUAL : FAILOVER_AUTO;
+	if (o->witness) {
+		int rc = remus_witness_config(r, o->witness, o->witness_name,
+					      o->witness_ttl_ms ? o->witness_ttl_ms : 1000, err, errlen);
+		if (rc)
+			return rc;
+	}
 	return remus_standby_start(r, o->listen, err, errlen);
 }

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct vmm;
 
@@ -15,6 +16,10 @@ struct remus_standby_opts {
 	const char *listen; /* ADDR:PORT ([IPv6]:PORT) */
 	bool failover_manual; /* primary lost: report and wait for `doppel failover` */
 	const char *fence_cmd; /* NULL, or a shell command run before a takeover (must exit 0) */
+	const char
+		*witness; /* NULL, or etcd client URLs "http://IP:PORT[,...]": take over only with the key */
+	const char *witness_name; /* the key's VM name (NULL: this VM's name); the primary's must match */
+	uint32_t witness_ttl_ms; /* 0: 1000 */
 };
 
 /* Make this (held, not running) VM a standby: listen on o->listen for a primary's stream, keep the

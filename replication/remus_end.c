@@ -75,9 +75,11 @@ static void end_sender(struct remus *r, bool cut)
 	ckpt_state_free(&r->eng.stage.st);
 }
 
-/* The only copy: output flows again. */
+/* The only copy: output flows again (with a witness: only under a provable lease, else fenced). */
 static void run_unprotected(struct remus *r)
 {
+	if (!remus_witness_may_release(r))
+		return;
 	netbuf_release_all(r->nb);
 	vmm_set_tx_hook(r->v, NULL, NULL); /* a vCPU inside the old hook still finds r->nb: kept */
 	r->role = REMUS_UNPROTECTED;
@@ -94,8 +96,16 @@ static void fence_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* Another copy may be live: never let this one's output out again. */
-static void fence(struct remus *r, const char *why)
+void remus_fence(struct remus *r, const char *why)
 {
+	if (r->pstate == PS_FENCED)
+		return;
+	if (r->role == REMUS_PRIMARY) {
+		stop_watchers(r);
+		end_sender(r, true);
+		remus_finish_reply(&r->reply_conn, ctl_error("protect failed: fenced: %s", why));
+		remus_finish_reply(&r->unprotect_conn, ctl_error("fenced: %s", why));
+	}
 	int rc = vm_pause(r->vm); /* an operator-like hold: nothing resumes it */
 
 	int dropped = netbuf_drop_all(r->nb);
@@ -136,7 +146,9 @@ void remus_primary_lost(struct remus *r, const char *fmt, ...)
 		return;
 	}
 	remus_record_event(r, "standby-lost", r->acked_epoch, "%s", why);
-	switch (r->lost_policy) {
+	/* With a witness our valid lease keeps the standby from taking over: releasing is safe while
+	 * it can be proven (run_unprotected fences otherwise). */
+	switch (r->wit ? LOST_RELEASE : r->lost_policy) {
 	case LOST_RELEASE:
 		run_unprotected(r);
 		log_warn("remus", vmm_name(r->v), "replication to %s stopped, running unprotected: %s",
@@ -150,7 +162,7 @@ void remus_primary_lost(struct remus *r, const char *fmt, ...)
 			 r->peer, why);
 		break;
 	case LOST_FENCE:
-		fence(r, why);
+		remus_fence(r, why);
 		break;
 	}
 	remus_finish_reply(&r->reply_conn, ctl_error("protect failed: %s", why));

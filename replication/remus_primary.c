@@ -301,6 +301,8 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	if (m->type != REMUS_MSG_ACK || m->value <= r->acked_epoch || m->value >= r->next_epoch)
 		return;
 	r->acked_epoch = m->value;
+	if (!remus_witness_may_release(r))
+		return; /* fenced: nothing more leaves */
 	netbuf_release(r->nb, m->value);
 	if (r->cap_epoch[m->value % 64] == m->value)
 		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
@@ -431,9 +433,23 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		if (remus_lost_policy_parse(x, &lp))
 			return ctl_error("bad standby_lost (release, hold or fence)");
 	}
-	uint32_t grace;
+	uint32_t grace, wttl;
 	if (get_ms(req, "fence_grace_ms", 5000, 0, 3600000, &grace))
 		return ctl_error("bad fence_grace_ms (0..3600000)");
+	if (get_ms(req, "witness_ttl_ms", 1000, 100, 600000, &wttl))
+		return ctl_error("bad witness_ttl_ms (100..600000)");
+	if (json_object_object_get_ex(req, "witness", &j) && !r->wit) {
+		struct json_object *wn = NULL;
+		json_object_object_get_ex(req, "witness_name", &wn);
+		if (!json_object_is_type(j, json_type_string) ||
+		    remus_witness_config(r, json_object_get_string(j), wn ? json_object_get_string(wn) : NULL,
+					 wttl, err, sizeof(err)))
+			return ctl_error("bad witness: %s",
+					 json_object_is_type(j, json_type_string) ? err : "not a string");
+	}
+	/* The key first: refuse to protect a copy that is not (or no longer) the active one. */
+	if (remus_witness_primary_start(r, err, sizeof(err)))
+		return ctl_error("%s", err);
 	uint32_t iv, to;
 	if (get_ms(req, "interval_ms", 25, REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS, &iv))
 		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS);

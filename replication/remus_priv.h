@@ -15,6 +15,7 @@
 #include "replication/remus_proto.h"
 
 struct ctl_conn;
+struct witness;
 
 enum remus_role { REMUS_UNPROTECTED, REMUS_PRIMARY, REMUS_STANDBY };
 
@@ -78,6 +79,14 @@ struct remus {
 	uint64_t nr_failovers;
 	char last_error[256];
 	char fence_cmd[256]; /* standby: run before a takeover; take over only if it exits 0 */
+	/* witness (NULL: none): the active copy holds the key; see remus_witness.c */
+	struct witness *wit;
+	ev_timer wit_w; /* lease check */
+	ev_timer acquire_w; /* standby: retry acquiring the key */
+	bool wit_waiting; /* standby: primary lost, waiting for the key */
+	char wit_holder[160];
+	char wit_wait_reason[256];
+	char takeover_why[200];
 	enum remus_failover_policy failover_policy;
 
 	/* ---- primary ---- */
@@ -166,6 +175,7 @@ void remus_primary_exit(struct remus *r);
 const char *remus_pstate_name(enum remus_pstate s);
 
 /* remus_end.c */
+void remus_fence(struct remus *r, const char *why);
 void remus_primary_abandoned(struct remus *r, uint64_t epoch); /* the standby sent ABANDONED */
 int remus_lost_policy_parse(const char *s, enum remus_lost_policy *out);
 const char *remus_lost_policy_name(enum remus_lost_policy p);
@@ -177,5 +187,18 @@ void remus_standby_async(struct remus *r, unsigned flags);
 struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req);
 void remus_standby_status(struct remus *r, struct json_object *o);
 uint32_t remus_progress_timeout_ms(const struct remus *r);
+void remus_standby_takeover(struct remus *r); /* the witness key is ours: take over now */
+
+/* remus_witness.c (loop thread) */
+int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,
+			 size_t errlen);
+int remus_witness_primary_start(struct remus *r, char *err, size_t errlen);
+bool remus_witness_may_release(struct remus *r); /* false: lease unproven, fenced now */
+void remus_witness_standby_wait(struct remus *r);
+void remus_witness_standby_cancel(struct remus *r);
+int remus_witness_acquire_now(struct remus *r, char *err, size_t errlen);
+void remus_witness_status(struct remus *r, struct json_object *o);
+bool remus_witness_unproven(struct remus *r);
+void remus_witness_free(struct remus *r);
 
 #endif

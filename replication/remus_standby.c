@@ -11,6 +11,7 @@
 
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
+#include "replication/witness.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -346,6 +347,19 @@ static void hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	pthread_mutex_unlock(&r->lock);
 }
 
+void remus_standby_takeover(struct remus *r)
+{
+	char err[256], why[240];
+
+	snprintf(why, sizeof(why), "%.150s; witness token %llu", r->takeover_why,
+		 (unsigned long long)witness_token(r->wit));
+	if (do_failover(r, why, err, sizeof(err))) {
+		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
+		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
+		log_warn("remus", vmm_name(r->v), "standby: %s; %s", why, err);
+	}
+}
+
 uint32_t remus_progress_timeout_ms(const struct remus *r)
 {
 	uint32_t a = r->hb_timeout_ms * 5, b = r->interval_ms * 20;
@@ -409,6 +423,8 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		ev_timer_stop(r->loop, &r->progress_w);
 		ev_timer_set(&r->progress_w, t, t);
 		ev_timer_start(r->loop, &r->progress_w);
+		remus_witness_standby_cancel(r); /* a primary again: no takeover */
+		r->awaiting_manual = false;
 	}
 	if (!(flags & RA_READER_ENDED) || !r->reader_running)
 		return;
@@ -435,6 +451,12 @@ void remus_standby_async(struct remus *r, unsigned flags)
 			 "%.150s; failover manual: waiting for `doppel failover`", why);
 		remus_record_event(r, "primary-lost", r->committed_epoch, "%s (manual failover policy)", why);
 		log_warn("remus", vmm_name(r->v), "standby: %s", r->last_error);
+		return;
+	}
+	if (r->wit) {
+		/* Take over only with the key, i.e. after the primary's lease expired. */
+		snprintf(r->takeover_why, sizeof(r->takeover_why), "%s", why);
+		remus_witness_standby_wait(r);
 		return;
 	}
 	int rc = do_failover(r, why, err, sizeof(err));
@@ -467,6 +489,8 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 		return ctl_error(
 			"the primary is still heard (connected, timeout %u ms); use --force for a drill",
 			r->hb_timeout_ms);
+	if (remus_witness_acquire_now(r, err, sizeof(err)))
+		return ctl_error("failover refused: %s", err);
 	rc = do_failover(r, force ? "manual failover (forced)" : "manual failover", err, sizeof(err));
 	if (rc)
 		return ctl_error("failover failed: %s", err);

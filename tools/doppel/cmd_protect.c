@@ -12,6 +12,7 @@ static void usage(void)
 {
 	printf("usage: doppel protect NAME --peer ADDR:PORT [--interval MS] [--heartbeat-timeout MS]\n"
 	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
+	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
 	       "                       [--control PATH] [--json]\n"
 	       "\n"
 	       "Protect a running VM with a standby (`doppel run --standby --listen ADDR:PORT`): copy its\n"
@@ -28,7 +29,13 @@ static void usage(void)
 	       "  -i, --interval MS             checkpoint interval (default 25)\n"
 	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n"
 	       "  -l, --standby-lost POLICY     release, hold or fence (default release)\n"
-	       "  -g, --fence-grace MS          fenced: exit after MS (default 5000)\n" DOPPEL_CTL_OPTHELP);
+	       "  -g, --fence-grace MS          fenced: exit after MS (default 5000)\n"
+	       "  -w, --witness URLS            etcd client URLs (http://IP:PORT,...): hold the VM's key\n"
+	       "                                under a lease; output leaves only while the lease is\n"
+	       "                                provably valid, else the VM fences itself\n"
+	       "      --witness-name N          the key's name (default: the VM's name)\n"
+	       "      --witness-ttl MS          lease TTL (default 1000; etcd rounds up to "
+	       "seconds)\n" DOPPEL_CTL_OPTHELP);
 }
 
 static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
@@ -52,18 +59,21 @@ int cmd_protect(int argc, char **argv)
 		{"heartbeat-timeout", required_argument, NULL, 'H'},
 		{"standby-lost", required_argument, NULL, 'l'},
 		{"fence-grace", required_argument, NULL, 'g'},
+		{"witness", required_argument, NULL, 'w'},
+		{"witness-name", required_argument, NULL, 'X'},
+		{"witness-ttl", required_argument, NULL, 'T'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	struct json_object *req;
-	const char *peer = NULL, *lost = NULL;
-	uint64_t interval = 25, timeout = 200, grace = 5000;
+	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL;
+	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000;
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "protect");
 	o.timeout_ms = 120000; /* the first full copy takes a while */
 	doppel_getopt_reset();
-	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "p:i:H:l:g:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "p:i:H:l:g:w:", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();
 			return DOPPEL_EXIT_OK;
@@ -87,6 +97,14 @@ int cmd_protect(int argc, char **argv)
 							  "bad --standby-lost '%s' (release, hold or fence)",
 							  optarg);
 			lost = optarg;
+		} else if (c == 'w') {
+			witness = optarg;
+		} else if (c == 'X') {
+			wname = optarg;
+		} else if (c == 'T') {
+			if (parse_uint(optarg, 100, 600000, &wttl))
+				return doppel_usage_error("protect", "bad --witness-ttl '%s' (milliseconds)",
+							  optarg);
 		} else if (c == 'g') {
 			if (parse_uint(optarg, 0, 3600000, &grace))
 				return doppel_usage_error("protect", "bad --fence-grace '%s' (milliseconds)",
@@ -110,5 +128,11 @@ int cmd_protect(int argc, char **argv)
 	if (lost)
 		json_object_object_add(req, "standby_lost", json_object_new_string(lost));
 	json_object_object_add(req, "fence_grace_ms", json_object_new_int((int)grace));
+	if (witness) {
+		json_object_object_add(req, "witness", json_object_new_string(witness));
+		json_object_object_add(req, "witness_ttl_ms", json_object_new_int((int)wttl));
+		if (wname)
+			json_object_object_add(req, "witness_name", json_object_new_string(wname));
+	}
 	return doppel_ctl_run(&o, req, print);
 }
