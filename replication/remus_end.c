@@ -80,7 +80,8 @@ static void run_unprotected(struct remus *r)
 {
 	if (!remus_witness_may_release(r))
 		return;
-	netbuf_release_all(r->nb);
+	if (r->nb)
+		netbuf_release_all(r->nb);
 	vmm_set_tx_hook(r->v, NULL, NULL); /* a vCPU inside the old hook still finds r->nb: kept */
 	r->role = REMUS_UNPROTECTED;
 	r->pstate = PS_RUNNING;
@@ -108,7 +109,7 @@ void remus_fence(struct remus *r, const char *why)
 	}
 	int rc = vm_pause(r->vm); /* an operator-like hold: nothing resumes it */
 
-	int dropped = netbuf_drop_all(r->nb);
+	int dropped = r->nb ? netbuf_drop_all(r->nb) : 0;
 	r->role = REMUS_UNPROTECTED;
 	r->pstate = PS_FENCED;
 	remus_record_event(r, "fenced", r->acked_epoch, "%s", why);
