@@ -179,7 +179,9 @@ static int txn_create(struct witness *w, char *err, size_t errlen)
 	if (rc)
 		return rc;
 	s = wit_jget(r, "succeeded", json_type_boolean);
-	if (s && json_object_get_boolean(s)) {
+	if (!wit_jget(r, "header", json_type_object)) {
+		rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a header");
+	} else if (s && json_object_get_boolean(s)) {
 		if (wit_jget_i64(wit_jget(r, "header", json_type_object), "revision", &rev) || rev <= 0)
 			rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a revision");
 		else
@@ -209,11 +211,13 @@ int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t 
 
 	if (!holder_id || !*holder_id || strlen(holder_id) >= sizeof(w->holder))
 		return errf(err, errlen, -EINVAL, "witness: bad holder id");
-	if (w->lease && !atomic_load(&w->lost) && !strcmp(holder_id, w->holder))
+	if (w->lease && witness_lease_valid(w) && !strcmp(holder_id, w->holder))
 		return 0;
-	if (w->thr_running)
-		return errf(err, errlen, -EBUSY,
-			    "witness %s: keepalive running for a lost lease; release first", w->key);
+	if (w->lease) { /* a lease we can no longer prove (or another holder id): start afresh */
+		witness_stop_keepalive(w);
+		(void)lease_revoke(w, w->lease, NULL, 0);
+		w->lease = 0;
+	}
 	snprintf(w->holder, sizeof(w->holder), "%s", holder_id);
 	wit_b64_encode(w->holder, strlen(w->holder), w->holder_b64);
 	atomic_store(&w->lost, 0);
@@ -258,7 +262,7 @@ int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, ch
 	json_object_put(b);
 	if (rc)
 		return rc;
-	rc = kv_holder(r, buf, len, token);
+	rc = wit_jget(r, "header", json_type_object) ? kv_holder(r, buf, len, token) : -EPROTO;
 	if (rc == -ENOENT)
 		rc = errf(err, errlen, -ENOENT, "witness %s: nobody holds it", w->key);
 	else if (rc)
@@ -311,7 +315,7 @@ static void *keepalive_main(void *opaque)
 {
 	struct witness *w = opaque;
 	uint64_t next = now_ns() + w->ttl_ms / 3 * MS;
-	int fails = 0;
+	int fails = 0, was_valid = 1;
 
 	pthread_mutex_lock(&w->mu);
 	while (!w->stop) {
@@ -334,14 +338,18 @@ static void *keepalive_main(void *opaque)
 				log_info(WIT, w->name, "renewals of %s resumed after %d failure(s)", w->key,
 					 fails);
 			fails = 0;
+			was_valid = 1;
 			next = now_ns() + w->ttl_ms / 3 * MS;
 		} else {
-			if (!fails++ || !witness_lease_valid(w))
+			int64_t left = ((int64_t)witness_valid_until_ns(w) - (int64_t)now_ns()) / (int64_t)MS;
+
+			/* the first failure, the moment validity runs out, then every ~50 attempts */
+			if (!fails || (left <= 0 && (was_valid || fails % 50 == 0)))
 				log_warn(WIT, w->name,
 					 "renewal failed (%s); lease provably valid for %" PRId64 " ms more",
-					 err,
-					 ((int64_t)witness_valid_until_ns(w) - (int64_t)now_ns()) /
-						 (int64_t)MS);
+					 err, left > 0 ? left : 0);
+			was_valid = left > 0;
+			fails++;
 			next = now_ns() + (w->ttl_ms / 10 < 100 ? w->ttl_ms / 10 : 100) * MS;
 		}
 	}

@@ -63,7 +63,9 @@ int witness_set_timeouts_ms(struct witness *w, uint32_t connect_ms, uint32_t req
 
 /* Grant a lease and create the key with it (txn: create_revision == 0), value = holder_id.
  * 0: we hold it; witness_token() is the key's create revision, the lease is valid (see above) and
- * witness_lost() is 0. Holding it already (same lease) is 0 too. -EBUSY: someone else holds it (its
+ * witness_lost() is 0. Already holding it with a provably valid lease under the same holder id is 0
+ * too; an older lease we can no longer prove is first dropped (keepalive stopped, lease revoked
+ * best-effort) and a fresh one acquired (new token). -EBUSY: someone else holds it (its
  * holder id is in err; our fresh lease is revoked). Other -errno: transport/protocol error (our
  * lease, if granted, is revoked best-effort). Does not start the keepalive thread. */
 int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t errlen)

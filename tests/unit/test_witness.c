@@ -515,6 +515,8 @@ static int driver(char **argv)
 	if (!rc)
 		rc = witness_start_keepalive(w, err, sizeof(err));
 	if (rc) {
+		for (char *q = err; *q; q++)
+			*q = *q == '"' || *q == '\\' ? '\'' : *q;
 		printf("{\"error\":\"%s\"}\n", err);
 		witness_free(w);
 		return 1;
@@ -524,13 +526,17 @@ static int driver(char **argv)
 		char b[64];
 		ssize_t n = read(0, b, sizeof(b));
 		uint64_t now = now_ns(), vu = witness_valid_until_ns(w);
+		double left = vu > now ? (double)(vu - now) / 1e6 : 0.0;
+		int valid = now < vu;
 
 		if (n == 0 || (n < 0 && errno != EAGAIN))
 			break;
-		printf("{\"t_ms\":%.1f,\"valid\":%d,\"valid_ms\":%.1f,\"token\":%" PRIu64 ",\"lost\":%d,"
-		       "\"renew_age_ms\":%.1f,\"rtt_ms\":%.2f}\n",
-		       (now - start) / 1e6, now<vu, vu> now ? (vu - now) / 1e6 : 0.0, witness_token(w),
-		       witness_lost(w), (now - witness_last_renew_ns(w)) / 1e6, witness_last_rtt_ns(w) / 1e6);
+
+		printf("{\"mono_ns\":%" PRIu64
+		       ",\"t_ms\":%.1f,\"valid\":%d,\"valid_ms\":%.1f,\"token\":%" PRIu64
+		       ",\"lost\":%d,\"renew_age_ms\":%.1f,\"rtt_ms\":%.2f}\n",
+		       now, (double)(now - start) / 1e6, valid, left, witness_token(w), witness_lost(w),
+		       (double)(now - witness_last_renew_ns(w)) / 1e6, (double)witness_last_rtt_ns(w) / 1e6);
 		usleep(20000);
 	}
 	rc = witness_release(w, err, sizeof(err));
