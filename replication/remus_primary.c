@@ -539,7 +539,7 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	/* Without a witness a partition can leave two copies running: this primary releasing output
 	 * after losing the standby while the standby (auto failover) takes over. */
 	json_object_object_add(o, "split_brain_possible",
-			       json_object_new_boolean(r->lost_policy == LOST_RELEASE));
+			       json_object_new_boolean(r->lost_policy == LOST_RELEASE && !r->wit));
 	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)(r->next_epoch - 1)));
 	json_object_object_add(o, "acked_epoch", json_object_new_int64((int64_t)r->acked_epoch));
 	json_object_object_add(o, "epochs", json_object_new_int64((int64_t)r->epochs));

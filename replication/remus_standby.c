@@ -537,9 +537,9 @@ void remus_standby_status(struct remus *r, struct json_object *o)
 			json_object_new_string(r->failover_policy == FAILOVER_MANUAL ? "manual" : "auto"));
 		json_object_object_add(o, "progress_timeout_ms",
 				       json_object_new_int((int)remus_progress_timeout_ms(r)));
-		json_object_object_add(
-			o, "split_brain_possible",
-			json_object_new_boolean(r->failover_policy == FAILOVER_AUTO && !r->fence_cmd[0]));
+		json_object_object_add(o, "split_brain_possible",
+				       json_object_new_boolean(r->failover_policy == FAILOVER_AUTO &&
+							       !r->fence_cmd[0] && !r->wit));
 	}
 	json_object_object_add(o, "have_state", json_object_new_boolean(r->have_committed));
 	json_object_object_add(o, r->role == REMUS_STANDBY ? "epoch" : "standby_epoch",

@@ -426,19 +426,21 @@ class SlowProxy(Proxy):
                 pass
 
 
-def test_unprotect_mid_epoch_abandons(doppel_bin, pair):
+def test_unprotect_mid_epoch_abandons(doppel_bin, guest_elf, pair, tmp_path):
     # defects 1+2: unprotect while an epoch takes seconds to send. Before: the sender got 1 s, then
     # the socket was cut mid-epoch, the standby read a truncated stream and took over while the
     # primary ran on (two copies). Now: the epoch in flight completes, END (ABANDON) follows, the
     # standby confirms and stays held; only then is held output released.
-    pr, sb, peer, _ = pair
-    px = SlowProxy(int(peer.rsplit(":", 1)[1]))
+    _, sb, peer, vms = pair
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "pr2", ws="2M")  # epochs <= 512 pages
+    vms.append(pr)
+    px = SlowProxy(int(peer.rsplit(":", 1)[1]), rate=512 * 1024)
     protect(doppel_bin, pr, f"127.0.0.1:{px.port}", "--heartbeat-timeout", "3000")
     time.sleep(0.5)
     px.slow = True
     time.sleep(0.3)
     t0 = time.monotonic()
-    r = doppel(doppel_bin, "unprotect", "pr", "--control", pr.control, timeout=30)
+    r = doppel(doppel_bin, "unprotect", "pr2", "--control", pr.control, timeout=30)
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     print(f"unprotect took {took:.2f}s over the slow link")
