@@ -440,7 +440,7 @@ def test_unprotect_mid_epoch_abandons(doppel_bin, guest_elf, pair, tmp_path):
     px.slow = True
     time.sleep(0.3)
     t0 = time.monotonic()
-    r = doppel(doppel_bin, "unprotect", "pr2", "--control", pr.control, timeout=30)
+    r = doppel(doppel_bin, "unprotect", "pr2", "--control", pr.control, "--timeout", "30000", timeout=40)
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     print(f"unprotect took {took:.2f}s over the slow link")
