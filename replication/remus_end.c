@@ -87,6 +87,19 @@ static void run_unprotected(struct remus *r)
 	r->pstate = PS_RUNNING;
 }
 
+static void hold_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct remus *r = w->data;
+
+	(void)loop, (void)revents;
+	if (r->pstate != PS_HOLDING)
+		return;
+	run_unprotected(r);
+	remus_record_event(r, "unprotected", r->acked_epoch,
+			   "held output released after %u ms (hold timeout)", r->hold_timeout_ms);
+	log_warn("remus", vmm_name(r->v), "hold timeout: held output released, running unprotected");
+}
+
 static void fence_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct remus *r = w->data;
@@ -158,6 +171,11 @@ void remus_primary_lost(struct remus *r, const char *fmt, ...)
 	case LOST_HOLD:
 		r->role = REMUS_UNPROTECTED;
 		r->pstate = PS_HOLDING; /* tx hook and netbuf keep holding */
+		if (r->hold_timeout_ms) {
+			ev_timer_init(&r->hold_w, hold_cb, (double)r->hold_timeout_ms / 1e3, 0);
+			r->hold_w.data = r;
+			ev_timer_start(r->loop, &r->hold_w);
+		}
 		log_warn("remus", vmm_name(r->v),
 			 "replication to %s stopped, output held until `unprotect` (policy hold): %s",
 			 r->peer, why);

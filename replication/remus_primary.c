@@ -433,9 +433,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		if (remus_lost_policy_parse(x, &lp))
 			return ctl_error("bad standby_lost (release, hold or fence)");
 	}
-	uint32_t grace, wttl;
+	uint32_t grace, wttl, hold;
 	if (get_ms(req, "fence_grace_ms", 5000, 0, 3600000, &grace))
 		return ctl_error("bad fence_grace_ms (0..3600000)");
+	if (get_ms(req, "hold_timeout_ms", 0, 0, 86400000, &hold))
+		return ctl_error("bad hold_timeout_ms (0..86400000)");
 	if (get_ms(req, "witness_ttl_ms", 1000, 100, 600000, &wttl))
 		return ctl_error("bad witness_ttl_ms (100..600000)");
 	if (json_object_object_get_ex(req, "witness", &j) && !r->wit) {
@@ -481,6 +483,8 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	r->hb_timeout_ms = to;
 	r->lost_policy = lp;
 	r->fence_grace_ms = grace;
+	r->hold_timeout_ms = hold;
+	ev_timer_stop(r->loop, &r->hold_w);
 	r->standby_rejected = false;
 	r->reject_reason = 0;
 	r->pstate = PS_SYNCING;

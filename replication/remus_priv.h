@@ -93,7 +93,8 @@ struct remus {
 	enum remus_pstate pstate;
 	enum remus_lost_policy lost_policy;
 	uint32_t fence_grace_ms;
-	ev_timer abandon_w, fence_w;
+	uint32_t hold_timeout_ms; /* policy hold: release after this (0: until `unprotect`) */
+	ev_timer abandon_w, fence_w, hold_w;
 	struct ctl_conn *unprotect_conn; /* deferred `unprotect` reply */
 	bool standby_rejected; /* the standby sent REJECT: it will not take over */
 	uint32_t reject_reason;

@@ -641,3 +641,14 @@ def test_fence_cmd_gates_takeover(doppel_bin, guest_elf, tmp_path):
     finally:
         pr.close()
         sb.close()
+
+
+def test_standby_lost_hold_timeout_releases(doppel_bin, pair):
+    pr, sb, peer, _ = pair
+    protect(doppel_bin, pr, peer, "--standby-lost", "hold", "--hold-timeout", "600")
+    time.sleep(0.3)
+    sb.kill()
+    sb.wait()
+    wait_for(lambda: remus(pr)["state"] == "holding", 3, what="primary to hold")
+    wait_for(lambda: remus(pr)["state"] == "running", 3, what="hold timeout release")
+    assert "hold timeout" in remus(pr)["events"][-1]["reason"]

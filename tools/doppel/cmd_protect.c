@@ -30,6 +30,8 @@ static void usage(void)
 	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n"
 	       "  -l, --standby-lost POLICY     release, hold or fence (default release)\n"
 	       "  -g, --fence-grace MS          fenced: exit after MS (default 5000)\n"
+	       "      --hold-timeout MS         hold: release held output after MS (default 0: only\n"
+	       "                                on `doppel unprotect`)\n"
 	       "  -w, --witness URLS            etcd client URLs (http://IP:PORT,...): hold the VM's key\n"
 	       "                                under a lease; output leaves only while the lease is\n"
 	       "                                provably valid, else the VM fences itself\n"
@@ -59,6 +61,7 @@ int cmd_protect(int argc, char **argv)
 		{"heartbeat-timeout", required_argument, NULL, 'H'},
 		{"standby-lost", required_argument, NULL, 'l'},
 		{"fence-grace", required_argument, NULL, 'g'},
+		{"hold-timeout", required_argument, NULL, 'O'},
 		{"witness", required_argument, NULL, 'w'},
 		{"witness-name", required_argument, NULL, 'X'},
 		{"witness-ttl", required_argument, NULL, 'T'},
@@ -67,7 +70,7 @@ int cmd_protect(int argc, char **argv)
 	struct doppel_ctl_opts o;
 	struct json_object *req;
 	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL;
-	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000;
+	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0;
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "protect");
@@ -105,6 +108,10 @@ int cmd_protect(int argc, char **argv)
 			if (parse_uint(optarg, 100, 600000, &wttl))
 				return doppel_usage_error("protect", "bad --witness-ttl '%s' (milliseconds)",
 							  optarg);
+		} else if (c == 'O') {
+			if (parse_uint(optarg, 0, 86400000, &hold))
+				return doppel_usage_error("protect", "bad --hold-timeout '%s' (milliseconds)",
+							  optarg);
 		} else if (c == 'g') {
 			if (parse_uint(optarg, 0, 3600000, &grace))
 				return doppel_usage_error("protect", "bad --fence-grace '%s' (milliseconds)",
@@ -128,6 +135,7 @@ int cmd_protect(int argc, char **argv)
 	if (lost)
 		json_object_object_add(req, "standby_lost", json_object_new_string(lost));
 	json_object_object_add(req, "fence_grace_ms", json_object_new_int((int)grace));
+	json_object_object_add(req, "hold_timeout_ms", json_object_new_int((int)hold));
 	if (witness) {
 		json_object_object_add(req, "witness", json_object_new_string(witness));
 		json_object_object_add(req, "witness_ttl_ms", json_object_new_int((int)wttl));
