@@ -515,11 +515,12 @@ def test_wedged_primary_detected_by_progress(doppel_bin, guest_elf, pair, tmp_pa
     protect(doppel_bin, wp, peer, "--heartbeat-timeout", "200")
     time.sleep(0.5)
     assert remus(sb)["have_state"]
+    pto = remus(sb)["progress_timeout_ms"]
     draining.clear()  # the console stalls: the vCPU blocks, the next epoch's pause never ends
     t0 = time.monotonic()
     wait_for(lambda: remus(sb)["role"] == "unprotected", 8, what="standby takeover of a wedged primary")
     print(f"wedged primary: standby took over after {time.monotonic() - t0:.2f}s "
-          f"(progress timeout {remus(sb).get('progress_timeout_ms')} ms)")
+          f"(progress timeout {pto} ms)")
     ev = remus(sb)["events"][-1]
     assert ev["kind"] == "failover" and "no checkpoint" in ev["reason"], ev
     wp.kill()
