@@ -314,7 +314,7 @@ static void add_ns(struct timespec *ts, uint64_t at_ns)
 static void *keepalive_main(void *opaque)
 {
 	struct witness *w = opaque;
-	uint64_t next = now_ns() + w->ttl_ms / 3 * MS;
+	uint64_t next = now_ns() + w->renew_ms * MS;
 	int fails = 0, was_valid = 1;
 
 	pthread_mutex_lock(&w->mu);
@@ -339,7 +339,7 @@ static void *keepalive_main(void *opaque)
 					 fails);
 			fails = 0;
 			was_valid = 1;
-			next = now_ns() + w->ttl_ms / 3 * MS;
+			next = now_ns() + w->renew_ms * MS;
 		} else {
 			int64_t left = ((int64_t)witness_valid_until_ns(w) - (int64_t)now_ns()) / (int64_t)MS;
 
@@ -443,8 +443,10 @@ int witness_new(struct witness **out, const char *urls, const char *vm_name, uin
 	pthread_condattr_destroy(&ca);
 	w->ttl_ms = ttl_ms;
 	w->margin_ms = ttl_ms / 10 + 50;
+	w->renew_ms = ttl_ms / 3;
 	w->request_ms = ttl_ms / 4 < 50 ? 50 : ttl_ms / 4 > 2000 ? 2000 : ttl_ms / 4;
 	w->connect_ms = w->request_ms < 200 ? w->request_ms : 200;
+	w->op_ms = ttl_ms < 1000 ? 1000 : ttl_ms > 5000 ? 5000 : ttl_ms;
 	snprintf(w->key, sizeof(w->key), "/doppel/vm/%s/active", vm_name);
 	wit_b64_encode(w->key, strlen(w->key), w->key_b64);
 	w->name = strdup(vm_name);
@@ -483,12 +485,28 @@ int witness_set_margin_ms(struct witness *w, uint32_t margin_ms)
 	return 0;
 }
 
+int witness_set_renew_ms(struct witness *w, uint32_t interval_ms)
+{
+	if (interval_ms < 10 || interval_ms >= w->ttl_ms)
+		return -EINVAL;
+	w->renew_ms = interval_ms;
+	return 0;
+}
+
 int witness_set_timeouts_ms(struct witness *w, uint32_t connect_ms, uint32_t request_ms)
 {
 	if (!connect_ms || !request_ms || connect_ms > request_ms)
 		return -EINVAL;
 	w->connect_ms = connect_ms;
 	w->request_ms = request_ms;
+	return 0;
+}
+
+int witness_set_op_timeout_ms(struct witness *w, uint32_t op_ms)
+{
+	if (op_ms < w->connect_ms)
+		return -EINVAL;
+	w->op_ms = op_ms;
 	return 0;
 }
 

@@ -24,10 +24,11 @@
  *
  * Transport: `urls` is a comma-separated list of etcd client URLs ("http://10.0.0.21:2379,...").
  * Each request tries them in order, starting with the last one that worked, and moves on after a
- * connect error, a timeout or an HTTP 5xx; every attempt is bounded by the request timeout (libcurl
- * CURLOPT_TIMEOUT_MS / CONNECTTIMEOUT_MS), so no call blocks longer than
- * n_urls * request_timeout. Proxies from the environment are ignored. Use numeric addresses
- * (libcurl's synchronous resolver cannot time out without signals).
+ * connect error, a timeout or an HTTP 5xx; every attempt is bounded by a timeout (libcurl
+ * CURLOPT_TIMEOUT_MS / CONNECTTIMEOUT_MS), so no call blocks longer than n_urls * that timeout
+ * (keepalives: the request timeout; acquire/release/holder: the op timeout; see the setters).
+ * Proxies from the environment are ignored. Use numeric addresses (libcurl's synchronous resolver
+ * cannot time out without signals).
  *
  * Threads: witness_new/acquire/release/holder/free and the setters on ONE caller thread; the
  * keepalive thread is internal (own curl handle); witness_valid_until_ns, witness_lease_valid,
@@ -47,8 +48,9 @@ struct witness;
 
 /* Create a witness client for VM `vm_name` (key /doppel/vm/<vm_name>/active) with lease TTL
  * `ttl_ms` (>= 100; etcd grants whole seconds, rounded up — the local window uses the smaller of
- * ttl_ms and the granted TTL). No network traffic yet. Defaults: margin = ttl/10 + 50 ms, request
- * timeout = clamp(ttl/4, 50, 2000) ms, connect timeout = min(request timeout, 200 ms).
+ * ttl_ms and the granted TTL). No network traffic yet. Defaults: margin = ttl/10 + 50 ms, renew
+ * every ttl/3, keepalive request timeout = clamp(ttl/4, 50, 2000) ms, connect timeout =
+ * min(request timeout, 200 ms), other requests' timeout = clamp(ttl, 1000, 5000) ms.
  * Returns 0 or -EINVAL/-ENOMEM with one line in err. */
 int witness_new(struct witness **out, const char *urls, const char *vm_name, uint32_t ttl_ms, char *err,
 		size_t errlen) __attribute__((warn_unused_result));
@@ -57,9 +59,19 @@ int witness_new(struct witness **out, const char *urls, const char *vm_name, uin
  * first for a clean hand-over; otherwise the lease simply expires). NULL is fine. */
 void witness_free(struct witness *w);
 
-/* Tuning (before acquire). margin_ms < ttl_ms. Returns 0 or -EINVAL. */
+/* Tuning (before acquire / start_keepalive). Returns 0 or -EINVAL.
+ * margin: subtracted from every validity window (< ttl).
+ * renew: keepalive interval (default ttl/3; 10 ms .. < ttl). An etcd leader election stalls
+ *   renewals for ~1-2 election timeouts: renewing more often keeps the lease provable across it.
+ * timeouts: connect timeout (all requests) and whole-request timeout of one keepalive attempt at
+ *   one endpoint (connect <= request; keepalives must hop past a dead member quickly).
+ * op timeout: whole-request timeout of one attempt of acquire/release/holder/witness_renew (grant
+ *   and txn are Raft writes with an fsync: slow disks need more; default clamp(ttl, 1 s, 5 s);
+ *   >= connect). */
 int witness_set_margin_ms(struct witness *w, uint32_t margin_ms);
+int witness_set_renew_ms(struct witness *w, uint32_t interval_ms);
 int witness_set_timeouts_ms(struct witness *w, uint32_t connect_ms, uint32_t request_ms);
+int witness_set_op_timeout_ms(struct witness *w, uint32_t op_ms);
 
 /* Grant a lease and create the key with it (txn: create_revision == 0), value = holder_id.
  * 0: we hold it; witness_token() is the key's create revision, the lease is valid (see above) and
@@ -77,9 +89,10 @@ int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t 
  * it runs out on its own). Not to be called while the keepalive thread runs. */
 int witness_renew(struct witness *w, char *err, size_t errlen) __attribute__((warn_unused_result));
 
-/* Start/stop the internal keepalive thread: one renewal every TTL/3 (retries every ~TTL/10 after a
- * failure) until stopped or the lease is lost. Start after a successful acquire. Stop joins the
- * thread (bounded by one request). Returns 0 or -errno. stop on a stopped witness is a no-op. */
+/* Start/stop the internal keepalive thread: one renewal every renew interval (default TTL/3;
+ * retries every min(TTL/10, 100 ms) after a failure) until stopped or the lease is lost. Start
+ * after a successful acquire. Stop joins the thread (bounded by one request). Returns 0 or -errno.
+ * stop on a stopped witness is a no-op. */
 int witness_start_keepalive(struct witness *w, char *err, size_t errlen) __attribute__((warn_unused_result));
 void witness_stop_keepalive(struct witness *w);
 

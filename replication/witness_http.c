@@ -234,7 +234,7 @@ int wit_post(struct witness *w, struct wconn *c, const char *path, struct json_o
 		curl_easy_setopt(c->c, CURLOPT_WRITEDATA, c);
 		curl_easy_setopt(c->c, CURLOPT_NOSIGNAL, 1L);
 		curl_easy_setopt(c->c, CURLOPT_NOPROXY, "*");
-		curl_easy_setopt(c->c, CURLOPT_TIMEOUT_MS, (long)w->request_ms);
+		curl_easy_setopt(c->c, CURLOPT_TIMEOUT_MS, (long)(c == &w->ka ? w->request_ms : w->op_ms));
 		curl_easy_setopt(c->c, CURLOPT_CONNECTTIMEOUT_MS, (long)w->connect_ms);
 		curl_easy_setopt(c->c, CURLOPT_PROTOCOLS_STR, "http,https");
 		cc = curl_easy_perform(c->c);

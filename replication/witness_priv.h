@@ -28,7 +28,7 @@ struct witness {
 	int n_urls;
 	atomic_int cur; /* endpoint that answered last; both threads start there */
 	char *name, key[320], key_b64[440];
-	uint32_t ttl_ms, margin_ms, connect_ms, request_ms;
+	uint32_t ttl_ms, margin_ms, renew_ms, connect_ms, request_ms, op_ms; /* see witness.h */
 	char holder[128], holder_b64[180];
 	int64_t lease; /* set by acquire/release (caller thread) while no keepalive thread runs */
 	uint32_t granted_ms;

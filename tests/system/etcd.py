@@ -13,8 +13,8 @@
 Netns mode (topology given): member i (0..n-1) runs in namespace <prefix>etcd<i+1> with one veth port
 on the LAN bridge, address 10.0.0.(21+i)/24, client URL http://10.0.0.(21+i):2379. hostA (10.0.0.11),
 hostB (10.0.0.12) and the client (10.0.0.2) reach every member; a test cuts a host from the witness
-with block(host_ip) (blackhole routes inside the member namespaces: packets to that host vanish, so
-its requests time out — no RST), or cuts a host from everything by downing its uplink itself.
+with block(host_ip) (blackhole route + rule inside the member namespaces: packets from and to that
+host vanish, so its requests time out — no RST), or cuts a host from everything by downing its uplink itself.
 Loopback mode (no topology): members on 127.0.0.(21+i) with free ports, in namespace `ns` (None:
 this one). Timing: --heartbeat-interval 50 ms, --election-timeout 500 ms (etcd's minimum lease TTL
 is then 1 s). Data dirs and logs under the given directory (the test's tmp_path). A cluster that is
@@ -308,19 +308,22 @@ class EtcdCluster:
 
     def block(self, ip, members=None):
         """Silently drop traffic between the given members (default: all) and address `ip`
-        (netns mode: a blackhole route to ip in each member namespace — requests from ip arrive
-        but nothing goes back, so the peer sees timeouts, never a reset)."""
+        (netns mode: in each member namespace a blackhole route to ip and a blackhole rule for
+        packets from ip — both directions vanish, so the peer sees timeouts, never a reset)."""
         if self.topology is None:
             raise RuntimeError("block() needs netns mode")
         for i in (range(len(self.members)) if members is None else members):
             m = self.members[i]
+            # out: a blackhole route; in: a blackhole rule on the source (input route lookup)
             netns.run_in(m.ns, ["ip", "route", "replace", "blackhole", f"{ip}/32"], check=True)
+            netns.run_in(m.ns, ["ip", "rule", "add", "from", f"{ip}/32", "blackhole"], check=True)
             self.blocked.add((i, ip))
 
     def unblock(self, ip):
         for (i, b) in sorted(self.blocked):
             if b == ip:
                 netns.run_in(self.members[i].ns, ["ip", "route", "del", "blackhole", f"{ip}/32"])
+                netns.run_in(self.members[i].ns, ["ip", "rule", "del", "from", f"{ip}/32", "blackhole"])
                 self.blocked.discard((i, b))
 
     def partition_member(self, i):

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import netns
-from etcd import etcd_cluster  # noqa: F401  (fixture)
+from etcd import etcd_cluster, etcd_single  # noqa: F401  (fixtures)
 from netns import HOSTA_IP, HOSTB_IP
 
 pytestmark = pytest.mark.needs_root
@@ -24,10 +24,12 @@ TTL_MS = 2000
 class Driver:
     """One witness client process in a namespace; its status lines collected by a thread."""
 
-    def __init__(self, topology, build_dir, ns, urls, vm, holder, ttl_ms=TTL_MS):
+    def __init__(self, topology, build_dir, ns, urls, vm, holder, ttl_ms=TTL_MS, renew_ms=None):
         self.lines = []
-        self.p = topology.popen(ns, [build_dir / "tests" / "test_witness", "--driver", urls, vm, ttl_ms, holder],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argv = [build_dir / "tests" / "test_witness", "--driver", urls, vm, ttl_ms, holder]
+        if renew_ms:
+            argv.append(renew_ms)
+        self.p = topology.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.t = threading.Thread(target=self._read, daemon=True)
         self.t.start()
 
@@ -77,9 +79,10 @@ def test_cluster_reachable_from_hosts(etcd_cluster, topology):
         assert r.returncode == 0, f"{ns}: {r.stdout}{r.stderr}"
 
 
-def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bin):
+@pytest.mark.parametrize("renew_ms", [None, TTL_MS // 6], ids=["renew-ttl/3", "renew-ttl/6"])
+def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bin, renew_ms):
     c = etcd_cluster
-    d = Driver(topology, build_dir, topology.hostA, c.urls, "vm1", "hostA")
+    d = Driver(topology, build_dir, topology.hostA, c.urls, "vm1", "hostA", renew_ms=renew_ms)
     d.wait_valid()
     token = d.last()["token"]
     assert c.get("/doppel/vm/vm1/active")[:2] == ("hostA", token)
@@ -93,11 +96,17 @@ def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bi
     gap = max(x["renew_age_ms"] for x in s)
     invalid = [x for x in s if not x["valid"]]
     print(f"leader {old} killed; new leader {new} after {(t_leader - t_kill) / 1e6:.0f} ms; "
-          f"longest time since a renewal {gap:.0f} ms; invalid samples {len(invalid)}/{len(s)}")
+          f"longest time since a renewal {gap:.0f} ms; lease unprovable for ~{20 * len(invalid)} ms "
+          f"({len(invalid)}/{len(s)} samples)")
     assert all(x["token"] == token and not x["lost"] for x in s)
-    assert not invalid, f"lease unprovable for a while after the leader kill: {invalid[:3]}"
-    assert gap < TTL_MS
-    assert d.last()["valid"]
+    # etcd needs one election (election timeout 500 ms, randomised up to 2x, plus the vote) before
+    # renewals go through again; with renewals every TTL/3 the gap since the last successful one is
+    # then at most ~TTL/3 + 2 * election + one request timeout. Within that the lease may be
+    # unprovable for a moment (a holder must then hold output), but it is never lost.
+    assert gap < (renew_ms or TTL_MS / 3) + 2 * c.election_ms + TTL_MS / 4 + 300, f"renewals stalled {gap:.0f} ms"
+    if renew_ms:  # renewing every TTL/6 leaves room for the election: provable throughout
+        assert not invalid, f"lease unprovable after the leader kill: {invalid[:3]}"
+    netns.wait_for(lambda: d.last()["valid"], timeout=2, what="lease valid again")
     # the key is still hostA's, same create revision, on the surviving members
     assert c.get("/doppel/vm/vm1/active")[:2] == ("hostA", token)
     c.restart(old)
@@ -133,3 +142,53 @@ def test_isolated_holder_loses_before_other_acquires(etcd_cluster, topology, bui
     assert c.get("/doppel/vm/vm2/active")[:2] == ("hostB", first_b["token"])
     a.close()
     assert b.close() == [{"released": 0}]
+
+
+@pytest.mark.parametrize("fault", ["sigstop", "partition"])
+def test_stuck_member_is_skipped(etcd_cluster, topology, build_dir, driver_bin, fault):
+    """SIGSTOP the member the client talks to first (connections stay open, nothing answers), or
+    cut it from the other members (it answers nothing linearizable): the client times out on it
+    and moves on; the lease is never lost."""
+    c = etcd_cluster
+    d = Driver(topology, build_dir, topology.hostA, c.urls, "vm3", "hostA", renew_ms=TTL_MS // 6)
+    d.wait_valid()
+    token = d.last()["token"]
+    time.sleep(0.5)
+    t0 = time.monotonic_ns()
+    was_leader = c.leader() == 0
+    c.pause(0) if fault == "sigstop" else c.partition_member(0)
+    time.sleep(3 * TTL_MS / 1000)
+    s = [x for x in d.status() if x["mono_ns"] >= t0]
+    gap = max(x["renew_age_ms"] for x in s)
+    invalid = [x for x in s if not x["valid"]]
+    print(f"member 0 (leader: {was_leader}) {fault}: longest time since a renewal {gap:.0f} ms; "
+          f"lease unprovable for ~{20 * len(invalid)} ms")
+    assert all(x["token"] == token and not x["lost"] for x in s)
+    assert gap < TTL_MS // 6 + 2 * c.election_ms + TTL_MS / 4 + 300, f"renewals stalled {gap:.0f} ms"
+    assert d.last()["valid"]
+    c.resume(0) if fault == "sigstop" else c.heal()
+    c.wait_healthy()
+    assert d.close() == [{"released": 0}]
+
+
+def test_single_loopback(etcd_single, build_dir, driver_bin):
+    """The loopback fixture: one member on 127.0.0.21; freezing it makes the lease unprovable
+    within the TTL of the last renewal."""
+    c = etcd_single
+    assert c.urls.startswith("http://127.0.0.21:")
+    p = netns.popen_in(None, [driver_bin, "--driver", c.urls, "vm4", 1000, "me"], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        first = json.loads(p.stdout.readline())
+        assert first["valid"] and first["token"] > 0
+        assert c.get("/doppel/vm/vm4/active")[0] == "me"
+        c.pause(0)
+        t_stop = time.monotonic_ns()
+        while True:
+            x = json.loads(p.stdout.readline())
+            if not x["valid"]:
+                break
+        assert x["renew_age_ms"] <= 1000 and (x["mono_ns"] - t_stop) / 1e6 <= 1000 + 50
+        c.resume(0)
+    finally:
+        netns.stop_proc(p)

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "common/clock.h"
+#include "common/errf.h"
 #include "common/log.h"
 #include "replication/witness.h"
 
@@ -340,6 +341,9 @@ static void test_bad_arguments(void **state)
 	assert_int_equal(witness_set_margin_ms(w, 1000), -EINVAL);
 	assert_int_equal(witness_set_margin_ms(w, 100), 0);
 	assert_int_equal(witness_set_timeouts_ms(w, 200, 100), -EINVAL);
+	assert_int_equal(witness_set_renew_ms(w, 1000), -EINVAL);
+	assert_int_equal(witness_set_renew_ms(w, 5), -EINVAL);
+	assert_int_equal(witness_set_renew_ms(w, 200), 0);
 	assert_int_equal(witness_renew(w, err, sizeof(err)), -ENOLCK);
 	assert_int_equal(witness_start_keepalive(w, err, sizeof(err)), -ENOLCK);
 	assert_int_equal(witness_acquire(w, "", err, sizeof(err)), -EINVAL);
@@ -491,6 +495,8 @@ static void test_garbage_replies(void **state)
 	snprintf(urls, sizeof(urls), "http://127.0.0.1:%d", f.port);
 	w = mk(urls, "vm-hole", 1000);
 	assert_int_equal(witness_set_timeouts_ms(w, 100, 200), 0);
+	assert_int_equal(witness_set_op_timeout_ms(w, 50), -EINVAL); /* < connect */
+	assert_int_equal(witness_set_op_timeout_ms(w, 200), 0);
 	t0 = now_ns();
 	assert_int_equal(witness_acquire(w, "A", err, sizeof(err)), -ETIMEDOUT);
 	assert_true(now_ns() - t0 < 600 * MS);
@@ -500,7 +506,14 @@ static void test_garbage_replies(void **state)
 
 /* ---- driver mode for tests/system/test_witness.py ------------------------------------------------ */
 
-/* test_witness --driver URLS VM TTL_MS HOLDER: acquire (retrying up to 20 s), keep the lease alive
+static void json_print_err(const char *what, int rc, char *err)
+{
+	for (char *q = err; *q; q++)
+		*q = *q == '"' || *q == '\\' ? '\'' : *q;
+	printf("{\"%s\":%d,\"err\":\"%s\"}\n", what, rc, err);
+}
+
+/* test_witness --driver URLS VM TTL_MS HOLDER [RENEW_MS]: acquire (retrying up to 20 s), keep the lease alive
  * and print one JSON line every 20 ms until stdin closes; then release. */
 static int driver(char **argv)
 {
@@ -510,14 +523,16 @@ static int driver(char **argv)
 	int rc = witness_new(&w, argv[2], argv[3], (uint32_t)atoi(argv[4]), err, sizeof(err));
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	while (!rc && (rc = witness_acquire(w, argv[5], err, sizeof(err))) && now_ns() < end)
+	if (!rc && argv[6] && witness_set_renew_ms(w, (uint32_t)atoi(argv[6])))
+		rc = errf(err, sizeof(err), -EINVAL, "bad renew interval %s", argv[6]);
+	while (w && (rc = witness_acquire(w, argv[5], err, sizeof(err))) && now_ns() < end) {
+		json_print_err("acquire", rc, err);
 		usleep(100000);
+	}
 	if (!rc)
 		rc = witness_start_keepalive(w, err, sizeof(err));
 	if (rc) {
-		for (char *q = err; *q; q++)
-			*q = *q == '"' || *q == '\\' ? '\'' : *q;
-		printf("{\"error\":\"%s\"}\n", err);
+		json_print_err("error", rc, err);
 		witness_free(w);
 		return 1;
 	}
@@ -557,7 +572,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_garbage_replies),
 	};
 
-	if (argc == 6 && !strcmp(argv[1], "--driver"))
+	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "--driver"))
 		return driver(argv);
 	signal(SIGPIPE, SIG_IGN);
 	log_set_level(LOG_ERROR);
