@@ -61,6 +61,10 @@ int remus_witness_config(struct remus *r, const char *urls, const char *name, ui
 	rc = witness_new(&r->wit, urls, name && *name ? name : vmm_name(r->v), ttl_ms, err, errlen);
 	if (rc)
 		return rc;
+	/* Renew at TTL/6 (not the default TTL/3): an etcd leader election stalls renewals for one or
+	 * two election timeouts, and the lease must stay provable across it. */
+	if (ttl_ms / 6 >= 10)
+		(void)witness_set_renew_ms(r->wit, ttl_ms / 6);
 	ev_init(&r->wit_w, check_cb);
 	r->wit_w.data = r;
 	ev_init(&r->acquire_w, NULL);
