@@ -269,4 +269,4 @@ def test_etcd_leader_killed_during_protection(doppel_bin, kv_bin, guest_elf, top
         st = pr.ctl("status")["remus"] if pr.proc.poll() is None else {}
         print(f"after the leader kill: primary {st.get('role')}/{st.get('state')} events {st.get('events')}")
     scenario(doppel_bin, kv_bin, guest_elf, topology, etcd_cluster, str(tmp_path), "l", fault, heal, "any",
-             ttl="2000")
+             ttl=os.environ.get("DOPPEL_LEADER_TTL", "2000"))
