@@ -195,6 +195,29 @@ int netbuf_release_all(struct netbuf *nb)
 	return n;
 }
 
+int netbuf_drop_all(struct netbuf *nb)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&nb->lock);
+	while (nb->head) {
+		struct frame *f = nb->head;
+
+		nb->head = f->next;
+		nb->st.held_frames--;
+		nb->st.held_bytes -= f->len;
+		nb->st.dropped++;
+		free(f);
+		n++;
+	}
+	nb->tail = nb->first_open = NULL;
+	nb->holding = true;
+	nb->st.holding = true;
+	nb->pressured = false;
+	pthread_mutex_unlock(&nb->lock);
+	return n;
+}
+
 void netbuf_get_stats(struct netbuf *nb, struct netbuf_stats *st)
 {
 	pthread_mutex_lock(&nb->lock);

@@ -61,6 +61,9 @@ int netbuf_mark(struct netbuf *nb, uint64_t epoch);
 int netbuf_release(struct netbuf *nb, uint64_t acked);
 /* Output everything held, in order, and switch to passthrough. Returns frames output. */
 int netbuf_release_all(struct netbuf *nb);
+/* Discard every held frame without output (a fenced primary: its unacknowledged output must never
+ * leave) and keep holding: frames arriving later are held too. Returns the number dropped. */
+int netbuf_drop_all(struct netbuf *nb);
 void netbuf_get_stats(struct netbuf *nb, struct netbuf_stats *st);
 
 #endif

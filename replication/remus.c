@@ -65,6 +65,16 @@ void remus_notify(struct remus *r, unsigned flag)
 	ev_async_send(r->loop, &r->async_w);
 }
 
+void remus_finish_reply(struct ctl_conn **c, struct json_object *reply)
+{
+	if (*c) {
+		ctl_reply(*c, reply);
+		*c = NULL;
+	} else {
+		json_object_put(reply);
+	}
+}
+
 static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
 	struct remus *r = w->data;
@@ -96,6 +106,10 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	json_object_object_add(rm, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
 	remus_primary_status(r, rm);
 	remus_standby_status(r, rm);
+	remus_witness_status(r, rm);
+	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
+	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
+		json_object_object_add(o, "state", json_object_new_string("fenced"));
 	for (int i = 0; i < r->nr_events; i++) {
 		struct json_object *e = json_object_new_object();
 		json_object_object_add(e, "time", json_object_new_double(r->events[i].wall));
@@ -142,28 +156,8 @@ static void exit_hook(struct vmm *v, void *opaque)
 	struct remus *r = opaque;
 
 	(void)v;
-	if (r->role == REMUS_PRIMARY && r->sender_running) {
-		/* An orderly exit (doppel stop, SIGTERM, guest exit) is not a failure: let the sender
-		 * finish the epoch in flight (staged data only) and write END, so the standby keeps its
-		 * replica and does not take over. During the live full copy there is no replica yet:
-		 * cut the connection (guest RAM is still mapped while the sender notices). */
-		pthread_mutex_lock(&r->lock);
-		bool copying = !r->precopy_done;
-		r->stop_sender = true;
-		pthread_cond_signal(&r->cond);
-		pthread_mutex_unlock(&r->lock);
-		if (copying)
-			shutdown(r->fd, SHUT_RDWR);
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += 1;
-		if (pthread_timedjoin_np(r->sender, NULL, &ts)) {
-			shutdown(r->fd, SHUT_RDWR);
-			pthread_join(r->sender, NULL);
-		}
-		r->sender_running = false;
-		ckpt_engine_stop(&r->eng);
-	}
+	remus_primary_exit(r);
+	remus_witness_free(r);
 	if (r->reader_running) {
 		/* A standby going away: stop applying (the replica's RAM goes next) and end the reader. */
 		pthread_mutex_lock(&r->lock);
@@ -203,8 +197,12 @@ int remus_setup(struct vmm *v)
 	r->interval_ms = 25;
 	r->hb_timeout_ms = 200;
 	r->next_epoch = 1;
+	pthread_condattr_t ca;
 	pthread_mutex_init(&r->lock, NULL);
-	pthread_cond_init(&r->cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* timed waits immune to wall-clock steps */
+	pthread_cond_init(&r->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	ev_async_init(&r->async_w, async_cb);
 	r->async_w.data = r;
 	ev_async_start(r->loop, &r->async_w);
@@ -223,7 +221,7 @@ int remus_setup(struct vmm *v)
 	return 0;
 }
 
-int remus_standby_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
+int remus_standby_listen(struct vmm *v, const struct remus_standby_opts *o, char *err, size_t errlen)
 {
 	struct remus *r = remus_of(v);
 
@@ -231,5 +229,16 @@ int remus_standby_listen(struct vmm *v, const char *addr, char *err, size_t errl
 		return errf(err, errlen, -EINVAL, "remus_setup was not called for this VM");
 	if (!vmm_held(v))
 		return errf(err, errlen, -EINVAL, "a standby VM must be created held (no vCPUs running)");
-	return remus_standby_start(r, addr, err, errlen);
+	if (o->fence_cmd && strlen(o->fence_cmd) >= sizeof(r->fence_cmd))
+		return errf(err, errlen, -EINVAL, "fence command too long (max %zu bytes)",
+			    sizeof(r->fence_cmd) - 1);
+	snprintf(r->fence_cmd, sizeof(r->fence_cmd), "%s", o->fence_cmd ? o->fence_cmd : "");
+	r->failover_policy = o->failover_manual ? FAILOVER_MANUAL : FAILOVER_AUTO;
+	if (o->witness) {
+		int rc = remus_witness_config(r, o->witness, o->witness_name,
+					      o->witness_ttl_ms ? o->witness_ttl_ms : 1000, err, errlen);
+		if (rc)
+			return rc;
+	}
+	return remus_standby_start(r, o->listen, err, errlen);
 }

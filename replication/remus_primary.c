@@ -1,4 +1,4 @@
-/* remus_primary.c — the protected side: live copy, staged epochs, a sender thread, acks. */
+/* remus_primary.c — the protected side: live copy, staged epochs, a sender thread, acks, status. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -131,8 +131,8 @@ static void *sender_main(void *arg)
 
 		pthread_mutex_lock(&r->lock);
 		if (!r->job_pending && !r->stop_sender) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
+			struct timespec ts; /* r->cond waits on CLOCK_MONOTONIC (remus_setup) */
+			clock_gettime(CLOCK_MONOTONIC, &ts);
 			ts.tv_nsec += (long)hb_ns;
 			ts.tv_sec += ts.tv_nsec / 1000000000L;
 			ts.tv_nsec %= 1000000000L;
@@ -175,8 +175,9 @@ static void *sender_main(void *arg)
 	uint64_t last = r->last_sent_epoch > epoch ? r->last_sent_epoch : epoch;
 	pthread_mutex_unlock(&r->lock);
 	if (clean) {
-		/* unprotect: tell the standby replication ended on purpose. END must follow a
-		 * CHECKPOINT_END: close any heartbeat-only epoch with an empty one (no pages, no
+		/* ABANDON (unprotect, stop, a local error): the stream's END tells the standby that
+		 * replication ended on purpose; it stays held and answers ABANDONED. END must follow
+		 * a CHECKPOINT_END: close any heartbeat-only epoch with an empty one (no pages, no
 		 * state). */
 		if (sr_write_end(w))
 			if (!sr_write_checkpoint_end(w, last + 1))
@@ -236,13 +237,26 @@ static void checkpoint(struct remus *r)
 	pthread_mutex_lock(&r->lock);
 	bool busy = r->job_pending || !r->precopy_done;
 	pthread_mutex_unlock(&r->lock);
+	if (r->pstate != PS_SYNCING && r->pstate != PS_PROTECTED)
+		return;
 	if (busy) {
 		r->skipped++;
 		return;
 	}
+	/* The pause runs on this (the loop) thread: at real-time priority the sender, the host's
+	 * other work and a local standby cannot stretch it. Only around the epoch (outside the
+	 * pause): threads this thread creates later (migration, zstd, snapshot workers) must not
+	 * inherit SCHED_FIFO. Best effort: needs CAP_SYS_NICE (probed at protect). */
+	if (r->fifo_ok)
+		pthread_setschedparam(pthread_self(), SCHED_FIFO, &(struct sched_param){.sched_priority = 1});
 	rc = ckpt_engine_epoch(&r->eng, &ep, err, sizeof(err));
+	if (r->fifo_ok)
+		pthread_setschedparam(pthread_self(), SCHED_OTHER,
+				      &(struct sched_param){.sched_priority = 0});
+	if (rc == -ESHUTDOWN)
+		return; /* the VM is stopping (doppel stop): the exit hook ends replication */
 	if (rc) {
-		remus_primary_fail(r, "%s", err);
+		remus_primary_abandon(r, "checkpoint failed: %s", err);
 		return;
 	}
 	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
@@ -269,28 +283,31 @@ static void epoch_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	checkpoint(w->data);
 }
 
-static void finish_reply(struct remus *r, struct json_object *reply)
-{
-	if (r->reply_conn) {
-		ctl_reply(r->reply_conn, reply);
-		r->reply_conn = NULL;
-	} else {
-		json_object_put(reply);
-	}
-}
-
 static void on_msg(void *opaque, const struct remus_msg *m)
 {
 	struct remus *r = opaque;
 	uint64_t now = now_ns();
 
 	r->last_rx_ns = now;
+	if (m->type == REMUS_MSG_ABANDONED) {
+		remus_primary_abandoned(r, m->value);
+		return;
+	}
+	if (m->type == REMUS_MSG_REJECT) {
+		r->standby_rejected = true; /* it will not take over: its EOF follows */
+		r->reject_reason = (uint32_t)m->value;
+		return;
+	}
 	if (m->type != REMUS_MSG_ACK || m->value <= r->acked_epoch || m->value >= r->next_epoch)
 		return;
 	r->acked_epoch = m->value;
+	if (!remus_witness_may_release(r))
+		return; /* fenced: nothing more leaves */
 	netbuf_release(r->nb, m->value);
 	if (r->cap_epoch[m->value % 64] == m->value)
 		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
+	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt)
+		r->pstate = PS_PROTECTED;
 	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
 		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "role", json_object_new_string("primary"));
@@ -300,96 +317,54 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
 		json_object_object_add(o, "precopy_rounds",
 				       json_object_new_int64((int64_t)r->precopy_rounds));
-		finish_reply(r, o);
+		remus_finish_reply(&r->reply_conn, o);
+	}
+}
+
+/* Read everything the standby sent. Returns false when the session ended (EOF, error, ABANDONED). */
+static bool drain_rx(struct remus *r)
+{
+	uint8_t buf[4096];
+	ssize_t n;
+
+	for (;;) {
+		n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n > 0) {
+			if (remus_msgbuf_feed(&r->mb, buf, (size_t)n, on_msg, r) < 0) {
+				remus_primary_lost(r, "bad message from the standby");
+				return false;
+			}
+			if (r->role != REMUS_PRIMARY)
+				return false;
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return true;
+		remus_primary_lost(r, "standby closed the connection%s%s", n ? ": " : "",
+				   n ? strerror(errno) : "");
+		return false;
 	}
 }
 
 static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-	struct remus *r = w->data;
-	uint8_t buf[4096];
-	ssize_t n;
-
 	(void)loop, (void)revents;
-	for (;;) {
-		n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT);
-		if (n > 0) {
-			if (remus_msgbuf_feed(&r->mb, buf, (size_t)n, on_msg, r) < 0) {
-				remus_primary_fail(r, "bad message from the standby");
-				return;
-			}
-			if (r->role != REMUS_PRIMARY)
-				return;
-			continue;
-		}
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			return;
-		remus_primary_fail(r, "standby closed the connection%s%s", n ? ": " : "",
-				   n ? strerror(errno) : "");
-		return;
-	}
+	drain_rx(w->data);
 }
 
 static void live_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct remus *r = w->data;
-	uint64_t silent = now_ns() - r->last_rx_ns;
 
 	(void)loop, (void)revents;
-	if (silent > (uint64_t)r->hb_timeout_ms * 1000000ull)
-		remus_primary_fail(r, "standby silent for %llu ms (timeout %u ms)",
-				   (unsigned long long)(silent / 1000000), r->hb_timeout_ms);
-}
-
-/* Tear the session down; keep running unprotected. Loop thread. graceful: give the sender up to 1 s
- * to finish the epoch in flight and write END before the socket is shut down. */
-static void teardown(struct remus *r, bool graceful)
-{
-	ev_timer_stop(r->loop, &r->epoch_w);
-	ev_timer_stop(r->loop, &r->live_w);
-	ev_io_stop(r->loop, &r->rx_w);
-	pthread_mutex_lock(&r->lock);
-	r->stop_sender = true;
-	pthread_cond_signal(&r->cond);
-	pthread_mutex_unlock(&r->lock);
-	if (r->sender_running) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += 1;
-		if (!graceful || pthread_timedjoin_np(r->sender, NULL, &ts)) {
-			if (r->fd >= 0)
-				shutdown(r->fd, SHUT_RDWR);
-			pthread_join(r->sender, NULL);
-		}
-		r->sender_running = false;
-	}
-	if (r->fd >= 0)
-		close(r->fd);
-	r->fd = -1;
-	netbuf_release_all(r->nb);
-	vmm_set_tx_hook(r->v, NULL, NULL); /* the netbuf stays allocated: a vCPU may still be inside it */
-	ckpt_engine_stop(&r->eng);
-	ckpt_state_free(&r->eng.stage.st);
-	r->role = REMUS_UNPROTECTED;
-}
-
-void remus_primary_fail(struct remus *r, const char *fmt, ...)
-{
-	char why[200];
-	va_list ap;
-
-	if (r->role != REMUS_PRIMARY)
+	/* libev runs expired timers before I/O in one iteration: after a stall of this loop the
+	 * standby's heartbeats may sit unread in the socket. Read them before judging silence. */
+	if (!drain_rx(r))
 		return;
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	if (r->fd >= 0)
-		shutdown(r->fd, SHUT_RDWR); /* a sender blocked in write returns now */
-	teardown(r, false);
-	snprintf(r->last_error, sizeof(r->last_error), "%s", why);
-	remus_record_event(r, "standby-lost", r->acked_epoch, "%s", why);
-	log_warn("remus", vmm_name(r->v), "replication to %s stopped, running unprotected: %s", r->peer, why);
-	finish_reply(r, ctl_error("protect failed: %s", why));
+	uint64_t silent = now_ns() - r->last_rx_ns;
+	if (silent > (uint64_t)r->hb_timeout_ms * 1000000ull)
+		remus_primary_lost(r, "standby silent for %llu ms (timeout %u ms)",
+				   (unsigned long long)(silent / 1000000), r->hb_timeout_ms);
 }
 
 void remus_primary_async(struct remus *r, unsigned flags)
@@ -401,10 +376,10 @@ void remus_primary_async(struct remus *r, unsigned flags)
 		pthread_mutex_lock(&r->lock);
 		snprintf(e, sizeof(e), "%s", r->sender_err);
 		pthread_mutex_unlock(&r->lock);
-		remus_primary_fail(r, "%s", e);
+		remus_primary_lost(r, "%s", e);
 		return;
 	}
-	if (flags & RA_PRECOPY_DONE) {
+	if ((flags & RA_PRECOPY_DONE) && r->pstate == PS_SYNCING) {
 		ev_timer_set(&r->epoch_w, 0, (double)r->interval_ms / 1e3);
 		ev_timer_again(r->loop, &r->epoch_w);
 		checkpoint(r);
@@ -442,6 +417,8 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("%s is a standby; protect its primary instead", vmm_name(r->v));
 	if (r->role == REMUS_PRIMARY)
 		return ctl_error("%s is already protected (peer %s)", vmm_name(r->v), r->peer);
+	if (r->pstate == PS_FENCED)
+		return ctl_error("%s is fenced (another copy may be live): stop it", vmm_name(r->v));
 	if (vmm_held(r->v) || vm_get_state(r->vm) != VM_RUNNING)
 		return ctl_error("%s is not running (%s)", vmm_name(r->v),
 				 vm_state_name(vm_get_state(r->vm)));
@@ -450,6 +427,31 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	const char *peer = json_object_get_string(j);
 	if (strlen(peer) >= sizeof(r->peer))
 		return ctl_error("peer address too long");
+	enum remus_lost_policy lp = LOST_RELEASE;
+	if (json_object_object_get_ex(req, "standby_lost", &j)) {
+		const char *x = json_object_is_type(j, json_type_string) ? json_object_get_string(j) : "";
+		if (remus_lost_policy_parse(x, &lp))
+			return ctl_error("bad standby_lost (release, hold or fence)");
+	}
+	uint32_t grace, wttl, hold;
+	if (get_ms(req, "fence_grace_ms", 5000, 0, 3600000, &grace))
+		return ctl_error("bad fence_grace_ms (0..3600000)");
+	if (get_ms(req, "hold_timeout_ms", 0, 0, 86400000, &hold))
+		return ctl_error("bad hold_timeout_ms (0..86400000)");
+	if (get_ms(req, "witness_ttl_ms", 1000, 100, 600000, &wttl))
+		return ctl_error("bad witness_ttl_ms (100..600000)");
+	if (json_object_object_get_ex(req, "witness", &j) && !r->wit) {
+		struct json_object *wn = NULL;
+		json_object_object_get_ex(req, "witness_name", &wn);
+		if (!json_object_is_type(j, json_type_string) ||
+		    remus_witness_config(r, json_object_get_string(j), wn ? json_object_get_string(wn) : NULL,
+					 wttl, err, sizeof(err)))
+			return ctl_error("bad witness: %s",
+					 json_object_is_type(j, json_type_string) ? err : "not a string");
+	}
+	/* The key first: refuse to protect a copy that is not (or no longer) the active one. */
+	if (remus_witness_primary_start(r, err, sizeof(err)))
+		return ctl_error("%s", err);
 	uint32_t iv, to;
 	if (get_ms(req, "interval_ms", 25, REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS, &iv))
 		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS);
@@ -479,6 +481,13 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
+	r->lost_policy = lp;
+	r->fence_grace_ms = grace;
+	r->hold_timeout_ms = hold;
+	ev_timer_stop(r->loop, &r->hold_w);
+	r->standby_rejected = false;
+	r->reject_reason = 0;
+	r->pstate = PS_SYNCING;
 	r->fd = fd;
 	r->mb.n = 0;
 	r->stop_sender = r->job_pending = r->precopy_done = false;
@@ -500,26 +509,20 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	ev_timer_start(r->loop, &r->live_w);
 	rc = pthread_create(&r->sender, NULL, sender_main, r);
 	if (rc) {
-		remus_primary_fail(r, "cannot start the sender thread: %s", strerror(rc));
+		/* nothing was sent: the standby sees no hello and ignores the connection */
+		remus_primary_abandon(r, "cannot start the sender thread: %s", strerror(rc));
 		return ctl_error("cannot start the sender thread");
 	}
 	r->sender_running = true;
-	/* The epoch pause runs on this (the loop) thread: at real-time priority the sender, the
-	 * host's other work and a local standby cannot stretch the guest's pause. The loop only
-	 * ever does short work, so it cannot starve them. Best effort: needs CAP_SYS_NICE. */
-	pthread_setschedparam(pthread_self(), SCHED_FIFO, &(struct sched_param){.sched_priority = 1});
+	/* May this thread go SCHED_FIFO around epochs (checkpoint)? Probe once, then back. */
+	int pol;
+	struct sched_param sp;
+	if (!pthread_getschedparam(pthread_self(), &pol, &sp) && pol == SCHED_OTHER)
+		r->fifo_ok = !pthread_setschedparam(pthread_self(), SCHED_FIFO,
+						    &(struct sched_param){.sched_priority = 1}) &&
+			     !pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
 	r->reply_conn = vmm_ctl_current(r->v);
 	return r->reply_conn ? CTL_DEFER : json_object_new_object();
-}
-
-struct json_object *remus_cmd_unprotect(struct remus *r)
-{
-	if (r->role != REMUS_PRIMARY)
-		return ctl_error("%s is not protected", vmm_name(r->v));
-	teardown(r, true);
-	remus_record_event(r, "unprotected", r->acked_epoch, "by request");
-	finish_reply(r, ctl_error("protect cancelled by unprotect"));
-	return json_object_new_object();
 }
 
 void remus_primary_status(struct remus *r, struct json_object *o)
@@ -534,6 +537,13 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	pthread_mutex_lock(&r->lock);
 	uint64_t raw = r->bytes_raw, wire = r->bytes_wire, send_ns = r->send_ns_last;
 	pthread_mutex_unlock(&r->lock);
+	json_object_object_add(o, "state", json_object_new_string(remus_pstate_name(r->pstate)));
+	json_object_object_add(o, "standby_lost",
+			       json_object_new_string(remus_lost_policy_name(r->lost_policy)));
+	/* Without a witness a partition can leave two copies running: this primary releasing output
+	 * after losing the standby while the standby (auto failover) takes over. */
+	json_object_object_add(o, "split_brain_possible",
+			       json_object_new_boolean(r->lost_policy == LOST_RELEASE && !r->wit));
 	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)(r->next_epoch - 1)));
 	json_object_object_add(o, "acked_epoch", json_object_new_int64((int64_t)r->acked_epoch));
 	json_object_object_add(o, "epochs", json_object_new_int64((int64_t)r->epochs));

@@ -15,8 +15,29 @@
 #include "replication/remus_proto.h"
 
 struct ctl_conn;
+struct witness;
 
 enum remus_role { REMUS_UNPROTECTED, REMUS_PRIMARY, REMUS_STANDBY };
+
+/* What the primary side does (status "state"). */
+enum remus_pstate {
+	PS_RUNNING, /* unprotected (or never protected): output flows */
+	PS_SYNCING, /* protect: live full copy, output held */
+	PS_PROTECTED, /* epochs acknowledged, output released per ack */
+	PS_ABANDONING, /* stopping on purpose: END sent or being sent, output held until ABANDONED */
+	PS_HOLDING, /* standby lost, policy hold: output held until the operator decides */
+	PS_FENCED, /* guest paused, held output dropped: another copy may be live */
+};
+
+/* What a primary does when it loses the standby without knowing that it is dead. */
+enum remus_lost_policy {
+	LOST_RELEASE, /* release held output and run on unprotected (split brain possible) */
+	LOST_HOLD, /* keep output held (guest runs, its output waits) until `unprotect` */
+	LOST_FENCE, /* pause the guest, drop held output, exit after the grace period */
+};
+
+/* What a standby does when it loses the primary. */
+enum remus_failover_policy { FAILOVER_AUTO, FAILOVER_MANUAL };
 
 #define REMUS_RING 1024
 struct remus_ring {
@@ -31,7 +52,7 @@ uint64_t remus_ring_pct(const struct remus_ring *r, double q);
 struct remus_event {
 	double wall; /* unix time */
 	uint64_t epoch;
-	char kind[24]; /* "failover", "standby-lost", "rejected" */
+	char kind[24]; /* "failover", "standby-lost", "rejected", "abandoned", "fenced", ... */
 	char reason[160];
 };
 
@@ -57,8 +78,27 @@ struct remus {
 	int nr_events;
 	uint64_t nr_failovers;
 	char last_error[256];
+	char fence_cmd[256]; /* standby: run before a takeover; take over only if it exits 0 */
+	/* witness (NULL: none): the active copy holds the key; see remus_witness.c */
+	struct witness *wit;
+	ev_timer wit_w; /* lease check */
+	ev_timer acquire_w; /* standby: retry acquiring the key */
+	bool wit_waiting; /* standby: primary lost, waiting for the key */
+	char wit_holder[160];
+	char wit_wait_reason[256];
+	char takeover_why[200];
+	enum remus_failover_policy failover_policy;
 
 	/* ---- primary ---- */
+	enum remus_pstate pstate;
+	enum remus_lost_policy lost_policy;
+	uint32_t fence_grace_ms;
+	uint32_t hold_timeout_ms; /* policy hold: release after this (0: until `unprotect`) */
+	ev_timer abandon_w, fence_w, hold_w;
+	struct ctl_conn *unprotect_conn; /* deferred `unprotect` reply */
+	bool standby_rejected; /* the standby sent REJECT: it will not take over */
+	uint32_t reject_reason;
+	bool fifo_ok; /* SCHED_FIFO around the epoch is permitted */
 	int fd;
 	struct netbuf *nb;
 	/* The checkpoint engine in staging mode with hot pages (a page dirty in two epochs in a row
@@ -106,6 +146,11 @@ struct remus {
 	uint64_t committed_epoch; /* lock */
 	uint64_t rx_epochs, rx_bytes, rx_pages, rejected; /* lock */
 	uint64_t apply_ns_last; /* lock */
+	uint64_t last_ckpt_ns; /* lock: when the last epoch (CHECKPOINT_END) was committed */
+	bool progress_lost; /* lock: no epoch for the progress timeout; the reader was cut */
+	bool abandoned; /* lock: the primary ABANDONed replication */
+	bool awaiting_manual; /* primary lost under --failover manual: waiting for `doppel failover` */
+	ev_timer progress_w;
 	int announce_left;
 	ev_timer announce_w;
 };
@@ -114,12 +159,27 @@ struct remus {
 void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void remus_notify(struct remus *r, unsigned flag); /* any thread */
+/* Send reply on *c (a deferred command) and clear it; or drop reply when *c is NULL. */
+void remus_finish_reply(struct ctl_conn **c, struct json_object *reply);
 
 /* remus_primary.c (loop thread unless noted) */
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req);
 struct json_object *remus_cmd_unprotect(struct remus *r);
 void remus_primary_async(struct remus *r, unsigned flags);
-void remus_primary_fail(struct remus *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The standby is lost (transport error, silence, protocol error): apply the lost policy. */
+void remus_primary_lost(struct remus *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Stop protecting on purpose (a local error the VM survives): ABANDON, output held until the
+ * standby confirms. */
+void remus_primary_abandon(struct remus *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* vmm exit (stop): end replication with ABANDON, synchronously (the loop no longer runs). */
+void remus_primary_exit(struct remus *r);
+const char *remus_pstate_name(enum remus_pstate s);
+
+/* remus_end.c */
+void remus_fence(struct remus *r, const char *why);
+void remus_primary_abandoned(struct remus *r, uint64_t epoch); /* the standby sent ABANDONED */
+int remus_lost_policy_parse(const char *s, enum remus_lost_policy *out);
+const char *remus_lost_policy_name(enum remus_lost_policy p);
 void remus_primary_status(struct remus *r, struct json_object *o);
 
 /* remus_standby.c (loop thread) */
@@ -127,5 +187,19 @@ int remus_standby_start(struct remus *r, const char *addr, char *err, size_t err
 void remus_standby_async(struct remus *r, unsigned flags);
 struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req);
 void remus_standby_status(struct remus *r, struct json_object *o);
+uint32_t remus_progress_timeout_ms(const struct remus *r);
+void remus_standby_takeover(struct remus *r); /* the witness key is ours: take over now */
+
+/* remus_witness.c (loop thread) */
+int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,
+			 size_t errlen);
+int remus_witness_primary_start(struct remus *r, char *err, size_t errlen);
+bool remus_witness_may_release(struct remus *r); /* false: lease unproven, fenced now */
+void remus_witness_standby_wait(struct remus *r);
+void remus_witness_standby_cancel(struct remus *r);
+int remus_witness_acquire_now(struct remus *r, char *err, size_t errlen);
+void remus_witness_status(struct remus *r, struct json_object *o);
+bool remus_witness_unproven(struct remus *r);
+void remus_witness_free(struct remus *r);
 
 #endif

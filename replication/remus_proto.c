@@ -30,11 +30,29 @@ int remus_msg_decode(const uint8_t *in, struct remus_msg *m)
 	if (get32(in) != REMUS_MSG_MAGIC)
 		return -EBADMSG;
 	type = get32(in + 4);
-	if (type < REMUS_MSG_HELLO || type > REMUS_MSG_HEARTBEAT)
+	if (type < REMUS_MSG_HELLO || type > REMUS_MSG_REJECT)
 		return -EBADMSG;
 	m->type = type;
 	m->value = (uint64_t)get32(in + 8) | (uint64_t)get32(in + 12) << 32;
 	return 0;
+}
+
+bool remus_read_error_is_transport(int rc)
+{
+	switch (rc) {
+	case -EBADMSG: /* checksum, unknown mandatory record, bad length */
+	case -EPROTO:
+	case -EPROTONOSUPPORT:
+	case -EINVAL: /* a field out of range */
+	case -E2BIG: /* more pages than the VM has */
+	case -ERANGE:
+	case -EOVERFLOW:
+	case -EILSEQ:
+	case -ENOMEM: /* a local failure, not the primary's: keep the replica */
+		return false;
+	default: /* ETIMEDOUT, EPIPE, ECONNRESET, ECONNABORTED, EHOSTUNREACH, ENETUNREACH, EIO, ... */
+		return true;
+	}
 }
 
 uint64_t remus_hello_value(uint32_t interval_ms, uint32_t timeout_ms)

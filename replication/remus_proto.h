@@ -2,6 +2,7 @@
 #ifndef DOPPEL_REPLICATION_REMUS_PROTO_H
 #define DOPPEL_REPLICATION_REMUS_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +15,10 @@
  *   HELLO     value = interval_ms << 32 | heartbeat_timeout_ms (what the primary runs with)
  *   ACK       value = epoch the standby has applied (pages and state committed)
  *   HEARTBEAT value = last epoch committed (0 before the first)
+ *   ABANDONED value = last epoch committed: the standby read the stream's END (the primary's
+ *             ABANDON: it stops protecting on purpose) and stays held; it will not take over
+ *   REJECT    value = REMUS_REJECT_*: the standby refuses this primary (its machine state does not
+ *             fit the standby's vCPUs/devices, or the stream is corrupt); it will not take over
  * The primary also sends REMUS_REC_HEARTBEAT, an optional stream record (readers skip it), when no
  * epoch bytes flowed for heartbeat_timeout/4.
  */
@@ -23,6 +28,12 @@ enum remus_msg_type {
 	REMUS_MSG_HELLO = 1,
 	REMUS_MSG_ACK = 2,
 	REMUS_MSG_HEARTBEAT = 3,
+	REMUS_MSG_ABANDONED = 4,
+	REMUS_MSG_REJECT = 5,
+};
+enum remus_reject_reason {
+	REMUS_REJECT_STATE = 1, /* machine state does not fit this standby (devices, vCPUs) */
+	REMUS_REJECT_STREAM = 2, /* a corrupt or malformed epoch */
 };
 #define REMUS_REC_HEARTBEAT (SR_REC_OPTIONAL | 0x100u)
 
@@ -45,6 +56,11 @@ int remus_msg_decode(const uint8_t *in, struct remus_msg *m) __attribute__((warn
 uint64_t remus_hello_value(uint32_t interval_ms, uint32_t timeout_ms);
 int remus_hello_parse(uint64_t value, uint32_t *interval_ms, uint32_t *timeout_ms)
 	__attribute__((warn_unused_result));
+
+/* Classify an error of reading the primary's stream: true = the transport failed (the primary is lost:
+ * failover per policy), false = the stream itself is bad (checksum, malformed record: reject the
+ * epoch, keep the last one, never take over on it). rc is a negative errno. */
+bool remus_read_error_is_transport(int rc);
 
 /* Reassembly of messages from a byte stream read in arbitrary pieces. */
 struct remus_msgbuf {

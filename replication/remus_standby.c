@@ -6,10 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
+#include "replication/witness.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -44,6 +46,114 @@ static void reader_end(struct remus *r, bool failover, const char *why)
 	remus_notify(r, RA_READER_ENDED);
 }
 
+/* Would ckpt_state_apply of s succeed on this VM, as far as can be told without touching it? The
+ * presence checks of ckpt_state_apply in both directions (a device the primary has and this standby
+ * lacks would vanish from the guest at failover; one this standby has and the primary lacks would
+ * fail the apply) and the blob sizes. */
+static int state_fits(const struct ckpt_state *s, struct vm *vm, char *err, size_t errlen)
+{
+	if (s->nr_vcpus != (uint32_t)vm_nr_vcpus(vm))
+		return errf(err, errlen, -EINVAL, "primary has %u vCPUs, this standby %d", s->nr_vcpus,
+			    vm_nr_vcpus(vm));
+	for (uint32_t i = 0; i < s->nr_vcpus; i++)
+		if (!s->vcpu[i].data || s->vcpu[i].len > vm_vcpu_state_max(vm))
+			return errf(err, errlen, -EINVAL, "vCPU %u state does not fit this standby", i);
+	const struct ckpt_blob *k = ckpt_state_find(s, CKPT_DEV_KVM, vm_platform_state_name(vm));
+	if (!k || k->len > vm_platform_state_max(vm))
+		return errf(err, errlen, -EINVAL, "the primary's platform state does not fit this standby");
+	for (int i = 0; i < vm_devstate_count(vm); i++) {
+		const struct vm_devstate *d = vm_devstate_get(vm, i);
+		const struct ckpt_blob *b = ckpt_state_find(s, CKPT_DEV_HV, d->name);
+		if (!b)
+			return errf(err, errlen, -EINVAL, "this standby has device %s, the primary not",
+				    d->name);
+		if (b->len > d->max)
+			return errf(err, errlen, -EINVAL, "device %s state does not fit this standby",
+				    d->name);
+	}
+	for (int i = 0; i < s->nr_dev; i++) {
+		bool found = s->dev[i].kind != CKPT_DEV_HV;
+		for (int j = 0; j < vm_devstate_count(vm) && !found; j++)
+			found = !strcmp(vm_devstate_get(vm, j)->name, s->dev[i].name);
+		if (!found)
+			return errf(err, errlen, -EINVAL, "the primary has device %s, this standby not",
+				    s->dev[i].name);
+	}
+	return 0;
+}
+
+/* The reader's end after a read error: a transport error means the primary is lost; an integrity
+ * error rejects the epoch (the standby keeps the last one and says so to the primary). */
+static void read_failed(struct remus *r, int rc, uint32_t to, const char *err)
+{
+	char why[320];
+
+	pthread_mutex_lock(&r->lock);
+	bool progress = r->progress_lost;
+	uint64_t kept = r->committed_epoch;
+	if (!remus_read_error_is_transport(rc))
+		send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STREAM);
+	pthread_mutex_unlock(&r->lock);
+	if (progress)
+		snprintf(why, sizeof(why),
+			 "no checkpoint from the primary for %u ms (it heartbeats but makes no progress)",
+			 remus_progress_timeout_ms(r));
+	else if (rc == -ETIMEDOUT)
+		snprintf(why, sizeof(why), "primary silent for %u ms", to);
+	else if (remus_read_error_is_transport(rc))
+		snprintf(why, sizeof(why), "connection to the primary lost: %s", err);
+	else
+		snprintf(why, sizeof(why), "rejected a bad epoch, kept epoch %llu: %s",
+			 (unsigned long long)kept, err);
+	reader_end(r, progress || remus_read_error_is_transport(rc), why);
+}
+
+/* Apply one whole epoch read into r->stg (pages not under r->lock: the heartbeat and ACK sender must
+ * not wait behind a big epoch). Returns 0, or -1 when the reader must end (reason given). */
+static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
+{
+	struct guest_mem *gm = vm_mem(r->vm);
+	char err[256], why[320];
+	uint64_t t0 = now_ns();
+
+	if (r->stg.have_state && direct && state_fits(&r->stg.st, r->vm, err, sizeof(err))) {
+		/* The first machine state of this primary: it must fit, or this standby could never
+		 * take over. Refuse protection instead of acking epochs it cannot use. */
+		pthread_mutex_lock(&r->lock);
+		send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
+		pthread_mutex_unlock(&r->lock);
+		snprintf(why, sizeof(why), "rejected primary: %s", err);
+		reader_end(r, false, why);
+		return -1;
+	}
+	pthread_mutex_lock(&r->lock);
+	bool stop = r->failed_over;
+	pthread_mutex_unlock(&r->lock);
+	if (stop) {
+		reader_end(r, false, "failed over");
+		return -1;
+	}
+	/* Only this thread writes replica RAM; a takeover joins it before using RAM or state. */
+	if (!direct)
+		ckpt_stage_apply_pages(&r->stg, gm);
+	pthread_mutex_lock(&r->lock);
+	if (r->stg.have_state) {
+		struct ckpt_state tmp = r->committed;
+		r->committed = r->stg.st;
+		r->stg.st = tmp; /* freed by the next ckpt_stage_reset */
+		r->have_committed = true;
+	}
+	r->committed_epoch = r->stg.epoch;
+	r->last_ckpt_ns = now_ns();
+	r->rx_epochs++;
+	r->rx_pages += r->stg.pages;
+	r->rx_bytes = in_bytes;
+	r->apply_ns_last = now_ns() - t0;
+	send_msg(r, REMUS_MSG_ACK, r->stg.epoch);
+	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
 static void *reader_main(void *arg)
 {
 	struct remus *r = arg;
@@ -68,6 +178,9 @@ static void *reader_main(void *arg)
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
 	r->connected = true;
+	r->abandoned = false;
+	r->progress_lost = false;
+	r->last_ckpt_ns = now_ns();
 	/* A new primary resends everything: the old committed state no longer matches what will be
 	 * written into RAM, so it cannot be used until the new stream has delivered a full state. */
 	r->have_committed = false;
@@ -90,61 +203,45 @@ static void *reader_main(void *arg)
 	}
 	if (rc) {
 		snprintf(why, sizeof(why), "rejected primary: %s", err);
+		pthread_mutex_lock(&r->lock);
+		send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
+		pthread_mutex_unlock(&r->lock);
 		reader_end(r, false, why);
 		sr_ctx_free(rd);
 		return NULL;
 	}
 	for (;;) {
 		bool direct;
-		uint64_t t0;
 
 		pthread_mutex_lock(&r->lock);
 		direct = !r->have_committed; /* before the first full state: write straight into RAM */
 		pthread_mutex_unlock(&r->lock);
 		rc = ckpt_read_epoch(rd, &r->stg, direct ? gm : NULL, err, sizeof(err));
 		if (rc == 0) {
-			reader_end(r, false, "primary ended replication (unprotect)");
+			/* END: the primary's ABANDON. Say so and stay held: no takeover. */
+			pthread_mutex_lock(&r->lock);
+			r->abandoned = true;
+			send_msg(r, REMUS_MSG_ABANDONED, r->committed_epoch);
+			snprintf(why, sizeof(why),
+				 "primary ended replication (ABANDON); staying held at epoch %llu",
+				 (unsigned long long)r->committed_epoch);
+			pthread_mutex_unlock(&r->lock);
+			reader_end(r, false, why);
 			break;
 		}
 		if (rc < 0) {
-			bool lost = rc == -ETIMEDOUT || rc == -EPIPE || rc == -ECONNRESET || rc == -EIO ||
-				    rc == -ENOTCONN || rc == -ESHUTDOWN;
-			if (rc == -ETIMEDOUT)
-				snprintf(why, sizeof(why), "primary silent for %u ms", to);
-			else if (lost)
-				snprintf(why, sizeof(why), "connection to the primary lost: %s", err);
-			else
-				snprintf(why, sizeof(why), "rejected a bad epoch, kept epoch %llu: %s",
-					 (unsigned long long)r->committed_epoch, err);
-			reader_end(r, lost, why);
+			read_failed(r, rc, to, err);
 			break;
 		}
 		if (!direct && !r->stg.have_state && (r->stg.n || r->stg.nzero)) {
+			pthread_mutex_lock(&r->lock);
+			send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STREAM);
+			pthread_mutex_unlock(&r->lock);
 			reader_end(r, false, "rejected an epoch with pages but no machine state");
 			break;
 		}
-		t0 = now_ns();
-		pthread_mutex_lock(&r->lock);
-		if (r->failed_over) {
-			pthread_mutex_unlock(&r->lock);
-			reader_end(r, false, "failed over");
+		if (commit_epoch(r, direct, in.bytes))
 			break;
-		}
-		if (!direct)
-			ckpt_stage_apply_pages(&r->stg, gm); /* whole epoch, under the lock */
-		if (r->stg.have_state) {
-			struct ckpt_state tmp = r->committed;
-			r->committed = r->stg.st;
-			r->stg.st = tmp; /* freed by the next ckpt_stage_reset */
-			r->have_committed = true;
-		}
-		r->committed_epoch = r->stg.epoch;
-		r->rx_epochs++;
-		r->rx_pages += r->stg.pages;
-		r->rx_bytes = in.bytes;
-		r->apply_ns_last = now_ns() - t0;
-		send_msg(r, REMUS_MSG_ACK, r->stg.epoch);
-		pthread_mutex_unlock(&r->lock);
 	}
 	sr_ctx_free(rd);
 	return NULL;
@@ -162,6 +259,22 @@ static void announce_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		ev_timer_stop(loop, w);
 }
 
+/* The site's STONITH command: take over only when it exits 0. Blocks the loop while it runs. */
+static int run_fence_cmd(struct remus *r, char *err, size_t errlen)
+{
+	int st = system(r->fence_cmd);
+
+	if (st == -1)
+		return errf(err, errlen, -errno, "cannot run the fence command: %s", strerror(errno));
+	if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+		remus_record_event(r, "fence-failed", r->committed_epoch, "fence command exited %d",
+				   WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+		return errf(err, errlen, -EPERM, "the fence command failed (status %d): no takeover",
+			    WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+	}
+	return 0;
+}
+
 /* Take over. Loop thread. Returns 0, or -EAGAIN when no complete state ever arrived. */
 static int do_failover(struct remus *r, const char *why, char *err, size_t errlen)
 {
@@ -176,13 +289,24 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	r->failed_over = true; /* the reader applies nothing more */
 	if (r->cfd >= 0)
 		shutdown(r->cfd, SHUT_RDWR);
-	epoch = r->committed_epoch;
 	pthread_mutex_unlock(&r->lock);
 	if (r->reader_running) {
 		pthread_join(r->reader, NULL);
 		r->reader_running = false;
 	}
+	epoch = r->committed_epoch; /* the reader has ended: no lock needed */
+	if (r->fence_cmd[0]) {
+		rc = run_fence_cmd(r, err, errlen);
+		if (rc) {
+			/* No takeover; the replica stays (a later `doppel failover` may try again). */
+			pthread_mutex_lock(&r->lock);
+			r->failed_over = false;
+			pthread_mutex_unlock(&r->lock);
+			return rc;
+		}
+	}
 	ev_timer_stop(r->loop, &r->hb_w);
+	ev_timer_stop(r->loop, &r->progress_w);
 	ev_io_stop(r->loop, &r->accept_w);
 	if (r->lfd >= 0)
 		close(r->lfd);
@@ -204,6 +328,7 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 	r->announce_w.data = r;
 	ev_timer_start(r->loop, &r->announce_w);
 	r->role = REMUS_UNPROTECTED;
+	r->awaiting_manual = false;
 	r->nr_failovers++;
 	remus_record_event(r, "failover", epoch, "%s (took over in %.1f ms)", why,
 			   (double)(now_ns() - t0) / 1e6);
@@ -219,6 +344,43 @@ static void hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	pthread_mutex_lock(&r->lock);
 	if (r->connected)
 		send_msg(r, REMUS_MSG_HEARTBEAT, r->committed_epoch);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void remus_standby_takeover(struct remus *r)
+{
+	char err[256], why[240];
+
+	snprintf(why, sizeof(why), "%.150s; witness token %llu", r->takeover_why,
+		 (unsigned long long)witness_token(r->wit));
+	if (do_failover(r, why, err, sizeof(err))) {
+		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
+		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
+		log_warn("remus", vmm_name(r->v), "standby: %s; %s", why, err);
+	}
+}
+
+uint32_t remus_progress_timeout_ms(const struct remus *r)
+{
+	uint32_t a = r->hb_timeout_ms * 5, b = r->interval_ms * 20;
+
+	return a > b ? a : b;
+}
+
+/* Liveness on progress, not on the primary's sender thread: a primary whose loop or vCPUs are
+ * wedged keeps heartbeating but sends no CHECKPOINT_END. Past the progress timeout cut the reader;
+ * it ends as "primary lost". */
+static void progress_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct remus *r = w->data;
+
+	(void)loop, (void)revents;
+	pthread_mutex_lock(&r->lock);
+	if (r->connected && r->have_committed && r->cfd >= 0 && !r->progress_lost &&
+	    now_ns() - r->last_ckpt_ns > (uint64_t)remus_progress_timeout_ms(r) * 1000000ull) {
+		r->progress_lost = true;
+		shutdown(r->cfd, SHUT_RDWR);
+	}
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -258,12 +420,18 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		ev_timer_set(&r->hb_w, t, t);
 		ev_timer_start(r->loop, &r->hb_w);
 		hb_cb(r->loop, &r->hb_w, 0);
+		ev_timer_stop(r->loop, &r->progress_w);
+		ev_timer_set(&r->progress_w, t, t);
+		ev_timer_start(r->loop, &r->progress_w);
+		remus_witness_standby_cancel(r); /* a primary again: no takeover */
+		r->awaiting_manual = false;
 	}
 	if (!(flags & RA_READER_ENDED) || !r->reader_running)
 		return;
 	pthread_join(r->reader, NULL);
 	r->reader_running = false;
 	ev_timer_stop(r->loop, &r->hb_w);
+	ev_timer_stop(r->loop, &r->progress_w);
 	pthread_mutex_lock(&r->lock);
 	fo = r->want_failover;
 	snprintf(why, sizeof(why), "%s", r->end_reason);
@@ -277,7 +445,22 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		log_warn("remus", vmm_name(r->v), "standby: %s; waiting for a primary", why);
 		return;
 	}
-	if (do_failover(r, why, err, sizeof(err)) == -EAGAIN) {
+	if (r->failover_policy == FAILOVER_MANUAL) {
+		r->awaiting_manual = true;
+		snprintf(r->last_error, sizeof(r->last_error),
+			 "%.150s; failover manual: waiting for `doppel failover`", why);
+		remus_record_event(r, "primary-lost", r->committed_epoch, "%s (manual failover policy)", why);
+		log_warn("remus", vmm_name(r->v), "standby: %s", r->last_error);
+		return;
+	}
+	if (r->wit) {
+		/* Take over only with the key, i.e. after the primary's lease expired. */
+		snprintf(r->takeover_why, sizeof(r->takeover_why), "%s", why);
+		remus_witness_standby_wait(r);
+		return;
+	}
+	int rc = do_failover(r, why, err, sizeof(err));
+	if (rc) {
 		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
 		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
 		log_warn("remus", vmm_name(r->v), "standby: %s; %s; waiting for a primary", why, err);
@@ -293,8 +476,12 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 
 	if (r->role != REMUS_STANDBY)
 		return ctl_error("%s is not a standby", vmm_name(r->v));
-	if (json_object_object_get_ex(req, "force", &j))
+	if (json_object_object_get_ex(req, "force", &j)) {
+		/* a JSON boolean only: json_object_get_boolean("false") is true */
+		if (!json_object_is_type(j, json_type_boolean))
+			return ctl_error("\"force\" must be a JSON boolean (true or false)");
 		force = json_object_get_boolean(j);
+	}
 	pthread_mutex_lock(&r->lock);
 	heard = r->connected;
 	pthread_mutex_unlock(&r->lock);
@@ -302,6 +489,8 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 		return ctl_error(
 			"the primary is still heard (connected, timeout %u ms); use --force for a drill",
 			r->hb_timeout_ms);
+	if (remus_witness_acquire_now(r, err, sizeof(err)))
+		return ctl_error("failover refused: %s", err);
 	rc = do_failover(r, force ? "manual failover (forced)" : "manual failover", err, sizeof(err));
 	if (rc)
 		return ctl_error("failover failed: %s", err);
@@ -325,6 +514,8 @@ int remus_standby_start(struct remus *r, const char *addr, char *err, size_t err
 	ev_io_start(r->loop, &r->accept_w);
 	ev_init(&r->hb_w, hb_cb);
 	r->hb_w.data = r;
+	ev_init(&r->progress_w, progress_cb);
+	r->progress_w.data = r;
 	return 0;
 }
 
@@ -334,6 +525,22 @@ void remus_standby_status(struct remus *r, struct json_object *o)
 		return;
 	pthread_mutex_lock(&r->lock);
 	json_object_object_add(o, "connected", json_object_new_boolean(r->connected));
+	if (r->role == REMUS_STANDBY) {
+		/* what it does: "held" (waiting or replicating), "abandoned" (the primary ended on
+		 * purpose: stays held), "awaiting-failover" (primary lost, --failover manual) */
+		json_object_object_add(o, "state",
+				       json_object_new_string(r->awaiting_manual ? "awaiting-failover"
+							      : r->abandoned	 ? "abandoned"
+										 : "held"));
+		json_object_object_add(
+			o, "failover",
+			json_object_new_string(r->failover_policy == FAILOVER_MANUAL ? "manual" : "auto"));
+		json_object_object_add(o, "progress_timeout_ms",
+				       json_object_new_int((int)remus_progress_timeout_ms(r)));
+		json_object_object_add(o, "split_brain_possible",
+				       json_object_new_boolean(r->failover_policy == FAILOVER_AUTO &&
+							       !r->fence_cmd[0] && !r->wit));
+	}
 	json_object_object_add(o, "have_state", json_object_new_boolean(r->have_committed));
 	json_object_object_add(o, r->role == REMUS_STANDBY ? "epoch" : "standby_epoch",
 			       json_object_new_int64((int64_t)r->committed_epoch));

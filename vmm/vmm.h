@@ -110,7 +110,9 @@ bool vmm_held(const struct vmm *v);
 
 /* Output hook (netbuf): when set, every frame the guest transmits goes to fn instead of the tap.
  * Called on a vCPU thread with the device lock held: copy the frame, do not block, do not call back
- * into the device. Release frames later with vmm_net_output. fn NULL restores direct output. */
+ * into the device. Release frames later with vmm_net_output. fn NULL restores direct output; a vCPU
+ * that loaded the old fn just before may still call it once, with the last non-NULL opaque (which
+ * is kept, never NULL): that opaque must stay valid for the VM's life. */
 typedef void (*vmm_tx_hook)(void *opaque, int netidx, const void *frame, size_t len);
 void vmm_set_tx_hook(struct vmm *v, vmm_tx_hook fn, void *opaque);
 /* Write one frame to net device netidx's tap (any thread). 0 or -errno (-EAGAIN: tap full, dropped). */

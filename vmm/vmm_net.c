@@ -50,7 +50,7 @@ static int tx(void *opaque, const void *frame, size_t len)
 
 	learn(n, frame, len);
 	if (hook) {
-		hook(v->tx_hook_opaque, n->idx, frame, len);
+		hook(__atomic_load_n(&v->tx_hook_opaque, __ATOMIC_ACQUIRE), n->idx, frame, len);
 		return 0;
 	}
 	return virtio_net_tap_output(n->dev, frame, len);
@@ -58,7 +58,10 @@ static int tx(void *opaque, const void *frame, size_t len)
 
 void vmm_set_tx_hook(struct vmm *v, vmm_tx_hook fn, void *opaque)
 {
-	v->tx_hook_opaque = opaque;
+	/* A vCPU may have loaded the old hook and not yet its opaque: clearing keeps the opaque (the
+	 * hook's owner outlives the vCPUs), so such a late call gets a valid one, never NULL. */
+	if (fn)
+		__atomic_store_n(&v->tx_hook_opaque, opaque, __ATOMIC_RELEASE);
 	__atomic_store_n(&v->tx_hook, fn, __ATOMIC_RELEASE);
 }
 

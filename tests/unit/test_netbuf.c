@@ -171,6 +171,32 @@ static void test_release_all_on_unprotect(void **state)
 	netbuf_free(nb);
 }
 
+/* A fenced primary drops what it held: nothing of it is ever output, later frames stay held. */
+static void test_drop_all_when_fenced(void **state)
+{
+	struct sink s = {0};
+	struct netbuf *nb;
+	struct netbuf_stats st;
+
+	(void)state;
+	assert_int_equal(netbuf_new(&nb, 0, 0, out_fn, &s), 0);
+	netbuf_begin(nb);
+	hold_byte(nb, 0, 1, 60);
+	assert_int_equal(netbuf_mark(nb, 1), 1);
+	hold_byte(nb, 0, 2, 60);
+	assert_int_equal(netbuf_drop_all(nb), 2);
+	assert_int_equal(s.n, 0);
+	netbuf_get_stats(nb, &st);
+	assert_true(st.held_frames == 0 && st.held_bytes == 0 && st.dropped == 2 && st.holding);
+	hold_byte(nb, 0, 3, 60); /* still holding */
+	assert_int_equal(netbuf_release(nb, 1), 0);
+	assert_int_equal(s.n, 0);
+	assert_int_equal(netbuf_mark(nb, 2), 1);
+	assert_int_equal(netbuf_release(nb, 2), 1);
+	assert_int_equal(s.first[0], 3);
+	netbuf_free(nb);
+}
+
 static void test_bad_args(void **state)
 {
 	struct netbuf *nb = (void *)1;
@@ -189,6 +215,7 @@ int main(void)
 		cmocka_unit_test(test_mark_must_increase),
 		cmocka_unit_test(test_bounded_memory),
 		cmocka_unit_test(test_release_all_on_unprotect),
+		cmocka_unit_test(test_drop_all_when_fenced),
 		cmocka_unit_test(test_bad_args),
 	};
 

@@ -97,6 +97,39 @@ static void test_reassembly(void **state)
 	assert_int_equal(g.n, 3);
 }
 
+/* Defect 4 of issue 10: a dead primary's host or route (EHOSTUNREACH, ENETUNREACH, ECONNABORTED)
+ * was classified as a bad epoch, so the standby never took over. Only integrity errors reject. */
+static void test_read_error_classes(void **state)
+{
+	static const int transport[] = {ETIMEDOUT,    EPIPE,	   ECONNRESET, ECONNABORTED,
+					EHOSTUNREACH, ENETUNREACH, EHOSTDOWN,  ENETDOWN,
+					EIO,	      ENOTCONN,	   ESHUTDOWN};
+	static const int integrity[] = {EBADMSG, EPROTO, EINVAL, E2BIG, EPROTONOSUPPORT};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(transport) / sizeof(transport[0]); i++)
+		assert_true(remus_read_error_is_transport(-transport[i]));
+	for (size_t i = 0; i < sizeof(integrity) / sizeof(integrity[0]); i++)
+		assert_false(remus_read_error_is_transport(-integrity[i]));
+}
+
+static void test_new_messages(void **state)
+{
+	uint8_t b[REMUS_MSG_SIZE];
+	struct remus_msg m;
+
+	(void)state;
+	remus_msg_encode(b, REMUS_MSG_ABANDONED, 42);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_ABANDONED);
+	assert_true(m.value == 42);
+	remus_msg_encode(b, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_REJECT);
+	remus_msg_encode(b, REMUS_MSG_REJECT + 1, 0);
+	assert_int_equal(remus_msg_decode(b, &m), -EBADMSG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -104,6 +137,8 @@ int main(void)
 		cmocka_unit_test(test_bad_messages),
 		cmocka_unit_test(test_hello),
 		cmocka_unit_test(test_reassembly),
+		cmocka_unit_test(test_read_error_classes),
+		cmocka_unit_test(test_new_messages),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

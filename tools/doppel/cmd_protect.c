@@ -1,6 +1,7 @@
 /* cmd_protect.c — `doppel protect NAME --peer ADDR:PORT`: start Remus replication of a running VM to a standby. */
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <json-c/json.h>
 
@@ -10,19 +11,33 @@
 static void usage(void)
 {
 	printf("usage: doppel protect NAME --peer ADDR:PORT [--interval MS] [--heartbeat-timeout MS]\n"
+	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
+	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
 	       "                       [--control PATH] [--json]\n"
 	       "\n"
 	       "Protect a running VM with a standby (`doppel run --standby --listen ADDR:PORT`): copy its\n"
 	       "memory live, then checkpoint it every --interval ms; its network output is held until\n"
 	       "the standby acknowledged the checkpoint that produced it. Returns once the first\n"
-	       "checkpoint is acknowledged. If the standby goes silent past the heartbeat timeout the\n"
-	       "VM continues unprotected (see `doppel status`); the standby takes over if the primary\n"
-	       "goes silent.\n"
+	       "checkpoint is acknowledged. `doppel unprotect` ends protection on purpose (the standby\n"
+	       "stays held). If the standby is lost (silent past the heartbeat timeout, connection\n"
+	       "lost) --standby-lost decides: release (default) runs on unprotected, releasing held\n"
+	       "output: if the standby was only cut off it may take over too (two copies, see\n"
+	       "docs/failure-model.md); hold keeps output held until `doppel unprotect`; fence pauses\n"
+	       "the guest, drops held output and exits (status 3) after --fence-grace ms.\n"
 	       "\n"
 	       "  -p, --peer ADDR:PORT          the standby ([IPv6]:PORT for IPv6)\n"
 	       "  -i, --interval MS             checkpoint interval (default 25)\n"
-	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default "
-	       "200)\n" DOPPEL_CTL_OPTHELP);
+	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n"
+	       "  -l, --standby-lost POLICY     release, hold or fence (default release)\n"
+	       "  -g, --fence-grace MS          fenced: exit after MS (default 5000)\n"
+	       "      --hold-timeout MS         hold: release held output after MS (default 0: only\n"
+	       "                                on `doppel unprotect`)\n"
+	       "  -w, --witness URLS            etcd client URLs (http://IP:PORT,...): hold the VM's key\n"
+	       "                                under a lease; output leaves only while the lease is\n"
+	       "                                provably valid, else the VM fences itself\n"
+	       "      --witness-name N          the key's name (default: the VM's name)\n"
+	       "      --witness-ttl MS          lease TTL (default 1000; etcd rounds up to "
+	       "seconds)\n" DOPPEL_CTL_OPTHELP);
 }
 
 static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
@@ -44,18 +59,24 @@ int cmd_protect(int argc, char **argv)
 		{"peer", required_argument, NULL, 'p'},
 		{"interval", required_argument, NULL, 'i'},
 		{"heartbeat-timeout", required_argument, NULL, 'H'},
+		{"standby-lost", required_argument, NULL, 'l'},
+		{"fence-grace", required_argument, NULL, 'g'},
+		{"hold-timeout", required_argument, NULL, 'O'},
+		{"witness", required_argument, NULL, 'w'},
+		{"witness-name", required_argument, NULL, 'X'},
+		{"witness-ttl", required_argument, NULL, 'T'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	struct json_object *req;
-	const char *peer = NULL;
-	uint64_t interval = 25, timeout = 200;
+	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL;
+	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0;
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "protect");
 	o.timeout_ms = 120000; /* the first full copy takes a while */
 	doppel_getopt_reset();
-	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "p:i:H:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "p:i:H:l:g:w:", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();
 			return DOPPEL_EXIT_OK;
@@ -73,6 +94,28 @@ int cmd_protect(int argc, char **argv)
 				return doppel_usage_error(
 					"protect", "bad --heartbeat-timeout '%s' (milliseconds, 20..60000)",
 					optarg);
+		} else if (c == 'l') {
+			if (strcmp(optarg, "release") && strcmp(optarg, "hold") && strcmp(optarg, "fence"))
+				return doppel_usage_error("protect",
+							  "bad --standby-lost '%s' (release, hold or fence)",
+							  optarg);
+			lost = optarg;
+		} else if (c == 'w') {
+			witness = optarg;
+		} else if (c == 'X') {
+			wname = optarg;
+		} else if (c == 'T') {
+			if (parse_uint(optarg, 100, 600000, &wttl))
+				return doppel_usage_error("protect", "bad --witness-ttl '%s' (milliseconds)",
+							  optarg);
+		} else if (c == 'O') {
+			if (parse_uint(optarg, 0, 86400000, &hold))
+				return doppel_usage_error("protect", "bad --hold-timeout '%s' (milliseconds)",
+							  optarg);
+		} else if (c == 'g') {
+			if (parse_uint(optarg, 0, 3600000, &grace))
+				return doppel_usage_error("protect", "bad --fence-grace '%s' (milliseconds)",
+							  optarg);
 		} else if ((rc = doppel_ctl_opt(&o, c, optarg)) == 1) {
 			return doppel_bad_option("protect", c, argv);
 		} else if (rc) {
@@ -89,5 +132,15 @@ int cmd_protect(int argc, char **argv)
 	json_object_object_add(req, "peer", json_object_new_string(peer));
 	json_object_object_add(req, "interval_ms", json_object_new_int((int)interval));
 	json_object_object_add(req, "heartbeat_timeout_ms", json_object_new_int((int)timeout));
+	if (lost)
+		json_object_object_add(req, "standby_lost", json_object_new_string(lost));
+	json_object_object_add(req, "fence_grace_ms", json_object_new_int((int)grace));
+	json_object_object_add(req, "hold_timeout_ms", json_object_new_int((int)hold));
+	if (witness) {
+		json_object_object_add(req, "witness", json_object_new_string(witness));
+		json_object_object_add(req, "witness_ttl_ms", json_object_new_int((int)wttl));
+		if (wname)
+			json_object_object_add(req, "witness_name", json_object_new_string(wname));
+	}
 	return doppel_ctl_run(&o, req, print);
 }

@@ -20,7 +20,8 @@ static void usage(FILE *f)
 		"usage: doppel run --kernel FILE | --restore SNAPSHOT [--name NAME] [--mem SIZE] [--vcpus N]\n"
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
-		"                  [--standby --listen ADDR:PORT | --incoming ADDR:PORT]\n"
+		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
+		"                   | --incoming ADDR:PORT]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
@@ -38,6 +39,15 @@ static void usage(FILE *f)
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
 		"  --standby        hold a replica for a primary (`doppel protect`); runs no vCPUs until\n"
 		"                   failover. Needs --listen ADDR:PORT ([IPv6]:PORT for IPv6)\n"
+		"  --failover POLICY  standby: auto (default: take over when the primary is lost) or\n"
+		"                   manual (report it and wait for `doppel failover`)\n"
+		"  --fence-cmd CMD  standby: run CMD (sh -c) before a takeover; take over only if it\n"
+		"                   exits 0 (a site's STONITH). Without it and without manual failover\n"
+		"                   a network partition can leave two running copies (docs/failure-model.md)\n"
+		"  --witness URLS   standby: etcd client URLs (http://IP:PORT,...): take over only after\n"
+		"                   acquiring the VM's key, i.e. after the primary's lease expired\n"
+		"  --witness-name N the key's name (default: this VM's name; the primary's must match)\n"
+		"  --witness-ttl MS lease TTL of this copy once it took over (default 1000)\n"
 		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
 		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
 		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
@@ -50,7 +60,8 @@ static void usage(FILE *f)
 /* What the command line asked for. */
 struct run_args {
 	struct vmm_opts o;
-	const char *listen, *incoming, *log_json;
+	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
+	uint64_t witness_ttl;
 	enum log_level log_level;
 	bool standby;
 };
@@ -89,6 +100,24 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		break;
 	case 'I':
 		a->incoming = arg;
+		break;
+	case 'F':
+		if (strcmp(arg, "auto") && strcmp(arg, "manual"))
+			return bad_usage("bad --failover '%s' (auto or manual)", arg);
+		a->failover = arg;
+		break;
+	case 'K':
+		a->fence_cmd = arg;
+		break;
+	case 'W':
+		a->witness = arg;
+		break;
+	case 'X':
+		a->witness_name = arg;
+		break;
+	case 'T':
+		if (parse_uint(arg, 100, 600000, &a->witness_ttl))
+			return bad_usage("bad --witness-ttl '%s' (milliseconds, 100..600000)", arg);
 		break;
 	case 'n':
 		o->name = arg;
@@ -146,14 +175,27 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 static int parse_args(struct run_args *a, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"kernel", required_argument, 0, 'k'},	 {"name", required_argument, 0, 'n'},
-		{"mem", required_argument, 0, 'm'},	 {"vcpus", required_argument, 0, 'c'},
-		{"cmdline", required_argument, 0, 'a'},	 {"serial", required_argument, 0, 's'},
-		{"control", required_argument, 0, 'C'},	 {"net", required_argument, 0, 'N'},
-		{"restore", required_argument, 0, 'r'},	 {"help", no_argument, 0, 'h'},
-		{"standby", no_argument, 0, 'S'},	 {"listen", required_argument, 0, 'L'},
-		{"incoming", required_argument, 0, 'I'}, {"log-level", required_argument, 0, 'l'},
-		{"log-json", required_argument, 0, 'j'}, {0, 0, 0, 0},
+		{"kernel", required_argument, 0, 'k'},
+		{"name", required_argument, 0, 'n'},
+		{"mem", required_argument, 0, 'm'},
+		{"vcpus", required_argument, 0, 'c'},
+		{"cmdline", required_argument, 0, 'a'},
+		{"serial", required_argument, 0, 's'},
+		{"control", required_argument, 0, 'C'},
+		{"net", required_argument, 0, 'N'},
+		{"restore", required_argument, 0, 'r'},
+		{"help", no_argument, 0, 'h'},
+		{"standby", no_argument, 0, 'S'},
+		{"listen", required_argument, 0, 'L'},
+		{"incoming", required_argument, 0, 'I'},
+		{"log-level", required_argument, 0, 'l'},
+		{"log-json", required_argument, 0, 'j'},
+		{"failover", required_argument, 0, 'F'},
+		{"fence-cmd", required_argument, 0, 'K'},
+		{"witness", required_argument, 0, 'W'},
+		{"witness-name", required_argument, 0, 'X'},
+		{"witness-ttl", required_argument, 0, 'T'},
+		{0, 0, 0, 0},
 	};
 	int c, rc;
 
@@ -172,6 +214,9 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 				 "--standby and --listen ADDR:PORT go together (try doppel run --help)");
 	if (a->standby && a->incoming)
 		return bad_usage("--standby and --incoming exclude each other");
+	if (!a->standby && (a->failover || a->fence_cmd || a->witness || a->witness_name || a->witness_ttl))
+		return bad_usage("%s", "--failover, --fence-cmd and --witness* need --standby (a primary "
+				       "gets them from doppel protect)");
 	a->o.hold = a->standby || a->incoming;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
@@ -243,7 +288,17 @@ static int build_vm(struct run_args *a, struct vmm **out)
 		return 1;
 	}
 	if (a->standby)
-		rc = remus_standby_listen(v, a->listen, err, sizeof(err));
+		rc = remus_standby_listen(
+			v,
+			&(struct remus_standby_opts){
+				.listen = a->listen,
+				.failover_manual = a->failover && !strcmp(a->failover, "manual"),
+				.fence_cmd = a->fence_cmd,
+				.witness = a->witness,
+				.witness_name = a->witness_name,
+				.witness_ttl_ms = (uint32_t)a->witness_ttl,
+			},
+			err, sizeof(err));
 	else if (a->incoming)
 		rc = migrate_incoming_listen(v, a->incoming, err, sizeof(err));
 	if (rc) {

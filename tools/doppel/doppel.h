@@ -29,6 +29,7 @@ struct doppel_verb {
 int cmd_run(int argc, char **argv); /* tools/doppel/cmd_run.c */
 int cmd_status(int argc, char **argv);
 int cmd_pause(int argc, char **argv);
+int cmd_unprotect(int argc, char **argv);
 int cmd_resume(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);

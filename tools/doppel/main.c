@@ -23,6 +23,7 @@ static const struct doppel_verb verbs[] = {
 	{"migrate", "live-migrate a running VM to another host (doppel run --incoming)", cmd_migrate},
 	{"protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect},
 	{"failover", "promote a standby by hand (drills)", cmd_failover},
+	{"unprotect", "end protection on purpose (the standby stays held)", cmd_unprotect},
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
