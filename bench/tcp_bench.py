@@ -26,7 +26,7 @@ import netns  # noqa: E402
 BUILD = os.environ.get("DOPPEL_BUILD") or os.path.join(REPO, "build")
 DOPPEL, GUEST = os.path.join(BUILD, "doppel"), os.path.join(BUILD, "guest.elf")
 N = int(os.environ.get("N", "20000"))
-REMUS_N = int(os.environ.get("REMUS_N", "3000"))
+REMUS_N = int(os.environ.get("REMUS_N", "1000"))
 RUNS = int(os.environ.get("RUNS", "3"))
 CONNS = int(os.environ.get("CONNS", "20"))
 SECS = int(os.environ.get("SECS", "3"))

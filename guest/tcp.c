@@ -32,6 +32,7 @@
 
 static struct {
 	struct tcp_conn conns[TCP_CONNS];
+	struct tcp_conn rst; /* scratch for resets to segments without a connection */
 	uint16_t buckets[TCP_BUCKETS];
 	uint64_t pend[TCP_CONNS / 64]; /* connections with something to send */
 	struct {
@@ -148,8 +149,8 @@ static struct tcp_conn *conn_alloc(void)
 			return c;
 		if (c->state == TCP_TIME_WAIT && !tw)
 			tw = c;
-		if (c->state == TCP_SYN_RCVD && (!syn || c->iss - syn->iss < 0x80000000u))
-			syn = c; /* iss grows with time in isn=random; any victim does in isn=fixed */
+		if (c->state == TCP_SYN_RCVD && (!syn || c->timer_at < syn->timer_at))
+			syn = c; /* the earliest SYN-ACK retransmission deadline: the oldest */
 	}
 	if (!tw && !syn)
 		return NULL;
@@ -208,20 +209,17 @@ static bool seg_out(struct tcp_conn *c, uint8_t flags, uint32_t seq, uint32_t of
 /* A reset for a segment that has no connection (never in answer to a RST). */
 static void rst_reply(const struct net_peer *p, const uint8_t *seg, uint32_t seglen)
 {
-	struct tcp_conn tmp;
-	uint8_t fl = seg[13];
+	struct tcp_conn *t = &tcp.rst;
 
-	memset(&tmp.peer, 0, sizeof(tmp.peer));
-	tmp.peer = *p;
-	tmp.lport = get16(seg + 2);
-	tmp.rport = get16(seg);
-	tmp.rx_len = TCP_RXBUF;
-	tmp.tx_head = 0;
-	if (fl & F_ACK) {
-		seg_out(&tmp, F_RST, get32(seg + 8), 0, 0, false);
+	t->peer = *p;
+	t->lport = get16(seg + 2);
+	t->rport = get16(seg);
+	t->rx_len = TCP_RXBUF;
+	if (seg[13] & F_ACK) {
+		seg_out(t, F_RST, get32(seg + 8), 0, 0, false);
 	} else {
-		tmp.rcv_nxt = get32(seg + 4) + seglen;
-		seg_out(&tmp, F_RST | F_ACK, 0, 0, 0, false);
+		t->rcv_nxt = get32(seg + 4) + seglen;
+		seg_out(t, F_RST | F_ACK, 0, 0, 0, false);
 	}
 	tcp.st.rst_tx++;
 }
