@@ -232,6 +232,26 @@ def bad_checksum_data(host, src):
     return {"get": [o.decode() for o in out]}
 
 
+def syn_isns(src, dst, port, n=2, gap=1.2):
+    """n SYNs from the same 4-tuple (the client kernel resets each half-open connection; the guest's
+    TIME_WAIT-free slot is reused), returning the ISN of each SYN-ACK."""
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    r = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    r.settimeout(2)
+    out = []
+    for k in range(n):
+        raw_send(src, dst, [tcp_segment(src, dst, 33333, port, 1000 + k * 100000, 0, 0x02)])
+        while True:
+            b = r.recv(2048)
+            t = b if fam == socket.AF_INET6 else b[(b[0] & 15) * 4:]
+            sp, dp, seq = struct.unpack("!HHI", t[:8])
+            if sp == port and dp == 33333 and t[13] & 0x12 == 0x12:
+                out.append(seq)
+                break
+        time.sleep(gap)
+    return {"isn": out}
+
+
 def main(argv):
     mode = argv[1]
     if mode == "incr":
@@ -246,6 +266,8 @@ def main(argv):
         out = hostile(argv[2], argv[3], int(argv[4]))
     elif mode == "rststorm":
         out = rst_storm(argv[2], argv[3], int(argv[4]), int(argv[5]))
+    elif mode == "isn":
+        out = syn_isns(argv[2], argv[3], int(argv[4]))
     elif mode == "badsum":
         out = bad_checksum_data(argv[2], argv[3])
     else:

@@ -110,19 +110,23 @@ def test_standard_clients(tcpvm, topology):
 def test_many_connections_and_zero_window(tcpvm, topology):
     t = topology
     assert tcpc(t, "many", netns.GUEST_IP, 200)["ok"] == 200
+    isn = tcpc(t, "isn", netns.CLIENT_IP, netns.GUEST_IP, 6379)["isn"]
+    assert isn[0] != isn[1], isn  # isn=random (the default)
     r = tcpc(t, "slow", GUEST_IP6, 3000000, 2.0)
     assert r == {"status": "HTTP/1.1 200 OK", "body": 3000000, "x": 3000000}, r
     assert tcpvm.alive(), tcpvm.output()
 
 
 def _fresh_vm(doppel_bin, guest_elf, tmp_path, topology):
-    return start_vm("doppel", doppel_bin, guest_elf, tmp_path, topology, cmdline=TCP_CMDLINE)
+    return start_vm("doppel", doppel_bin, guest_elf, tmp_path, topology, cmdline=TCP_CMDLINE + " isn=fixed")
 
 
 def test_hostile_tcp_resp_http(doppel_bin, guest_elf, tmp_path, topology, rng):
     t = topology
     vm = _fresh_vm(doppel_bin, guest_elf, tmp_path, topology)
     try:
+        isn = tcpc(t, "isn", netns.CLIENT_IP6, GUEST_IP6, 80)["isn"]
+        assert isn[0] == isn[1], isn  # isn=fixed: a function of the 4-tuple only
         rcli(t, netns.GUEST_IP, "SET", "keep", "safe")
         rcli(t, netns.GUEST_IP, "SET", "cnt", "7")
         for src, dst in ((netns.CLIENT_IP, netns.GUEST_IP), (netns.CLIENT_IP6, GUEST_IP6)):
