@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "system"))
 
 import netns  # noqa: E402
+from vmproc import ctl  # noqa: E402
 
 BUILD = os.environ.get("DOPPEL_BUILD") or os.path.join(REPO, "build")
 DOPPEL, GUEST = os.path.join(BUILD, "doppel"), os.path.join(BUILD, "guest.elf")
@@ -89,12 +90,21 @@ def start_remus(topo, tmp, i, interval):
         procs.append(topo.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL))
     wait_serving(procs[1], os.path.join(tmp, f"ra{i}.serial"), "remus primary")
-    r = subprocess.run(["ip", "netns", "exec", topo.hostA, DOPPEL, "protect", "--control",
-                        os.path.join(tmp, f"ra{i}.sock"), "--peer", listen, "--interval", str(interval)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"protect failed: {r.stderr}")
-    return procs
+    netns.wait_for(lambda: os.path.exists(os.path.join(tmp, f"rb{i}.sock")), 20, what="standby listening")
+    for attempt in range(20):  # the standby's listener may trail its control socket a little
+        r = subprocess.run(["ip", "netns", "exec", topo.hostA, DOPPEL, "protect", "--control",
+                            os.path.join(tmp, f"ra{i}.sock"), "--peer", listen, "--interval", str(interval)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        if r.returncode == 0:
+            return procs
+        time.sleep(0.2)
+    raise RuntimeError(f"protect failed: {r.stderr}")
+
+
+def remus_status(tmp, i):
+    """The primary's Remus role and epoch counters: a row only counts if it stayed protected."""
+    st = ctl(os.path.join(tmp, f"ra{i}.sock"), {"cmd": "status"})["remus"]
+    return {k: st.get(k) for k in ("role", "epochs", "epochs_skipped", "epochs_forced")}
 
 
 def stop(kind, procs, topo):
@@ -171,7 +181,12 @@ def main():
             procs = start_remus(topo, tmp, k, interval)
             k += 1
             try:
-                res["remus"][f"{interval}ms"] = one_run(topo, REMUS_N)
+                run = {}
+                for part, fn in (("redis", lambda: redis_bench(topo, REMUS_N)), ("http", lambda: wrk(topo, "/", 8)),
+                                 ("bytes", lambda: wrk(topo, "/bytes/1048576", 1))):
+                    run[part] = fn()
+                    run[f"status_after_{part}"] = remus_status(tmp, k - 1)
+                res["remus"][f"{interval}ms"] = run
             finally:
                 stop("doppel", procs, topo)
     d, q = median_run(res["vmm"]["doppel"]), median_run(res["vmm"]["qemu"])
@@ -194,7 +209,10 @@ def row(name, v):
 
 def write_md(res):
     rows = [row(k, res["median"][k]) for k in ("doppel", "qemu")]
-    rows += [row(f"doppel, Remus {k} epochs", v) for k, v in res["remus"].items()]
+    rows += [row(f"doppel, Remus {k} epochs" + ("" if all(v[f"status_after_{p}"]["role"] == "primary"
+                                                          for p in ("redis", "http", "bytes"))
+                                                 else " (protection LOST during the run)"), v)
+             for k, v in res["remus"].items()]
     allruns = "; ".join(f"{k}: " + ", ".join(f"{r['redis']['set']['ops_per_s']:,.0f}" for r in v)
                         for k, v in res["vmm"].items())
     md = f"""## TCP services (Redis RESP, HTTP/1.1): doppel vs QEMU microvm, and under Remus

@@ -300,7 +300,8 @@ int work_kv(void)
 			struct tcp_stats ts;
 
 			tcp_get_stats(&ts);
-			printf("kv: ops=%lu keys=%u tcp=%lu/%lu\n", kv.ops, kvs_count(), ts.active, ts.conns);
+			printf("kv: ops=%lu keys=%u tcp=%lu/%lu bad=%lu ooo=%lu rexmit=%lu\n", kv.ops,
+			       kvs_count(), ts.active, ts.conns, ts.rx_bad, ts.rx_ooo, ts.retrans);
 			next += guest_pi_ns;
 			if (next <= t)
 				next = t + guest_pi_ns;
