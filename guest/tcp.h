@@ -6,7 +6,7 @@
 
 #define TCP_CONNS 256 /* connection table (SYN_RCVD and TIME_WAIT included) */
 #define TCP_RXBUF 4096 /* per connection: received, not yet consumed by the service (= our window) */
-#define TCP_TXBUF 16384 /* per connection: unacknowledged + unsent bytes */
+#define TCP_TXBUF 32768 /* per connection: unacknowledged + unsent bytes */
 
 enum tcp_state {
 	TCP_FREE,
