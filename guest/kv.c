@@ -1,5 +1,6 @@
 /* kv.c — work=kv: the key-value service of tools/kv (UDP port 7777) with its whole state in guest RAM. */
-#include "net.h"
+#include "store.h"
+#include "tcp.h"
 
 /*
  * Protocol (see tools/kv/kv_proto.h): request "ID CMD KEY [VALUE]", CMD SET|GET|INCR, reply
@@ -12,17 +13,10 @@
 #define KV_KEY_MAX 32
 #define KV_VAL_MAX 64
 #define KV_DGRAM_MAX 256
-#define KV_SLOTS 4096 /* store: open addressing, linear probing, no deletion */
 #define KV_CACHE 1024 /* retry cache ring */
 #define KV_CBUCKETS 2048
 #define KV_NIL 0xffff
 #define KV_REPLY_MAX (20 + 5 + KV_VAL_MAX + 2)
-
-struct kv_ent {
-	uint8_t klen, vlen;
-	char key[KV_KEY_MAX];
-	char val[KV_VAL_MAX];
-};
 
 struct kv_cent {
 	uint32_t ip;
@@ -36,21 +30,10 @@ struct kv_cent {
 
 static struct {
 	uint64_t ops, retries, errs, drops;
-	uint32_t nkeys;
 	uint16_t chead;
-	struct kv_ent store[KV_SLOTS];
 	uint16_t buckets[KV_CBUCKETS];
 	struct kv_cent cache[KV_CACHE];
 } kv;
-
-static uint32_t hash_bytes(const char *s, size_t len)
-{
-	uint32_t h = 2166136261u;
-
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ (uint8_t)s[i]) * 16777619u;
-	return h;
-}
 
 static uint32_t hash_client(uint32_t ip, uint16_t port, uint64_t id)
 {
@@ -63,45 +46,6 @@ static uint32_t hash_client(uint32_t ip, uint16_t port, uint64_t id)
 }
 
 /* ---- parsing (mirrors tools/kv/kv_proto.c) --------------------------------------------------- */
-
-static int dec_u64(const char *s, size_t len, uint64_t *out)
-{
-	uint64_t v = 0;
-
-	if (len == 0 || len > 20)
-		return -1;
-	for (size_t i = 0; i < len; i++) {
-		unsigned d;
-
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		d = (unsigned)(s[i] - '0');
-		if (v > (UINT64_MAX - d) / 10)
-			return -1;
-		v = v * 10 + d;
-	}
-	*out = v;
-	return 0;
-}
-
-static int dec_i64(const char *s, size_t len, int64_t *out)
-{
-	bool neg = len > 0 && s[0] == '-';
-	uint64_t mag;
-
-	if (dec_u64(s + neg, len - neg, &mag))
-		return -1;
-	if (neg) {
-		if (mag > (uint64_t)INT64_MAX + 1)
-			return -1;
-		*out = mag == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mag;
-	} else {
-		if (mag > (uint64_t)INT64_MAX)
-			return -1;
-		*out = (int64_t)mag;
-	}
-	return 0;
-}
 
 static bool key_valid(const char *s, size_t len)
 {
@@ -155,29 +99,6 @@ static int split_fields(const char *buf, size_t len, const char **f, size_t *fl)
 
 /* ---- formatting ------------------------------------------------------------------------------ */
 
-static size_t fmt_u64(char *o, uint64_t v)
-{
-	char t[20];
-	size_t n = 0, i;
-
-	do {
-		t[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	for (i = 0; i < n; i++)
-		o[i] = t[n - 1 - i];
-	return n;
-}
-
-static size_t fmt_i64(char *o, int64_t v)
-{
-	if (v < 0) {
-		o[0] = '-';
-		return 1 + fmt_u64(o + 1, (uint64_t)0 - (uint64_t)v);
-	}
-	return fmt_u64(o, (uint64_t)v);
-}
-
 /* "ID OK text" / "ID ERR text" into o (KV_REPLY_MAX bytes); returns the length. */
 static size_t fmt_reply(char *o, uint64_t id, bool ok, const char *text, size_t tlen)
 {
@@ -193,69 +114,48 @@ static size_t fmt_reply(char *o, uint64_t id, bool ok, const char *text, size_t 
 
 /* ---- store ----------------------------------------------------------------------------------- */
 
-/* Find key; with create, insert it (empty value) if missing. NULL if missing/full. */
-static struct kv_ent *store_find(const char *key, size_t klen, bool create)
-{
-	uint32_t h = hash_bytes(key, klen) & (KV_SLOTS - 1);
-
-	for (uint32_t i = 0; i < KV_SLOTS; i++) {
-		struct kv_ent *e = &kv.store[(h + i) & (KV_SLOTS - 1)];
-
-		if (e->klen == 0) {
-			if (!create || kv.nkeys >= KV_SLOTS - 1)
-				return NULL;
-			e->klen = (uint8_t)klen;
-			memcpy(e->key, key, klen);
-			e->vlen = 0;
-			kv.nkeys++;
-			return e;
-		}
-		if (e->klen == klen && !memcmp(e->key, key, klen))
-			return e;
-	}
-	return NULL;
-}
-
 /* Apply a parsed request; writes the reply text to text (KV_VAL_MAX) and returns its length. */
 static size_t apply(unsigned cmd, const char *key, size_t klen, const char *val, size_t vlen, bool *ok,
 		    char *text)
 {
-	struct kv_ent *e;
-	int64_t v = 0;
+	const struct kvs_ent *e;
+	int64_t v;
+	int rc;
 
 	*ok = false;
 	switch (cmd) {
 	case 0: /* SET */
-		if (!(e = store_find(key, klen, true)))
-			goto full;
-		memcpy(e->val, val, vlen);
-		e->vlen = (uint8_t)vlen;
+		rc = kvs_set(key, klen, val, vlen);
+		if (rc == KVS_OK) {
+			*ok = true;
+			memcpy(text, val, vlen);
+			return vlen;
+		}
 		break;
 	case 1: /* GET */
-		if (!(e = store_find(key, klen, false))) {
+		if (!(e = kvs_get(key, klen))) {
 			memcpy(text, "nokey", 5);
 			return 5;
 		}
-		break;
+		*ok = true;
+		memcpy(text, e->val, e->vlen);
+		return e->vlen;
 	default: /* INCR */
-		e = store_find(key, klen, false);
-		if (e && dec_i64(e->val, e->vlen, &v)) {
-			memcpy(text, "notint", 6);
-			return 6;
+		rc = kvs_incr(key, klen, 1, &v);
+		if (rc == KVS_OK) {
+			*ok = true;
+			return fmt_i64(text, v);
 		}
-		if (v == INT64_MAX) {
-			memcpy(text, "overflow", 8);
-			return 8;
-		}
-		if (!e && !(e = store_find(key, klen, true)))
-			goto full;
-		e->vlen = (uint8_t)fmt_i64(e->val, v + 1);
 		break;
 	}
-	*ok = true;
-	memcpy(text, e->val, e->vlen);
-	return e->vlen;
-full:
+	if (rc == KVS_NOTINT) {
+		memcpy(text, "notint", 6);
+		return 6;
+	}
+	if (rc == KVS_OVERFLOW) {
+		memcpy(text, "overflow", 8);
+		return 8;
+	}
 	memcpy(text, "full", 4);
 	return 4;
 }
@@ -374,12 +274,18 @@ int work_kv(void)
 
 	for (unsigned b = 0; b < KV_CBUCKETS; b++)
 		kv.buckets[b] = KV_NIL;
+	tcp_init();
+	tcp_listen(6379, resp_serve);
+	tcp_listen(80, http_serve);
 	if (net_init(KV_PORT, kv_handle))
 		return GUEST_EXIT_USAGE;
 	m = net_mac();
 	ip = net_ip();
 	printf("kv: serving on %lu.%lu.%lu.%lu:%u mac=%02x:%02x:%02x:%02x:%02x:%02x\n", ip >> 24,
 	       (ip >> 16) & 255, (ip >> 8) & 255, ip & 255, KV_PORT, m[0], m[1], m[2], m[3], m[4], m[5]);
+	printf("kv: tcp resp=6379 http=80 isn=%s ip6=%s\n",
+	       cmdline_get("isn") && !strcmp(cmdline_get("isn"), "fixed") ? "fixed" : "random",
+	       net6_enabled() ? cmdline_get("ip6") : "off");
 	next = now_ns() + guest_pi_ns;
 	for (;;) {
 		uint64_t t;
@@ -389,8 +295,13 @@ int work_kv(void)
 		if (++iter & 63) /* the clock only every 64 polls: keep the hot loop short */
 			continue;
 		t = now_ns();
+		tcp_timers(t);
 		if (print && t >= next) {
-			printf("kv: ops=%lu keys=%u\n", kv.ops, kv.nkeys);
+			struct tcp_stats ts;
+
+			tcp_get_stats(&ts);
+			printf("kv: ops=%lu keys=%u tcp=%lu/%lu bad=%lu ooo=%lu rexmit=%lu\n", kv.ops,
+			       kvs_count(), ts.active, ts.conns, ts.rx_bad, ts.rx_ooo, ts.retrans);
 			next += guest_pi_ns;
 			if (next <= t)
 				next = t + guest_pi_ns;

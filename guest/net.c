@@ -4,13 +4,13 @@
 /* Every length read from a frame is checked against what the frame holds before use: the network
  * is hostile. Malformed frames are dropped silently (counted in rx_drop). */
 
-#define ETH_HLEN 14
+#include "tcp.h"
+
 #define ETH_P_IP 0x0800
 #define ETH_P_ARP 0x0806
-#define IP_HLEN 20
+#define ETH_P_IPV6 0x86dd
 #define UDP_HLEN 8
 #define PROTO_ICMP 1
-#define PROTO_UDP 17
 #define ARP_LEN 28
 #define ARP_SLOTS 16
 
@@ -29,34 +29,14 @@ static struct {
 	uint64_t arp_clock;
 	struct arp_ent arp[ARP_SLOTS];
 	struct net_stats st;
+	uint8_t *tx_frame; /* net_tx_begin .. net_tx_end */
+	size_t tx_len;
 } ns;
 
 static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
-static inline uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
-
 /* One's-complement sum of len bytes, added to sum (not folded). */
-static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t len)
+uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t len)
 {
 	size_t i;
 
@@ -67,16 +47,9 @@ static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t len)
 	return sum;
 }
 
-static uint16_t csum_fold(uint32_t sum)
+static uint32_t ip4_pseudo(uint32_t src, uint32_t dst, uint8_t proto, size_t len)
 {
-	while (sum >> 16)
-		sum = (sum & 0xffff) + (sum >> 16);
-	return (uint16_t)~sum;
-}
-
-static uint32_t udp_pseudo(uint32_t src, uint32_t dst, size_t ulen)
-{
-	return (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + PROTO_UDP + (uint32_t)ulen;
+	return (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff) + proto + (uint32_t)len;
 }
 
 int parse_ipv4(const char *s, size_t len, uint32_t *out)
@@ -254,7 +227,6 @@ static void icmp_input(const uint8_t *f, const uint8_t *ip, const uint8_t *p, si
 
 static void udp_input(const uint8_t *f, const uint8_t *ip, const uint8_t *p, size_t plen)
 {
-	struct udp_rx d;
 	size_t ulen;
 	uint16_t ck;
 
@@ -269,23 +241,53 @@ static void udp_input(const uint8_t *f, const uint8_t *ip, const uint8_t *p, siz
 	}
 	ck = get16(p + 6);
 	if (ck) {
-		uint32_t s = udp_pseudo(get32(ip + 12), get32(ip + 16), ulen);
+		uint32_t s = ip4_pseudo(get32(ip + 12), get32(ip + 16), PROTO_UDP, ulen);
 
 		if (csum_fold(csum_add(s, p, ulen)) != 0) {
 			ns.st.rx_drop++;
 			return;
 		}
 	}
-	if (get16(p + 2) != ns.port || !ns.udp_fn || get32(ip + 16) != ns.ip)
+	if (get32(ip + 16) != ns.ip)
 		return;
-	memcpy(d.src_mac, f + 6, 6);
-	d.src_ip = get32(ip + 12);
-	d.src_port = get16(p);
-	d.dst_port = get16(p + 2);
-	d.data = p + UDP_HLEN;
+	{
+		struct net_peer peer = {.v6 = false, .ip4 = get32(ip + 12)};
+
+		memcpy(peer.mac, f + 6, 6);
+		net_udp_deliver(&peer, p, ulen);
+	}
+}
+
+void net_udp_deliver(const struct net_peer *p, const uint8_t *u, size_t ulen)
+{
+	struct udp_rx d;
+
+	if (get16(u + 2) != ns.port || !ns.udp_fn)
+		return;
+	d.peer = *p;
+	memcpy(d.src_mac, p->mac, 6);
+	d.src_ip = p->ip4;
+	if (p->v6) { /* retry-cache key: FNV of the address */
+		d.src_ip = 2166136261u;
+		for (int i = 0; i < 16; i++)
+			d.src_ip = (d.src_ip ^ p->ip6[i]) * 16777619u;
+	}
+	d.src_port = get16(u);
+	d.dst_port = get16(u + 2);
+	d.data = u + UDP_HLEN;
 	d.len = ulen - UDP_HLEN;
 	ns.st.udp_rx++;
 	ns.udp_fn(&d);
+}
+
+void net_count(int which)
+{
+	if (which == 0)
+		ns.st.rx_drop++;
+	else if (which == 1)
+		ns.st.nd_replies++;
+	else
+		ns.st.icmp6_replies++;
 }
 
 static void ip_input(const uint8_t *f, size_t len)
@@ -317,6 +319,13 @@ static void ip_input(const uint8_t *f, size_t len)
 	case PROTO_UDP:
 		udp_input(f, ip, ip + ihl, tot - ihl);
 		return;
+	case PROTO_TCP: {
+		struct net_peer peer = {.v6 = false, .ip4 = src};
+
+		memcpy(peer.mac, f + 6, 6);
+		tcp_input(&peer, ip + ihl, tot - ihl);
+		return;
+	}
 	default:
 		return;
 	}
@@ -331,16 +340,20 @@ static void eth_input(const uint8_t *f, size_t len)
 		ns.st.rx_drop++;
 		return;
 	}
-	if (memcmp(f, ns.mac, 6) && memcmp(f, bcast, 6))
-		return; /* not ours (the bridge floods unknown unicast) */
+	if (memcmp(f, ns.mac, 6) && memcmp(f, bcast, 6) && !(f[0] == 0x33 && f[1] == 0x33))
+		return; /* not ours (the bridge floods unknown unicast); 33:33:* is IPv6 multicast */
 	switch (get16(f + 12)) {
 	case ETH_P_ARP:
 		arp_input(f, len);
 		break;
 	case ETH_P_IP:
-		ip_input(f, len);
+		if (f[0] != 0x33)
+			ip_input(f, len);
 		break;
-	default: /* IPv6, VLAN tags, LLC, ...: ignored */
+	case ETH_P_IPV6:
+		net6_input(f, len);
+		break;
+	default: /* VLAN tags, LLC, ...: ignored */
 		break;
 	}
 }
@@ -349,40 +362,70 @@ unsigned net_poll(unsigned budget)
 {
 	unsigned n = vnet_poll(eth_input, budget);
 
+	tcp_flush();
 	vnet_flush();
 	return n;
 }
 
 /* ---- UDP out --------------------------------------------------------------------------------- */
 
-static int udp_out(const uint8_t *dmac, uint32_t dst, uint16_t sport, uint16_t dport, const void *data,
-		   size_t len)
+uint32_t net_pseudo(const struct net_peer *p, uint8_t proto, size_t len)
+{
+	if (p->v6)
+		return net6_pseudo(p->ip6, proto, len);
+	return ip4_pseudo(ns.ip, p->ip4, proto, len);
+}
+
+uint8_t *net_tx_begin(const struct net_peer *p, uint8_t proto, size_t plen)
+{
+	size_t hl = ETH_HLEN + (p->v6 ? IP6_HLEN : IP_HLEN);
+	uint8_t *f;
+
+	if (hl + plen > 1514 || !(f = vnet_tx_alloc()))
+		return NULL;
+	if (p->v6) {
+		memcpy(f, p->mac, 6);
+		memcpy(f + 6, ns.mac, 6);
+		put16(f + 12, ETH_P_IPV6);
+		net6_header(f + ETH_HLEN, p->ip6, proto, plen);
+		ns.tx_len = hl + plen;
+	} else {
+		ns.tx_len = ip_header(f, p->mac, p->ip4, proto, plen);
+	}
+	ns.tx_frame = f;
+	return f + hl;
+}
+
+void net_tx_end(void)
+{
+	if (ns.tx_frame)
+		commit_padded(ns.tx_frame, ns.tx_len);
+	ns.tx_frame = NULL;
+}
+
+static int udp_out(const struct net_peer *p, uint16_t sport, uint16_t dport, const void *data, size_t len)
 {
 	size_t ulen = UDP_HLEN + len;
-	uint8_t *f, *u;
+	uint8_t *u;
+	uint16_t ck;
 
-	if (ETH_HLEN + IP_HLEN + ulen > VNET_FRAME_MAX || ETH_HLEN + IP_HLEN + ulen > 1514)
+	if (!(u = net_tx_begin(p, PROTO_UDP, ulen)))
 		return -1;
-	if (!(f = vnet_tx_alloc()))
-		return -1;
-	u = f + ETH_HLEN + IP_HLEN;
 	put16(u, sport);
 	put16(u + 2, dport);
 	put16(u + 4, (uint16_t)ulen);
 	put16(u + 6, 0);
 	memcpy(u + UDP_HLEN, data, len);
-	{
-		uint16_t ck = csum_fold(csum_add(udp_pseudo(ns.ip, dst, ulen), u, ulen));
-		put16(u + 6, ck ? ck : 0xffff);
-	}
-	commit_padded(f, ip_header(f, dmac, dst, PROTO_UDP, ulen));
+	ck = csum_fold(csum_add(net_pseudo(p, PROTO_UDP, ulen), u, ulen));
+	put16(u + 6, ck ? ck : 0xffff);
+	net_tx_end();
 	ns.st.udp_tx++;
 	return 0;
 }
 
 int net_udp_reply(const struct udp_rx *d, const void *data, size_t len)
 {
-	return udp_out(d->src_mac, d->src_ip, d->dst_port, d->src_port, data, len);
+	return udp_out(&d->peer, d->dst_port, d->src_port, data, len);
 }
 
 int net_udp_send(uint32_t ip, uint16_t sport, uint16_t dport, const void *data, size_t len)
@@ -400,7 +443,12 @@ int net_udp_send(uint32_t ip, uint16_t sport, uint16_t dport, const void *data, 
 		vnet_flush();
 		return -2;
 	}
-	return udp_out(mac, ip, sport, dport, data, len);
+	{
+		struct net_peer p = {.v6 = false, .ip4 = ip};
+
+		memcpy(p.mac, mac, 6);
+		return udp_out(&p, sport, dport, data, len);
+	}
 }
 
 /* ---- set-up ---------------------------------------------------------------------------------- */
@@ -432,6 +480,8 @@ int net_init(uint16_t port, udp_rx_fn fn)
 	}
 	ns.port = port;
 	ns.udp_fn = fn;
+	if (net6_init())
+		return -1;
 	if (vnet_init(ns.mac))
 		return -1;
 	arp_send(1, NULL, ns.ip); /* gratuitous ARP: sender = target = our address */

@@ -50,13 +50,71 @@ struct vnet_stats {
 };
 void vnet_get_stats(struct vnet_stats *st);
 
+/* ---- byte order and checksums (shared by net.c, net6.c, tcp.c) ------------------------------- */
+static inline uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)(v >> 16));
+	put16(p + 2, (uint16_t)v);
+}
+
+/* One's-complement sum of len bytes, added to sum (not folded). */
+uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t len);
+
+static inline uint16_t csum_fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
 /* ---- net.c: Ethernet / ARP / IPv4 / ICMP / UDP --------------------------------------------- */
 /* Addresses are kept in network byte order as uint8_t[4] in the stack; the API uses host-order u32. */
 
+#define ETH_HLEN 14
+#define IP_HLEN 20
+#define IP6_HLEN 40
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+
+/* The other end of a datagram or connection: replies go to its MAC, from our address. */
+struct net_peer {
+	bool v6;
+	uint8_t mac[6];
+	uint32_t ip4; /* host order (IPv4) */
+	uint8_t ip6[16]; /* IPv6 */
+};
+
+/*
+ * Start a frame to peer carrying plen bytes of protocol proto: Ethernet and IP headers are filled,
+ * the payload pointer is returned (NULL: too big or no TX buffer). Fill the payload, then call
+ * net_tx_end() before the next net_tx_begin.
+ */
+uint8_t *net_tx_begin(const struct net_peer *p, uint8_t proto, size_t plen);
+void net_tx_end(void);
+/* Pseudo-header sum (unfolded) for a len-byte proto payload between us and peer. */
+uint32_t net_pseudo(const struct net_peer *p, uint8_t proto, size_t len);
+
 /* A received UDP datagram, as passed to the UDP handler. */
 struct udp_rx {
+	struct net_peer peer;
 	uint8_t src_mac[6];
-	uint32_t src_ip; /* host order */
+	uint32_t src_ip; /* host order; IPv6: a hash of the address (retry cache key) */
 	uint16_t src_port; /* host order */
 	uint16_t dst_port;
 	const uint8_t *data;
@@ -87,10 +145,22 @@ uint32_t net_ip(void); /* our address, host order */
 const uint8_t *net_mac(void);
 
 struct net_stats {
-	uint64_t rx_frames, rx_drop, arp_replies, icmp_replies, udp_rx, udp_tx;
+	uint64_t rx_frames, rx_drop, arp_replies, icmp_replies, udp_rx, udp_tx, nd_replies, icmp6_replies;
 };
 void net_get_stats(struct net_stats *st);
 
+/* ---- net6.c: IPv6, neighbour discovery, ICMPv6 echo, UDP and TCP over IPv6 -------------------- */
+/* Parse ip6=ADDR/PREFIX if given: 0 (also when absent), -1 after printing an error line. */
+int net6_init(void);
+bool net6_enabled(void);
+/* An IPv6 frame (EtherType 0x86dd) for us. */
+void net6_input(const uint8_t *f, size_t len);
+/* Fill the IPv6 header at ip for plen payload bytes to dst. */
+void net6_header(uint8_t *ip, const uint8_t dst[16], uint8_t nh, size_t plen);
+uint32_t net6_pseudo(const uint8_t peer[16], uint8_t nh, size_t len);
+/* UDP to our port over IPv6 is handed to the same handler as IPv4 (net.c). */
+void net_udp_deliver(const struct net_peer *p, const uint8_t *u, size_t ulen);
+void net_count(int which); /* 0 rx_drop, 1 nd_replies, 2 icmp6_replies */
 /* "a.b.c.d" into host order; 0 or -1. */
 int parse_ipv4(const char *s, size_t len, uint32_t *out);
 
