@@ -224,14 +224,80 @@ void disk_print(uint64_t now)
 		dk.next_ns = now + guest_pi_ns;
 }
 
+/* dbench=write|read: throughput and latency only (no oracle). Batches of dqd requests of dbs bytes
+ * over the ring, sequentially; prints `disk: bench=<write|read> bs=<b> qd=<n> iops=<n> mbps=<n>
+ * lat_us=<mean batch time>` every pi ms. */
+static int bench(const char *what)
+{
+	const char *v;
+	uint64_t bs = 4096, qd = BATCH, off = 0, ops = 0, batches = 0, busy_ns = 0, last, next;
+	bool wr = !strcmp(what, "write");
+	struct blk_op o[BATCH];
+
+	if (!wr && strcmp(what, "read")) {
+		printf("disk: error: bad dbench=%s (write or read)\n", what);
+		return GUEST_EXIT_USAGE;
+	}
+	if ((v = cmdline_get("dbs")) && (parse_size(v, &bs) || bs % BLK_SECTOR || !bs || bs > 64 * 1024)) {
+		printf("disk: error: bad dbs=%s (512 .. 64K, a multiple of 512)\n", v);
+		return GUEST_EXIT_USAGE;
+	}
+	if ((v = cmdline_get("dqd")) && (parse_u64(v, &qd) || !qd || qd > BATCH)) {
+		printf("disk: error: bad dqd=%s (1..%u)\n", v, BATCH);
+		return GUEST_EXIT_USAGE;
+	}
+	for (unsigned i = 0; i < BATCH; i++)
+		rec_fill(wbuf[i], i);
+	last = now_ns();
+	next = last + guest_pi_ns;
+	for (;;) {
+		uint64_t t0 = now_ns(), t;
+
+		for (unsigned i = 0; i < qd; i++) {
+			if (off + bs > dk.nslots * REC)
+				off = 0;
+			o[i] = (struct blk_op){.type = wr ? BLK_T_OUT : BLK_T_IN,
+					       .sector = off / BLK_SECTOR,
+					       .buf = wr ? (void *)wbuf[i % BATCH]
+							 : (void *)rbuf[i * 16 % VCHUNK],
+					       .len = (uint32_t)bs};
+			off += bs;
+		}
+		blk_run(o, (unsigned)qd);
+		for (unsigned i = 0; i < qd; i++)
+			if (o[i].status != BLK_S_OK)
+				io_error(wr ? "write sector" : "read sector", o[i].sector, o[i].status);
+		t = now_ns();
+		busy_ns += t - t0;
+		ops += qd;
+		batches++;
+		if (t >= next) {
+			uint64_t dt_us = (t - last) / 1000 ? (t - last) / 1000 : 1;
+
+			printf("disk: bench=%s bs=%lu qd=%lu iops=%lu mbps=%lu lat_us=%lu\n", what, bs, qd,
+			       ops * 1000000 / dt_us, ops * bs / dt_us, busy_ns / 1000 / batches);
+			ops = batches = busy_ns = 0;
+			last = t;
+			next += guest_pi_ns;
+			if (next <= t)
+				next = t + guest_pi_ns;
+		}
+		if (time_up(t))
+			return GUEST_EXIT_OK;
+	}
+}
+
 int work_disk(void);
 
 int work_disk(void)
 {
 	int rc = disk_init();
+	const char *b = cmdline_get("dbench");
 
 	if (rc)
 		return rc;
+	if (b)
+		return bench(b);
 	for (;;) {
 		uint64_t t;
 
