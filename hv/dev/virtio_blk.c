@@ -3,7 +3,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "hv/dev/state.h"
@@ -48,8 +50,9 @@ static void complete_locked(struct virtio_blk *d, struct blk_req *r, const void 
 	if (r->e.in_bytes >= 1) {
 		uint64_t st_off = r->e.in_bytes - 1;
 
-		if (r->status == VIRTIO_BLK_S_OK && r->type == VIRTIO_BLK_T_IN && bounce) {
-			vq_elem_write(d->gm, &r->e, 0, bounce, r->data_len);
+		if (r->status == VIRTIO_BLK_S_OK && r->type == VIRTIO_BLK_T_IN && (bounce || r->direct)) {
+			if (!r->direct)
+				vq_elem_write(d->gm, &r->e, 0, bounce, r->data_len);
 			used += (uint32_t)r->data_len;
 		} else if (r->status == VIRTIO_BLK_S_OK && r->type == VIRTIO_BLK_T_GET_ID) {
 			size_t n = st_off < VIRTIO_BLK_ID_BYTES ? st_off : VIRTIO_BLK_ID_BYTES;
@@ -120,6 +123,7 @@ static bool parse(struct virtio_blk *d, struct blk_req *r)
 	uint64_t data;
 
 	r->status = VIRTIO_BLK_S_IOERR;
+	r->direct = false;
 	r->data_len = 0;
 	r->nr_segs = 0;
 	r->type = ~0u;
@@ -202,51 +206,62 @@ static void process_queue(struct virtio_blk *d)
 
 		if (!r) {
 			d->want_pop = true;
-			return;
+			break;
 		}
 		rc = vq_pop(vq, d->gm, &r->e);
 		if (rc <= 0) {
 			req_put(d, r);
 			if (rc < 0)
 				virtio_mmio_set_broken(&d->t, vq->err);
-			return;
+			break;
 		}
 		if (r->e.head >= VBLK_QUEUE_SIZE || d->busy[r->e.head]) {
 			req_put(d, r);
 			virtio_mmio_set_broken(&d->t, "request head reused while in flight");
-			return;
+			break;
 		}
 		d->busy[r->e.head] = true;
 		d->inflight++;
 		start(d, r);
 	}
+	blk_submit_flush(d);
 }
 
-void blk_complete(struct virtio_blk *d, struct blk_req *r, const void *bounce)
+void blk_complete(struct virtio_blk *d, struct blk_req **rs, unsigned n, const uint8_t *bounce, size_t stride)
 {
 	bool open = d->gate_begin ? d->gate_begin(d->gate_opaque) : true;
 
-	pthread_mutex_lock(&d->t.lock);
-	if (r->gen != d->gen) {
-		req_put(d, r); /* the device was reset (or restored) meanwhile */
-	} else if (!open) {
-		r->next = NULL; /* the VM is paused: guest RAM is off limits; re-run on kick */
-		if (d->held_tail)
-			d->held_tail->next = r;
-		else
-			d->held = r;
-		d->held_tail = r;
-		d->st.held++;
-	} else {
-		complete_locked(d, r, bounce);
-		if (d->want_pop) {
-			d->want_pop = false;
-			process_queue(d);
-		}
-	}
-	pthread_mutex_unlock(&d->t.lock);
+	blk_complete_in(d, rs, n, bounce, stride, open);
 	if (open && d->gate_end)
 		d->gate_end(d->gate_opaque);
+}
+
+void blk_complete_in(struct virtio_blk *d, struct blk_req **rs, unsigned n, const uint8_t *bounce,
+		     size_t stride, bool open)
+{
+	pthread_mutex_lock(&d->t.lock);
+	for (unsigned i = 0; i < n; i++) {
+		struct blk_req *r = rs[i];
+
+		if (r->gen != d->gen) {
+			req_put(d, r); /* the device was reset (or restored) meanwhile */
+		} else if (!open) {
+			r->next = NULL; /* the VM is paused: guest RAM is off limits; re-run on kick */
+			if (d->held_tail)
+				d->held_tail->next = r;
+			else
+				d->held = r;
+			d->held_tail = r;
+			d->st.held++;
+		} else {
+			complete_locked(d, r, bounce ? bounce + i * stride : NULL);
+		}
+	}
+	if (open && d->want_pop) {
+		d->want_pop = false;
+		process_queue(d);
+	}
+	pthread_mutex_unlock(&d->t.lock);
 }
 
 /* ---- transport callbacks (t held) ---- */
@@ -322,6 +337,7 @@ int virtio_blk_create(struct guest_mem *gm, int fd, uint64_t capacity, bool read
 		      unsigned workers, struct virtio_blk **out)
 {
 	struct virtio_blk *d;
+	struct statfs sf;
 	struct stat sb;
 	int rc;
 
@@ -341,6 +357,11 @@ int virtio_blk_create(struct guest_mem *gm, int fd, uint64_t capacity, bool read
 	d->gm = gm;
 	d->fd = fd;
 	d->blkdev = !fstat(fd, &sb) && S_ISBLK(sb.st_mode);
+	/* Memory-backed files never wait for a disk: read them straight into guest RAM (inside the gate);
+	 * others only what the page cache holds (RWF_NOWAIT). */
+	d->direct_mode = !fstatfs(fd, &sf) && (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC)
+				 ? DIRECT_ALWAYS
+				 : DIRECT_NOWAIT;
 	d->readonly = readonly;
 	d->capacity = capacity & ~(uint64_t)(VBLK_SECTOR - 1);
 	if (id)

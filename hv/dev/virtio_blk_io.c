@@ -16,18 +16,38 @@
 
 /* ---- the job queue ---- */
 
+#define WORKER_BATCH 4 /* requests a worker takes at once: fewer wake-ups and lock round trips */
+
 void blk_submit(struct virtio_blk *d, struct blk_req *r)
 {
 	r->next = NULL;
+	if (d->sub_tail)
+		d->sub_tail->next = r;
+	else
+		d->sub_head = r;
+	d->sub_tail = r;
+	d->sub_n++;
+}
+
+void blk_submit_flush(struct virtio_blk *d)
+{
+	unsigned wake;
+
+	if (!d->sub_n)
+		return;
+	wake = (d->sub_n + WORKER_BATCH - 1) / WORKER_BATCH;
 	pthread_mutex_lock(&d->qlock);
 	if (d->q_tail)
-		d->q_tail->next = r;
+		d->q_tail->next = d->sub_head;
 	else
-		d->q_head = r;
-	d->q_tail = r;
-	d->pending++;
-	pthread_cond_signal(&d->qcond);
+		d->q_head = d->sub_head;
+	d->q_tail = d->sub_tail;
+	d->pending += d->sub_n;
+	for (unsigned i = 0; i < wake && i < d->nr_th; i++)
+		pthread_cond_signal(&d->qcond);
 	pthread_mutex_unlock(&d->qlock);
+	d->sub_head = d->sub_tail = NULL;
+	d->sub_n = 0;
 }
 
 void blk_queue_purge(struct virtio_blk *d)
@@ -78,6 +98,48 @@ static int do_read(struct virtio_blk *d, struct blk_req *r, uint8_t *bounce)
 		done += (uint64_t)n;
 	}
 	return 0;
+}
+
+/* Inside an open gate: read straight into the chain's writable buffers, but only what the page cache
+ * holds (RWF_NOWAIT), so the bracket never waits for a disk. True when all of it was read (the bytes are
+ * marked device-dirty); false: the caller reads through the bounce buffer outside the bracket. */
+static bool read_direct(struct virtio_blk *d, struct blk_req *r)
+{
+	struct iovec iov[VQ_MAX_IOV];
+	uint64_t left = r->data_len;
+	unsigned n = 0;
+	ssize_t got;
+
+	for (unsigned k = r->e.n_out; k < r->e.n_out + r->e.n_in && left; k++) {
+		const struct vq_iov *v = &r->e.iov[k];
+		size_t len = v->len < left ? v->len : left;
+
+		iov[n].iov_base = v->base;
+		iov[n].iov_len = len;
+		left -= len;
+		n++;
+	}
+	if (!n || __atomic_load_n(&d->direct_mode, __ATOMIC_RELAXED) == DIRECT_NEVER)
+		return false;
+	got = preadv2(d->fd, iov, (int)n, (off_t)(r->sector * VBLK_SECTOR),
+		      d->direct_mode == DIRECT_ALWAYS ? 0 : RWF_NOWAIT);
+	if (got < 0 && errno == EOPNOTSUPP)
+		__atomic_store_n(&d->direct_mode, DIRECT_NEVER, __ATOMIC_RELAXED); /* no RWF_NOWAIT here */
+	if (got <= 0)
+		return false;
+	left = (uint64_t)got;
+	for (unsigned k = r->e.n_out; k < r->e.n_out + r->e.n_in && left; k++) {
+		const struct vq_iov *v = &r->e.iov[k];
+		size_t len = v->len < left ? v->len : left;
+
+		mem_mark_dirty(d->gm, v->gpa, len);
+		left -= len;
+	}
+	if ((uint64_t)got != r->data_len)
+		return false; /* partly cached: the bounce path re-reads (and rewrites) all of it */
+	r->direct = true;
+	r->status = VIRTIO_BLK_S_OK;
+	return true;
 }
 
 /* Write the data part of the chain (the device-readable bytes after the header) straight from guest
@@ -198,14 +260,46 @@ struct worker_arg {
 	struct virtio_blk *d;
 };
 
+/* Cached reads go straight into guest RAM inside one gate bracket and complete at once; everything
+ * else does its host I/O outside any bracket and completes through a second one. */
+static void run_batch(struct virtio_blk *d, struct blk_req **r, unsigned n, uint8_t *bounce)
+{
+	struct blk_req *done[WORKER_BATCH], *rest[WORKER_BATCH];
+	unsigned nd = 0, nr = 0;
+	bool open = d->gate_begin ? d->gate_begin(d->gate_opaque) : true;
+
+	for (unsigned i = 0; i < n; i++) {
+		if (open && r[i]->type == VIRTIO_BLK_T_IN && read_direct(d, r[i]))
+			done[nd++] = r[i];
+		else
+			rest[nr++] = r[i];
+	}
+	if (open) {
+		blk_complete_in(d, done, nd, NULL, 0, true);
+		if (d->gate_end)
+			d->gate_end(d->gate_opaque);
+	}
+	if (!nr)
+		return;
+	for (unsigned i = 0; i < nr; i++) {
+		if (!bounce && rest[i]->type == VIRTIO_BLK_T_IN)
+			rest[i]->status = VIRTIO_BLK_S_IOERR;
+		else
+			execute(d, rest[i], bounce ? bounce + i * VBLK_MAX_DATA : NULL);
+	}
+	blk_complete(d, rest, nr, bounce, VBLK_MAX_DATA);
+}
+
 static void *worker(void *opaque)
 {
 	struct virtio_blk *d = opaque;
-	uint8_t *bounce =
-		malloc(VBLK_MAX_DATA); /* IN data lands here; into guest RAM only through the gate */
+	/* IN data lands here (request i of a batch at i * VBLK_MAX_DATA; pages are touched only as used),
+	 * and goes into guest RAM only through the gate */
+	uint8_t *bounce = malloc(WORKER_BATCH * VBLK_MAX_DATA);
 
 	for (;;) {
-		struct blk_req *r;
+		struct blk_req *r[WORKER_BATCH];
+		unsigned n = 0;
 
 		pthread_mutex_lock(&d->qlock);
 		while (!d->stop && !d->q_head)
@@ -214,20 +308,19 @@ static void *worker(void *opaque)
 			pthread_mutex_unlock(&d->qlock);
 			break;
 		}
-		r = d->q_head;
-		d->q_head = r->next;
+		while (n < WORKER_BATCH && d->q_head) {
+			r[n++] = d->q_head;
+			d->q_head = d->q_head->next;
+		}
 		if (!d->q_head)
 			d->q_tail = NULL;
 		pthread_mutex_unlock(&d->qlock);
 
-		if (!bounce && r->type == VIRTIO_BLK_T_IN)
-			r->status = VIRTIO_BLK_S_IOERR;
-		else
-			execute(d, r, bounce);
-		blk_complete(d, r, bounce);
+		run_batch(d, r, n, bounce);
 
 		pthread_mutex_lock(&d->qlock);
-		if (--d->pending == 0)
+		d->pending -= n;
+		if (d->pending == 0)
 			pthread_cond_broadcast(&d->idle);
 		pthread_mutex_unlock(&d->qlock);
 	}

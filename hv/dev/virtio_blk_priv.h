@@ -6,6 +6,8 @@
 
 #include "hv/dev/virtio_blk.h"
 
+enum { DIRECT_NOWAIT, DIRECT_ALWAYS, DIRECT_NEVER };
+
 struct blk_seg {
 	uint64_t sector;
 	uint32_t num;
@@ -23,6 +25,7 @@ struct blk_req {
 	unsigned nr_segs; /* DISCARD/WRITE_ZEROES */
 	struct blk_seg segs[VBLK_MAX_DISCARD_SEG];
 	uint8_t status;
+	bool direct; /* IN data already read straight into the chain (inside the gate) */
 	struct vq_elem e;
 };
 
@@ -31,6 +34,7 @@ struct virtio_blk {
 	struct guest_mem *gm;
 	int fd;
 	bool readonly, blkdev;
+	int direct_mode; /* reads into guest RAM inside the gate: DIRECT_NOWAIT, DIRECT_ALWAYS, DIRECT_NEVER */
 	uint64_t capacity; /* bytes, multiple of 512 */
 	char id[VIRTIO_BLK_ID_BYTES];
 
@@ -43,6 +47,8 @@ struct virtio_blk {
 	uint16_t redo[VBLK_QUEUE_SIZE]; /* (t) in flight at save time, restored: re-run on kick */
 	unsigned nr_redo; /* (t) */
 	bool want_pop; /* (t) the pool ran dry: pop again when a request completes */
+	struct blk_req *sub_head, *sub_tail; /* (t) parsed, to go to the workers at the end of this notify */
+	unsigned sub_n; /* (t) */
 	struct virtio_blk_stats st; /* (t) */
 
 	virtio_blk_gate_begin_fn gate_begin;
@@ -63,13 +69,18 @@ struct virtio_blk {
 /* virtio_blk_io.c */
 int blk_workers_start(struct virtio_blk *d, unsigned n);
 void blk_workers_stop(struct virtio_blk *d);
-/* Queue a parsed request for a worker. Called with (t) held. */
+/* Stage a parsed request for the workers; blk_submit_flush hands every staged one over with one queue
+ * lock and as few wake-ups as the batch needs. Both with (t) held. */
 void blk_submit(struct virtio_blk *d, struct blk_req *r);
+void blk_submit_flush(struct virtio_blk *d);
 /* Drop queued (not yet running) requests of an old generation. Called with (t) held. */
 void blk_queue_purge(struct virtio_blk *d);
 
 /* virtio_blk.c, for the workers */
-/* Deliver a finished request through the DMA gate (bounce: IN data). */
-void blk_complete(struct virtio_blk *d, struct blk_req *r, const void *bounce);
+/* Deliver n finished requests through one DMA gate bracket (request i's IN data at bounce + i * stride). */
+void blk_complete(struct virtio_blk *d, struct blk_req **r, unsigned n, const uint8_t *bounce, size_t stride);
+/* The same inside a bracket the caller holds (open = what its gate_begin returned). */
+void blk_complete_in(struct virtio_blk *d, struct blk_req **r, unsigned n, const uint8_t *bounce,
+		     size_t stride, bool open);
 
 #endif
