@@ -257,3 +257,68 @@ def test_pause_resume_under_disk_load(vm, doppel_bin, tmp_path):
     lines = disk_lines(v.output())
     assert all(l["bad"] == 0 and l["ioerr"] == 0 for l in lines), v.output()[-2000:]
     assert lines[-1]["seq"] > lines[0]["seq"]
+
+
+
+@pytest.fixture
+def loopdev(tmp_path):
+    if not shutil.which("losetup"):
+        pytest.skip("losetup not installed")
+    backing = make_image(tmp_path / "loop.img", 4 << 20)
+    r = subprocess.run(["losetup", "-f", "--show", backing], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"no loop device: {r.stderr.strip()}")
+    yield r.stdout.strip()
+    subprocess.run(["losetup", "-d", r.stdout.strip()], capture_output=True)
+
+
+def test_block_device_backend(vm, loopdev):
+    v = vm(cmdline="work=disk dws=2M dflush=1 pi=200 secs=2", extra=["--disk", f"path={loopdev},id=loop"])
+    assert v.wait(30) == 0, v.stderr()
+    out = v.output()
+    assert re.search(r"^virtio: blk at 0x\w+ v2 sectors=8192 ", out, re.M), out
+    lines = disk_lines(out)
+    assert lines and all(l["bad"] == 0 and l["ioerr"] == 0 for l in lines), out
+    f = final(out)
+    assert check_image(loopdev, f["seq"], f["run"], f["slots"]) == []
+
+
+@pytest.fixture
+def dm_error(tmp_path):
+    """A device-mapper device whose first half is a loop device over a file and second half the error
+    target (every I/O there fails with EIO)."""
+    if not shutil.which("dmsetup") or not shutil.which("losetup"):
+        pytest.skip("dmsetup/losetup not installed (the full-tmpfs test covers host I/O errors)")
+    backing = make_image(tmp_path / "dm.img", 4 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", backing], capture_output=True, text=True)
+    if loop.returncode:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    loopdev = loop.stdout.strip()
+    name = f"doppel-err-{os.getpid()}"
+    table = f"0 8192 linear {loopdev} 0\n8192 8192 error\n"
+    r = subprocess.run(["dmsetup", "create", name], input=table, capture_output=True, text=True)
+    if r.returncode:
+        subprocess.run(["losetup", "-d", loopdev])
+        pytest.skip(f"dmsetup create failed: {r.stderr.strip()}")
+    yield f"/dev/mapper/{name}"
+    subprocess.run(["dmsetup", "remove", "--retry", name], capture_output=True)
+    subprocess.run(["losetup", "-d", loopdev], capture_output=True)
+
+
+def test_block_device_with_error_target(vm, doppel_bin, dm_error):
+    # A ring over the good half only: a block device backend, clean.
+    v = vm(name="dmgood", cmdline="work=disk dws=2M pi=200 secs=2", extra=["--disk", f"path={dm_error}"])
+    assert v.wait(30) == 0, v.stderr()
+    out = v.output()
+    assert re.search(r"^virtio: blk at 0x\w+ v2 sectors=16384 ", out, re.M), out
+    assert all(l["bad"] == 0 and l["ioerr"] == 0 for l in disk_lines(out)), out
+    # A ring reaching into the error half: EIO becomes IOERR for those requests, doppel keeps running.
+    v = vm(name="dmbad", cmdline="work=disk dws=8M pi=200", extra=["--disk", f"path={dm_error}"])
+    v.wait_ctl()
+    v.wait_output(r"disk: error: (write seq|read slot) \d+ status=IOERR", 30)
+    n = len(disk_lines(v.output()))
+    wait_for(lambda: len(disk_lines(v.output())) >= n + 2, 20, what="2 more disk lines")
+    assert v.ctl("status")["state"] == "running"
+    assert all(l["bad"] == 0 for l in disk_lines(v.output())), v.output()[-2000:]
+    r = run_cli(doppel_bin, "stop", v.name, "--control", v.control)
+    assert r.returncode == 0 and v.wait(20) == 0
