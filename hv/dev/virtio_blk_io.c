@@ -109,6 +109,7 @@ static bool read_direct(struct virtio_blk *d, struct blk_req *r)
 	uint64_t left = r->data_len;
 	unsigned n = 0;
 	ssize_t got;
+	int mode;
 
 	for (unsigned k = r->e.n_out; k < r->e.n_out + r->e.n_in && left; k++) {
 		const struct vq_iov *v = &r->e.iov[k];
@@ -119,10 +120,11 @@ static bool read_direct(struct virtio_blk *d, struct blk_req *r)
 		left -= len;
 		n++;
 	}
-	if (!n || __atomic_load_n(&d->direct_mode, __ATOMIC_RELAXED) == DIRECT_NEVER)
+	mode = __atomic_load_n(&d->direct_mode, __ATOMIC_RELAXED);
+	if (!n || mode == DIRECT_NEVER)
 		return false;
 	got = preadv2(d->fd, iov, (int)n, (off_t)(r->sector * VBLK_SECTOR),
-		      d->direct_mode == DIRECT_ALWAYS ? 0 : RWF_NOWAIT);
+		      mode == DIRECT_ALWAYS ? 0 : RWF_NOWAIT);
 	if (got < 0 && errno == EOPNOTSUPP)
 		__atomic_store_n(&d->direct_mode, DIRECT_NEVER, __ATOMIC_RELAXED); /* no RWF_NOWAIT here */
 	if (got <= 0)
