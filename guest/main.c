@@ -7,7 +7,8 @@
 	X(dirty)                                                                                             \
 	X(exit)                                                                                              \
 	X(fault)                                                                                             \
-	X(kv)
+	X(kv)                                                                                                \
+	X(disk) /* work_disk.c */
 
 #define WORK_DECL(n) int work_##n(void);
 #define WORK_ENTRY(n) {#n, work_##n},

@@ -13,6 +13,7 @@ struct uart;
 struct vmm;
 
 #define VMM_MAX_NETS 4
+#define VMM_MAX_DISKS 4
 #define VMM_MAX_CMDS 32
 
 struct vmm_opts {
@@ -29,6 +30,8 @@ struct vmm_opts {
 	int (*restore_fn)(struct vm *vm, const char *path, char *err, size_t errlen);
 	const char *net[VMM_MAX_NETS]; /* --net option strings, parsed by the network layer */
 	int nr_net;
+	const char *disk[VMM_MAX_DISKS]; /* --disk option strings, parsed by vmm/diskopt.c */
+	int nr_disk;
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
 };
 
@@ -105,6 +108,12 @@ void vmm_destroy(struct vmm *v);
  * Loop thread. Returns 0 or -errno. */
 int vmm_start_vcpus(struct vmm *v) __attribute__((warn_unused_result));
 bool vmm_held(const struct vmm *v);
+
+/* ---- disks -------------------------------------------------------------------------------------- */
+
+/* Number of virtio-blk disks attached (--disk). Snapshots, Remus and migration do not carry disks yet:
+ * the runtime refuses their commands for a VM with disks. */
+int vmm_disk_count(const struct vmm *v);
 
 /* ---- network ---------------------------------------------------------------------------------- */
 

@@ -9,6 +9,7 @@
 #include "vmm/vmm.h"
 
 struct virtio_net;
+struct virtio_blk;
 
 /* One virtio-net device and what the host learned about the guest behind it (for announcements
  * after failover or migration; carried in the stream as the "netN-host" device record). */
@@ -58,6 +59,8 @@ struct vmm {
 	int nr_exit_hooks;
 	struct vmm_net net[VMM_MAX_NETS];
 	int nr_net;
+	struct virtio_blk *disk[VMM_MAX_DISKS];
+	int nr_disk;
 	vmm_tx_hook tx_hook;
 	void *tx_hook_opaque;
 	bool held; /* vCPUs not started yet (standby / incoming) */
@@ -69,5 +72,12 @@ struct vmm {
  * them in vm_destroy) and append their virtio_mmio.device= fragments to cmdline. */
 int vmm_net_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);
 void vmm_net_rx_enable_all(struct vmm *v, bool on);
+
+/* vmm_disk.c */
+/* Attach the --disk devices (virtio-blk "diskN"; the VM owns and detaches them in vm_destroy) and
+ * append their virtio_mmio.device= fragments to cmdline. */
+int vmm_disk_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);
+/* Run what the disks hold: requests restored in flight (from a snapshot or a checkpoint). */
+void vmm_disk_kick_all(struct vmm *v);
 
 #endif

@@ -136,6 +136,20 @@ int vq_pop(struct vq *vq, struct guest_mem *gm, struct vq_elem *e)
 	return 1;
 }
 
+int vq_chain(struct vq *vq, struct guest_mem *gm, uint16_t head, struct vq_elem *e)
+{
+	unsigned seen = 0;
+
+	if (!vq->ready || !vq->desc)
+		return fail(vq, "queue not ready");
+	if (head >= vq->num)
+		return fail(vq, "chain head index out of range");
+	e->head = head;
+	e->n_out = e->n_in = 0;
+	e->out_bytes = e->in_bytes = 0;
+	return walk(vq, gm, vq->desc, vq->num, head, false, e, &seen);
+}
+
 void vq_unpop(struct vq *vq)
 {
 	vq->last_avail_idx--;

@@ -65,6 +65,10 @@ int vq_enable(struct vq *vq, struct guest_mem *gm, uint16_t max);
  * stop using the queue). On error the queue's indices are unchanged. Precondition: vq->ready. */
 int vq_pop(struct vq *vq, struct guest_mem *gm, struct vq_elem *e);
 
+/* Walk the chain starting at descriptor `head` into *e without touching the avail ring (a device
+ * re-queueing a request that was in flight when its state was saved). 0, or -EINVAL (vq->err). */
+int vq_chain(struct vq *vq, struct guest_mem *gm, uint16_t head, struct vq_elem *e);
+
 /* Give back the last popped chain without using it (it will be popped again). */
 void vq_unpop(struct vq *vq);
 

@@ -20,6 +20,7 @@ static void usage(FILE *f)
 		"usage: doppel run --kernel FILE | --restore SNAPSHOT [--name NAME] [--mem SIZE] [--vcpus N]\n"
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
+		"                  [--disk path=FILE[,readonly][,id=NAME]]...\n"
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
@@ -37,6 +38,8 @@ static void usage(FILE *f)
 		"  --serial WHERE   console: stdio (default), file:PATH, or none\n"
 		"  --control PATH   control socket (default /run/doppel/NAME.sock)\n"
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
+		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
+		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
 		"  --standby        hold a replica for a primary (`doppel protect`); runs no vCPUs until\n"
 		"                   failover. Needs --listen ADDR:PORT ([IPv6]:PORT for IPv6)\n"
 		"  --failover POLICY  standby: auto (default: take over when the primary is lost) or\n"
@@ -155,6 +158,13 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		}
 		o->net[o->nr_net++] = arg;
 		break;
+	case 'D':
+		if (o->nr_disk >= VMM_MAX_DISKS) {
+			fprintf(stderr, "doppel run: at most %d --disk devices\n", VMM_MAX_DISKS);
+			return 2;
+		}
+		o->disk[o->nr_disk++] = arg;
+		break;
 	case 'l':
 		if (log_level_parse(arg, &a->log_level))
 			return bad_usage("bad --log-level '%s' (error, warn, info or debug)", arg);
@@ -195,6 +205,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"witness", required_argument, 0, 'W'},
 		{"witness-name", required_argument, 0, 'X'},
 		{"witness-ttl", required_argument, 0, 'T'},
+		{"disk", required_argument, 0, 'D'},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
