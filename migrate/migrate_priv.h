@@ -36,7 +36,7 @@ struct ctl_conn;
  * and the source resumes if it had not sent GO. Link loss after the source sent GO: the source stays
  * paused ("switchover-uncertain") until RUNNING or ERROR arrives late, or an operator decides
  * (`doppel migrate NAME --resume-source` once the destination is known not to run, or `doppel stop`).
- * docs/migration.md and docs/failure-model-migration.md have the table.
+ * docs/migration.md and docs/failure-model.md ("Live migration") have the table.
  */
 #define MIG_MSG_MAGIC 0x474d5044u /* "DPMG" */
 enum mig_msg_type {
