@@ -113,7 +113,7 @@ def rate_run(tmp, cmdline, interval):
 
 
 def kv_pair(topo, tmp, i, protected, witness=None):
-    wit = ["--witness", witness, "--witness-name", "kvbench"] if witness else []
+    wit = ["--witness", witness, "--witness-name", f"kvbench{i}"] if witness else []  # a key per run: the last run's survivor still holds its own
     port = free_port()
     listen = f"{netns.REPL_B_IP}:{port}"
     net = ["--net", f"tap=tb{i}x,bridge=br0,mac={MAC}"]
