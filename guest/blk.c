@@ -1,49 +1,12 @@
 /* blk.c — polling virtio-mmio (modern v2 or legacy v1) block driver of the test guest: one request queue. */
 #include "blk.h"
-
-/* virtio-mmio registers (virtio 1.x §4.2.2; L_* only in the legacy layout, §4.2.4) */
-#define R_MAGIC 0x000
-#define R_VERSION 0x004
-#define R_DEVICE_ID 0x008
-#define R_DEV_FEAT 0x010
-#define R_DEV_FEAT_SEL 0x014
-#define R_DRV_FEAT 0x020
-#define R_DRV_FEAT_SEL 0x024
-#define L_GUEST_PAGE_SZ 0x028
-#define R_QUEUE_SEL 0x030
-#define R_QUEUE_NUM_MAX 0x034
-#define R_QUEUE_NUM 0x038
-#define L_QUEUE_ALIGN 0x03c
-#define L_QUEUE_PFN 0x040
-#define R_QUEUE_READY 0x044
-#define R_QUEUE_NOTIFY 0x050
-#define R_STATUS 0x070
-#define R_QUEUE_DESC_LO 0x080
-#define R_QUEUE_DESC_HI 0x084
-#define R_QUEUE_AVAIL_LO 0x090
-#define R_QUEUE_AVAIL_HI 0x094
-#define R_QUEUE_USED_LO 0x0a0
-#define R_QUEUE_USED_HI 0x0a4
-#define R_CONFIG 0x100
-
-#define MMIO_MAGIC 0x74726976u
-#define ST_ACK 0x01
-#define ST_DRIVER 0x02
-#define ST_DRIVER_OK 0x04
-#define ST_FEATURES_OK 0x08
-#define ST_FAILED 0x80
+#include "virtio_mmio.h"
 
 #define F_RO 5
 #define F_FLUSH 9
-#define F_VERSION_1 32
-
-#define DESC_F_NEXT 1
-#define DESC_F_WRITE 2
-#define AVAIL_F_NO_INTERRUPT 1
 
 #define QMAX 64 /* entries we use at most: BLK_MAX_BATCH * 3 fit */
-#define VQ_PAGE 4096
-#define USED_OFF (((16u * QMAX + 6u + 2u * QMAX) + VQ_PAGE - 1) & ~(VQ_PAGE - 1u))
+#define USED_OFF VQ_USED_OFF(QMAX)
 
 struct desc {
 	uint64_t addr;
@@ -70,8 +33,6 @@ static struct {
 	uint16_t *avail; /* flags, idx, ring[num] */
 	volatile uint8_t *used; /* flags, idx, {u32 id, u32 len}[num] */
 } bk;
-
-#define mfence() __asm__ volatile("mfence" ::: "memory")
 
 static inline uint32_t rd(uint32_t off)
 {

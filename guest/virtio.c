@@ -1,49 +1,11 @@
 /* virtio.c — polling virtio-mmio (modern v2 or legacy v1) network driver of the test guest: RX queue 0, TX queue 1. */
 #include "net.h"
-
-/* virtio-mmio registers (virtio 1.x §4.2.2; the L_* ones only in the legacy layout, §4.2.4) */
-#define R_MAGIC 0x000
-#define R_VERSION 0x004
-#define R_DEVICE_ID 0x008
-#define R_DEV_FEAT 0x010
-#define R_DEV_FEAT_SEL 0x014
-#define R_DRV_FEAT 0x020
-#define R_DRV_FEAT_SEL 0x024
-#define L_GUEST_PAGE_SZ 0x028
-#define R_QUEUE_SEL 0x030
-#define R_QUEUE_NUM_MAX 0x034
-#define R_QUEUE_NUM 0x038
-#define L_QUEUE_ALIGN 0x03c
-#define L_QUEUE_PFN 0x040
-#define R_QUEUE_READY 0x044
-#define R_QUEUE_NOTIFY 0x050
-#define R_STATUS 0x070
-#define R_QUEUE_DESC_LO 0x080
-#define R_QUEUE_DESC_HI 0x084
-#define R_QUEUE_AVAIL_LO 0x090
-#define R_QUEUE_AVAIL_HI 0x094
-#define R_QUEUE_USED_LO 0x0a0
-#define R_QUEUE_USED_HI 0x0a4
-#define R_CONFIG_GEN 0x0fc
-#define R_CONFIG 0x100
-
-#define MMIO_MAGIC 0x74726976u
-#define ST_ACK 0x01
-#define ST_DRIVER 0x02
-#define ST_DRIVER_OK 0x04
-#define ST_FEATURES_OK 0x08
-#define ST_FAILED 0x80
+#include "virtio_mmio.h"
 
 #define F_NET_MAC 5
-#define F_VERSION_1 32
-
-#define DESC_F_WRITE 2
-#define AVAIL_F_NO_INTERRUPT 1
-#define USED_F_NO_NOTIFY 1
 
 #define HDR_LEN_MODERN 12 /* virtio_net_hdr_v1: VERSION_1 always has num_buffers */
 #define HDR_LEN_LEGACY 10 /* virtio_net_hdr without MRG_RXBUF */
-#define VQ_PAGE 4096 /* legacy GuestPageSize and QueueAlign */
 
 #define RXQ 0
 #define TXQ 1
@@ -80,7 +42,6 @@ struct vq_used {
  * ring (6 + 8*num) at the next VQ_PAGE boundary. The modern transport gets the same three
  * addresses, so both paths share one layout.
  */
-#define VQ_USED_OFF(num) (((16u * (num) + 6u + 2u * (num)) + VQ_PAGE - 1) & ~(VQ_PAGE - 1u))
 #define VQ_AREA_SIZE (VQ_USED_OFF(VNET_QMAX) + ((6u + 8u * VNET_QMAX + VQ_PAGE - 1) & ~(VQ_PAGE - 1u)))
 
 struct vq {
@@ -110,7 +71,6 @@ static struct {
 } vn; /* zero-initialised: .bss */
 
 #define barrier() __asm__ volatile("" ::: "memory")
-#define mfence() __asm__ volatile("mfence" ::: "memory")
 
 static inline uint32_t rd(uint32_t off)
 {
