@@ -44,71 +44,15 @@ static inline void wr(uint32_t off, uint32_t v)
 	*(volatile uint32_t *)(uintptr_t)(bk.base + off) = v;
 }
 
-static uint64_t hexnum(const char *s, size_t len, bool *ok)
-{
-	uint64_t v = 0;
-	size_t i = 0;
-
-	*ok = len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
-	for (i = 2; *ok && i < len; i++) {
-		char c = s[i];
-		unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
-			     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
-			     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
-						    : 99;
-		if (d == 99 || v >> 59)
-			*ok = false;
-		v = v * 16 + d;
-	}
-	return v;
-}
-
-/* "<size>@0x<base>[:<irq>]" -> base in the uncached MMIO hole, or -1. */
-static int parse_mmio_dev(const char *s, size_t len, uint64_t *base)
-{
-	size_t at = 0, colon;
-	bool ok;
-
-	while (at < len && s[at] != '@')
-		at++;
-	if (at == 0 || at >= len)
-		return -1;
-	for (colon = at + 1; colon < len && s[colon] != ':'; colon++)
-		;
-	*base = hexnum(s + at + 1, colon - at - 1, &ok);
-	if (!ok || *base < 0xc0000000ull || *base > 0xffffffffull - 0x200 || (*base & 3))
-		return -1;
-	return 0;
-}
-
 static void queue_setup(void)
 {
-	uint64_t d, a, u;
-
 	bk.desc = (struct desc *)bk.area;
 	bk.avail = (uint16_t *)(bk.area + 16u * bk.num);
 	bk.used = bk.area + USED_OFF;
 	memset(bk.area, 0, sizeof(bk.area));
 	bk.avail[0] = AVAIL_F_NO_INTERRUPT; /* we poll */
 	bk.avail_idx = bk.used_seen = 0;
-	d = (uintptr_t)bk.desc;
-	a = (uintptr_t)bk.avail;
-	u = (uintptr_t)bk.used;
-	wr(R_QUEUE_SEL, 0);
-	wr(R_QUEUE_NUM, bk.num);
-	if (bk.legacy) {
-		/* the legacy used ring sits at the next QueueAlign boundary after the avail ring */
-		wr(L_QUEUE_ALIGN, VQ_PAGE);
-		wr(L_QUEUE_PFN, (uint32_t)(d / VQ_PAGE));
-		return;
-	}
-	wr(R_QUEUE_DESC_LO, (uint32_t)d);
-	wr(R_QUEUE_DESC_HI, (uint32_t)(d >> 32));
-	wr(R_QUEUE_AVAIL_LO, (uint32_t)a);
-	wr(R_QUEUE_AVAIL_HI, (uint32_t)(a >> 32));
-	wr(R_QUEUE_USED_LO, (uint32_t)u);
-	wr(R_QUEUE_USED_HI, (uint32_t)(u >> 32));
-	wr(R_QUEUE_READY, 1);
+	vmmio_queue_give(bk.base, bk.legacy, 0, bk.num, bk.desc, bk.avail, (const void *)bk.used);
 }
 
 /* 0 up, 1 not a block device, -1 error (printed). */
@@ -172,25 +116,19 @@ fail:
 	return -1;
 }
 
+static int probe_cb(uint64_t base, void *opaque)
+{
+	(void)opaque;
+	return probe(base);
+}
+
 int blk_init(void)
 {
-	static const char key[] = "virtio_mmio.device=";
-	const size_t klen = sizeof(key) - 1;
+	unsigned seen, bad;
+	int rc = vmmio_for_each_dev(probe_cb, NULL, &seen, &bad);
 
-	for (const char *p = cmdline_raw(); *p;) {
-		const char *e;
-		uint64_t base;
-		int rc;
-
-		while (*p == ' ')
-			p++;
-		for (e = p; *e && *e != ' '; e++)
-			;
-		if ((size_t)(e - p) > klen && !memcmp(p, key, klen) &&
-		    !parse_mmio_dev(p + klen, (size_t)(e - p) - klen, &base) && (rc = probe(base)) <= 0)
-			return rc;
-		p = e;
-	}
+	if (rc <= 0)
+		return rc;
 	printf("virtio: error: no virtio-mmio block device\n");
 	return -1;
 }

@@ -92,67 +92,12 @@ static inline void st16(uint16_t *p, uint16_t v)
 	__atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
-static uint64_t hexnum(const char *s, size_t len, bool *ok)
-{
-	uint64_t v = 0;
-	size_t i = 0;
-	bool hex = len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
-
-	*ok = len > 0;
-	if (hex)
-		i = 2;
-	for (; i < len; i++) {
-		char c = s[i];
-		unsigned d;
-
-		if (c >= '0' && c <= '9')
-			d = (unsigned)(c - '0');
-		else if (hex && c >= 'a' && c <= 'f')
-			d = (unsigned)(c - 'a' + 10);
-		else if (hex && c >= 'A' && c <= 'F')
-			d = (unsigned)(c - 'A' + 10);
-		else
-			d = 99;
-		if (d == 99 || v >> 59) {
-			*ok = false;
-			return 0;
-		}
-		v = v * (hex ? 16 : 10) + d;
-	}
-	return v;
-}
-
-/* Parse "<size>[K|M]@<base>[:<irq>]" (len chars). Returns 0 and the base, or -1. */
-static int parse_mmio_dev(const char *s, size_t len, uint64_t *base)
-{
-	size_t at = 0, colon;
-	bool ok;
-
-	while (at < len && s[at] != '@')
-		at++;
-	if (at == 0 || at >= len)
-		return -1;
-	colon = at + 1;
-	while (colon < len && s[colon] != ':')
-		colon++;
-	*base = hexnum(s + at + 1, colon - at - 1, &ok);
-	/* The device must sit in the uncached MMIO hole that boot.S maps (3..4 GiB), 4-byte aligned. */
-	if (!ok || *base < 0xc0000000ull || *base > 0xffffffffull - 0x200 || (*base & 3))
-		return -1;
-	return 0;
-}
-
 /* Lay out queue idx for num entries in q->area and hand it to the device (either transport). */
 static void vq_setup(struct vq *q, unsigned idx, uint16_t num)
 {
-	uint64_t d, a, u;
-
 	q->desc = (struct vq_desc *)q->area;
 	q->avail = (struct vq_avail *)(q->area + 16u * num);
 	q->used = (struct vq_used *)(q->area + VQ_USED_OFF(num));
-	d = (uintptr_t)q->desc;
-	a = (uintptr_t)q->avail;
-	u = (uintptr_t)q->used;
 	q->num = num;
 	q->avail_idx = 0;
 	q->used_seen = 0;
@@ -163,20 +108,7 @@ static void vq_setup(struct vq *q, unsigned idx, uint16_t num)
 		q->desc[i].len = VNET_BUF_SIZE;
 		q->desc[i].flags = idx == RXQ ? DESC_F_WRITE : 0;
 	}
-	wr(R_QUEUE_SEL, idx);
-	wr(R_QUEUE_NUM, num);
-	if (vn.legacy) {
-		wr(L_QUEUE_ALIGN, VQ_PAGE);
-		wr(L_QUEUE_PFN, (uint32_t)(d / VQ_PAGE)); /* the image is below 16 MiB: fits */
-		return;
-	}
-	wr(R_QUEUE_DESC_LO, (uint32_t)d);
-	wr(R_QUEUE_DESC_HI, (uint32_t)(d >> 32));
-	wr(R_QUEUE_AVAIL_LO, (uint32_t)a);
-	wr(R_QUEUE_AVAIL_HI, (uint32_t)(a >> 32));
-	wr(R_QUEUE_USED_LO, (uint32_t)u);
-	wr(R_QUEUE_USED_HI, (uint32_t)(u >> 32));
-	wr(R_QUEUE_READY, 1);
+	vmmio_queue_give(vn.base, vn.legacy, idx, num, q->desc, q->avail, q->used);
 }
 
 /* Largest power of two <= min(max, VNET_QMAX), 0 if max is 0. */
@@ -297,33 +229,20 @@ fail:
 	return -1;
 }
 
+static int probe_cb(uint64_t base, void *mac)
+{
+	return probe(base, mac);
+}
+
 int vnet_init(uint8_t mac[6])
 {
-	const char *cl = cmdline_raw();
-	static const char key[] = "virtio_mmio.device=";
-	const size_t klen = sizeof(key) - 1;
-	bool seen = false;
+	unsigned seen, bad;
+	int rc = vmmio_for_each_dev(probe_cb, mac, &seen, &bad);
 
-	for (const char *p = cl; *p;) {
-		const char *e;
-		uint64_t base;
-		int rc;
-
-		while (*p == ' ')
-			p++;
-		e = p;
-		while (*e && *e != ' ')
-			e++;
-		if ((size_t)(e - p) > klen && !memcmp(p, key, klen)) {
-			seen = true;
-			if (parse_mmio_dev(p + klen, (size_t)(e - p) - klen, &base)) {
-				printf("virtio: warning: bad virtio_mmio.device= entry, skipped\n");
-			} else if ((rc = probe(base, mac)) <= 0) {
-				return rc;
-			}
-		}
-		p = e;
-	}
+	for (unsigned i = 0; i < bad; i++)
+		printf("virtio: warning: bad virtio_mmio.device= entry, skipped\n");
+	if (rc <= 0)
+		return rc;
 	printf("virtio: error: %s\n",
 	       seen ? "no usable virtio-mmio network device" : "no virtio_mmio.device= on the cmdline");
 	return -1;

@@ -48,4 +48,18 @@
 
 #define mfence() __asm__ volatile("mfence" ::: "memory")
 
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Call probe(base) for every virtio_mmio.device=<size>@<base>[:<irq>] entry on the guest command line
+ * (base must lie in the uncached MMIO hole, 4-byte aligned), in order, until one returns <= 0 (its
+ * value is returned: 0 took the device, < 0 an error). Returns 1 when none did; *seen counts the
+ * entries, *bad those that did not parse (skipped). */
+int vmmio_for_each_dev(int (*probe)(uint64_t base, void *opaque), void *opaque, unsigned *seen,
+		       unsigned *bad);
+/* Hand queue idx (num entries; rings at desc/avail/used) to the device at base: the legacy PFN layout
+ * (used ring at the next VQ_PAGE boundary) or the modern split addresses + QueueReady. */
+void vmmio_queue_give(uint64_t base, bool legacy, unsigned idx, uint16_t num, const void *desc,
+		      const void *avail, const void *used);
+
 #endif
