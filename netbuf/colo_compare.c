@@ -309,7 +309,7 @@ static void expire(struct colo_cmp *c, struct colo_list *l, uint64_t age, uint64
 	struct colo_flow *f;
 
 	while ((f = l->head) && budget--) {
-		if (f->last + age > now)
+		if (f->last + age >= now)
 			break;
 		if (f->q[0].n || f->q[1].n) {
 			f->last = now;
