@@ -147,11 +147,8 @@ static bool match(struct colo_flow *f)
 void colo_tcp_advance(struct colo_cmp *c, struct colo_flow *f)
 {
 	struct colo_ent *e, *n;
+	bool ok = !f->synced || f->diverged || !off_known(f) || match(f);
 
-	if (f->synced && !f->diverged && off_known(f) && !match(f)) {
-		colo_mismatch(c, f);
-		return;
-	}
 	while ((e = f->q[SIDE_P].head)) {
 		if (e->tflags & TH_RST) {
 			if (!e->rst_matched)
@@ -174,7 +171,9 @@ void colo_tcp_advance(struct colo_cmp *c, struct colo_flow *f)
 			if ((e->tflags & TH_RST) ? e->rst_matched : seq_le(base(f, e) + e->vlen, f->m))
 				colo_drop(c, e, false);
 		}
-	if (f->fin_out && f->fin_in)
+	if (!ok)
+		colo_mismatch(c, f); /* after releasing what did match */
+	else if (f->fin_out && f->fin_in)
 		colo_flow_close(c, f);
 }
 
