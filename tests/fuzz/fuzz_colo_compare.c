@@ -196,6 +196,39 @@ static size_t craft(const uint8_t *o, uint8_t *f, bool reverse)
 	}
 }
 
+/* rewrite_inbound changed at most the ack, the SACK blocks and the checksum: at most 4 + 32 + 2
+ * bytes of a raw frame; of a crafted segment (no SACK), only those of its ack and checksum, and
+ * its checksum is still right. */
+static void check_inbound(const uint8_t *before, const uint8_t *after, size_t len, const uint8_t *o)
+{
+	size_t i, ndiff = 0, l4;
+	struct fdef d;
+
+	for (i = 0; i < len; i++)
+		ndiff += before[i] != after[i];
+	if (ndiff > 38)
+		die("rewrite_inbound changed %zu bytes", ndiff);
+	if (!o || (o[1] & 3) > 1)
+		return;
+	memset(&d, 0, sizeof(d));
+	d.family = o[1] & 4 ? 6 : 4;
+	d.nvlan = (o[1] >> 3) % 3;
+	d.ext6 = o[1] & 0x20;
+	l4 = fb_l4off(&d);
+	for (i = 0; i < len; i++)
+		if (before[i] != after[i] && !(i >= l4 + 8 && i < l4 + 12) && !(i >= l4 + 16 && i < l4 + 18))
+			die("rewrite_inbound changed byte %zu of a crafted segment (L4 at %zu)", i, l4);
+	d.src[0] = d.dst[0] = 10;
+	d.src[15] = d.src[3] = 2;
+	d.dst[15] = d.dst[3] = 1;
+	{
+		struct fdef r = fb_rev(&d);
+
+		if (fb_l4_csum_ok(before, len, &r, 6) && !fb_l4_csum_ok(after, len, &r, 6))
+			die("rewrite_inbound broke the TCP checksum");
+	}
+}
+
 static void run(const uint8_t *data, size_t size)
 {
 	static uint8_t frame[COLO_CMP_MAX_FRAME + 2], copy[COLO_CMP_MAX_FRAME + 2];
@@ -247,6 +280,7 @@ static void run(const uint8_t *data, size_t size)
 				rc = colo_cmp_rewrite_inbound(c, netidx, frame, len);
 				if (rc != (len ? 0 : -EINVAL))
 					die("rewrite_inbound returned %d for %zu bytes", rc, len);
+				check_inbound(copy, frame, len, (op & 8) ? data + i - 11 : NULL);
 			} else {
 				send(c, op & 1, netidx, frame, len, now);
 			}
