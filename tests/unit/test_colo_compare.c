@@ -60,7 +60,7 @@ static void test_udp_in_order(void **state)
 
 	(void)state;
 	for (i = 0; i < 3; i++) {
-		char msg[16];
+		char msg[32];
 
 		snprintf(msg, sizeof(msg), "reply %d", i);
 		d.ipid = (uint16_t)(100 + i);
@@ -71,7 +71,7 @@ static void test_udp_in_order(void **state)
 	assert_int_equal(stats(c).held_frames, 3);
 	d2 = d;
 	for (i = 0; i < 3; i++) {
-		char msg[16];
+		char msg[32];
 
 		snprintf(msg, sizeof(msg), "reply %d", i);
 		d2.ttl = 17; /* a different TTL and IP id: both ignored */
@@ -256,6 +256,7 @@ static void test_timeout(void **state)
 	assert_int_equal(stats(c).divergence_since_ns, 0);
 	/* an SVM frame without a PVM twin times out too (default timeout 100 ms) */
 	colo_cmp_free(c);
+	sink_free(&s);
 	c = cmp_new(&s, 0, 0, 0);
 	svm(c, f, n, MS(5000));
 	assert_int_equal(colo_cmp_tick(c, MS(5100)), COLO_CMP_NONE);
