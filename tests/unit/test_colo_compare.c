@@ -288,6 +288,9 @@ static void test_queue_bound(void **state)
 		assert_int_equal(s.ndiv, i < 4 ? 0 : 1);
 	}
 	assert_int_equal(s.why[0], COLO_CMP_QUEUE);
+	/* still the same episode: the timeout is reported as the current reason, not called back */
+	assert_int_equal(colo_cmp_tick(c, MS(1000)), COLO_CMP_QUEUE);
+	assert_int_equal(s.ndiv, 1);
 	st = stats(c);
 	assert_int_equal(st.held_frames, 6);
 	assert_int_equal(st.released, 0);

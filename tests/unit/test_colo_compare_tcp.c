@@ -1,5 +1,6 @@
 /* test_colo_compare_tcp.c — unit tests of the COLO comparator's TCP matching: resegmentation, retransmission, reordering, ISN offsets, inbound rewriting, FIN/RST. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -569,6 +570,72 @@ static void test_random_segmentation(void **state)
 	}
 }
 
+/* the PVM's and the SVM's frames from two threads at once (as the vCPU and the replication
+ * receive thread do), ticks from a third: everything matches and leaves in order */
+struct feeder {
+	struct colo_cmp *c;
+	const struct fdef *d;
+	uint32_t isn;
+	int side, seglen, nsent;
+};
+
+static void *feed(void *arg)
+{
+	struct feeder *fd = arg;
+	uint8_t f[2048];
+	uint32_t off;
+
+	for (off = 0; off < sizeof(data);) {
+		uint32_t l = (uint32_t)fd->seglen;
+		size_t n;
+
+		if (l > sizeof(data) - off)
+			l = (uint32_t)sizeof(data) - off;
+		n = seg(f, fd->d, fd->isn, off, l, TH_ACK);
+		if ((fd->side ? colo_cmp_secondary : colo_cmp_primary)(fd->c, 0, f, n, MS(2)) != 0)
+			return NULL;
+		fd->nsent++;
+		off += l;
+	}
+	return fd;
+}
+
+static void test_threads(void **state)
+{
+	struct fdef d = flow_vm(4, 80, 40090);
+	struct sink s;
+	struct colo_cmp *c;
+	int round;
+
+	(void)state;
+	for (round = 0; round < 50; round++) {
+		struct feeder p, q;
+		pthread_t tp, tq;
+		void *rp, *rq;
+
+		c = cmp_new(&s, 1000, 0, 0);
+		handshake(c, &s, &d, 77, 99999);
+		p = (struct feeder){c, &d, 77, 0, 100 + round, 0};
+		q = (struct feeder){c, &d, 99999, 1, 1400 - round, 0};
+		assert_int_equal(pthread_create(&tp, NULL, feed, &p), 0);
+		assert_int_equal(pthread_create(&tq, NULL, feed, &q), 0);
+		for (int i = 0; i < 100; i++)
+			assert_int_equal(colo_cmp_tick(c, MS(3)), COLO_CMP_NONE);
+		assert_int_equal(pthread_join(tp, &rp), 0);
+		assert_int_equal(pthread_join(tq, &rq), 0);
+		assert_non_null(rp);
+		assert_non_null(rq);
+		assert_int_equal(s.n, 1 + p.nsent);
+		for (int i = 1; i + 1 < s.kept; i++) /* in sequence order */
+			assert_true(fb_get32(s.f[i] + 14 + 20 + 4) < fb_get32(s.f[i + 1] + 14 + 20 + 4));
+		assert_int_equal(stats(c).held_frames, 0);
+		assert_int_equal(stats(c).svm_frames, 0);
+		assert_int_equal(s.ndiv, 0);
+		colo_cmp_free(c);
+		sink_free(&s);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -586,6 +653,7 @@ int main(void)
 		cmocka_unit_test(test_rst),
 		cmocka_unit_test(test_midstream_svm_first),
 		cmocka_unit_test(test_random_segmentation),
+		cmocka_unit_test(test_threads),
 	};
 
 	fill_data();
