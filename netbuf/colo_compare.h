@@ -31,6 +31,7 @@
 #define COLO_CMP_DEFAULT_FRAMES 4096u
 #define COLO_CMP_DEFAULT_IDLE_MS 60000u
 #define COLO_CMP_CLOSED_LINGER_MS 1000u
+#define COLO_CMP_DEFAULT_FLOWS (1u << 20)
 
 struct colo_cmp;
 
@@ -55,6 +56,9 @@ struct colo_cmp_cfg {
 	/* addition to the contract: a flow with nothing queued expires after idle_ms without frames
 	 * (0 -> 60000); a closed TCP flow (both FINs seen, or a RST) after COLO_CMP_CLOSED_LINGER_MS */
 	uint32_t idle_ms;
+	/* addition: live flow bound (0 -> COLO_CMP_DEFAULT_FLOWS). At the bound a new flow evicts the
+	 * least recently used flow with nothing queued (its state is lost, not every flow's) */
+	size_t max_flows;
 };
 
 struct colo_cmp_proto_stats {
@@ -73,7 +77,7 @@ struct colo_cmp_stats {
 	uint64_t malformed; /* frames whose headers were truncated/inconsistent (compared whole) */
 	uint64_t invalid; /* frames refused with -EINVAL (len 0 / over COLO_CMP_MAX_FRAME) */
 	uint64_t passthrough; /* PVM frames released at once in passthrough mode */
-	uint64_t expired; /* flows removed: idle, or TCP closed */
+	uint64_t expired; /* flows removed: idle, TCP closed, or evicted at max_flows */
 	uint64_t divergences; /* diverged() calls */
 };
 
