@@ -65,6 +65,9 @@ int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, co
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
 
 /*
+ * Right after the stream header the source sends PC_MODE (first = 1: post-copy at once, no pre-copy
+ * round: the destination drops its prefaulted RAM now, while the source still runs, so that every
+ * page faults later without a discard inside the downtime; else 0).
  * After the stream's END the source sends one switch frame (little endian, as the whole protocol):
  *   PC_SWITCH first = 0: stop-and-copy, the two-phase switchover follows;
  *             first = 1: post-copy; count = words of the stale bitmap that follow (one bit per RAM
@@ -76,7 +79,7 @@ int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
  */
 #define PC_MAGIC 0x43504450u /* "PDPC" */
 #define PC_MAX_RUN 256u
-enum pc_frame_type { PC_SWITCH = 1, PC_PAGES = 2, PC_ZERO = 3, PC_DONE = 4 };
+enum pc_frame_type { PC_SWITCH = 1, PC_PAGES = 2, PC_ZERO = 3, PC_DONE = 4, PC_MODE = 5 };
 struct pc_frame {
 	uint32_t magic, type;
 	uint64_t first, count;
@@ -175,6 +178,9 @@ int mig_recv_listen(struct mig *m, const char *addr, char *err, size_t errlen);
 int mig_dst_send(struct mig *m, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
 
 /* postcopy_recv.c (destination) */
+/* After the stream header: read PC_MODE (post-copy at once: discard all RAM now). 0 or -errno with
+ * m->in_err. */
+int pc_dst_mode(struct mig *m);
 /* After the final state was applied: read the switch frame. 0: stop-and-copy follows; 1: post-copy
  * (stale pages discarded, userfaultfd registered: m->pc set); -errno with m->in_err. */
 int pc_dst_prepare(struct mig *m);

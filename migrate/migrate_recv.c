@@ -80,6 +80,9 @@ static void *receiver_main(void *arg)
 		fail(m, "bad migration stream: %s", sr_error(r));
 		goto out;
 	}
+	rc = pc_dst_mode(m);
+	if (rc)
+		goto out;
 	rc = sr_header_check_mem(&h, vm_mem(vm), err, sizeof(err));
 	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
 		snprintf(err, sizeof(err), "the source VM has %u vCPUs, this one %d", h.nr_vcpus,

@@ -174,6 +174,8 @@ static int connect_dst(struct sender *s)
 		return errf(s->err, sizeof(s->err), -ENOMEM, "out of memory");
 	sr_header_from_mem(&h, s->gm, (uint32_t)vm_nr_vcpus(s->vm));
 	rc = sr_write_header(s->w, &h);
+	if (!rc)
+		rc = pc_send_mode(s);
 	if (rc) {
 		mig_link_error(s, rc, "cannot send the stream header");
 		return rc;

@@ -80,6 +80,30 @@ static int discard(struct pc_dst *d)
 	return 0;
 }
 
+int pc_dst_mode(struct mig *m)
+{
+	struct guest_mem *gm = vm_mem(vmm_vm(m->v));
+	struct pc_frame f;
+	int rc = read_full(m->fd, &f, sizeof(f));
+
+	if (rc) {
+		snprintf(m->in_err, sizeof(m->in_err), "bad migration stream: %s", rd_err(rc));
+		return rc;
+	}
+	if (f.magic != PC_MAGIC || f.type != PC_MODE || f.first > 1) {
+		snprintf(m->in_err, sizeof(m->in_err),
+			 "bad migration stream: no mode frame after the header");
+		return -EBADMSG;
+	}
+	if (f.first == 1 && !vmm_booted_kernel(m->v)) {
+		uint64_t t0 = now_ns();
+		rc = mem_discard(gm, 0, gm->nr_pages);
+		log_debug("migrate", vmm_name(m->v), "post-copy at once: RAM dropped in %.1f ms (rc %d)",
+			  (double)(now_ns() - t0) / 1e6, rc);
+	}
+	return 0;
+}
+
 int pc_dst_prepare(struct mig *m)
 {
 	struct guest_mem *gm = vm_mem(vmm_vm(m->v));
@@ -132,9 +156,9 @@ int pc_dst_prepare(struct mig *m)
 		snprintf(m->in_err, sizeof(m->in_err), "post-copy not possible here: %s", err);
 		goto err;
 	}
-	log_info("migrate", vmm_name(m->v),
-		 "post-copy: %llu stale pages discarded, faults registered in %.1f ms",
-		 (unsigned long long)d->missing, (double)(now_ns() - t0) / 1e6);
+	log_debug("migrate", vmm_name(m->v),
+		  "post-copy: %llu stale pages discarded, faults registered in %.1f ms",
+		  (unsigned long long)d->missing, (double)(now_ns() - t0) / 1e6);
 	pthread_mutex_lock(&m->lock);
 	m->prog.postcopy = true;
 	m->prog.pages_left = d->missing;
@@ -252,9 +276,9 @@ int pc_dst_receive(struct mig *m)
 	if (!rc)
 		rc = mig_dst_send(m, MIG_PC_DONE, 0, 0, NULL);
 	if (!rc)
-		log_info("migrate", vmm_name(m->v),
-			 "post-copy: every page installed (%llu faults, %llu asked for)",
-			 (unsigned long long)m->prog.pc_faults, (unsigned long long)m->prog.pc_requests);
+		log_debug("migrate", vmm_name(m->v),
+			  "post-copy: every page installed (%llu faults, %llu asked for)",
+			  (unsigned long long)m->prog.pc_faults, (unsigned long long)m->prog.pc_requests);
 	if (rc)
 		snprintf(m->in_err, sizeof(m->in_err),
 			 "post-copy failed: %s with %llu pages still on the source; the VM cannot run "

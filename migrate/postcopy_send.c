@@ -31,6 +31,13 @@ struct pc_src {
 	char err[200];
 };
 
+int pc_send_mode(struct sender *s)
+{
+	struct pc_frame f = {.magic = PC_MAGIC, .type = PC_MODE, .first = s->m->p.postcopy == MIG_PC_NOW};
+
+	return sr_out_write(&s->out, &f, sizeof(f));
+}
+
 int pc_send_switch(struct sender *s, const uint64_t *stale)
 {
 	uint64_t words = stale ? dirty_bitmap_words(s->gm->nr_pages) : 0;
@@ -322,8 +329,9 @@ int pc_source_run(struct sender *s, struct json_object **result)
 		mig_link_error(s, rc, "migration stream failed");
 		goto resume;
 	}
-	log_info("migrate", vmm_name(m->v), "post-copy: %llu pages still to come from here",
-		 (unsigned long long)stale);
+	log_debug("migrate", vmm_name(m->v),
+		  "post-copy: %llu pages still to come from here (paused %.1f ms ago)",
+		  (unsigned long long)stale, (double)(now_ns() - ep.t_pause) / 1e6);
 	rc = mig_switchover(s, &msg, &t_ack, true);
 	if (rc)
 		goto resume; /* not committed */

@@ -50,6 +50,8 @@ struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *e
 				    uint64_t t_sent, uint64_t t_ack);
 
 /* postcopy_send.c */
+/* After the stream header: PC_MODE (post-copy at once or not). */
+int pc_send_mode(struct sender *s);
 /* After END: tell the destination which switchover follows (and, for post-copy, the stale set). */
 int pc_send_switch(struct sender *s, const uint64_t *stale);
 /* The post-copy switchover: state-only epoch, stale set, READY/GO, then pages on demand and pushed.

@@ -34,7 +34,8 @@ static void usage(FILE *f)
 		"  --compress MODE       auto (default: measure both, keep the faster), zstd or none\n"
 		"  --timeout MS          destination I/O timeout (default 5000)\n"
 		"  --postcopy[=WHEN]     post-copy: the destination runs first, pages follow on demand;\n"
-		"                        now (default: no pre-copy), round (after one full round), auto\n"
+		"                        round (default: after one full pre-copy round), now (no\n"
+		"                        pre-copy), auto\n"
 		"                        (pre-copy; post-copy instead of throttling once it stalls).\n"
 		"                        If the link dies during post-copy the VM is LOST (neither host\n"
 		"                        has all of it); the source stays paused and cannot resume\n"
@@ -166,7 +167,7 @@ int cmd_migrate(int argc, char **argv)
 			resume = true;
 			break;
 		case 'P':
-			postcopy = optarg ? optarg : "now";
+			postcopy = optarg ? optarg : "round";
 			if (strcmp(postcopy, "now") && strcmp(postcopy, "round") && strcmp(postcopy, "auto"))
 				return doppel_usage_error(
 					"migrate", "bad --postcopy '%s' (now, round or auto)", postcopy);
