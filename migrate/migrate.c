@@ -196,6 +196,12 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 
 	if (json_object_object_get_ex(req, "resume_source", &j) && json_object_get_boolean(j))
 		return resume_source(v, m);
+	pthread_mutex_lock(&m->lock);
+	bool lost = m->pc_lost;
+	pthread_mutex_unlock(&m->lock);
+	if (lost)
+		return ctl_error("the post-copy migration of %s failed; it cannot migrate again",
+				 vmm_name(v));
 	if (vmm_held(v))
 		return ctl_error("this VM is not running (held for an incoming migration or as a standby)");
 	if (vm_get_state(vmm_vm(v)) != VM_RUNNING)
@@ -204,11 +210,9 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 	if (parse_params(req, &p, err, sizeof(err)))
 		return ctl_error("%s", err);
 	pthread_mutex_lock(&m->lock);
-	if (m->busy || m->pc_lost) {
+	if (m->busy) {
 		pthread_mutex_unlock(&m->lock);
-		return ctl_error(m->pc_lost ? "the post-copy migration of %s failed; it cannot migrate again"
-					    : "a migration of %s is already running",
-				 vmm_name(v));
+		return ctl_error("a migration of %s is already running", vmm_name(v));
 	}
 	m->busy = true;
 	m->success = false;

@@ -167,6 +167,7 @@ struct mig {
 	pthread_mutex_t tx_lock; /* destination: back-channel writes from several threads (post-copy) */
 	struct pc_dst *pc; /* destination: post-copy state, NULL in stop-and-copy */
 	int pc_phase; /* destination: 0 no post-copy, 1 running (set before in_async), 2 ended (loop) */
+	bool pc_started; /* destination, loop thread: the vCPUs were started for post-copy */
 	ev_async pc_async; /* receiver -> loop: post-copy finished or failed */
 };
 

@@ -175,8 +175,9 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	(void)loop, (void)revents;
 	int phase = __atomic_load_n(&m->pc_phase, __ATOMIC_ACQUIRE);
 	bool pc = phase != 0; /* post-copy: the receiver goes on installing pages */
-	if (phase == 2)
-		return; /* post-copy already ended (failed before the vCPUs started): nothing to start */
+	if (phase == 2 || m->pc_started)
+		return; /* post-copy already ended, or pc_async_cb started the vCPUs first */
+	m->pc_started = pc;
 	if (!pc) {
 		pthread_join(m->receiver, NULL);
 		m->recv_started = false;
@@ -226,6 +227,8 @@ static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 
 	(void)loop, (void)revents;
 	pthread_join(m->receiver, NULL);
+	if (!m->in_rc && !m->pc_started) /* finished before the loop got to in_async: start first */
+		in_async_cb(loop, &m->in_async, 0);
 	m->recv_started = false;
 	m->pc_phase = 2;
 	if (m->in_rc) {

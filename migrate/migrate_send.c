@@ -210,12 +210,13 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 	enum mig_postcopy pc = s->m->p.postcopy;
 
 	conv_round_sent(&s->conv, rd->sent, sec);
-	double thr = conv_round_synced(&s->conv, rd->dirty, sec);
+	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, rd->dirty, sec);
 	/* auto: post-copy instead of throttling, once the destination holds enough of RAM current */
 	double held = 1.0 - (double)rd->dirty / (double)s->gm->nr_pages;
 	if (pc == MIG_PC_ROUND || (pc == MIG_PC_AUTO && s->conv.stalls > 0 &&
 				   !conv_fits(&s->conv, rd->dirty) && held >= s->m->p.postcopy_min_frac)) {
 		s->postcopy = true;
+		s->conv.throttle = applied; /* post-copy instead of a (higher) throttle */
 		log_round(s, rd->sent, sec, rd->dirty);
 		return CKPT_STOP;
 	}

@@ -279,14 +279,18 @@ int pc_dst_receive(struct mig *m)
 		log_debug("migrate", vmm_name(m->v),
 			  "post-copy: every page installed (%llu faults, %llu asked for)",
 			  (unsigned long long)m->prog.pc_faults, (unsigned long long)m->prog.pc_requests);
-	if (rc)
-		snprintf(m->in_err, sizeof(m->in_err),
-			 "post-copy failed: %s with %llu pages still on the source; the VM cannot run "
-			 "without them and is stopped (neither host holds the whole VM)",
-			 rc == -EBADMSG ? "bad page frame from the source"
-			 : rc == -EPIPE ? "the link to the source was lost"
-					: rd_err(rc),
-			 (unsigned long long)d->missing);
+	if (rc) {
+		char why[80];
+		if (rc == -EBADMSG)
+			snprintf(why, sizeof(why), "bad page frame from the source");
+		else
+			snprintf(why, sizeof(why), "the link to the source was lost (%s)", rd_err(rc));
+		snprintf(
+			m->in_err, sizeof(m->in_err),
+			"post-copy failed: %s with %llu pages still on the source; the VM cannot run without "
+			"them and is stopped (neither host holds the whole VM)",
+			why, (unsigned long long)d->missing);
+	}
 	return rc;
 }
 

@@ -54,7 +54,7 @@ def test_postcopy_link_cut(doppel_bin, guest_elf, tmp_path):
         # the destination: stops with a clear error, exit status 1
         assert dst.wait(15) == 1
         err = dst.stderr()
-        assert "incoming migration failed: post-copy failed: the link to the source was lost with" in err, err
+        assert "incoming migration failed: post-copy failed: the link to the source was lost (" in err, err
         # the source: alive, paused, committed, postcopy-failed; refuses to resume
         st = src.ctl("status")
         assert st["state"] == "paused", st
