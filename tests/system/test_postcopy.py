@@ -17,7 +17,7 @@ pytestmark = pytest.mark.needs_kvm
 
 @pytest.mark.parametrize("when,ws", [("now", "200M"), ("round", "200M"), ("auto", "64M")])
 def test_postcopy_oracle(doppel_bin, guest_elf, tmp_path, when, ws):
-    src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws=ws)
+    src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws=ws, extra=(("--log-level", "debug"), ("--log-level", "debug")))
     try:
         arg = "--postcopy" if when == "round" else f"--postcopy={when}"
         extra = ("--postcopy-min-pct", "0") if when == "auto" else ()
