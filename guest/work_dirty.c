@@ -106,8 +106,8 @@ int work_dirty(void)
 				printf("dirty: pass=%lu rate=%lu bad=%lu done=%lu\n", d_pass,
 				       d_stored * 1000000ul / dt_us, d_bad, d_done);
 			else
-				printf("dirty: pass=%lu rate=%lu bad=%lu\n", d_pass, d_stored * 1000000ul / dt_us,
-				       d_bad);
+				printf("dirty: pass=%lu rate=%lu bad=%lu\n", d_pass,
+				       d_stored * 1000000ul / dt_us, d_bad);
 			d_stored = 0;
 			d_last_ns = t;
 			d_next_ns += guest_pi_ns;
