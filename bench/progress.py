@@ -148,10 +148,12 @@ def spread(xs):
 
 
 def noise_note(a, b):
-    """'a < b', 'a > b' or 'within noise' for two spreads: an effect counts only when the ranges do not
-    overlap."""
+    """'lower', 'higher' or 'within noise' for spread a against b: an effect counts only when the
+    min-max ranges do not overlap, and only with >= 3 runs each."""
     if not a or not b:
         return "n/a"
+    if a["n"] < 3 or b["n"] < 3:
+        return "too few runs to tell (fewer than 3 each)"
     if a["max"] < b["min"]:
         return "lower"
     if a["min"] > b["max"]:
