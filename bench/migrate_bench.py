@@ -241,6 +241,11 @@ def markdown(summary, started):
            "progress; **work lost** = the shortfall against normal progress over the migration (+0.5 s), in "
            "ms of normal guest progress; **total** and **downtime** as each VMM reports them. An effect is "
            "claimed only where the min–max ranges do not overlap.", ""]
+    nr = [x for s in summary if s.get("normal_rate") for x in (s["normal_rate"]["min"], s["normal_rate"]["max"])]
+    if nr and min(nr) > 0 and max(nr) / min(nr) > 10:
+        out += [f"**Caution:** the guest's normal (baseline) rate varied {min(nr) / 1e3:.0f} k – {max(nr) / 1e3:.0f} k "
+                "pages/s between runs (last column): the machine was shared (CPU contention), so these figures are "
+                "indicative only; a quiet machine is needed for conclusions.", ""]
     for ws in SIZES:
         for fill in FILLS:
             rows = [s for s in summary if s["ws"] == ws and s["fill"] == fill]
