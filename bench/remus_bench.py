@@ -79,7 +79,7 @@ def protect(sock, peer, interval, extra=()):
         raise RuntimeError(f"protect failed: {r.stderr}")
 
 
-def rate_run(tmp, cmdline, interval):
+def rate_run(tmp, cmdline, interval, protect_args=()):
     """Mean guest rate over SECS after 1 s of warm-up; with interval, protected to a local standby."""
     procs = []
     try:
@@ -90,7 +90,7 @@ def rate_run(tmp, cmdline, interval):
             port = free_port()
             sb, _, _ = run_vm(tmp, "sb", None, ["--standby", "--listen", f"127.0.0.1:{port}"])
             procs.append(sb)
-            protect(sock, f"127.0.0.1:{port}", interval)
+            protect(sock, f"127.0.0.1:{port}", interval, protect_args)
         time.sleep(1.0)
         n0 = len(dirty_lines(serial))
         time.sleep(SECS)
@@ -105,7 +105,9 @@ def rate_run(tmp, cmdline, interval):
                        pause_p50_us=st["pause"]["p50_us"], pause_p99_us=st["pause"]["p99_us"],
                        ack_p50_ms=st["ack_latency"]["p50_ms"], ack_p99_ms=st["ack_latency"]["p99_ms"],
                        bytes_raw=st["bytes"]["raw"], bytes_wire=st["bytes"]["wire"],
-                       last_pause_phases_us=st["pause"].get("last_phases"))
+                       last_pause_phases_us=st["pause"].get("last_phases"),
+                       phases={k: [round(v["p50_us"]), round(v["p99_us"])] for k, v in st.get("phases", {}).items()},
+                       delta=st.get("delta"))
         return out
     finally:
         for p in procs:

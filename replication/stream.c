@@ -28,7 +28,7 @@ int sr_fail(struct sr_ctx *ctx, int rc, const char *fmt, ...)
 const char *sr_type_name(uint32_t type, char *buf, size_t len)
 {
 	static const char *const names[] = {NULL,	    "PAGE_DATA",      "ZERO_PAGES", "VCPU_STATE",
-					    "DEVICE_STATE", "CHECKPOINT_END", "END"};
+					    "DEVICE_STATE", "CHECKPOINT_END", "END",	    "PAGE_DELTA"};
 
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		snprintf(buf, len, "%s", names[type]);
@@ -83,6 +83,7 @@ void sr_ctx_free(struct sr_ctx *ctx)
 	if (!ctx)
 		return;
 	sr_mt_free(ctx);
+	sr_delta_buffers_free(ctx);
 	XXH64_freeState(ctx->xs);
 	ZSTD_freeCCtx(ctx->cctx);
 	ZSTD_freeDCtx(ctx->dctx);
@@ -205,7 +206,7 @@ int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h)
 	}
 	put64(b + n, XXH64(b, n, 0));
 	n += 8;
-	rc = sr_out_write(ctx->out, b, n);
+	rc = sr_put(ctx, b, n);
 	if (rc)
 		return sr_fail(ctx, rc, "stream: writing header: %s", strerror(-rc));
 	ctx->hdr = *h;
@@ -267,11 +268,11 @@ static int wr_rec(struct sr_ctx *ctx, uint32_t type, const void *pre, size_t pre
 			XXH64_update(ctx->xs, blob, bloblen);
 		ctx->ep_records++;
 	}
-	rc = sr_out_write(ctx->out, h, 8 + prelen);
+	rc = sr_put(ctx, h, 8 + prelen);
 	if (!rc && bloblen)
-		rc = sr_out_write(ctx->out, blob, bloblen);
+		rc = sr_put(ctx, blob, bloblen);
 	if (!rc && pad8(len))
-		rc = sr_out_write(ctx->out, sr_zeros, pad8(len));
+		rc = sr_put(ctx, sr_zeros, pad8(len));
 	if (rc)
 		return sr_fail(ctx, rc, "stream: writing %s record: %s", sr_type_name(type, tn, sizeof(tn)),
 			       strerror(-rc));
@@ -337,6 +338,8 @@ int sr_write_zero_range(struct sr_ctx *ctx, uint64_t first, uint64_t count)
 		return sr_fail(ctx, -EINVAL, "stream: zero range %llu+%llu outside %llu pages",
 			       (unsigned long long)first, (unsigned long long)count,
 			       (unsigned long long)ctx->hdr.nr_pages);
+	if (ctx->delta)
+		sr_delta_forget_range(ctx->delta, first, count);
 	put32(b, 1);
 	put32(b + 4, 0);
 	put64(b + 8, first);
@@ -452,7 +455,7 @@ int sr_emit_batch(struct sr_ctx *ctx, uint8_t *rec, size_t len, uint32_t n, bool
 	put32(rec + 4, (uint32_t)len);
 	memset(rec + 8 + len, 0, pad8(len));
 	sr_epoch_add(ctx, rec, rec + 8, len);
-	rc = sr_out_write(ctx->out, rec, 8 + len + pad8(len));
+	rc = sr_put(ctx, rec, 8 + len + pad8(len));
 	if (rc)
 		return sr_fail(ctx, rc, "stream: writing PAGE_DATA record: %s", strerror(-rc));
 	ctx->ep_data += n;
@@ -537,6 +540,8 @@ int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *con
 			return sr_fail(ctx, -EINVAL, "stream: page index %llu beyond %llu pages",
 				       (unsigned long long)page_idx[i],
 				       (unsigned long long)ctx->hdr.nr_pages);
+	if (ctx->delta)
+		return sr_write_pages_delta(ctx, page_idx, page_ptrs, n);
 	for (size_t i = 0; i < n; i++) {
 		if (sr_page_is_zero(page_ptrs[i])) {
 			rc = sr_add_zero(ctx, page_idx[i]);

@@ -126,7 +126,7 @@ int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *
 	size_t nnz = 0;
 	int rc, started = 0;
 
-	if (nthreads <= 1 || n <= SR_BATCH_PAGES)
+	if (nthreads <= 1 || n <= SR_BATCH_PAGES || ctx->delta)
 		return sr_write_pages(ctx, page_idx, page_ptrs, n);
 	if (nthreads > SR_MT_MAX)
 		nthreads = SR_MT_MAX;
