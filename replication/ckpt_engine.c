@@ -44,7 +44,7 @@ int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen)
 		memset(e->seen_prev, 0, sz);
 	}
 	e->hot_pages = 0;
-	e->hot_age = e->win_age = 0;
+	e->hot_age = e->win_age = e->hot_slice = 0;
 	/* Touched now so the first epochs do not fault the stage in inside the pause. */
 	if (e->ops->stage && !e->stage.cap && !ckpt_stage_reserve(&e->stage, STAGE_PREGROW))
 		memset(e->stage.data, 0, e->stage.cap * GUEST_PAGE_SIZE);
@@ -78,14 +78,22 @@ void ckpt_engine_free(struct ckpt_engine *e)
  * sync). "Dirty at two syncs in a row" alone never learns a hot set the guest sweeps more slowly
  * than one pass per epoch -- and a guest faulting on every page (3-10 us each here) sweeps a 64 MiB
  * set in ~6 epochs, so it stayed slow for ever (0.1 % of its speed). Every CKPT_HOT_COOL epochs one
- * sync keeps nothing, so pages that went cold are re-protected and stop being copied. */
+ * of CKPT_HOT_SLICES slices of the set is re-protected, so pages that went cold stop being copied
+ * (each page is re-checked every CKPT_HOT_COOL * CKPT_HOT_SLICES epochs). */
 static int64_t hot_sync(struct ckpt_engine *e, size_t words)
 {
 	bool cool = ++e->hot_age >= CKPT_HOT_COOL;
 	int64_t n;
 
-	if (cool)
+	if (cool) {
+		/* One slice of the keep set (bitmap words w with w % CKPT_HOT_SLICES == slice) is
+		 * re-protected: its still-hot pages fault once and are kept again at the next sync.
+		 * Slices spread the faults (a whole 64 MiB set at once costs the guest ~160 ms). */
+		for (size_t i = e->hot_slice; i < words; i += CKPT_HOT_SLICES)
+			e->hot[i] = 0;
+		e->hot_slice = (e->hot_slice + 1) % CKPT_HOT_SLICES;
 		e->hot_age = 0;
+	}
 	if (++e->win_age >= CKPT_HOT_WINDOW) {
 		uint64_t *t = e->seen_prev;
 		e->seen_prev = e->seen;
@@ -93,7 +101,7 @@ static int64_t hot_sync(struct ckpt_engine *e, size_t words)
 		memset(e->seen, 0, words * sizeof(uint64_t));
 		e->win_age = 0;
 	}
-	n = dirty_log_sync_keep(e->log, e->bitmap, cool ? NULL : e->hot);
+	n = dirty_log_sync_keep(e->log, e->bitmap, e->hot);
 	if (n < 0)
 		return n;
 	if (n > CKPT_HOT_MAX) { /* too big to copy every epoch: forget it all */
@@ -105,8 +113,7 @@ static int64_t hot_sync(struct ckpt_engine *e, size_t words)
 	}
 	uint64_t kept = 0;
 	for (size_t i = 0; i < words; i++) {
-		if (!cool)
-			kept += (uint64_t)__builtin_popcountll(e->bitmap[i] & e->hot[i]);
+		kept += (uint64_t)__builtin_popcountll(e->bitmap[i] & e->hot[i]);
 		e->seen[i] |= e->bitmap[i];
 		e->hot[i] = e->seen[i] | e->seen_prev[i];
 	}

@@ -33,7 +33,8 @@
  */
 
 #define CKPT_HOT_MAX 32768 /* keep_hot: at most this many pages left writable across epochs */
-#define CKPT_HOT_COOL 40 /* keep_hot: the hot set is re-learnt every this many epochs */
+#define CKPT_HOT_COOL 40 /* keep_hot: a slice of the hot set is re-learnt every this many epochs */
+#define CKPT_HOT_SLICES 8 /* keep_hot: ... one of this many (by bitmap word), in turn */
 #define CKPT_HOT_WINDOW 16 /* keep_hot: "recently dirty" = at a sync of the last 16..32 epochs */
 
 struct ckpt_engine;
@@ -85,7 +86,7 @@ struct ckpt_engine {
 	uint64_t *hot; /* keep_hot: the keep set of the next sync (seen | seen_prev) */
 	uint64_t *seen, *seen_prev; /* keep_hot: dirty in this / the previous CKPT_HOT_WINDOW */
 	uint64_t hot_pages; /* pages the last sync left writable */
-	uint32_t hot_age, win_age;
+	uint32_t hot_age, win_age, hot_slice;
 	struct ckpt_stage stage; /* staging mode: the last epoch; writing modes: its state */
 	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
 };

@@ -327,7 +327,8 @@ static void write_seeds(const char *dir)
 		sr_ctx_free(w);
 		if (v == 3)
 			o.len -= 40; /* END and most of the second CHECKPOINT_END */
-		snprintf(name, sizeof(name), "ckpt_%s", (const char *[]){"zstd", "raw", "info", "torn", "delta"}[v]);
+		snprintf(name, sizeof(name), "ckpt_%s",
+			 (const char *[]){"zstd", "raw", "info", "torn", "delta"}[v]);
 		put_file(dir, name, &o);
 		sr_out_free(&o);
 	}
