@@ -157,12 +157,18 @@ static void *sender_main(void *arg)
 			}
 			continue;
 		}
+		/* Take the staged epoch: its buffers become ours (r->tx) and ours go back to the engine,
+		 * so the loop can capture the next epoch while this one is sent (the loop touches
+		 * eng.stage only while job_pending is false). */
+		struct ckpt_stage t = r->tx;
+		r->tx = r->eng.stage;
+		r->eng.stage = t;
+		r->job_pending = false;
 		pthread_mutex_unlock(&r->lock);
-		/* The staged epoch is ours until job_pending is cleared. */
 		struct sr_stats s0, s1;
 		sr_stats(w, &s0);
 		t0 = now_ns();
-		rc = ckpt_stage_write(w, &r->eng.stage);
+		rc = ckpt_stage_write(w, &r->tx);
 		if (rc) {
 			sender_error(r, "sending epoch", w, rc);
 			break;
@@ -171,13 +177,12 @@ static void *sender_main(void *arg)
 		sr_stats(w, &s1);
 		account(r, w, &out);
 		pthread_mutex_lock(&r->lock);
-		r->sent[r->eng.stage.epoch % 64] = (struct remus_sent){.epoch = r->eng.stage.epoch,
-								       .t_start = t0,
-								       .t_end = t1,
-								       .send_ns = s1.write_ns - s0.write_ns};
+		r->sent[r->tx.epoch % 64] = (struct remus_sent){.epoch = r->tx.epoch,
+								.t_start = t0,
+								.t_end = t1,
+								.send_ns = s1.write_ns - s0.write_ns};
 		r->send_ns_last = t1 - t0;
-		r->last_sent_epoch = r->eng.stage.epoch;
-		r->job_pending = false;
+		r->last_sent_epoch = r->tx.epoch;
 		bool stop = r->stop_sender;
 		pthread_mutex_unlock(&r->lock);
 		if (stop)
@@ -524,6 +529,16 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	if (rc) {
 		close(fd);
 		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
+	}
+	/* The sender's buffer (swapped with the engine's stage per epoch): grown like the stage and
+	 * touched now, so the first epochs after a swap do not fault it in inside the pause. */
+	if (!r->tx.cap) {
+		if (ckpt_stage_reserve(&r->tx, r->eng.stage.cap)) {
+			ckpt_engine_stop(&r->eng);
+			close(fd);
+			return ctl_error("out of memory");
+		}
+		memset(r->tx.data, 0, r->tx.cap * GUEST_PAGE_SIZE);
 	}
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
 	r->interval_ms = iv;

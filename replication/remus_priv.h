@@ -130,7 +130,8 @@ struct remus {
 	pthread_t sender;
 	bool sender_running;
 	bool stop_sender; /* lock */
-	bool job_pending; /* lock: a staged epoch waits for / is being sent by the sender */
+	bool job_pending; /* lock: eng.stage holds a captured epoch the sender has not taken yet */
+	struct ckpt_stage tx; /* the sender's: the epoch it sends (swapped with eng.stage) */
 	bool precopy_done; /* lock */
 	char sender_err[256];
 	uint64_t next_epoch; /* loop; monotonic across sessions */

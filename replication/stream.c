@@ -419,7 +419,7 @@ int sr_wr_buffers(struct sr_ctx *ctx)
 }
 
 size_t sr_encode_batch(ZSTD_CCtx *cctx, bool compress, int level, uint8_t *rec, uint8_t *stage,
-		       const uint64_t *idx, const void *const *pages, uint32_t n, bool *zstd)
+		       const uint64_t *idx, const void *const *pages, uint32_t n, bool *zstd, bool in_place)
 {
 	uint8_t *payload = rec + 16 + 8 * (size_t)n;
 	size_t raw = (size_t)n * SR_PAGE_SIZE, len = 0;
@@ -429,13 +429,21 @@ size_t sr_encode_batch(ZSTD_CCtx *cctx, bool compress, int level, uint8_t *rec, 
 		put64(rec + 16 + 8 * (size_t)i, idx[i]);
 	*zstd = false;
 	if (compress && cctx) {
-		for (uint32_t i = 0; i < n; i++)
-			memcpy(stage + (size_t)i * SR_PAGE_SIZE, pages[i], SR_PAGE_SIZE);
-		len = ZSTD_compressCCtx(cctx, payload, ZSTD_compressBound(raw), stage, raw, level);
+		const uint8_t *src = pages[0];
+		bool contiguous = in_place; /* the delta writer's private copies: compress them in place */
+
+		for (uint32_t i = 1; i < n && contiguous; i++)
+			contiguous = pages[i] == src + (size_t)i * SR_PAGE_SIZE;
+		if (!contiguous) {
+			for (uint32_t i = 0; i < n; i++)
+				memcpy(stage + (size_t)i * SR_PAGE_SIZE, pages[i], SR_PAGE_SIZE);
+			src = stage;
+		}
+		len = ZSTD_compressCCtx(cctx, payload, ZSTD_compressBound(raw), src, raw, level);
 		if (!ZSTD_isError(len) && len < raw)
 			*zstd = true;
 		else
-			memcpy(payload, stage, raw);
+			memcpy(payload, src, raw);
 	} else {
 		for (uint32_t i = 0; i < n; i++)
 			memcpy(payload + (size_t)i * SR_PAGE_SIZE, pages[i], SR_PAGE_SIZE);
@@ -478,7 +486,7 @@ static int flush_batch(struct sr_ctx *ctx, const uint64_t *idx, const void *cons
 	if (!n)
 		return 0;
 	len = sr_encode_batch(ctx->cctx, ctx->compress, ctx->level, ctx->rec, ctx->stage, idx, pages, n,
-			      &zstd);
+			      &zstd, false);
 	return sr_emit_batch(ctx, ctx->rec, len, n, zstd);
 }
 

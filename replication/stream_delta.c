@@ -86,8 +86,8 @@ static int flush_plain(struct sr_ctx *ctx, const uint64_t *idx, const void *cons
 
 	if (!n)
 		return 0;
-	len = sr_encode_batch(ctx->cctx, ctx->compress, ctx->level, ctx->rec, ctx->stage, idx, ptrs, n,
-			      &zstd);
+	len = sr_encode_batch(ctx->cctx, ctx->compress, ctx->level, ctx->rec, ctx->stage, idx, ptrs, n, &zstd,
+			      true);
 	return sr_emit_batch(ctx, ctx->rec, len, n, zstd);
 }
 

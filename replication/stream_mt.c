@@ -105,7 +105,7 @@ static void *mt_worker(void *arg)
 		if (abort)
 			break;
 		s->len = sr_encode_batch(s->cctx, mt->compress, mt->level, s->rec, s->stage, mt->idx + first,
-					 mt->ptrs + first, n, &s->zstd);
+					 mt->ptrs + first, n, &s->zstd, false);
 		s->n = n;
 		pthread_mutex_lock(&mt->lock);
 		s->ready = true;

@@ -120,9 +120,11 @@ void sr_epoch_reset(struct sr_ctx *ctx);
 int sr_fail(struct sr_ctx *ctx, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 bool sr_page_is_zero(const void *page);
 int sr_wr_buffers(struct sr_ctx *ctx);
-/* Encode a PAGE_DATA body into rec+8 (rec[0..8) left for the record header); returns body length. */
+/* Encode a PAGE_DATA body into rec+8 (rec[0..8) left for the record header); returns body length.
+ * in_place: pages that lie contiguously in memory nobody else writes are compressed where they are
+ * (not gathered into stage first); live guest pages must be gathered (a stable copy). */
 size_t sr_encode_batch(ZSTD_CCtx *cctx, bool compress, int level, uint8_t *rec, uint8_t *stage,
-		       const uint64_t *idx, const void *const *pages, uint32_t n, bool *zstd);
+		       const uint64_t *idx, const void *const *pages, uint32_t n, bool *zstd, bool in_place);
 int sr_emit_batch(struct sr_ctx *ctx, uint8_t *rec, size_t len, uint32_t n, bool zstd);
 int sr_add_zero(struct sr_ctx *ctx, uint64_t idx);
 int sr_flush_zero(struct sr_ctx *ctx);
