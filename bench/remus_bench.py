@@ -232,7 +232,7 @@ def write(res):
             ok = all((r["ack_p99"][1] <= 50 and r["rel"][1] >= 0.9) if ws == "64M" else r["skipped"][1] == 0 for r in rs)
             L += ["", f"Target, {ws} hot set at 25 ms epochs ({tgt}; medians, delta on, every page content): **{met(ok)}**."]
     L += ["", "Protected, the guest's first write to a page after an epoch's re-protect faults into KVM "
-          "(~3-10 µs here). A page dirty at a sync that finds it dirty at any sync of the last 16-32 epochs is "
+          "(~3-10 µs here). A page dirty at a sync that finds it dirty at any sync of the last 32-64 epochs is "
           "left writable and copied every epoch (`dirty_log_sync_keep`, up to 32,768 pages; re-learnt every 40 "
           "epochs). The primary, the standby and the meter share 2 cores here (a standby on its own host would "
           "take nothing from the primary).", "",

@@ -35,7 +35,7 @@
 #define CKPT_HOT_MAX 32768 /* keep_hot: at most this many pages left writable across epochs */
 #define CKPT_HOT_COOL 40 /* keep_hot: a slice of the hot set is re-learnt every this many epochs */
 #define CKPT_HOT_SLICES 8 /* keep_hot: ... one of this many (by bitmap word), in turn */
-#define CKPT_HOT_WINDOW 16 /* keep_hot: "recently dirty" = at a sync of the last 16..32 epochs */
+#define CKPT_HOT_WINDOW 32 /* keep_hot: "recently dirty" = at a sync of the last 32..64 epochs */
 
 struct ckpt_engine;
 struct ckpt_epoch;
