@@ -176,6 +176,8 @@ static void exit_hook(struct vmm *v, void *opaque)
 		close(r->fd);
 	netbuf_free(r->nb);
 	ckpt_engine_free(&r->eng);
+	ckpt_stage_free(&r->tx);
+	sr_delta_free(r->delta);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
 	pthread_cond_destroy(&r->cond);

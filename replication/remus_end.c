@@ -73,6 +73,7 @@ static void end_sender(struct remus *r, bool cut)
 	r->fd = -1;
 	ckpt_engine_stop(&r->eng);
 	ckpt_state_free(&r->eng.stage.st);
+	ckpt_state_free(&r->tx.st);
 }
 
 /* The only copy: output flows again (with a witness: only under a provable lease, else fenced). */

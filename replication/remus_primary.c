@@ -42,6 +42,9 @@ static void account(struct remus *r, struct sr_ctx *w, struct sr_out *out)
 	pthread_mutex_lock(&r->lock);
 	r->bytes_raw = ss.payload_in;
 	r->bytes_wire = out->bytes;
+	r->sst = ss;
+	if (r->delta)
+		sr_delta_get_stats(r->delta, &r->delta_st);
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -103,6 +106,8 @@ static void *sender_main(void *arg)
 		return NULL;
 	}
 	rc = sr_writer_new(&w, &out, true, 1);
+	if (!rc && r->delta)
+		rc = sr_set_delta(w, r->delta); /* empties it: this stream's standby starts from nothing */
 	if (rc) {
 		sender_error(r, "stream writer", NULL, rc);
 		return NULL;
@@ -152,19 +157,32 @@ static void *sender_main(void *arg)
 			}
 			continue;
 		}
+		/* Take the staged epoch: its buffers become ours (r->tx) and ours go back to the engine,
+		 * so the loop can capture the next epoch while this one is sent (the loop touches
+		 * eng.stage only while job_pending is false). */
+		struct ckpt_stage t = r->tx;
+		r->tx = r->eng.stage;
+		r->eng.stage = t;
+		r->job_pending = false;
 		pthread_mutex_unlock(&r->lock);
-		/* The staged epoch is ours until job_pending is cleared. */
+		struct sr_stats s0, s1;
+		sr_stats(w, &s0);
 		t0 = now_ns();
-		rc = ckpt_stage_write(w, &r->eng.stage);
+		rc = ckpt_stage_write(w, &r->tx);
 		if (rc) {
 			sender_error(r, "sending epoch", w, rc);
 			break;
 		}
+		uint64_t t1 = now_ns();
+		sr_stats(w, &s1);
 		account(r, w, &out);
 		pthread_mutex_lock(&r->lock);
-		r->send_ns_last = now_ns() - t0;
-		r->last_sent_epoch = r->eng.stage.epoch;
-		r->job_pending = false;
+		r->sent[r->tx.epoch % 64] = (struct remus_sent){.epoch = r->tx.epoch,
+								.t_start = t0,
+								.t_end = t1,
+								.send_ns = s1.write_ns - s0.write_ns};
+		r->send_ns_last = t1 - t0;
+		r->last_sent_epoch = r->tx.epoch;
 		bool stop = r->stop_sender;
 		pthread_mutex_unlock(&r->lock);
 		if (stop)
@@ -264,6 +282,11 @@ static void checkpoint(struct remus *r)
 	r->ph_sync = ep.ph.sync;
 	r->ph_capture = ep.ph.capture;
 	r->ph_copy = ep.ph.copy;
+	remus_ring_push(&r->ph_ring[REMUS_PH_PAUSE], ep.pause_ns);
+	remus_ring_push(&r->ph_ring[REMUS_PH_KICK], ep.ph.kick);
+	remus_ring_push(&r->ph_ring[REMUS_PH_SYNC], ep.ph.sync);
+	remus_ring_push(&r->ph_ring[REMUS_PH_CAPTURE], ep.ph.capture);
+	remus_ring_push(&r->ph_ring[REMUS_PH_COPY], ep.ph.copy);
 	r->next_epoch = e + 1;
 	remus_ring_push(&r->pause_ns, ep.pause_ns);
 	r->cap_epoch[e % 64] = e;
@@ -304,8 +327,20 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	if (!remus_witness_may_release(r))
 		return; /* fenced: nothing more leaves */
 	netbuf_release(r->nb, m->value);
-	if (r->cap_epoch[m->value % 64] == m->value)
-		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
+	if (r->cap_epoch[m->value % 64] == m->value) {
+		uint64_t t1 = r->cap_ns[m->value % 64];
+		remus_ring_push(&r->ack_ns, now - t1);
+		pthread_mutex_lock(&r->lock);
+		struct remus_sent sn = r->sent[m->value % 64];
+		pthread_mutex_unlock(&r->lock);
+		if (sn.epoch == m->value && sn.t_start >= t1 && sn.t_end <= now) {
+			remus_ring_push(&r->ph_ring[REMUS_PH_QUEUE], sn.t_start - t1);
+			remus_ring_push(&r->ph_ring[REMUS_PH_ENCODE], sn.t_end - sn.t_start - sn.send_ns);
+			remus_ring_push(&r->ph_ring[REMUS_PH_SEND], sn.send_ns);
+			remus_ring_push(&r->ph_ring[REMUS_PH_ACK_WAIT], now - sn.t_end);
+			remus_ring_push(&r->ph_ring[REMUS_PH_ACK], now - t1);
+		}
+	}
 	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt)
 		r->pstate = PS_PROTECTED;
 	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
@@ -452,6 +487,23 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	/* The key first: refuse to protect a copy that is not (or no longer) the active one. */
 	if (remus_witness_primary_start(r, err, sizeof(err)))
 		return ctl_error("%s", err);
+	uint64_t dcache = SR_DELTA_DEFAULT;
+	if (json_object_object_get_ex(req, "delta_cache", &j)) {
+		if (!json_object_is_type(j, json_type_int) || json_object_get_int64(j) < 0 ||
+		    (uint64_t)json_object_get_int64(j) > SR_DELTA_MAX)
+			return ctl_error("bad delta_cache (bytes, 0..%llu; 0 = no delta encoding)",
+					 (unsigned long long)SR_DELTA_MAX);
+		dcache = (uint64_t)json_object_get_int64(j);
+	}
+	if (dcache != r->delta_bytes || (dcache && !r->delta)) {
+		sr_delta_free(r->delta); /* the sender is not running: nobody else holds it */
+		r->delta = NULL;
+		r->delta_bytes = 0;
+		if (dcache && sr_delta_new(&r->delta, dcache))
+			return ctl_error("out of memory for a %llu-byte delta cache",
+					 (unsigned long long)dcache);
+		r->delta_bytes = dcache;
+	}
 	uint32_t iv, to;
 	if (get_ms(req, "interval_ms", 25, REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS, &iv))
 		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS);
@@ -477,6 +529,16 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	if (rc) {
 		close(fd);
 		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
+	}
+	/* The sender's buffer (swapped with the engine's stage per epoch): grown like the stage and
+	 * touched now, so the first epochs after a swap do not fault it in inside the pause. */
+	if (!r->tx.cap) {
+		if (ckpt_stage_reserve(&r->tx, r->eng.stage.cap)) {
+			ckpt_engine_stop(&r->eng);
+			close(fd);
+			return ctl_error("out of memory");
+		}
+		memset(r->tx.data, 0, r->tx.cap * GUEST_PAGE_SIZE);
 	}
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
 	r->interval_ms = iv;
@@ -590,4 +652,5 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	json_object_object_add(h, "released_frames", json_object_new_int64((int64_t)ns.released_frames));
 	json_object_object_add(h, "dropped", json_object_new_int64((int64_t)ns.dropped));
 	json_object_object_add(o, "held_output", h);
+	remus_phases_status(r, o);
 }

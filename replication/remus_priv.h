@@ -48,6 +48,27 @@ void remus_ring_push(struct remus_ring *r, uint64_t v);
 /* q in [0,1]; 0 when empty. */
 uint64_t remus_ring_pct(const struct remus_ring *r, double q);
 
+/* Phases of an epoch (status remus.phases): inside the pause (kick = vm_pause until every vCPU
+ * stopped, dirty sync, state capture, copy of the dirty pages), then queue (pause end -> the sender
+ * starts it), encode (zero scan, XOR, zstd), send (socket writes), ack_wait (last byte sent -> ACK:
+ * the standby's read, decode, apply and the ACK's way back) and ack (pause end -> ACK). */
+enum remus_phase {
+	REMUS_PH_PAUSE,
+	REMUS_PH_KICK,
+	REMUS_PH_SYNC,
+	REMUS_PH_CAPTURE,
+	REMUS_PH_COPY,
+	REMUS_PH_QUEUE,
+	REMUS_PH_ENCODE,
+	REMUS_PH_SEND,
+	REMUS_PH_ACK_WAIT,
+	REMUS_PH_ACK,
+	REMUS_PH_N
+};
+struct remus_sent {
+	uint64_t epoch, t_start, t_end, send_ns;
+};
+
 #define REMUS_MAX_EVENTS 16
 struct remus_event {
 	double wall; /* unix time */
@@ -110,7 +131,8 @@ struct remus {
 	pthread_t sender;
 	bool sender_running;
 	bool stop_sender; /* lock */
-	bool job_pending; /* lock: a staged epoch waits for / is being sent by the sender */
+	bool job_pending; /* lock: eng.stage holds a captured epoch the sender has not taken yet */
+	struct ckpt_stage tx; /* the sender's: the epoch it sends (swapped with eng.stage) */
 	bool precopy_done; /* lock */
 	char sender_err[256];
 	uint64_t next_epoch; /* loop; monotonic across sessions */
@@ -129,6 +151,14 @@ struct remus {
 	uint64_t bytes_raw, bytes_wire; /* lock (sender) */
 	uint64_t send_ns_last; /* lock */
 	uint64_t ph_kick, ph_sync, ph_capture, ph_copy; /* last pause, by phase (ns) */
+	/* Where an epoch's time goes (status remus.phases), ns: rings of the last REMUS_RING epochs. */
+	struct remus_ring ph_ring[REMUS_PH_N];
+	struct remus_sent sent[64]; /* lock: the sender's timings of recent epochs (by epoch % 64) */
+	/* Delta encoding (PAGE_DELTA): the cache of last-sent pages, the sender's while it runs. */
+	uint64_t delta_bytes; /* configured size; 0 = off */
+	struct sr_delta *delta;
+	struct sr_delta_stats delta_st; /* lock: copied by the sender after each epoch */
+	struct sr_stats sst; /* lock: the writer's stats after each epoch */
 
 	/* ---- standby ---- */
 	int lfd;
@@ -175,6 +205,9 @@ void remus_primary_abandon(struct remus *r, const char *fmt, ...) __attribute__(
 /* vmm exit (stop): end replication with ABANDON, synchronously (the loop no longer runs). */
 void remus_primary_exit(struct remus *r);
 const char *remus_pstate_name(enum remus_pstate s);
+
+/* remus_phases.c */
+void remus_phases_status(struct remus *r, struct json_object *o);
 
 /* remus_end.c */
 void remus_fence(struct remus *r, const char *why);

@@ -210,6 +210,7 @@ static void *reader_main(void *arg)
 		sr_ctx_free(rd);
 		return NULL;
 	}
+	r->stg.base = gm; /* PAGE_DELTA: the replica's RAM is the last copy the primary sent */
 	for (;;) {
 		bool direct;
 
