@@ -12,6 +12,7 @@
 struct vmm;
 struct vm;
 struct ctl_conn;
+struct json_object;
 
 /*
  * Back channel on the migration TCP connection: fixed 144-byte messages, little endian. All of them
@@ -103,6 +104,7 @@ struct mig_progress {
 	double rate_mbps, est_downtime_ms, throttle;
 	bool compress;
 	char error[300];
+	double downtime_ms; /* source, once completed */
 };
 
 struct mig {
@@ -116,6 +118,8 @@ struct mig {
 	ev_async done_async; /* sender -> loop: migration finished */
 	ev_timer stop_timer; /* after success: let the reply flush, then stop */
 	bool success;
+	uint64_t nr_completed, nr_failed; /* lock: outgoing migrations, for metrics */
+	double last_downtime_ms; /* lock */
 	/* source, after an uncertain switchover (lock): the operator's decision */
 	bool uncertain, op_resume, quit;
 	struct ctl_conn *op_conn;
@@ -129,6 +133,10 @@ struct mig {
 	char in_err[512];
 	int in_rc;
 };
+
+/* migrate.c */
+/* A "migration" event: {"direction", "result"|..., plus f's keys} (f: ownership taken, may be NULL). */
+void mig_event(struct mig *m, const char *type, const char *direction, struct json_object *f);
 
 /* migrate_send.c */
 void *mig_sender_main(void *arg);

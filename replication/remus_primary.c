@@ -164,6 +164,9 @@ static void *sender_main(void *arg)
 		pthread_mutex_lock(&r->lock);
 		r->send_ns_last = now_ns() - t0;
 		r->last_sent_epoch = r->eng.stage.epoch;
+		hist_record(&r->send_hist, r->send_ns_last);
+		if (r->tl[r->last_sent_epoch % REMUS_TL].epoch == r->last_sent_epoch)
+			r->tl[r->last_sent_epoch % REMUS_TL].send_us = (int32_t)(r->send_ns_last / 1000);
 		r->job_pending = false;
 		bool stop = r->stop_sender;
 		pthread_mutex_unlock(&r->lock);
@@ -256,10 +259,19 @@ static void checkpoint(struct remus *r)
 	if (rc == -ESHUTDOWN)
 		return; /* the VM is stopping (doppel stop): the exit hook ends replication */
 	if (rc) {
+		remus_record_event(r, "error", ep.epoch, "checkpoint failed: %s", err);
 		remus_primary_abandon(r, "checkpoint failed: %s", err);
 		return;
 	}
 	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
+	hist_record(&r->pause_hist, ep.pause_ns);
+	pthread_mutex_lock(&r->lock); /* the sender fills in send_us of earlier entries */
+	r->tl[e % REMUS_TL] = (struct remus_tl){.epoch = e,
+						.t_ns = t1,
+						.pause_us = (uint32_t)(ep.pause_ns / 1000),
+						.send_us = -1,
+						.ack_us = -1};
+	pthread_mutex_unlock(&r->lock);
 	r->ph_kick = ep.ph.kick;
 	r->ph_sync = ep.ph.sync;
 	r->ph_capture = ep.ph.capture;
@@ -304,10 +316,25 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	if (!remus_witness_may_release(r))
 		return; /* fenced: nothing more leaves */
 	netbuf_release(r->nb, m->value);
-	if (r->cap_epoch[m->value % 64] == m->value)
-		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
-	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt)
+	if (r->cap_epoch[m->value % 64] == m->value) {
+		uint64_t lat = now - r->cap_ns[m->value % 64];
+		remus_ring_push(&r->ack_ns, lat);
+		hist_record(&r->ack_hist, lat);
+		pthread_mutex_lock(&r->lock);
+		if (r->tl[m->value % REMUS_TL].epoch == m->value)
+			r->tl[m->value % REMUS_TL].ack_us = (int32_t)(lat / 1000);
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt) {
 		r->pstate = PS_PROTECTED;
+		struct json_object *f = json_object_new_object();
+		json_object_object_add(f, "peer", json_object_new_string(r->peer));
+		json_object_object_add(f, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(f, "precopy_rounds",
+				       json_object_new_int64((int64_t)r->precopy_rounds));
+		remus_event_fields(r, "protected", m->value, f, "first epoch acknowledged by %s", r->peer);
+	}
 	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
 		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "role", json_object_new_string("primary"));
@@ -387,6 +414,17 @@ void remus_primary_async(struct remus *r, unsigned flags)
 	if (flags & RA_FORCE_EPOCH) {
 		r->forced++;
 		checkpoint(r);
+		/* at most one event a second, with the count since the last one */
+		uint64_t now = now_ns();
+		if (now - r->forced_ev_ns >= 1000000000ull) {
+			struct json_object *f = json_object_new_object();
+			json_object_object_add(
+				f, "count", json_object_new_int64((int64_t)(r->forced - r->forced_reported)));
+			remus_event_fields(r, "epochs-forced", r->next_epoch - 1, f,
+					   "held output filled the buffer: epochs taken early");
+			r->forced_reported = r->forced;
+			r->forced_ev_ns = now;
+		}
 	}
 }
 
@@ -479,6 +517,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
 	}
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
+	pthread_mutex_lock(&r->lock); /* metrics count bytes across sessions */
+	r->raw_base += r->bytes_raw;
+	r->wire_base += r->bytes_wire;
+	r->bytes_raw = r->bytes_wire = 0;
+	pthread_mutex_unlock(&r->lock);
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
 	r->lost_policy = lp;
@@ -514,6 +557,12 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("cannot start the sender thread");
 	}
 	r->sender_running = true;
+	struct json_object *f = json_object_new_object();
+	json_object_object_add(f, "peer", json_object_new_string(peer));
+	json_object_object_add(f, "interval_ms", json_object_new_int((int)iv));
+	json_object_object_add(f, "heartbeat_timeout_ms", json_object_new_int((int)to));
+	json_object_object_add(f, "standby_lost", json_object_new_string(remus_lost_policy_name(lp)));
+	remus_event_fields(r, "protect-start", r->next_epoch - 1, f, "protecting to %s", peer);
 	/* May this thread go SCHED_FIFO around epochs (checkpoint)? Probe once, then back. */
 	int pol;
 	struct sched_param sp;
