@@ -175,6 +175,11 @@ static int listen_on(const char *addr, char *err, size_t errlen)
 		snprintf(host, sizeof(host), "%.*s", (int)(c - addr), addr);
 		port = c + 1;
 	}
+	char *end;
+	errno = 0;
+	long pn = strtol(port, &end, 10);
+	if (!*port || *end || errno || pn < 1 || pn > 65535)
+		return errf(err, errlen, -EINVAL, "bad port in --metrics '%s' (1..65535)", addr);
 	rc = getaddrinfo(host, port, &hints, &ai);
 	if (rc)
 		return errf(err, errlen, -EINVAL, "bad --metrics address '%s': %s", addr, gai_strerror(rc));
