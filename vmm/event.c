@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,22 @@ static double wall_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* A field's value for the line: doubles with a readable number of decimals (not 17 digits), NaN and
+ * infinities (not JSON) as null; everything else as it is. */
+static struct json_object *field_value(struct json_object *val)
+{
+	char b[48];
+	double d;
+
+	if (!json_object_is_type(val, json_type_double))
+		return json_object_get(val);
+	d = json_object_get_double(val);
+	if (!isfinite(d))
+		return NULL;
+	snprintf(b, sizeof(b), fabs(d) >= 1 ? "%.3f" : "%.6g", d);
+	return json_object_new_double_s(d, b);
+}
+
 /* The line of one event (malloc'd), or NULL. Lock held (seq order = line order). */
 static char *format_line(struct evlog *l, uint64_t seq, const char *type, struct json_object *fields)
 {
@@ -77,7 +94,7 @@ static char *format_line(struct evlog *l, uint64_t seq, const char *type, struct
 		json_object_object_foreach(fields, k, val)
 		{
 			if (strcmp(k, "seq") && strcmp(k, "time") && strcmp(k, "vm") && strcmp(k, "type"))
-				json_object_object_add(o, k, json_object_get(val));
+				json_object_object_add(o, k, field_value(val));
 		}
 	}
 	const char *s = json_object_to_json_string_ext(o, JSON_FLAGS);

@@ -98,9 +98,13 @@ def test_events_across_remus_failover(doppel_bin, pair):
     lines = r.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("4 ") and " failover " in lines[0]
     assert "takeover_ms=" in lines[0]
-    # --file reads the file itself, also when the VM is gone
+    # --file reads the file itself, also when the VM is gone; without --file, a VM that is not
+    # running is read from its default file
     r = doppel(doppel_bin, "events", "--file", events_file(pr), "--json")
     assert r.returncode == 0 and [json.loads(l) for l in r.stdout.splitlines()] == pev
+    r = doppel(doppel_bin, "events", "pr", "--control", pr.control, "--json")
+    assert r.returncode == 0 and [json.loads(l) for l in r.stdout.splitlines()] == pev
+    assert "pr is not running; reading " + events_file(pr) in r.stderr
 
 
 def test_events_follow_sees_new_event(doppel_bin, vm):

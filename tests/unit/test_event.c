@@ -4,6 +4,7 @@
  * nor loses an event from memory. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -85,16 +86,24 @@ static void test_lines_and_reopen(void **state)
 	json_object_object_add(f, "epoch", json_object_new_int(7));
 	json_object_object_add(f, "seq", json_object_new_int(999)); /* reserved: ignored */
 	json_object_object_add(f, "type", json_object_new_string("forged"));
+	json_object_object_add(f, "ms", json_object_new_double(303.92666400000002));
+	json_object_object_add(f, "small", json_object_new_double(0.000123456789));
+	json_object_object_add(f, "nan", json_object_new_double(NAN));
 	assert_int_equal(evlog_emit(l, "failover", f), 1);
 	assert_int_equal(evlog_emit(l, "state", NULL), 2);
 	assert_int_equal(evlog_emit(l, "witness-lost", json_object_new_object()), 3);
 	assert_int_equal(evlog_flush(l, 5000), 0);
 	evlog_close(l);
 	assert_int_equal(read_lines(path, lines), 3);
+	FILE *rf = fopen(path, "r");
+	char raw[1024];
+	assert_non_null(fgets(raw, sizeof(raw), rf));
+	fclose(rf);
 	assert_int_equal(num(lines[0], "seq"), 1);
 	assert_string_equal(str(lines[0], "type"), "failover");
 	assert_string_equal(str(lines[0], "vm"), "vm1");
 	assert_int_equal(num(lines[0], "epoch"), 7);
+	assert_non_null(strstr(raw, "\"ms\":303.927,\"small\":0.000123457,\"nan\":null"));
 	assert_true(num(lines[0], "time") > 1600000000);
 	assert_string_equal(str(lines[1], "type"), "state");
 	assert_int_equal(num(lines[2], "seq"), 3);

@@ -4,13 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "common/parse.h"
 #include "tools/common/ctl_client.h"
 #include "tools/doppel/doppel.h"
+#include "vmm/vmm.h"
 
 #define POLL_MS 250
 
@@ -30,7 +34,8 @@ static void usage(void)
 	       "Print a VM's events (state changes, protection, failovers with their timings, fencing,\n"
 	       "witness, migrations, errors), oldest first, one per line: SEQ TIME TYPE key=value...\n"
 	       "A running VM answers over its control socket with the events it holds in memory (the\n"
-	       "last 512); --file reads an event log file (also of a VM that is not running).\n"
+	       "last 512); --file reads an event log file. For a VM that is not running, its default\n"
+	       "event log file is read (/var/lib/doppel/NAME/events.jsonl, or next to --control PATH).\n"
 	       "\n"
 	       "  -f, --follow         keep printing new events until interrupted (Ctrl-C)\n"
 	       "  -s, --since SEQ      only events after SEQ\n"
@@ -131,6 +136,21 @@ static int from_file(const char *path, long *off, uint64_t since, bool json)
 	return fflush(stdout) ? DOPPEL_EXIT_FAIL : 0;
 }
 
+/* No VM behind the control socket path: none there, or a stale one (the VM was killed). */
+static bool vm_down(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), rc, e;
+
+	if (fd < 0)
+		return false;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	e = errno;
+	close(fd);
+	return rc < 0 && (e == ENOENT || e == ECONNREFUSED);
+}
+
 static void sleep_poll(void)
 {
 	struct timespec ts = {0, POLL_MS * 1000000L};
@@ -181,6 +201,13 @@ int cmd_events(int argc, char **argv)
 	struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: the poll sleep ends */
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	char def[512];
+	if (!file && o.name && vm_down(o.path) &&
+	    vmm_event_log_default(o.name, o.control, def, sizeof(def)) && !access(def, R_OK)) {
+		/* not running: its default event log file still tells */
+		fprintf(stderr, "doppel events: %s is not running; reading %s\n", o.label, def);
+		file = def;
+	}
 	rc = file ? from_file(file, &off, since, o.json) : from_vm(&o, &since, o.json, true);
 	while (!rc && follow && !interrupted) {
 		sleep_poll();
