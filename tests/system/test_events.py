@@ -249,3 +249,49 @@ def test_log_journal(doppel_bin, guest_elf, tmp_path):
             p.kill()
             p.wait()
         js.close()
+
+
+def test_migration_events_and_metrics(doppel_bin, guest_elf, tmp_path):
+    """A failed and a completed live migration: their events on both sides (the downtime the
+    migrate reply reports is the one on disk) and the source's migration counters."""
+    port = free_port()
+    src = VM(doppel_bin, str(tmp_path), name="src", kernel=guest_elf, cmdline="work=dirty ws=16M pi=100",
+             mem=MEM)
+    dst = VM(doppel_bin, str(tmp_path), name="dst", kernel=None, cmdline=None, mem=MEM,
+             extra=["--incoming", f"127.0.0.1:{port}"])
+    try:
+        src.wait_output(r"dirty: pass=\d+", timeout=20)
+        dst.wait_ctl()
+        wait_for(lambda: dst.ctl("status")["migration"]["state"] == "waiting", 20, what="destination ready")
+        # a destination that is not there: a failed migration, counted and recorded
+        r = doppel(doppel_bin, "migrate", "--control", src.control, "--to", f"127.0.0.1:{free_port()}",
+                   "--json", timeout=60)
+        assert r.returncode == 1
+        wait_for(lambda: src.ctl("status")["migration"]["state"] == "failed", 10, what="failed state")
+        text = doppel(doppel_bin, "metrics", "src", "--control", src.control).stdout
+        assert 'doppel_migrations_total{result="failed"} 1' in text
+        assert 'doppel_migrations_total{result="completed"} 0' in text
+        r = doppel(doppel_bin, "migrate", "--control", src.control, "--to", f"127.0.0.1:{port}", "--json",
+                   timeout=120)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert src.wait(15) == 0
+        sev = read_events(events_file(src))
+        assert [e["type"] for e in sev] == ["state", "migration-start", "migration-end", "migration-start",
+                                            "migration-end", "state"], sev
+        failed, done = sev[2], sev[4]
+        assert failed["result"] == "failed" and failed["direction"] == "out" and failed["error"]
+        assert sev[3]["to"] == f"127.0.0.1:{port}" and sev[3]["downtime_target_ms"] > 0
+        assert done["result"] == "completed" and done["direction"] == "out"
+        assert abs(done["downtime_ms"] - res["downtime_ms"]) < 0.001, (done, res["downtime_ms"])
+        assert done["rounds"] == res["rounds"] and done["pages_sent"] == res["pages_sent"]
+        assert sev[5]["state"] == "stopped" and sev[5]["exit_status"] == 0
+        wait_for(lambda: len(read_events(events_file(dst))) >= 4, 10, what="destination events")
+        dev = read_events(events_file(dst))
+        assert [(e["type"], e.get("state") or e.get("result")) for e in dev] == [
+            ("state", "held"), ("migration-start", None), ("state", "running"),
+            ("migration-end", "completed")], dev
+        assert dev[1]["direction"] == "in" and dev[3]["apply_ms"] >= 0
+    finally:
+        src.close()
+        dst.close()
