@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from etcd import etcd_single  # noqa: F401  (fixture)
 from vmproc import VM, wait_for
 
 pytestmark = pytest.mark.needs_kvm
@@ -295,3 +296,46 @@ def test_migration_events_and_metrics(doppel_bin, guest_elf, tmp_path):
     finally:
         src.close()
         dst.close()
+
+
+def test_witness_events_and_failover_decision(doppel_bin, guest_elf, tmp_path, etcd_single):
+    """With a witness the standby takes over only once the primary's lease expired: the failover
+    report's decide_ms is that wait, and both copies record acquiring the key."""
+    urls, ttl = etcd_single.urls, 1000
+    port = free_port()
+    sb = VM(doppel_bin, str(tmp_path), name="wsb", kernel=guest_elf, cmdline=None, mem=MEM,
+            extra=["--standby", "--listen", f"127.0.0.1:{port}", "--witness", urls, "--witness-name", "wvm",
+                   "--witness-ttl", str(ttl)])
+    pr = VM(doppel_bin, str(tmp_path), name="wpr", kernel=guest_elf, cmdline="work=dirty ws=16M pi=200",
+            mem=MEM)
+    try:
+        sb.wait_ctl()
+        pr.wait_output(r"dirty: pass=", timeout=20)
+        r = doppel(doppel_bin, "protect", "wpr", "--peer", f"127.0.0.1:{port}", "--control", pr.control,
+                   "--witness", urls, "--witness-name", "wvm", "--witness-ttl", str(ttl), timeout=60)
+        assert r.returncode == 0, r.stderr
+        pev = read_events(events_file(pr))
+        assert [e["type"] for e in pev] == ["state", "witness-acquired", "protect-start", "protected"], pev
+        acq = pev[1]
+        assert acq["role"] == "primary" and acq["token"] > 0 and acq["key"] == "/doppel/vm/wvm/active", acq
+        wait_for(lambda: pr.ctl("status")["remus"]["epochs"] > 10, 30, what="10 epochs")
+        pr.kill()
+        pr.wait()
+        wait_for(lambda: sb.ctl("status")["remus"]["role"] == "unprotected", 15, what="takeover")
+        wait_for(lambda: any(e["type"] == "failover" for e in read_events(events_file(sb))), 5,
+                 what="failover event")
+        sev = read_events(events_file(sb))
+        assert [e["type"] for e in sev] == ["state", "primary-lost", "witness-acquired", "state",
+                                            "failover"], sev
+        sacq, fo = sev[2], sev[4]
+        print("failover report:", fo)
+        assert sacq["role"] == "standby" and sacq["token"] > acq["token"]
+        assert fo["witness_token"] == sacq["token"]
+        # the primary's lease had up to its TTL left when the loss was seen: the standby waited
+        # for it (the decision), not for the detection
+        assert 0 < fo["decide_ms"] <= ttl + 1000, fo
+        assert fo["detect_ms"] < fo["decide_ms"] + ttl, fo
+        assert abs(fo["detect_ms"] + fo["decide_ms"] + fo["takeover_ms"] - fo["outage_ms"]) < 1.0, fo
+    finally:
+        pr.close()
+        sb.close()
