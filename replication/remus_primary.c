@@ -445,6 +445,18 @@ static int get_ms(struct json_object *req, const char *key, uint32_t def, uint32
 	return 0;
 }
 
+static void protect_start_event(struct remus *r)
+{
+	struct json_object *f = json_object_new_object();
+
+	json_object_object_add(f, "peer", json_object_new_string(r->peer));
+	json_object_object_add(f, "interval_ms", json_object_new_int((int)r->interval_ms));
+	json_object_object_add(f, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
+	json_object_object_add(f, "standby_lost",
+			       json_object_new_string(remus_lost_policy_name(r->lost_policy)));
+	remus_event_fields(r, "protect-start", r->next_epoch - 1, f, "protecting to %s", r->peer);
+}
+
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 {
 	struct json_object *j;
@@ -557,12 +569,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("cannot start the sender thread");
 	}
 	r->sender_running = true;
-	struct json_object *f = json_object_new_object();
-	json_object_object_add(f, "peer", json_object_new_string(peer));
-	json_object_object_add(f, "interval_ms", json_object_new_int((int)iv));
-	json_object_object_add(f, "heartbeat_timeout_ms", json_object_new_int((int)to));
-	json_object_object_add(f, "standby_lost", json_object_new_string(remus_lost_policy_name(lp)));
-	remus_event_fields(r, "protect-start", r->next_epoch - 1, f, "protecting to %s", peer);
+	protect_start_event(r);
 	/* May this thread go SCHED_FIFO around epochs (checkpoint)? Probe once, then back. */
 	int pol;
 	struct sched_param sp;
