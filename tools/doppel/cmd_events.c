@@ -40,7 +40,11 @@ static void usage(void)
 	       "  -f, --follow         keep printing new events until interrupted (Ctrl-C)\n"
 	       "  -s, --since SEQ      only events after SEQ\n"
 	       "  -F, --file PATH      read this event log file instead of asking the VM\n"
-	       "  -j, --json           print each event as its JSON line\n" DOPPEL_CTL_OPTHELP);
+	       "  -j, --json           print each event as its JSON line\n"
+	       "  NAME                 the VM; its control socket is /run/doppel/NAME.sock\n"
+	       "  -c, --control PATH   use this control socket instead (NAME is then optional)\n"
+	       "  -t, --timeout MS     give up on a request after MS milliseconds (default 10000)\n"
+	       "  -h, --help           show this help\n");
 }
 
 /* One event: its JSON line, or "SEQ TIME TYPE key=value ...". */
