@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/clock.h"
 #include "replication/remus_priv.h"
@@ -42,32 +43,34 @@ void remus_event_fields(struct remus *r, const char *kind, uint64_t epoch, struc
 	if (seq <= 0)
 		return;
 	if (r->nr_events == REMUS_MAX_EVENTS) {
-		memmove(r->ev_seq, r->ev_seq + 1, sizeof(r->ev_seq[0]) * (REMUS_MAX_EVENTS - 1));
+		memmove(r->events, r->events + 1, sizeof(r->events[0]) * (REMUS_MAX_EVENTS - 1));
 		r->nr_events--;
 	}
-	r->ev_seq[r->nr_events++] = (uint64_t)seq;
+	struct remus_evsum *e = &r->events[r->nr_events++];
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	e->seq = (uint64_t)seq;
+	e->epoch = epoch;
+	e->wall = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	snprintf(e->kind, sizeof(e->kind), "%s", kind);
+	snprintf(e->reason, sizeof(e->reason), "%.159s", reason);
 }
 
 /* status "events": [{time, kind, epoch, reason}] of the engine's last events, oldest first. */
 void remus_status_events(struct remus *r, struct json_object *rm)
 {
-	struct json_object *a = json_object_new_array(), *e, *o, *j;
+	struct json_object *a = json_object_new_array();
+	char t[32];
 
 	for (int i = 0; a && i < r->nr_events; i++) {
-		e = vmm_event_get(r->v, r->ev_seq[i]);
-		if (!e)
-			continue; /* no longer in memory (still in the file) */
-		o = json_object_new_object();
-		if (json_object_object_get_ex(e, "time", &j))
-			json_object_object_add(o, "time", json_object_get(j));
-		if (json_object_object_get_ex(e, "type", &j))
-			json_object_object_add(o, "kind", json_object_get(j));
-		if (json_object_object_get_ex(e, "epoch", &j))
-			json_object_object_add(o, "epoch", json_object_get(j));
-		if (json_object_object_get_ex(e, "reason", &j))
-			json_object_object_add(o, "reason", json_object_get(j));
+		const struct remus_evsum *e = &r->events[i];
+		struct json_object *o = json_object_new_object();
+		snprintf(t, sizeof(t), "%.3f", e->wall);
+		json_object_object_add(o, "time", json_object_new_double_s(e->wall, t));
+		json_object_object_add(o, "kind", json_object_new_string(e->kind));
+		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)e->epoch));
+		json_object_object_add(o, "reason", json_object_new_string(e->reason));
 		json_object_array_add(a, o);
-		json_object_put(e);
 	}
 	json_object_object_add(rm, "events", a);
 }

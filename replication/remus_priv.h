@@ -49,9 +49,15 @@ void remus_ring_push(struct remus_ring *r, uint64_t v);
 /* q in [0,1]; 0 when empty. */
 uint64_t remus_ring_pct(const struct remus_ring *r, double q);
 
-/* Status keeps the seqs of the engine's last REMUS_MAX_EVENTS events (the events themselves are in
- * the VM's event log, vmm_event). */
+/* Status lists a summary of the engine's last REMUS_MAX_EVENTS events (the events themselves, with
+ * all their fields, are in the VM's event log: vmm_event), kept here so that status never parses. */
 #define REMUS_MAX_EVENTS 16
+struct remus_evsum {
+	uint64_t seq, epoch;
+	double wall; /* unix time */
+	char kind[33];
+	char reason[160];
+};
 
 /* The epoch timeline of the status page: one entry per epoch, the last REMUS_TL of them (4096:
  * over a minute at the default 25 ms interval). */
@@ -81,7 +87,7 @@ struct remus {
 	unsigned async_flags; /* atomic */
 	char peer[128];
 	uint32_t interval_ms, hb_timeout_ms;
-	uint64_t ev_seq[REMUS_MAX_EVENTS]; /* the last events' seqs, oldest first */
+	struct remus_evsum events[REMUS_MAX_EVENTS]; /* the last events, oldest first (status) */
 	int nr_events;
 	uint64_t nr_failovers, nr_fenced;
 	struct hist pause_hist, ack_hist, send_hist; /* epoch pause, capture -> ACK, sender write */
