@@ -357,19 +357,17 @@ int vmm_run(struct vmm *v, bool start_paused)
 	int rc, status;
 
 	/* The control socket appears only now, when everything (a standby's or a migration target's
-	 * listener included) is set up: a client that sees it may use the VM at once. */
+	 * listener, the --metrics server) is set up: a client that sees it may use the VM at once. */
+	if (v->o.metrics && vmm_http_start(v, v->o.metrics, err, sizeof(err))) {
+		log_error("vmm", v->name, "%s", err);
+		return 1;
+	}
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
 	if (rc) {
 		log_error("vmm", v->name, "%s", err);
 		return 1;
 	}
 	log_debug("vmm", v->name, "control socket %s", v->ctl_path);
-	if (v->o.metrics && vmm_http_start(v, v->o.metrics, err, sizeof(err))) {
-		log_error("vmm", v->name, "%s", err);
-		ctl_server_stop(v->ctl);
-		v->ctl = NULL;
-		return 1;
-	}
 
 	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);

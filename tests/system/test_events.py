@@ -17,6 +17,8 @@ from vmproc import VM, wait_for
 pytestmark = pytest.mark.needs_kvm
 
 MEM = "128M"
+# not what these tests are about: a heartbeat timeout a loaded machine's scheduling cannot trip
+HB_MS = "1000"
 
 
 def free_port():
@@ -28,6 +30,18 @@ def free_port():
 def doppel(doppel_bin, *args, timeout=30):
     return subprocess.run([doppel_bin, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=timeout)
+
+
+def ready(vm):
+    """The control socket answers (its file appears at bind, a moment before listen)."""
+    vm.wait_ctl()
+
+    def answers():
+        try:
+            return vm.ctl("status")
+        except ConnectionRefusedError:
+            return None
+    return wait_for(answers, 5, what="control socket answering")
 
 
 def read_events(path):
@@ -57,7 +71,8 @@ def pair(doppel_bin, guest_elf, tmp_path):
 
 def test_events_across_remus_failover(doppel_bin, pair):
     pr, sb, peer = pair
-    r = doppel(doppel_bin, "protect", "pr", "--peer", peer, "--control", pr.control, timeout=60)
+    r = doppel(doppel_bin, "protect", "pr", "--peer", peer, "--control", pr.control,
+               "--heartbeat-timeout", HB_MS, timeout=60)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: pr.ctl("status")["remus"]["epochs"] > 20, 30, what="20 epochs")
     pr.kill()
@@ -68,6 +83,7 @@ def test_events_across_remus_failover(doppel_bin, pair):
     pev = read_events(events_file(pr))
     assert [e["type"] for e in pev] == ["state", "protect-start", "protected"], pev
     assert pev[0]["state"] == "running" and pev[1]["peer"] == peer and pev[2]["epoch"] >= 1
+    assert pev[1]["heartbeat_timeout_ms"] == int(HB_MS) and pev[1]["interval_ms"] == 25
     assert [e["seq"] for e in pev] == [1, 2, 3] and all(e["vm"] == "pr" for e in pev)
 
     # the standby's: held, primary lost, running, failover with its timings
@@ -110,7 +126,7 @@ def test_events_across_remus_failover(doppel_bin, pair):
 
 def test_events_follow_sees_new_event(doppel_bin, vm):
     v = vm(name="fol")
-    v.wait_ctl()
+    ready(v)
     wait_for(lambda: v.ctl("status")["state"] == "running", 10, what="running")
     p = subprocess.Popen([doppel_bin, "events", "fol", "--control", v.control, "--follow", "--json"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -176,7 +192,13 @@ def test_event_log_path_and_restart(doppel_bin, guest_elf, tmp_path):
            extra=["--event-log", "none"])
     try:
         v.wait_ctl()
-        rep = wait_for(lambda: (r := v.ctl("events")) and r["events"] and r, 5, what="event")
+        def events():
+            try:  # the socket file appears at bind, a moment before listen
+                r = v.ctl("events")
+            except ConnectionRefusedError:
+                return None
+            return r if r["events"] else None
+        rep = wait_for(events, 5, what="event")
         assert rep["file"] is None and rep["events"][0]["state"] == "running"
         assert not os.path.exists(str(tmp_path / "mem.events.jsonl"))
     finally:
@@ -185,7 +207,7 @@ def test_event_log_path_and_restart(doppel_bin, guest_elf, tmp_path):
 
 def test_events_bad_input(doppel_bin, guest_elf, vm, tmp_path):
     v = vm(name="bad")
-    v.wait_ctl()
+    ready(v)
     for req, msg in ((dict(since=-1), "since"), (dict(since="1"), "since"), (dict(max=0), "max"),
                      (dict(max=100000), "max")):
         rep = v.ctl("events", **req)
@@ -312,7 +334,8 @@ def test_witness_events_and_failover_decision(doppel_bin, guest_elf, tmp_path, e
         sb.wait_ctl()
         pr.wait_output(r"dirty: pass=", timeout=20)
         r = doppel(doppel_bin, "protect", "wpr", "--peer", f"127.0.0.1:{port}", "--control", pr.control,
-                   "--witness", urls, "--witness-name", "wvm", "--witness-ttl", str(ttl), timeout=60)
+                   "--witness", urls, "--witness-name", "wvm", "--witness-ttl", str(ttl),
+                   "--heartbeat-timeout", HB_MS, timeout=60)
         assert r.returncode == 0, r.stderr
         pev = read_events(events_file(pr))
         assert [e["type"] for e in pev] == ["state", "witness-acquired", "protect-start", "protected"], pev
