@@ -183,6 +183,9 @@ static void *sender_main(void *arg)
 								.send_ns = s1.write_ns - s0.write_ns};
 		r->send_ns_last = t1 - t0;
 		r->last_sent_epoch = r->tx.epoch;
+		hist_record(&r->send_hist, r->send_ns_last);
+		if (r->tl[r->last_sent_epoch % REMUS_TL].epoch == r->last_sent_epoch)
+			r->tl[r->last_sent_epoch % REMUS_TL].send_us = (int32_t)(r->send_ns_last / 1000);
 		bool stop = r->stop_sender;
 		pthread_mutex_unlock(&r->lock);
 		if (stop)
@@ -274,10 +277,19 @@ static void checkpoint(struct remus *r)
 	if (rc == -ESHUTDOWN)
 		return; /* the VM is stopping (doppel stop): the exit hook ends replication */
 	if (rc) {
+		remus_record_event(r, "error", ep.epoch, "checkpoint failed: %s", err);
 		remus_primary_abandon(r, "checkpoint failed: %s", err);
 		return;
 	}
 	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
+	hist_record(&r->pause_hist, ep.pause_ns);
+	pthread_mutex_lock(&r->lock); /* the sender fills in send_us of earlier entries */
+	r->tl[e % REMUS_TL] = (struct remus_tl){.epoch = e,
+						.t_ns = t1,
+						.pause_us = (uint32_t)(ep.pause_ns / 1000),
+						.send_us = -1,
+						.ack_us = -1};
+	pthread_mutex_unlock(&r->lock);
 	r->ph_kick = ep.ph.kick;
 	r->ph_sync = ep.ph.sync;
 	r->ph_capture = ep.ph.capture;
@@ -330,8 +342,11 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	if (r->cap_epoch[m->value % 64] == m->value) {
 		uint64_t t1 = r->cap_ns[m->value % 64];
 		remus_ring_push(&r->ack_ns, now - t1);
+		hist_record(&r->ack_hist, now - t1);
 		pthread_mutex_lock(&r->lock);
 		struct remus_sent sn = r->sent[m->value % 64];
+		if (r->tl[m->value % REMUS_TL].epoch == m->value)
+			r->tl[m->value % REMUS_TL].ack_us = (int32_t)((now - t1) / 1000);
 		pthread_mutex_unlock(&r->lock);
 		if (sn.epoch == m->value && sn.t_start >= t1 && sn.t_end <= now) {
 			remus_ring_push(&r->ph_ring[REMUS_PH_QUEUE], sn.t_start - t1);
@@ -341,8 +356,16 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 			remus_ring_push(&r->ph_ring[REMUS_PH_ACK], now - t1);
 		}
 	}
-	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt)
+	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt) {
 		r->pstate = PS_PROTECTED;
+		struct json_object *f = json_object_new_object();
+		json_object_object_add(f, "peer", json_object_new_string(r->peer));
+		json_object_object_add(f, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(f, "precopy_rounds",
+				       json_object_new_int64((int64_t)r->precopy_rounds));
+		remus_event_fields(r, "protected", m->value, f, "first epoch acknowledged by %s", r->peer);
+	}
 	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
 		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "role", json_object_new_string("primary"));
@@ -422,6 +445,17 @@ void remus_primary_async(struct remus *r, unsigned flags)
 	if (flags & RA_FORCE_EPOCH) {
 		r->forced++;
 		checkpoint(r);
+		/* at most one event a second, with the count since the last one */
+		uint64_t now = now_ns();
+		if (now - r->forced_ev_ns >= 1000000000ull) {
+			struct json_object *f = json_object_new_object();
+			json_object_object_add(
+				f, "count", json_object_new_int64((int64_t)(r->forced - r->forced_reported)));
+			remus_event_fields(r, "epochs-forced", r->next_epoch - 1, f,
+					   "held output filled the buffer: epochs taken early");
+			r->forced_reported = r->forced;
+			r->forced_ev_ns = now;
+		}
 	}
 }
 
@@ -440,6 +474,18 @@ static int get_ms(struct json_object *req, const char *key, uint32_t def, uint32
 		return -EINVAL;
 	*out = (uint32_t)x;
 	return 0;
+}
+
+static void protect_start_event(struct remus *r)
+{
+	struct json_object *f = json_object_new_object();
+
+	json_object_object_add(f, "peer", json_object_new_string(r->peer));
+	json_object_object_add(f, "interval_ms", json_object_new_int((int)r->interval_ms));
+	json_object_object_add(f, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
+	json_object_object_add(f, "standby_lost",
+			       json_object_new_string(remus_lost_policy_name(r->lost_policy)));
+	remus_event_fields(r, "protect-start", r->next_epoch - 1, f, "protecting to %s", r->peer);
 }
 
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
@@ -541,6 +587,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		memset(r->tx.data, 0, r->tx.cap * GUEST_PAGE_SIZE);
 	}
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
+	pthread_mutex_lock(&r->lock); /* metrics count bytes across sessions */
+	r->raw_base += r->bytes_raw;
+	r->wire_base += r->bytes_wire;
+	r->bytes_raw = r->bytes_wire = 0;
+	pthread_mutex_unlock(&r->lock);
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
 	r->lost_policy = lp;
@@ -576,6 +627,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("cannot start the sender thread");
 	}
 	r->sender_running = true;
+	protect_start_event(r);
 	/* May this thread go SCHED_FIFO around epochs (checkpoint)? Probe once, then back. */
 	int pol;
 	struct sched_param sp;

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/hist.h"
 #include "hv/dirty.h"
 #include "netbuf/netbuf.h"
 #include "replication/checkpoint.h"
@@ -69,12 +70,24 @@ struct remus_sent {
 	uint64_t epoch, t_start, t_end, send_ns;
 };
 
+/* Status lists a summary of the engine's last REMUS_MAX_EVENTS events (the events themselves, with
+ * all their fields, are in the VM's event log: vmm_event), kept here so that status never parses. */
 #define REMUS_MAX_EVENTS 16
-struct remus_event {
+struct remus_evsum {
+	uint64_t seq, epoch;
 	double wall; /* unix time */
-	uint64_t epoch;
-	char kind[24]; /* "failover", "standby-lost", "rejected", "abandoned", "fenced", ... */
+	char kind[33];
 	char reason[160];
+};
+
+/* The epoch timeline of the status page: one entry per epoch, the last REMUS_TL of them (4096:
+ * over a minute at the default 25 ms interval). */
+#define REMUS_TL 4096
+struct remus_tl {
+	uint64_t epoch; /* 0: unused */
+	uint64_t t_ns; /* end of the pause (now_ns) */
+	uint32_t pause_us;
+	int32_t send_us, ack_us; /* -1 until known */
 };
 
 /* async flags (thread -> loop) */
@@ -95,9 +108,13 @@ struct remus {
 	unsigned async_flags; /* atomic */
 	char peer[128];
 	uint32_t interval_ms, hb_timeout_ms;
-	struct remus_event events[REMUS_MAX_EVENTS];
+	struct remus_evsum events[REMUS_MAX_EVENTS]; /* the last events, oldest first (status) */
 	int nr_events;
-	uint64_t nr_failovers;
+	uint64_t nr_failovers, nr_fenced;
+	struct hist pause_hist, ack_hist, send_hist; /* epoch pause, capture -> ACK, sender write */
+	struct remus_tl *tl; /* [REMUS_TL]; send_us under lock */
+	uint64_t forced_reported, forced_ev_ns; /* "epochs-forced" events: at most one a second */
+	uint64_t raw_base, wire_base; /* lock: bytes of earlier sessions (metrics count on) */
 	char last_error[256];
 	char fence_cmd[256]; /* standby: run before a takeover; take over only if it exits 0 */
 	/* witness (NULL: none): the active copy holds the key; see remus_witness.c */
@@ -178,6 +195,7 @@ struct remus {
 	uint64_t rx_epochs, rx_bytes, rx_pages, rejected; /* lock */
 	uint64_t apply_ns_last; /* lock */
 	uint64_t last_ckpt_ns; /* lock: when the last epoch (CHECKPOINT_END) was committed */
+	uint64_t lost_ns; /* lock: when the reader saw the primary go (0: not yet) */
 	bool progress_lost; /* lock: no epoch for the progress timeout; the reader was cut */
 	bool abandoned; /* lock: the primary ABANDONed replication */
 	bool awaiting_manual; /* primary lost under --failover manual: waiting for `doppel failover` */
@@ -192,6 +210,14 @@ void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const
 void remus_notify(struct remus *r, unsigned flag); /* any thread */
 /* Send reply on *c (a deferred command) and clear it; or drop reply when *c is NULL. */
 void remus_finish_reply(struct ctl_conn **c, struct json_object *reply);
+
+/* remus_obs.c: events in status, metrics, the epoch timeline (loop thread) */
+int remus_obs_setup(struct remus *r);
+void remus_obs_free(struct remus *r);
+void remus_status_events(struct remus *r, struct json_object *rm);
+/* Record one event with the given fields (ownership taken; NULL: none) plus epoch, reason, src. */
+void remus_event_fields(struct remus *r, const char *kind, uint64_t epoch, struct json_object *fields,
+			const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* remus_primary.c (loop thread unless noted) */
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req);
