@@ -222,6 +222,11 @@ void time_set_limit(uint64_t secs)
 	clk_limit_ns = secs > UINT64_MAX / 1000000000ull ? UINT64_MAX : secs * 1000000000ull;
 }
 
+uint64_t time_limit_ns(void)
+{
+	return clk_limited ? clk_limit_ns : UINT64_MAX;
+}
+
 bool time_up(uint64_t now)
 {
 	return clk_limited && now >= clk_limit_ns;

@@ -15,6 +15,7 @@ struct vmm;
 #define VMM_MAX_NETS 4
 #define VMM_MAX_DISKS 4
 #define VMM_MAX_CMDS 32
+#define VMM_MAX_CPUS 256
 
 struct vmm_opts {
 	const char *name; /* VM name; default "vm" */
@@ -33,6 +34,9 @@ struct vmm_opts {
 	const char *disk[VMM_MAX_DISKS]; /* --disk option strings, parsed by vmm/diskopt.c */
 	int nr_disk;
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
+	const int *cpus; /* pin the vCPU threads to these host CPUs (NULL: no pinning) */
+	int nr_cpus;
+	enum hv_mem_policy mem_policy; /* guest RAM: lazy (default), populate or lock */
 };
 
 /* ---- control replies ----------------------------------------------------------------------------
