@@ -24,6 +24,7 @@ static const struct doppel_verb verbs[] = {
 	{"protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect},
 	{"failover", "promote a standby by hand (drills)", cmd_failover},
 	{"unprotect", "end protection on purpose (the standby stays held)", cmd_unprotect},
+	{"fleet", "start, stop or list a declared fleet of VMs (fleet up|down|status|check FILE)", cmd_fleet},
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
