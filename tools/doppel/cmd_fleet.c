@@ -22,7 +22,8 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: doppel fleet up|down|status|check FILE [--standby] [--json] [--timeout MS]\n"
+		"usage: doppel fleet up|down|status|check FILE [--standby] [--runtime-dir DIR] [--json]\n"
+		"                                           [--timeout MS]\n"
 		"\n"
 		"A fleet file (docs/fleet.md) declares a host and its VMs, each in the config-file shape\n"
 		"(docs/config.md) plus \"cpus\", \"cpus_exclusive\", \"memory_policy\" and \"depends_on\".\n"
@@ -44,7 +45,7 @@ static void usage(FILE *f)
 }
 
 struct fleet_args {
-	const char *verb, *file;
+	const char *verb, *file, *runtime_dir;
 	bool standby, json;
 	int timeout_ms;
 };
@@ -370,6 +371,11 @@ static int parse(struct fleet_args *a, int argc, char **argv)
 			return DOPPEL_EXIT_OK;
 		} else if (c == 'S') {
 			a->standby = true;
+		} else if (c == 'R') {
+			if (optarg[0] != '/' || strlen(optarg) > 100)
+				return doppel_usage_error(
+					"fleet", "bad --runtime-dir '%s' (an absolute path)", optarg);
+			a->runtime_dir = optarg;
 		} else if (c == 'j') {
 			a->json = true;
 		} else if (c == 't') {
@@ -413,6 +419,8 @@ int cmd_fleet(int argc, char **argv)
 		return DOPPEL_EXIT_FAIL;
 	}
 	free(err);
+	if (a.runtime_dir)
+		snprintf(f.runtime_dir, sizeof(f.runtime_dir), "%s", a.runtime_dir);
 	if (!strcmp(a.verb, "check")) {
 		printf("fleet %s: %d VM(s), valid\n", a.file, f.nr);
 		rc = DOPPEL_EXIT_OK;
