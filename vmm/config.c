@@ -558,11 +558,7 @@ int vmm_config_from_json(struct json_object *obj, const char *where, struct vmm_
 	problems_end(&p);
 	if (nproblems)
 		*nproblems = p.n;
-	if (p.n) {
-		vmm_config_free(c);
-		return -EINVAL;
-	}
-	return 0;
+	return p.n ? -EINVAL : 0;
 }
 
 int vmm_config_parse(const char *text, size_t len, struct vmm_config *c, char *err, size_t errlen)
@@ -600,6 +596,8 @@ int vmm_config_parse(const char *text, size_t len, struct vmm_config *c, char *e
 	json_tokener_free(tok);
 	rc = vmm_config_from_json(obj, "", c, err, errlen, NULL);
 	json_object_put(obj);
+	if (rc)
+		vmm_config_free(c);
 	return rc;
 }
 

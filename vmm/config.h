@@ -51,11 +51,13 @@ struct vmm_config {
 /* Parse one VM config object. `where` prefixes every JSON path in messages ("" for a lone file,
  * "vms[3]." inside a fleet). Every problem found is one line "PATH: message" appended to
  * err (lines separated by '\n'; "... and N more problems" when it fills up). Returns 0, or -EINVAL
- * with the number of problems in *nproblems (may be NULL). On error c is freed already. */
+ * with the number of problems in *nproblems (may be NULL). Either way c holds what was parsed (a
+ * fleet cross-checks even a VM with problems) and the caller frees it with vmm_config_free. */
 int vmm_config_from_json(struct json_object *obj, const char *where, struct vmm_config *c, char *err,
 			 size_t errlen, int *nproblems) __attribute__((warn_unused_result));
 
-/* Parse JSON text (len bytes, need not be NUL-terminated) holding one VM config. */
+/* Parse JSON text (len bytes, need not be NUL-terminated) holding one VM config. On error nothing
+ * is kept (c is freed). */
 int vmm_config_parse(const char *text, size_t len, struct vmm_config *c, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 

@@ -356,6 +356,7 @@ static int parse(struct fleet_args *a, int argc, char **argv)
 	static const struct option opts[] = {
 		{"standby", no_argument, NULL, 'S'},
 		{"json", no_argument, NULL, 'j'},
+		{"runtime-dir", required_argument, NULL, 'R'},
 		{"timeout", required_argument, NULL, 't'},
 		{"help", no_argument, NULL, 'h'},
 		{0},
