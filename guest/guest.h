@@ -147,6 +147,9 @@ uint64_t now_ns(void);
  * before the limit always comes out. */
 bool time_up(uint64_t now);
 void time_set_limit(uint64_t secs);
+/* The next now_ns() call also accepts a step of up to `ns` more than usual (the guest slept that long
+ * on purpose in the idle doorbell); steps beyond still count as zero. */
+void time_allow_step(uint64_t ns);
 /* The secs= limit as a now_ns() value (UINT64_MAX without secs=): a deadline for idle_until. */
 uint64_t time_limit_ns(void);
 
@@ -156,7 +159,7 @@ bool idle_doorbell(void);
 /* Something was done at `now`: keep polling for idlespin= µs (default 50) before sleeping. */
 void idle_busy(uint64_t now);
 /* Nothing to do at `now` until `deadline` (now_ns() values): sleep in the VMM until an event (a
- * device used a buffer or raised an interrupt), the deadline, or at most 1 s; without the doorbell,
+ * device used a buffer or raised an interrupt), the deadline, or at most 10 s; without the doorbell,
  * or within the spin time after the last activity, one cpu_relax(). Callers loop. */
 void idle_until(uint64_t now, uint64_t deadline);
 
