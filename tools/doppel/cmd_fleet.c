@@ -165,7 +165,7 @@ static int start_wave(const struct fleet_args *a, const struct vmm_fleet *f, int
 				pids[i] = 0;
 				return -1;
 			}
-			if (call(f, i, "status", NULL, 1000, &r, err, sizeof(err)) == 0) {
+			if (call(f, i, "status", NULL, 200, &r, err, sizeof(err)) == 0) {
 				pids[i] = -pids[i]; /* running: done with it (negative: started by us) */
 				left--;
 			}
