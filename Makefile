@@ -33,7 +33,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PYTEST  := /usr/bin/python3 -m pytest
 
-.PHONY: all deps check unit system asan fuzz demo bench soak clean format format-check
+.PHONY: all deps check unit system asan fuzz demo bench soak scale clean format format-check
 all: deps
 	@$(MAKE) --no-print-directory binaries
 
@@ -101,6 +101,11 @@ asan: deps
 
 soak: binaries
 	DOPPEL_BUILD=$(abspath $(B)) DOPPEL_SOAK=$(or $(N),200) $(PYTEST) -q -p no:cacheprovider tests/system -k soak
+
+# `make scale N=1000`: the fleet scale bench (bench/scale_bench.sh): N VMs of 16 MiB with a KV service each,
+# versus QEMU microvm; make check runs a short version (tests/system/test_scale.py, 20 VMs).
+scale: binaries
+	N=$(or $(N),1000) bench/scale_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory binaries

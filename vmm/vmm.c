@@ -36,6 +36,13 @@ struct json_object *vmm_status_json(struct vmm *v)
 	json_object_object_add(o, "mem_bytes", json_object_new_int64((int64_t)vm_mem(v->vm)->size));
 	json_object_object_add(o, "uptime_s", json_object_new_double((double)(now_ns() - v->start_ns) / 1e9));
 	json_object_object_add(o, "exits", json_object_new_int64((int64_t)vm_exit_count(v->vm)));
+	{
+		uint64_t waits, wakeups;
+
+		vm_idle_stats(v->vm, &waits, &wakeups);
+		json_object_object_add(o, "idle_waits", json_object_new_int64((int64_t)waits));
+		json_object_object_add(o, "idle_wakeups", json_object_new_int64((int64_t)wakeups));
+	}
 	json_object_object_add(p, "count", json_object_new_int64((int64_t)ps.count));
 	json_object_object_add(p, "last_us", json_object_new_double((double)ps.last_ns / 1e3));
 	json_object_object_add(p, "max_us", json_object_new_double((double)ps.max_ns / 1e3));
@@ -293,7 +300,10 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		goto err;
 	cfg = (struct vm_config){.name = v->name,
 				 .mem_size = o->mem ? o->mem : 256ull << 20,
-				 .nr_vcpus = o->vcpus ? o->vcpus : 1};
+				 .nr_vcpus = o->vcpus ? o->vcpus : 1,
+				 .mem_policy = o->mem_policy,
+				 .cpus = o->cpus,
+				 .nr_cpus = o->nr_cpus};
 	rc = vm_create(&cfg, &v->vm, err, errlen);
 	if (rc)
 		goto err;

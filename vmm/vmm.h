@@ -16,6 +16,7 @@ struct vmm;
 #define VMM_MAX_NETS 4
 #define VMM_MAX_DISKS 4
 #define VMM_MAX_CMDS 32
+#define VMM_MAX_CPUS 256
 
 struct vmm_opts {
 	const char *name; /* VM name; default "vm" */
@@ -38,6 +39,9 @@ struct vmm_opts {
 	 * only. */
 	const char *event_log;
 	const char *metrics; /* NULL, or ADDR:PORT to serve /metrics, / and /status.json over HTTP */
+	const int *cpus; /* pin the vCPU threads to these host CPUs (NULL: no pinning) */
+	int nr_cpus;
+	enum hv_mem_policy mem_policy; /* guest RAM: lazy (default), populate or lock */
 };
 
 /* ---- control replies ----------------------------------------------------------------------------

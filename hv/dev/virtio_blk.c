@@ -73,8 +73,7 @@ static void complete_locked(struct virtio_blk *d, struct blk_req *r, const void 
 	}
 	if (virtio_mmio_queue_live(&d->t, 0)) {
 		vq_push(vq, d->gm, r->e.head, used);
-		if (vq_want_interrupt(vq))
-			virtio_mmio_interrupt(&d->t, VIRTIO_INT_USED);
+		virtio_mmio_used(&d->t, vq);
 	}
 	req_put(d, r);
 }

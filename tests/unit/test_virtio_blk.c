@@ -54,6 +54,8 @@ static void gate_end(void *o)
 
 static void irq_cb(void *o, int level)
 {
+	if (level == VIRTIO_IRQ_WAKE) /* a wake for a polling driver, not an interrupt */
+		return;
 	if (level)
 		((struct fx *)o)->irqs++;
 }

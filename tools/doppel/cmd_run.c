@@ -10,6 +10,7 @@
 #include "replication/snapshot.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "vmm/config.h"
 #include "vmm/vmm.h"
 #include "tools/doppel/doppel.h"
 
@@ -17,7 +18,8 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: doppel run --kernel FILE | --restore SNAPSHOT [--name NAME] [--mem SIZE] [--vcpus N]\n"
+		"usage: doppel run --kernel FILE | --restore SNAPSHOT | --config FILE [--name NAME] [--mem SIZE]\n"
+		"                  [--vcpus N]\n"
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
 		"                  [--disk path=FILE[,readonly][,id=NAME]]...\n"
@@ -29,6 +31,10 @@ static void usage(FILE *f)
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
 		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
 		"\n"
+		"  --config FILE    the VM from a JSON config file (docs/config.md); the other options\n"
+		"                   override its values (--net or --disk replace all of the file's). With\n"
+		"                   --standby the standby listens on protection.listen (default\n"
+		"                   protection.peer) and takes failover, fence_cmd and witness from it\n"
 		"  --kernel FILE    PVH ELF kernel (an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note)\n"
 		"  --restore FILE   continue from a snapshot (`doppel snapshot`); --mem and --vcpus\n"
 		"                   default to the snapshot's and must match it when given\n"
@@ -76,6 +82,8 @@ struct run_args {
 	uint64_t witness_ttl;
 	enum log_level log_level;
 	bool standby;
+	bool have_cfg, net_flag, disk_flag, level_flag;
+	struct vmm_config cfg; /* --config FILE */
 };
 
 static int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -161,6 +169,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		o->control = arg;
 		break;
 	case 'N':
+		if (!a->net_flag) /* command-line NICs replace the file's */
+			o->nr_net = 0;
+		a->net_flag = true;
 		if (o->nr_net >= VMM_MAX_NETS) {
 			fprintf(stderr, "doppel run: at most %d --net devices\n", VMM_MAX_NETS);
 			return 2;
@@ -168,6 +179,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		o->net[o->nr_net++] = arg;
 		break;
 	case 'D':
+		if (!a->disk_flag)
+			o->nr_disk = 0;
+		a->disk_flag = true;
 		if (o->nr_disk >= VMM_MAX_DISKS) {
 			fprintf(stderr, "doppel run: at most %d --disk devices\n", VMM_MAX_DISKS);
 			return 2;
@@ -177,6 +191,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case 'l':
 		if (log_level_parse(arg, &a->log_level))
 			return bad_usage("bad --log-level '%s' (error, warn, info or debug)", arg);
+		a->level_flag = true;
+		break;
+	case 'Q': /* --config: loaded before the other options (load_config) */
 		break;
 	case 'j':
 		a->log_json = arg;
@@ -197,6 +214,63 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		return 0;
 	default:
 		return bad_usage("unknown or incomplete option '%s' (try doppel run --help)", optname);
+	}
+	return -1;
+}
+
+/* --config FILE (or --config=FILE), before any other option so that those override it.
+ * Returns -1 to go on, else the exit status (every problem of the file one line on stderr). */
+static int load_config(struct run_args *a, int argc, char **argv)
+{
+	const char *path = NULL;
+	char err[8192];
+
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			path = argv[++i];
+		else if (!strncmp(argv[i], "--config=", 9))
+			path = argv[i] + 9;
+	}
+	if (!path)
+		return -1;
+	if (vmm_config_load(path, &a->cfg, err, sizeof(err))) {
+		for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
+			fprintf(stderr, "doppel run: %s: %s\n", path, line);
+		return 2;
+	}
+	a->have_cfg = true;
+	a->o = a->cfg.o;
+	if (a->cfg.log_level && log_level_parse(a->cfg.log_level, &a->log_level))
+		return bad_usage("%s: bad log_level", path);
+	return -1;
+}
+
+/* After the options: a standby takes its listener and takeover policy from the file's protection,
+ * unless the command line gave them. Returns -1 to go on, else the exit status. */
+static int config_protection(struct run_args *a)
+{
+	const struct vmm_protection *p = &a->cfg.prot;
+
+	if (!a->have_cfg)
+		return -1;
+	if (a->o.restore || a->standby || a->incoming)
+		a->o.kernel = NULL; /* the file's kernel: only for a fresh boot */
+	if (!a->standby || !p->present)
+		return -1;
+	if (p->tls_dir)
+		return bad_usage("protection.tls_dir: this doppel has no TLS transport for replication yet");
+	if (!a->listen)
+		a->listen = p->listen ? p->listen : p->peer;
+	if (!a->failover)
+		a->failover = p->failover;
+	if (!a->fence_cmd)
+		a->fence_cmd = p->fence_cmd;
+	if (!a->witness) {
+		a->witness = p->witness;
+		if (!a->witness_name)
+			a->witness_name = p->witness_name;
+		if (!a->witness_ttl && p->witness)
+			a->witness_ttl = (uint64_t)p->witness_ttl_ms;
 	}
 	return -1;
 }
@@ -229,11 +303,15 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"log", required_argument, 0, 'G'},
 		{"event-log", required_argument, 0, 'E'},
 		{"metrics", required_argument, 0, 'M'},
+		{"config", required_argument, 0, 'Q'},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
 
 	*a = (struct run_args){.log_level = LOG_INFO};
+	rc = load_config(a, argc, argv);
+	if (rc >= 0)
+		return rc;
 	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
@@ -243,6 +321,9 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	}
 	if (optind < argc)
 		return bad_usage("unexpected argument '%s' (try doppel run --help)", argv[optind]);
+	rc = config_protection(a);
+	if (rc >= 0)
+		return rc;
 	if (a->standby != (a->listen != NULL))
 		return bad_usage("%s",
 				 "--standby and --listen ADDR:PORT go together (try doppel run --help)");
@@ -355,16 +436,21 @@ int cmd_run(int argc, char **argv)
 	int rc;
 
 	rc = parse_args(&a, argc, argv);
-	if (rc >= 0)
+	if (rc >= 0) {
+		vmm_config_free(&a.cfg);
 		return rc;
+	}
 	rc = setup_logging(&a);
 	if (!rc && a.o.restore)
 		rc = restore_opts(&a.o);
 	if (!rc)
 		rc = build_vm(&a, &v);
-	if (rc)
+	if (rc) {
+		vmm_config_free(&a.cfg);
 		return rc;
+	}
 	rc = vmm_run(v, false);
 	vmm_destroy(v);
+	vmm_config_free(&a.cfg);
 	return rc; /* the JSON log (if any) closes with the process */
 }

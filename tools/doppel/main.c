@@ -26,6 +26,7 @@ static const struct doppel_verb verbs[] = {
 	{"unprotect", "end protection on purpose (the standby stays held)", cmd_unprotect},
 	{"events", "print a VM's event log (--follow: stream new events)", cmd_events},
 	{"metrics", "print a VM's Prometheus metrics", cmd_metrics},
+	{"fleet", "start, stop or list a declared fleet of VMs (fleet up|down|status|check FILE)", cmd_fleet},
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
