@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "hv/hv.h"
+#include "replication/disk_repl.h"
 #include "replication/stream.h"
 
 /*
@@ -135,6 +136,10 @@ struct ckpt_stage {
 	bool have_info;
 	uint64_t epoch;
 	uint64_t pages, zero_pages; /* counts of this epoch */
+	/* disks: writing side, the epoch's frozen write log (written before CHECKPOINT_END); reading
+	 * side, where DISK_WRITE / DISK_INFO records are staged (NULL: such records are refused) */
+	const struct disk_buf *disk_out;
+	struct disk_stage *disk;
 };
 
 /* Read records up to and including the next CHECKPOINT_END (whose checksum the reader verifies).

@@ -14,7 +14,7 @@
 /*
  * One path for an epoch, whoever asks for it:
  *
- *   pause -> dirty sync (| caller's merge set) -> state capture -> pages -> commit -> resume
+ *   pause -> dirty sync (| caller's merge set) -> state capture -> pages -> disks -> commit -> resume
  *
  * "pages" is where the modes differ (struct ckpt_ops, cf. Xen's xc_sr_save_ops): a staging mode
  * (Remus) copies the dirty pages into the engine's stage and resumes at once, the stage being
@@ -85,6 +85,10 @@ struct ckpt_engine {
 	uint64_t hot_pages;
 	uint32_t hot_age;
 	struct ckpt_stage stage; /* staging mode: the last epoch; writing modes: its state */
+	/* The VM's disks (NULL: none or not carried): started and stopped with the dirty log; each
+	 * epoch's pause freezes their write log, which goes out before the epoch's CHECKPOINT_END
+	 * (staging: with the stage; writing modes: from write_epoch). Set by the caller. */
+	struct disk_repl *disks;
 	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
 };
 

@@ -107,6 +107,7 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	remus_primary_status(r, rm);
 	remus_standby_status(r, rm);
 	remus_witness_status(r, rm);
+	remus_disk_status(r, rm);
 	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
 	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
 		json_object_object_add(o, "state", json_object_new_string("fenced"));
@@ -176,6 +177,9 @@ static void exit_hook(struct vmm *v, void *opaque)
 		close(r->fd);
 	netbuf_free(r->nb);
 	ckpt_engine_free(&r->eng);
+	if (r->disks_ready)
+		disk_repl_free(&r->disks);
+	disk_stage_free(&r->dstage);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
 	pthread_cond_destroy(&r->cond);

@@ -90,7 +90,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		vmm_stop(v, 0);
 		return json_object_new_object();
 	}
-	if (v->nr_disk && (!strcmp(cmd, "snapshot") || !strcmp(cmd, "protect") || !strcmp(cmd, "migrate")))
+	if (v->nr_disk && (!strcmp(cmd, "snapshot") || !strcmp(cmd, "migrate")))
 		return ctl_error("%s: not supported for a VM with --disk yet (its disk would not match its "
 				 "memory)",
 				 cmd);
@@ -271,13 +271,6 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	rc = vmm_net_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
 	if (rc)
 		goto err;
-	if (o->nr_disk && o->hold) {
-		rc = errf(
-			err, errlen, -EOPNOTSUPP,
-			"--disk with --standby or --incoming is not supported yet (disks are not replicated "
-			"or migrated)");
-		goto err;
-	}
 	rc = vmm_disk_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
 	if (rc)
 		goto err;

@@ -111,9 +111,12 @@ bool vmm_held(const struct vmm *v);
 
 /* ---- disks -------------------------------------------------------------------------------------- */
 
-/* Number of virtio-blk disks attached (--disk). Snapshots, Remus and migration do not carry disks yet:
- * the runtime refuses their commands for a VM with disks. */
+/* Number of virtio-blk disks attached (--disk). Remus carries them (replication/disk_repl.h);
+ * snapshots and migration do not yet: the runtime refuses their commands for a VM with disks. */
 int vmm_disk_count(const struct vmm *v);
+/* Disk i (0 .. vmm_disk_count - 1), or NULL. */
+struct virtio_blk;
+struct virtio_blk *vmm_disk(struct vmm *v, int i);
 
 /* ---- network ---------------------------------------------------------------------------------- */
 
