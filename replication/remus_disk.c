@@ -183,7 +183,9 @@ static int send_all(int fd, const uint8_t *p, size_t len)
 		if (poll(&pfd, 1, SUMS_SEND_TIMEOUT_MS) <= 0)
 			return -ETIMEDOUT;
 	}
-	return 0;
+	/* Leave room behind: the loop's next message (send_msg, non-blocking) must not be torn. */
+	struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+	return poll(&pfd, 1, SUMS_SEND_TIMEOUT_MS) == 1 ? 0 : -ETIMEDOUT;
 }
 
 /* Reader thread, after the stream header: this standby's block checksums to the primary, so its
