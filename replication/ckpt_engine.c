@@ -140,8 +140,11 @@ static int write_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 			   : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
 	if (!rc)
 		rc = ckpt_state_write(ep->w, &e->stage.st);
-	if (!rc)
-		rc = disk_buf_write(ep->w, disk_repl_freeze(e->disks));
+	if (!rc && (rc = disk_repl_epoch(e->disks, ep->w, ep->all_pages, ep->disk_data, ep->disk_sidecar, err,
+					 errlen))) {
+		ep->io_failed = *sr_error(ep->w) != 0;
+		return rc;
+	}
 	if (!rc)
 		rc = sr_write_checkpoint_end(ep->w, ep->epoch);
 	ep->io_failed = rc != 0;

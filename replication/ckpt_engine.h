@@ -63,6 +63,11 @@ struct ckpt_epoch {
 	bool all_pages; /* a full image: every RAM page, not the dirty set */
 	bool stay_paused; /* keep the pause hold after a successful epoch */
 	struct sr_ctx *w; /* writing modes: the stream */
+	/* writing modes with disks, outside replication's write log (snapshots): carry the disks' blocks
+	 * (all of them with all_pages, else those written since the last epoch), and/or clone every image
+	 * to "<disk_sidecar>.diskN" (disk_repl_epoch) */
+	bool disk_data;
+	const char *disk_sidecar;
 	void *opaque; /* for the ops */
 	/* out */
 	bool quiesced; /* the VM was paused and the dirty set consumed (also on failure) */

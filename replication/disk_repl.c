@@ -1,6 +1,13 @@
 /* disk_repl.c — the primary's disk write log and initial sync by block checksums (see disk_repl.h). */
+#include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 #include <xxhash.h>
 
@@ -211,7 +218,7 @@ void disk_repl_stop(struct disk_repl *dr)
 	if (!dr->nr || dr->mode == DISK_OFF)
 		return;
 	for (int i = 0; i < dr->nr; i++)
-		virtio_blk_set_wlog(dr->dev[i], NULL, NULL);
+		virtio_blk_clear_wlog(dr->dev[i], &dr->port[i]);
 	pthread_mutex_lock(&dr->lock);
 	dr->mode = DISK_OFF;
 	pthread_mutex_unlock(&dr->lock);
@@ -352,8 +359,8 @@ static int send_block(struct disk_repl *dr, struct sync_out *o, int d, uint64_t 
 	else
 		rc = sr_write_disk_write(o->w, (uint32_t)d, SR_DISK_OP_WRITE, off / SR_DISK_SECTOR,
 					 len / SR_DISK_SECTOR, buf);
-	if (!rc && (o->bytes += len) >= DISK_SYNC_EPOCH)
-		rc = sync_close(o);
+	if (!rc && (o->bytes += len) >= DISK_SYNC_EPOCH && o->epoch)
+		rc = sync_close(o); /* a snapshot's one epoch (no epoch counter) is not split */
 	return rc;
 }
 
@@ -382,7 +389,7 @@ int disk_repl_sync(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char
 	for (int d = 0; d < dr->nr && !rc; d++)
 		rc = sr_write_disk_info(w, (uint32_t)d,
 					virtio_blk_readonly(dr->dev[d]) ? SR_DISK_F_READONLY : 0,
-					virtio_blk_capacity(dr->dev[d]), virtio_blk_id(dr->dev[d], id));
+					virtio_blk_capacity(dr->dev[d]), virtio_blk_id(dr->dev[d], id), 0);
 	for (int d = 0; d < dr->nr && !rc; d++) {
 		bool have = dr->sums[d] && dr->nsums[d] == dr->nblocks[d];
 		for (uint64_t b = 0; b < dr->nblocks[d] && !rc; b++) {
@@ -444,4 +451,111 @@ out:
 		free(dirty[d]);
 	free(buf);
 	return rc;
+}
+
+/* ---- snapshots -------------------------------------------------------------------------------- */
+
+int disk_content_hash(struct virtio_blk *dev, uint64_t *hash)
+{
+	uint64_t *sums, n;
+	int rc = disk_block_sums(dev, &sums, &n);
+
+	if (rc)
+		return rc;
+	for (uint64_t i = 0; i < n; i++)
+		sums[i] = htole64(sums[i]);
+	*hash = XXH64(sums, n * sizeof(uint64_t), 0) | 1; /* never 0 ("not recorded") */
+	free(sums);
+	return 0;
+}
+
+/* Copy the image of dev to path: a reflink where the filesystem shares extents, else bytes. */
+static int clone_image(struct virtio_blk *dev, const char *path, char *err, size_t errlen)
+{
+	uint64_t cap = virtio_blk_capacity(dev);
+	int src = virtio_blk_backend_fd(dev), fd, rc = 0;
+	uint8_t *buf;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errf(err, errlen, -errno, "cannot create %s: %s", path, strerror(errno));
+	if (ioctl(fd, FICLONE, src) == 0 && !ftruncate(fd, (off_t)cap))
+		goto done;
+	buf = malloc(1u << 20);
+	if (!buf) {
+		rc = errf(err, errlen, -ENOMEM, "out of memory");
+		goto done;
+	}
+	for (uint64_t off = 0; off < cap && !rc; off += 1u << 20) {
+		size_t len = cap - off < (1u << 20) ? (size_t)(cap - off) : (1u << 20);
+		rc = virtio_blk_host_read(dev, off, buf, len);
+		if (!rc && all_zero(buf, len))
+			continue; /* stays a hole */
+		if (!rc && pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
+			rc = -(errno ? errno : EIO);
+		if (rc)
+			errf(err, errlen, rc, "cannot copy the disk to %s: %s", path, strerror(-rc));
+	}
+	free(buf);
+	if (!rc && ftruncate(fd, (off_t)cap))
+		rc = errf(err, errlen, -errno, "cannot size %s: %s", path, strerror(errno));
+done:
+	if (!rc && fsync(fd))
+		rc = errf(err, errlen, -errno, "writing %s: %s", path, strerror(errno));
+	close(fd);
+	if (rc)
+		unlink(path);
+	return rc;
+}
+
+static int image_epoch(struct disk_repl *dr, struct sr_ctx *w, bool all, bool data, const char *sidecar,
+		       char *err, size_t errlen)
+{
+	struct sync_out o = {.w = w, .epoch = NULL, .last_ns = now_ns()};
+	char id[VIRTIO_BLK_ID_BYTES + 1], path[4096];
+	uint8_t *buf = malloc(DISK_BLOCK);
+	int rc = buf ? 0 : errf(err, errlen, -ENOMEM, "out of memory");
+
+	for (int d = 0; d < dr->nr && !rc; d++) {
+		uint64_t content = 0;
+		if (sidecar) {
+			snprintf(path, sizeof(path), "%s.disk%d", sidecar, d);
+			rc = clone_image(dr->dev[d], path, err, errlen);
+			if (!rc && (rc = disk_content_hash(dr->dev[d], &content)))
+				errf(err, errlen, rc, "cannot read disk%d: %s", d, strerror(-rc));
+			if (rc)
+				break;
+		}
+		rc = sr_write_disk_info(
+			w, (uint32_t)d, virtio_blk_readonly(dr->dev[d]) ? SR_DISK_F_READONLY : 0,
+			virtio_blk_capacity(dr->dev[d]), virtio_blk_id(dr->dev[d], id), content);
+		pthread_mutex_lock(&dr->lock);
+		for (uint64_t b = 0; b < dr->nblocks[d] && !rc && data; b++)
+			if (all || dr->dirty[d][b / 64] & (1ull << (b % 64))) {
+				pthread_mutex_unlock(&dr->lock);
+				rc = send_block(dr, &o, d, b, buf, NULL);
+				pthread_mutex_lock(&dr->lock);
+			}
+		memset(dr->dirty[d], 0, (dr->nblocks[d] + 63) / 64 * 8); /* the next baseline is now */
+		pthread_mutex_unlock(&dr->lock);
+		if (rc && !*err)
+			errf(err, errlen, rc, "%s", *sr_error(w) ? sr_error(w) : strerror(-rc));
+	}
+	free(buf);
+	return rc;
+}
+
+int disk_repl_epoch(struct disk_repl *dr, struct sr_ctx *w, bool all, bool data, const char *sidecar,
+		    char *err, size_t errlen)
+{
+	int rc;
+
+	if (!dr || !dr->nr)
+		return 0;
+	if (dr->mode == DISK_LOG) {
+		rc = disk_buf_write(w, disk_repl_freeze(dr));
+		return rc ? errf(err, errlen, rc, "%s", *sr_error(w) ? sr_error(w) : strerror(-rc)) : 0;
+	}
+	err[0] = 0;
+	return image_epoch(dr, w, all, data, sidecar, err, errlen);
 }

@@ -118,6 +118,16 @@ int disk_repl_sync(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char
 int disk_repl_sync_final(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char *err, size_t errlen);
 void disk_repl_get_stats(struct disk_repl *dr, struct disk_repl_stats *st);
 
+/* A writing epoch's disks (the engine's write_epoch, paused, before CHECKPOINT_END). LOG mode: the
+ * frozen log. Otherwise (snapshots): DISK_INFO for every disk, then with `data` the blocks (every
+ * one with `all`, else those written since the last such epoch: the SYNC-mode bitmap), and with
+ * `sidecar` a clone of each image to "<sidecar>.disk<N>" (FICLONE, else a copy) whose content hash
+ * goes into DISK_INFO. The bitmap restarts here. 0 or -errno with err. NULL dr: nothing. */
+int disk_repl_epoch(struct disk_repl *dr, struct sr_ctx *w, bool all, bool data, const char *sidecar,
+		    char *err, size_t errlen);
+/* The content hash of DISK_INFO: xxh64 over the little-endian xxh64s of every block of dev. */
+int disk_content_hash(struct virtio_blk *dev, uint64_t *hash);
+
 /* xxh64 of every DISK_BLOCK of dev (the last one may be short), into sums[nblocks] (allocated).
  * 0 or -errno. */
 int disk_block_sums(struct virtio_blk *dev, uint64_t **sums, uint64_t *nblocks);
@@ -128,6 +138,7 @@ struct disk_info {
 	bool seen;
 	uint32_t flags;
 	uint64_t size;
+	uint64_t content; /* 0: not recorded */
 	char id[SR_DISK_ID_LEN + 1];
 };
 
@@ -145,8 +156,12 @@ void disk_stage_reset(struct disk_stage *s); /* empties, keeps buffers */
 void disk_stage_free(struct disk_stage *s);
 /* The epoch's DISK_INFO records against this VM's disks: 0, or -EINVAL with a line naming the
  * difference (size, id, read-only, a disk missing on either side). *verified |= a bit per disk. */
+struct disk_peer_names {
+	const char *peer, *at, *self; /* "the primary", "on the primary", "this standby" */
+};
+extern const struct disk_peer_names disk_names_remus, disk_names_snapshot;
 int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs, int n, uint32_t *verified,
-		     char *err, size_t errlen);
+		     const struct disk_peer_names *nm, char *err, size_t errlen);
 /* Apply the staged writes in order to devs. 0, or -errno with err (the disks are then partly
  * written: the caller must not use them as a committed image). */
 int disk_stage_apply(struct disk_stage *s, struct virtio_blk *const *devs, int n, char *err, size_t errlen);

@@ -15,7 +15,10 @@ int disk_stage_add(struct disk_stage *s, const struct sr_record *rec, char *err,
 		struct disk_info *i = &s->info[rec->dinfo.disk];
 		if (!i->seen)
 			s->nr_info++;
-		*i = (struct disk_info){.seen = true, .flags = rec->dinfo.flags, .size = rec->dinfo.size};
+		*i = (struct disk_info){.seen = true,
+					.flags = rec->dinfo.flags,
+					.size = rec->dinfo.size,
+					.content = rec->dinfo.content};
 		memcpy(i->id, rec->dinfo.id, sizeof(i->id));
 		return 0;
 	}
@@ -68,8 +71,11 @@ void disk_stage_free(struct disk_stage *s)
 	memset(s, 0, sizeof(*s));
 }
 
+const struct disk_peer_names disk_names_remus = {"the primary", "on the primary", "this standby"};
+const struct disk_peer_names disk_names_snapshot = {"the snapshot", "in the snapshot", "this VM"};
+
 int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs, int n, uint32_t *verified,
-		     char *err, size_t errlen)
+		     const struct disk_peer_names *nm, char *err, size_t errlen)
 {
 	char id[VIRTIO_BLK_ID_BYTES + 1];
 
@@ -78,25 +84,25 @@ int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs,
 		if (!i->seen)
 			continue;
 		if ((int)d >= n)
-			return errf(err, errlen, -EINVAL, "the primary has disk%u, this standby not", d);
+			return errf(err, errlen, -EINVAL, "%s has disk%u, %s not", nm->peer, d, nm->self);
 		if (i->size != virtio_blk_capacity(devs[d]))
-			return errf(err, errlen, -EINVAL, "disk%u is %llu bytes on the primary, %llu here", d,
-				    (unsigned long long)i->size,
+			return errf(err, errlen, -EINVAL, "disk%u is %llu bytes %s, %llu here", d,
+				    (unsigned long long)i->size, nm->at,
 				    (unsigned long long)virtio_blk_capacity(devs[d]));
 		if (strcmp(i->id, virtio_blk_id(devs[d], id)))
-			return errf(err, errlen, -EINVAL, "disk%u has id '%s' on the primary, '%s' here", d,
-				    i->id, id);
+			return errf(err, errlen, -EINVAL, "disk%u has id '%s' %s, '%s' here", d, i->id,
+				    nm->at, id);
 		if (!!(i->flags & SR_DISK_F_READONLY) != virtio_blk_readonly(devs[d]))
-			return errf(err, errlen, -EINVAL, "disk%u is %s on the primary, %s here", d,
-				    i->flags & SR_DISK_F_READONLY ? "read-only" : "read-write",
+			return errf(err, errlen, -EINVAL, "disk%u is %s %s, %s here", d,
+				    i->flags & SR_DISK_F_READONLY ? "read-only" : "read-write", nm->at,
 				    virtio_blk_readonly(devs[d]) ? "read-only" : "read-write");
 		*verified |= 1u << d;
 	}
 	if (s->nr_info && s->nr_info < n)
 		for (int d = 0; d < n; d++)
 			if (!s->info[d].seen)
-				return errf(err, errlen, -EINVAL, "this standby has disk%d, the primary not",
-					    d);
+				return errf(err, errlen, -EINVAL, "%s has disk%d, %s not", nm->self, d,
+					    nm->peer);
 	return 0;
 }
 

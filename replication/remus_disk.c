@@ -232,7 +232,8 @@ int remus_disk_send_sums(struct remus *r)
  * err (reject the primary). */
 int remus_disk_check(struct remus *r, char *err, size_t errlen)
 {
-	int rc = disk_stage_check(&r->dstage, r->sdisk, r->nr_sdisk, &r->disks_verified, err, errlen);
+	int rc = disk_stage_check(&r->dstage, r->sdisk, r->nr_sdisk, &r->disks_verified, &disk_names_remus,
+				  err, errlen);
 
 	if (rc || !r->stg.have_state)
 		return rc;

@@ -581,7 +581,8 @@ int sr_write_disk_write(struct sr_ctx *ctx, uint32_t disk, uint32_t op, uint64_t
 	return wr_rec(ctx, SR_REC_DISK_WRITE, pre, sizeof(pre), data, (size_t)dlen, true);
 }
 
-int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64_t size, const char *id)
+int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64_t size, const char *id,
+		       uint64_t content)
 {
 	uint8_t b[SR_DISK_INFO_LEN] = {0};
 	int rc = sr_wr_check(ctx);
@@ -597,5 +598,6 @@ int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64
 	put64(b + 8, size);
 	if (id)
 		memcpy(b + 16, id, strnlen(id, SR_DISK_ID_LEN));
+	put64(b + 40, content);
 	return wr_rec(ctx, SR_REC_DISK_INFO, NULL, 0, b, sizeof(b), true);
 }

@@ -10,7 +10,7 @@
  *   epoch   records ... CHECKPOINT_END{epoch, nr_records, nr_data_pages, nr_zero_pages, xxh64}
  *   END     after a CHECKPOINT_END
  *   DISK_WRITE{u32 disk, u32 op, u64 sector, u64 nr_sectors, data}  DISK_INFO{u32 disk, u32 flags,
- *           u64 size, u8 id[20], u32 0}: a disk's writes of the epoch / its identity
+ *           u64 size, u8 id[20], u32 0, u64 content}: a disk's writes of the epoch / its identity
  * All functions return 0 (or a documented count) on success and -errno on failure; on failure
  * sr_error(ctx) holds one line naming what was wrong. A ctx is either a writer or a reader, owns
  * its zstd contexts and buffers, and is not thread-safe (use one per stream).
@@ -53,7 +53,7 @@ enum sr_rec_type {
 #define SR_DISK_WRITE_HDR 24u /* u32 disk, u32 op, u64 sector, u64 nr_sectors */
 #define SR_DISK_MAX_SECTORS (1ull << 54) /* sector + nr_sectors bound: byte offsets fit in 63 bits */
 #define SR_DISK_ID_LEN 20u /* the virtio-blk GET_ID serial, NUL-padded, not terminated */
-#define SR_DISK_INFO_LEN 40u
+#define SR_DISK_INFO_LEN 48u
 #define SR_DISK_F_READONLY 1u
 enum sr_disk_op {
 	SR_DISK_OP_WRITE = 0, /* data: nr_sectors * 512 bytes follow */
@@ -114,6 +114,7 @@ struct sr_record {
 			uint32_t disk, flags; /* flags: SR_DISK_F_READONLY */
 			uint64_t size; /* bytes, a multiple of 512, >= 512 */
 			char id[SR_DISK_ID_LEN + 1]; /* NUL-terminated copy of the serial */
+			uint64_t content; /* xxh64 of the disk's 64 KiB block xxh64s; 0: not recorded */
 		} dinfo;
 	};
 };
@@ -182,9 +183,10 @@ int sr_write_end(struct sr_ctx *ctx);
  * write-zeroes or discard of disk `disk`. -EINVAL (nothing written) when a field is out of range. */
 int sr_write_disk_write(struct sr_ctx *ctx, uint32_t disk, uint32_t op, uint64_t sector, uint64_t nr_sectors,
 			const void *data) __attribute__((warn_unused_result));
-/* DISK_INFO: the identity of disk `disk` (size in bytes, flags, GET_ID serial or NULL). */
-int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64_t size, const char *id)
-	__attribute__((warn_unused_result));
+/* DISK_INFO: the identity of disk `disk` (size in bytes, flags, GET_ID serial or NULL, content hash
+ * or 0). */
+int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64_t size, const char *id,
+		       uint64_t content) __attribute__((warn_unused_result));
 /* Any record, unvalidated body (for tests and for OPTIONAL extensions). len <= SR_MAX_RECORD. */
 int sr_write_record(struct sr_ctx *ctx, uint32_t type, const void *body, size_t len)
 	__attribute__((warn_unused_result));

@@ -327,6 +327,7 @@ static int parse_disk_info(struct sr_ctx *ctx, struct sr_record *rec)
 			       rec->dinfo.disk, (unsigned long long)rec->dinfo.size, rec->dinfo.flags);
 	memcpy(rec->dinfo.id, id, SR_DISK_ID_LEN);
 	rec->dinfo.id[SR_DISK_ID_LEN] = 0;
+	rec->dinfo.content = get64(rec->body + 40);
 	return 0;
 }
 

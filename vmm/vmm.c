@@ -90,7 +90,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		vmm_stop(v, 0);
 		return json_object_new_object();
 	}
-	if (v->nr_disk && (!strcmp(cmd, "snapshot") || !strcmp(cmd, "migrate")))
+	if (v->nr_disk && !strcmp(cmd, "migrate"))
 		return ctl_error("%s: not supported for a VM with --disk yet (its disk would not match its "
 				 "memory)",
 				 cmd);
@@ -275,7 +275,7 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	if (rc)
 		goto err;
 	if (o->restore) {
-		rc = o->restore_fn ? o->restore_fn(v->vm, o->restore, err, errlen)
+		rc = o->restore_fn ? o->restore_fn(v, o->restore, err, errlen)
 				   : errf(err, errlen, -EINVAL, "no restore function for %s", o->restore);
 		if (rc)
 			goto err;

@@ -462,6 +462,21 @@ void virtio_blk_set_wlog(struct virtio_blk *d, virtio_blk_wlog_fn fn, void *opaq
 	pthread_mutex_unlock(&d->t.lock);
 }
 
+void virtio_blk_clear_wlog(struct virtio_blk *d, void *opaque)
+{
+	pthread_mutex_lock(&d->t.lock);
+	if (d->wlog_opaque == opaque) {
+		d->wlog = NULL;
+		d->wlog_opaque = NULL;
+	}
+	pthread_mutex_unlock(&d->t.lock);
+}
+
+int virtio_blk_backend_fd(struct virtio_blk *d)
+{
+	return d->fd;
+}
+
 bool virtio_blk_readonly(struct virtio_blk *d)
 {
 	return d->readonly;

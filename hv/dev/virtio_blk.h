@@ -84,6 +84,9 @@ typedef int (*virtio_blk_wlog_fn)(void *opaque, const struct virtio_blk_wreq *w)
 /* Install (fn non-NULL) or remove the write log. Returns when no call of the old one is running.
  * Removing it does not re-run held requests: call virtio_blk_kick. */
 void virtio_blk_set_wlog(struct virtio_blk *d, virtio_blk_wlog_fn fn, void *opaque);
+/* Remove the write log only if it is still the one installed with `opaque` (another user, e.g.
+ * replication after a snapshot, may have replaced it). */
+void virtio_blk_clear_wlog(struct virtio_blk *d, void *opaque);
 
 /* Host I/O on the backing file for replication (not through the queue; any thread, the device may
  * be running): apply a replicated write (type OUT with nr_sectors * 512 bytes of data, WRITE_ZEROES
@@ -93,6 +96,7 @@ int virtio_blk_host_apply(struct virtio_blk *d, uint32_t type, uint64_t sector, 
 int virtio_blk_host_read(struct virtio_blk *d, uint64_t off, void *buf, size_t len);
 int virtio_blk_host_flush(struct virtio_blk *d);
 bool virtio_blk_readonly(struct virtio_blk *d);
+int virtio_blk_backend_fd(struct virtio_blk *d); /* the image's fd (the device owns it): e.g. FICLONE */
 /* The GET_ID serial as a NUL-terminated string (out: VIRTIO_BLK_ID_BYTES + 1 bytes). */
 const char *virtio_blk_id(struct virtio_blk *d, char *out);
 

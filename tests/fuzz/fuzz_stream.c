@@ -133,7 +133,7 @@ static void apply_disk(void)
 			      d->b.ops[i].nr_sectors &&
 			      d->b.ops[i].sector <= SR_DISK_MAX_SECTORS - d->b.ops[i].nr_sectors,
 		      "a staged disk op out of range");
-	rc = disk_stage_check(d, &fz.disk, 1, &fz.verified, err, sizeof(err));
+	rc = disk_stage_check(d, &fz.disk, 1, &fz.verified, &disk_names_remus, err, sizeof(err));
 	if (rc) {
 		check_err(rc, err, "refused disk identity");
 		return;
@@ -330,7 +330,7 @@ static void write_disk_seeds(const char *dir, const struct ckpt_state *st)
 		rc = sr_writer_new(&w, &o, true, 1);
 		sr_header_from_mem(&h, gm, (uint32_t)vm_nr_vcpus(fz.vm));
 		rc = rc ?: sr_write_header(w, &h);
-		rc = rc ?: sr_write_disk_info(w, 0, 0, v ? 2 << 20 : 1 << 20, v ? "other" : "fuzzdisk");
+		rc = rc ?: sr_write_disk_info(w, 0, 0, v ? 2 << 20 : 1 << 20, v ? "other" : "fuzzdisk", 0);
 		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_WRITE, 0, 16, blk);
 		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_ZEROES, 128, 128, NULL);
 		rc = rc ?: sr_write_checkpoint_end(w, 1);

@@ -229,14 +229,11 @@ def test_two_disks_and_a_net_free_layout(vm, tmp_path):
     assert all(l["bad"] == 0 for l in disk_lines(out))
 
 
-def test_snapshot_and_migrate_refuse_a_vm_with_disks(vm, doppel_bin, guest_elf, tmp_path):
+def test_migrate_refuses_a_vm_with_disks(vm, doppel_bin, guest_elf, tmp_path):
     img = make_image(tmp_path / "d.img", 8 << 20)
     v = vm(cmdline="work=disk dws=1M pi=200", extra=["--disk", f"path={img}"])
     v.wait_ctl()
     v.wait_output(r"disk: seq=\d+", 20)
-    r = run_cli(doppel_bin, "snapshot", v.name, str(tmp_path / "s"), "--control", v.control)
-    assert "not supported for a VM with --disk yet" in one_line_error(r.stderr)
-    assert not (tmp_path / "s").exists()
     rep = v.ctl("migrate")
     assert rep.get("ok") is False and "--disk" in rep.get("error", ""), rep
     assert v.ctl("status")["state"] == "running"
@@ -506,3 +503,86 @@ def test_standby_without_the_disk_refuses(vm, doppel_bin, tmp_path):
     r = protect(doppel_bin, pr, port, check=False)
     assert r.returncode != 0 and "the standby refused this VM" in r.stderr, r.stderr
     assert rstatus(sb)["last_error"] == "rejected primary: the primary has disk0, this standby not"
+
+
+# ---- snapshots with disks ----------------------------------------------------------------------
+
+def snapshot(doppel_bin, v, path, *extra):
+    r = run_cli(doppel_bin, "snapshot", v.name, str(path), "--control", v.control, *extra, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def restored(vm, name, snap, img, disk_opts=""):
+    return vm(name=name, kernel=None, cmdline=None, mem="128M",
+              extra=["--restore", str(snap), "--disk", f"path={img}{disk_opts}"])
+
+
+def resumes_clean(v, min_seq):
+    """A restored guest goes on from its memory: its disk lines (a full ring pass each) stay at bad=0
+    and its seq moves past min_seq (what it had printed before the snapshot)."""
+    wait_for(lambda: len(disk_lines(v.output())) >= 3 and disk_lines(v.output())[-1]["seq"] > min_seq, 20,
+             what=f"restored disk lines past seq {min_seq}")
+    assert all(l["bad"] == 0 and l["ioerr"] == 0 for l in disk_lines(v.output())), v.output()[-2000:]
+
+
+def test_snapshot_clones_the_disk_and_restore_checks_it(vm, doppel_bin, tmp_path):
+    """Default: the image is copied at the paused point next to the snapshot (FILE.disk0); restoring
+    with that copy goes on with bad=0; the live image (written on after the snapshot) is refused."""
+    img = make_image(tmp_path / "d.img")
+    v = primary(vm, "a", img, ",id=data")
+    wait_for(lambda: disk_lines(v.output())[-1]["seq"] > 2000, 20, what="2000 records")
+    snap = tmp_path / "s1"
+    snapshot(doppel_bin, v, snap, "--stop")
+    assert v.wait(20) == 0
+    before = disk_lines(v.output())[-1]["seq"]
+    clone = tmp_path / "s1.disk0"
+    assert clone.stat().st_size == 64 << 20
+    # (with --stop the live image still equals the clone) one byte written after the snapshot: refused
+    with open(img, "r+b") as f:
+        f.seek(12345)
+        b = f.read(1)
+        f.seek(12345)
+        f.write(bytes([b[0] ^ 0xff]))
+    r = run_cli(doppel_bin, "run", "--restore", str(snap), "--serial", "none", "--control",
+                str(tmp_path / "x.sock"), "--disk", f"path={img},id=data")
+    assert r.returncode != 0
+    assert one_line_error(r.stderr) == (f"doppel run: snapshot {snap}: disk0 does not match the snapshot (its "
+                                        f"contents differ from the copy made at the snapshot, {snap}.disk0)")
+    r = run_cli(doppel_bin, "run", "--restore", str(snap), "--serial", "none", "--control",
+                str(tmp_path / "x.sock"), "--disk", f"path={clone},id=other")
+    assert one_line_error(r.stderr) == (f"doppel run: snapshot {snap}: disk0 has id 'data' in the snapshot, "
+                                        "'other' here")
+    r = run_cli(doppel_bin, "run", "--restore", str(snap), "--serial", "none", "--control",
+                str(tmp_path / "x.sock"))
+    assert one_line_error(r.stderr) == f"doppel run: snapshot {snap}: the snapshot has disk0, this VM not"
+    w = restored(vm, "b", snap, clone, ",id=data")
+    resumes_clean(w, before)
+
+
+def test_snapshot_with_disks_and_incremental(vm, doppel_bin, tmp_path):
+    """--with-disks: the blocks go into the snapshot; an incremental one carries only the blocks written
+    since its base (smaller than the full one); restoring the chain onto an empty image goes on bad=0."""
+    v = primary(vm, "a", make_image(tmp_path / "d.img"))
+    wait_for(lambda: disk_lines(v.output())[-1]["seq"] > 1000, 20, what="1000 records")
+    full, inc = tmp_path / "full", tmp_path / "inc"
+    snapshot(doppel_bin, v, full, "--with-disks")
+    assert not (tmp_path / "full.disk0").exists()
+    n = disk_lines(v.output())[-1]["seq"]
+    wait_for(lambda: disk_lines(v.output())[-1]["seq"] > n + 500, 20, what="500 more records")
+    snapshot(doppel_bin, v, inc, "--with-disks", "--incremental-from", str(full), "--stop")
+    assert v.wait(20) == 0
+    before = disk_lines(v.output())[-1]["seq"]
+    # a 4M ring: the full snapshot carries it (plus memory); the incremental one at most the ring again
+    assert full.stat().st_size > 4 << 20
+    w = restored(vm, "b", inc, make_image(tmp_path / "empty.img"))
+    resumes_clean(w, before)
+    # the base alone restores too (an older point), onto another empty image
+    x = restored(vm, "c", full, make_image(tmp_path / "empty2.img"))
+    resumes_clean(x, 0)
+    # mixing the two ways in one chain is refused
+    y = primary(vm, "d", make_image(tmp_path / "e.img"))
+    snapshot(doppel_bin, y, tmp_path / "f1")
+    r = run_cli(doppel_bin, "snapshot", y.name, str(tmp_path / "f2"), "--with-disks", "--incremental-from",
+                str(tmp_path / "f1"), "--control", y.control)
+    assert "an incremental snapshot must carry its disks as its base" in one_line_error(r.stderr)

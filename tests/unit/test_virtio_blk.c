@@ -718,7 +718,9 @@ static void test_disk_repl_round_trip(void **state)
 		if (rec.type == SR_REC_END)
 			break;
 		if (rec.type == SR_REC_CHECKPOINT_END) {
-			assert_int_equal(disk_stage_check(&ds, &d2, 1, &verified, err, sizeof(err)), 0);
+			assert_int_equal(
+				disk_stage_check(&ds, &d2, 1, &verified, &disk_names_remus, err, sizeof(err)),
+				0);
 			assert_int_equal(disk_stage_apply(&ds, &d2, 1, err, sizeof(err)), 0);
 			disk_stage_reset(&ds);
 			continue;
@@ -734,12 +736,15 @@ static void test_disk_repl_round_trip(void **state)
 	/* a disk of another size or id is refused with one line */
 	ds.info[0] = (struct disk_info){.seen = true, .size = 512 * 4096, .id = "serial-1"};
 	ds.nr_info = 1;
-	assert_int_equal(disk_stage_check(&ds, &d2, 1, &verified, err, sizeof(err)), -EINVAL);
+	assert_int_equal(disk_stage_check(&ds, &d2, 1, &verified, &disk_names_remus, err, sizeof(err)),
+			 -EINVAL);
 	assert_string_equal(err, "disk0 is 2097152 bytes on the primary, 1048576 here");
 	ds.info[0] = (struct disk_info){.seen = true, .size = DISK_SECTORS * 512ull, .id = "other"};
-	assert_int_equal(disk_stage_check(&ds, &d2, 1, &verified, err, sizeof(err)), -EINVAL);
+	assert_int_equal(disk_stage_check(&ds, &d2, 1, &verified, &disk_names_remus, err, sizeof(err)),
+			 -EINVAL);
 	assert_string_equal(err, "disk0 has id 'other' on the primary, 'serial-1' here");
-	assert_int_equal(disk_stage_check(&ds, &d2, 0, &verified, err, sizeof(err)), -EINVAL);
+	assert_int_equal(disk_stage_check(&ds, &d2, 0, &verified, &disk_names_remus, err, sizeof(err)),
+			 -EINVAL);
 	assert_string_equal(err, "the primary has disk0, this standby not");
 	disk_stage_free(&ds);
 	sr_ctx_free(rd);
