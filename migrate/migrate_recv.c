@@ -6,8 +6,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/errf.h"
 #include "migrate/migrate_priv.h"
 #include "replication/checkpoint.h"
+#include "replication/disk_repl.h"
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
@@ -49,17 +51,33 @@ static int await_go(struct mig *m)
 }
 
 /* Receiver thread: header check -> ACCEPT, epochs straight into RAM, keep the last state, END. */
+/* With the machine state: every disk of this VM was described by the source. */
+static int disks_seen(uint32_t verified, int nd, char *err, size_t errlen)
+{
+	for (int d = 0; d < nd; d++)
+		if (!(verified & (1u << d)))
+			return errf(err, errlen, -EINVAL, "this VM has disk%d, the source not", d);
+	return 0;
+}
+
 static void *receiver_main(void *arg)
 {
 	struct mig *m = arg;
 	struct vm *vm = vmm_vm(m->v);
-	struct ckpt_stage a = {0}, keep = {0}, tmp;
+	struct disk_stage ds = {0};
+	struct ckpt_stage a = {.disk = &ds}, keep = {.disk = &ds}, tmp;
+	static const struct disk_peer_names names = {"the source", "on the source", "this VM"};
+	struct virtio_blk *disks[DISK_MAX];
+	int nd = vmm_disk_count(m->v) < DISK_MAX ? vmm_disk_count(m->v) : DISK_MAX;
+	uint32_t verified = 0;
 	struct sr_header h;
 	struct sr_in in;
 	struct sr_ctx *r = NULL;
 	char err[400];
 	int rc;
 
+	for (int i = 0; i < nd; i++)
+		disks[i] = vmm_disk(m->v, i);
 	sr_in_fd(&in, m->fd, RECV_TIMEOUT_MS);
 	rc = sr_reader_new(&r, &in);
 	if (rc) {
@@ -101,6 +119,14 @@ static void *receiver_main(void *arg)
 		}
 		if (rc == 0)
 			break;
+		/* disks: identity, then this epoch's blocks into this VM's images (not running yet) */
+		if ((rc = disk_stage_check(&ds, disks, nd, &verified, &names, err, sizeof(err))) ||
+		    (a.have_state && (rc = disks_seen(verified, nd, err, sizeof(err)))) ||
+		    (rc = disk_stage_apply(&ds, disks, nd, err, sizeof(err)))) {
+			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			fail(m, "rejected the migration: %s", err);
+			goto out;
+		}
 		if (!a.have_state && (rc = mig_msg_send(m->fd, MIG_EPOCH, a.epoch, 0, NULL))) {
 			fail(m, "cannot answer the source: %s", strerror(-rc));
 			goto out;
@@ -130,6 +156,7 @@ out:
 		mig_msg_send(m->fd, MIG_ERROR, 0, 0, m->in_err);
 	ckpt_stage_free(&a);
 	ckpt_stage_free(&keep);
+	disk_stage_free(&ds);
 	sr_ctx_free(r);
 	ev_async_send(vmm_loop(m->v), &m->in_async);
 	return NULL;

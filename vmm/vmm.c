@@ -90,10 +90,6 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		vmm_stop(v, 0);
 		return json_object_new_object();
 	}
-	if (v->nr_disk && !strcmp(cmd, "migrate"))
-		return ctl_error("%s: not supported for a VM with --disk yet (its disk would not match its "
-				 "memory)",
-				 cmd);
 	for (int i = 0; i < v->nr_cmds; i++)
 		if (!strcmp(cmd, v->cmds[i].name))
 			return v->cmds[i].fn(v, req, v->cmds[i].opaque);

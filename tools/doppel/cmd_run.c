@@ -228,9 +228,6 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (!a->standby && (a->failover || a->fence_cmd || a->witness || a->witness_name || a->witness_ttl))
 		return bad_usage("%s", "--failover, --fence-cmd and --witness* need --standby (a primary "
 				       "gets them from doppel protect)");
-	if (a->incoming && a->o.nr_disk)
-		return bad_usage("%s", "--disk with --incoming is not supported yet (migration does not "
-				       "carry disks)");
 	a->o.hold = a->standby || a->incoming;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
