@@ -112,8 +112,8 @@ bool vmm_held(const struct vmm *v);
 
 /* ---- disks -------------------------------------------------------------------------------------- */
 
-/* Number of virtio-blk disks attached (--disk). Remus and snapshots carry them
- * (replication/disk_repl.h); migration does not yet: the runtime refuses it for a VM with disks. */
+/* Number of virtio-blk disks attached (--disk). Remus, snapshots and migration carry them
+ * (replication/disk_repl.h, docs/disk.md). */
 int vmm_disk_count(const struct vmm *v);
 /* Disk i (0 .. vmm_disk_count - 1), or NULL. */
 struct virtio_blk;
