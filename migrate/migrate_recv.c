@@ -64,10 +64,12 @@ static void *receiver_main(void *arg)
 {
 	struct mig *m = arg;
 	struct vm *vm = vmm_vm(m->v);
-	struct disk_stage ds = {0};
-	struct ckpt_stage a = {.disk = &ds}, keep = {.disk = &ds}, tmp;
 	static const struct disk_peer_names names = {"the source", "on the source", "this VM"};
 	struct virtio_blk *disks[DISK_MAX];
+	/* direct: blocks go straight into this VM's images (it has not run); the stop-and-copy epoch may
+	 * carry many */
+	struct disk_stage ds = {.direct = disks, .ndirect = 0, .names = &names};
+	struct ckpt_stage a = {.disk = &ds}, keep = {.disk = &ds}, tmp;
 	int nd = vmm_disk_count(m->v) < DISK_MAX ? vmm_disk_count(m->v) : DISK_MAX;
 	uint32_t verified = 0;
 	struct sr_header h;
@@ -78,6 +80,7 @@ static void *receiver_main(void *arg)
 
 	for (int i = 0; i < nd; i++)
 		disks[i] = vmm_disk(m->v, i);
+	ds.ndirect = nd;
 	sr_in_fd(&in, m->fd, RECV_TIMEOUT_MS);
 	rc = sr_reader_new(&r, &in);
 	if (rc) {
@@ -113,6 +116,11 @@ static void *receiver_main(void *arg)
 	}
 	for (;;) {
 		rc = ckpt_read_epoch(r, &a, vm_mem(vm), err, sizeof(err));
+		if (rc < 0 && !strncmp(err, "disk", 4)) { /* a disk that does not match this VM's */
+			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			fail(m, "rejected the migration: %s", err);
+			goto out;
+		}
 		if (rc < 0) {
 			fail(m, "migration stream broken: %s", err);
 			goto out;

@@ -116,7 +116,7 @@ static int wlog(void *opaque, const struct virtio_blk_wreq *w)
 			      : w->type == VIRTIO_BLK_T_DISCARD ? SR_DISK_OP_DISCARD
 								: SR_DISK_OP_ZEROES;
 
-		if (b->nops && b->len + bytes > DISK_LOG_MAX) {
+		if (b->nops && (b->len + bytes > DISK_LOG_MAX || b->nops + nops > DISK_LOG_OPS_MAX)) {
 			rc = -ENOSPC; /* held by the device until the next epoch's resume */
 			dr->st.refused++;
 		} else if (buf_reserve(b, b->nops + nops, b->len + bytes)) {
@@ -134,7 +134,8 @@ static int wlog(void *opaque, const struct virtio_blk_wreq *w)
 			dr->st.logged_writes++;
 			dr->st.logged_bytes += bytes;
 		}
-		if ((rc || b->len > DISK_LOG_MAX / 4 * 3) && !dr->pressured && dr->pressure) {
+		if ((rc || b->len > DISK_LOG_MAX / 4 * 3 || b->nops > DISK_LOG_OPS_MAX / 4 * 3) &&
+		    !dr->pressured && dr->pressure) {
 			dr->pressured = true; /* once per epoch */
 			dr->pressure(dr->opaque);
 		}

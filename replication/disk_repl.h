@@ -33,6 +33,8 @@
 #define DISK_LOG_MAX (32u << 20) /* bytes of write data per epoch (all disks of a VM) */
 #define DISK_SYNC_EPOCH (32u << 20) /* initial sync: bytes per epoch */
 #define DISK_STAGE_MAX (256u << 20) /* receiver: bytes of write data staged per epoch */
+#define DISK_LOG_OPS_MAX (1u << 18) /* operations per epoch in the log (discards carry no data) */
+#define DISK_STAGE_OPS_MAX (1u << 20) /* receiver: operations staged per epoch */
 #define DISK_MAX 8 /* disks per VM */
 
 /* One logged or staged operation; data (OP_WRITE) at buf->data + off. */
@@ -142,12 +144,24 @@ struct disk_info {
 	char id[SR_DISK_ID_LEN + 1];
 };
 
+struct disk_peer_names {
+	const char *peer, *at, *self; /* "the primary", "on the primary", "this standby" */
+};
+extern const struct disk_peer_names disk_names_remus, disk_names_snapshot;
+
 /* An epoch's disk records, staged until its CHECKPOINT_END has been verified. */
 struct disk_stage {
 	struct disk_buf b;
 	struct disk_info info[SR_MAX_DISKS];
 	int nr_info;
 	uint64_t ops_applied, bytes_applied; /* totals, for status */
+	/* direct mode (a VM that has not run: restore, migration): set direct/ndirect/names and each
+	 * DISK_INFO is checked on arrival, each DISK_WRITE applied at once (no staging, no size bound;
+	 * on an error the images hold part of the stream and the VM must be discarded) */
+	struct virtio_blk *const *direct;
+	int ndirect;
+	const struct disk_peer_names *names;
+	uint64_t direct_ok; /* disks whose DISK_INFO matched */
 };
 
 /* Stage a DISK_WRITE or DISK_INFO record. -E2BIG past DISK_STAGE_MAX, -ENOMEM, -EBADMSG with err. */
@@ -156,10 +170,6 @@ void disk_stage_reset(struct disk_stage *s); /* empties, keeps buffers */
 void disk_stage_free(struct disk_stage *s);
 /* The epoch's DISK_INFO records against this VM's disks: 0, or -EINVAL with a line naming the
  * difference (size, id, read-only, a disk missing on either side). *verified |= a bit per disk. */
-struct disk_peer_names {
-	const char *peer, *at, *self; /* "the primary", "on the primary", "this standby" */
-};
-extern const struct disk_peer_names disk_names_remus, disk_names_snapshot;
 int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs, int n, uint32_t *verified,
 		     const struct disk_peer_names *nm, char *err, size_t errlen);
 /* Apply the staged writes in order to devs. 0, or -errno with err (the disks are then partly

@@ -7,6 +7,16 @@
 #include "common/errf.h"
 #include "replication/disk_repl.h"
 
+static int check_one(const struct disk_info *i, unsigned d, struct virtio_blk *const *devs, int n,
+		     const struct disk_peer_names *nm, char *err, size_t errlen);
+
+static uint32_t blk_type(uint32_t op)
+{
+	return op == SR_DISK_OP_WRITE	 ? VIRTIO_BLK_T_OUT
+	       : op == SR_DISK_OP_ZEROES ? VIRTIO_BLK_T_WRITE_ZEROES
+					 : VIRTIO_BLK_T_DISCARD;
+}
+
 int disk_stage_add(struct disk_stage *s, const struct sr_record *rec, char *err, size_t errlen)
 {
 	struct disk_buf *b = &s->b;
@@ -20,14 +30,37 @@ int disk_stage_add(struct disk_stage *s, const struct sr_record *rec, char *err,
 					.size = rec->dinfo.size,
 					.content = rec->dinfo.content};
 		memcpy(i->id, rec->dinfo.id, sizeof(i->id));
-		return 0;
+		if (!s->direct)
+			return 0;
+		int rc = check_one(i, rec->dinfo.disk, s->direct, s->ndirect, s->names, err, errlen);
+		if (!rc)
+			s->direct_ok |= 1ull << rec->dinfo.disk;
+		return rc;
 	}
 	if (rec->type != SR_REC_DISK_WRITE)
 		return errf(err, errlen, -EINVAL, "not a disk record");
+	if (s->direct) {
+		/* a VM that has not run: straight into the image, after that disk's identity matched */
+		int rc;
+		if (!(s->direct_ok & (1ull << rec->disk.disk)))
+			return errf(err, errlen, -EBADMSG, "a write to disk%u before its DISK_INFO",
+				    rec->disk.disk);
+		rc = virtio_blk_host_apply(s->direct[rec->disk.disk], blk_type(rec->disk.op),
+					   rec->disk.sector, rec->disk.nr_sectors, rec->disk.data);
+		if (rc)
+			return errf(err, errlen, rc, "cannot apply a write to disk%u at sector %llu: %s",
+				    rec->disk.disk, (unsigned long long)rec->disk.sector, strerror(-rc));
+		s->ops_applied++;
+		s->bytes_applied += rec->disk.data ? rec->disk.nr_sectors * SR_DISK_SECTOR : 0;
+		return 0;
+	}
 	size_t bytes = rec->disk.data ? rec->disk.nr_sectors * SR_DISK_SECTOR : 0;
 	if (b->len + bytes > DISK_STAGE_MAX)
 		return errf(err, errlen, -E2BIG, "epoch carries more than %u MiB of disk writes",
 			    DISK_STAGE_MAX >> 20);
+	if (b->nops >= DISK_STAGE_OPS_MAX)
+		return errf(err, errlen, -E2BIG, "epoch carries more than %u disk writes",
+			    DISK_STAGE_OPS_MAX);
 	if (b->nops == b->opcap) {
 		size_t cap = b->opcap ? b->opcap * 2 : 1024;
 		void *n = realloc(b->ops, cap * sizeof(*b->ops));
@@ -74,15 +107,12 @@ void disk_stage_free(struct disk_stage *s)
 const struct disk_peer_names disk_names_remus = {"the primary", "on the primary", "this standby"};
 const struct disk_peer_names disk_names_snapshot = {"the snapshot", "in the snapshot", "this VM"};
 
-int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs, int n, uint32_t *verified,
+static int check_one(const struct disk_info *i, unsigned d, struct virtio_blk *const *devs, int n,
 		     const struct disk_peer_names *nm, char *err, size_t errlen)
 {
 	char id[VIRTIO_BLK_ID_BYTES + 1];
 
-	for (unsigned d = 0; d < SR_MAX_DISKS; d++) {
-		const struct disk_info *i = &s->info[d];
-		if (!i->seen)
-			continue;
+	{
 		if ((int)d >= n)
 			return errf(err, errlen, -EINVAL, "%s has disk%u, %s not", nm->peer, d, nm->self);
 		if (i->size != virtio_blk_capacity(devs[d]))
@@ -96,6 +126,19 @@ int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs,
 			return errf(err, errlen, -EINVAL, "disk%u is %s %s, %s here", d,
 				    i->flags & SR_DISK_F_READONLY ? "read-only" : "read-write", nm->at,
 				    virtio_blk_readonly(devs[d]) ? "read-only" : "read-write");
+	}
+	return 0;
+}
+
+int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs, int n, uint32_t *verified,
+		     const struct disk_peer_names *nm, char *err, size_t errlen)
+{
+	for (unsigned d = 0; d < SR_MAX_DISKS; d++) {
+		if (!s->info[d].seen)
+			continue;
+		int rc = check_one(&s->info[d], d, devs, n, nm, err, errlen);
+		if (rc)
+			return rc;
 		*verified |= 1u << d;
 	}
 	if (s->nr_info && s->nr_info < n)
@@ -104,13 +147,6 @@ int disk_stage_check(const struct disk_stage *s, struct virtio_blk *const *devs,
 				return errf(err, errlen, -EINVAL, "%s has disk%d, %s not", nm->self, d,
 					    nm->peer);
 	return 0;
-}
-
-static uint32_t blk_type(uint32_t op)
-{
-	return op == SR_DISK_OP_WRITE	 ? VIRTIO_BLK_T_OUT
-	       : op == SR_DISK_OP_ZEROES ? VIRTIO_BLK_T_WRITE_ZEROES
-					 : VIRTIO_BLK_T_DISCARD;
 }
 
 int disk_stage_apply(struct disk_stage *s, struct virtio_blk *const *devs, int n, char *err, size_t errlen)

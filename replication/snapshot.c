@@ -110,7 +110,8 @@ static int restore_one(struct vm *vm, const struct rdisks *rd, const char *path,
 {
 	struct sr_header h;
 	struct ckpt_info info;
-	struct disk_stage ds = {0};
+	/* direct: a full disk's blocks in one epoch must not be staged in memory */
+	struct disk_stage ds = {.direct = rd->dev, .ndirect = rd->n, .names = &disk_names_snapshot};
 	struct ckpt_stage stg = {.disk = &ds};
 	struct sr_in in;
 	struct sr_ctx *r;
