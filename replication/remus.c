@@ -98,6 +98,7 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	remus_primary_status(r, rm);
 	remus_standby_status(r, rm);
 	remus_witness_status(r, rm);
+	remus_disk_status(r, rm);
 	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
 	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
 		json_object_object_add(o, "state", json_object_new_string("fenced"));
@@ -161,6 +162,9 @@ static void exit_hook(struct vmm *v, void *opaque)
 	ckpt_engine_free(&r->eng);
 	ckpt_stage_free(&r->tx);
 	sr_delta_free(r->delta);
+	if (r->disks_ready)
+		disk_repl_free(&r->disks);
+	disk_stage_free(&r->dstage);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
 	remus_obs_free(r);

@@ -117,10 +117,24 @@ static void *sender_main(void *arg)
 	epoch = r->next_epoch;
 	pthread_mutex_unlock(&r->lock);
 	rc = sr_write_header(w, &h);
-	if (!rc)
-		rc = precopy(r, w, &out, &epoch);
 	if (rc) {
 		sender_error(r, "live full copy", w, rc);
+		goto out;
+	}
+	/* Disks: the blocks that differ from the standby's, then memory, then what was written meanwhile. */
+	char derr[256];
+	rc = remus_disk_sync(r, w, &epoch, false, derr, sizeof(derr));
+	if (!rc && (rc = precopy(r, w, &out, &epoch))) {
+		sender_error(r, "live full copy", w, rc);
+		goto out;
+	}
+	if (!rc)
+		rc = remus_disk_sync(r, w, &epoch, true, derr, sizeof(derr));
+	if (rc) {
+		pthread_mutex_lock(&r->lock);
+		snprintf(r->sender_err, sizeof(r->sender_err), "%s", derr);
+		pthread_mutex_unlock(&r->lock);
+		remus_notify(r, RA_SENDER_FAILED);
 		goto out;
 	}
 	account(r, w, &out);
@@ -324,6 +338,10 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	uint64_t now = now_ns();
 
 	r->last_rx_ns = now;
+	if (m->type >= REMUS_MSG_DISK_SUMS) {
+		remus_disk_msg(r, m);
+		return;
+	}
 	if (m->type == REMUS_MSG_ABANDONED) {
 		remus_primary_abandoned(r, m->value);
 		return;
@@ -431,6 +449,10 @@ void remus_primary_async(struct remus *r, unsigned flags)
 		return;
 	if (flags & RA_SENDER_FAILED) {
 		char e[256];
+		/* A standby that refused this VM closes while the sender writes: its REJECT, already
+		 * received, decides (drain_rx ends the session on the EOF or reset behind it). */
+		if (!drain_rx(r))
+			return;
 		pthread_mutex_lock(&r->lock);
 		snprintf(e, sizeof(e), "%s", r->sender_err);
 		pthread_mutex_unlock(&r->lock);
@@ -570,6 +592,10 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	}
 	rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
 	r->eng_ready = !rc;
+	if (!rc && (rc = remus_disk_protect(r))) {
+		close(fd);
+		return ctl_error("cannot set up disk replication: %s", strerror(-rc));
+	}
 	if (!rc)
 		rc = ckpt_engine_start(&r->eng, err, sizeof(err));
 	if (rc) {

@@ -145,6 +145,10 @@ struct remus {
 	 * every re-protect, ~3-10 us each here). Its stage is the epoch the sender writes. */
 	struct ckpt_engine eng;
 	bool eng_ready; /* eng initialised (kept across sessions: the stage stays grown) */
+	/* the VM's disks (eng.disks points here while it has some): write log and initial sync */
+	struct disk_repl disks;
+	bool disks_ready;
+	bool sums_ready; /* lock: the standby's disk checksums arrived (or will not) */
 	pthread_t sender;
 	bool sender_running;
 	bool stop_sender; /* lock */
@@ -189,6 +193,10 @@ struct remus {
 	bool want_failover; /* lock: set by the reader at its end */
 	char end_reason[200];
 	struct ckpt_stage stg;
+	struct disk_stage dstage; /* stg.disk: the epoch's disk writes, applied with its pages */
+	struct virtio_blk *sdisk[DISK_MAX]; /* this standby's disks */
+	int nr_sdisk;
+	uint32_t disks_verified; /* reader: a bit per disk whose DISK_INFO matched this connection */
 	struct ckpt_state committed; /* lock */
 	bool have_committed; /* lock */
 	uint64_t committed_epoch; /* lock */
@@ -249,6 +257,17 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 void remus_standby_status(struct remus *r, struct json_object *o);
 uint32_t remus_progress_timeout_ms(const struct remus *r);
 void remus_standby_takeover(struct remus *r); /* the witness key is ours: take over now */
+
+/* remus_disk.c */
+int remus_disk_protect(struct remus *r); /* loop: set up the disks for a protect; 0 or -errno */
+void remus_disk_msg(struct remus *r, const struct remus_msg *m); /* loop: DISK_SUMS* from the standby */
+/* sender: the initial sync (final = false: before the memory pre-copy) or its last pass (after) */
+int remus_disk_sync(struct remus *r, struct sr_ctx *w, uint64_t *epoch, bool final, char *err, size_t errlen);
+void remus_disk_status(struct remus *r, struct json_object *o);
+void remus_disk_standby_init(struct remus *r);
+int remus_disk_send_sums(struct remus *r); /* reader */
+int remus_disk_check(struct remus *r, char *err, size_t errlen); /* reader */
+int remus_disk_apply(struct remus *r, char *err, size_t errlen); /* reader */
 
 /* remus_witness.c (loop thread) */
 int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,

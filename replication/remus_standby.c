@@ -117,7 +117,8 @@ static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
 	char err[256], why[320];
 	uint64_t t0 = now_ns();
 
-	if (r->stg.have_state && direct && state_fits(&r->stg.st, r->vm, err, sizeof(err))) {
+	if (remus_disk_check(r, err, sizeof(err)) ||
+	    (r->stg.have_state && direct && state_fits(&r->stg.st, r->vm, err, sizeof(err)))) {
 		/* The first machine state of this primary: it must fit, or this standby could never
 		 * take over. Refuse protection instead of acking epochs it cannot use. */
 		pthread_mutex_lock(&r->lock);
@@ -134,9 +135,20 @@ static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
 		reader_end(r, false, "failed over");
 		return -1;
 	}
-	/* Only this thread writes replica RAM; a takeover joins it before using RAM or state. */
+	/* Only this thread writes replica RAM and disks; a takeover joins it before using RAM, disks or
+	 * state, so it finds all of an epoch or none of it. */
 	if (!direct)
 		ckpt_stage_apply_pages(&r->stg, gm);
+	if (remus_disk_apply(r, err, sizeof(err))) {
+		/* The images now hold part of an epoch: no state matches them any more. */
+		pthread_mutex_lock(&r->lock);
+		r->have_committed = false;
+		send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
+		pthread_mutex_unlock(&r->lock);
+		snprintf(why, sizeof(why), "rejected primary: %s", err);
+		reader_end(r, false, why);
+		return -1;
+	}
 	pthread_mutex_lock(&r->lock);
 	if (r->stg.have_state) {
 		struct ckpt_state tmp = r->committed;
@@ -186,6 +198,7 @@ static void *reader_main(void *arg)
 	/* A new primary resends everything: the old committed state no longer matches what will be
 	 * written into RAM, so it cannot be used until the new stream has delivered a full state. */
 	r->have_committed = false;
+	r->disks_verified = 0;
 	pthread_mutex_unlock(&r->lock);
 	remus_notify(r, RA_READER_CONNECTED);
 	in.timeout_ms = (int)to; /* silence past the heartbeat timeout = primary gone */
@@ -213,6 +226,14 @@ static void *reader_main(void *arg)
 		return NULL;
 	}
 	r->stg.base = gm; /* PAGE_DELTA: the replica's RAM is the last copy the primary sent */
+	rc = remus_disk_send_sums(r);
+	if (rc) {
+		snprintf(why, sizeof(why), "cannot send the disk checksums to the primary: %s",
+			 strerror(-rc));
+		reader_end(r, false, why);
+		sr_ctx_free(rd);
+		return NULL;
+	}
 	for (;;) {
 		bool direct;
 
@@ -544,6 +565,7 @@ int remus_standby_start(struct remus *r, const char *addr, char *err, size_t err
 	r->lfd = fd;
 	snprintf(r->peer, sizeof(r->peer), "%s", addr);
 	r->role = REMUS_STANDBY;
+	remus_disk_standby_init(r);
 	ev_io_init(&r->accept_w, accept_cb, fd, EV_READ);
 	r->accept_w.data = r;
 	ev_io_start(r->loop, &r->accept_w);

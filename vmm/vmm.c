@@ -121,10 +121,6 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		vmm_stop(v, 0);
 		return json_object_new_object();
 	}
-	if (v->nr_disk && (!strcmp(cmd, "snapshot") || !strcmp(cmd, "protect") || !strcmp(cmd, "migrate")))
-		return ctl_error("%s: not supported for a VM with --disk yet (its disk would not match its "
-				 "memory)",
-				 cmd);
 	for (int i = 0; i < v->nr_cmds; i++)
 		if (!strcmp(cmd, v->cmds[i].name))
 			return v->cmds[i].fn(v, req, v->cmds[i].opaque);
@@ -324,18 +320,11 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 	rc = vmm_net_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
 	if (rc)
 		goto err;
-	if (o->nr_disk && o->hold) {
-		rc = errf(
-			err, errlen, -EOPNOTSUPP,
-			"--disk with --standby or --incoming is not supported yet (disks are not replicated "
-			"or migrated)");
-		goto err;
-	}
 	rc = vmm_disk_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
 	if (rc)
 		goto err;
 	if (o->restore) {
-		rc = o->restore_fn ? o->restore_fn(v->vm, o->restore, err, errlen)
+		rc = o->restore_fn ? o->restore_fn(v, o->restore, err, errlen)
 				   : errf(err, errlen, -EINVAL, "no restore function for %s", o->restore);
 		if (rc)
 			goto err;

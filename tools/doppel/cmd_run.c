@@ -361,7 +361,7 @@ static int restore_opts(struct vmm_opts *o)
 	}
 	o->mem = h.mem_size;
 	o->vcpus = (int)h.nr_vcpus;
-	o->restore_fn = snap_restore;
+	o->restore_fn = snapshot_restore;
 	return 0;
 }
 
