@@ -107,6 +107,9 @@ struct mig_progress {
 
 struct mig {
 	struct vmm *v;
+	/* TLS (NULL: plaintext): the destination's from `run --incoming --tls-dir`, the source's from
+	 * the migrate request (replaced per migration; read by the sender thread it starts). */
+	struct tls_cfg *tls;
 	pthread_mutex_t lock;
 	struct mig_progress prog;
 	bool busy; /* an outgoing migration is running */
@@ -134,5 +137,6 @@ struct mig {
 void *mig_sender_main(void *arg);
 /* migrate_recv.c */
 int mig_recv_listen(struct mig *m, const char *addr, char *err, size_t errlen);
+#define MIG_HANDSHAKE_MS 5000 /* one deadline for TLS handshake + stream header (both sides) */
 
 #endif

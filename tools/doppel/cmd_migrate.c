@@ -20,6 +20,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--json] [--control PATH] [--timeout MS]\n"
+		"                      [--tls-dir DIR [--tls-peer-name NAME]]\n"
 		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
@@ -31,7 +32,11 @@ static void usage(FILE *f)
 		"  --downtime-ms N       downtime target in ms (default 10)\n"
 		"  --max-bandwidth RATE  cap on the wire, bytes/s with K/M/G suffixes (default unlimited)\n"
 		"  --compress MODE       auto (default: measure both, keep the faster), zstd or none\n"
-		"  --timeout MS          destination I/O timeout (default 5000)\n" DOPPEL_CTL_OPTHELP);
+		"  --timeout MS          destination I/O timeout (default 5000)\n"
+		"  --tls-dir DIR         TLS 1.3 with mutual authentication: DIR holds ca.pem, cert.pem,\n"
+		"                        key.pem (docs/security.md); without it the stream is plaintext\n"
+		"  --tls-peer-name NAME  the destination's certificate must name NAME "
+		"(SAN/CN)\n" DOPPEL_CTL_OPTHELP);
 }
 
 struct progress {
@@ -127,10 +132,12 @@ int cmd_migrate(int argc, char **argv)
 		{"max-bandwidth", required_argument, NULL, 'B'},
 		{"compress", required_argument, NULL, 'Z'},
 		{"resume-source", no_argument, NULL, 'R'},
+		{"tls-dir", required_argument, NULL, 0x100},
+		{"tls-peer-name", required_argument, NULL, 0x101},
 		{0},
 	};
 	struct doppel_ctl_opts o;
-	const char *to = NULL, *compress = "auto";
+	const char *to = NULL, *compress = "auto", *tls_dir = NULL, *tls_peer = NULL;
 	uint64_t downtime = 10, bw = 0;
 	bool timeout_given = false, resume = false;
 	struct json_object *req, *reply = NULL;
@@ -152,6 +159,12 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case 'R':
 			resume = true;
+			break;
+		case 0x100:
+			tls_dir = optarg;
+			break;
+		case 0x101:
+			tls_peer = optarg;
 			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
@@ -192,6 +205,11 @@ int cmd_migrate(int argc, char **argv)
 	json_object_object_add(req, "compress", json_object_new_string(compress));
 	if (timeout_given)
 		json_object_object_add(req, "timeout_ms", json_object_new_int(o.timeout_ms));
+	rc = doppel_add_tls("migrate", req, tls_dir, tls_peer);
+	if (rc) {
+		json_object_put(req);
+		return rc;
+	}
 
 	struct progress p = {.path = o.path};
 	pthread_t th;

@@ -13,6 +13,7 @@ static void usage(void)
 	printf("usage: doppel protect NAME --peer ADDR:PORT [--interval MS] [--heartbeat-timeout MS]\n"
 	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
 	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
+	       "                       [--tls-dir DIR [--tls-peer-name NAME]]\n"
 	       "                       [--control PATH] [--json]\n"
 	       "\n"
 	       "Protect a running VM with a standby (`doppel run --standby --listen ADDR:PORT`): copy its\n"
@@ -37,7 +38,12 @@ static void usage(void)
 	       "                                provably valid, else the VM fences itself\n"
 	       "      --witness-name N          the key's name (default: the VM's name)\n"
 	       "      --witness-ttl MS          lease TTL (default 1000; etcd rounds up to "
-	       "seconds)\n" DOPPEL_CTL_OPTHELP);
+	       "seconds)\n"
+	       "      --tls-dir DIR             TLS 1.3 with mutual authentication: DIR holds ca.pem,\n"
+	       "                                cert.pem, key.pem (docs/security.md); without it the\n"
+	       "                                stream is plaintext and unauthenticated\n"
+	       "      --tls-peer-name NAME      the standby's certificate must name NAME "
+	       "(SAN/CN)\n" DOPPEL_CTL_OPTHELP);
 }
 
 static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
@@ -65,11 +71,14 @@ int cmd_protect(int argc, char **argv)
 		{"witness", required_argument, NULL, 'w'},
 		{"witness-name", required_argument, NULL, 'X'},
 		{"witness-ttl", required_argument, NULL, 'T'},
+		{"tls-dir", required_argument, NULL, 0x100},
+		{"tls-peer-name", required_argument, NULL, 0x101},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	struct json_object *req;
-	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL;
+	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL, *tls_dir = NULL,
+		   *tls_peer = NULL;
 	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0;
 	int c, rc;
 
@@ -100,6 +109,10 @@ int cmd_protect(int argc, char **argv)
 							  "bad --standby-lost '%s' (release, hold or fence)",
 							  optarg);
 			lost = optarg;
+		} else if (c == 0x100) {
+			tls_dir = optarg;
+		} else if (c == 0x101) {
+			tls_peer = optarg;
 		} else if (c == 'w') {
 			witness = optarg;
 		} else if (c == 'X') {
@@ -141,6 +154,11 @@ int cmd_protect(int argc, char **argv)
 		json_object_object_add(req, "witness_ttl_ms", json_object_new_int((int)wttl));
 		if (wname)
 			json_object_object_add(req, "witness_name", json_object_new_string(wname));
+	}
+	rc = doppel_add_tls("protect", req, tls_dir, tls_peer);
+	if (rc) {
+		json_object_put(req);
+		return rc;
 	}
 	return doppel_ctl_run(&o, req, print);
 }

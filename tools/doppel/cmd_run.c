@@ -23,6 +23,7 @@ static void usage(FILE *f)
 		"                  [--disk path=FILE[,readonly][,id=NAME]]...\n"
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
+		"                  [--tls-dir DIR [--tls-peer-name NAME]] [--accept-any-peer]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
@@ -52,6 +53,12 @@ static void usage(FILE *f)
 		"  --witness-name N the key's name (default: this VM's name; the primary's must match)\n"
 		"  --witness-ttl MS lease TTL of this copy once it took over (default 1000)\n"
 		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
+		"  --tls-dir DIR    standby/incoming: TLS 1.3 with mutual authentication; DIR holds\n"
+		"                   ca.pem, cert.pem, key.pem (docs/security.md). Without it the\n"
+		"                   stream is plaintext and unauthenticated (said once in the log)\n"
+		"  --tls-peer-name NAME  accept only a peer whose certificate names NAME (SAN/CN)\n"
+		"  --accept-any-peer  standby: accept a new primary of another identity (certificate\n"
+		"                   name; the IP address without TLS) after the first one's checkpoint\n"
 		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
 		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
 		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
@@ -60,13 +67,16 @@ static void usage(FILE *f)
 }
 /* clang-format on */
 
+enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER };
+
 /* What the command line asked for. */
 struct run_args {
 	struct vmm_opts o;
 	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
+	const char *tls_dir, *tls_peer_name;
 	uint64_t witness_ttl;
 	enum log_level log_level;
-	bool standby;
+	bool standby, accept_any_peer;
 };
 
 static int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -121,6 +131,15 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case 'T':
 		if (parse_uint(arg, 100, 600000, &a->witness_ttl))
 			return bad_usage("bad --witness-ttl '%s' (milliseconds, 100..600000)", arg);
+		break;
+	case OPT_TLS_DIR:
+		a->tls_dir = arg;
+		break;
+	case OPT_TLS_PEER:
+		a->tls_peer_name = arg;
+		break;
+	case OPT_ANY_PEER:
+		a->accept_any_peer = true;
 		break;
 	case 'n':
 		o->name = arg;
@@ -206,6 +225,9 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"witness-name", required_argument, 0, 'X'},
 		{"witness-ttl", required_argument, 0, 'T'},
 		{"disk", required_argument, 0, 'D'},
+		{"tls-dir", required_argument, 0, OPT_TLS_DIR},
+		{"tls-peer-name", required_argument, 0, OPT_TLS_PEER},
+		{"accept-any-peer", no_argument, 0, OPT_ANY_PEER},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
@@ -228,6 +250,14 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (!a->standby && (a->failover || a->fence_cmd || a->witness || a->witness_name || a->witness_ttl))
 		return bad_usage("%s", "--failover, --fence-cmd and --witness* need --standby (a primary "
 				       "gets them from doppel protect)");
+	if (!a->standby && !a->incoming && (a->tls_dir || a->tls_peer_name))
+		return bad_usage("%s",
+				 "--tls-dir and --tls-peer-name need --standby or --incoming (a "
+				 "primary gets them from doppel protect, a source from doppel migrate)");
+	if (a->tls_peer_name && !a->tls_dir)
+		return bad_usage("--tls-peer-name needs --tls-dir");
+	if (a->accept_any_peer && !a->standby)
+		return bad_usage("--accept-any-peer needs --standby");
 	a->o.hold = a->standby || a->incoming;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
@@ -308,10 +338,13 @@ static int build_vm(struct run_args *a, struct vmm **out)
 				.witness = a->witness,
 				.witness_name = a->witness_name,
 				.witness_ttl_ms = (uint32_t)a->witness_ttl,
+				.tls_dir = a->tls_dir,
+				.tls_peer_name = a->tls_peer_name,
+				.accept_any_peer = a->accept_any_peer,
 			},
 			err, sizeof(err));
 	else if (a->incoming)
-		rc = migrate_incoming_listen(v, a->incoming, err, sizeof(err));
+		rc = migrate_incoming_listen(v, a->incoming, a->tls_dir, a->tls_peer_name, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "doppel run: %s\n", err);
 		vmm_destroy(v);
