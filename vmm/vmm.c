@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <json-c/json.h>
 #include <signal.h>
 #include <stdio.h>
@@ -215,10 +216,15 @@ static int open_serial(struct vmm *v, char *err, size_t errlen)
 		return 0;
 	}
 	if (!strncmp(s, "file:", 5) && s[5]) {
-		v->serial_fd = open(s + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+		struct stat st;
+		/* 0600: the console may carry what the guest prints (secrets too); an existing
+		 * regular file is narrowed through the descriptor, never by path */
+		v->serial_fd = open(s + 5, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
 		if (v->serial_fd < 0)
 			return errf(err, errlen, -errno, "cannot open serial file %s: %s", s + 5,
 				    strerror(errno));
+		if (fstat(v->serial_fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077))
+			(void)fchmod(v->serial_fd, 0600);
 		v->own_serial_fd = true;
 		return 0;
 	}
@@ -315,7 +321,8 @@ int vmm_run(struct vmm *v, bool start_paused)
 
 	/* The control socket appears only now, when everything (a standby's or a migration target's
 	 * listener included) is set up: a client that sees it may use the VM at once. */
-	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
+	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, v->o.control_group_set ? v->o.control_group : -1,
+			      handle, v, err, sizeof(err));
 	if (rc) {
 		log_error("vmm", v->name, "%s", err);
 		return 1;

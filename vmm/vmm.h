@@ -22,6 +22,9 @@ struct vmm_opts {
 	const char *cmdline; /* guest command line (may be NULL) */
 	const char *serial; /* "stdio" (default), "file:PATH" or "none" */
 	const char *control; /* control socket path; default /run/doppel/NAME.sock */
+	long control_group; /* gid whose members may use the control socket besides root (-1 or 0 with
+			     * control_group_set false: none) */
+	bool control_group_set;
 	uint64_t mem; /* bytes; default 256 MiB */
 	int vcpus; /* default 1 */
 	const char *restore; /* snapshot file to restore instead of booting a kernel, with restore_fn: */

@@ -1,5 +1,6 @@
 /* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
 #include <getopt.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ static void usage(FILE *f)
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
 		"                  [--tls-dir DIR [--tls-peer-name NAME]] [--accept-any-peer]\n"
+		"                  [--control-group GROUP]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
@@ -37,7 +39,9 @@ static void usage(FILE *f)
 		"  --vcpus N        vCPUs, one thread each (default 1, max %d)\n"
 		"  --cmdline STR    guest command line, e.g. \"work=dirty ws=64M pi=1000\"\n"
 		"  --serial WHERE   console: stdio (default), file:PATH, or none\n"
-		"  --control PATH   control socket (default /run/doppel/NAME.sock)\n"
+		"  --control PATH   control socket (default /run/doppel/NAME.sock), mode 0660; only root\n"
+		"                   (and this process's user) may issue commands\n"
+		"  --control-group GROUP  members of GROUP may use the control socket too\n"
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
 		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
 		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
@@ -67,7 +71,7 @@ static void usage(FILE *f)
 }
 /* clang-format on */
 
-enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER };
+enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER, OPT_CTL_GROUP };
 
 /* What the command line asked for. */
 struct run_args {
@@ -141,6 +145,16 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case OPT_ANY_PEER:
 		a->accept_any_peer = true;
 		break;
+	case OPT_CTL_GROUP: {
+		struct group *g = getgrnam(arg);
+		char *end;
+		unsigned long gid = strtoul(arg, &end, 10);
+		if (!g && (!*arg || *end || gid > 0x7fffffffUL))
+			return bad_usage("unknown --control-group '%s'", arg);
+		o->control_group = g ? (long)g->gr_gid : (long)gid;
+		o->control_group_set = true;
+		break;
+	}
 	case 'n':
 		o->name = arg;
 		break;
@@ -228,6 +242,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"tls-dir", required_argument, 0, OPT_TLS_DIR},
 		{"tls-peer-name", required_argument, 0, OPT_TLS_PEER},
 		{"accept-any-peer", no_argument, 0, OPT_ANY_PEER},
+		{"control-group", required_argument, 0, OPT_CTL_GROUP},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
