@@ -36,6 +36,7 @@ struct vmm_opts {
 	const char *disk[VMM_MAX_DISKS]; /* --disk option strings, parsed by vmm/diskopt.c */
 	int nr_disk;
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
+	int sandbox; /* enum vmm_sandbox (vmm/sandbox.h): 0 off (default), 1 on, 2 log; vmm_run applies it */
 };
 
 /* ---- control replies ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/parse.h"
 #include "vmm/vmm.h"
+#include "vmm/sandbox.h"
 #include "tools/doppel/doppel.h"
 
 /* clang-format off */
@@ -25,7 +26,7 @@ static void usage(FILE *f)
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
 		"                  [--tls-dir DIR [--tls-peer-name NAME]] [--accept-any-peer]\n"
-		"                  [--control-group GROUP]\n"
+		"                  [--control-group GROUP] [--no-sandbox | --sandbox-log]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
@@ -42,6 +43,10 @@ static void usage(FILE *f)
 		"  --control PATH   control socket (default /run/doppel/NAME.sock), mode 0660; only root\n"
 		"                   (and this process's user) may issue commands\n"
 		"  --control-group GROUP  members of GROUP may use the control socket too\n"
+		"  --no-sandbox     debugging: no seccomp filter, no capability drop (default: after\n"
+		"                   set-up only the system calls listed in vmm/sandbox.c are allowed,\n"
+		"                   any other kills the process; docs/security.md)\n"
+		"  --sandbox-log    the same filter, but unlisted calls are only logged (dmesg)\n"
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
 		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
 		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
@@ -71,7 +76,7 @@ static void usage(FILE *f)
 }
 /* clang-format on */
 
-enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER, OPT_CTL_GROUP };
+enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER, OPT_CTL_GROUP, OPT_NO_SANDBOX, OPT_SANDBOX_LOG };
 
 /* What the command line asked for. */
 struct run_args {
@@ -144,6 +149,12 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		break;
 	case OPT_ANY_PEER:
 		a->accept_any_peer = true;
+		break;
+	case OPT_NO_SANDBOX:
+		o->sandbox = VMM_SANDBOX_OFF;
+		break;
+	case OPT_SANDBOX_LOG:
+		o->sandbox = VMM_SANDBOX_LOG;
 		break;
 	case OPT_CTL_GROUP: {
 		struct group *g = getgrnam(arg);
@@ -243,11 +254,13 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"tls-peer-name", required_argument, 0, OPT_TLS_PEER},
 		{"accept-any-peer", no_argument, 0, OPT_ANY_PEER},
 		{"control-group", required_argument, 0, OPT_CTL_GROUP},
+		{"no-sandbox", no_argument, 0, OPT_NO_SANDBOX},
+		{"sandbox-log", no_argument, 0, OPT_SANDBOX_LOG},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
 
-	*a = (struct run_args){.log_level = LOG_INFO};
+	*a = (struct run_args){.log_level = LOG_INFO, .o.sandbox = VMM_SANDBOX_ON};
 	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
