@@ -5,8 +5,9 @@
 #include <stddef.h>
 
 /* OFF: nothing (library users and unit tests; `doppel run --no-sandbox`). ON: unlisted system calls
- * kill the process (`doppel run`'s default). LOG: same list, unlisted calls allowed but logged by
- * the kernel (dmesg: audit type=1326 ... syscall=N), to find what a new feature needs. */
+ * kill the process (`doppel run`'s default). LOG (`--sandbox-log`): same list, an unlisted call fails
+ * with ENOSYS and is named on stderr ("doppel: sandbox: unlisted system call N"; scmp_sys_resolver N names it), to find what
+ * a new feature needs. */
 enum vmm_sandbox { VMM_SANDBOX_OFF = 0, VMM_SANDBOX_ON, VMM_SANDBOX_LOG };
 
 /* Drop capabilities (keep CAP_SYS_NICE and the file-access ones) and install the seccomp filter on
