@@ -93,6 +93,7 @@ static const int ALLOWED[] = {
 	SYS(rseq),
 	SYS(futex),
 	SYS(exit),
+	SYS(restart_syscall) /* a signal (a vCPU kick) interrupted a sleep */,
 	SYS(exit_group),
 	SYS(sched_yield),
 	SYS(getpid),
@@ -102,6 +103,7 @@ static const int ALLOWED[] = {
 	SYS(set_tid_address),
 	SYS(sched_getaffinity) /* glibc: nproc for zstd/worker counts */,
 	SYS(prlimit64),
+	SYS(sysinfo) /* glibc: physical memory size (zstd, malloc) */,
 	SYS(getrlimit),
 	SYS(prctl) /* thread names (PR_SET_NAME) */,
 	/* all: time */
