@@ -107,8 +107,9 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	if (r->tls && tls_cfg_peer_name(r->tls))
 		json_object_object_add(rm, "tls_peer_name",
 				       json_object_new_string(tls_cfg_peer_name(r->tls)));
-	if (r->role != REMUS_UNPROTECTED || r->tls)
-		json_object_object_add(o, "tls", json_object_new_boolean(r->tls != NULL));
+	/* the process's replication/migration transport; the migration hook (registered after this
+	 * one) overrides it while a migration is its current transfer */
+	json_object_object_add(o, "tls", json_object_new_boolean(r->tls != NULL));
 	json_object_object_add(rm, "interval_ms", json_object_new_int((int)r->interval_ms));
 	json_object_object_add(rm, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
 	remus_primary_status(r, rm);
