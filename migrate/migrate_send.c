@@ -15,6 +15,7 @@
 #include "replication/ckpt_engine.h"
 #include "replication/disk_repl.h"
 #include "replication/sock.h"
+#include "replication/tls.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
@@ -163,9 +164,18 @@ static int connect_dst(struct sender *s)
 	struct mig_msg msg;
 	int rc;
 
+	uint64_t deadline = now_ns() + (uint64_t)m->p.connect_timeout_ms * 1000000ull;
 	s->fd = sock_connect(m->p.to, m->p.connect_timeout_ms, s->err, sizeof(s->err));
 	if (s->fd < 0)
 		return s->fd;
+	if (m->tls) {
+		char id[TLS_ID_MAX], e2[256];
+		rc = tls_wrap(m->tls, false, &s->fd, deadline, id, sizeof(id), e2, sizeof(e2));
+		if (rc)
+			return errf(s->err, sizeof(s->err), rc, "destination %.200s: %s", m->p.to, e2);
+		log_info("migrate", vmm_name(m->v), "migration to %s over TLS 1.3 (peer certificate %s)",
+			 m->p.to, id);
+	}
 	sr_out_fd(&s->out, s->fd, m->p.io_timeout_ms);
 	s->compress = m->p.compress != MIG_COMP_NONE;
 	if (m->p.compress == MIG_COMP_AUTO)

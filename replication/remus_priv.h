@@ -12,6 +12,7 @@
 #include "netbuf/netbuf.h"
 #include "replication/checkpoint.h"
 #include "replication/ckpt_engine.h"
+#include "replication/tls.h"
 #include "replication/remus.h"
 #include "replication/remus_proto.h"
 
@@ -127,6 +128,9 @@ struct remus {
 	char wit_wait_reason[256];
 	char takeover_why[200];
 	enum remus_failover_policy failover_policy;
+	/* TLS (NULL: plaintext, said once in the log and as "tls": false in status). The standby's
+	 * comes from `run --tls-dir`, the primary's from `protect --tls-dir` (replaced per protect). */
+	struct tls_cfg *tls;
 
 	/* ---- primary ---- */
 	enum remus_pstate pstate;
@@ -191,7 +195,14 @@ struct remus {
 	bool connected; /* lock: a primary is heard */
 	bool failed_over; /* lock */
 	bool want_failover; /* lock: set by the reader at its end */
-	char end_reason[200];
+	char end_reason[400];
+	char conn_id[TLS_ID_MAX]; /* reader: identity of the current connection's peer */
+	/* The identity of the primary whose first full checkpoint was committed here (certificate name,
+	 * or "addr:IP" in plaintext): later connections from another identity are refused unless
+	 * accept_any_peer (`run --accept-any-peer`). Loop reads it only via the reader (lock). */
+	char bound_id[TLS_ID_MAX]; /* lock */
+	bool accept_any_peer;
+	uint64_t refused; /* lock: connections closed before HELLO (TLS, identity, deadline) */
 	struct ckpt_stage stg;
 	struct disk_stage dstage; /* stg.disk: the epoch's disk writes, applied with its pages */
 	struct virtio_blk *sdisk[DISK_MAX]; /* this standby's disks */

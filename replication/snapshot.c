@@ -227,6 +227,7 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	if (rename(t->tmp, t->path) < 0)
 		return errf(err, errlen, -errno, "cannot rename %s to %s: %s", t->tmp, t->path,
 			    strerror(errno));
+	t->tmp[0] = 0; /* renamed: nothing to clean up */
 	if (!e->log) {
 		char e2[256];
 		/* fails when e.g. Remus owns the log: incrementals unavailable, the snapshot is
@@ -250,7 +251,7 @@ static const struct ckpt_ops snap_ops = {
 static int snap_prepare(struct snap *s, struct take *t, const char *incremental_from, char *err,
 			size_t errlen)
 {
-	if (snprintf(t->tmp, sizeof(t->tmp), "%s.tmp", t->path) >= (int)sizeof(t->tmp) ||
+	if (strlen(t->path) + sizeof(".tmp.0123456789abcdef") > sizeof(t->tmp) ||
 	    strlen(t->path) >= sizeof(t->info.base_path))
 		return errf(err, errlen, -ENAMETOOLONG, "snapshot path too long");
 	if (incremental_from) {
@@ -292,9 +293,22 @@ static int snap_open(struct take *t, struct vm *vm, char *err, size_t errlen)
 	struct sr_header h;
 	int rc;
 
-	t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (t->fd < 0)
-		return errf(err, errlen, -errno, "cannot create %s: %s", t->tmp, strerror(errno));
+	/* Guest RAM: 0600, a fresh unpredictable name created exclusively (never a file or symlink
+	 * someone planted), renamed over PATH at commit. */
+	for (int i = 0; i < 8; i++) {
+		uint64_t r;
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = now_ns() * 0x9e3779b97f4a7c15ull;
+		snprintf(t->tmp, sizeof(t->tmp), "%s.tmp.%016llx", t->path, (unsigned long long)r);
+		t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (t->fd >= 0 || errno != EEXIST)
+			break;
+	}
+	if (t->fd < 0) {
+		rc = errf(err, errlen, -errno, "cannot create %s: %s", t->tmp, strerror(errno));
+		t->tmp[0] = 0; /* not ours: never unlinked */
+		return rc;
+	}
 	sr_out_fd(&t->out, t->fd, -1);
 	rc = sr_writer_new(&t->w, &t->out, true, 1);
 	if (rc)
@@ -372,7 +386,8 @@ err:
 	sr_ctx_free(t.w);
 	if (t.fd >= 0)
 		close(t.fd);
-	unlink(t.tmp);
+	if (t.tmp[0]) /* ours (created exclusively) and not renamed into place */
+		unlink(t.tmp);
 	return rc;
 }
 

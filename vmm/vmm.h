@@ -24,6 +24,9 @@ struct vmm_opts {
 	const char *cmdline; /* guest command line (may be NULL) */
 	const char *serial; /* "stdio" (default), "file:PATH" or "none" */
 	const char *control; /* control socket path; default /run/doppel/NAME.sock */
+	long control_group; /* gid whose members may use the control socket besides root (-1 or 0 with
+			     * control_group_set false: none) */
+	bool control_group_set;
 	uint64_t mem; /* bytes; default 256 MiB */
 	int vcpus; /* default 1 */
 	const char *restore; /* snapshot file to restore instead of booting a kernel, with restore_fn: */
@@ -43,6 +46,7 @@ struct vmm_opts {
 	const int *cpus; /* pin the vCPU threads to these host CPUs (NULL: no pinning) */
 	int nr_cpus;
 	enum hv_mem_policy mem_policy; /* guest RAM: lazy (default), populate or lock */
+	int sandbox; /* enum vmm_sandbox (vmm/sandbox.h): 0 off (default), 1 on, 2 log; vmm_run applies it */
 };
 
 /* ---- control replies ----------------------------------------------------------------------------

@@ -191,6 +191,8 @@ static struct json_object *protect_req(const struct vmm_protection *p)
 	json_object_object_add(req, "heartbeat_timeout_ms", json_object_new_int(p->heartbeat_timeout_ms));
 	if (p->standby_lost)
 		json_object_object_add(req, "standby_lost", json_object_new_string(p->standby_lost));
+	if (p->tls_dir)
+		json_object_object_add(req, "tls_dir", json_object_new_string(p->tls_dir));
 	if (p->witness) {
 		json_object_object_add(req, "witness", json_object_new_string(p->witness));
 		json_object_object_add(req, "witness_ttl_ms", json_object_new_int(p->witness_ttl_ms));

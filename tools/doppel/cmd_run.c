@@ -1,5 +1,6 @@
 /* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
 #include <getopt.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "common/parse.h"
 #include "vmm/config.h"
 #include "vmm/vmm.h"
+#include "vmm/sandbox.h"
 #include "tools/doppel/doppel.h"
 
 /* clang-format off */
@@ -25,6 +27,8 @@ static void usage(FILE *f)
 		"                  [--disk path=FILE[,readonly][,id=NAME]]...\n"
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
+		"                  [--tls-dir DIR [--tls-peer-name NAME]] [--accept-any-peer]\n"
+		"                  [--control-group GROUP] [--no-sandbox | --sandbox-log]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"                  [--log stderr|journal] [--event-log PATH|none] [--metrics ADDR:PORT]\n"
 		"\n"
@@ -43,7 +47,13 @@ static void usage(FILE *f)
 		"  --vcpus N        vCPUs, one thread each (default 1, max %d)\n"
 		"  --cmdline STR    guest command line, e.g. \"work=dirty ws=64M pi=1000\"\n"
 		"  --serial WHERE   console: stdio (default), file:PATH, or none\n"
-		"  --control PATH   control socket (default /run/doppel/NAME.sock)\n"
+		"  --control PATH   control socket (default /run/doppel/NAME.sock), mode 0660; only root\n"
+		"                   (and this process's user) may issue commands\n"
+		"  --control-group GROUP  members of GROUP may use the control socket too\n"
+		"  --no-sandbox     debugging: no seccomp filter, no capability drop (default: after\n"
+		"                   set-up only the system calls listed in vmm/sandbox.c are allowed,\n"
+		"                   any other kills the process; docs/security.md)\n"
+		"  --sandbox-log    the same filter, but unlisted calls are only logged (dmesg)\n"
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
 		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
 		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
@@ -59,6 +69,12 @@ static void usage(FILE *f)
 		"  --witness-name N the key's name (default: this VM's name; the primary's must match)\n"
 		"  --witness-ttl MS lease TTL of this copy once it took over (default 1000)\n"
 		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
+		"  --tls-dir DIR    standby/incoming: TLS 1.3 with mutual authentication; DIR holds\n"
+		"                   ca.pem, cert.pem, key.pem (docs/security.md). Without it the\n"
+		"                   stream is plaintext and unauthenticated (said once in the log)\n"
+		"  --tls-peer-name NAME  accept only a peer whose certificate names NAME (SAN/CN)\n"
+		"  --accept-any-peer  standby: accept a new primary of another identity (certificate\n"
+		"                   name; the IP address without TLS) after the first one's checkpoint\n"
 		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
 		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
 		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
@@ -74,14 +90,17 @@ static void usage(FILE *f)
 }
 /* clang-format on */
 
+enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER, OPT_CTL_GROUP, OPT_NO_SANDBOX, OPT_SANDBOX_LOG };
+
 /* What the command line asked for. */
 struct run_args {
 	struct vmm_opts o;
 	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
 	bool log_journal;
+	const char *tls_dir, *tls_peer_name;
 	uint64_t witness_ttl;
 	enum log_level log_level;
-	bool standby;
+	bool standby, accept_any_peer;
 	bool have_cfg, net_flag, disk_flag, level_flag;
 	struct vmm_config cfg; /* --config FILE */
 };
@@ -139,6 +158,31 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		if (parse_uint(arg, 100, 600000, &a->witness_ttl))
 			return bad_usage("bad --witness-ttl '%s' (milliseconds, 100..600000)", arg);
 		break;
+	case OPT_TLS_DIR:
+		a->tls_dir = arg;
+		break;
+	case OPT_TLS_PEER:
+		a->tls_peer_name = arg;
+		break;
+	case OPT_ANY_PEER:
+		a->accept_any_peer = true;
+		break;
+	case OPT_NO_SANDBOX:
+		o->sandbox = VMM_SANDBOX_OFF;
+		break;
+	case OPT_SANDBOX_LOG:
+		o->sandbox = VMM_SANDBOX_LOG;
+		break;
+	case OPT_CTL_GROUP: {
+		struct group *g = getgrnam(arg);
+		char *end;
+		unsigned long gid = strtoul(arg, &end, 10);
+		if (!g && (!*arg || *end || gid > 0x7fffffffUL))
+			return bad_usage("unknown --control-group '%s'", arg);
+		o->control_group = g ? (long)g->gr_gid : (long)gid;
+		o->control_group_set = true;
+		break;
+	}
 	case 'n':
 		o->name = arg;
 		break;
@@ -257,8 +301,8 @@ static int config_protection(struct run_args *a)
 		a->o.kernel = NULL; /* the file's kernel: only for a fresh boot */
 	if (!a->standby || !p->present)
 		return -1;
-	if (p->tls_dir)
-		return bad_usage("protection.tls_dir: this doppel has no TLS transport for replication yet");
+	if (!a->tls_dir)
+		a->tls_dir = p->tls_dir; /* TLS credentials directory (docs/security.md) */
 	if (!a->listen)
 		a->listen = p->listen ? p->listen : p->peer;
 	if (!a->failover)
@@ -304,6 +348,12 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"event-log", required_argument, 0, 'E'},
 		{"metrics", required_argument, 0, 'M'},
 		{"config", required_argument, 0, 'Q'},
+		{"tls-dir", required_argument, 0, OPT_TLS_DIR},
+		{"tls-peer-name", required_argument, 0, OPT_TLS_PEER},
+		{"accept-any-peer", no_argument, 0, OPT_ANY_PEER},
+		{"control-group", required_argument, 0, OPT_CTL_GROUP},
+		{"no-sandbox", no_argument, 0, OPT_NO_SANDBOX},
+		{"sandbox-log", no_argument, 0, OPT_SANDBOX_LOG},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
@@ -312,6 +362,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	rc = load_config(a, argc, argv);
 	if (rc >= 0)
 		return rc;
+	a->o.sandbox = VMM_SANDBOX_ON; /* --no-sandbox / --sandbox-log below */
 	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
@@ -332,6 +383,14 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (!a->standby && (a->failover || a->fence_cmd || a->witness || a->witness_name || a->witness_ttl))
 		return bad_usage("%s", "--failover, --fence-cmd and --witness* need --standby (a primary "
 				       "gets them from doppel protect)");
+	if (!a->standby && !a->incoming && (a->tls_dir || a->tls_peer_name))
+		return bad_usage("%s",
+				 "--tls-dir and --tls-peer-name need --standby or --incoming (a "
+				 "primary gets them from doppel protect, a source from doppel migrate)");
+	if (a->tls_peer_name && !a->tls_dir)
+		return bad_usage("--tls-peer-name needs --tls-dir");
+	if (a->accept_any_peer && !a->standby)
+		return bad_usage("--accept-any-peer needs --standby");
 	a->o.hold = a->standby || a->incoming;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
@@ -416,10 +475,13 @@ static int build_vm(struct run_args *a, struct vmm **out)
 				.witness = a->witness,
 				.witness_name = a->witness_name,
 				.witness_ttl_ms = (uint32_t)a->witness_ttl,
+				.tls_dir = a->tls_dir,
+				.tls_peer_name = a->tls_peer_name,
+				.accept_any_peer = a->accept_any_peer,
 			},
 			err, sizeof(err));
 	else if (a->incoming)
-		rc = migrate_incoming_listen(v, a->incoming, err, sizeof(err));
+		rc = migrate_incoming_listen(v, a->incoming, a->tls_dir, a->tls_peer_name, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "doppel run: %s\n", err);
 		vmm_destroy(v);

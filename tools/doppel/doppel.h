@@ -50,6 +50,10 @@ int doppel_usage_error(const char *verb, const char *fmt, ...) __attribute__((fo
 /* Report the option getopt_long just rejected (it returned '?' or ':'); returns DOPPEL_EXIT_USAGE. */
 int doppel_bad_option(const char *verb, int c, char **argv);
 
+/* --tls-dir DIR / --tls-peer-name NAME of protect and migrate into the request ("tls_dir" made
+ * absolute: the VM process resolves it, not this one). 0, or the usage exit status (one line). */
+int doppel_add_tls(const char *verb, struct json_object *req, const char *dir, const char *peer_name);
+
 /* ---- verbs that talk to a running VM over its control socket ---------------------------------------- */
 
 #define DOPPEL_CTL_TIMEOUT_MS 10000

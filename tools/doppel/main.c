@@ -67,6 +67,26 @@ int doppel_bad_option(const char *verb, int c, char **argv)
 	return doppel_usage_error(verb, "unknown option '%s'", opt);
 }
 
+int doppel_add_tls(const char *verb, struct json_object *req, const char *dir, const char *peer_name)
+{
+	char *abs;
+
+	if (peer_name && !dir)
+		return doppel_usage_error(verb, "--tls-peer-name needs --tls-dir");
+	if (!dir)
+		return 0;
+	abs = realpath(dir, NULL);
+	if (!abs) {
+		fprintf(stderr, "doppel %s: --tls-dir %s: %s\n", verb, dir, strerror(errno));
+		return DOPPEL_EXIT_USAGE;
+	}
+	json_object_object_add(req, "tls_dir", json_object_new_string(abs));
+	free(abs);
+	if (peer_name)
+		json_object_object_add(req, "tls_peer_name", json_object_new_string(peer_name));
+	return 0;
+}
+
 void doppel_ctl_opts_init(struct doppel_ctl_opts *o, const char *verb)
 {
 	memset(o, 0, sizeof(*o));
