@@ -176,8 +176,8 @@ void disk_repl_free(struct disk_repl *dr)
 		free(dr->dirty[i]);
 		free(dr->sums[i]);
 	}
-	disk_buf_free(&dr->buf[0]);
-	disk_buf_free(&dr->buf[1]);
+	for (int k = 0; k < DISK_NBUF; k++)
+		disk_buf_free(&dr->buf[k]);
 	pthread_mutex_destroy(&dr->lock);
 	memset(dr, 0, sizeof(*dr));
 }
@@ -189,7 +189,7 @@ int disk_repl_start(struct disk_repl *dr)
 	if (!dr->nr)
 		return 0;
 	pthread_mutex_lock(&dr->lock);
-	for (int k = 0; k < 2 && !rc; k++) {
+	for (int k = 0; k < DISK_NBUF && !rc; k++) {
 		dr->buf[k].nops = dr->buf[k].len = 0;
 		rc = buf_reserve(&dr->buf[k], OPS_PREGROW, LOG_PREGROW);
 		if (!rc) /* touched now, not inside a pause or a completion */
@@ -236,7 +236,7 @@ const struct disk_buf *disk_repl_freeze(struct disk_repl *dr)
 	pthread_mutex_lock(&dr->lock);
 	if (dr->mode == DISK_LOG) {
 		b = &dr->buf[dr->active];
-		dr->active ^= 1;
+		dr->active = (dr->active + 1) % DISK_NBUF;
 		dr->buf[dr->active].nops = dr->buf[dr->active].len = 0;
 		dr->pressured = false;
 	}

@@ -71,6 +71,10 @@ struct disk_repl_port { /* the write log's opaque for one device */
 	int disk;
 };
 
+/* Write-log buffers: the one filling, the one frozen at the last pause and waiting for the sender
+ * (Remus's pipeline captures epoch k+1 while it sends k), the one being sent. */
+#define DISK_NBUF 3
+
 struct disk_repl {
 	int nr;
 	struct virtio_blk *dev[DISK_MAX];
@@ -78,7 +82,7 @@ struct disk_repl {
 	uint64_t nblocks[DISK_MAX];
 	pthread_mutex_t lock; /* mode, the logs, the bitmaps, stats; taken under a device lock */
 	int mode;
-	struct disk_buf buf[2];
+	struct disk_buf buf[DISK_NBUF];
 	int active;
 	uint64_t *dirty[DISK_MAX]; /* SYNC mode: blocks written */
 	void (*pressure)(void *opaque);
@@ -106,7 +110,8 @@ int disk_repl_start(struct disk_repl *dr);
 void disk_repl_stop(struct disk_repl *dr);
 /* Inside the epoch's pause: the log of the epoch that ends (NULL in SYNC/OFF mode: nothing to send;
  * the next sync pass carries those blocks). No allocation. The frozen buffer stays valid until the
- * next freeze: the caller writes it before that (Remus has at most one epoch in flight). */
+ * second freeze after this one: the caller writes it before that (Remus's pipeline has at most one
+ * epoch being sent and one captured epoch waiting, and captures only when none waits). */
 const struct disk_buf *disk_repl_freeze(struct disk_repl *dr);
 
 /* The standby's checksums (Remus messages DISK_SUMS / DISK_SUM / DISK_SUMS_END, in order). Returns
