@@ -96,7 +96,8 @@ static void *sender_main(void *arg)
 	int rc;
 
 	sr_out_fd(&out, r->fd, SEND_TIMEOUT_MS);
-	remus_msg_encode(hello, REMUS_MSG_HELLO, remus_hello_value(r->interval_ms, r->hb_timeout_ms));
+	remus_msg_encode(hello, REMUS_MSG_HELLO,
+			 remus_hello_value(r->interval_ms, r->hb_timeout_ms) | (r->colo_on ? REMUS_HELLO_COLO : 0));
 	rc = sr_out_write(&out, hello, sizeof(hello));
 	if (rc) {
 		sender_error(r, "sending hello", NULL, rc);
@@ -130,7 +131,7 @@ static void *sender_main(void *arg)
 		uint64_t t0;
 
 		pthread_mutex_lock(&r->lock);
-		if (!r->job_pending && !r->stop_sender) {
+		if (!r->job_pending && !r->stop_sender && !colo_sender_pending(r)) {
 			struct timespec ts; /* r->cond waits on CLOCK_MONOTONIC (remus_setup) */
 			clock_gettime(CLOCK_MONOTONIC, &ts);
 			ts.tv_nsec += (long)hb_ns;
@@ -142,7 +143,21 @@ static void *sender_main(void *arg)
 			pthread_mutex_unlock(&r->lock);
 			break;
 		}
-		if (!r->job_pending) {
+		if (r->colo_on) {
+			/* COLO: forwarded frames, checkpoint requests and staged epochs, in order */
+			pthread_mutex_unlock(&r->lock);
+			rc = colo_sender_drain(r, w);
+			if (rc < 0) {
+				sender_error(r, "sending to the secondary", w, rc);
+				break;
+			}
+			if (rc > 0) {
+				account(r, w, &out);
+				continue;
+			}
+			pthread_mutex_lock(&r->lock);
+		}
+		if (!r->job_pending || r->colo_on) {
 			pthread_mutex_unlock(&r->lock);
 			uint64_t now = now_ns();
 			rc = sr_write_record(w, REMUS_REC_HEARTBEAT, &now, sizeof(now));
@@ -228,9 +243,9 @@ static const struct ckpt_ops remus_ops = {
 
 /* One checkpoint: the engine's epoch (pause, sync, capture, stage the dirty pages, mark the output
  * boundary, resume), then hand the stage to the sender. */
-static void checkpoint(struct remus *r)
+int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused)
 {
-	struct ckpt_epoch ep = {.epoch = r->next_epoch};
+	struct ckpt_epoch ep = {.epoch = r->next_epoch, .merge = merge, .stay_paused = stay_paused};
 	char err[256];
 	int rc;
 
@@ -238,10 +253,10 @@ static void checkpoint(struct remus *r)
 	bool busy = r->job_pending || !r->precopy_done;
 	pthread_mutex_unlock(&r->lock);
 	if (r->pstate != PS_SYNCING && r->pstate != PS_PROTECTED)
-		return;
+		return -1;
 	if (busy) {
 		r->skipped++;
-		return;
+		return -1;
 	}
 	/* The pause runs on this (the loop) thread: at real-time priority the sender, the host's
 	 * other work and a local standby cannot stretch it. Only around the epoch (outside the
@@ -254,12 +269,13 @@ static void checkpoint(struct remus *r)
 		pthread_setschedparam(pthread_self(), SCHED_OTHER,
 				      &(struct sched_param){.sched_priority = 0});
 	if (rc == -ESHUTDOWN)
-		return; /* the VM is stopping (doppel stop): the exit hook ends replication */
+		return -1; /* the VM is stopping (doppel stop): the exit hook ends replication */
 	if (rc) {
 		remus_primary_abandon(r, "checkpoint failed: %s", err);
-		return;
+		return -1;
 	}
 	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
+	r->last_t_pause = ep.t_pause;
 	r->ph_kick = ep.ph.kick;
 	r->ph_sync = ep.ph.sync;
 	r->ph_capture = ep.ph.capture;
@@ -275,12 +291,36 @@ static void checkpoint(struct remus *r)
 	r->job_pending = true;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+static void checkpoint(struct remus *r)
+{
+	(void)remus_checkpoint(r, NULL, false);
 }
 
 static void epoch_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	(void)loop, (void)revents;
 	checkpoint(w->data);
+}
+
+void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now)
+{
+	if (r->pstate == PS_SYNCING && r->first_ckpt && e >= r->first_ckpt)
+		r->pstate = PS_PROTECTED;
+	if (r->reply_conn && r->first_ckpt && e >= r->first_ckpt) {
+		struct json_object *o = json_object_new_object();
+		json_object_object_add(o, "role", json_object_new_string("primary"));
+		json_object_object_add(o, "mode", json_object_new_string(r->colo_on ? "colo" : "remus"));
+		json_object_object_add(o, "peer", json_object_new_string(r->peer));
+		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)e));
+		json_object_object_add(o, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(o, "precopy_rounds",
+				       json_object_new_int64((int64_t)r->precopy_rounds));
+		remus_finish_reply(&r->reply_conn, o);
+	}
 }
 
 static void on_msg(void *opaque, const struct remus_msg *m)
@@ -298,6 +338,11 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 		r->reject_reason = (uint32_t)m->value;
 		return;
 	}
+	if (r->colo_on) {
+		if (m->type == REMUS_MSG_RECORD)
+			colo_primary_msg(r, m); /* COLO acks with CKPT_ACK, after the SVM resumed */
+		return;
+	}
 	if (m->type != REMUS_MSG_ACK || m->value <= r->acked_epoch || m->value >= r->next_epoch)
 		return;
 	r->acked_epoch = m->value;
@@ -306,19 +351,7 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	netbuf_release(r->nb, m->value);
 	if (r->cap_epoch[m->value % 64] == m->value)
 		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
-	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt)
-		r->pstate = PS_PROTECTED;
-	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
-		struct json_object *o = json_object_new_object();
-		json_object_object_add(o, "role", json_object_new_string("primary"));
-		json_object_object_add(o, "peer", json_object_new_string(r->peer));
-		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)m->value));
-		json_object_object_add(o, "sync_ms",
-				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
-		json_object_object_add(o, "precopy_rounds",
-				       json_object_new_int64((int64_t)r->precopy_rounds));
-		remus_finish_reply(&r->reply_conn, o);
-	}
+	remus_primary_acked(r, m->value, now);
 }
 
 /* Read everything the standby sent. Returns false when the session ended (EOF, error, ABANDONED). */
@@ -377,6 +410,15 @@ void remus_primary_async(struct remus *r, unsigned flags)
 		snprintf(e, sizeof(e), "%s", r->sender_err);
 		pthread_mutex_unlock(&r->lock);
 		remus_primary_lost(r, "%s", e);
+		return;
+	}
+	if ((flags & RA_PRECOPY_DONE) && r->pstate == PS_SYNCING && r->colo_on) {
+		colo_primary_precopy_done(r);
+		return;
+	}
+	if (flags & RA_COLO) {
+		if (r->colo_on)
+			colo_primary_async(r);
 		return;
 	}
 	if ((flags & RA_PRECOPY_DONE) && r->pstate == PS_SYNCING) {
@@ -458,6 +500,27 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	if (get_ms(req, "heartbeat_timeout_ms", 200, REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS, &to))
 		return ctl_error("bad heartbeat_timeout_ms (%u..%u)", REMUS_MIN_TIMEOUT_MS,
 				 REMUS_MAX_TIMEOUT_MS);
+	bool colo = false;
+	uint32_t civ = COLO_DEFAULT_INTERVAL_MS, cto = 0;
+	if (json_object_object_get_ex(req, "mode", &j)) {
+		const char *m = json_object_is_type(j, json_type_string) ? json_object_get_string(j) : "";
+		if (strcmp(m, "remus") && strcmp(m, "colo"))
+			return ctl_error("bad mode (remus or colo)");
+		colo = !strcmp(m, "colo");
+	}
+	if (colo) {
+		if (vmm_disk_count(r->v))
+			return ctl_error("--mode colo: not supported for a VM with --disk yet (disk "
+					 "replication is not in; see docs/colo.md)");
+		if (get_ms(req, "checkpoint_interval_ms", COLO_DEFAULT_INTERVAL_MS, REMUS_MIN_INTERVAL_MS,
+			   REMUS_MAX_INTERVAL_MS, &civ))
+			return ctl_error("bad checkpoint_interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS,
+					 REMUS_MAX_INTERVAL_MS);
+		if (get_ms(req, "compare_timeout_ms", 100, 1, 60000, &cto))
+			return ctl_error("bad compare_timeout_ms (1..60000)");
+		if (!vmm_net_count(r->v))
+			return ctl_error("--mode colo needs a network device (--net): it compares output");
+	}
 	fd = sock_connect(peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
 	if (fd < 0)
 		return ctl_error("%s", err);
@@ -478,8 +541,14 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		close(fd);
 		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
 	}
+	if (colo && colo_primary_start(r, civ, cto, err, sizeof(err))) {
+		ckpt_engine_stop(&r->eng);
+		close(fd);
+		return ctl_error("%s", err);
+	}
+	r->colo_on = colo;
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
-	r->interval_ms = iv;
+	r->interval_ms = colo ? civ : iv;
 	r->hb_timeout_ms = to;
 	r->lost_policy = lp;
 	r->fence_grace_ms = grace;
@@ -497,8 +566,10 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	r->last_error[0] = 0;
 	r->last_rx_ns = r->protect_start_ns = now_ns();
 	r->role = REMUS_PRIMARY;
-	netbuf_begin(r->nb);
-	vmm_set_tx_hook(r->v, tx_hook, r);
+	if (!colo) {
+		netbuf_begin(r->nb);
+		vmm_set_tx_hook(r->v, tx_hook, r);
+	}
 	ev_init(&r->epoch_w, epoch_cb);
 	r->epoch_w.data = r;
 	ev_io_init(&r->rx_w, rx_cb, fd, EV_READ);

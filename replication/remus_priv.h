@@ -13,6 +13,7 @@
 #include "replication/ckpt_engine.h"
 #include "replication/remus.h"
 #include "replication/remus_proto.h"
+#include "replication/colo_priv.h"
 
 struct ctl_conn;
 struct witness;
@@ -62,6 +63,8 @@ struct remus_event {
 #define RA_FORCE_EPOCH 4u
 #define RA_READER_ENDED 8u
 #define RA_READER_CONNECTED 16u
+#define RA_COLO 32u /* primary: the comparator diverged */
+#define RA_COLO_START 64u /* COLO standby: the first state is in, start the vCPUs */
 
 struct remus {
 	struct vmm *v;
@@ -74,6 +77,8 @@ struct remus {
 	unsigned async_flags; /* atomic */
 	char peer[128];
 	uint32_t interval_ms, hb_timeout_ms;
+	struct colo *colo; /* COLO (--mode colo) state, NULL until first used */
+	bool colo_on; /* primary: this session is COLO */
 	struct remus_event events[REMUS_MAX_EVENTS];
 	int nr_events;
 	uint64_t nr_failovers;
@@ -124,6 +129,8 @@ struct remus {
 	uint64_t protect_start_ns;
 	/* primary stats */
 	struct remus_ring pause_ns, ack_ns;
+	struct remus_ring colo_pause_ns; /* COLO: the PVM's pause, epoch pause to the SVM's ack */
+	uint64_t last_t_pause; /* now_ns() at the last epoch's pause */
 	uint64_t epochs, skipped, forced, dirty_last, dirty_total, precopy_pages, precopy_rounds;
 	uint64_t bytes_raw, bytes_wire; /* lock (sender) */
 	uint64_t send_ns_last; /* lock */
@@ -141,6 +148,7 @@ struct remus {
 	bool want_failover; /* lock: set by the reader at its end */
 	char end_reason[200];
 	struct ckpt_stage stg;
+	bool colo_mode; /* lock: the primary's HELLO asked for COLO */
 	struct ckpt_state committed; /* lock */
 	bool have_committed; /* lock */
 	uint64_t committed_epoch; /* lock */
@@ -174,6 +182,12 @@ void remus_primary_abandon(struct remus *r, const char *fmt, ...) __attribute__(
 /* vmm exit (stop): end replication with ABANDON, synchronously (the loop no longer runs). */
 void remus_primary_exit(struct remus *r);
 const char *remus_pstate_name(enum remus_pstate s);
+/* One checkpoint through the engine (pause, sync | merge, capture, stage, commit, resume unless
+ * stay_paused), handed to the sender (Remus: job_pending; COLO: also queued in order by the
+ * caller). 0, or -1 when nothing was staged (skipped, abandoned, or the VM stops). */
+int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused);
+/* The standby acknowledged epoch e (loop): state protected, the deferred `protect` reply. */
+void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now);
 
 /* remus_end.c */
 void remus_fence(struct remus *r, const char *why);
