@@ -29,6 +29,8 @@
 #define COLO_CMP_DEFAULT_TIMEOUT_MS 100u
 #define COLO_CMP_DEFAULT_BYTES (4u << 20)
 #define COLO_CMP_DEFAULT_FRAMES 4096u
+#define COLO_CMP_DEFAULT_IDLE_MS 60000u
+#define COLO_CMP_CLOSED_LINGER_MS 1000u
 
 struct colo_cmp;
 
@@ -49,6 +51,9 @@ struct colo_cmp_cfg {
 	 * call back into the comparator; the engine schedules the checkpoint on its own thread) */
 	void (*diverged)(void *opaque, enum colo_cmp_reason why);
 	void *opaque;
+	/* addition to the contract: a flow with nothing queued expires after idle_ms without frames
+	 * (0 -> 60000); a closed TCP flow (both FINs seen, or a RST) after COLO_CMP_CLOSED_LINGER_MS */
+	uint32_t idle_ms;
 };
 
 struct colo_cmp_proto_stats {
