@@ -183,6 +183,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 	netbuf_free(r->nb);
 	ckpt_engine_free(&r->eng);
 	colo_free(r->colo);
+	remus_msgbuf_free(&r->mb);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
 	pthread_cond_destroy(&r->cond);
