@@ -218,11 +218,10 @@ static void primary_status(struct remus *r, struct colo *c, struct json_object *
 	json_object_object_add(fr, "other", proto(&st.other));
 	json_object_object_add(o, "frames", fr);
 	uint64_t now = now_ns();
-	json_object_object_add(
-		o, "divergence_age_ms",
-		json_object_new_double(st.divergence_since_ns && now > st.divergence_since_ns
-					       ? (double)(now - st.divergence_since_ns) / 1e6
-					       : 0));
+	json_object_object_add(o, "divergence_age_ms",
+			       json_object_new_double(st.divergence_since_ns && now > st.divergence_since_ns
+							      ? (double)(now - st.divergence_since_ns) / 1e6
+							      : 0));
 	json_object_object_add(o, "flows", json_object_new_int64((int64_t)st.flows));
 	json_object_object_add(o, "held_frames", json_object_new_int64((int64_t)st.held_frames));
 	json_object_object_add(o, "svm_queued_frames", json_object_new_int64((int64_t)st.svm_frames));
@@ -245,8 +244,10 @@ static void primary_status(struct remus *r, struct colo *c, struct json_object *
 	json_object_object_add(p, "p99_ms",
 			       json_object_new_double((double)remus_ring_pct(&r->colo_pause_ns, 0.99) / 1e6));
 	json_object_object_add(o, "pause", p);
-	json_object_object_add(t, "p50_ms", json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.5) / 1e6));
-	json_object_object_add(t, "p99_ms", json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
+	json_object_object_add(t, "p50_ms",
+			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.5) / 1e6));
+	json_object_object_add(t, "p99_ms",
+			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
 	json_object_object_add(o, "checkpoint_time", t);
 }
 
@@ -266,7 +267,8 @@ void colo_status(struct remus *r, struct json_object *o)
 		json_object_object_add(x, "output_dropped", json_object_new_int64((int64_t)c->out_dropped));
 		pthread_mutex_unlock(&c->txlock);
 		json_object_object_add(x, "injected", json_object_new_int64((int64_t)c->injected));
-		json_object_object_add(x, "inject_dropped", json_object_new_int64((int64_t)c->inject_dropped));
+		json_object_object_add(x, "inject_dropped",
+				       json_object_new_int64((int64_t)c->inject_dropped));
 		json_object_object_add(x, "applies", json_object_new_int64((int64_t)c->applies));
 		json_object_object_add(x, "apply_ms_last",
 				       json_object_new_double((double)c->apply_ns_last / 1e6));

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "replication/remus_priv.h"
+#include "replication/witness.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
@@ -32,8 +33,8 @@ static uint64_t get64(const uint8_t *p)
 
 /* Queue a record for the sender thread (any thread but the sender). Frames (drop true) beyond the
  * bound are dropped: the SVM misses an input, diverges, and a checkpoint repairs it. */
-static int enqueue(struct remus *r, uint32_t type, const void *pre, size_t plen, const void *body, size_t blen,
-		   bool drop)
+static int enqueue(struct remus *r, uint32_t type, const void *pre, size_t plen, const void *body,
+		   size_t blen, bool drop)
 {
 	struct colo *c = r->colo;
 	struct colo_qent *e;
@@ -140,6 +141,10 @@ static void release_cb(void *opaque, int netidx, const void *frame, size_t len)
 {
 	struct remus *r = opaque;
 
+	/* Only a copy whose witness lease is provably valid releases (any thread: an atomic read);
+	 * otherwise the frame is dropped and the loop's lease check fences this copy. */
+	if (r->wit && !witness_lease_valid(r->wit))
+		return;
 	(void)vmm_net_output(r->v, netidx, frame, len);
 }
 
@@ -227,8 +232,12 @@ static void on_dirty(struct remus *r, const uint8_t *b, uint32_t len)
 	memcpy(c->merge, b + 16, words * 8);
 	c->svm_dirty_last = dirty_bitmap_count(c->merge, nr);
 	c->svm_dirty_total += c->svm_dirty_last;
-	if (remus_checkpoint(r, c->merge, true))
-		return; /* abandoned (or the VM stops) */
+	if (remus_checkpoint(r, c->merge, true)) {
+		/* the SVM waits paused for this epoch: never leave it waiting */
+		if (r->role == REMUS_PRIMARY && r->pstate != PS_ABANDONING)
+			remus_primary_abandon(r, "colo: the checkpoint could not be taken");
+		return;
+	}
 	c->pvm_paused = true;
 	c->cs = CS_WAIT_ACK;
 	if (enqueue(r, 0, NULL, 0, NULL, 0, false))

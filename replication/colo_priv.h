@@ -16,7 +16,14 @@ struct dirty_log;
 struct json_object;
 
 /* Why a COLO checkpoint was taken (status "checkpoints"). */
-enum colo_why { COLO_WHY_MISMATCH, COLO_WHY_TIMEOUT, COLO_WHY_QUEUE, COLO_WHY_PERIODIC, COLO_WHY_INITIAL, COLO_WHY_N };
+enum colo_why {
+	COLO_WHY_MISMATCH,
+	COLO_WHY_TIMEOUT,
+	COLO_WHY_QUEUE,
+	COLO_WHY_PERIODIC,
+	COLO_WHY_INITIAL,
+	COLO_WHY_N
+};
 
 /* Where the primary's checkpoint is. */
 enum colo_cstate {

@@ -31,8 +31,8 @@ static uint64_t get64(const uint8_t *p)
 }
 
 /* One record to the primary: REMUS_MSG_RECORD header + pre + body (padded by the queue). */
-static int send_record(struct colo *c, uint32_t type, const void *pre, size_t plen, const void *body, size_t blen,
-		       bool drop)
+static int send_record(struct colo *c, uint32_t type, const void *pre, size_t plen, const void *body,
+		       size_t blen, bool drop)
 {
 	uint8_t h[REMUS_MSG_SIZE + 16];
 

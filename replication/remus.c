@@ -104,7 +104,8 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	(void)v;
 	json_object_object_add(o, "role", json_object_new_string(role_name(r->role)));
 	json_object_object_add(rm, "role", json_object_new_string(role_name(r->role)));
-	json_object_object_add(rm, "mode", json_object_new_string(r->colo_on || r->colo_mode ? "colo" : "remus"));
+	json_object_object_add(rm, "mode",
+			       json_object_new_string(r->colo_on || r->colo_mode ? "colo" : "remus"));
 	if (r->peer[0])
 		json_object_object_add(rm, "peer", json_object_new_string(r->peer));
 	json_object_object_add(rm, "interval_ms", json_object_new_int((int)r->interval_ms));

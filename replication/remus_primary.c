@@ -97,7 +97,8 @@ static void *sender_main(void *arg)
 
 	sr_out_fd(&out, r->fd, SEND_TIMEOUT_MS);
 	remus_msg_encode(hello, REMUS_MSG_HELLO,
-			 remus_hello_value(r->interval_ms, r->hb_timeout_ms) | (r->colo_on ? REMUS_HELLO_COLO : 0));
+			 remus_hello_value(r->interval_ms, r->hb_timeout_ms) |
+				 (r->colo_on ? REMUS_HELLO_COLO : 0));
 	rc = sr_out_write(&out, hello, sizeof(hello));
 	if (rc) {
 		sender_error(r, "sending hello", NULL, rc);

@@ -232,8 +232,7 @@ static void *reader_main(void *arg)
 		rc = ckpt_read_epoch(rd, &r->stg, direct ? gm : NULL, err, sizeof(err));
 		if (rc == 0) {
 			/* END: the primary's ABANDON. Say so and stay held: no takeover. */
-			if (r->colo_mode && r->colo->svm_running && !r->colo->svm_paused &&
-			    !vm_pause(r->vm))
+			if (r->colo_mode && r->colo->svm_running && !r->colo->svm_paused && !vm_pause(r->vm))
 				r->colo->svm_paused = true; /* a running secondary stops: a hold */
 			pthread_mutex_lock(&r->lock);
 			r->abandoned = true;

@@ -164,7 +164,8 @@ static void test_record_messages(void **state)
 	remus_record_header(b + 48, opt, 0); /* an empty body */
 	remus_msg_encode(b + 64, REMUS_MSG_ACK, 9);
 	for (size_t i = 0; i < sizeof(b); i += 3)
-		assert_true(remus_msgbuf_feed(&mb, b + i, sizeof(b) - i < 3 ? sizeof(b) - i : 3, on_rec, &g) >= 0);
+		assert_true(remus_msgbuf_feed(&mb, b + i, sizeof(b) - i < 3 ? sizeof(b) - i : 3, on_rec,
+					      &g) >= 0);
 	assert_int_equal(g.n, 4);
 	assert_int_equal(g.type[0], REMUS_MSG_HEARTBEAT);
 	assert_int_equal(g.type[1], opt);

@@ -12,7 +12,8 @@
 static void usage(void)
 {
 	printf("usage: doppel protect NAME --peer ADDR:PORT [--mode remus|colo] [--interval MS]\n"
-	       "                       [--checkpoint-interval MS] [--compare-timeout MS] [--heartbeat-timeout MS]\n"
+	       "                       [--checkpoint-interval MS] [--compare-timeout MS] "
+	       "[--heartbeat-timeout MS]\n"
 	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
 	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
 	       "                       [--control PATH] [--json]\n"
@@ -60,8 +61,8 @@ static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
 	json_object_object_get_ex(reply, "mode", &md);
 	printf("protected %s -> %s%s (first checkpoint epoch %lld acknowledged after %.0f ms)\n", o->label,
 	       peer ? json_object_get_string(peer) : "?",
-	       md && !strcmp(json_object_get_string(md), "colo") ? " (colo)" : "", e ? (long long)json_object_get_int64(e) : 0LL,
-	       ms ? json_object_get_double(ms) : 0.0);
+	       md && !strcmp(json_object_get_string(md), "colo") ? " (colo)" : "",
+	       e ? (long long)json_object_get_int64(e) : 0LL, ms ? json_object_get_double(ms) : 0.0);
 }
 
 int cmd_protect(int argc, char **argv)
@@ -103,16 +104,19 @@ int cmd_protect(int argc, char **argv)
 			peer = optarg;
 		} else if (c == 'm') {
 			if (strcmp(optarg, "remus") && strcmp(optarg, "colo"))
-				return doppel_usage_error("protect", "bad --mode '%s' (remus or colo)", optarg);
+				return doppel_usage_error("protect", "bad --mode '%s' (remus or colo)",
+							  optarg);
 			mode = optarg;
 		} else if (c == 'C') {
 			if (parse_uint(optarg, 1, 10000, &civ))
 				return doppel_usage_error(
-					"protect", "bad --checkpoint-interval '%s' (milliseconds, 1..10000)", optarg);
+					"protect", "bad --checkpoint-interval '%s' (milliseconds, 1..10000)",
+					optarg);
 		} else if (c == 'K') {
 			if (parse_uint(optarg, 1, 60000, &cto))
 				return doppel_usage_error(
-					"protect", "bad --compare-timeout '%s' (milliseconds, 1..60000)", optarg);
+					"protect", "bad --compare-timeout '%s' (milliseconds, 1..60000)",
+					optarg);
 		} else if (c == 'i') {
 			if (parse_uint(optarg, 1, 10000, &interval))
 				return doppel_usage_error(
@@ -157,7 +161,8 @@ int cmd_protect(int argc, char **argv)
 		return doppel_usage_error("protect", "missing --peer ADDR:PORT");
 	bool colo = mode && !strcmp(mode, "colo");
 	if (!colo && (civ || cto))
-		return doppel_usage_error("protect", "--checkpoint-interval and --compare-timeout need --mode colo");
+		return doppel_usage_error("protect",
+					  "--checkpoint-interval and --compare-timeout need --mode colo");
 	req = json_object_new_object();
 	json_object_object_add(req, "cmd", json_object_new_string("protect"));
 	if (mode)
