@@ -155,7 +155,7 @@ int colo_standby_begin(struct remus *r, int fd)
 	if (!c->bm)
 		return -ENOMEM;
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* a primary not reading = lost */
-	c->svm_running = c->in_ckpt = c->svm_paused = false;
+	c->svm_running = c->in_ckpt = false; /* svm_paused stays: an ABANDONed session's hold */
 	c->txfd = fd;
 	c->txlen = 0;
 	c->txstop = c->tx_failed = false;

@@ -321,8 +321,14 @@ int colo_primary_start(struct remus *r, uint32_t interval_ms, uint32_t timeout_m
 			return errf(err, errlen, rc, "out of memory");
 		r->colo = c;
 	}
-	colo_cmp_free(c->cmp);
-	c->cmp = NULL;
+	if (c->cmp) {
+		/* a vCPU may be inside the old tx hook (a held session): swap while they are parked */
+		int paused = vm_pause(r->vm);
+		colo_cmp_free(c->cmp);
+		c->cmp = NULL;
+		if (!paused)
+			vm_resume(r->vm);
+	}
 	struct colo_cmp_cfg cfg = {
 		.timeout_ms = timeout_ms,
 		.release = release_cb,

@@ -66,10 +66,12 @@ static int on_req(struct remus *r, struct colo *c, const uint8_t *b, uint32_t le
 
 	if (len < 16 || c->in_ckpt)
 		return -EPROTO;
-	rc = vm_pause(r->vm); /* before its first start: the vCPUs will start parked */
-	if (rc)
-		return rc;
-	c->svm_paused = true;
+	if (!c->svm_paused) { /* paused already: an ABANDONed session's hold becomes this one */
+		rc = vm_pause(r->vm); /* before its first start: the vCPUs will start parked */
+		if (rc)
+			return rc;
+		c->svm_paused = true;
+	}
 	c->in_ckpt = true;
 	c->req_epoch = get64(b);
 	if (c->log) {

@@ -177,10 +177,15 @@ def kill_after_mismatch(pair_factory, topology, i, rng):
     n = 400
     load = client_bg(topology, "kv", netns.GUEST_IP, n, "k", 90)
     target = rng.randint(1, 4)
-    choice = f"seed={rng.seed_value} iteration={i} kill after mismatch checkpoint #{target}"
+    # even iterations: kill as soon as the comparator saw mismatch #target (its checkpoint may be
+    # in flight); odd ones: right after the mismatch checkpoint #target completed
+    if i % 2 == 0:
+        what, get = "mismatched frame", lambda: colo(p.pr)["frames"]["mismatched"]
+    else:
+        what, get = "mismatch checkpoint", lambda: colo(p.pr)["checkpoints"]["mismatch"]
+    choice = f"seed={rng.seed_value} iteration={i} kill after {what} #{target}"
     print(choice, flush=True)
-    wait_for(lambda: colo(p.pr)["checkpoints"]["mismatch"] >= target, 30, interval=0.005,
-             what=f"mismatch checkpoint {target}")
+    wait_for(lambda: get() >= target, 30, interval=0.002, what=f"{what} {target}")
     p.pr.kill(signal.SIGKILL)
     res = client_wait(load)
     assert not res["errors"], (choice, res)
