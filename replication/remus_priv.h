@@ -87,6 +87,7 @@ struct remus {
 	/* witness (NULL: none): the active copy holds the key; see remus_witness.c */
 	struct witness *wit;
 	ev_timer wit_w; /* lease check */
+	_Atomic uint64_t wit_loop_ns; /* now_ns() of the last lease check: the loop is alive */
 	ev_timer acquire_w; /* standby: retry acquiring the key */
 	bool wit_waiting; /* standby: primary lost, waiting for the key */
 	char wit_holder[160];

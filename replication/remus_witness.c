@@ -1,6 +1,7 @@
 /* remus_witness.c — Remus and the etcd witness: the active copy holds the key; output only under a provable lease. */
 #include <errno.h>
 #include <json-c/json.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,8 +30,19 @@ static void check_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	struct remus *r = w->data;
 
 	(void)loop, (void)revents;
+	atomic_store(&r->wit_loop_ns, now_ns());
 	if (!witness_lease_valid(r->wit))
 		lease_unproven(r);
+}
+
+/* The keepalive thread renews only while this copy's loop runs its lease checks (every CHECK_MS):
+ * a copy whose loop is wedged (e.g. vm_pause stuck on a vCPU blocked in a UART write) lets its
+ * window run out, so the standby can take over. */
+static int loop_alive(void *opaque)
+{
+	struct remus *r = opaque;
+
+	return now_ns() - atomic_load(&r->wit_loop_ns) < (uint64_t)witness_ttl_ms(r->wit) * 1000000ull / 2;
 }
 
 bool remus_witness_may_release(struct remus *r)
@@ -71,7 +83,9 @@ int remus_witness_config(struct remus *r, const char *urls, const char *name, ui
 	return 0;
 }
 
-/* Acquire (or keep) the key and keep it alive; 0 or -errno (-EBUSY: another copy holds it). */
+/* Acquire (or keep) the key and keep it alive; 0 or -errno (-EBUSY: another copy holds it). A
+ * standby takes it over from a holder that stopped renewing (witness_takeover); a primary only
+ * acquires a free key. */
 static int hold_key(struct remus *r, const char *role, char *err, size_t errlen)
 {
 	char id[160];
@@ -80,7 +94,10 @@ static int hold_key(struct remus *r, const char *role, char *err, size_t errlen)
 	if (witness_lease_valid(r->wit) && witness_token(r->wit))
 		return 0; /* ours already (an unprotected copy protecting again) */
 	holder_id(r, role, id, sizeof(id));
-	rc = witness_acquire(r->wit, id, err, errlen);
+	rc = r->role == REMUS_STANDBY ? witness_takeover(r->wit, id, err, errlen)
+				      : witness_acquire(r->wit, id, err, errlen);
+	atomic_store(&r->wit_loop_ns, now_ns());
+	witness_set_liveness(r->wit, loop_alive, r);
 	if (!rc)
 		rc = witness_start_keepalive(r->wit, err, errlen);
 	if (rc)
@@ -122,8 +139,7 @@ static void acquire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 	int rc = hold_key(r, "standby", e, sizeof(e));
 	if (rc == -EBUSY) {
-		snprintf(r->wit_wait_reason, sizeof(r->wit_wait_reason),
-			 "the primary still holds the key (%.180s)", e);
+		snprintf(r->wit_wait_reason, sizeof(r->wit_wait_reason), "%.250s", e);
 		return; /* its lease has not expired yet: try again */
 	}
 	if (rc) {
@@ -137,7 +153,7 @@ static void acquire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 void remus_witness_standby_wait(struct remus *r)
 {
-	uint32_t t = witness_ttl_ms(r->wit) / 10;
+	uint32_t t = witness_ttl_ms(r->wit) / 20;
 
 	if (t < 20)
 		t = 20;

@@ -73,7 +73,11 @@ static int lease_revoke(struct witness *w, int64_t id, char *err, size_t errlen)
 	return rc == -ENOENT ? 0 : rc; /* already expired: fine */
 }
 
-/* One keepalive on connection c. See witness_renew. */
+static int txn_touch(struct witness *w, struct wconn *c, char *err, size_t errlen);
+
+/* One renewal on connection c: rewrite the key under our lease (its new mod_revision is the
+ * heartbeat a successor watches: witness_takeover), then keep the lease alive. The validity window
+ * runs from before both requests were sent. See witness_renew. */
 static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen)
 {
 	struct json_object *b, *r = NULL;
@@ -88,7 +92,13 @@ static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen
 		return errf(err, errlen, -ENOMEM, "witness: out of memory");
 	lease_to(b, "ID", w->lease);
 	t0 = now_ns();
-	rc = wit_post(w, c, "/v3/lease/keepalive", b, &r, err, errlen);
+	rc = txn_touch(w, c, err, errlen);
+	if (rc && rc != -ENOENT) {
+		json_object_put(b);
+		return rc;
+	}
+	if (!rc)
+		rc = wit_post(w, c, "/v3/lease/keepalive", b, &r, err, errlen);
 	json_object_put(b);
 	if (rc == -ENOENT)
 		ttl = 0;
@@ -105,9 +115,9 @@ static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen
 		atomic_store(&w->valid_until, 0);
 		if (!atomic_exchange(&w->lost, 1))
 			log_warn(WIT, w->name,
-				 "lease %" PRIx64 " is gone (expired or revoked): %s no longer held",
+				 "lease %" PRIx64 " or key %s is gone (expired, revoked or taken over)",
 				 (uint64_t)w->lease, w->key);
-		return errf(err, errlen, -ENOENT, "witness %s: lease expired", w->key);
+		return errf(err, errlen, -ENOENT, "witness %s: lease expired or key taken", w->key);
 	}
 	set_valid(w, t0, ttl);
 	return 0;
@@ -115,23 +125,42 @@ static int renew_on(struct witness *w, struct wconn *c, char *err, size_t errlen
 
 /* ---- key ------------------------------------------------------------------------------------- */
 
-/* The holder id and create revision of the first kv in a range reply (r: a RangeResponse). */
-static int kv_holder(struct json_object *r, char *buf, size_t len, uint64_t *token)
+/* The first kv of a range reply (r: a RangeResponse). The value is "holder\nttl_ms=N" (the holder's
+ * validity window, which a successor waits out: witness_takeover); ttl_ms is 0 when absent. */
+struct wkv {
+	char holder[128];
+	uint64_t crev, mrev;
+	int64_t lease;
+	uint32_t ttl_ms;
+};
+
+static int kv_parse(struct json_object *r, struct wkv *out)
 {
 	struct json_object *kvs = wit_jget(r, "kvs", json_type_array), *kv, *v;
-	int64_t crev = 0;
+	int64_t crev = 0, mrev = 0;
+	char val[256], *nl;
 
+	memset(out, 0, sizeof(*out));
 	if (!kvs || json_object_array_length(kvs) == 0)
 		return -ENOENT;
 	kv = json_object_array_get_idx(kvs, 0);
 	if (!json_object_is_type(kv, json_type_object) || wit_jget_i64(kv, "create_revision", &crev) ||
-	    crev <= 0)
+	    wit_jget_i64(kv, "mod_revision", &mrev) || wit_jget_i64(kv, "lease", &out->lease) || crev <= 0)
 		return -EPROTO;
 	v = wit_jget(kv, "value", json_type_string);
-	if (buf && len && wit_b64_decode(v ? json_object_get_string(v) : "", buf, len))
+	if (wit_b64_decode(v ? json_object_get_string(v) : "", val, sizeof(val)))
 		return -EPROTO;
-	if (token)
-		*token = (uint64_t)crev;
+	nl = strchr(val, '\n');
+	if (nl) {
+		unsigned long t = 0;
+
+		*nl = 0;
+		if (sscanf(nl + 1, "ttl_ms=%lu", &t) == 1 && t <= 3600000)
+			out->ttl_ms = (uint32_t)t;
+	}
+	snprintf(out->holder, sizeof(out->holder), "%.127s", val);
+	out->crev = (uint64_t)crev;
+	out->mrev = (uint64_t)(mrev > crev ? mrev : crev);
 	return 0;
 }
 
@@ -191,7 +220,11 @@ static int txn_create(struct witness *w, char *err, size_t errlen)
 
 		rr = rs && json_object_array_length(rs) ? json_object_array_get_idx(rs, 0) : NULL;
 		rr = wit_jget(rr, "response_range", json_type_object);
-		rc = rr ? kv_holder(rr, who, sizeof(who), &tok) : -EPROTO;
+		struct wkv kv;
+
+		rc = rr ? kv_parse(rr, &kv) : -EPROTO;
+		snprintf(who, sizeof(who), "%s", kv.holder);
+		tok = kv.crev;
 		if (rc == 0 || rc == -ENOENT) /* ENOENT: it expired between compare and range */
 			rc = errf(err, errlen, -EBUSY, "witness %s: held by \"%s\" (token %" PRIu64 ")",
 				  w->key, who, tok);
@@ -199,6 +232,36 @@ static int txn_create(struct witness *w, char *err, size_t errlen)
 			rc = errf(err, errlen, -EPROTO, "etcd txn: bad reply %.120s",
 				  json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
 	}
+	json_object_put(r);
+	return rc;
+}
+
+/* txn: if the key is still under our lease, put it again (same value, same lease). 0, -ENOENT when
+ * the key is gone or someone else's (a successor took over), or -errno. */
+static int txn_touch(struct witness *w, struct wconn *c, char *err, size_t errlen)
+{
+	struct json_object *b = json_object_new_object(), *cmp = keyobj(w), *put = keyobj(w), *r = NULL, *s;
+	struct json_object *ca = json_object_new_array(), *sa = json_object_new_array();
+	int rc;
+
+	json_object_object_add(cmp, "target", json_object_new_string("LEASE"));
+	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
+	lease_to(cmp, "lease", w->lease);
+	json_object_array_add(ca, cmp);
+	json_object_object_add(put, "value", json_object_new_string(w->holder_b64));
+	lease_to(put, "lease", w->lease);
+	json_object_array_add(sa, op("request_put", put));
+	json_object_object_add(b, "compare", ca);
+	json_object_object_add(b, "success", sa);
+	rc = wit_post(w, c, "/v3/kv/txn", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc)
+		return rc;
+	s = wit_jget(r, "succeeded", json_type_boolean);
+	if (!wit_jget(r, "header", json_type_object))
+		rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a header");
+	else if (!s || !json_object_get_boolean(s))
+		rc = errf(err, errlen, -ENOENT, "witness %s: the key is no longer ours", w->key);
 	json_object_put(r);
 	return rc;
 }
@@ -219,7 +282,12 @@ int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t 
 		w->lease = 0;
 	}
 	snprintf(w->holder, sizeof(w->holder), "%s", holder_id);
-	wit_b64_encode(w->holder, strlen(w->holder), w->holder_b64);
+	{
+		char val[160];
+		int n = snprintf(val, sizeof(val), "%s\nttl_ms=%u", w->holder, w->ttl_ms);
+
+		wit_b64_encode(val, (size_t)n, w->holder_b64);
+	}
 	atomic_store(&w->lost, 0);
 	atomic_store(&w->token, 0);
 	atomic_store(&w->valid_until, 0);
@@ -243,6 +311,81 @@ err:
 	return rc;
 }
 
+/* txn: delete the key if its mod_revision is still `mrev` (its holder has not renewed since). 0 when
+ * deleted, -EBUSY when it changed, or -errno. */
+static int txn_delete_if(struct witness *w, uint64_t mrev, char *err, size_t errlen)
+{
+	struct json_object *b = json_object_new_object(), *cmp = keyobj(w), *r = NULL, *s;
+	struct json_object *ca = json_object_new_array(), *sa = json_object_new_array();
+	char rev[24];
+	int rc;
+
+	snprintf(rev, sizeof(rev), "%" PRIu64, mrev);
+	json_object_object_add(cmp, "target", json_object_new_string("MOD"));
+	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
+	json_object_object_add(cmp, "mod_revision", json_object_new_string(rev));
+	json_object_array_add(ca, cmp);
+	json_object_array_add(sa, op("request_delete_range", keyobj(w)));
+	json_object_object_add(b, "compare", ca);
+	json_object_object_add(b, "success", sa);
+	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc)
+		return rc;
+	s = wit_jget(r, "succeeded", json_type_boolean);
+	if (!wit_jget(r, "header", json_type_object))
+		rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a header");
+	else if (!s || !json_object_get_boolean(s))
+		rc = errf(err, errlen, -EBUSY, "witness %s: its holder renewed meanwhile", w->key);
+	json_object_put(r);
+	return rc;
+}
+
+int witness_takeover(struct witness *w, const char *holder_id, char *err, size_t errlen)
+{
+	struct json_object *r = NULL, *b = keyobj(w);
+	struct wkv kv;
+	uint64_t now;
+	int rc;
+
+	rc = wit_post(w, &w->api, "/v3/kv/range", b, &r, err, errlen);
+	json_object_put(b);
+	if (rc)
+		return rc;
+	rc = wit_jget(r, "header", json_type_object) ? kv_parse(r, &kv) : -EPROTO;
+	json_object_put(r);
+	now = now_ns();
+	if (rc == -ENOENT || (!rc && !strcmp(kv.holder, holder_id)))
+		return witness_acquire(w, holder_id, err, errlen);
+	if (rc)
+		return errf(err, errlen, rc, "etcd range: bad reply for %s", w->key);
+	if ((uint64_t)w->obs_mrev != kv.mrev) { /* a renewal we had not seen: it was sent before now */
+		w->obs_mrev = (int64_t)kv.mrev;
+		w->obs_ns = now;
+	}
+	if (!kv.ttl_ms)
+		return errf(err, errlen, -EBUSY,
+			    "witness %s: held by \"%s\" (token %" PRIu64 "), which declares "
+			    "no validity window: waiting for its lease to expire",
+			    w->key, kv.holder, kv.crev);
+	if (now < w->obs_ns + (uint64_t)kv.ttl_ms * MS)
+		return errf(err, errlen, -EBUSY,
+			    "witness %s: held by \"%s\" (token %" PRIu64 "), renewed %" PRIu64
+			    " ms ago; it is provably invalid %" PRIu64 " ms after that unless it renews",
+			    w->key, kv.holder, kv.crev, (uint64_t)((now - w->obs_ns) / MS),
+			    (uint64_t)kv.ttl_ms);
+	rc = txn_delete_if(w, kv.mrev, err, errlen);
+	if (rc)
+		return rc;
+	log_info(WIT, w->name,
+		 "%s: \"%s\" (token %" PRIu64 ") silent for %" PRIu64 " ms >= its window %u ms: key "
+		 "deleted",
+		 w->key, kv.holder, kv.crev, (uint64_t)((now - w->obs_ns) / MS), kv.ttl_ms);
+	if (kv.lease)
+		(void)lease_revoke(w, kv.lease, NULL, 0);
+	return witness_acquire(w, holder_id, err, errlen);
+}
+
 int witness_renew(struct witness *w, char *err, size_t errlen)
 {
 	return renew_on(w, &w->api, err, errlen);
@@ -252,6 +395,7 @@ int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, ch
 {
 	struct json_object *r = NULL;
 	struct json_object *b = keyobj(w);
+	struct wkv kv;
 	int rc;
 
 	if (buf && len)
@@ -262,7 +406,11 @@ int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, ch
 	json_object_put(b);
 	if (rc)
 		return rc;
-	rc = wit_jget(r, "header", json_type_object) ? kv_holder(r, buf, len, token) : -EPROTO;
+	rc = wit_jget(r, "header", json_type_object) ? kv_parse(r, &kv) : -EPROTO;
+	if (!rc && buf && len)
+		snprintf(buf, len, "%s", kv.holder);
+	if (!rc && token)
+		*token = kv.crev;
 	if (rc == -ENOENT)
 		rc = errf(err, errlen, -ENOENT, "witness %s: nobody holds it", w->key);
 	else if (rc)
@@ -329,7 +477,10 @@ static void *keepalive_main(void *opaque)
 			continue;
 		}
 		pthread_mutex_unlock(&w->mu);
-		rc = renew_on(w, &w->ka, err, sizeof(err));
+		if (w->alive && !w->alive(w->alive_opaque))
+			rc = errf(err, sizeof(err), -EDEADLK, "the holder made no progress: not renewing");
+		else
+			rc = renew_on(w, &w->ka, err, sizeof(err));
 		pthread_mutex_lock(&w->mu);
 		if (rc == -ENOENT)
 			break;
@@ -371,6 +522,12 @@ int witness_start_keepalive(struct witness *w, char *err, size_t errlen)
 		return errf(err, errlen, -rc, "witness: keepalive thread: %s", strerror(rc));
 	w->thr_running = 1;
 	return 0;
+}
+
+void witness_set_liveness(struct witness *w, int (*alive)(void *opaque), void *opaque)
+{
+	w->alive = alive;
+	w->alive_opaque = opaque;
 }
 
 void witness_stop_keepalive(struct witness *w)

@@ -16,7 +16,9 @@
  * TOKEN: it grows strictly from one holder to the next.
  *
  * Validity, by the holder's own CLOCK_MONOTONIC (now_ns()):
- *     valid_until = t_send(last successful grant/keepalive) + min(ttl_ms, TTL granted) - margin
+ *     valid_until = t_send(last successful grant/renewal) + min(ttl_ms, TTL granted) - margin
+ * A renewal is a txn rewriting the key under our lease (its mod_revision is the heartbeat a successor
+ * watches, see witness_takeover) followed by a lease keepalive; t_send is taken before both.
  * t_send is read BEFORE the request is sent (network delay only shortens the window), so while
  * now < valid_until the server cannot yet have expired the lease and no other holder can have
  * acquired the key (clock rates assumed equal within `margin`). A keepalive answered with TTL <= 0
@@ -83,11 +85,32 @@ int witness_set_op_timeout_ms(struct witness *w, uint32_t op_ms);
 int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 
+/*
+ * Take the key over from a holder that stopped renewing (a successor: the standby at failover).
+ * Every renewal of a holder rewrites the key (new mod_revision) and its value declares its validity
+ * window ttl_ms. The first time this call sees a mod_revision it notes now_ns(): that renewal was
+ * sent before then, so its sender's window ends before now + its ttl_ms - its margin. Once now is
+ * past that observation + ttl_ms (margin: clock-rate error), a txn deletes the key if its
+ * mod_revision is still the same (a renewal meanwhile fails the txn; any later renewal of the old
+ * holder fails, the key being gone, and the old holder learns it is lost), the old lease is revoked
+ * and the key acquired as witness_acquire does (new, larger token). So failover takes the holder's
+ * ttl_ms after its last renewal, independent of etcd's whole-second lease TTLs and its 500 ms expiry
+ * loop. Call it repeatedly (e.g. every 20 ms) until it returns 0: -EBUSY means "not yet" (err says
+ * why and for how long), other -errno as witness_acquire. An absent key is acquired at once. */
+int witness_takeover(struct witness *w, const char *holder_id, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
 /* One keepalive of the held lease, now, on the calling thread (the keepalive thread uses the same
  * code). 0: renewed, valid_until moved on. -ENOENT: the lease is gone (TTL <= 0; valid_until = 0,
  * witness_lost() = 1). -ENOLCK: nothing held. Other -errno: no endpoint answered (validity unchanged:
  * it runs out on its own). Not to be called while the keepalive thread runs. */
 int witness_renew(struct witness *w, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Tie renewals to the holder's progress: before each renewal the keepalive thread calls
+ * alive(opaque) and skips the renewal when it returns 0 (the validity window then runs out and a
+ * successor can take over), so a holder whose own work is wedged does not keep the key alive from
+ * this thread. Set before witness_start_keepalive; alive must be thread-safe and non-blocking. */
+void witness_set_liveness(struct witness *w, int (*alive)(void *opaque), void *opaque);
 
 /* Start/stop the internal keepalive thread: one renewal every renew interval (default TTL/3;
  * retries every min(TTL/10, 100 ms) after a failure) until stopped or the lease is lost. Start

@@ -29,7 +29,9 @@ struct witness {
 	atomic_int cur; /* endpoint that answered last; both threads start there */
 	char *name, key[320], key_b64[440];
 	uint32_t ttl_ms, margin_ms, renew_ms, connect_ms, request_ms, op_ms; /* see witness.h */
-	char holder[128], holder_b64[180];
+	char holder[128], holder_b64[240]; /* holder_b64: the key's value, "holder\nttl_ms=N" */
+	int64_t obs_mrev; /* takeover (caller thread): the holder's last renewal seen, and when */
+	uint64_t obs_ns;
 	int64_t lease; /* set by acquire/release (caller thread) while no keepalive thread runs */
 	uint32_t granted_ms;
 	_Atomic uint64_t valid_until, token, last_renew, last_rtt;
@@ -39,6 +41,8 @@ struct witness {
 	pthread_cond_t cv;
 	pthread_t thr;
 	int thr_running, stop;
+	int (*alive)(void *opaque); /* see witness_set_liveness */
+	void *alive_opaque;
 };
 
 /* base64 (RFC 4648, padded): out needs 4 * ceil(n / 3) + 1 bytes. decode truncates to len (incl.

@@ -252,14 +252,15 @@ class EtcdCluster:
             raise RuntimeError(f"{e}\n{self.logs()}") from None
 
     def get(self, key):
-        """(value, create_revision, lease) of key via etcdctl, or None when absent."""
+        """(holder, create_revision, lease) of key via etcdctl, or None when absent. A doppel key's
+        value is "holder\nttl_ms=N" (the holder's validity window): holder is its first line."""
         r = self.ctl("get", key, "-w", "json", check=True)
         kvs = json.loads(r.stdout).get("kvs") or []
         if not kvs:
             return None
         import base64
         kv = kvs[0]
-        return (base64.b64decode(kv.get("value", "")).decode(), int(kv.get("create_revision", 0)),
+        return (base64.b64decode(kv.get("value", "")).decode().split("\n")[0], int(kv.get("create_revision", 0)),
                 int(kv.get("lease", 0)))
 
     # ---- faults --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import netns
+from etcd import etcd_single  # noqa: F401  (fixture)
 from kvserver import finish_load, kv_op, start_load, target_of
 from vmproc import VM, wait_for
 
@@ -480,11 +481,9 @@ def test_standby_rejects_state_it_cannot_run(doppel_bin, guest_elf, topology, tm
         sb.close()
 
 
-def test_wedged_primary_detected_by_progress(doppel_bin, guest_elf, pair, tmp_path):
-    # defect 5: a primary whose vCPU is stuck in a UART write to a stalled console cannot be paused
-    # for an epoch; its sender still heartbeats. Before: the standby waited forever. Now: no
-    # CHECKPOINT_END for the progress timeout = primary lost.
-    _, sb, peer, vms = pair
+def wedgeable_primary(doppel_bin, guest_elf, tmp_path, vms):
+    """A primary whose serial console is a FIFO drained by a thread; clear the returned event to stall
+    the console: the guest's vCPU then blocks in a UART write and the next epoch's pause never ends."""
     fifo = str(tmp_path / "wedge.fifo")
     os.mkfifo(fifo)
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -512,6 +511,15 @@ def test_wedged_primary_detected_by_progress(doppel_bin, guest_elf, pair, tmp_pa
             mem=MEM, serial=fifo)
     vms.append(wp)
     wait_for(lambda: b"dirty: pass=" in b"".join(seen[-50:]), 20, what="wedge guest output")
+    return wp, draining, rfd
+
+
+def test_wedged_primary_detected_by_progress(doppel_bin, guest_elf, pair, tmp_path):
+    # defect 5: a primary whose vCPU is stuck in a UART write to a stalled console cannot be paused
+    # for an epoch; its sender still heartbeats. Before: the standby waited forever. Now: no
+    # CHECKPOINT_END for the progress timeout = primary lost.
+    _, sb, peer, vms = pair
+    wp, draining, rfd = wedgeable_primary(doppel_bin, guest_elf, tmp_path, vms)
     protect(doppel_bin, wp, peer, "--heartbeat-timeout", "200")
     time.sleep(0.5)
     assert remus(sb)["have_state"]
@@ -525,6 +533,43 @@ def test_wedged_primary_detected_by_progress(doppel_bin, guest_elf, pair, tmp_pa
     assert ev["kind"] == "failover" and "no checkpoint" in ev["reason"], ev
     wp.kill()
     os.close(rfd)
+
+
+def test_wedged_primary_with_witness_loses_the_key(doppel_bin, guest_elf, tmp_path, etcd_single):
+    # The same wedge with a witness. Before: the wedged primary's witness thread kept renewing its
+    # lease, so the standby (which detected the wedge by progress) could never take the key and
+    # waited forever. Now renewals are tied to the primary's loop: its window runs out and the
+    # standby takes the key over (a larger token) and runs.
+    ttl = 600
+    vms = []
+    port = free_port()
+    wit = ["--witness", etcd_single.urls, "--witness-name", "wedge", "--witness-ttl", str(ttl)]
+    try:
+        sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "sb", f"127.0.0.1:{port}", extra=wit)
+        vms.append(sb)
+        wp, draining, rfd = wedgeable_primary(doppel_bin, guest_elf, tmp_path, vms)
+        protect(doppel_bin, wp, f"127.0.0.1:{port}", "--heartbeat-timeout", "200", *wit)
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        tok = remus(wp)["witness"]["token"]
+        assert tok > 0
+        pto = remus(sb)["progress_timeout_ms"]
+        draining.clear()
+        t0 = time.monotonic()
+        wait_for(lambda: remus(sb)["role"] == "unprotected", 10,
+                 what=f"standby takeover of a wedged primary with a witness ({remus(sb).get('witness')})")
+        took = time.monotonic() - t0
+        st = remus(sb)
+        print(f"wedged primary with a witness: standby took over after {took:.2f}s (progress timeout "
+              f"{pto} ms, witness window {ttl} ms); tokens {tok} -> {st['witness']['token']}")
+        assert st["witness"]["token"] > tok
+        assert etcd_single.get("/doppel/vm/wedge/active")[1] == st["witness"]["token"]
+        wp.kill()
+        os.close(rfd)
+    finally:
+        for v in vms:
+            if v.proc.poll() is None:
+                v.kill(signal.SIGCONT)
+            v.close()
 
 
 def test_failover_force_must_be_boolean(doppel_bin, pair):

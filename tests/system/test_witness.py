@@ -24,9 +24,10 @@ TTL_MS = 2000
 class Driver:
     """One witness client process in a namespace; its status lines collected by a thread."""
 
-    def __init__(self, topology, build_dir, ns, urls, vm, holder, ttl_ms=TTL_MS, renew_ms=None):
+    def __init__(self, topology, build_dir, ns, urls, vm, holder, ttl_ms=TTL_MS, renew_ms=None, takeover=False):
         self.lines = []
-        argv = [build_dir / "tests" / "test_witness", "--driver", urls, vm, ttl_ms, holder]
+        argv = [build_dir / "tests" / "test_witness", "--driver-takeover" if takeover else "--driver", urls, vm,
+                ttl_ms, holder]
         if renew_ms:
             argv.append(renew_ms)
         self.p = topology.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -121,10 +122,13 @@ def test_lease_survives_leader_kill(etcd_cluster, topology, build_dir, driver_bi
     assert c.get("/doppel/vm/vm1/active") is None
 
 
-def test_isolated_holder_loses_before_other_acquires(etcd_cluster, topology, build_dir, driver_bin):
+@pytest.mark.parametrize("how", ["acquire", "takeover"])
+def test_isolated_holder_loses_before_other_acquires(etcd_cluster, topology, build_dir, driver_bin, how):
     """Cut hostA from the witness: its lease is seen invalid within the TTL, hostB acquires only
     after that (never two valid holders: both clocks are this machine's CLOCK_MONOTONIC) and gets a
-    larger token; after healing, hostA learns its lease is gone."""
+    larger token; after healing, hostA learns its lease is gone. hostB either waits for the key to
+    expire (acquire) or takes it over once hostA's renewals stopped for hostA's window (takeover, as
+    a doppel standby does)."""
     c = etcd_cluster
     a = Driver(topology, build_dir, topology.hostA, c.urls, "vm2", "hostA")
     a.wait_valid()
@@ -132,7 +136,7 @@ def test_isolated_holder_loses_before_other_acquires(etcd_cluster, topology, bui
     time.sleep(0.5)
     t_cut = time.monotonic_ns()
     c.block(HOSTA_IP)
-    b = Driver(topology, build_dir, topology.hostB, c.urls, "vm2", "hostB")
+    b = Driver(topology, build_dir, topology.hostB, c.urls, "vm2", "hostB", takeover=how == "takeover")
     b.wait_valid(timeout=TTL_MS / 1000 * 3 + 5)
     first_b = b.status()[0]
     last_a_valid = max(x["mono_ns"] for x in a.status() if x["valid"])

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -263,6 +264,72 @@ static void test_expiry_then_takeover(void **state)
 	witness_free(b);
 }
 
+/* A successor takes over from a holder that stopped renewing after the holder's own window (its
+ * ttl_ms), not after etcd's whole-second lease expiry; never while the holder renews. */
+static void test_takeover_silent_holder(void **state)
+{
+	struct witness *a = mk(E.url, "vm-tk", 300), *b = mk(E.url, "vm-tk", 300);
+	char err[256];
+	uint64_t last, until, t_acq = 0, t_end;
+	int rc = -1, busy = 0;
+
+	(void)state;
+	assert_int_equal(witness_set_renew_ms(a, 50), 0);
+	assert_int_equal(witness_acquire(a, "A", err, sizeof(err)), 0);
+	assert_int_equal(witness_start_keepalive(a, err, sizeof(err)), 0);
+	/* While A renews, B never gets it (for 4 windows). */
+	for (t_end = now_ns() + 1200 * MS; now_ns() < t_end; busy++) {
+		assert_int_equal(witness_takeover(b, "B", err, sizeof(err)), -EBUSY);
+		assert_non_null(strstr(err, "\"A\""));
+		assert_true(witness_lease_valid(a));
+		usleep(20000);
+	}
+	witness_stop_keepalive(a); /* A goes silent (a killed or stopped primary) */
+	last = witness_last_renew_ns(a);
+	until = witness_valid_until_ns(a);
+	assert_true(until <= last + 300 * MS);
+	while (now_ns() < last + 5000 * MS) {
+		rc = witness_takeover(b, "B", err, sizeof(err));
+		if (rc == 0) {
+			t_acq = now_ns();
+			break;
+		}
+		assert_int_equal(rc, -EBUSY);
+		usleep(10000);
+	}
+	assert_int_equal(rc, 0);
+	assert_true(t_acq > until); /* never two valid holders */
+	assert_true(witness_token(b) > 0);
+	print_message("witness: takeover %.0f ms after the holder's last renewal (window 300 ms, granted "
+		      "lease 1 s), after %d refusals while it renewed\n",
+		      (t_acq - last) / 1e6, busy);
+	/* Well before etcd could have expired A's 1 s lease: the key was taken over, not expired. */
+	assert_true(t_acq - last < 1000 * MS);
+	/* A's next renewal finds the key gone: it is lost, not valid again. */
+	assert_int_equal(witness_renew(a, err, sizeof(err)), -ENOENT);
+	assert_true(witness_lost(a));
+	assert_false(witness_lease_valid(a));
+	assert_int_equal(witness_release(b, err, sizeof(err)), 0);
+	witness_free(a);
+	witness_free(b);
+}
+
+/* A takeover by a holder's successor while the key is absent is a plain acquire. */
+static void test_takeover_absent(void **state)
+{
+	struct witness *b = mk(E.url, "vm-tk2", 300);
+	char err[256], who[64];
+	uint64_t tok;
+
+	(void)state;
+	assert_int_equal(witness_takeover(b, "B", err, sizeof(err)), 0);
+	assert_int_equal(witness_holder(b, who, sizeof(who), &tok, err, sizeof(err)), 0);
+	assert_string_equal(who, "B");
+	assert_int_equal(tok, witness_token(b));
+	assert_int_equal(witness_release(b, err, sizeof(err)), 0);
+	witness_free(b);
+}
+
 /* etcd frozen (SIGSTOP): renewals time out, validity runs out within the TTL of the last renewal. */
 static void test_etcd_stopped(void **state)
 {
@@ -514,7 +581,8 @@ static void json_print_err(const char *what, int rc, char *err)
 }
 
 /* test_witness --driver URLS VM TTL_MS HOLDER [RENEW_MS]: acquire (retrying up to 20 s), keep the lease alive
- * and print one JSON line every 20 ms until stdin closes; then release. */
+ * and print one JSON line every 20 ms until stdin closes; then release. --driver-takeover: the same,
+ * but taking the key over from a silent holder (witness_takeover, every 10 ms) as a standby does. */
 static int driver(char **argv)
 {
 	struct witness *w = NULL;
@@ -525,9 +593,14 @@ static int driver(char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (!rc && argv[6] && witness_set_renew_ms(w, (uint32_t)atoi(argv[6])))
 		rc = errf(err, sizeof(err), -EINVAL, "bad renew interval %s", argv[6]);
-	while (w && (rc = witness_acquire(w, argv[5], err, sizeof(err))) && now_ns() < end) {
+	bool tk = !strcmp(argv[1], "--driver-takeover");
+
+	while (w &&
+	       (rc = tk ? witness_takeover(w, argv[5], err, sizeof(err))
+			: witness_acquire(w, argv[5], err, sizeof(err))) &&
+	       now_ns() < end) {
 		json_print_err("acquire", rc, err);
-		usleep(100000);
+		usleep(tk ? 10000 : 100000);
 	}
 	if (!rc)
 		rc = witness_start_keepalive(w, err, sizeof(err));
@@ -567,12 +640,15 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_acquire_busy_release),
 		cmocka_unit_test(test_renew_latency_and_keepalive),
 		cmocka_unit_test(test_expiry_then_takeover),
+		cmocka_unit_test(test_takeover_silent_holder),
+		cmocka_unit_test(test_takeover_absent),
 		cmocka_unit_test(test_etcd_stopped),
 		cmocka_unit_test(test_dead_first_endpoint),
 		cmocka_unit_test(test_garbage_replies),
 	};
 
-	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "--driver"))
+	if ((argc == 6 || argc == 7) &&
+	    (!strcmp(argv[1], "--driver") || !strcmp(argv[1], "--driver-takeover")))
 		return driver(argv);
 	signal(SIGPIPE, SIG_IGN);
 	log_set_level(LOG_ERROR);
