@@ -2,41 +2,45 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <xxhash.h>
+
+#include "common/clock.h"
 
 #include "netbuf/colo_int.h"
 
 #define TAB_MIN 1024u
 #define EXPIRE_PER_TICK 1024u
-#define SLAB_KEEP 1024u
-static const uint32_t slab_cap[COLO_SLAB_CLASSES] = {256, 2048};
+/* frame buffer classes: small (ACKs, DNS), one MTU, one maximal (TSO-sized) frame */
+static const uint32_t slab_cap[COLO_SLAB_CLASSES] = {256, 2048, COLO_CMP_MAX_FRAME};
+static const uint32_t slab_keep[COLO_SLAB_CLASSES] = {1024, 1024, 16};
 
 /* ---- frame entries: a free list per size class, so the steady state allocates nothing ---- */
 
 static struct colo_ent *ent_get(struct colo_cmp *c, size_t len)
 {
 	struct colo_ent *e;
-	int cls = len <= slab_cap[0] ? 0 : len <= slab_cap[1] ? 1 : -1;
+	int cls = 0;
 
-	if (cls >= 0 && c->slab[cls]) {
+	while (len > slab_cap[cls])
+		cls++; /* len <= COLO_CMP_MAX_FRAME: the last class fits */
+	if (c->slab[cls]) {
 		e = c->slab[cls];
 		c->slab[cls] = e->fnext;
 		c->slab_n[cls]--;
-	} else {
-		size_t cap = cls >= 0 ? slab_cap[cls] : len;
-
-		e = malloc(sizeof(*e) + cap);
-		if (!e)
-			return NULL;
-		e->cap = (uint32_t)cap;
+		return e;
 	}
-	e->cls = cls >= 0 ? (uint8_t)cls : 0xff;
+	e = malloc(sizeof(*e) + slab_cap[cls]);
+	if (!e)
+		return NULL;
+	e->cap = slab_cap[cls];
+	e->cls = (uint8_t)cls;
 	return e;
 }
 
 static void ent_put(struct colo_cmp *c, struct colo_ent *e)
 {
-	if (e->cls < COLO_SLAB_CLASSES && c->slab_n[e->cls] < SLAB_KEEP) {
+	if (c->slab_n[e->cls] < slab_keep[e->cls]) {
 		e->fnext = c->slab[e->cls];
 		c->slab[e->cls] = e;
 		c->slab_n[e->cls]++;
@@ -263,7 +267,7 @@ static struct colo_flow *flow_find(struct colo_cmp *c, const struct colo_key *k,
 
 static struct colo_flow *flow_get(struct colo_cmp *c, const struct colo_pkt *p, uint64_t now)
 {
-	uint64_t h = XXH3_64bits(&p->key, sizeof(p->key));
+	uint64_t h = XXH3_64bits_withSeed(&p->key, sizeof(p->key), c->seed);
 	struct colo_flow *f = flow_find(c, &p->key, h), **b;
 
 	if (f) {
@@ -309,7 +313,7 @@ static void expire(struct colo_cmp *c, struct colo_list *l, uint64_t age, uint64
 	struct colo_flow *f;
 
 	while ((f = l->head) && budget--) {
-		if (f->last + age > now)
+		if (f->last + age >= now)
 			break;
 		if (f->q[0].n || f->q[1].n) {
 			f->last = now;
@@ -357,6 +361,10 @@ int colo_cmp_new(struct colo_cmp **out, const struct colo_cmp_cfg *cfg)
 		return -ENOMEM;
 	}
 	c->nbuckets = TAB_MIN;
+	/* a secret hash seed: peers choose their addresses and ports, so they must not be able to
+	 * choose colliding keys */
+	if (getrandom(&c->seed, sizeof(c->seed), GRND_NONBLOCK) != sizeof(c->seed))
+		c->seed = now_ns() ^ (uint64_t)(uintptr_t)c;
 	c->cfg = *cfg;
 	if (!c->cfg.timeout_ms)
 		c->cfg.timeout_ms = COLO_CMP_DEFAULT_TIMEOUT_MS;
@@ -565,7 +573,7 @@ int colo_cmp_rewrite_inbound(struct colo_cmp *c, int netidx, void *frame, size_t
 	p.key.sport = p.key.dport;
 	p.key.dport = t;
 	pthread_mutex_lock(&c->lock);
-	f = flow_find(c, &p.key, XXH3_64bits(&p.key, sizeof(p.key)));
+	f = flow_find(c, &p.key, XXH3_64bits_withSeed(&p.key, sizeof(p.key), c->seed));
 	if (f) {
 		flow_sync(c, f);
 		colo_tcp_inbound(f, frame, &p);

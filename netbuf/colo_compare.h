@@ -45,7 +45,8 @@ enum colo_cmp_reason {
 struct colo_cmp_cfg {
 	uint32_t timeout_ms; /* unmatched-frame bound; 0 -> 100 */
 	size_t max_bytes, max_frames; /* held bound per side; 0 -> 4 MiB / 4096 */
-	/* release a PVM frame to the wire (called with the comparator lock held, in order per netidx) */
+	/* release a PVM frame to the wire (called with the comparator lock held; in the PVM's order
+	 * within each flow, see "Ordering" above) */
 	void (*release)(void *opaque, int netidx, const void *frame, size_t len);
 	/* the comparator wants a checkpoint (called once per divergence episode, lock held, must not
 	 * call back into the comparator; the engine schedules the checkpoint on its own thread) */
@@ -80,7 +81,9 @@ int colo_cmp_new(struct colo_cmp **out, const struct colo_cmp_cfg *cfg); /* 0 / 
 void colo_cmp_free(struct colo_cmp *c); /* NULL-safe, drops held */
 /* A frame the PVM / SVM transmitted on NIC netidx at time now (now_ns()). The frame is copied.
  * Returns 0, or -EINVAL for len 0 / over 65536 (frame dropped, counted). Matching PVM frames are
- * released from inside these calls. */
+ * released from inside these calls. (Addition: -ENOMEM when no buffer could be allocated: the
+ * frame is dropped, never released unverified, and diverged(COLO_CMP_QUEUE) asks for a
+ * checkpoint.) */
 int colo_cmp_primary(struct colo_cmp *c, int netidx, const void *frame, size_t len, uint64_t now);
 int colo_cmp_secondary(struct colo_cmp *c, int netidx, const void *frame, size_t len, uint64_t now);
 /* Timer tick (engine calls it every few ms): fires diverged(COLO_CMP_TIMEOUT) once when the oldest

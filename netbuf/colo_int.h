@@ -95,11 +95,12 @@ struct colo_list {
 	struct colo_flow *head, *tail;
 };
 
-#define COLO_SLAB_CLASSES 2
+#define COLO_SLAB_CLASSES 3
 struct colo_cmp {
 	pthread_mutex_t lock;
 	struct colo_cmp_cfg cfg;
 	uint64_t timeout_ns, idle_ns;
+	uint64_t seed; /* flow hash seed */
 	struct colo_flow **tab;
 	size_t nbuckets, nflows;
 	struct colo_list lru, closed;

@@ -108,8 +108,37 @@ static bool syn_equal(const struct colo_ent *p, const struct colo_ent *s)
 	return opts_equal(p->data + p->optoff, s->data + s->optoff, p->optlen);
 }
 
-/* Compare the two streams from m on as far as both go. Returns false on a mismatch. */
-static bool match(struct colo_flow *f)
+/* PVM segments at the head whose range matched leave (in order; a pure ACK needs no twin), and
+ * matched SVM segments at the head are forgotten. */
+static void release_done(struct colo_cmp *c, struct colo_flow *f)
+{
+	struct colo_ent *e;
+
+	while ((e = f->q[SIDE_P].head)) {
+		if (e->tflags & TH_RST) {
+			if (!e->rst_matched)
+				break;
+			colo_release(c, e, true);
+			colo_flow_close(c, f);
+		} else if (!e->vlen) {
+			colo_release(c, e, false); /* pure ACK / window update: nothing earlier is held now */
+		} else if (f->synced && seq_le(e->seq + e->vlen, f->m)) {
+			if (e->tflags & TH_FIN)
+				f->fin_out = true;
+			colo_release(c, e, true);
+		} else {
+			break;
+		}
+	}
+	if (f->synced && off_known(f))
+		while ((e = f->q[SIDE_S].head) &&
+		       ((e->tflags & TH_RST) ? e->rst_matched : seq_le(base(f, e) + e->vlen, f->m)))
+			colo_drop(c, e, false);
+}
+
+/* Compare the two streams from m on as far as both go, releasing as it goes (so the segments
+ * looked for are at the queue heads when both VMs send in order). Returns false on a mismatch. */
+static bool match(struct colo_cmp *c, struct colo_flow *f)
 {
 	struct unit up, us;
 
@@ -140,41 +169,26 @@ static bool match(struct colo_flow *f)
 			up.e->rst_matched = us.e->rst_matched = true;
 			return true;
 		}
+		release_done(c, f);
 	}
 }
 
-/* Matched SVM segments are forgotten; PVM segments leave in order once their range matched. */
+/* Match what can be matched, release what matched; a mismatch marks the flow diverged. */
 void colo_tcp_advance(struct colo_cmp *c, struct colo_flow *f)
 {
 	struct colo_ent *e, *n;
+	bool ok = !f->synced || f->diverged || !off_known(f) || match(c, f);
 
-	if (f->synced && !f->diverged && off_known(f) && !match(f)) {
-		colo_mismatch(c, f);
-		return;
-	}
-	while ((e = f->q[SIDE_P].head)) {
-		if (e->tflags & TH_RST) {
-			if (!e->rst_matched)
-				break;
-			colo_release(c, e, true);
-			colo_flow_close(c, f);
-		} else if (!e->vlen) {
-			colo_release(c, e, false); /* pure ACK / window update: nothing earlier is held now */
-		} else if (f->synced && seq_le(e->seq + e->vlen, f->m)) {
-			if (e->tflags & TH_FIN)
-				f->fin_out = true;
-			colo_release(c, e, true);
-		} else {
-			break;
-		}
-	}
-	if (f->synced && off_known(f))
+	release_done(c, f);
+	if (f->synced && off_known(f)) /* matched SVM segments behind unmatched ones */
 		for (e = f->q[SIDE_S].head; e; e = n) {
 			n = e->fnext;
 			if ((e->tflags & TH_RST) ? e->rst_matched : seq_le(base(f, e) + e->vlen, f->m))
 				colo_drop(c, e, false);
 		}
-	if (f->fin_out && f->fin_in)
+	if (!ok)
+		colo_mismatch(c, f); /* after releasing what did match */
+	else if (f->fin_out && f->fin_in)
 		colo_flow_close(c, f);
 }
 
