@@ -57,12 +57,10 @@ void colo_free(struct colo *c)
 int colo_txq_put(struct colo *c, const void *hdr, size_t hlen, const void *body, size_t blen, bool drop)
 {
 	static const uint8_t zeros[8];
-	size_t pad = (8 - ((hlen + blen) & 7)) & 7, need;
+	/* a RECORD's body (what follows the 16-byte message) is zero-padded to 8 bytes; a plain
+	 * message (hlen 16, no body) needs none */
+	size_t pad = (8 - ((hlen - REMUS_MSG_SIZE + blen) & 7)) & 7, need;
 
-	if (hlen < REMUS_MSG_SIZE) /* a plain message: no padding */
-		pad = 0;
-	else
-		pad = (8 - ((hlen - REMUS_MSG_SIZE + blen) & 7)) & 7;
 	pthread_mutex_lock(&c->txlock);
 	if (!c->tx_running || c->tx_failed) {
 		pthread_mutex_unlock(&c->txlock);
