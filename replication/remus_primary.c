@@ -450,6 +450,35 @@ static int get_ms(struct json_object *req, const char *key, uint32_t def, uint32
 	return 0;
 }
 
+/* protect's COLO arguments: "mode", "checkpoint_interval_ms", "compare_timeout_ms". NULL when
+ * fine, else the error reply. */
+static struct json_object *colo_args(struct remus *r, struct json_object *req, bool *colo, uint32_t *civ,
+				     uint32_t *cto)
+{
+	struct json_object *j;
+
+	if (json_object_object_get_ex(req, "mode", &j)) {
+		const char *m = json_object_is_type(j, json_type_string) ? json_object_get_string(j) : "";
+		if (strcmp(m, "remus") && strcmp(m, "colo"))
+			return ctl_error("bad mode (remus or colo)");
+		*colo = !strcmp(m, "colo");
+	}
+	if (!*colo)
+		return NULL;
+	if (vmm_disk_count(r->v))
+		return ctl_error("--mode colo: not supported for a VM with --disk yet (disk replication is "
+				 "not in; see docs/colo.md)");
+	if (get_ms(req, "checkpoint_interval_ms", COLO_DEFAULT_INTERVAL_MS, REMUS_MIN_INTERVAL_MS,
+		   REMUS_MAX_INTERVAL_MS, civ))
+		return ctl_error("bad checkpoint_interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS,
+				 REMUS_MAX_INTERVAL_MS);
+	if (get_ms(req, "compare_timeout_ms", 100, 1, 60000, cto))
+		return ctl_error("bad compare_timeout_ms (1..60000)");
+	if (!vmm_net_count(r->v))
+		return ctl_error("--mode colo needs a network device (--net): it compares output");
+	return NULL;
+}
+
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 {
 	struct json_object *j;
@@ -503,25 +532,9 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 				 REMUS_MAX_TIMEOUT_MS);
 	bool colo = false;
 	uint32_t civ = COLO_DEFAULT_INTERVAL_MS, cto = 0;
-	if (json_object_object_get_ex(req, "mode", &j)) {
-		const char *m = json_object_is_type(j, json_type_string) ? json_object_get_string(j) : "";
-		if (strcmp(m, "remus") && strcmp(m, "colo"))
-			return ctl_error("bad mode (remus or colo)");
-		colo = !strcmp(m, "colo");
-	}
-	if (colo) {
-		if (vmm_disk_count(r->v))
-			return ctl_error("--mode colo: not supported for a VM with --disk yet (disk "
-					 "replication is not in; see docs/colo.md)");
-		if (get_ms(req, "checkpoint_interval_ms", COLO_DEFAULT_INTERVAL_MS, REMUS_MIN_INTERVAL_MS,
-			   REMUS_MAX_INTERVAL_MS, &civ))
-			return ctl_error("bad checkpoint_interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS,
-					 REMUS_MAX_INTERVAL_MS);
-		if (get_ms(req, "compare_timeout_ms", 100, 1, 60000, &cto))
-			return ctl_error("bad compare_timeout_ms (1..60000)");
-		if (!vmm_net_count(r->v))
-			return ctl_error("--mode colo needs a network device (--net): it compares output");
-	}
+	struct json_object *bad = colo_args(r, req, &colo, &civ, &cto);
+	if (bad)
+		return bad;
 	fd = sock_connect(peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
 	if (fd < 0)
 		return ctl_error("%s", err);
