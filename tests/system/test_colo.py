@@ -259,3 +259,22 @@ def test_colo_refuses_disks_and_bad_flags(doppel_bin, guest_elf, tmp_path):
         assert r.returncode != 0 and "need --mode colo" in r.stderr, r.stderr
     finally:
         vm.close()
+
+
+def test_secondary_lost_hold_policy_keeps_output(pair_factory, topology):
+    """The Remus lost-standby policies apply unchanged: with `hold` the primary's output stays in
+    the comparator after the secondary died, until `doppel unprotect` releases it."""
+    p = pair_factory("hd", extra_cmd="isn=fixed", protect_args=("--standby-lost", "hold"))
+    k = client(topology, "kv", netns.GUEST_IP, 5, "h", 30)
+    assert not k["errors"] and k["acked"] == [1, 2, 3, 4, 5], k
+    p.sb.kill(signal.SIGKILL)
+    wait_for(lambda: p.pr.ctl("status")["remus"]["state"] == "holding", 10, what="policy hold")
+    k = client(topology, "kv", netns.GUEST_IP, 1, "h", 1.5)
+    assert k["acked"] == [] and k["errors"] == ["deadline at request 0"], k
+    assert colo(p.pr)["held_frames"] >= 1, colo(p.pr)
+    r = netns.run_in(None, [p.doppel, "unprotect", p.pr.name, "--control", p.pr.control], timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert p.pr.ctl("status")["remus"]["state"] == "running"
+    # the held INCR (value 6) was applied by the guest; its reply left on unprotect
+    k = client(topology, "kv", netns.GUEST_IP, 1, "h", 10)
+    assert not k["errors"] and k["acked"] == [7], k
