@@ -9,6 +9,7 @@ Env: DOPPEL_BUILD, RUNS (3), KV_N (2000), KV_RATE (1000/s), REDIS_N (5000), CONN
 import csv
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -155,7 +156,7 @@ Pause: Remus per epoch; COLO the primary's pause per checkpoint (epoch until the
 
 
 def main():
-    why = netns.kvm_unavailable()
+    why = netns.kvm_unavailable() or (None if shutil.which("redis-benchmark") else "no redis-benchmark")
     if why:
         write_json("colo", {"skipped": why})
         print("colo_bench: skipped:", why)
