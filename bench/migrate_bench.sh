@@ -1,6 +1,7 @@
 #!/bin/sh
-# migrate_bench.sh — live migration bench: doppel vs QEMU 7.2 (see bench/migrate_bench.py). ~3-5 minutes.
-# Env: SIZES="16M 64M 200M" (hot sets), QEMU_CAP_S=20 (give up on a QEMU migration after this).
+# migrate_bench.sh — live migration as the guest feels it: doppel vs QEMU 7.2, interleaved (see
+# bench/migrate_bench.py). 11 configurations x 2 hot sets x RUNS (5): ~30-40 minutes on a quiet machine.
+# Env: RUNS=5, SIZES="200M", FILLS="zero random", CONFIGS="doppel-10ms ... qemu-postcopy", QEMU_CAP_S=30.
 set -e
 cd "$(dirname "$0")/.."
 make -s binaries

@@ -5,7 +5,7 @@
 #define DIRTY_WORDS (GUEST_PAGE / 8)
 
 /* Progress lives in guest memory (and registers): a snapshot/restore or migration continues it. */
-static uint64_t d_pass, d_idx, d_bad, d_stored, d_last_ns, d_next_ns;
+static uint64_t d_pass, d_idx, d_bad, d_stored, d_done, d_last_ns, d_next_ns;
 
 /* Value of page `idx` after pass `pass`: first word; the last word holds its complement. */
 static inline uint64_t dirty_val(uint64_t pass, uint64_t idx)
@@ -42,9 +42,27 @@ int work_dirty(void)
 		return GUEST_EXIT_USAGE;
 	}
 	base = (volatile uint64_t *)(uintptr_t)wsbase;
+	/* fill=random: the words between the two checked ones get xorshift output once, so the pages
+	 * do not compress (the default pages are two words and zeros: ~750:1) */
+	const char *f = cmdline_get("fill"), *mt = cmdline_get("meter");
+	bool meter = mt && !strcmp(mt, "1");
+	if (f && strcmp(f, "random") && strcmp(f, "zero")) {
+		printf("dirty: error: bad fill=%s (want zero or random)\n", f);
+		return GUEST_EXIT_USAGE;
+	}
+	if (f && !strcmp(f, "random")) {
+		uint64_t x = 0x9e3779b97f4a7c15ull;
+		for (uint64_t i = 0; i < npages; i++)
+			for (uint64_t w = 1; w < DIRTY_WORDS - 1; w++) {
+				x ^= x << 13;
+				x ^= x >> 7;
+				x ^= x << 17;
+				base[i * DIRTY_WORDS + w] = x;
+			}
+	}
 	printf("guest: dirty ws=%luK pages=%lu base=0x%lx\n", npages * GUEST_PAGE >> 10, npages, wsbase);
 
-	d_pass = d_idx = d_bad = d_stored = 0;
+	d_pass = d_idx = d_bad = d_stored = d_done = 0;
 	d_last_ns = now_ns();
 	d_next_ns = d_last_ns + guest_pi_ns;
 	for (;;) {
@@ -67,6 +85,7 @@ int work_dirty(void)
 		}
 		d_bad += bad;
 		d_stored += end - d_idx;
+		d_done += end - d_idx;
 		d_idx = end;
 		if (d_idx == npages) {
 			d_idx = 0;
@@ -83,8 +102,12 @@ int work_dirty(void)
 
 			if (!dt_us)
 				dt_us = 1;
-			printf("dirty: pass=%lu rate=%lu bad=%lu\n", d_pass, d_stored * 1000000ul / dt_us,
-			       d_bad);
+			if (meter) /* done=: pages stored in all, for a host-side progress meter */
+				printf("dirty: pass=%lu rate=%lu bad=%lu done=%lu\n", d_pass,
+				       d_stored * 1000000ul / dt_us, d_bad, d_done);
+			else
+				printf("dirty: pass=%lu rate=%lu bad=%lu\n", d_pass,
+				       d_stored * 1000000ul / dt_us, d_bad);
 			d_stored = 0;
 			d_last_ns = t;
 			d_next_ns += guest_pi_ns;

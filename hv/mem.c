@@ -1,5 +1,6 @@
 /* mem.c — guest RAM in a memfd, the bounds-checked accessor, and the device-dirty bitmap. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -234,4 +235,27 @@ int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, 
 	}
 	*pos = *first + *count;
 	return 1;
+}
+
+int mem_discard(struct guest_mem *gm, uint64_t first, uint64_t count)
+{
+	for (int i = 0; i < gm->nr && count; i++) {
+		const struct mem_region *r = &gm->r[i];
+		uint64_t np = r->size >> GUEST_PAGE_SHIFT, a = first, b = first + count;
+		if (a < r->pfn_base)
+			a = r->pfn_base;
+		if (b > r->pfn_base + np)
+			b = r->pfn_base + np;
+		if (a >= b)
+			continue;
+		uint64_t off = (a - r->pfn_base) << GUEST_PAGE_SHIFT, len = (b - a) << GUEST_PAGE_SHIFT;
+		if (gm->memfd >= 0) {
+			if (fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				      (off_t)(r->fd_off + off), (off_t)len) < 0)
+				return -errno;
+		} else {
+			memset(r->host + off, 0, len);
+		}
+	}
+	return 0;
 }

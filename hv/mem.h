@@ -77,6 +77,11 @@ void *mem_page_host(const struct guest_mem *gm, uint64_t page_index);
 int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, uint64_t *count,
 		    bool *is_data);
 
+/* Drop the contents of RAM pages [first, first + count) (clipped to RAM): the memfd gets a hole there
+ * (reads as zero; with a userfaultfd registered, the next access is a missing-page fault). Only for
+ * a VM that does not run, or whose faults are served (post-copy). 0 or -errno. */
+int mem_discard(struct guest_mem *gm, uint64_t first, uint64_t count);
+
 /* Atomically take the device-dirty bitmap: OR it into `out` (nr_pages bits) and clear it. */
 void mem_dev_dirty_take(struct guest_mem *gm, uint64_t *out);
 

@@ -66,7 +66,7 @@ int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms)
 		}
 		off += (size_t)n;
 	}
-	if (m->magic != MIG_MSG_MAGIC || m->type < MIG_ACCEPT || m->type > MIG_GO)
+	if (m->magic != MIG_MSG_MAGIC || m->type < MIG_ACCEPT || m->type > MIG_MSG_LAST)
 		return -EBADMSG;
 	m->text[sizeof(m->text) - 1] = 0;
 	for (char *c = m->text; *c; c++)
@@ -134,6 +134,23 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 			return errf(err, errlen, -EINVAL, "\"compress\" must be auto, zstd or none");
 		}
 	}
+	p->postcopy_min_frac = 0.5;
+	if (json_object_object_get_ex(req, "postcopy", &j)) {
+		const char *v = json_object_get_string(j);
+		static const char *const names[] = {"off", "now", "round", "auto"};
+		int k = 0;
+		while (k < 4 && !(v && !strcmp(v, names[k])))
+			k++;
+		if (k == 4)
+			return errf(err, errlen, -EINVAL, "\"postcopy\" must be off, now, round or auto");
+		p->postcopy = (enum mig_postcopy)k;
+	}
+	if (json_object_object_get_ex(req, "postcopy_min_pct", &j)) {
+		double pct = json_object_get_double(j);
+		if (!(pct >= 0 && pct <= 100))
+			return errf(err, errlen, -EINVAL, "\"postcopy_min_pct\" must be 0..100");
+		p->postcopy_min_frac = pct / 100;
+	}
 	if (json_object_object_get_ex(req, "timeout_ms", &j)) {
 		int64_t t = json_object_get_int64(j);
 		if (t < 100 || t > 600000)
@@ -149,6 +166,13 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 static struct json_object *resume_source(struct vmm *v, struct mig *m)
 {
 	pthread_mutex_lock(&m->lock);
+	if (m->pc_lost) {
+		pthread_mutex_unlock(&m->lock);
+		return ctl_error("refused: the post-copy migration of %s failed after the destination "
+				 "started running; neither host holds the whole VM, so it cannot be resumed "
+				 "here (stop it with `doppel stop`)",
+				 vmm_name(v));
+	}
 	if (!m->uncertain || m->op_resume) {
 		const char *st = m->prog.state ? m->prog.state : "none";
 		pthread_mutex_unlock(&m->lock);
@@ -172,6 +196,12 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 
 	if (json_object_object_get_ex(req, "resume_source", &j) && json_object_get_boolean(j))
 		return resume_source(v, m);
+	pthread_mutex_lock(&m->lock);
+	bool lost = m->pc_lost;
+	pthread_mutex_unlock(&m->lock);
+	if (lost)
+		return ctl_error("the post-copy migration of %s failed; it cannot migrate again",
+				 vmm_name(v));
 	if (vmm_held(v))
 		return ctl_error("this VM is not running (held for an incoming migration or as a standby)");
 	if (vm_get_state(vmm_vm(v)) != VM_RUNNING)
@@ -222,6 +252,13 @@ static void status_hook(struct vmm *v, struct json_object *st, void *opaque)
 		json_object_object_add(o, "bytes_wire", json_object_new_int64((int64_t)m->prog.bytes_wire));
 		json_object_object_add(o, "bytes_raw", json_object_new_int64((int64_t)m->prog.bytes_raw));
 		json_object_object_add(o, "compress", json_object_new_boolean(m->prog.compress));
+		json_object_object_add(o, "postcopy", json_object_new_boolean(m->prog.postcopy));
+		if (m->prog.postcopy) {
+			json_object_object_add(o, "postcopy_faults",
+					       json_object_new_int64((int64_t)m->prog.pc_faults));
+			json_object_object_add(o, "postcopy_requests",
+					       json_object_new_int64((int64_t)m->prog.pc_requests));
+		}
 		if (m->prog.error[0])
 			json_object_object_add(o, "error", json_object_new_string(m->prog.error));
 	}
@@ -262,6 +299,7 @@ int migrate_setup(struct vmm *v)
 	m->v = v;
 	m->lfd = m->fd = -1;
 	pthread_mutex_init(&m->lock, NULL);
+	pthread_mutex_init(&m->tx_lock, NULL);
 	ev_async_init(&m->done_async, done_async_cb);
 	m->done_async.data = m;
 	ev_async_start(vmm_loop(v), &m->done_async);

@@ -47,7 +47,10 @@ enum mig_msg_type {
 	MIG_EPOCH = 5,
 	MIG_READY = 6,
 	MIG_GO = 7,
+	MIG_PAGE_REQ = 8, /* post-copy, destination -> source: send page t_start_ns first */
+	MIG_PC_DONE = 9, /* post-copy, destination -> source: every page is installed */
 };
+#define MIG_MSG_LAST MIG_PC_DONE
 struct mig_msg {
 	uint32_t magic, type;
 	uint64_t t_start_ns, t_running_ns;
@@ -60,6 +63,28 @@ _Static_assert(sizeof(struct mig_msg) == 144, "mig_msg layout");
  * peer can never receive the whole message (what makes a failed GO safe to resume from). */
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
+
+/*
+ * Right after the stream header the source sends PC_MODE (first = 1: post-copy at once, no pre-copy
+ * round: the destination drops its prefaulted RAM now, while the source still runs, so that every
+ * page faults later without a discard inside the downtime; else 0).
+ * After the stream's END the source sends one switch frame (little endian, as the whole protocol):
+ *   PC_SWITCH first = 0: stop-and-copy, the two-phase switchover follows;
+ *             first = 1: post-copy; count = words of the stale bitmap that follow (one bit per RAM
+ *             page: the pages the destination must not use — dirtied since sent, or never sent).
+ * In post-copy, after GO, the source sends the stale pages, those the destination asked for
+ * (MIG_PAGE_REQ) first, the rest in the background: PC_PAGES (count pages from first, raw 4 KiB
+ * each, count <= PC_MAX_RUN), PC_ZERO (count zero pages from first), then PC_DONE; the destination
+ * answers MIG_PC_DONE once every page is installed.
+ */
+#define PC_MAGIC 0x43504450u /* "PDPC" */
+#define PC_MAX_RUN 256u
+enum pc_frame_type { PC_SWITCH = 1, PC_PAGES = 2, PC_ZERO = 3, PC_DONE = 4, PC_MODE = 5 };
+struct pc_frame {
+	uint32_t magic, type;
+	uint64_t first, count;
+};
+_Static_assert(sizeof(struct pc_frame) == 24, "pc_frame layout");
 
 /* ---- auto-converge throttle (throttle.c) ----------------------------------------------------- */
 
@@ -82,6 +107,10 @@ void throttle_stop(struct throttle *t);
 /* ---- per-VM state ----------------------------------------------------------------------------- */
 
 enum mig_compress { MIG_COMP_AUTO, MIG_COMP_ZSTD, MIG_COMP_NONE };
+/* off: pre-copy + stop-and-copy (auto-converge throttle when rounds stall); now: post-copy at once
+ * (no pre-copy round); round: post-copy after the first full round; auto: pre-copy, and post-copy
+ * instead of the throttle once a round stalls and the destination holds postcopy_min_frac of RAM. */
+enum mig_postcopy { MIG_PC_OFF, MIG_PC_NOW, MIG_PC_ROUND, MIG_PC_AUTO };
 
 struct mig_params {
 	char to[256];
@@ -90,6 +119,8 @@ struct mig_params {
 	enum mig_compress compress;
 	int connect_timeout_ms, io_timeout_ms;
 	uint64_t max_rounds; /* safety net: force stop-and-copy after this many rounds */
+	enum mig_postcopy postcopy;
+	double postcopy_min_frac; /* auto: fraction of RAM current on the destination, 0..1 */
 };
 
 /* Progress, published by the sender for status (lock). */
@@ -103,7 +134,11 @@ struct mig_progress {
 	double rate_mbps, est_downtime_ms, throttle;
 	bool compress;
 	char error[300];
+	bool postcopy; /* the switchover is (or was) post-copy */
+	uint64_t pc_faults, pc_requests; /* post-copy: faults seen / pages requested (destination) */
 };
+
+struct pc_dst;
 
 struct mig {
 	struct vmm *v;
@@ -118,6 +153,7 @@ struct mig {
 	bool success;
 	/* source, after an uncertain switchover (lock): the operator's decision */
 	bool uncertain, op_resume, quit;
+	bool pc_lost; /* source: post-copy broke after GO; the VM cannot be resumed here */
 	struct ctl_conn *op_conn;
 	/* incoming */
 	int lfd, fd;
@@ -128,11 +164,32 @@ struct mig {
 	uint64_t t_in_end, t_in_applied, t_in_go; /* when END was read, state applied, GO read */
 	char in_err[512];
 	int in_rc;
+	pthread_mutex_t tx_lock; /* destination: back-channel writes from several threads (post-copy) */
+	struct pc_dst *pc; /* destination: post-copy state, NULL in stop-and-copy */
+	int pc_phase; /* destination: 0 no post-copy, 1 running (set before in_async), 2 ended (loop) */
+	bool pc_started; /* destination, loop thread: the vCPUs were started for post-copy */
+	ev_async pc_async; /* receiver -> loop: post-copy finished or failed */
 };
 
 /* migrate_send.c */
 void *mig_sender_main(void *arg);
 /* migrate_recv.c */
 int mig_recv_listen(struct mig *m, const char *addr, char *err, size_t errlen);
+/* Destination: mig_msg_send under m->tx_lock. */
+int mig_dst_send(struct mig *m, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
+
+/* postcopy_recv.c (destination) */
+/* After the stream header: read PC_MODE (post-copy at once: discard all RAM now). 0 or -errno with
+ * m->in_err. */
+int pc_dst_mode(struct mig *m);
+/* After the final state was applied: read the switch frame. 0: stop-and-copy follows; 1: post-copy
+ * (stale pages discarded, userfaultfd registered: m->pc set); -errno with m->in_err. */
+int pc_dst_prepare(struct mig *m);
+/* After GO, before the vCPUs start: serve faults (a thread). 0 or -errno with m->in_err. */
+int pc_dst_start(struct mig *m);
+/* Receiver thread: install pushed pages until DONE, then MIG_PC_DONE. 0 or -errno with m->in_err. */
+int pc_dst_receive(struct mig *m);
+/* Loop thread, after the receiver ended: stop the fault thread, unregister (wakes any waiter), free. */
+void pc_dst_free(struct mig *m);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "migrate/migrate_priv.h"
@@ -15,6 +16,14 @@
 #include "common/log.h"
 
 #define RECV_TIMEOUT_MS 10000 /* the source always sends within this (rounds, the final epoch, GO) */
+
+int mig_dst_send(struct mig *m, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
+{
+	pthread_mutex_lock(&m->tx_lock);
+	int rc = mig_msg_send(m->fd, type, t_start, t_running, text);
+	pthread_mutex_unlock(&m->tx_lock);
+	return rc;
+}
 
 static void fail(struct mig *m, const char *fmt, const char *what)
 {
@@ -71,6 +80,9 @@ static void *receiver_main(void *arg)
 		fail(m, "bad migration stream: %s", sr_error(r));
 		goto out;
 	}
+	rc = pc_dst_mode(m);
+	if (rc)
+		goto out;
 	rc = sr_header_check_mem(&h, vm_mem(vm), err, sizeof(err));
 	if (!rc && h.nr_vcpus != (uint32_t)vm_nr_vcpus(vm)) {
 		snprintf(err, sizeof(err), "the source VM has %u vCPUs, this one %d", h.nr_vcpus,
@@ -123,11 +135,29 @@ static void *receiver_main(void *arg)
 		fail(m, "cannot apply the migrated state: %s", err);
 		goto out;
 	}
+	rc = pc_dst_prepare(m);
+	if (rc < 0)
+		goto out;
 	rc = await_go(m);
+	if (!rc && m->pc) { /* post-copy: run now, pages follow */
+		rc = pc_dst_start(m);
+		if (rc)
+			goto out;
+		__atomic_store_n(&m->pc_phase, 1, __ATOMIC_RELEASE);
+		ev_async_send(vmm_loop(m->v), &m->in_async);
+		rc = pc_dst_receive(m);
+		m->in_rc = rc;
+		ckpt_stage_free(&a);
+		ckpt_stage_free(&keep);
+		sr_ctx_free(r);
+		ev_async_send(vmm_loop(m->v), &m->pc_async);
+		return NULL;
+	}
 out:
 	m->in_rc = rc ? rc : 0;
 	if (rc && m->fd >= 0)
-		mig_msg_send(m->fd, MIG_ERROR, 0, 0, m->in_err);
+		mig_dst_send(m, MIG_ERROR, 0, 0, m->in_err);
+	pc_dst_free(m); /* post-copy prepared, no GO: nothing ran */
 	ckpt_stage_free(&a);
 	ckpt_stage_free(&keep);
 	sr_ctx_free(r);
@@ -143,9 +173,16 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	int rc;
 
 	(void)loop, (void)revents;
-	pthread_join(m->receiver, NULL);
-	m->recv_started = false;
-	if (m->in_rc) {
+	int phase = __atomic_load_n(&m->pc_phase, __ATOMIC_ACQUIRE);
+	bool pc = phase != 0; /* post-copy: the receiver goes on installing pages */
+	if (phase == 2 || m->pc_started)
+		return; /* post-copy already ended, or pc_async_cb started the vCPUs first */
+	m->pc_started = pc;
+	if (!pc) {
+		pthread_join(m->receiver, NULL);
+		m->recv_started = false;
+	}
+	if (!pc && m->in_rc) {
 		log_error("migrate", vmm_name(m->v), "incoming migration failed: %s", m->in_err);
 		close(m->fd);
 		m->fd = -1;
@@ -156,7 +193,11 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	t_run = now_ns();
 	if (rc) {
 		log_error("migrate", vmm_name(m->v), "cannot start the migrated VM: %s", strerror(-rc));
-		mig_msg_send(m->fd, MIG_ERROR, 0, 0, "cannot start the vCPUs");
+		mig_dst_send(m, MIG_ERROR, 0, 0, "cannot start the vCPUs");
+		if (pc) { /* the receiver ends on the closed link; pc_async stops the VM */
+			shutdown(m->fd, SHUT_RDWR);
+			return;
+		}
 		close(m->fd);
 		m->fd = -1;
 		vmm_stop(m->v, 1);
@@ -166,13 +207,45 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	snprintf(txt, sizeof(txt), "end=%llu applied=%llu go=%llu loop=%llu", (unsigned long long)m->t_in_end,
 		 (unsigned long long)m->t_in_applied, (unsigned long long)m->t_in_go,
 		 (unsigned long long)t_start);
-	mig_msg_send(m->fd, MIG_RUNNING, m->t_in_end, t_run, txt);
+	mig_dst_send(m, MIG_RUNNING, m->t_in_end, t_run, txt);
 	log_debug("migrate", vmm_name(m->v), "incoming migration complete, running");
 	vmm_net_announce(m->v);
+	if (pc)
+		return; /* pc_async_cb ends it */
 	close(m->fd);
 	m->fd = -1;
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "completed"};
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Loop thread: the post-copy receiver ended. Every page installed: done. Otherwise the VM is lost:
+ * stop it (first, so a vCPU woken by the unregister does not run on), then free. */
+static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+	struct mig *m = w->data;
+
+	(void)loop, (void)revents;
+	pthread_join(m->receiver, NULL);
+	if (!m->in_rc && !m->pc_started) /* finished before the loop got to in_async: start first */
+		in_async_cb(loop, &m->in_async, 0);
+	m->recv_started = false;
+	m->pc_phase = 2;
+	if (m->in_rc) {
+		log_error("migrate", vmm_name(m->v), "incoming migration failed: %s", m->in_err);
+		vmm_stop(m->v, 1);
+	}
+	pc_dst_free(m);
+	close(m->fd);
+	m->fd = -1;
+	pthread_mutex_lock(&m->lock);
+	if (m->in_rc) {
+		m->prog.state = "postcopy-failed";
+		snprintf(m->prog.error, sizeof(m->prog.error), "%.299s", m->in_err);
+	} else {
+		m->prog.state = "completed";
+		m->prog.pages_left = 0;
+	}
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -224,6 +297,9 @@ int mig_recv_listen(struct mig *m, const char *addr, char *err, size_t errlen)
 	ev_async_init(&m->in_async, in_async_cb);
 	m->in_async.data = m;
 	ev_async_start(vmm_loop(m->v), &m->in_async);
+	ev_async_init(&m->pc_async, pc_async_cb);
+	m->pc_async.data = m;
+	ev_async_start(vmm_loop(m->v), &m->pc_async);
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "waiting"};
 	pthread_mutex_unlock(&m->lock);

@@ -11,41 +11,13 @@
 #include <unistd.h>
 
 #include "common/errf.h"
-#include "migrate/migrate_priv.h"
+#include "migrate/sender.h"
 #include "replication/ckpt_engine.h"
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/log.h"
-
-#define CHUNK_PAGES 4096u /* pages per sr_write_pages_mt call (16 MiB raw) */
-#define NTHREADS 2 /* compression workers: both cores */
-#define ZSTD_LEVEL 1
-
-struct sender {
-	struct mig *m;
-	struct vm *vm;
-	struct guest_mem *gm;
-	int fd;
-	struct sr_out out;
-	struct sr_ctx *w;
-	struct ckpt_engine eng;
-	bool eng_ready;
-	struct throttle thr;
-	struct converge conv;
-	bool compress;
-	bool dst_zero; /* the destination's RAM is known to be all zero */
-	int auto_phase; /* auto compression: 0 = try raw, 1 = try zstd, 2 = decided */
-	double rate_raw, rate_zstd;
-	uint64_t t0, t_accepted, pages_sent, epoch;
-	uint64_t t_ready, t_go; /* switchover: READY received, GO sent */
-	uint64_t left; /* pages to send in the current round (for progress) */
-	uint64_t round_sent; /* pages sent so far in the current round */
-	double est_ms; /* downtime estimate at the last sync */
-	struct json_object *rlog; /* per-round {pages, ms, dirty, throttle} */
-	char err[300];
-};
 
 /* Migration writes every epoch straight from RAM; its stop-and-copy epoch stays paused
  * (switchover). */
@@ -59,7 +31,7 @@ static double secs(uint64_t a, uint64_t b)
 	return (double)(b - a) / 1e9;
 }
 
-static void publish(struct sender *s, uint64_t left, double est_ms)
+void mig_publish(struct sender *s, uint64_t left, double est_ms)
 {
 	struct mig *m = s->m;
 	struct sr_stats st;
@@ -79,7 +51,7 @@ static void publish(struct sender *s, uint64_t left, double est_ms)
 }
 
 /* Bandwidth cap: sleep until the bytes written so far fit max_bw since t0. */
-static void pace(struct sender *s)
+void mig_pace(struct sender *s)
 {
 	uint64_t bw = s->m->p.max_bw;
 	if (!bw)
@@ -114,9 +86,9 @@ static int on_chunk(void *opaque, size_t n, uint64_t write_ns)
 		s->auto_phase++;
 		sr_set_compress(s->w, s->compress, ZSTD_LEVEL);
 	}
-	pace(s);
+	mig_pace(s);
 	s->round_sent += n;
-	publish(s, s->left > s->round_sent ? s->left - s->round_sent : 0, s->est_ms);
+	mig_publish(s, s->left > s->round_sent ? s->left - s->round_sent : 0, s->est_ms);
 	return 0;
 }
 
@@ -140,7 +112,7 @@ static const char *io_err(struct sender *s, int rc)
 }
 
 /* Why the link failed: prefer what the destination said, if it said anything. */
-static void link_error(struct sender *s, int rc, const char *what)
+void mig_link_error(struct sender *s, int rc, const char *what)
 {
 	struct mig_msg msg;
 
@@ -202,8 +174,10 @@ static int connect_dst(struct sender *s)
 		return errf(s->err, sizeof(s->err), -ENOMEM, "out of memory");
 	sr_header_from_mem(&h, s->gm, (uint32_t)vm_nr_vcpus(s->vm));
 	rc = sr_write_header(s->w, &h);
+	if (!rc)
+		rc = pc_send_mode(s);
 	if (rc) {
-		link_error(s, rc, "cannot send the stream header");
+		mig_link_error(s, rc, "cannot send the stream header");
 		return rc;
 	}
 	rc = mig_msg_recv(s->fd, &msg, m->p.io_timeout_ms);
@@ -233,13 +207,25 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 	struct sender *s = opaque;
 	double sec = secs(rd->t_start, rd->t_sync);
 
+	enum mig_postcopy pc = s->m->p.postcopy;
+
 	conv_round_sent(&s->conv, rd->sent, sec);
-	throttle_set(&s->thr, conv_round_synced(&s->conv, rd->dirty, sec));
+	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, rd->dirty, sec);
+	/* auto: post-copy instead of throttling, once the destination holds enough of RAM current */
+	double held = 1.0 - (double)rd->dirty / (double)s->gm->nr_pages;
+	if (pc == MIG_PC_ROUND || (pc == MIG_PC_AUTO && s->conv.stalls > 0 &&
+				   !conv_fits(&s->conv, rd->dirty) && held >= s->m->p.postcopy_min_frac)) {
+		s->postcopy = true;
+		s->conv.throttle = applied; /* post-copy instead of a (higher) throttle */
+		log_round(s, rd->sent, sec, rd->dirty);
+		return CKPT_STOP;
+	}
+	throttle_set(&s->thr, thr);
 	log_round(s, rd->sent, sec, rd->dirty);
 	s->left = rd->dirty;
 	s->round_sent = 0;
 	s->est_ms = conv_estimate_ms(&s->conv, rd->dirty);
-	publish(s, s->left, s->est_ms);
+	mig_publish(s, s->left, s->est_ms);
 	if (conv_fits(&s->conv, rd->dirty) || rd->epoch >= s->m->p.max_rounds)
 		return CKPT_STOP;
 	if (!ctl_conn_alive(s->m->conn))
@@ -249,8 +235,8 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 	return CKPT_ROUND;
 }
 
-static struct json_object *result_json(struct sender *s, const struct ckpt_epoch *ep,
-				       const struct mig_msg *msg, uint64_t t_sent, uint64_t t_ack)
+struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *ep, const struct mig_msg *msg,
+				    uint64_t t_sent, uint64_t t_ack)
 {
 	struct json_object *o = json_object_new_object();
 	uint64_t t_pause = ep->t_pause, t_synced = t_pause + ep->ph.kick + ep->ph.sync;
@@ -300,7 +286,7 @@ static bool peer_gone(int fd)
 	return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
-static void set_state(struct mig *m, const char *state, bool committed)
+void mig_set_state(struct mig *m, const char *state, bool committed)
 {
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = state;
@@ -311,8 +297,7 @@ static void set_state(struct mig *m, const char *state, bool committed)
 /* Phase two, the VM paused and END sent: READY -> commit -> GO -> RUNNING. Returns 0 (RUNNING in
  * msg), SW_UNCERTAIN (committed, no answer: stay paused) or another -errno (not committed, or the
  * destination said it will not run: resume). */
-#define SW_UNCERTAIN (-EINPROGRESS)
-static int switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack)
+int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool until_go)
 {
 	struct mig *m = s->m;
 	int rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
@@ -327,20 +312,22 @@ static int switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack)
 		return errf(s->err, sizeof(s->err), -EPIPE,
 			    "the link to the destination dropped after READY, before GO");
 	/* The commit point. A GO not wholly in the send buffer can never reach the destination. */
-	set_state(m, "switchover", true);
+	mig_set_state(m, "switchover", true);
 	rc = mig_msg_send(s->fd, MIG_GO, 0, 0, NULL);
 	if (rc) {
-		set_state(m, "completing", false);
+		mig_set_state(m, "completing", false);
 		return errf(s->err, sizeof(s->err), rc, "cannot send GO to the destination: %s",
 			    strerror(-rc));
 	}
 	s->t_go = now_ns();
+	if (until_go)
+		return 0;
 	rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
 	*t_ack = now_ns();
 	if (!rc && msg->type == MIG_RUNNING)
 		return 0;
 	if (!rc && msg->type == MIG_ERROR) { /* it exits without running: resuming is safe */
-		set_state(m, "completing", false);
+		mig_set_state(m, "completing", false);
 		return errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed after GO: %s", msg->text);
 	}
 	snprintf(s->err, sizeof(s->err),
@@ -362,28 +349,30 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 	int rc;
 
 	throttle_stop(&s->thr);
-	set_state(m, "completing", false);
+	mig_set_state(m, "completing", false);
 	s->round_sent = 0;
 	rc = ckpt_engine_epoch(&s->eng, &ep, s->err, sizeof(s->err));
 	if (rc) {
 		if (ep.io_failed)
-			link_error(s, rc, "migration stream failed");
+			mig_link_error(s, rc, "migration stream failed");
 		return rc; /* resumed by the engine */
 	}
 	rc = sr_write_end(s->w);
+	if (!rc)
+		rc = pc_send_switch(s, NULL);
 	t_sent = now_ns();
 	if (rc) {
-		link_error(s, rc, "migration stream failed");
+		mig_link_error(s, rc, "migration stream failed");
 		goto resume;
 	}
-	rc = switchover(s, &msg, &t_ack);
+	rc = mig_switchover(s, &msg, &t_ack, false);
 	if (rc == SW_UNCERTAIN)
 		return rc; /* stays paused */
 	if (rc)
 		goto resume;
 	/* Done: the destination runs. The source stops once the reply is out. */
-	publish(s, 0, 0);
-	*result = result_json(s, &ep, &msg, t_sent, t_ack);
+	mig_publish(s, 0, 0);
+	*result = mig_result_json(s, &ep, &msg, t_sent, t_ack);
 	return 0;
 resume:
 	vm_resume(s->vm);
@@ -448,6 +437,11 @@ static int run(struct sender *s, struct json_object **result)
 	rc = connect_dst(s);
 	if (rc)
 		return rc;
+	if (s->m->p.postcopy == MIG_PC_NOW) { /* no pre-copy round: every data page is stale */
+		s->epoch = 1; /* the stale set is every data page, taken while paused */
+		s->postcopy = true;
+		return pc_source_run(s, result);
+	}
 	rc = ckpt_engine_start(&s->eng, s->err, sizeof(s->err));
 	if (rc)
 		return rc;
@@ -462,11 +456,11 @@ static int run(struct sender *s, struct json_object **result)
 	rc = ckpt_engine_precopy(&s->eng, s->w, &pol, s, &next, &io_failed, s->err, sizeof(s->err));
 	if (rc) {
 		if (io_failed)
-			link_error(s, rc, "migration stream failed");
+			mig_link_error(s, rc, "migration stream failed");
 		return rc;
 	}
 	s->epoch = next; /* the stop-and-copy epoch */
-	return stop_and_copy(s, result);
+	return s->postcopy ? pc_source_run(s, result) : stop_and_copy(s, result);
 }
 
 /* Everything but s itself and s->err. */
@@ -525,6 +519,23 @@ void *mig_sender_main(void *arg)
 		}
 		if (rc == 0)
 			log_info("migrate", vmm_name(m->v), "the destination confirmed late: it runs");
+	}
+	if (rc == SW_PC_LOST) { /* committed, the destination runs on pages it lacks: lost */
+		log_error("migrate", vmm_name(m->v), "post-copy failed: %s", s->err);
+		sender_free(s);
+		pthread_mutex_lock(&m->lock);
+		m->prog.state = "postcopy-failed";
+		snprintf(m->prog.error, sizeof(m->prog.error),
+			 "post-copy failed after the destination started: %.150s; neither host holds the "
+			 "whole "
+			 "VM, it stays paused here and cannot be resumed",
+			 s->err);
+		m->pc_lost = true;
+		pthread_mutex_unlock(&m->lock);
+		ctl_reply(m->conn, ctl_error("migration failed: %s", m->prog.error));
+		free(s);
+		ev_async_send(vmm_loop(m->v), &m->done_async);
+		return NULL;
 	}
 	sender_free(s);
 	pthread_mutex_lock(&m->lock);

@@ -265,6 +265,8 @@ static struct colo_flow *flow_find(struct colo_cmp *c, const struct colo_key *k,
 	return NULL;
 }
 
+static void evict(struct colo_cmp *c);
+
 static struct colo_flow *flow_get(struct colo_cmp *c, const struct colo_pkt *p, uint64_t now)
 {
 	uint64_t h = XXH3_64bits_withSeed(&p->key, sizeof(p->key), c->seed);
@@ -275,6 +277,8 @@ static struct colo_flow *flow_get(struct colo_cmp *c, const struct colo_pkt *p, 
 		flow_touch(c, f, now);
 		return f;
 	}
+	if (c->nflows >= c->cfg.max_flows)
+		evict(c);
 	f = calloc(1, sizeof(*f));
 	if (!f)
 		return NULL;
@@ -322,6 +326,24 @@ static void expire(struct colo_cmp *c, struct colo_list *l, uint64_t age, uint64
 			continue;
 		}
 		flow_free(c, f);
+	}
+}
+
+/* At the flow bound: free the least recently used flow that has nothing queued (closed flows
+ * first). Looks at a few flows only; when all hold frames the table goes over the bound. */
+static void evict(struct colo_cmp *c)
+{
+	struct colo_list *lists[2] = {&c->closed, &c->lru};
+	int i, n;
+
+	for (i = 0; i < 2; i++) {
+		struct colo_flow *f = lists[i]->head;
+
+		for (n = 0; f && n < 8; n++, f = f->lnext)
+			if (!f->q[0].n && !f->q[1].n) {
+				flow_free(c, f);
+				return;
+			}
 	}
 }
 
@@ -374,6 +396,8 @@ int colo_cmp_new(struct colo_cmp **out, const struct colo_cmp_cfg *cfg)
 		c->cfg.max_frames = COLO_CMP_DEFAULT_FRAMES;
 	if (!c->cfg.idle_ms)
 		c->cfg.idle_ms = COLO_CMP_DEFAULT_IDLE_MS;
+	if (!c->cfg.max_flows)
+		c->cfg.max_flows = COLO_CMP_DEFAULT_FLOWS;
 	c->timeout_ns = (uint64_t)c->cfg.timeout_ms * 1000000ull;
 	c->idle_ns = (uint64_t)c->cfg.idle_ms * 1000000ull;
 	pthread_mutex_init(&c->lock, NULL);

@@ -31,6 +31,7 @@
 #define COLO_CMP_DEFAULT_FRAMES 4096u
 #define COLO_CMP_DEFAULT_IDLE_MS 60000u
 #define COLO_CMP_CLOSED_LINGER_MS 1000u
+#define COLO_CMP_DEFAULT_FLOWS (1u << 20)
 
 struct colo_cmp;
 
@@ -55,6 +56,9 @@ struct colo_cmp_cfg {
 	/* addition to the contract: a flow with nothing queued expires after idle_ms without frames
 	 * (0 -> 60000); a closed TCP flow (both FINs seen, or a RST) after COLO_CMP_CLOSED_LINGER_MS */
 	uint32_t idle_ms;
+	/* addition: live flow bound (0 -> COLO_CMP_DEFAULT_FLOWS). At the bound a new flow evicts the
+	 * least recently used flow with nothing queued (its state is lost, not every flow's) */
+	size_t max_flows;
 };
 
 struct colo_cmp_proto_stats {
@@ -73,7 +77,7 @@ struct colo_cmp_stats {
 	uint64_t malformed; /* frames whose headers were truncated/inconsistent (compared whole) */
 	uint64_t invalid; /* frames refused with -EINVAL (len 0 / over COLO_CMP_MAX_FRAME) */
 	uint64_t passthrough; /* PVM frames released at once in passthrough mode */
-	uint64_t expired; /* flows removed: idle, or TCP closed */
+	uint64_t expired; /* flows removed: idle, TCP closed, or evicted at max_flows */
 	uint64_t divergences; /* diverged() calls */
 };
 
@@ -92,6 +96,9 @@ enum colo_cmp_reason colo_cmp_tick(struct colo_cmp *c, uint64_t now);
 /* A checkpoint completed (both VMs now identical): release every held PVM frame in order, drop every
  * SVM frame, and keep the flows: the SVM's memory is now a copy of the PVM's, so every flow's SVM
  * sequence offset becomes 0 and its next expected sequence numbers move to the PVM's. */
+/* (Engine's side: call it once the SVM holds the checkpoint and before either VM resumes, after
+ * every frame the SVM sent before the checkpoint was passed to colo_cmp_secondary: an SVM frame of
+ * the old state arriving later would be compared against the new one and diverge again.) */
 void colo_cmp_checkpoint_done(struct colo_cmp *c);
 /* The SVM is gone: release everything held and pass every later PVM frame straight to release(). */
 void colo_cmp_passthrough(struct colo_cmp *c);
@@ -99,6 +106,8 @@ void colo_cmp_passthrough(struct colo_cmp *c);
  * number (and SACK blocks, and the TCP checksum) from the PVM's sequence space into the SVM's, using
  * the flow's learnt ISN offset (PVM ISN - SVM ISN from the two SYN/ACKs), like QEMU's filter-rewriter.
  * Frames of other protocols, or flows without an offset, are left alone. Returns 0 or -EINVAL. */
+/* (The checksum is updated incrementally (RFC 1624), so the frame must carry a complete TCP
+ * checksum, as a tap without TUNSETOFFLOAD delivers; a CHECKSUM_PARTIAL frame must not be passed.) */
 int colo_cmp_rewrite_inbound(struct colo_cmp *c, int netidx, void *frame, size_t len);
 void colo_cmp_get_stats(struct colo_cmp *c, struct colo_cmp_stats *st);
 

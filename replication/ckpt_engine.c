@@ -128,8 +128,9 @@ static int write_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	int rc;
 
 	b->w = ep->w;
-	rc = ep->all_pages ? ckpt_batch_write_all(b, e->gm, false)
-			   : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
+	rc = ep->state_only  ? 0
+	     : ep->all_pages ? ckpt_batch_write_all(b, e->gm, false)
+			     : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
 	if (!rc)
 		rc = ckpt_state_write(ep->w, &e->stage.st);
 	if (!rc)

@@ -62,6 +62,7 @@ struct ckpt_epoch {
 	const uint64_t *merge; /* pages to include even if not dirty (gm->nr_pages bits), or NULL */
 	bool all_pages; /* a full image: every RAM page, not the dirty set */
 	bool stay_paused; /* keep the pause hold after a successful epoch */
+	bool state_only; /* writing modes: no pages, the dirty set stays in e->bitmap (post-copy) */
 	struct sr_ctx *w; /* writing modes: the stream */
 	void *opaque; /* for the ops */
 	/* out */

@@ -236,6 +236,8 @@ static void run(const uint8_t *data, size_t size)
 		.timeout_ms = 50,
 		.max_frames = 64,
 		.max_bytes = 32768,
+		.idle_ms = 300, /* small bounds, so that expiry and eviction run */
+		.max_flows = 16,
 		.release = on_release,
 		.diverged = on_diverged,
 	};

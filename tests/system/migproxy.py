@@ -19,6 +19,8 @@ both sides (FIN) at the chosen point:
   kill-at-go     SIGKILL the source when its GO arrives, forward GO: the destination runs alone
   stall-dst      SIGSTOP the destination (PID) as its READY passes, SIGCONT it 3.5 s later: the source
                  sends GO, hears nothing (uncertain), then gets the late RUNNING
+  postcopy-cut   forward GO and then 4 MiB of post-copy pages, then cut: the destination runs on pages
+                 it lacks, the source has committed (the VM is lost)
 """
 import os
 import signal
@@ -29,7 +31,9 @@ import threading
 import time
 
 MSG = 144
-TYPES = {1: "ACCEPT", 2: "REJECT", 3: "RUNNING", 4: "ERROR", 5: "EPOCH", 6: "READY", 7: "GO"}
+TYPES = {1: "ACCEPT", 2: "REJECT", 3: "RUNNING", 4: "ERROR", 5: "EPOCH", 6: "READY", 7: "GO", 8: "PAGE_REQ",
+         9: "PC_DONE"}
+POSTCOPY_CUT = 4 << 20
 
 
 def say(*a):
@@ -89,7 +93,7 @@ def main():
                 while len(buf) >= MSG:
                     m, buf = buf[:MSG], buf[MSG:]
                     t = TYPES.get(struct.unpack_from("<I", m, 4)[0], "?")
-                    if t != "EPOCH":
+                    if t not in ("EPOCH", "PAGE_REQ"):
                         say("msg", t)
                     if t == "READY" and mode == "before-ready":
                         return cut("READY withheld")
@@ -113,6 +117,7 @@ def main():
         cut("destination side closed")
 
     threading.Thread(target=back, daemon=True).start()
+    after_go = 0
     try:
         while True:
             b = c.recv(65536)
@@ -121,12 +126,18 @@ def main():
             with lock:
                 go = st["ready"]
             if go:
-                say("go", len(b))
+                if mode != "postcopy-cut" or after_go == 0:
+                    say("go", len(b))
                 if mode == "drop-go":
                     cut("GO swallowed")
                     break
                 if mode == "kill-at-go":
                     os.kill(pid, signal.SIGKILL)
+                if mode == "postcopy-cut":
+                    after_go += len(b)
+                    if after_go > POSTCOPY_CUT:
+                        cut(f"post-copy cut after {after_go} bytes past READY")
+                        break
                 u.sendall(b)
                 if mode == "after-go":
                     continue  # RUNNING is withheld by the back thread

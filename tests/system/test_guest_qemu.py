@@ -48,6 +48,20 @@ def test_dirty_runs_clean_and_exits_after_secs():
     assert rc == 1, out  # status 0 -> (0 << 1) | 1
 
 
+def test_dirty_meter_and_random_fill():
+    """meter=1 adds done= (pages stored in all, growing by what each line's interval stored); fill=random
+    leaves the oracle intact."""
+    rc, out = boot("work=dirty ws=8M pi=50 secs=2 meter=1 fill=random")
+    lines = [tuple(map(int, m)) for m in
+             re.findall(r"^dirty: pass=(\d+) rate=(\d+) bad=(\d+) done=(\d+)$", out, re.M)]
+    assert len(lines) >= 3, out
+    assert all(b == 0 for _, _, b, _ in lines), out
+    done = [d for _, _, _, d in lines]
+    assert all(b > a for a, b in zip(done, done[1:])), out
+    assert done[-1] >= lines[-1][0] * 2048, out  # 8M = 2048 pages per pass
+    assert rc == 1, out
+
+
 def test_idle_prints_time():
     rc, out = boot("work=idle pi=100 secs=1")
     ts = [float(t) for t in re.findall(r"^idle: t=([\d.]+)$", out, re.M)]
@@ -63,6 +77,7 @@ def test_idle_prints_time():
     ("work=fault fault=pf", 3, r"^guest: exception 14 err=0x6 "),
     ("work=dirty ws=1G", 2, r"^dirty: error: .*does not fit in RAM"),
     ("work=dirty ws=12Q", 2, r"^dirty: error: bad ws=12Q"),
+    ("work=dirty fill=bogus", 2, r"^dirty: error: bad fill=bogus \(want zero or random\)$"),
     ("work=bogus", 2, r"^guest: error: unknown work=bogus$"),
     ("pi=0 work=idle", 2, r"^guest: error: bad pi=0"),
 ])

@@ -199,9 +199,11 @@ static inline size_t fb_na(uint8_t *b, const struct fdef *d, const uint8_t *targ
 	l4[0] = 136;
 	l4[4] = 0x60;
 	memcpy(l4 + 8, target, 16);
-	l4[24] = 2;
+	l4[24] = 2; /* target link-layer address option, 8 bytes */
 	l4[25] = 1;
-	memcpy(l4 + 26, b + 6, 0);
+	l4[26] = 0x52;
+	l4[27] = 0x54;
+	l4[31] = 1;
 	return fb_ip(b, d, 58, l4, 32, 2);
 }
 

@@ -604,22 +604,51 @@ static void test_rewrite_inbound_non_tcp(void **state)
 	sink_free(&s);
 }
 
+/* at max_flows a new flow evicts the least recently used idle one, never one with frames queued */
+static void test_flow_bound(void **state)
+{
+	struct colo_cmp_cfg cfg = {.max_flows = 100, .release = sink_release, .diverged = sink_diverged};
+	struct fdef d = flow_vm(4, 0, 9), h = flow_vm(4, 1, 1);
+	uint8_t f[128], g[128];
+	size_t n, gn;
+	struct sink s;
+	struct colo_cmp *c = NULL;
+	int i;
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	cfg.opaque = &s;
+	assert_int_equal(colo_cmp_new(&c, &cfg), 0);
+	gn = fb_udp(g, &h, "held", 4);
+	pvm(c, g, gn, MS(1)); /* the oldest flow, with a frame held */
+	for (i = 0; i < 150; i++) {
+		d.sport = (uint16_t)(100 + i);
+		n = fb_udp(f, &d, "x", 1);
+		pvm(c, f, n, MS(2));
+		svm(c, f, n, MS(2));
+	}
+	assert_int_equal(s.n, 150);
+	assert_int_equal(stats(c).flows, 100);
+	assert_int_equal(stats(c).expired, 51);
+	/* the held flow survived: its SVM twin still matches */
+	svm(c, g, gn, MS(3));
+	assert_int_equal(s.n, 151);
+	assert_released(&s, 150, g, gn);
+	assert_int_equal(s.ndiv, 0);
+	colo_cmp_free(c);
+	sink_free(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_bad_args),
-		cmocka_unit_test(test_udp_in_order),
-		cmocka_unit_test(test_protocols),
-		cmocka_unit_test(test_icmp6_fields),
-		cmocka_unit_test(test_mismatch_once),
-		cmocka_unit_test(test_timeout),
-		cmocka_unit_test(test_queue_bound),
-		cmocka_unit_test(test_checkpoint_done),
-		cmocka_unit_test(test_passthrough),
-		cmocka_unit_test(test_vlan),
-		cmocka_unit_test(test_many_flows),
-		cmocka_unit_test(test_malformed),
-		cmocka_unit_test(test_rewrite_inbound_non_tcp),
+		cmocka_unit_test(test_bad_args),      cmocka_unit_test(test_udp_in_order),
+		cmocka_unit_test(test_protocols),     cmocka_unit_test(test_icmp6_fields),
+		cmocka_unit_test(test_mismatch_once), cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_queue_bound),   cmocka_unit_test(test_checkpoint_done),
+		cmocka_unit_test(test_passthrough),   cmocka_unit_test(test_vlan),
+		cmocka_unit_test(test_many_flows),    cmocka_unit_test(test_flow_bound),
+		cmocka_unit_test(test_malformed),     cmocka_unit_test(test_rewrite_inbound_non_tcp),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

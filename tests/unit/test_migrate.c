@@ -120,13 +120,13 @@ static void test_partial_go_is_eof(void **state)
 /* Silence is a timeout, unknown types and bad magic are protocol errors. */
 static void test_bad_messages(void **state)
 {
-	struct mig_msg m = {.magic = MIG_MSG_MAGIC, .type = MIG_GO + 1};
+	struct mig_msg m = {.magic = MIG_MSG_MAGIC, .type = MIG_MSG_LAST + 1};
 	int sv[2];
 
 	(void)state;
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	assert_int_equal(mig_msg_recv(sv[1], &m, 50), -ETIMEDOUT);
-	m = (struct mig_msg){.magic = MIG_MSG_MAGIC, .type = MIG_GO + 1};
+	m = (struct mig_msg){.magic = MIG_MSG_MAGIC, .type = MIG_MSG_LAST + 1};
 	assert_int_equal(write(sv[0], &m, sizeof(m)), (ssize_t)sizeof(m));
 	assert_int_equal(mig_msg_recv(sv[1], &m, 1000), -EBADMSG);
 	m = (struct mig_msg){.magic = 0x12345678, .type = MIG_GO};

@@ -19,7 +19,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
-		"                      [--compress auto|zstd|none] [--json] [--control PATH] [--timeout MS]\n"
+		"                      [--compress auto|zstd|none] [--postcopy[=now|round|auto]]\n"
+		"                      [--postcopy-min-pct N] [--json] [--control PATH] [--timeout MS]\n"
 		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
@@ -31,7 +32,15 @@ static void usage(FILE *f)
 		"  --downtime-ms N       downtime target in ms (default 10)\n"
 		"  --max-bandwidth RATE  cap on the wire, bytes/s with K/M/G suffixes (default unlimited)\n"
 		"  --compress MODE       auto (default: measure both, keep the faster), zstd or none\n"
-		"  --timeout MS          destination I/O timeout (default 5000)\n" DOPPEL_CTL_OPTHELP);
+		"  --timeout MS          destination I/O timeout (default 5000)\n"
+		"  --postcopy[=WHEN]     post-copy: the destination runs first, pages follow on demand;\n"
+		"                        round (default: after one full pre-copy round), now (no\n"
+		"                        pre-copy), auto\n"
+		"                        (pre-copy; post-copy instead of throttling once it stalls).\n"
+		"                        If the link dies during post-copy the VM is LOST (neither host\n"
+		"                        has all of it); the source stays paused and cannot resume\n"
+		"  --postcopy-min-pct N  auto: switch only when the destination holds N %% of RAM\n"
+		"                        current (default 50)\n" DOPPEL_CTL_OPTHELP);
 }
 
 struct progress {
@@ -127,11 +136,15 @@ int cmd_migrate(int argc, char **argv)
 		{"max-bandwidth", required_argument, NULL, 'B'},
 		{"compress", required_argument, NULL, 'Z'},
 		{"resume-source", no_argument, NULL, 'R'},
+		{"postcopy", optional_argument, NULL, 'P'},
+		{"postcopy-min-pct", required_argument, NULL, 'M'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	const char *to = NULL, *compress = "auto";
-	uint64_t downtime = 10, bw = 0;
+	uint64_t downtime = 10, bw = 0, min_pct = 50;
+	const char *postcopy = NULL;
+	bool min_pct_given = false;
 	bool timeout_given = false, resume = false;
 	struct json_object *req, *reply = NULL;
 	char err[512];
@@ -152,6 +165,18 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case 'R':
 			resume = true;
+			break;
+		case 'P':
+			postcopy = optarg ? optarg : "round";
+			if (strcmp(postcopy, "now") && strcmp(postcopy, "round") && strcmp(postcopy, "auto"))
+				return doppel_usage_error(
+					"migrate", "bad --postcopy '%s' (now, round or auto)", postcopy);
+			break;
+		case 'M':
+			if (parse_uint(optarg, 0, 100, &min_pct))
+				return doppel_usage_error("migrate", "bad --postcopy-min-pct '%s' (0..100)",
+							  optarg);
+			min_pct_given = true;
 			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
@@ -184,6 +209,8 @@ int cmd_migrate(int argc, char **argv)
 		return resume_source(&o, to);
 	if (!to)
 		return doppel_usage_error("migrate", "--to ADDR:PORT is required");
+	if (min_pct_given && (!postcopy || strcmp(postcopy, "auto")))
+		return doppel_usage_error("migrate", "--postcopy-min-pct needs --postcopy=auto");
 	req = json_object_new_object();
 	json_object_object_add(req, "cmd", json_object_new_string("migrate"));
 	json_object_object_add(req, "to", json_object_new_string(to));
@@ -192,6 +219,10 @@ int cmd_migrate(int argc, char **argv)
 	json_object_object_add(req, "compress", json_object_new_string(compress));
 	if (timeout_given)
 		json_object_object_add(req, "timeout_ms", json_object_new_int(o.timeout_ms));
+	if (postcopy) {
+		json_object_object_add(req, "postcopy", json_object_new_string(postcopy));
+		json_object_object_add(req, "postcopy_min_pct", json_object_new_int64((int64_t)min_pct));
+	}
 
 	struct progress p = {.path = o.path};
 	pthread_t th;

@@ -1,0 +1,63 @@
+/* sender.h — inside migrate/: the source's sender state, shared by pre-copy (migrate_send.c) and post-copy (postcopy_send.c). */
+#ifndef DOPPEL_MIGRATE_SENDER_H
+#define DOPPEL_MIGRATE_SENDER_H
+
+#include <json-c/json.h>
+
+#include "migrate/migrate_priv.h"
+#include "replication/ckpt_engine.h"
+#include "replication/stream.h"
+
+#define CHUNK_PAGES 4096u /* pages per sr_write_pages_mt call (16 MiB raw) */
+#define NTHREADS 2 /* compression workers: both cores */
+#define ZSTD_LEVEL 1
+
+struct sender {
+	struct mig *m;
+	struct vm *vm;
+	struct guest_mem *gm;
+	int fd;
+	struct sr_out out;
+	struct sr_ctx *w;
+	struct ckpt_engine eng;
+	bool eng_ready;
+	struct throttle thr;
+	struct converge conv;
+	bool compress;
+	bool dst_zero; /* the destination's RAM is known to be all zero */
+	int auto_phase; /* auto compression: 0 = try raw, 1 = try zstd, 2 = decided */
+	double rate_raw, rate_zstd;
+	uint64_t t0, t_accepted, pages_sent, epoch;
+	uint64_t t_ready, t_go; /* switchover: READY received, GO sent */
+	uint64_t left; /* pages to send in the current round (for progress) */
+	uint64_t round_sent; /* pages sent so far in the current round */
+	double est_ms; /* downtime estimate at the last sync */
+	struct json_object *rlog; /* per-round {pages, ms, dirty, throttle} */
+	bool postcopy; /* the policy chose post-copy for the switchover */
+	char err[300];
+};
+
+/* migrate_send.c */
+#define SW_UNCERTAIN (-EINPROGRESS) /* committed, no answer: stay paused */
+#define SW_PC_LOST (-ENOLINK) /* post-copy broke after GO: the VM is lost, the source stays paused */
+void mig_publish(struct sender *s, uint64_t left, double est_ms);
+void mig_pace(struct sender *s);
+void mig_link_error(struct sender *s, int rc, const char *what);
+void mig_set_state(struct mig *m, const char *state, bool committed);
+/* READY -> commit -> GO; with until_go return right after GO (post-copy), else wait for RUNNING. */
+int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool until_go);
+struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *ep, const struct mig_msg *msg,
+				    uint64_t t_sent, uint64_t t_ack);
+
+/* postcopy_send.c */
+/* After the stream header: PC_MODE (post-copy at once or not). */
+int pc_send_mode(struct sender *s);
+/* After END: tell the destination which switchover follows (and, for post-copy, the stale set). */
+int pc_send_switch(struct sender *s, const uint64_t *stale);
+/* The post-copy switchover: state-only epoch, stale set, READY/GO, then pages on demand and pushed.
+ * 0 (result set), an error before GO (the VM resumed), or SW_PC_LOST (committed, stays paused). */
+int pc_source_run(struct sender *s, struct json_object **result);
+/* --postcopy now: every data page of RAM as the set the destination lacks, into bm. */
+void pc_all_data_pages(struct sender *s, uint64_t *bm);
+
+#endif
