@@ -256,10 +256,11 @@ static void on_ack(struct remus *r, const uint8_t *b, uint32_t len)
 	r->acked_epoch = c->ckpt_epoch;
 	if (!remus_witness_may_release(r))
 		return; /* fenced: nothing more leaves, the guest stays paused */
+	/* before the PVM runs again: its next output must be compared, not released with the held */
+	colo_cmp_checkpoint_done(c->cmp);
 	if (c->pvm_paused)
 		vm_resume(r->vm);
 	c->pvm_paused = false;
-	colo_cmp_checkpoint_done(c->cmp);
 	c->nr_ckpt[c->why]++;
 	c->last_ckpt_ns = now;
 	c->cs = CS_IDLE;

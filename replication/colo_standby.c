@@ -140,12 +140,15 @@ int colo_standby_applied(struct remus *r, char *err, size_t errlen)
 		vmm_set_tx_hook(r->v, svm_tx_hook, c);
 		remus_notify(r, RA_COLO_START); /* vmm_start_vcpus on the loop; parked until resume */
 	}
+	/* the ack goes before the resumed SVM's first output: the primary compares what follows it
+	 * against the new state */
+	put64(pre, c->req_epoch);
+	put64(pre + 8, c->apply_ns_last);
+	rc = send_record(c, SR_REC_COLO_CKPT_ACK, pre, 16, NULL, 0, false);
 	if (c->svm_paused)
 		vm_resume(r->vm);
 	c->svm_paused = false;
-	put64(pre, c->req_epoch);
-	put64(pre + 8, c->apply_ns_last);
-	return send_record(c, SR_REC_COLO_CKPT_ACK, pre, 16, NULL, 0, false);
+	return rc;
 }
 
 void colo_standby_start_vcpus(struct remus *r)
