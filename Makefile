@@ -10,10 +10,10 @@
 
 B       ?= build
 CC      ?= gcc
-PKGS    := libzstd libev libnl-route-3.0 json-c libxxhash libcurl
+PKGS    := libzstd libev libnl-route-3.0 json-c libxxhash libcurl libmicrohttpd libsystemd
 # libev ships no .pc file in Debian; pkg-config failures for it are harmless (header in /usr/include).
-PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 json-c libzstd libxxhash libcurl 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 json-c libzstd libxxhash libcurl 2>/dev/null)
+PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd 2>/dev/null)
 OPT     ?= -O2
 CFLAGS  := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lev -lpthread -lm $(EXTRA_LDFLAGS)

@@ -22,6 +22,7 @@ static struct {
 	int level;
 	int to_stderr;
 	int json_fd;
+	int to_journal;
 	uint64_t t0;
 	log_sink_fn sink;
 	void *sink_opaque;
@@ -66,6 +67,21 @@ enum log_level log_get_level(void)
 void log_set_stderr(int on)
 {
 	__atomic_store_n(&L.to_stderr, on, __ATOMIC_RELAXED);
+}
+
+void log_set_journal(int on)
+{
+	__atomic_store_n(&L.to_journal, on, __ATOMIC_RELAXED);
+}
+
+/* log_journal.c (apart: <syslog.h>, which sd-journal.h pulls in, defines LOG_INFO and LOG_DEBUG) */
+void log_journal_send(int prio, const char *comp, const char *vm, const char *msg);
+
+static void emit_journal(enum log_level lvl, const char *comp, const char *vm, const char *msg)
+{
+	static const int prio[] = {3, 4, 6, 7}; /* syslog LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG */
+
+	log_journal_send(prio[(unsigned)lvl < 4 ? lvl : 3], comp, vm, msg);
 }
 
 void log_set_sink(log_sink_fn fn, void *opaque)
@@ -160,6 +176,8 @@ void log_msg(enum log_level lvl, const char *component, const char *vm, const ch
 			write_line(STDERR_FILENO, line,
 				   (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	}
+	if (__atomic_load_n(&L.to_journal, __ATOMIC_RELAXED))
+		emit_journal(lvl, component, vm, msg);
 	fd = __atomic_load_n(&L.json_fd, __ATOMIC_ACQUIRE);
 	if (fd >= 0)
 		emit_json(fd, t, lvl, component, vm, msg);

@@ -42,6 +42,10 @@ const char *log_level_name(enum log_level lvl);
 int log_set_json_file(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));
 /* stderr output on (default) or off. */
 void log_set_stderr(int on);
+/* systemd journal output (sd_journal_send: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=doppel,
+ * DOPPEL_COMPONENT, DOPPEL_VM) on or off (default). `doppel run --log journal` turns it on and
+ * stderr off. */
+void log_set_journal(int on);
 
 /* A caller-supplied sink, called for every emitted message (after stderr/JSON); NULL removes it.
  * Called on the logging thread, unlocked: it must be thread-safe itself. */

@@ -75,6 +75,16 @@ int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms)
 	return 0;
 }
 
+void mig_event(struct mig *m, const char *type, const char *direction, struct json_object *f)
+{
+	if (!f)
+		f = json_object_new_object();
+	if (!f)
+		return;
+	json_object_object_add(f, "direction", json_object_new_string(direction));
+	vmm_event(m->v, type, f);
+}
+
 /* ---- the "migrate" command -------------------------------------------------------------------- */
 
 static void done_async_cb(struct ev_loop *loop, ev_async *w, int revents)
@@ -222,6 +232,10 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 	m->prog = (struct mig_progress){.state = "active"};
 	pthread_mutex_unlock(&m->lock);
 	m->conn = vmm_ctl_current(v);
+	struct json_object *f = json_object_new_object();
+	json_object_object_add(f, "to", json_object_new_string(p.to));
+	json_object_object_add(f, "downtime_target_ms", json_object_new_double(p.downtime_ms));
+	mig_event(m, "migration-start", "out", f);
 	rc = pthread_create(&m->sender, NULL, mig_sender_main, m);
 	if (rc) {
 		pthread_mutex_lock(&m->lock);
@@ -264,6 +278,58 @@ static void status_hook(struct vmm *v, struct json_object *st, void *opaque)
 	}
 	pthread_mutex_unlock(&m->lock);
 	json_object_object_add(st, "migration", o);
+}
+
+static void metrics_hook(struct vmm *v, FILE *f, void *opaque)
+{
+	struct mig *m = opaque;
+
+	(void)v;
+	pthread_mutex_lock(&m->lock);
+	struct mig_progress p = m->prog;
+	bool busy = m->busy;
+	uint64_t ok = m->nr_completed, bad = m->nr_failed;
+	double down = m->last_downtime_ms;
+	pthread_mutex_unlock(&m->lock);
+	fprintf(f,
+		"# HELP doppel_migration_active 1 while an outgoing migration runs.\n"
+		"# TYPE doppel_migration_active gauge\ndoppel_migration_active %d\n",
+		busy);
+	fprintf(f,
+		"# HELP doppel_migration_sent_pages Pages sent by the current (or last) outgoing migration.\n"
+		"# TYPE doppel_migration_sent_pages gauge\ndoppel_migration_sent_pages %llu\n",
+		(unsigned long long)(p.bytes_raw / GUEST_PAGE_SIZE));
+	fprintf(f,
+		"# HELP doppel_migration_remaining_pages Pages left in the current round.\n"
+		"# TYPE doppel_migration_remaining_pages gauge\ndoppel_migration_remaining_pages %llu\n",
+		(unsigned long long)p.pages_left);
+	fprintf(f,
+		"# HELP doppel_migration_sent_wire_bytes Bytes on the link of the current (or last) "
+		"migration.\n"
+		"# TYPE doppel_migration_sent_wire_bytes gauge\ndoppel_migration_sent_wire_bytes %llu\n",
+		(unsigned long long)p.bytes_wire);
+	fprintf(f,
+		"# HELP doppel_migration_round Pre-copy round of the current (or last) migration.\n"
+		"# TYPE doppel_migration_round gauge\ndoppel_migration_round %llu\n",
+		(unsigned long long)p.round);
+	fprintf(f,
+		"# HELP doppel_migration_estimated_downtime_seconds Downtime the remaining pages would cost "
+		"now.\n"
+		"# TYPE doppel_migration_estimated_downtime_seconds gauge\n"
+		"doppel_migration_estimated_downtime_seconds %.6f\n",
+		p.est_downtime_ms / 1e3);
+	fprintf(f,
+		"# HELP doppel_migration_last_downtime_seconds Downtime of the last completed outgoing "
+		"migration.\n"
+		"# TYPE doppel_migration_last_downtime_seconds gauge\n"
+		"doppel_migration_last_downtime_seconds %.6f\n",
+		down / 1e3);
+	fprintf(f,
+		"# HELP doppel_migrations_total Outgoing migrations by result.\n"
+		"# TYPE doppel_migrations_total counter\n"
+		"doppel_migrations_total{result=\"completed\"} "
+		"%llu\ndoppel_migrations_total{result=\"failed\"} %llu\n",
+		(unsigned long long)ok, (unsigned long long)bad);
 }
 
 /* vmm_destroy: free the engine unless a migration thread still runs (the process is ending then). */
@@ -315,6 +381,8 @@ int migrate_setup(struct vmm *v)
 	rc = vmm_register_cmd(v, "migrate", cmd_migrate, m);
 	if (!rc)
 		rc = vmm_add_status_hook(v, status_hook, m);
+	if (!rc)
+		rc = vmm_add_metrics_hook(v, metrics_hook, m);
 	return rc; /* on error m is freed by the exit hook */
 }
 

@@ -12,6 +12,7 @@
 struct vmm;
 struct vm;
 struct ctl_conn;
+struct json_object;
 
 /*
  * Back channel on the migration TCP connection: fixed 144-byte messages, little endian. All of them
@@ -136,6 +137,7 @@ struct mig_progress {
 	char error[300];
 	bool postcopy; /* the switchover is (or was) post-copy */
 	uint64_t pc_faults, pc_requests; /* post-copy: faults seen / pages requested (destination) */
+	double downtime_ms; /* source, once completed */
 };
 
 struct pc_dst;
@@ -151,6 +153,8 @@ struct mig {
 	ev_async done_async; /* sender -> loop: migration finished */
 	ev_timer stop_timer; /* after success: let the reply flush, then stop */
 	bool success;
+	uint64_t nr_completed, nr_failed; /* lock: outgoing migrations, for metrics */
+	double last_downtime_ms; /* lock */
 	/* source, after an uncertain switchover (lock): the operator's decision */
 	bool uncertain, op_resume, quit;
 	bool pc_lost; /* source: post-copy broke after GO; the VM cannot be resumed here */
@@ -170,6 +174,10 @@ struct mig {
 	bool pc_started; /* destination, loop thread: the vCPUs were started for post-copy */
 	ev_async pc_async; /* receiver -> loop: post-copy finished or failed */
 };
+
+/* migrate.c */
+/* A "migration" event: {"direction", "result"|..., plus f's keys} (f: ownership taken, may be NULL). */
+void mig_event(struct mig *m, const char *type, const char *direction, struct json_object *f);
 
 /* migrate_send.c */
 void *mig_sender_main(void *arg);

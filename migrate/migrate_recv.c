@@ -1,5 +1,6 @@
 /* migrate_recv.c — the destination side: accept one migration, read it into the held VM, then run. */
 #include <errno.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +184,10 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		m->recv_started = false;
 	}
 	if (!pc && m->in_rc) {
+		struct json_object *f = json_object_new_object();
+		json_object_object_add(f, "result", json_object_new_string("failed"));
+		json_object_object_add(f, "error", json_object_new_string(m->in_err));
+		mig_event(m, "migration-end", "in", f);
 		log_error("migrate", vmm_name(m->v), "incoming migration failed: %s", m->in_err);
 		close(m->fd);
 		m->fd = -1;
@@ -209,6 +214,13 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		 (unsigned long long)t_start);
 	mig_dst_send(m, MIG_RUNNING, m->t_in_end, t_run, txt);
 	log_debug("migrate", vmm_name(m->v), "incoming migration complete, running");
+	struct json_object *f = json_object_new_object();
+	json_object_object_add(f, "result", json_object_new_string("completed"));
+	json_object_object_add(f, "apply_ms",
+			       json_object_new_double((double)(m->t_in_applied - m->t_in_end) / 1e6));
+	json_object_object_add(f, "go_to_running_ms",
+			       json_object_new_double((double)(t_run - m->t_in_go) / 1e6));
+	mig_event(m, "migration-end", "in", f);
 	vmm_net_announce(m->v);
 	if (pc)
 		return; /* pc_async_cb ends it */
@@ -265,6 +277,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "incoming"};
 	pthread_mutex_unlock(&m->lock);
+	mig_event(m, "migration-start", "in", NULL);
 	rc = pthread_create(&m->receiver, NULL, receiver_main, m);
 	if (rc) {
 		log_error("migrate", vmm_name(m->v), "cannot start the migration receiver: %s", strerror(rc));

@@ -478,6 +478,36 @@ static void sender_free(struct sender *s)
 	s->rlog = NULL;
 }
 
+/* The "migration-end" event and the metrics' counters. */
+static void end_event(struct mig *m, struct sender *s, int rc, struct json_object *result)
+{
+	struct json_object *f = json_object_new_object(), *j;
+	double down = -1;
+
+	if (!rc && result && json_object_object_get_ex(result, "downtime_ms", &j))
+		down = json_object_get_double(j);
+	json_object_object_add(f, "result", json_object_new_string(rc ? "failed" : "completed"));
+	json_object_object_add(f, "to", json_object_new_string(m->p.to));
+	json_object_object_add(f, "total_ms", json_object_new_double((double)(now_ns() - s->t0) / 1e6));
+	json_object_object_add(f, "rounds", json_object_new_int64((int64_t)s->epoch));
+	json_object_object_add(f, "pages_sent", json_object_new_int64((int64_t)s->pages_sent));
+	if (down >= 0)
+		json_object_object_add(f, "downtime_ms", json_object_new_double(down));
+	if (rc)
+		json_object_object_add(f, "error",
+				       json_object_new_string(s->err[0] ? s->err : strerror(-rc)));
+	mig_event(m, "migration-end", "out", f);
+	pthread_mutex_lock(&m->lock);
+	if (rc) {
+		m->nr_failed++;
+	} else {
+		m->nr_completed++;
+		m->last_downtime_ms = down;
+		m->prog.downtime_ms = down;
+	}
+	pthread_mutex_unlock(&m->lock);
+}
+
 void *mig_sender_main(void *arg)
 {
 	struct mig *m = arg;
@@ -538,6 +568,7 @@ void *mig_sender_main(void *arg)
 		return NULL;
 	}
 	sender_free(s);
+	end_event(m, s, rc, result);
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = rc ? "failed" : "completed";
 	if (rc)

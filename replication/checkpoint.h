@@ -135,6 +135,10 @@ struct ckpt_stage {
 	bool have_info;
 	uint64_t epoch;
 	uint64_t pages, zero_pages; /* counts of this epoch */
+	/* Staged reading: the RAM holding the last applied copy of every page, against which
+	 * PAGE_DELTA records are decoded (a Remus replica's RAM: see docs/stream.md). NULL: delta
+	 * records are refused. Kept by ckpt_stage_reset. */
+	struct guest_mem *base;
 };
 
 /* Read records up to and including the next CHECKPOINT_END (whose checksum the reader verifies).

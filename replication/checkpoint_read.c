@@ -102,6 +102,16 @@ static int on_page(void *opaque, uint64_t idx, const void *page)
 	return 0;
 }
 
+/* The delta base of a page: the receiver's RAM holds the last copy it applied (direct mode: the RAM
+ * being written; staged mode: stg->base, the replica's committed RAM). */
+static const void *on_base(void *opaque, uint64_t idx)
+{
+	struct rd *rd = opaque;
+	struct guest_mem *gm = rd->gm ? rd->gm : rd->stg->base;
+
+	return gm ? mem_page_host(gm, idx) : NULL;
+}
+
 static int on_zero(void *opaque, uint64_t first, uint64_t count)
 {
 	struct rd *rd = opaque;
@@ -174,6 +184,9 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 		switch (rec.type) {
 		case SR_REC_PAGE_DATA:
 			rc = sr_decode_pages(r, &rec, on_page, &rd);
+			break;
+		case SR_REC_PAGE_DELTA:
+			rc = sr_decode_delta(r, &rec, on_base, on_page, &rd);
 			break;
 		case SR_REC_ZERO_PAGES:
 			rc = sr_decode_zero_pages(r, &rec, on_zero, &rd);

@@ -19,9 +19,14 @@ int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops
 	size_t words = dirty_bitmap_words(e->gm->nr_pages);
 	e->bitmap = calloc(words, sizeof(uint64_t));
 	e->carry = calloc(words, sizeof(uint64_t));
-	e->hot = ops->keep_hot ? calloc(words, sizeof(uint64_t)) : NULL;
+	if (ops->keep_hot) {
+		e->hot = calloc(words, sizeof(uint64_t));
+		e->seen = calloc(words, sizeof(uint64_t));
+		e->seen_prev = calloc(words, sizeof(uint64_t));
+	}
 	e->batch = ckpt_batch_new(NULL, 1);
-	if (!e->bitmap || !e->carry || (ops->keep_hot && !e->hot) || !e->batch) {
+	if (!e->bitmap || !e->carry || (ops->keep_hot && (!e->hot || !e->seen || !e->seen_prev)) ||
+	    !e->batch) {
 		ckpt_engine_free(e);
 		return -ENOMEM;
 	}
@@ -32,10 +37,14 @@ int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen)
 {
 	int rc;
 
-	if (e->hot)
-		memset(e->hot, 0, dirty_bitmap_words(e->gm->nr_pages) * sizeof(uint64_t));
+	if (e->hot) {
+		size_t sz = dirty_bitmap_words(e->gm->nr_pages) * sizeof(uint64_t);
+		memset(e->hot, 0, sz);
+		memset(e->seen, 0, sz);
+		memset(e->seen_prev, 0, sz);
+	}
 	e->hot_pages = 0;
-	e->hot_age = 0;
+	e->hot_age = e->win_age = e->hot_slice = 0;
 	/* Touched now so the first epochs do not fault the stage in inside the pause. */
 	if (e->ops->stage && !e->stage.cap && !ckpt_stage_reserve(&e->stage, STAGE_PREGROW))
 		memset(e->stage.data, 0, e->stage.cap * GUEST_PAGE_SIZE);
@@ -57,9 +66,59 @@ void ckpt_engine_free(struct ckpt_engine *e)
 	free(e->bitmap);
 	free(e->carry);
 	free(e->hot);
+	free(e->seen);
+	free(e->seen_prev);
 	ckpt_batch_free(e->batch);
 	ckpt_stage_free(&e->stage);
 	memset(e, 0, sizeof(*e));
+}
+
+/* keep_hot: a page dirty at this sync that was also dirty at any sync of the last
+ * CKPT_HOT_WINDOW..2*CKPT_HOT_WINDOW epochs stays writable (e->hot is the keep set handed to the
+ * sync). "Dirty at two syncs in a row" alone never learns a hot set the guest sweeps more slowly
+ * than one pass per epoch -- and a guest faulting on every page (3-10 us each here) sweeps a 64 MiB
+ * set in ~6 epochs, so it stayed slow for ever (0.1 % of its speed). Every CKPT_HOT_COOL epochs one
+ * of CKPT_HOT_SLICES slices of the set is re-protected, so pages that went cold stop being copied
+ * (each page is re-checked every CKPT_HOT_COOL * CKPT_HOT_SLICES epochs). */
+static int64_t hot_sync(struct ckpt_engine *e, size_t words)
+{
+	bool cool = ++e->hot_age >= CKPT_HOT_COOL;
+	int64_t n;
+
+	if (cool) {
+		/* One slice of the keep set (bitmap words w with w % CKPT_HOT_SLICES == slice) is
+		 * re-protected: its still-hot pages fault once and are kept again at the next sync.
+		 * Slices spread the faults (a whole 64 MiB set at once costs the guest ~160 ms). */
+		for (size_t i = e->hot_slice; i < words; i += CKPT_HOT_SLICES)
+			e->hot[i] = 0;
+		e->hot_slice = (e->hot_slice + 1) % CKPT_HOT_SLICES;
+		e->hot_age = 0;
+	}
+	if (++e->win_age >= CKPT_HOT_WINDOW) {
+		uint64_t *t = e->seen_prev;
+		e->seen_prev = e->seen;
+		e->seen = t;
+		memset(e->seen, 0, words * sizeof(uint64_t));
+		e->win_age = 0;
+	}
+	n = dirty_log_sync_keep(e->log, e->bitmap, e->hot);
+	if (n < 0)
+		return n;
+	if (n > CKPT_HOT_MAX) { /* too big to copy every epoch: forget it all */
+		memset(e->hot, 0, words * sizeof(uint64_t));
+		memset(e->seen, 0, words * sizeof(uint64_t));
+		memset(e->seen_prev, 0, words * sizeof(uint64_t));
+		e->hot_pages = 0;
+		return n;
+	}
+	uint64_t kept = 0;
+	for (size_t i = 0; i < words; i++) {
+		kept += (uint64_t)__builtin_popcountll(e->bitmap[i] & e->hot[i]);
+		e->seen[i] |= e->bitmap[i];
+		e->hot[i] = e->seen[i] | e->seen_prev[i];
+	}
+	e->hot_pages = kept;
+	return n;
 }
 
 /* Paused: the dirty set into e->bitmap (| ep->merge). Returns its page count or -errno. */
@@ -72,19 +131,7 @@ static int64_t epoch_sync(struct ckpt_engine *e, struct ckpt_epoch *ep)
 		memset(e->bitmap, 0, words * sizeof(uint64_t));
 		n = 0;
 	} else if (e->ops->keep_hot) {
-		if (++e->hot_age >= CKPT_HOT_COOL) {
-			memset(e->hot, 0, words * sizeof(uint64_t));
-			e->hot_age = 0;
-		}
-		n = dirty_log_sync_keep(e->log, e->bitmap, e->hot);
-		/* What is dirty now and was dirty last epoch stays writable at the next sync. */
-		if (n >= 0 && n <= CKPT_HOT_MAX) {
-			memcpy(e->hot, e->bitmap, words * sizeof(uint64_t));
-			e->hot_pages = (uint64_t)n;
-		} else if (n >= 0) {
-			memset(e->hot, 0, words * sizeof(uint64_t));
-			e->hot_pages = 0;
-		}
+		n = hot_sync(e, words);
 	} else {
 		n = dirty_log_sync(e->log, e->bitmap);
 	}

@@ -33,7 +33,9 @@
  */
 
 #define CKPT_HOT_MAX 32768 /* keep_hot: at most this many pages left writable across epochs */
-#define CKPT_HOT_COOL 40 /* keep_hot: the hot set is re-learnt every this many epochs */
+#define CKPT_HOT_COOL 40 /* keep_hot: a slice of the hot set is re-learnt every this many epochs */
+#define CKPT_HOT_SLICES 8 /* keep_hot: ... one of this many (by bitmap word), in turn */
+#define CKPT_HOT_WINDOW 32 /* keep_hot: "recently dirty" = at a sync of the last 32..64 epochs */
 
 struct ckpt_engine;
 struct ckpt_epoch;
@@ -82,9 +84,10 @@ struct ckpt_engine {
 	struct dirty_log *log; /* NULL until ckpt_engine_start */
 	uint64_t *bitmap; /* the dirty set of the last sync (| merge) */
 	uint64_t *carry; /* after a pre-copy ending in stop-and-copy: its last sync's pages */
-	uint64_t *hot; /* keep_hot */
-	uint64_t hot_pages;
-	uint32_t hot_age;
+	uint64_t *hot; /* keep_hot: the keep set of the next sync (seen | seen_prev) */
+	uint64_t *seen, *seen_prev; /* keep_hot: dirty in this / the previous CKPT_HOT_WINDOW */
+	uint64_t hot_pages; /* pages the last sync left writable */
+	uint32_t hot_age, win_age, hot_slice;
 	struct ckpt_stage stage; /* staging mode: the last epoch; writing modes: its state */
 	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
 };

@@ -41,22 +41,13 @@ uint64_t remus_ring_pct(const struct remus_ring *r, double q)
 
 void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const char *fmt, ...)
 {
-	struct remus_event *e;
-	struct timespec ts;
+	char reason[256];
 	va_list ap;
 
-	if (r->nr_events == REMUS_MAX_EVENTS) {
-		memmove(r->events, r->events + 1, sizeof(r->events[0]) * (REMUS_MAX_EVENTS - 1));
-		r->nr_events--;
-	}
-	e = &r->events[r->nr_events++];
-	clock_gettime(CLOCK_REALTIME, &ts);
-	e->wall = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-	e->epoch = epoch;
-	snprintf(e->kind, sizeof(e->kind), "%s", kind);
 	va_start(ap, fmt);
-	vsnprintf(e->reason, sizeof(e->reason), fmt, ap);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
+	remus_event_fields(r, kind, epoch, NULL, "%s", reason);
 }
 
 void remus_notify(struct remus *r, unsigned flag)
@@ -99,7 +90,7 @@ static const char *role_name(enum remus_role role)
 static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 {
 	struct remus *r = opaque;
-	struct json_object *rm = json_object_new_object(), *ev = json_object_new_array();
+	struct json_object *rm = json_object_new_object();
 
 	(void)v;
 	json_object_object_add(o, "role", json_object_new_string(role_name(r->role)));
@@ -117,16 +108,8 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
 	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
 		json_object_object_add(o, "state", json_object_new_string("fenced"));
-	for (int i = 0; i < r->nr_events; i++) {
-		struct json_object *e = json_object_new_object();
-		json_object_object_add(e, "time", json_object_new_double(r->events[i].wall));
-		json_object_object_add(e, "kind", json_object_new_string(r->events[i].kind));
-		json_object_object_add(e, "epoch", json_object_new_int64((int64_t)r->events[i].epoch));
-		json_object_object_add(e, "reason", json_object_new_string(r->events[i].reason));
-		json_object_array_add(ev, e);
-	}
 	json_object_object_add(rm, "failovers", json_object_new_int64((int64_t)r->nr_failovers));
-	json_object_object_add(rm, "events", ev);
+	remus_status_events(r, rm);
 	if (r->last_error[0])
 		json_object_object_add(rm, "last_error", json_object_new_string(r->last_error));
 	json_object_object_add(o, "remus", rm);
@@ -185,8 +168,11 @@ static void exit_hook(struct vmm *v, void *opaque)
 	ckpt_engine_free(&r->eng);
 	colo_free(r->colo);
 	remus_msgbuf_free(&r->mb);
+	ckpt_stage_free(&r->tx);
+	sr_delta_free(r->delta);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
+	remus_obs_free(r);
 	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
@@ -216,7 +202,9 @@ int remus_setup(struct vmm *v)
 	r->async_w.data = r;
 	ev_async_start(r->loop, &r->async_w);
 	ev_unref(r->loop); /* the async watcher alone must not keep the loop alive */
-	rc = vmm_add_exit_hook(v, exit_hook, r);
+	rc = remus_obs_setup(r);
+	if (!rc)
+		rc = vmm_add_exit_hook(v, exit_hook, r);
 	if (!rc)
 		rc = vmm_register_cmd(v, "protect", cmd_protect, r);
 	if (!rc)

@@ -75,6 +75,7 @@ static void end_sender(struct remus *r, bool cut)
 	r->fd = -1;
 	ckpt_engine_stop(&r->eng);
 	ckpt_state_free(&r->eng.stage.st);
+	ckpt_state_free(&r->tx.st);
 }
 
 /* The only copy: output flows again (with a witness: only under a provable lease, else fenced). */
@@ -129,7 +130,12 @@ void remus_fence(struct remus *r, const char *why)
 	int dropped = r->nb ? netbuf_drop_all(r->nb) : 0;
 	r->role = REMUS_UNPROTECTED;
 	r->pstate = PS_FENCED;
-	remus_record_event(r, "fenced", r->acked_epoch, "%s", why);
+	r->nr_fenced++;
+	struct json_object *f = json_object_new_object();
+	json_object_object_add(f, "dropped_frames", json_object_new_int(dropped));
+	json_object_object_add(f, "guest_paused", json_object_new_boolean(rc == 0));
+	json_object_object_add(f, "exit_in_ms", json_object_new_int((int)r->fence_grace_ms));
+	remus_event_fields(r, "fenced", r->acked_epoch, f, "%s", why);
 	log_error("remus", vmm_name(r->v), "fenced (guest %s, %d held frames dropped): %s; exiting in %u ms",
 		  rc ? "NOT paused" : "paused", dropped, why, r->fence_grace_ms);
 	ev_timer_init(&r->fence_w, fence_cb, (double)r->fence_grace_ms / 1e3, 0);

@@ -42,6 +42,9 @@ static void account(struct remus *r, struct sr_ctx *w, struct sr_out *out)
 	pthread_mutex_lock(&r->lock);
 	r->bytes_raw = ss.payload_in;
 	r->bytes_wire = out->bytes;
+	r->sst = ss;
+	if (r->delta)
+		sr_delta_get_stats(r->delta, &r->delta_st);
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -105,6 +108,8 @@ static void *sender_main(void *arg)
 		return NULL;
 	}
 	rc = sr_writer_new(&w, &out, true, 1);
+	if (!rc && r->delta)
+		rc = sr_set_delta(w, r->delta); /* empties it: this stream's standby starts from nothing */
 	if (rc) {
 		sender_error(r, "stream writer", NULL, rc);
 		return NULL;
@@ -168,19 +173,35 @@ static void *sender_main(void *arg)
 			}
 			continue;
 		}
+		/* Take the staged epoch: its buffers become ours (r->tx) and ours go back to the engine,
+		 * so the loop can capture the next epoch while this one is sent (the loop touches
+		 * eng.stage only while job_pending is false). */
+		struct ckpt_stage t = r->tx;
+		r->tx = r->eng.stage;
+		r->eng.stage = t;
+		r->job_pending = false;
 		pthread_mutex_unlock(&r->lock);
-		/* The staged epoch is ours until job_pending is cleared. */
+		struct sr_stats s0, s1;
+		sr_stats(w, &s0);
 		t0 = now_ns();
-		rc = ckpt_stage_write(w, &r->eng.stage);
+		rc = ckpt_stage_write(w, &r->tx);
 		if (rc) {
 			sender_error(r, "sending epoch", w, rc);
 			break;
 		}
+		uint64_t t1 = now_ns();
+		sr_stats(w, &s1);
 		account(r, w, &out);
 		pthread_mutex_lock(&r->lock);
-		r->send_ns_last = now_ns() - t0;
-		r->last_sent_epoch = r->eng.stage.epoch;
-		r->job_pending = false;
+		r->sent[r->tx.epoch % 64] = (struct remus_sent){.epoch = r->tx.epoch,
+								.t_start = t0,
+								.t_end = t1,
+								.send_ns = s1.write_ns - s0.write_ns};
+		r->send_ns_last = t1 - t0;
+		r->last_sent_epoch = r->tx.epoch;
+		hist_record(&r->send_hist, r->send_ns_last);
+		if (r->tl[r->last_sent_epoch % REMUS_TL].epoch == r->last_sent_epoch)
+			r->tl[r->last_sent_epoch % REMUS_TL].send_us = (int32_t)(r->send_ns_last / 1000);
 		bool stop = r->stop_sender;
 		pthread_mutex_unlock(&r->lock);
 		if (stop)
@@ -272,15 +293,29 @@ int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused)
 	if (rc == -ESHUTDOWN)
 		return -1; /* the VM is stopping (doppel stop): the exit hook ends replication */
 	if (rc) {
+		remus_record_event(r, "error", ep.epoch, "checkpoint failed: %s", err);
 		remus_primary_abandon(r, "checkpoint failed: %s", err);
 		return -1;
 	}
 	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
 	r->last_t_pause = ep.t_pause;
+	hist_record(&r->pause_hist, ep.pause_ns);
+	pthread_mutex_lock(&r->lock); /* the sender fills in send_us of earlier entries */
+	r->tl[e % REMUS_TL] = (struct remus_tl){.epoch = e,
+						.t_ns = t1,
+						.pause_us = (uint32_t)(ep.pause_ns / 1000),
+						.send_us = -1,
+						.ack_us = -1};
+	pthread_mutex_unlock(&r->lock);
 	r->ph_kick = ep.ph.kick;
 	r->ph_sync = ep.ph.sync;
 	r->ph_capture = ep.ph.capture;
 	r->ph_copy = ep.ph.copy;
+	remus_ring_push(&r->ph_ring[REMUS_PH_PAUSE], ep.pause_ns);
+	remus_ring_push(&r->ph_ring[REMUS_PH_KICK], ep.ph.kick);
+	remus_ring_push(&r->ph_ring[REMUS_PH_SYNC], ep.ph.sync);
+	remus_ring_push(&r->ph_ring[REMUS_PH_CAPTURE], ep.ph.capture);
+	remus_ring_push(&r->ph_ring[REMUS_PH_COPY], ep.ph.copy);
 	r->next_epoch = e + 1;
 	remus_ring_push(&r->pause_ns, ep.pause_ns);
 	r->cap_epoch[e % 64] = e;
@@ -308,8 +343,17 @@ static void epoch_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now)
 {
-	if (r->pstate == PS_SYNCING && r->first_ckpt && e >= r->first_ckpt)
+	if (r->pstate == PS_SYNCING && r->first_ckpt && e >= r->first_ckpt) {
 		r->pstate = PS_PROTECTED;
+		struct json_object *f = json_object_new_object();
+		json_object_object_add(f, "peer", json_object_new_string(r->peer));
+		json_object_object_add(f, "mode", json_object_new_string(r->colo_on ? "colo" : "remus"));
+		json_object_object_add(f, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(f, "precopy_rounds",
+				       json_object_new_int64((int64_t)r->precopy_rounds));
+		remus_event_fields(r, "protected", e, f, "first epoch acknowledged by %s", r->peer);
+	}
 	if (r->reply_conn && r->first_ckpt && e >= r->first_ckpt) {
 		struct json_object *o = json_object_new_object();
 		json_object_object_add(o, "role", json_object_new_string("primary"));
@@ -350,8 +394,23 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	if (!remus_witness_may_release(r))
 		return; /* fenced: nothing more leaves */
 	netbuf_release(r->nb, m->value);
-	if (r->cap_epoch[m->value % 64] == m->value)
-		remus_ring_push(&r->ack_ns, now - r->cap_ns[m->value % 64]);
+	if (r->cap_epoch[m->value % 64] == m->value) {
+		uint64_t t1 = r->cap_ns[m->value % 64];
+		remus_ring_push(&r->ack_ns, now - t1);
+		hist_record(&r->ack_hist, now - t1);
+		pthread_mutex_lock(&r->lock);
+		struct remus_sent sn = r->sent[m->value % 64];
+		if (r->tl[m->value % REMUS_TL].epoch == m->value)
+			r->tl[m->value % REMUS_TL].ack_us = (int32_t)((now - t1) / 1000);
+		pthread_mutex_unlock(&r->lock);
+		if (sn.epoch == m->value && sn.t_start >= t1 && sn.t_end <= now) {
+			remus_ring_push(&r->ph_ring[REMUS_PH_QUEUE], sn.t_start - t1);
+			remus_ring_push(&r->ph_ring[REMUS_PH_ENCODE], sn.t_end - sn.t_start - sn.send_ns);
+			remus_ring_push(&r->ph_ring[REMUS_PH_SEND], sn.send_ns);
+			remus_ring_push(&r->ph_ring[REMUS_PH_ACK_WAIT], now - sn.t_end);
+			remus_ring_push(&r->ph_ring[REMUS_PH_ACK], now - t1);
+		}
+	}
 	remus_primary_acked(r, m->value, now);
 }
 
@@ -430,6 +489,17 @@ void remus_primary_async(struct remus *r, unsigned flags)
 	if (flags & RA_FORCE_EPOCH) {
 		r->forced++;
 		checkpoint(r);
+		/* at most one event a second, with the count since the last one */
+		uint64_t now = now_ns();
+		if (now - r->forced_ev_ns >= 1000000000ull) {
+			struct json_object *f = json_object_new_object();
+			json_object_object_add(
+				f, "count", json_object_new_int64((int64_t)(r->forced - r->forced_reported)));
+			remus_event_fields(r, "epochs-forced", r->next_epoch - 1, f,
+					   "held output filled the buffer: epochs taken early");
+			r->forced_reported = r->forced;
+			r->forced_ev_ns = now;
+		}
 	}
 }
 
@@ -479,6 +549,18 @@ static struct json_object *colo_args(struct remus *r, struct json_object *req, b
 	return NULL;
 }
 
+static void protect_start_event(struct remus *r)
+{
+	struct json_object *f = json_object_new_object();
+
+	json_object_object_add(f, "peer", json_object_new_string(r->peer));
+	json_object_object_add(f, "interval_ms", json_object_new_int((int)r->interval_ms));
+	json_object_object_add(f, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
+	json_object_object_add(f, "standby_lost",
+			       json_object_new_string(remus_lost_policy_name(r->lost_policy)));
+	remus_event_fields(r, "protect-start", r->next_epoch - 1, f, "protecting to %s", r->peer);
+}
+
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 {
 	struct json_object *j;
@@ -524,6 +606,23 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	/* The key first: refuse to protect a copy that is not (or no longer) the active one. */
 	if (remus_witness_primary_start(r, err, sizeof(err)))
 		return ctl_error("%s", err);
+	uint64_t dcache = SR_DELTA_DEFAULT;
+	if (json_object_object_get_ex(req, "delta_cache", &j)) {
+		if (!json_object_is_type(j, json_type_int) || json_object_get_int64(j) < 0 ||
+		    (uint64_t)json_object_get_int64(j) > SR_DELTA_MAX)
+			return ctl_error("bad delta_cache (bytes, 0..%llu; 0 = no delta encoding)",
+					 (unsigned long long)SR_DELTA_MAX);
+		dcache = (uint64_t)json_object_get_int64(j);
+	}
+	if (dcache != r->delta_bytes || (dcache && !r->delta)) {
+		sr_delta_free(r->delta); /* the sender is not running: nobody else holds it */
+		r->delta = NULL;
+		r->delta_bytes = 0;
+		if (dcache && sr_delta_new(&r->delta, dcache))
+			return ctl_error("out of memory for a %llu-byte delta cache",
+					 (unsigned long long)dcache);
+		r->delta_bytes = dcache;
+	}
 	uint32_t iv, to;
 	if (get_ms(req, "interval_ms", 25, REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS, &iv))
 		return ctl_error("bad interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS, REMUS_MAX_INTERVAL_MS);
@@ -555,6 +654,16 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		close(fd);
 		return ctl_error("cannot start dirty logging: %s", r->eng_ready ? err : "out of memory");
 	}
+	/* The sender's buffer (swapped with the engine's stage per epoch): grown like the stage and
+	 * touched now, so the first epochs after a swap do not fault it in inside the pause. */
+	if (!r->tx.cap) {
+		if (ckpt_stage_reserve(&r->tx, r->eng.stage.cap)) {
+			ckpt_engine_stop(&r->eng);
+			close(fd);
+			return ctl_error("out of memory");
+		}
+		memset(r->tx.data, 0, r->tx.cap * GUEST_PAGE_SIZE);
+	}
 	if (colo && colo_primary_start(r, civ, cto, err, sizeof(err))) {
 		ckpt_engine_stop(&r->eng);
 		close(fd);
@@ -562,6 +671,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	}
 	r->colo_on = colo;
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
+	pthread_mutex_lock(&r->lock); /* metrics count bytes across sessions */
+	r->raw_base += r->bytes_raw;
+	r->wire_base += r->bytes_wire;
+	r->bytes_raw = r->bytes_wire = 0;
+	pthread_mutex_unlock(&r->lock);
 	r->interval_ms = colo ? civ : iv;
 	r->hb_timeout_ms = to;
 	r->lost_policy = lp;
@@ -599,6 +713,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		return ctl_error("cannot start the sender thread");
 	}
 	r->sender_running = true;
+	protect_start_event(r);
 	/* May this thread go SCHED_FIFO around epochs (checkpoint)? Probe once, then back. */
 	int pol;
 	struct sched_param sp;
@@ -675,4 +790,5 @@ void remus_primary_status(struct remus *r, struct json_object *o)
 	json_object_object_add(h, "released_frames", json_object_new_int64((int64_t)ns.released_frames));
 	json_object_object_add(h, "dropped", json_object_new_int64((int64_t)ns.dropped));
 	json_object_object_add(o, "held_output", h);
+	remus_phases_status(r, o);
 }

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/hist.h"
 #include "hv/dirty.h"
 #include "netbuf/netbuf.h"
 #include "replication/checkpoint.h"
@@ -49,12 +50,45 @@ void remus_ring_push(struct remus_ring *r, uint64_t v);
 /* q in [0,1]; 0 when empty. */
 uint64_t remus_ring_pct(const struct remus_ring *r, double q);
 
+/* Phases of an epoch (status remus.phases): inside the pause (kick = vm_pause until every vCPU
+ * stopped, dirty sync, state capture, copy of the dirty pages), then queue (pause end -> the sender
+ * starts it), encode (zero scan, XOR, zstd), send (socket writes), ack_wait (last byte sent -> ACK:
+ * the standby's read, decode, apply and the ACK's way back) and ack (pause end -> ACK). */
+enum remus_phase {
+	REMUS_PH_PAUSE,
+	REMUS_PH_KICK,
+	REMUS_PH_SYNC,
+	REMUS_PH_CAPTURE,
+	REMUS_PH_COPY,
+	REMUS_PH_QUEUE,
+	REMUS_PH_ENCODE,
+	REMUS_PH_SEND,
+	REMUS_PH_ACK_WAIT,
+	REMUS_PH_ACK,
+	REMUS_PH_N
+};
+struct remus_sent {
+	uint64_t epoch, t_start, t_end, send_ns;
+};
+
+/* Status lists a summary of the engine's last REMUS_MAX_EVENTS events (the events themselves, with
+ * all their fields, are in the VM's event log: vmm_event), kept here so that status never parses. */
 #define REMUS_MAX_EVENTS 16
-struct remus_event {
+struct remus_evsum {
+	uint64_t seq, epoch;
 	double wall; /* unix time */
-	uint64_t epoch;
-	char kind[24]; /* "failover", "standby-lost", "rejected", "abandoned", "fenced", ... */
+	char kind[33];
 	char reason[160];
+};
+
+/* The epoch timeline of the status page: one entry per epoch, the last REMUS_TL of them (4096:
+ * over a minute at the default 25 ms interval). */
+#define REMUS_TL 4096
+struct remus_tl {
+	uint64_t epoch; /* 0: unused */
+	uint64_t t_ns; /* end of the pause (now_ns) */
+	uint32_t pause_us;
+	int32_t send_us, ack_us; /* -1 until known */
 };
 
 /* async flags (thread -> loop) */
@@ -79,9 +113,13 @@ struct remus {
 	uint32_t interval_ms, hb_timeout_ms;
 	struct colo *colo; /* COLO (--mode colo) state, NULL until first used */
 	bool colo_on; /* primary: this session is COLO */
-	struct remus_event events[REMUS_MAX_EVENTS];
+	struct remus_evsum events[REMUS_MAX_EVENTS]; /* the last events, oldest first (status) */
 	int nr_events;
-	uint64_t nr_failovers;
+	uint64_t nr_failovers, nr_fenced;
+	struct hist pause_hist, ack_hist, send_hist; /* epoch pause, capture -> ACK, sender write */
+	struct remus_tl *tl; /* [REMUS_TL]; send_us under lock */
+	uint64_t forced_reported, forced_ev_ns; /* "epochs-forced" events: at most one a second */
+	uint64_t raw_base, wire_base; /* lock: bytes of earlier sessions (metrics count on) */
 	char last_error[256];
 	char fence_cmd[256]; /* standby: run before a takeover; take over only if it exits 0 */
 	/* witness (NULL: none): the active copy holds the key; see remus_witness.c */
@@ -115,7 +153,8 @@ struct remus {
 	pthread_t sender;
 	bool sender_running;
 	bool stop_sender; /* lock */
-	bool job_pending; /* lock: a staged epoch waits for / is being sent by the sender */
+	bool job_pending; /* lock: eng.stage holds a captured epoch the sender has not taken yet */
+	struct ckpt_stage tx; /* the sender's: the epoch it sends (swapped with eng.stage) */
 	bool precopy_done; /* lock */
 	char sender_err[256];
 	uint64_t next_epoch; /* loop; monotonic across sessions */
@@ -136,6 +175,14 @@ struct remus {
 	uint64_t bytes_raw, bytes_wire; /* lock (sender) */
 	uint64_t send_ns_last; /* lock */
 	uint64_t ph_kick, ph_sync, ph_capture, ph_copy; /* last pause, by phase (ns) */
+	/* Where an epoch's time goes (status remus.phases), ns: rings of the last REMUS_RING epochs. */
+	struct remus_ring ph_ring[REMUS_PH_N];
+	struct remus_sent sent[64]; /* lock: the sender's timings of recent epochs (by epoch % 64) */
+	/* Delta encoding (PAGE_DELTA): the cache of last-sent pages, the sender's while it runs. */
+	uint64_t delta_bytes; /* configured size; 0 = off */
+	struct sr_delta *delta;
+	struct sr_delta_stats delta_st; /* lock: copied by the sender after each epoch */
+	struct sr_stats sst; /* lock: the writer's stats after each epoch */
 
 	/* ---- standby ---- */
 	int lfd;
@@ -156,6 +203,7 @@ struct remus {
 	uint64_t rx_epochs, rx_bytes, rx_pages, rejected; /* lock */
 	uint64_t apply_ns_last; /* lock */
 	uint64_t last_ckpt_ns; /* lock: when the last epoch (CHECKPOINT_END) was committed */
+	uint64_t lost_ns; /* lock: when the reader saw the primary go (0: not yet) */
 	bool progress_lost; /* lock: no epoch for the progress timeout; the reader was cut */
 	bool abandoned; /* lock: the primary ABANDONed replication */
 	bool awaiting_manual; /* primary lost under --failover manual: waiting for `doppel failover` */
@@ -170,6 +218,14 @@ void remus_record_event(struct remus *r, const char *kind, uint64_t epoch, const
 void remus_notify(struct remus *r, unsigned flag); /* any thread */
 /* Send reply on *c (a deferred command) and clear it; or drop reply when *c is NULL. */
 void remus_finish_reply(struct ctl_conn **c, struct json_object *reply);
+
+/* remus_obs.c: events in status, metrics, the epoch timeline (loop thread) */
+int remus_obs_setup(struct remus *r);
+void remus_obs_free(struct remus *r);
+void remus_status_events(struct remus *r, struct json_object *rm);
+/* Record one event with the given fields (ownership taken; NULL: none) plus epoch, reason, src. */
+void remus_event_fields(struct remus *r, const char *kind, uint64_t epoch, struct json_object *fields,
+			const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* remus_primary.c (loop thread unless noted) */
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req);
@@ -189,6 +245,9 @@ const char *remus_pstate_name(enum remus_pstate s);
 int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused);
 /* The standby acknowledged epoch e (loop): state protected, the deferred `protect` reply. */
 void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now);
+
+/* remus_phases.c */
+void remus_phases_status(struct remus *r, struct json_object *o);
 
 /* remus_end.c */
 void remus_fence(struct remus *r, const char *why);

@@ -43,6 +43,7 @@ static void reader_end(struct remus *r, bool failover, const char *why)
 		colo_standby_end(r); /* drains what is queued (ACK, ABANDONED, REJECT) first */
 	pthread_mutex_lock(&r->lock);
 	r->want_failover = failover;
+	r->lost_ns = now_ns();
 	snprintf(r->end_reason, sizeof(r->end_reason), "%.190s", why);
 	r->connected = false;
 	if (r->cfd >= 0)
@@ -191,6 +192,7 @@ static void *reader_main(void *arg)
 	r->connected = true;
 	r->abandoned = false;
 	r->progress_lost = false;
+	r->lost_ns = 0;
 	r->last_ckpt_ns = now_ns();
 	/* A new primary resends everything: the old committed state no longer matches what will be
 	 * written into RAM, so it cannot be used until the new stream has delivered a full state. */
@@ -223,6 +225,7 @@ static void *reader_main(void *arg)
 		sr_ctx_free(rd);
 		return NULL;
 	}
+	r->stg.base = gm; /* PAGE_DELTA: the replica's RAM is the last copy the primary sent */
 	for (;;) {
 		bool direct;
 
@@ -296,6 +299,38 @@ static int run_fence_cmd(struct remus *r, char *err, size_t errlen)
 	return 0;
 }
 
+/* The failover report, as a "failover" event: when the primary was last heard (its last committed
+ * epoch), when its loss was seen, when the takeover began (after a witness wait, fence command or
+ * operator) and how long it took. t0: the takeover's start. */
+static void failover_event(struct remus *r, const char *why, uint64_t epoch, uint64_t t0)
+{
+	struct json_object *f = json_object_new_object();
+	uint64_t t1 = now_ns();
+
+	pthread_mutex_lock(&r->lock);
+	uint64_t last = r->last_ckpt_ns, lost = r->lost_ns;
+	pthread_mutex_unlock(&r->lock);
+	r->nr_failovers++;
+	if (lost && last && lost >= last && t0 >= lost) {
+		json_object_object_add(f, "detect_ms", json_object_new_double((double)(lost - last) / 1e6));
+		json_object_object_add(f, "decide_ms", json_object_new_double((double)(t0 - lost) / 1e6));
+	}
+	json_object_object_add(f, "takeover_ms", json_object_new_double((double)(t1 - t0) / 1e6));
+	if (last && t1 >= last) /* from the last epoch the primary committed until this copy runs */
+		json_object_object_add(f, "outage_ms", json_object_new_double((double)(t1 - last) / 1e6));
+	json_object_object_add(f, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
+	json_object_object_add(
+		f, "policy",
+		json_object_new_string(r->failover_policy == FAILOVER_MANUAL ? "manual" : "auto"));
+	json_object_object_add(f, "fence_cmd", json_object_new_boolean(r->fence_cmd[0] != 0));
+	if (r->wit)
+		json_object_object_add(f, "witness_token",
+				       json_object_new_int64((int64_t)witness_token(r->wit)));
+	json_object_object_add(f, "failovers", json_object_new_int64((int64_t)r->nr_failovers));
+	remus_event_fields(r, "failover", epoch, f, "%s (took over in %.1f ms)", why,
+			   (double)(t1 - t0) / 1e6);
+}
+
 /* Take over. Loop thread. Returns 0, or -EAGAIN when no complete state ever arrived. */
 static int do_failover(struct remus *r, const char *why, char *err, size_t errlen)
 {
@@ -346,19 +381,18 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 		if (!*err)
 			errf(err, errlen, rc, "cannot start vCPUs: %s", strerror(-rc));
 		snprintf(r->last_error, sizeof(r->last_error), "failover failed: %s", err);
+		remus_record_event(r, "error", epoch, "failover failed: %s", err);
 		log_error("remus", vmm_name(r->v), "failover failed: %s", err);
 		vmm_stop(r->v, 1);
 		return rc;
 	}
+	failover_event(r, why, epoch, t0);
 	r->announce_left = 3;
 	ev_timer_init(&r->announce_w, announce_cb, 0, 0.05);
 	r->announce_w.data = r;
 	ev_timer_start(r->loop, &r->announce_w);
 	r->role = REMUS_UNPROTECTED;
 	r->awaiting_manual = false;
-	r->nr_failovers++;
-	remus_record_event(r, "failover", epoch, "%s (took over in %.1f ms)", why,
-			   (double)(now_ns() - t0) / 1e6);
 	log_warn("remus", vmm_name(r->v), "took over at epoch %llu: %s", (unsigned long long)epoch, why);
 	return 0;
 }
@@ -472,11 +506,12 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		log_warn("remus", vmm_name(r->v), "standby: %s; waiting for a primary", why);
 		return;
 	}
+	remus_record_event(r, "primary-lost", r->committed_epoch, "%s (%s failover policy)", why,
+			   r->failover_policy == FAILOVER_MANUAL ? "manual" : "auto");
 	if (r->failover_policy == FAILOVER_MANUAL) {
 		r->awaiting_manual = true;
 		snprintf(r->last_error, sizeof(r->last_error),
 			 "%.150s; failover manual: waiting for `doppel failover`", why);
-		remus_record_event(r, "primary-lost", r->committed_epoch, "%s (manual failover policy)", why);
 		log_warn("remus", vmm_name(r->v), "standby: %s", r->last_error);
 		return;
 	}

@@ -21,6 +21,9 @@ static void lease_unproven(struct remus *r)
 	if (r->pstate == PS_FENCED || r->role == REMUS_STANDBY)
 		return;
 	ev_timer_stop(r->loop, &r->wit_w);
+	remus_record_event(r, "witness-lost", r->acked_epoch, "%s",
+			   witness_lost(r->wit) ? "our lease is gone (another copy may hold the key)"
+						: "the lease cannot be proven valid any more");
 	remus_fence(r, witness_lost(r->wit) ? "witness: our lease is gone (another copy may hold the key)"
 					    : "witness: the lease cannot be proven valid any more");
 }
@@ -107,6 +110,14 @@ static int hold_key(struct remus *r, const char *role, char *err, size_t errlen)
 	ev_timer_again(r->loop, &r->wit_w);
 	log_info("remus", vmm_name(r->v), "witness: holding %s, token %llu", witness_key(r->wit),
 		 (unsigned long long)witness_token(r->wit));
+	struct json_object *f = json_object_new_object();
+	json_object_object_add(f, "key", json_object_new_string(witness_key(r->wit)));
+	json_object_object_add(f, "token", json_object_new_int64((int64_t)witness_token(r->wit)));
+	json_object_object_add(f, "holder", json_object_new_string(id));
+	json_object_object_add(f, "role", json_object_new_string(role));
+	remus_event_fields(r, "witness-acquired",
+			   r->role == REMUS_STANDBY ? r->committed_epoch : r->acked_epoch, f,
+			   "holding the witness key as %s", role);
 	return 0;
 }
 

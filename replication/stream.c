@@ -28,7 +28,7 @@ int sr_fail(struct sr_ctx *ctx, int rc, const char *fmt, ...)
 const char *sr_type_name(uint32_t type, char *buf, size_t len)
 {
 	static const char *const names[] = {NULL,	    "PAGE_DATA",      "ZERO_PAGES", "VCPU_STATE",
-					    "DEVICE_STATE", "CHECKPOINT_END", "END"};
+					    "DEVICE_STATE", "CHECKPOINT_END", "END",	    "PAGE_DELTA"};
 
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		snprintf(buf, len, "%s", names[type]);
@@ -83,6 +83,7 @@ void sr_ctx_free(struct sr_ctx *ctx)
 	if (!ctx)
 		return;
 	sr_mt_free(ctx);
+	sr_delta_buffers_free(ctx);
 	XXH64_freeState(ctx->xs);
 	ZSTD_freeCCtx(ctx->cctx);
 	ZSTD_freeDCtx(ctx->dctx);
@@ -205,7 +206,7 @@ int sr_write_header(struct sr_ctx *ctx, const struct sr_header *h)
 	}
 	put64(b + n, XXH64(b, n, 0));
 	n += 8;
-	rc = sr_out_write(ctx->out, b, n);
+	rc = sr_put(ctx, b, n);
 	if (rc)
 		return sr_fail(ctx, rc, "stream: writing header: %s", strerror(-rc));
 	ctx->hdr = *h;
@@ -267,11 +268,11 @@ static int wr_rec(struct sr_ctx *ctx, uint32_t type, const void *pre, size_t pre
 			XXH64_update(ctx->xs, blob, bloblen);
 		ctx->ep_records++;
 	}
-	rc = sr_out_write(ctx->out, h, 8 + prelen);
+	rc = sr_put(ctx, h, 8 + prelen);
 	if (!rc && bloblen)
-		rc = sr_out_write(ctx->out, blob, bloblen);
+		rc = sr_put(ctx, blob, bloblen);
 	if (!rc && pad8(len))
-		rc = sr_out_write(ctx->out, sr_zeros, pad8(len));
+		rc = sr_put(ctx, sr_zeros, pad8(len));
 	if (rc)
 		return sr_fail(ctx, rc, "stream: writing %s record: %s", sr_type_name(type, tn, sizeof(tn)),
 			       strerror(-rc));
@@ -337,6 +338,8 @@ int sr_write_zero_range(struct sr_ctx *ctx, uint64_t first, uint64_t count)
 		return sr_fail(ctx, -EINVAL, "stream: zero range %llu+%llu outside %llu pages",
 			       (unsigned long long)first, (unsigned long long)count,
 			       (unsigned long long)ctx->hdr.nr_pages);
+	if (ctx->delta)
+		sr_delta_forget_range(ctx->delta, first, count);
 	put32(b, 1);
 	put32(b + 4, 0);
 	put64(b + 8, first);
@@ -416,7 +419,7 @@ int sr_wr_buffers(struct sr_ctx *ctx)
 }
 
 size_t sr_encode_batch(ZSTD_CCtx *cctx, bool compress, int level, uint8_t *rec, uint8_t *stage,
-		       const uint64_t *idx, const void *const *pages, uint32_t n, bool *zstd)
+		       const uint64_t *idx, const void *const *pages, uint32_t n, bool *zstd, bool in_place)
 {
 	uint8_t *payload = rec + 16 + 8 * (size_t)n;
 	size_t raw = (size_t)n * SR_PAGE_SIZE, len = 0;
@@ -426,13 +429,21 @@ size_t sr_encode_batch(ZSTD_CCtx *cctx, bool compress, int level, uint8_t *rec, 
 		put64(rec + 16 + 8 * (size_t)i, idx[i]);
 	*zstd = false;
 	if (compress && cctx) {
-		for (uint32_t i = 0; i < n; i++)
-			memcpy(stage + (size_t)i * SR_PAGE_SIZE, pages[i], SR_PAGE_SIZE);
-		len = ZSTD_compressCCtx(cctx, payload, ZSTD_compressBound(raw), stage, raw, level);
+		const uint8_t *src = pages[0];
+		bool contiguous = in_place; /* the delta writer's private copies: compress them in place */
+
+		for (uint32_t i = 1; i < n && contiguous; i++)
+			contiguous = pages[i] == src + (size_t)i * SR_PAGE_SIZE;
+		if (!contiguous) {
+			for (uint32_t i = 0; i < n; i++)
+				memcpy(stage + (size_t)i * SR_PAGE_SIZE, pages[i], SR_PAGE_SIZE);
+			src = stage;
+		}
+		len = ZSTD_compressCCtx(cctx, payload, ZSTD_compressBound(raw), src, raw, level);
 		if (!ZSTD_isError(len) && len < raw)
 			*zstd = true;
 		else
-			memcpy(payload, stage, raw);
+			memcpy(payload, src, raw);
 	} else {
 		for (uint32_t i = 0; i < n; i++)
 			memcpy(payload + (size_t)i * SR_PAGE_SIZE, pages[i], SR_PAGE_SIZE);
@@ -452,7 +463,7 @@ int sr_emit_batch(struct sr_ctx *ctx, uint8_t *rec, size_t len, uint32_t n, bool
 	put32(rec + 4, (uint32_t)len);
 	memset(rec + 8 + len, 0, pad8(len));
 	sr_epoch_add(ctx, rec, rec + 8, len);
-	rc = sr_out_write(ctx->out, rec, 8 + len + pad8(len));
+	rc = sr_put(ctx, rec, 8 + len + pad8(len));
 	if (rc)
 		return sr_fail(ctx, rc, "stream: writing PAGE_DATA record: %s", strerror(-rc));
 	ctx->ep_data += n;
@@ -475,7 +486,7 @@ static int flush_batch(struct sr_ctx *ctx, const uint64_t *idx, const void *cons
 	if (!n)
 		return 0;
 	len = sr_encode_batch(ctx->cctx, ctx->compress, ctx->level, ctx->rec, ctx->stage, idx, pages, n,
-			      &zstd);
+			      &zstd, false);
 	return sr_emit_batch(ctx, ctx->rec, len, n, zstd);
 }
 
@@ -537,6 +548,8 @@ int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *con
 			return sr_fail(ctx, -EINVAL, "stream: page index %llu beyond %llu pages",
 				       (unsigned long long)page_idx[i],
 				       (unsigned long long)ctx->hdr.nr_pages);
+	if (ctx->delta)
+		return sr_write_pages_delta(ctx, page_idx, page_ptrs, n);
 	for (size_t i = 0; i < n; i++) {
 		if (sr_page_is_zero(page_ptrs[i])) {
 			rc = sr_add_zero(ctx, page_idx[i]);

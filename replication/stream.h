@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "hv/mem.h"
+#include "replication/delta.h"
 #include "replication/rw.h"
 
 #define SR_MAGIC "DOPPELSR"
@@ -49,6 +50,7 @@ enum sr_rec_type {
 	SR_REC_DEVICE_STATE = 4,
 	SR_REC_CHECKPOINT_END = 5,
 	SR_REC_END = 6,
+	SR_REC_PAGE_DELTA = 7, /* mandatory: a reader that does not know it must refuse the stream */
 };
 
 enum sr_page_encoding { SR_ENC_RAW = 0, SR_ENC_ZSTD = 1 };
@@ -78,6 +80,10 @@ struct sr_record {
 			uint32_t count, encoding; /* indices: sr_page_idx(rec, i) */
 		} pages;
 		struct {
+			uint32_t count, encoding; /* indices: sr_page_idx(rec, i) */
+			uint64_t base_hash;
+		} delta;
+		struct {
 			uint32_t nr_ranges;
 		} zero;
 		struct {
@@ -100,6 +106,9 @@ struct sr_record {
 struct sr_stats {
 	uint64_t records, data_pages, zero_pages, raw_batches, zstd_batches;
 	uint64_t payload_in, payload_out; /* page bytes before / after compression */
+	uint64_t delta_pages, delta_batches; /* pages / records sent as PAGE_DELTA */
+	uint64_t delta_unchanged; /* dirty pages not sent at all: identical to their last copy */
+	uint64_t write_ns; /* writer: time spent in the output's write (the rest is encoding) */
 };
 
 struct sr_ctx;
@@ -118,6 +127,14 @@ void sr_stats(const struct sr_ctx *ctx, struct sr_stats *out);
 uint64_t sr_nr_pages(const struct sr_ctx *ctx);
 /* Change compression between records (writer only). */
 void sr_set_compress(struct sr_ctx *ctx, bool compress, int level);
+/* Delta encoding (writer only; docs/stream.md PAGE_DELTA): from now on sr_write_pages sends a page
+ * found in `cache` with its last copy sent as the XOR against it, skips it when unchanged, and
+ * caches every page it sends. The cache is emptied here (it must describe what THIS stream's
+ * receiver holds) and is not owned; NULL turns delta encoding off. Only for a receiver whose RAM is
+ * updated by every epoch in order (Remus, migration), never for a file. Pages then go out through
+ * sr_write_pages only (sr_write_pages_mt falls back to it); sr_write_zero_range forgets its
+ * pages. Attach it before the first page of the stream. Returns 0, or -EINVAL on a reader, -ENOMEM. */
+int sr_set_delta(struct sr_ctx *ctx, struct sr_delta *cache);
 
 /* Fill a header from a VM's memory layout (hv/mem.h). */
 void sr_header_from_mem(struct sr_header *h, const struct guest_mem *gm, uint32_t nr_vcpus);
@@ -190,6 +207,14 @@ typedef int (*sr_zero_fn)(void *opaque, uint64_t first, uint64_t count);
  * (bad compressed data, size mismatch; err says which), -EINVAL (rec is not PAGE_DATA), or fn's rc. */
 int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn fn, void *opaque)
 	__attribute__((warn_unused_result));
+/* The receiver's current copy of page idx (the delta base), or NULL when it has none. */
+typedef const void *(*sr_base_fn)(void *opaque, uint64_t page_idx);
+/* Decode the PAGE_DELTA record last returned by sr_read_record: decompress the XORs, take the base
+ * of every page (base(opaque, idx)), check XXH3 over the bases against the record's base_hash
+ * BEFORE anything is called, then call fn with base ^ XOR for each page in order. Returns 0,
+ * -EBADMSG (no base, base mismatch, corrupt payload; err says which), -EINVAL, or fn's rc. */
+int sr_decode_delta(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn base, sr_page_fn fn,
+		    void *opaque) __attribute__((warn_unused_result));
 /* Same for ZERO_PAGES. */
 int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn, void *opaque)
 	__attribute__((warn_unused_result));

@@ -105,7 +105,7 @@ static void *mt_worker(void *arg)
 		if (abort)
 			break;
 		s->len = sr_encode_batch(s->cctx, mt->compress, mt->level, s->rec, s->stage, mt->idx + first,
-					 mt->ptrs + first, n, &s->zstd);
+					 mt->ptrs + first, n, &s->zstd, false);
 		s->n = n;
 		pthread_mutex_lock(&mt->lock);
 		s->ready = true;
@@ -126,7 +126,7 @@ int sr_write_pages_mt(struct sr_ctx *ctx, const uint64_t *page_idx, const void *
 	size_t nnz = 0;
 	int rc, started = 0;
 
-	if (nthreads <= 1 || n <= SR_BATCH_PAGES)
+	if (nthreads <= 1 || n <= SR_BATCH_PAGES || ctx->delta)
 		return sr_write_pages(ctx, page_idx, page_ptrs, n);
 	if (nthreads > SR_MT_MAX)
 		nthreads = SR_MT_MAX;

@@ -143,7 +143,7 @@ static int read_body(struct sr_ctx *ctx, size_t need, const char *tn)
 
 uint64_t sr_page_idx(const struct sr_record *rec, uint32_t i)
 {
-	return get64(rec->body + 8 + 8 * (size_t)i);
+	return get64(rec->body + (rec->type == SR_REC_PAGE_DELTA ? 16 : 8) + 8 * (size_t)i);
 }
 
 static int parse_pages(struct sr_ctx *ctx, struct sr_record *rec)
@@ -325,7 +325,7 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 		rec->type = get32(h);
 		rec->length = get32(h + 4);
 		sr_type_name(rec->type, tn, sizeof(tn));
-		if (rec->type == 0 || (rec->type > SR_REC_END && !(rec->type & SR_REC_OPTIONAL)))
+		if (rec->type == 0 || (rec->type > SR_REC_PAGE_DELTA && !(rec->type & SR_REC_OPTIONAL)))
 			return sr_fail(ctx, -EBADMSG,
 				       "stream: unknown mandatory record type 0x%x at offset %llu", rec->type,
 				       (unsigned long long)off);
@@ -348,6 +348,8 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 			return parse_pages(ctx, rec);
 		case SR_REC_ZERO_PAGES:
 			return parse_zero(ctx, rec);
+		case SR_REC_PAGE_DELTA:
+			return sr_parse_delta(ctx, rec);
 		case SR_REC_VCPU_STATE:
 			return parse_vcpu(ctx, rec);
 		case SR_REC_DEVICE_STATE:
@@ -377,10 +379,41 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 	}
 }
 
+int sr_payload_pages(struct sr_ctx *ctx, const char *what, const uint8_t *payload, size_t plen, uint32_t enc,
+		     uint32_t n, const uint8_t **pages)
+{
+	size_t raw = (size_t)n * SR_PAGE_SIZE, got;
+	unsigned long long fcs;
+
+	if (!ctx->pages) {
+		ctx->pages = malloc((size_t)SR_BATCH_PAGES * SR_PAGE_SIZE);
+		if (!ctx->pages)
+			return sr_fail(ctx, -ENOMEM, "stream: out of memory for page buffer");
+	}
+	if (enc == SR_ENC_RAW) {
+		*pages = payload;
+		return 0;
+	}
+	if (!ctx->dctx && !(ctx->dctx = ZSTD_createDCtx()))
+		return sr_fail(ctx, -ENOMEM, "stream: out of memory for zstd");
+	fcs = ZSTD_getFrameContentSize(payload, plen);
+	if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != ZSTD_CONTENTSIZE_ERROR && fcs > raw)
+		return sr_fail(ctx, -EBADMSG, "stream: %s decompressed size %llu, want %zu (%u pages)", what,
+			       fcs, raw, n);
+	got = ZSTD_decompressDCtx(ctx->dctx, ctx->pages, raw, payload, plen);
+	if (ZSTD_isError(got))
+		return sr_fail(ctx, -EBADMSG, "stream: %s zstd payload corrupt: %s", what,
+			       ZSTD_getErrorName(got));
+	if (got != raw)
+		return sr_fail(ctx, -EBADMSG, "stream: %s decompressed size %zu, want %zu (%u pages)", what,
+			       got, raw, n);
+	*pages = ctx->pages;
+	return 0;
+}
+
 int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn fn, void *opaque)
 {
-	const uint8_t *pages, *payload;
-	size_t raw, plen;
+	const uint8_t *pages;
 	uint32_t n;
 	int rc;
 
@@ -389,36 +422,10 @@ int sr_decode_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_page_fn 
 			       "stream: sr_decode_pages on a record that is not the "
 			       "current PAGE_DATA");
 	n = rec->pages.count;
-	raw = (size_t)n * SR_PAGE_SIZE;
-	payload = rec->body + 8 + 8 * (size_t)n;
-	plen = rec->length - 8 - 8 * (size_t)n;
-	if (rec->pages.encoding == SR_ENC_RAW) {
-		pages = payload;
-	} else {
-		unsigned long long fcs = ZSTD_getFrameContentSize(payload, plen);
-		size_t got;
-
-		if (!ctx->pages) {
-			ctx->pages = malloc((size_t)SR_BATCH_PAGES * SR_PAGE_SIZE);
-			if (!ctx->pages)
-				return sr_fail(ctx, -ENOMEM, "stream: out of memory for page buffer");
-		}
-		if (!ctx->dctx && !(ctx->dctx = ZSTD_createDCtx()))
-			return sr_fail(ctx, -ENOMEM, "stream: out of memory for zstd");
-		if (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != ZSTD_CONTENTSIZE_ERROR && fcs > raw)
-			return sr_fail(ctx, -EBADMSG,
-				       "stream: PAGE_DATA decompressed size %llu, want %zu (%u pages)", fcs,
-				       raw, n);
-		got = ZSTD_decompressDCtx(ctx->dctx, ctx->pages, raw, payload, plen);
-		if (ZSTD_isError(got))
-			return sr_fail(ctx, -EBADMSG, "stream: PAGE_DATA zstd payload corrupt: %s",
-				       ZSTD_getErrorName(got));
-		if (got != raw)
-			return sr_fail(ctx, -EBADMSG,
-				       "stream: PAGE_DATA decompressed size %zu, want %zu (%u pages)", got,
-				       raw, n);
-		pages = ctx->pages;
-	}
+	rc = sr_payload_pages(ctx, "PAGE_DATA", rec->body + 8 + 8 * (size_t)n,
+			      rec->length - 8 - 8 * (size_t)n, rec->pages.encoding, n, &pages);
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < n; i++) {
 		rc = fn(opaque, sr_page_idx(rec, i), pages + (size_t)i * SR_PAGE_SIZE);
 		if (rc)

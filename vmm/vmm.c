@@ -14,6 +14,7 @@
 #include "hv/dev/uart.h"
 #include "common/parse.h"
 #include "vmm/control.h"
+#include "vmm/event.h"
 #include "vmm/vmm.h"
 #include "vmm/vmm_priv.h"
 #include "common/clock.h"
@@ -22,7 +23,7 @@
 
 /* ---- control commands ------------------------------------------------------------------------- */
 
-static struct json_object *cmd_status(struct vmm *v)
+struct json_object *vmm_status_json(struct vmm *v)
 {
 	struct json_object *o = json_object_new_object(), *p = json_object_new_object();
 	struct vm_pause_stats ps;
@@ -58,13 +59,34 @@ static struct json_object *pause_reply(struct vmm *v, const char *state)
 	return o;
 }
 
+/* {"state": state, "reason": why} for a "state" event. */
+static struct json_object *state_fields(const char *state, const char *why)
+{
+	struct json_object *f = json_object_new_object();
+
+	json_object_object_add(f, "state", json_object_new_string(state));
+	json_object_object_add(f, "reason", json_object_new_string(why));
+	return f;
+}
+
 static struct json_object *handle(void *opaque, const char *cmd, struct json_object *req)
 {
 	struct vmm *v = opaque;
 	int rc;
 
 	if (!strcmp(cmd, "status"))
-		return cmd_status(v);
+		return vmm_status_json(v);
+	if (!strcmp(cmd, "events"))
+		return vmm_cmd_events(v, req);
+	if (!strcmp(cmd, "metrics")) {
+		char *text = vmm_metrics_text(v);
+		struct json_object *o = text ? json_object_new_object() : NULL;
+
+		if (o)
+			json_object_object_add(o, "text", json_object_new_string(text));
+		free(text);
+		return o ? o : ctl_error("out of memory");
+	}
 	/* The operator's pause is one hold among others (checkpoints, throttling): idempotent here. */
 	if (!strcmp(cmd, "pause")) {
 		if (v->held)
@@ -74,6 +96,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 			if (rc)
 				return ctl_error("cannot pause %s: %s", v->name, strerror(-rc));
 			v->user_paused = true;
+			vmm_event(v, "state", state_fields("paused", "doppel pause"));
 		}
 		return pause_reply(v, vm_state_name(vm_get_state(v->vm)));
 	}
@@ -83,6 +106,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 			if (rc)
 				return ctl_error("cannot resume %s: %s", v->name, strerror(-rc));
 			v->user_paused = false;
+			vmm_event(v, "state", state_fields("running", "doppel resume"));
 		}
 		return pause_reply(v, vm_state_name(vm_get_state(v->vm)));
 	}
@@ -225,6 +249,22 @@ static int open_serial(struct vmm *v, char *err, size_t errlen)
 	return errf(err, errlen, -EINVAL, "bad --serial '%s' (expected stdio, file:PATH or none)", s);
 }
 
+static int open_events(struct vmm *v, char *err, size_t errlen)
+{
+	char def[512];
+	const char *path = v->o.event_log;
+
+	if (!path) {
+		path = vmm_event_log_default(v->name, v->o.control, def, sizeof(def));
+		if (!path)
+			return errf(err, errlen, -ENAMETOOLONG,
+				    "default event log path too long: use --event-log");
+	} else if (!strcmp(path, "none")) {
+		path = NULL;
+	}
+	return evlog_open(&v->ev, path, v->name, 0, err, errlen);
+}
+
 int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t errlen)
 {
 	struct vmm *v = calloc(1, sizeof(*v));
@@ -248,6 +288,9 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		snprintf(v->ctl_path, sizeof(v->ctl_path), "%s", o->control);
 	else
 		ctl_default_path(v->name, v->ctl_path, sizeof(v->ctl_path));
+	rc = open_events(v, err, errlen);
+	if (rc)
+		goto err;
 	cfg = (struct vm_config){.name = v->name,
 				 .mem_size = o->mem ? o->mem : 256ull << 20,
 				 .nr_vcpus = o->vcpus ? o->vcpus : 1};
@@ -314,7 +357,11 @@ int vmm_run(struct vmm *v, bool start_paused)
 	int rc, status;
 
 	/* The control socket appears only now, when everything (a standby's or a migration target's
-	 * listener included) is set up: a client that sees it may use the VM at once. */
+	 * listener, the --metrics server) is set up: a client that sees it may use the VM at once. */
+	if (v->o.metrics && vmm_http_start(v, v->o.metrics, err, sizeof(err))) {
+		log_error("vmm", v->name, "%s", err);
+		return 1;
+	}
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
 	if (rc) {
 		log_error("vmm", v->name, "%s", err);
@@ -340,6 +387,12 @@ int vmm_run(struct vmm *v, bool start_paused)
 	if (start_paused && vm_pause(v->vm) == 0) /* a hold before start: vCPUs start parked */
 		v->user_paused = true;
 	rc = v->held ? 0 : vm_start(v->vm);
+	vmm_event(v, "state",
+		  state_fields(rc	      ? "failed"
+			       : v->held      ? "held"
+			       : start_paused ? "paused"
+					      : "running",
+			       "started"));
 	if (rc == 0)
 		ev_run(v->loop, 0);
 	if (v->held)
@@ -348,6 +401,9 @@ int vmm_run(struct vmm *v, bool start_paused)
 	if (*vm_error(v->vm))
 		log_error("vmm", v->name, "%s", vm_error(v->vm));
 	log_debug("vmm", v->name, "stopped, exit status %d", status);
+	struct json_object *f = state_fields("stopped", *vm_error(v->vm) ? vm_error(v->vm) : "exit");
+	json_object_object_add(f, "exit_status", json_object_new_int(status));
+	vmm_event(v, "state", f);
 	if (v->stdin_active) {
 		ev_io_stop(v->loop, &v->stdin_w);
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
@@ -361,6 +417,7 @@ void vmm_destroy(struct vmm *v)
 {
 	if (!v)
 		return;
+	vmm_http_stop(v);
 	if (v->ctl)
 		ctl_server_stop(v->ctl);
 	if (v->vm) {
@@ -376,6 +433,7 @@ void vmm_destroy(struct vmm *v)
 		close(v->serial_fd);
 	if (v->loop)
 		ev_loop_destroy(v->loop);
+	evlog_close(v->ev); /* last: exit hooks may still record events */
 	free(v);
 }
 
@@ -390,6 +448,8 @@ int vmm_start_vcpus(struct vmm *v)
 	vmm_disk_kick_all(v);
 	v->start_ns = now_ns();
 	rc = vm_start(v->vm);
+	vmm_event(v, "state",
+		  state_fields(rc ? "failed" : "running", "vCPUs started (takeover or migration)"));
 	return rc;
 }
 

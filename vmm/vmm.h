@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "hv/hv.h"
 
@@ -33,6 +34,10 @@ struct vmm_opts {
 	const char *disk[VMM_MAX_DISKS]; /* --disk option strings, parsed by vmm/diskopt.c */
 	int nr_disk;
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
+	/* Event log file (JSON lines): NULL for the default (vmm_event_log_default), "none" for memory
+	 * only. */
+	const char *event_log;
+	const char *metrics; /* NULL, or ADDR:PORT to serve /metrics, / and /status.json over HTTP */
 };
 
 /* ---- control replies ----------------------------------------------------------------------------
@@ -108,6 +113,30 @@ void vmm_destroy(struct vmm *v);
  * Loop thread. Returns 0 or -errno. */
 int vmm_start_vcpus(struct vmm *v) __attribute__((warn_unused_result));
 bool vmm_held(const struct vmm *v);
+
+/* ---- events and metrics ---------------------------------------------------------------------------
+ * The event log (vmm/event.h has the format): every state change, protection start/stop, failover,
+ * fencing, witness, migration and error event of the VM. */
+
+/* Record an event: `type` is 1-32 of a-z 0-9 -, `fields` an object or NULL (ownership taken). Any
+ * thread; never blocks on I/O (a background thread appends it to the file). Returns its seq (>= 1),
+ * or -errno (bad type or fields, out of memory). */
+int64_t vmm_event(struct vmm *v, const char *type, struct json_object *fields);
+/* The newest event of `type` still in memory (a new object; NULL if none). Any thread. */
+struct json_object *vmm_event_last(struct vmm *v, const char *type);
+/* Event `seq` if still in memory (a new object), else NULL. Any thread. */
+struct json_object *vmm_event_get(struct vmm *v, uint64_t seq);
+/* The default event log of a VM: its control socket's path with ".sock" replaced by ".events.jsonl"
+ * when a control path is given, else /var/lib/doppel/NAME/events.jsonl. Returns buf, or NULL when it
+ * does not fit. */
+char *vmm_event_log_default(const char *name, const char *control, char *buf, size_t len);
+
+/* Add metrics: fn writes Prometheus text lines (# HELP, # TYPE, samples; names doppel_...) to out.
+ * Runs on the loop thread for `doppel metrics` and for every scrape of --metrics. Up to
+ * VMM_MAX_METRICS_HOOKS (-ENOSPC beyond). */
+#define VMM_MAX_METRICS_HOOKS 4
+typedef void (*vmm_metrics_fn)(struct vmm *v, FILE *out, void *opaque);
+int vmm_add_metrics_hook(struct vmm *v, vmm_metrics_fn fn, void *opaque);
 
 /* ---- disks -------------------------------------------------------------------------------------- */
 

@@ -10,6 +10,8 @@
 
 struct virtio_net;
 struct virtio_blk;
+struct evlog;
+struct vmm_http;
 
 /* One virtio-net device and what the host learned about the guest behind it (for announcements
  * after failover or migration; carried in the stream as the "netN-host" device record). */
@@ -67,7 +69,32 @@ struct vmm {
 	void *tx_hook_opaque;
 	bool held; /* vCPUs not started yet (standby / incoming) */
 	bool user_paused; /* `doppel pause` holds the VM */
+	struct evlog *ev; /* the event log (never NULL after vmm_create) */
+	struct {
+		vmm_metrics_fn fn;
+		void *opaque;
+	} metrics_hooks[VMM_MAX_METRICS_HOOKS];
+	int nr_metrics_hooks;
+	struct vmm_http *http; /* --metrics server, NULL when not asked for */
 };
+
+/* vmm.c */
+struct json_object *vmm_status_json(struct vmm *v); /* the status reply (loop thread) */
+
+/* vmm_metrics.c (loop thread) */
+/* The whole Prometheus text (malloc'd, NUL-terminated), or NULL when out of memory. */
+char *vmm_metrics_text(struct vmm *v);
+/* What the status page polls: status, the epoch timeline, the last failover (a new object). */
+struct json_object *vmm_page_json(struct vmm *v);
+struct json_object *vmm_cmd_events(struct vmm *v, struct json_object *req);
+
+/* vmm_http.c */
+/* Serve addr ("ADDR:PORT", "[IPv6]:PORT") with libmicrohttpd on its own thread. The handler asks the
+ * loop for each page (ev_async) and waits up to 2 s. Call on the loop thread before ev_run. */
+int vmm_http_start(struct vmm *v, const char *addr, char *err, size_t errlen);
+void vmm_http_stop(struct vmm *v);
+/* The status page (one HTML document, inline CSS/JS/SVG). */
+extern const char vmm_status_page_html[];
 
 /* vmm_net.c */
 /* Attach the --net devices (virtio-net "netN" + its "netN-host" record each; the VM owns and detaches

@@ -183,6 +183,7 @@ static void run_staged(const uint8_t *data, size_t size)
 
 	if (open_stream(data, size, &in, &r, &fz.gm[0]))
 		return;
+	fz.stg.base = &fz.gm[0]; /* PAGE_DELTA decodes against the applied RAM, as on a standby */
 	for (int e = 0; e < MAX_EPOCHS; e++) {
 		sum = ram_sum(0);
 		err[0] = 0;
@@ -266,7 +267,8 @@ static void put_file(const char *dir, const char *name, const struct sr_out *o)
 /* Streams of the fuzz VM as Remus writes them: a full epoch (every page, vCPU + device state), then
  * an incremental one (two dirty pages + state). Variants: 0 compressed, 1 raw pages (full epoch
  * only), 2 with snapshot info and a memory-only second epoch, 3 cut inside the second
- * CHECKPOINT_END (torn). */
+ * CHECKPOINT_END (torn), 4 written with a delta cache: the second epoch's pages, changed in one
+ * word each, go out as PAGE_DELTA. */
 static void write_seeds(const char *dir)
 {
 	struct guest_mem *gm = vm_mem(fz.vm);
@@ -277,8 +279,11 @@ static void write_seeds(const char *dir)
 	struct sr_ctx *w;
 	struct sr_out o;
 	char err[256], name[32];
+	struct sr_delta *cache;
 	int rc;
 
+	if (sr_delta_new(&cache, RAM_SIZE))
+		die("sr_delta_new: out of memory");
 	for (int i = 0; i < 64; i++) { /* a few pages with content; the rest stays a memfd hole (zero) */
 		char line[64];
 
@@ -290,9 +295,11 @@ static void write_seeds(const char *dir)
 		((uint8_t *)mem_page_host(gm, 300))[i] = (uint8_t)(i * 7 + (i >> 8));
 	if (ckpt_state_capture(&st, fz.vm, err, sizeof(err)))
 		die("ckpt_state_capture: %s", err);
-	for (int v = 0; v < 4; v++) {
+	for (int v = 0; v < 5; v++) {
 		sr_out_mem(&o, 0);
 		rc = sr_writer_new(&w, &o, v != 1, 1);
+		if (!rc && v == 4)
+			rc = sr_set_delta(w, cache);
 		sr_header_from_mem(&h, gm, (uint32_t)vm_nr_vcpus(fz.vm));
 		rc = rc ?: sr_write_header(w, &h);
 		rc = rc ?: ckpt_write_all_pages(w, gm, 1);
@@ -303,6 +310,12 @@ static void write_seeds(const char *dir)
 		if (v == 1) /* raw pages are big: one epoch */
 			goto end;
 		bm[0] = 1ull << 7 | 1ull << 8;
+		if (v == 4) { /* one word of pages 7 and 300 changed since epoch 1 */
+			((uint64_t *)mem_page_host(gm, 7))[5] ^= 0x1234;
+			((uint64_t *)mem_page_host(gm, 300))[9] ^= 0x5678;
+			bm[0] = 1ull << 7;
+			bm[300 / 64] |= 1ull << (300 % 64);
+		}
 		rc = rc ?: ckpt_write_dirty_pages(w, gm, bm, 1);
 		if (v != 2)
 			rc = rc ?: ckpt_state_write(w, &st);
@@ -314,11 +327,13 @@ static void write_seeds(const char *dir)
 		sr_ctx_free(w);
 		if (v == 3)
 			o.len -= 40; /* END and most of the second CHECKPOINT_END */
-		snprintf(name, sizeof(name), "ckpt_%s", (const char *[]){"zstd", "raw", "info", "torn"}[v]);
+		snprintf(name, sizeof(name), "ckpt_%s",
+			 (const char *[]){"zstd", "raw", "info", "torn", "delta"}[v]);
 		put_file(dir, name, &o);
 		sr_out_free(&o);
 	}
 	ckpt_state_free(&st);
+	sr_delta_free(cache);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

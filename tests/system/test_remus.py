@@ -89,6 +89,43 @@ def pair(doppel_bin, guest_elf, tmp_path):
         v.close()
 
 
+# ---- delta encoding and the phase breakdown (issue 15) ------------------------------------------------
+
+PHASES = ("pause", "kick", "sync", "capture", "copy", "queue", "encode", "send", "ack_wait", "ack")
+
+
+def test_delta_cache_status_and_failover(doppel_bin, pair):
+    """A cache smaller than the hot set (12M for 16M: direct-mapped, slot = page % 3072, so the hot
+    set's first and last 4 MiB evict each other every epoch while its middle 8 MiB hits): status
+    reports it, the phases are measured, and a failover still has exact memory."""
+    pr, sb, peer, _ = pair
+    r = doppel(doppel_bin, "protect", "pr", "--peer", peer, "--delta-cache", "lots", "--control", pr.control)
+    assert r.returncode == 2 and "--delta-cache" in r.stderr, r.stderr
+    protect(doppel_bin, pr, peer, "--delta-cache", "12M")
+    wait_for(lambda: remus(pr)["epochs"] > 20, 10, what="20 epochs")
+    st = remus(pr)
+    d = st["delta"]
+    assert d["enabled"] and d["cache_bytes"] == 12 << 20 and d["cache_pages"] == 3072, d
+    assert d["misses"] >= 3072 and d["evictions"] > 0 and d["hits"] > 0, d
+    assert d["hits"] == d["unchanged"] + d["dense"] + d["delta_pages"], d
+    ph = st["phases"]
+    assert set(ph) == set(PHASES), ph
+    assert ph["pause"]["n"] > 20 and ph["copy"]["p50_us"] > 0 and ph["ack"]["n"] > 0, ph
+    assert ph["pause"]["p50_us"] >= ph["copy"]["p50_us"], ph
+    before = last_pass(pr)
+    pr.kill()
+    pr.wait()
+    assert_took_over(sb, before)
+
+
+def test_delta_cache_off(doppel_bin, pair):
+    pr, sb, peer, _ = pair
+    protect(doppel_bin, pr, peer, "--delta-cache", "0")
+    wait_for(lambda: remus(pr)["epochs"] > 5, 10, what="5 epochs")
+    d = remus(pr)["delta"]
+    assert not d["enabled"] and d["cache_bytes"] == 0 and d["hits"] == 0 and d["plain_pages"] > 0, d
+
+
 # ---- (d) kill the primary: the standby continues with exact memory ----------------------------------
 
 def test_failover_dirty_sigkill(doppel_bin, pair):

@@ -99,9 +99,9 @@ static void test_merge_set_honoured(void **state)
 	vm_destroy(vm);
 }
 
-/* Remus's hot pages, on a running guest rewriting a 256 KiB working set: the hot set is the last
- * dirty set, and (manual-protect mode) a page dirty at two syncs in a row was left writable with
- * its dirty bit set, so the next sync reports it again, written or not. */
+/* Remus's hot pages, on a running guest rewriting a 256 KiB working set: the keep set holds every
+ * page dirty at a recent sync, and (manual-protect mode) a page dirty at a sync whose keep set held
+ * it was left writable with its dirty bit set, so the next sync reports it again, written or not. */
 static void test_hot_pages_kept(void **state)
 {
 	static const struct ckpt_ops hot_ops = {
@@ -134,7 +134,7 @@ static void test_hot_pages_kept(void **state)
 	for (uint64_t k = 1; k <= 6; k++) {
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
-		/* kept: dirty at the last two syncs (hot before the last one, and its dirty set) */
+		/* kept: dirty at the last sync and in the keep set it was given */
 		for (size_t w = 0; w < words; w++)
 			kept[w] = prev[w] & e.bitmap[w];
 		memcpy(prev, e.hot, words * sizeof(uint64_t));
@@ -143,8 +143,14 @@ static void test_hot_pages_kept(void **state)
 		if (rc)
 			print_message("epoch: %s (vm: %s)\n", err, vm_error(vm));
 		assert_int_equal(rc, 0);
-		assert_int_equal(e.hot_pages, ep.pages);
-		assert_memory_equal(e.hot, e.bitmap, words * sizeof(uint64_t));
+		/* left writable: dirty now and in the keep set the sync was given (prev) */
+		uint64_t left = 0;
+		for (size_t w = 0; w < words; w++) {
+			left += (uint64_t)__builtin_popcountll(e.bitmap[w] & prev[w]);
+			/* the next keep set: everything dirty at a sync of the last window */
+			assert_int_equal(e.hot[w] & e.bitmap[w], e.bitmap[w]);
+		}
+		assert_int_equal(e.hot_pages, left);
 		/* From the fourth epoch: the first one also reported the loader's writes
 		 * (device-dirty, not KVM-dirty: no write protection can keep those). */
 		for (size_t w = 0; manual && k >= 4 && w < words; w++)

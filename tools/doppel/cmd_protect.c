@@ -16,6 +16,7 @@ static void usage(void)
 	       "[--heartbeat-timeout MS]\n"
 	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
 	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
+	       "                       [--delta-cache SIZE]\n"
 	       "                       [--control PATH] [--json]\n"
 	       "\n"
 	       "Protect a running VM with a standby (`doppel run --standby --listen ADDR:PORT`): copy its\n"
@@ -47,7 +48,11 @@ static void usage(void)
 	       "                                provably valid, else the VM fences itself\n"
 	       "      --witness-name N          the key's name (default: the VM's name)\n"
 	       "      --witness-ttl MS          lease TTL (default 1000; etcd rounds up to "
-	       "seconds)\n" DOPPEL_CTL_OPTHELP);
+	       "seconds)\n"
+	       "      --delta-cache SIZE        cache of last-sent pages: a cached page that changed\n"
+	       "                                little is sent as its XOR against the last copy\n"
+	       "                                (default 64M; 0 turns delta encoding "
+	       "off)\n" DOPPEL_CTL_OPTHELP);
 }
 
 static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
@@ -81,13 +86,15 @@ int cmd_protect(int argc, char **argv)
 		{"witness", required_argument, NULL, 'w'},
 		{"witness-name", required_argument, NULL, 'X'},
 		{"witness-ttl", required_argument, NULL, 'T'},
+		{"delta-cache", required_argument, NULL, 'D'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	struct json_object *req;
 	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL, *mode = NULL;
 	uint64_t civ = 0, cto = 0;
-	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0;
+	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0, dcache = 0;
+	bool have_dcache = false;
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "protect");
@@ -140,6 +147,11 @@ int cmd_protect(int argc, char **argv)
 			if (parse_uint(optarg, 100, 600000, &wttl))
 				return doppel_usage_error("protect", "bad --witness-ttl '%s' (milliseconds)",
 							  optarg);
+		} else if (c == 'D') {
+			if (parse_size(optarg, &dcache) || dcache > (64ull << 30))
+				return doppel_usage_error(
+					"protect", "bad --delta-cache '%s' (bytes, K/M/G, 0..64G)", optarg);
+			have_dcache = true;
 		} else if (c == 'O') {
 			if (parse_uint(optarg, 0, 86400000, &hold))
 				return doppel_usage_error("protect", "bad --hold-timeout '%s' (milliseconds)",
@@ -178,6 +190,8 @@ int cmd_protect(int argc, char **argv)
 		json_object_object_add(req, "standby_lost", json_object_new_string(lost));
 	json_object_object_add(req, "fence_grace_ms", json_object_new_int((int)grace));
 	json_object_object_add(req, "hold_timeout_ms", json_object_new_int((int)hold));
+	if (have_dcache)
+		json_object_object_add(req, "delta_cache", json_object_new_int64((int64_t)dcache));
 	if (witness) {
 		json_object_object_add(req, "witness", json_object_new_string(witness));
 		json_object_object_add(req, "witness_ttl_ms", json_object_new_int((int)wttl));

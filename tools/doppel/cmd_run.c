@@ -24,6 +24,7 @@ static void usage(FILE *f)
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
+		"                  [--log stderr|journal] [--event-log PATH|none] [--metrics ADDR:PORT]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
 		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
@@ -55,7 +56,14 @@ static void usage(FILE *f)
 		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
 		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
 		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
-		"                   component, vm, msg); the stderr lines stay\n",
+		"                   component, vm, msg); the stderr lines stay\n"
+		"  --log WHERE      stderr (default) or journal (the systemd journal, with fields\n"
+		"                   PRIORITY, DOPPEL_COMPONENT and DOPPEL_VM; nothing on stderr)\n"
+		"  --event-log PATH the VM's event log, JSON lines appended (default: the control\n"
+		"                   socket's path with .events.jsonl for .sock, or\n"
+		"                   /var/lib/doppel/NAME/events.jsonl); none: in memory only\n"
+		"  --metrics ADDR:PORT  serve Prometheus metrics at /metrics, a status page at /\n"
+		"                   and its JSON at /status.json over HTTP ([IPv6]:PORT for IPv6)\n",
 		HV_MAX_VCPUS);
 }
 /* clang-format on */
@@ -64,6 +72,7 @@ static void usage(FILE *f)
 struct run_args {
 	struct vmm_opts o;
 	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
+	bool log_journal;
 	uint64_t witness_ttl;
 	enum log_level log_level;
 	bool standby;
@@ -172,6 +181,17 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case 'j':
 		a->log_json = arg;
 		break;
+	case 'G':
+		if (strcmp(arg, "stderr") && strcmp(arg, "journal"))
+			return bad_usage("bad --log '%s' (stderr or journal)", arg);
+		a->log_journal = !strcmp(arg, "journal");
+		break;
+	case 'E':
+		o->event_log = arg;
+		break;
+	case 'M':
+		o->metrics = arg;
+		break;
 	case 'h':
 		usage(stdout);
 		return 0;
@@ -206,6 +226,9 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"witness-name", required_argument, 0, 'X'},
 		{"witness-ttl", required_argument, 0, 'T'},
 		{"disk", required_argument, 0, 'D'},
+		{"log", required_argument, 0, 'G'},
+		{"event-log", required_argument, 0, 'E'},
+		{"metrics", required_argument, 0, 'M'},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
@@ -268,6 +291,10 @@ static int setup_logging(const struct run_args *a)
 	char err[512];
 
 	log_set_level(a->log_level);
+	if (a->log_journal) {
+		log_set_journal(1);
+		log_set_stderr(0);
+	}
 	if (a->log_json && log_set_json_file(a->log_json, err, sizeof(err))) {
 		fprintf(stderr, "doppel run: %s\n", err);
 		return 1;

@@ -36,6 +36,8 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_migrate(int argc, char **argv); /* tools/doppel/cmd_migrate.c */
 int cmd_protect(int argc, char **argv); /* tools/doppel/cmd_protect.c */
 int cmd_failover(int argc, char **argv); /* tools/doppel/cmd_failover.c */
+int cmd_events(int argc, char **argv); /* tools/doppel/cmd_events.c */
+int cmd_metrics(int argc, char **argv); /* tools/doppel/cmd_metrics.c */
 
 /* Re-initialise getopt for a fresh argv (glibc: optind = 0 forces a full re-init, including the
  * permutation state, which optind = 1 does not). Also sets opterr = 0: verbs print their own errors. */

@@ -24,6 +24,8 @@ static const struct doppel_verb verbs[] = {
 	{"protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect},
 	{"failover", "promote a standby by hand (drills)", cmd_failover},
 	{"unprotect", "end protection on purpose (the standby stays held)", cmd_unprotect},
+	{"events", "print a VM's event log (--follow: stream new events)", cmd_events},
+	{"metrics", "print a VM's Prometheus metrics", cmd_metrics},
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
