@@ -108,7 +108,9 @@ static void *sender_main(void *arg)
 		return NULL;
 	}
 	rc = sr_writer_new(&w, &out, true, 1);
-	if (!rc && r->delta)
+	/* Not with COLO: a delta is XORed against the page the standby last received, and a running
+	 * secondary rewrites its pages between checkpoints. */
+	if (!rc && r->delta && !r->colo_on)
 		rc = sr_set_delta(w, r->delta); /* empties it: this stream's standby starts from nothing */
 	if (rc) {
 		sender_error(r, "stream writer", NULL, rc);
