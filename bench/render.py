@@ -1,6 +1,6 @@
 """render.py — assemble docs/performance.md from the docs/perf/*.md fragments the benchmarks write.
 
-Fragments appear in a fixed order (guest_rate, dirty_sync, snapshot, kv_bench, disk, remus, migration), then
+Fragments appear in a fixed order (guest_rate, dirty_sync, snapshot, kv_bench, disk, remus, colo, migration), then
 any others alphabetically; a missing fragment is simply left out. dirty_sync has no fragment of its own:
 its table is rendered here from bench/results/dirty_sync.json (written by bench/dirty_sync.sh).
 """
@@ -11,7 +11,7 @@ import os
 import platform
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ORDER = ["guest_rate", "dirty_sync", "snapshot", "kv_bench", "disk", "remus", "migration"]
+ORDER = ["guest_rate", "dirty_sync", "snapshot", "kv_bench", "disk", "remus", "colo", "migration"]
 
 
 def machine():

@@ -75,6 +75,10 @@ static void respond(struct tcp_conn *c, int status, const char *body, size_t ble
 	n += fmt_u64(h + n, stream ? stream : blen);
 	if (status == 405)
 		PUT("\r\nAllow: GET, POST");
+	if (kv_nondet()) { /* nondet=N (docs/guest.md): a header the other copy never has */
+		PUT("\r\nX-Nondet: ");
+		n += fmt_u64(h + n, rdtsc());
+	}
 	PUT(close ? "\r\nConnection: close\r\n\r\n" : "\r\nConnection: keep-alive\r\n\r\n");
 #undef PUT
 	tcp_write(c, h, n);

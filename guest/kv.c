@@ -16,7 +16,7 @@
 #define KV_CACHE 1024 /* retry cache ring */
 #define KV_CBUCKETS 2048
 #define KV_NIL 0xffff
-#define KV_REPLY_MAX (20 + 5 + KV_VAL_MAX + 2)
+#define KV_REPLY_MAX (20 + 5 + KV_VAL_MAX + 2 + 24) /* + " ~TSC" (nondet) */
 
 struct kv_cent {
 	uint32_t ip;
@@ -30,6 +30,7 @@ struct kv_cent {
 
 static struct {
 	uint64_t ops, retries, errs, drops;
+	uint64_t nondet, replies; /* nondet=N: every Nth reply carries the TSC */
 	uint16_t chead;
 	uint16_t buckets[KV_CBUCKETS];
 	struct kv_cent cache[KV_CACHE];
@@ -110,6 +111,11 @@ static size_t fmt_reply(char *o, uint64_t id, bool ok, const char *text, size_t 
 	n += ok ? 4 : 5;
 	memcpy(o + n, text, tlen);
 	return n + tlen;
+}
+
+bool kv_nondet(void)
+{
+	return kv.nondet && ++kv.replies % kv.nondet == 0;
 }
 
 /* ---- store ----------------------------------------------------------------------------------- */
@@ -261,6 +267,10 @@ static void kv_handle(const struct udp_rx *d)
 	}
 	kv.ops++;
 	len = fmt_reply(reply, id, ok, text, tlen);
+	if (kv_nondet()) { /* "ID OK VALUE ~TSC": a value the other copy of the VM never has */
+		memcpy(reply + len, " ~", 2);
+		len += 2 + fmt_u64(reply + len + 2, rdtsc());
+	}
 	cache_insert(d->src_ip, d->src_port, id, reply, len);
 	net_udp_reply(d, reply, len);
 }
@@ -274,6 +284,10 @@ int work_kv(void)
 
 	for (unsigned b = 0; b < KV_CBUCKETS; b++)
 		kv.buckets[b] = KV_NIL;
+	if (cmdline_get("nondet") && (parse_u64(cmdline_get("nondet"), &kv.nondet) || kv.nondet > 1000000)) {
+		printf("kv: bad nondet=%s (a reply count, 0..1000000)\n", cmdline_get("nondet"));
+		return GUEST_EXIT_USAGE;
+	}
 	tcp_init();
 	tcp_listen(6379, resp_serve);
 	tcp_listen(80, http_serve);
@@ -283,6 +297,8 @@ int work_kv(void)
 	ip = net_ip();
 	printf("kv: serving on %lu.%lu.%lu.%lu:%u mac=%02x:%02x:%02x:%02x:%02x:%02x\n", ip >> 24,
 	       (ip >> 16) & 255, (ip >> 8) & 255, ip & 255, KV_PORT, m[0], m[1], m[2], m[3], m[4], m[5]);
+	if (kv.nondet)
+		printf("kv: nondet=%lu: every %luth reply carries the TSC\n", kv.nondet, kv.nondet);
 	printf("kv: tcp resp=6379 http=80 isn=%s ip6=%s\n",
 	       cmdline_get("isn") && !strcmp(cmdline_get("isn"), "fixed") ? "fixed" : "random",
 	       net6_enabled() ? cmdline_get("ip6") : "off");

@@ -120,7 +120,19 @@ static bool is(const struct req *r, unsigned i, const char *w)
 
 static void out(struct tcp_conn *c, const char *s)
 {
-	tcp_write(c, s, strlen(s));
+	size_t n = strlen(s);
+
+	if (s[0] == '+' && n > 2 && kv_nondet()) { /* "+OK ~TSC": nondet=N (docs/guest.md) */
+		char b[32];
+		size_t k = 2;
+		b[0] = ' ', b[1] = '~';
+		k += fmt_u64(b + k, rdtsc());
+		tcp_write(c, s, n - 2);
+		tcp_write(c, b, k);
+		tcp_write(c, "\r\n", 2);
+		return;
+	}
+	tcp_write(c, s, n);
 }
 
 static void out_int(struct tcp_conn *c, char type, int64_t v)

@@ -29,4 +29,8 @@ int dec_i64(const char *s, size_t len, int64_t *out);
 size_t fmt_u64(char *o, uint64_t v);
 size_t fmt_i64(char *o, int64_t v);
 
+/* nondet=N on the command line (docs/guest.md): true for every Nth reply of the KV, RESP and HTTP
+ * services, which then carry the TSC, a value two copies of the VM never share (COLO tests). */
+bool kv_nondet(void);
+
 #endif

@@ -74,7 +74,11 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
 
 	(void)loop, (void)revents;
 	if (f & (RA_PRECOPY_DONE | RA_SENDER_FAILED | RA_FORCE_EPOCH))
-		remus_primary_async(r, f);
+		remus_primary_async(r, f & ~(unsigned)RA_COLO);
+	if (f & RA_COLO)
+		remus_primary_async(r, RA_COLO);
+	if (f & RA_COLO_START)
+		colo_standby_start_vcpus(r);
 	if (f & (RA_READER_ENDED | RA_READER_CONNECTED))
 		remus_standby_async(r, f);
 }
@@ -92,6 +96,8 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	(void)v;
 	json_object_object_add(o, "role", json_object_new_string(role_name(r->role)));
 	json_object_object_add(rm, "role", json_object_new_string(role_name(r->role)));
+	json_object_object_add(rm, "mode",
+			       json_object_new_string(r->colo_on || r->colo_mode ? "colo" : "remus"));
 	if (r->peer[0])
 		json_object_object_add(rm, "peer", json_object_new_string(r->peer));
 	json_object_object_add(rm, "tls", json_object_new_boolean(r->tls != NULL));
@@ -104,6 +110,7 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	json_object_object_add(rm, "interval_ms", json_object_new_int((int)r->interval_ms));
 	json_object_object_add(rm, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
 	remus_primary_status(r, rm);
+	colo_status(r, o);
 	remus_standby_status(r, rm);
 	remus_witness_status(r, rm);
 	remus_disk_status(r, rm);
@@ -168,6 +175,8 @@ static void exit_hook(struct vmm *v, void *opaque)
 		close(r->fd);
 	netbuf_free(r->nb);
 	ckpt_engine_free(&r->eng);
+	colo_free(r->colo);
+	remus_msgbuf_free(&r->mb);
 	ckpt_stage_free(&r->tx);
 	sr_delta_free(r->delta);
 	if (r->disks_ready)

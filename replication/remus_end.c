@@ -52,6 +52,8 @@ static void stop_watchers(struct remus *r)
 	ev_timer_stop(r->loop, &r->live_w);
 	ev_timer_stop(r->loop, &r->abandon_w);
 	ev_io_stop(r->loop, &r->rx_w);
+	if (r->colo_on)
+		colo_primary_stop(r, false);
 }
 
 /* End the sender thread and close the connection. cut: shut the socket first (the sender may be
@@ -83,6 +85,8 @@ static void run_unprotected(struct remus *r)
 		return;
 	if (r->nb)
 		netbuf_release_all(r->nb);
+	if (r->colo_on)
+		colo_primary_stop(r, true); /* the comparator releases what it holds */
 	vmm_set_tx_hook(r->v, NULL, NULL); /* a vCPU inside the old hook still finds r->nb: kept */
 	r->role = REMUS_UNPROTECTED;
 	r->pstate = PS_RUNNING;
@@ -329,6 +333,8 @@ void remus_primary_exit(struct remus *r)
 	pthread_mutex_unlock(&r->lock);
 	if (!copying && clean && wait_abandoned(r)) {
 		netbuf_release_all(r->nb); /* the standby stays held: this output is the only one */
+		if (r->colo_on)
+			colo_primary_stop(r, true);
 		log_info("remus", vmm_name(r->v), "replication ended by stop; the standby stays held");
 	} else if (!copying) {
 		log_warn("remus", vmm_name(r->v),

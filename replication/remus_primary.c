@@ -100,14 +100,18 @@ static void *sender_main(void *arg)
 	int rc;
 
 	sr_out_fd(&out, r->fd, SEND_TIMEOUT_MS);
-	remus_msg_encode(hello, REMUS_MSG_HELLO, remus_hello_value(r->interval_ms, r->hb_timeout_ms));
+	remus_msg_encode(hello, REMUS_MSG_HELLO,
+			 remus_hello_value(r->interval_ms, r->hb_timeout_ms) |
+				 (r->colo_on ? REMUS_HELLO_COLO : 0));
 	rc = sr_out_write(&out, hello, sizeof(hello));
 	if (rc) {
 		sender_error(r, "sending hello", NULL, rc);
 		return NULL;
 	}
 	rc = sr_writer_new(&w, &out, true, 1);
-	if (!rc && r->delta)
+	/* Not with COLO: a delta is XORed against the page the standby last received, and a running
+	 * secondary rewrites its pages between checkpoints. */
+	if (!rc && r->delta && !r->colo_on)
 		rc = sr_set_delta(w, r->delta); /* empties it: this stream's standby starts from nothing */
 	if (rc) {
 		sender_error(r, "stream writer", NULL, rc);
@@ -150,7 +154,7 @@ static void *sender_main(void *arg)
 		uint64_t t0;
 
 		pthread_mutex_lock(&r->lock);
-		if (!r->job_pending && !r->stop_sender) {
+		if (!r->job_pending && !r->stop_sender && !colo_sender_pending(r)) {
 			struct timespec ts; /* r->cond waits on CLOCK_MONOTONIC (remus_setup) */
 			clock_gettime(CLOCK_MONOTONIC, &ts);
 			ts.tv_nsec += (long)hb_ns;
@@ -162,7 +166,21 @@ static void *sender_main(void *arg)
 			pthread_mutex_unlock(&r->lock);
 			break;
 		}
-		if (!r->job_pending) {
+		if (r->colo_on) {
+			/* COLO: forwarded frames, checkpoint requests and staged epochs, in order */
+			pthread_mutex_unlock(&r->lock);
+			rc = colo_sender_drain(r, w);
+			if (rc < 0) {
+				sender_error(r, "sending to the secondary", w, rc);
+				break;
+			}
+			if (rc > 0) {
+				account(r, w, &out);
+				continue;
+			}
+			pthread_mutex_lock(&r->lock);
+		}
+		if (!r->job_pending || r->colo_on) {
 			pthread_mutex_unlock(&r->lock);
 			uint64_t now = now_ns();
 			rc = sr_write_record(w, REMUS_REC_HEARTBEAT, &now, sizeof(now));
@@ -264,9 +282,9 @@ static const struct ckpt_ops remus_ops = {
 
 /* One checkpoint: the engine's epoch (pause, sync, capture, stage the dirty pages, mark the output
  * boundary, resume), then hand the stage to the sender. */
-static void checkpoint(struct remus *r)
+int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused)
 {
-	struct ckpt_epoch ep = {.epoch = r->next_epoch};
+	struct ckpt_epoch ep = {.epoch = r->next_epoch, .merge = merge, .stay_paused = stay_paused};
 	char err[256];
 	int rc;
 
@@ -274,10 +292,10 @@ static void checkpoint(struct remus *r)
 	bool busy = r->job_pending || !r->precopy_done;
 	pthread_mutex_unlock(&r->lock);
 	if (r->pstate != PS_SYNCING && r->pstate != PS_PROTECTED)
-		return;
+		return -1;
 	if (busy) {
 		r->skipped++;
-		return;
+		return -1;
 	}
 	/* The pause runs on this (the loop) thread: at real-time priority the sender, the host's
 	 * other work and a local standby cannot stretch it. Only around the epoch (outside the
@@ -290,13 +308,14 @@ static void checkpoint(struct remus *r)
 		pthread_setschedparam(pthread_self(), SCHED_OTHER,
 				      &(struct sched_param){.sched_priority = 0});
 	if (rc == -ESHUTDOWN)
-		return; /* the VM is stopping (doppel stop): the exit hook ends replication */
+		return -1; /* the VM is stopping (doppel stop): the exit hook ends replication */
 	if (rc) {
 		remus_record_event(r, "error", ep.epoch, "checkpoint failed: %s", err);
 		remus_primary_abandon(r, "checkpoint failed: %s", err);
-		return;
+		return -1;
 	}
 	uint64_t t1 = ep.t_pause + ep.pause_ns, e = ep.epoch;
+	r->last_t_pause = ep.t_pause;
 	hist_record(&r->pause_hist, ep.pause_ns);
 	pthread_mutex_lock(&r->lock); /* the sender fills in send_us of earlier entries */
 	r->tl[e % REMUS_TL] = (struct remus_tl){.epoch = e,
@@ -325,12 +344,45 @@ static void checkpoint(struct remus *r)
 	r->job_pending = true;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
+	return 0;
+}
+
+static void checkpoint(struct remus *r)
+{
+	(void)remus_checkpoint(r, NULL, false);
 }
 
 static void epoch_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	(void)loop, (void)revents;
 	checkpoint(w->data);
+}
+
+void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now)
+{
+	if (r->pstate == PS_SYNCING && r->first_ckpt && e >= r->first_ckpt) {
+		r->pstate = PS_PROTECTED;
+		struct json_object *f = json_object_new_object();
+		json_object_object_add(f, "peer", json_object_new_string(r->peer));
+		json_object_object_add(f, "mode", json_object_new_string(r->colo_on ? "colo" : "remus"));
+		json_object_object_add(f, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(f, "precopy_rounds",
+				       json_object_new_int64((int64_t)r->precopy_rounds));
+		remus_event_fields(r, "protected", e, f, "first epoch acknowledged by %s", r->peer);
+	}
+	if (r->reply_conn && r->first_ckpt && e >= r->first_ckpt) {
+		struct json_object *o = json_object_new_object();
+		json_object_object_add(o, "role", json_object_new_string("primary"));
+		json_object_object_add(o, "mode", json_object_new_string(r->colo_on ? "colo" : "remus"));
+		json_object_object_add(o, "peer", json_object_new_string(r->peer));
+		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)e));
+		json_object_object_add(o, "sync_ms",
+				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
+		json_object_object_add(o, "precopy_rounds",
+				       json_object_new_int64((int64_t)r->precopy_rounds));
+		remus_finish_reply(&r->reply_conn, o);
+	}
 }
 
 static void on_msg(void *opaque, const struct remus_msg *m)
@@ -350,6 +402,11 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	if (m->type == REMUS_MSG_REJECT) {
 		r->standby_rejected = true; /* it will not take over: its EOF follows */
 		r->reject_reason = (uint32_t)m->value;
+		return;
+	}
+	if (r->colo_on) {
+		if (m->type == REMUS_MSG_RECORD)
+			colo_primary_msg(r, m); /* COLO acks with CKPT_ACK, after the SVM resumed */
 		return;
 	}
 	if (m->type != REMUS_MSG_ACK || m->value <= r->acked_epoch || m->value >= r->next_epoch)
@@ -375,27 +432,7 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 			remus_ring_push(&r->ph_ring[REMUS_PH_ACK], now - t1);
 		}
 	}
-	if (r->pstate == PS_SYNCING && r->first_ckpt && m->value >= r->first_ckpt) {
-		r->pstate = PS_PROTECTED;
-		struct json_object *f = json_object_new_object();
-		json_object_object_add(f, "peer", json_object_new_string(r->peer));
-		json_object_object_add(f, "sync_ms",
-				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
-		json_object_object_add(f, "precopy_rounds",
-				       json_object_new_int64((int64_t)r->precopy_rounds));
-		remus_event_fields(r, "protected", m->value, f, "first epoch acknowledged by %s", r->peer);
-	}
-	if (r->reply_conn && r->first_ckpt && m->value >= r->first_ckpt) {
-		struct json_object *o = json_object_new_object();
-		json_object_object_add(o, "role", json_object_new_string("primary"));
-		json_object_object_add(o, "peer", json_object_new_string(r->peer));
-		json_object_object_add(o, "epoch", json_object_new_int64((int64_t)m->value));
-		json_object_object_add(o, "sync_ms",
-				       json_object_new_double((double)(now - r->protect_start_ns) / 1e6));
-		json_object_object_add(o, "precopy_rounds",
-				       json_object_new_int64((int64_t)r->precopy_rounds));
-		remus_finish_reply(&r->reply_conn, o);
-	}
+	remus_primary_acked(r, m->value, now);
 }
 
 /* Read everything the standby sent. Returns false when the session ended (EOF, error, ABANDONED). */
@@ -460,6 +497,15 @@ void remus_primary_async(struct remus *r, unsigned flags)
 		remus_primary_lost(r, "%s", e);
 		return;
 	}
+	if ((flags & RA_PRECOPY_DONE) && r->pstate == PS_SYNCING && r->colo_on) {
+		colo_primary_precopy_done(r);
+		return;
+	}
+	if (flags & RA_COLO) {
+		if (r->colo_on)
+			colo_primary_async(r);
+		return;
+	}
 	if ((flags & RA_PRECOPY_DONE) && r->pstate == PS_SYNCING) {
 		ev_timer_set(&r->epoch_w, 0, (double)r->interval_ms / 1e3);
 		ev_timer_again(r->loop, &r->epoch_w);
@@ -497,6 +543,35 @@ static int get_ms(struct json_object *req, const char *key, uint32_t def, uint32
 		return -EINVAL;
 	*out = (uint32_t)x;
 	return 0;
+}
+
+/* protect's COLO arguments: "mode", "checkpoint_interval_ms", "compare_timeout_ms". NULL when
+ * fine, else the error reply. */
+static struct json_object *colo_args(struct remus *r, struct json_object *req, bool *colo, uint32_t *civ,
+				     uint32_t *cto)
+{
+	struct json_object *j;
+
+	if (json_object_object_get_ex(req, "mode", &j)) {
+		const char *m = json_object_is_type(j, json_type_string) ? json_object_get_string(j) : "";
+		if (strcmp(m, "remus") && strcmp(m, "colo"))
+			return ctl_error("bad mode (remus or colo)");
+		*colo = !strcmp(m, "colo");
+	}
+	if (!*colo)
+		return NULL;
+	if (vmm_disk_count(r->v))
+		return ctl_error("--mode colo: not supported for a VM with --disk yet (the secondary's disk "
+				 "overlay is not built; --mode remus replicates disks; see docs/colo.md)");
+	if (get_ms(req, "checkpoint_interval_ms", COLO_DEFAULT_INTERVAL_MS, REMUS_MIN_INTERVAL_MS,
+		   REMUS_MAX_INTERVAL_MS, civ))
+		return ctl_error("bad checkpoint_interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS,
+				 REMUS_MAX_INTERVAL_MS);
+	if (get_ms(req, "compare_timeout_ms", 100, 1, 60000, cto))
+		return ctl_error("bad compare_timeout_ms (1..60000)");
+	if (!vmm_net_count(r->v))
+		return ctl_error("--mode colo needs a network device (--net): it compares output");
+	return NULL;
 }
 
 static void protect_start_event(struct remus *r)
@@ -635,6 +710,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	if (get_ms(req, "heartbeat_timeout_ms", 200, REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS, &to))
 		return ctl_error("bad heartbeat_timeout_ms (%u..%u)", REMUS_MIN_TIMEOUT_MS,
 				 REMUS_MAX_TIMEOUT_MS);
+	bool colo = false;
+	uint32_t civ = COLO_DEFAULT_INTERVAL_MS, cto = 0;
+	struct json_object *bad = colo_args(r, req, &colo, &civ, &cto);
+	if (bad)
+		return bad;
 	fd = protect_connect(r, req, peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
 	if (fd < 0)
 		return ctl_error("%s", err);
@@ -669,13 +749,19 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 		}
 		memset(r->tx.data, 0, r->tx.cap * GUEST_PAGE_SIZE);
 	}
+	if (colo && colo_primary_start(r, civ, cto, err, sizeof(err))) {
+		ckpt_engine_stop(&r->eng);
+		close(fd);
+		return ctl_error("%s", err);
+	}
+	r->colo_on = colo;
 	snprintf(r->peer, sizeof(r->peer), "%s", peer);
 	pthread_mutex_lock(&r->lock); /* metrics count bytes across sessions */
 	r->raw_base += r->bytes_raw;
 	r->wire_base += r->bytes_wire;
 	r->bytes_raw = r->bytes_wire = 0;
 	pthread_mutex_unlock(&r->lock);
-	r->interval_ms = iv;
+	r->interval_ms = colo ? civ : iv;
 	r->hb_timeout_ms = to;
 	r->lost_policy = lp;
 	r->fence_grace_ms = grace;
@@ -693,8 +779,10 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	r->last_error[0] = 0;
 	r->last_rx_ns = r->protect_start_ns = now_ns();
 	r->role = REMUS_PRIMARY;
-	netbuf_begin(r->nb);
-	vmm_set_tx_hook(r->v, tx_hook, r);
+	if (!colo) {
+		netbuf_begin(r->nb);
+		vmm_set_tx_hook(r->v, tx_hook, r);
+	}
 	ev_init(&r->epoch_w, epoch_cb);
 	r->epoch_w.data = r;
 	ev_io_init(&r->rx_w, rx_cb, fd, EV_READ);

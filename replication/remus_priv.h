@@ -15,6 +15,7 @@
 #include "replication/tls.h"
 #include "replication/remus.h"
 #include "replication/remus_proto.h"
+#include "replication/colo_priv.h"
 
 struct ctl_conn;
 struct witness;
@@ -97,6 +98,8 @@ struct remus_tl {
 #define RA_FORCE_EPOCH 4u
 #define RA_READER_ENDED 8u
 #define RA_READER_CONNECTED 16u
+#define RA_COLO 32u /* primary: the comparator diverged */
+#define RA_COLO_START 64u /* COLO standby: the first state is in, start the vCPUs */
 
 struct remus {
 	struct vmm *v;
@@ -109,6 +112,8 @@ struct remus {
 	unsigned async_flags; /* atomic */
 	char peer[128];
 	uint32_t interval_ms, hb_timeout_ms;
+	struct colo *colo; /* COLO (--mode colo) state, NULL until first used */
+	bool colo_on; /* primary: this session is COLO */
 	struct remus_evsum events[REMUS_MAX_EVENTS]; /* the last events, oldest first (status) */
 	int nr_events;
 	uint64_t nr_failovers, nr_fenced;
@@ -172,6 +177,8 @@ struct remus {
 	uint64_t protect_start_ns;
 	/* primary stats */
 	struct remus_ring pause_ns, ack_ns;
+	struct remus_ring colo_pause_ns; /* COLO: the PVM's pause, epoch pause to the SVM's ack */
+	uint64_t last_t_pause; /* now_ns() at the last epoch's pause */
 	uint64_t epochs, skipped, forced, dirty_last, dirty_total, precopy_pages, precopy_rounds;
 	uint64_t bytes_raw, bytes_wire; /* lock (sender) */
 	uint64_t send_ns_last; /* lock */
@@ -208,6 +215,7 @@ struct remus {
 	struct virtio_blk *sdisk[DISK_MAX]; /* this standby's disks */
 	int nr_sdisk;
 	uint32_t disks_verified; /* reader: a bit per disk whose DISK_INFO matched this connection */
+	bool colo_mode; /* lock: the primary's HELLO asked for COLO */
 	struct ckpt_state committed; /* lock */
 	bool have_committed; /* lock */
 	uint64_t committed_epoch; /* lock */
@@ -250,6 +258,12 @@ void remus_primary_abandon(struct remus *r, const char *fmt, ...) __attribute__(
 /* vmm exit (stop): end replication with ABANDON, synchronously (the loop no longer runs). */
 void remus_primary_exit(struct remus *r);
 const char *remus_pstate_name(enum remus_pstate s);
+/* One checkpoint through the engine (pause, sync | merge, capture, stage, commit, resume unless
+ * stay_paused), handed to the sender (Remus: job_pending; COLO: also queued in order by the
+ * caller). 0, or -1 when nothing was staged (skipped, abandoned, or the VM stops). */
+int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused);
+/* The standby acknowledged epoch e (loop): state protected, the deferred `protect` reply. */
+void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now);
 
 /* remus_phases.c */
 void remus_phases_status(struct remus *r, struct json_object *o);

@@ -36,7 +36,11 @@ enum remus_msg_type {
 	REMUS_MSG_DISK_SUMS = 6, /* value = disk << 48 | number of 64 KiB blocks; DISK_SUM follow */
 	REMUS_MSG_DISK_SUM = 7, /* value = xxh64 of the next block */
 	REMUS_MSG_DISK_SUMS_END = 8, /* value = number of disks; sent also without disks */
+	/* COLO, standby -> primary: a stream-style record follows the message: value = u32 record
+	 * type (SR_REC_COLO_*) | u32 body length << 32; then the body, zero-padded to 8 bytes. */
+	REMUS_MSG_RECORD = 9,
 };
+#define REMUS_MSG_MAX_BODY (16u << 20) /* a record body (the SVM's dirty bitmap of 512 GiB) */
 enum remus_reject_reason {
 	REMUS_REJECT_STATE = 1, /* machine state does not fit this standby (devices, vCPUs) */
 	REMUS_REJECT_STREAM = 2, /* a corrupt or malformed epoch */
@@ -51,6 +55,9 @@ enum remus_reject_reason {
 struct remus_msg {
 	uint32_t type;
 	uint64_t value;
+	/* REMUS_MSG_RECORD (remus_msgbuf_feed only): the record */
+	uint32_t rec_type, rec_len;
+	const uint8_t *body;
 };
 
 /* Encode into out (REMUS_MSG_SIZE bytes). */
@@ -58,7 +65,10 @@ void remus_msg_encode(uint8_t *out, uint32_t type, uint64_t value);
 /* Decode REMUS_MSG_SIZE bytes. Returns 0, or -EBADMSG (bad magic or unknown type). */
 int remus_msg_decode(const uint8_t *in, struct remus_msg *m) __attribute__((warn_unused_result));
 
-/* HELLO value <-> settings. remus_hello_parse returns 0 or -EINVAL when out of the ranges above. */
+/* HELLO flag: the primary runs COLO (docs/colo.md), not Remus. */
+#define REMUS_HELLO_COLO (1ull << 63)
+
+/* HELLO value <-> settings (remus_hello_parse ignores REMUS_HELLO_COLO). remus_hello_parse returns 0 or -EINVAL when out of the ranges above. */
 uint64_t remus_hello_value(uint32_t interval_ms, uint32_t timeout_ms);
 int remus_hello_parse(uint64_t value, uint32_t *interval_ms, uint32_t *timeout_ms)
 	__attribute__((warn_unused_result));
@@ -72,9 +82,17 @@ bool remus_read_error_is_transport(int rc);
 struct remus_msgbuf {
 	uint8_t b[REMUS_MSG_SIZE];
 	size_t n;
+	/* the body of a REMUS_MSG_RECORD being read (grown as needed, up to REMUS_MSG_MAX_BODY) */
+	uint8_t *body;
+	size_t body_cap, body_want, body_got; /* want: length + pad; 0 when no body is pending */
+	struct remus_msg rec;
 };
+/* Free the body buffer (the struct may be reused). */
+void remus_msgbuf_free(struct remus_msgbuf *mb);
+/* Encode the 16-byte header of a REMUS_MSG_RECORD with body length len into out. */
+void remus_record_header(uint8_t *out, uint32_t rec_type, uint32_t len);
 typedef void (*remus_msg_fn)(void *opaque, const struct remus_msg *m);
-/* Feed len bytes; calls fn for each complete message in order. Returns the number of messages, or
+/* Feed len bytes; calls fn for each complete message (a RECORD with its body) in order. Returns the number of messages, or
  * -EBADMSG at the first bad one (messages before it were delivered; the stream is then unusable). */
 int remus_msgbuf_feed(struct remus_msgbuf *mb, const uint8_t *data, size_t len, remus_msg_fn fn, void *opaque)
 	__attribute__((warn_unused_result));

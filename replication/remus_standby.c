@@ -29,6 +29,10 @@ static void send_msg(struct remus *r, uint32_t type, uint64_t value)
 	if (r->cfd < 0)
 		return;
 	remus_msg_encode(m, type, value);
+	if (r->colo_mode) {
+		(void)colo_txq_put(r->colo, m, sizeof(m), NULL, 0, false); /* one writer for COLO */
+		return;
+	}
 	ssize_t n = send(r->cfd, m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL);
 	if (n > 0 && n < (ssize_t)sizeof(m))
 		shutdown(r->cfd, SHUT_RDWR); /* a torn message would desynchronise the primary */
@@ -36,6 +40,8 @@ static void send_msg(struct remus *r, uint32_t type, uint64_t value)
 
 static void reader_end(struct remus *r, bool failover, const char *why)
 {
+	if (r->colo_mode)
+		colo_standby_end(r); /* drains what is queued (ACK, ABANDONED, REJECT) first */
 	pthread_mutex_lock(&r->lock);
 	r->want_failover = failover;
 	r->lost_ns = now_ns();
@@ -247,7 +253,12 @@ static void *reader_main(void *arg)
 		return NULL;
 	}
 	in.deadline_ns = 0;
+	if ((m.value & REMUS_HELLO_COLO) && colo_standby_begin(r, r->cfd)) {
+		reader_end(r, false, "cannot start the COLO secondary: out of memory");
+		return NULL;
+	}
 	pthread_mutex_lock(&r->lock);
+	r->colo_mode = (m.value & REMUS_HELLO_COLO) != 0;
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
 	r->connected = true;
@@ -266,6 +277,8 @@ static void *reader_main(void *arg)
 		reader_end(r, false, "out of memory");
 		return NULL;
 	}
+	if (r->colo_mode)
+		sr_set_optional_hook(rd, colo_standby_record, r);
 	rc = sr_read_header(rd, &h);
 	if (!rc)
 		rc = sr_header_check_mem(&h, gm, err, sizeof(err));
@@ -303,6 +316,8 @@ static void *reader_main(void *arg)
 		rc = ckpt_read_epoch(rd, &r->stg, direct ? gm : NULL, err, sizeof(err));
 		if (rc == 0) {
 			/* END: the primary's ABANDON. Say so and stay held: no takeover. */
+			if (r->colo_mode && r->colo->svm_running && !r->colo->svm_paused && !vm_pause(r->vm))
+				r->colo->svm_paused = true; /* a running secondary stops: a hold */
 			pthread_mutex_lock(&r->lock);
 			r->abandoned = true;
 			send_msg(r, REMUS_MSG_ABANDONED, r->committed_epoch);
@@ -324,8 +339,14 @@ static void *reader_main(void *arg)
 			reader_end(r, false, "rejected an epoch with pages but no machine state");
 			break;
 		}
+		bool stateful = r->stg.have_state;
 		if (commit_epoch(r, direct, in.bytes))
 			break;
+		if (r->colo_mode && stateful && colo_standby_applied(r, err, sizeof(err))) {
+			snprintf(why, sizeof(why), "COLO: cannot apply a checkpoint: %.200s", err);
+			reader_end(r, false, why);
+			break;
+		}
 	}
 	sr_ctx_free(rd);
 	return NULL;
@@ -428,9 +449,15 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 		close(r->lfd);
 	r->lfd = -1;
 	ckpt_stage_free(&r->stg);
-	rc = ckpt_state_apply(&r->committed, r->vm, err, errlen);
-	if (!rc)
-		rc = vmm_start_vcpus(r->v);
+	if (r->colo_mode && r->colo->svm_running) {
+		/* COLO: the secondary already runs with a state every released output agrees with */
+		rc = colo_standby_takeover(r, err, errlen);
+		r->colo_mode = false;
+	} else {
+		rc = ckpt_state_apply(&r->committed, r->vm, err, errlen);
+		if (!rc)
+			rc = vmm_start_vcpus(r->v);
+	}
 	if (rc) {
 		if (!*err)
 			errf(err, errlen, rc, "cannot start vCPUs: %s", strerror(-rc));

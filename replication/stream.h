@@ -37,6 +37,14 @@
 #define SR_DEV_NAME_LEN 32u /* includes the terminating NUL */
 
 #define SR_REC_OPTIONAL 0x80000000u
+/* COLO records (docs/stream.md, docs/colo.md), all optional: plain readers skip them.
+ * PVM -> SVM on the checkpoint stream: INBOUND, CKPT_REQ. SVM -> PVM as REMUS_MSG_RECORD bodies:
+ * OUTPUT, DIRTY, CKPT_ACK. Little endian. */
+#define SR_REC_COLO_INBOUND (SR_REC_OPTIONAL | 0x200u) /* u32 netidx, u32 0, frame: for the SVM's NIC */
+#define SR_REC_COLO_OUTPUT (SR_REC_OPTIONAL | 0x201u) /* u32 netidx, u32 0, frame the SVM sent */
+#define SR_REC_COLO_DIRTY (SR_REC_OPTIONAL | 0x202u) /* u64 epoch, u64 nr_pages, bitmap (u64 words) */
+#define SR_REC_COLO_CKPT_REQ (SR_REC_OPTIONAL | 0x203u) /* u64 epoch, u32 reason, u32 0: pause, send DIRTY */
+#define SR_REC_COLO_CKPT_ACK (SR_REC_OPTIONAL | 0x204u) /* u64 epoch, u64 apply ns: applied, running */
 enum sr_rec_type {
 	SR_REC_PAGE_DATA = 1,
 	SR_REC_ZERO_PAGES = 2,
@@ -248,6 +256,12 @@ int sr_decode_delta(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn 
 /* Same for ZERO_PAGES. */
 int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn, void *opaque)
 	__attribute__((warn_unused_result));
+
+/* Reader: fn sees every optional record ckpt/sr readers would skip (type, body, length), in stream
+ * order, before the next record is read; a non-zero return fails the read with that errno. NULL
+ * removes it. */
+typedef int (*sr_optional_fn)(void *opaque, uint32_t type, const uint8_t *body, uint32_t len);
+void sr_set_optional_hook(struct sr_ctx *rd, sr_optional_fn fn, void *opaque);
 
 /* Name of a record type ("PAGE_DATA", "OPTIONAL(0x80000007)", ...), into buf. */
 const char *sr_type_name(uint32_t type, char *buf, size_t len);

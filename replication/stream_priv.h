@@ -53,6 +53,8 @@ struct sr_ctx {
 	ZSTD_DCtx *dctx;
 	uint8_t *body, *pages; /* record body (+pad), 2 MiB decompression buffer */
 	size_t body_cap;
+	sr_optional_fn opt_fn;
+	void *opt_opaque;
 
 	struct sr_stats st;
 };

@@ -419,7 +419,14 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 			ctx->ended = true;
 			return 0;
 		default:
-			continue; /* unknown optional: skipped, but hashed and counted */
+			/* unknown optional: skipped, but hashed and counted (and shown to the hook) */
+			if (ctx->opt_fn) {
+				rc = ctx->opt_fn(ctx->opt_opaque, rec->type, rec->body, rec->length);
+				if (rc)
+					return sr_fail(ctx, rc, "stream: record %s refused: %s", tn,
+						       strerror(-rc));
+			}
+			continue;
 		}
 	}
 }
@@ -494,4 +501,10 @@ int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zer
 			return rc;
 	}
 	return 0;
+}
+
+void sr_set_optional_hook(struct sr_ctx *rd, sr_optional_fn fn, void *opaque)
+{
+	rd->opt_fn = fn;
+	rd->opt_opaque = opaque;
 }

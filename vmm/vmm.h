@@ -168,6 +168,17 @@ void vmm_set_tx_hook(struct vmm *v, vmm_tx_hook fn, void *opaque);
 /* Write one frame to net device netidx's tap (any thread). 0 or -errno (-EAGAIN: tap full, dropped). */
 int vmm_net_output(struct vmm *v, int netidx, const void *frame, size_t len);
 int vmm_net_count(const struct vmm *v);
+/* Input hook (COLO): fn sees every frame the taps deliver to the guest, on the loop thread, before
+ * delivery (the frame is valid during the call only). fn NULL removes it. */
+typedef void (*vmm_rx_hook)(void *opaque, int netidx, const void *frame, size_t len);
+void vmm_set_rx_hook(struct vmm *v, vmm_rx_hook fn, void *opaque);
+/* Deliver one frame into net device netidx of the guest as if its tap had received it (any thread;
+ * through the DMA gate, queued in the device while the VM is paused). 0 or -errno (-EINVAL bad
+ * netidx, -ENOBUFS device queue full, -ENETDOWN driver not ready, -EMSGSIZE). */
+int vmm_net_inject(struct vmm *v, int netidx, const void *frame, size_t len);
+/* Take frames from the taps (on) or drop them (off): a COLO secondary runs with its taps off and
+ * gets its input through vmm_net_inject. vmm_start_vcpus turns them on. */
+void vmm_net_rx_tap(struct vmm *v, bool on);
 /* Announce the guest on every network: a gratuitous ARP for the guest's IPv4 address (learned from
  * its own output), an unsolicited neighbour advertisement for its IPv6 address when it has one, and
  * a RARP with its MAC (what QEMU sends) so bridges relearn the port. Returns frames sent. */

@@ -72,6 +72,34 @@ int vmm_net_output(struct vmm *v, int netidx, const void *frame, size_t len)
 	return virtio_net_tap_output(v->net[netidx].dev, frame, len);
 }
 
+static void rx_hook(void *opaque, const void *frame, size_t len)
+{
+	struct vmm_net *n = opaque;
+
+	if (n->v->rx_hook)
+		n->v->rx_hook(n->v->rx_hook_opaque, n->idx, frame, len);
+}
+
+void vmm_set_rx_hook(struct vmm *v, vmm_rx_hook fn, void *opaque)
+{
+	v->rx_hook = fn;
+	v->rx_hook_opaque = opaque;
+	for (int i = 0; i < v->nr_net; i++)
+		virtio_net_set_rx_hook(v->net[i].dev, fn ? rx_hook : NULL, &v->net[i]);
+}
+
+int vmm_net_inject(struct vmm *v, int netidx, const void *frame, size_t len)
+{
+	if (netidx < 0 || netidx >= v->nr_net)
+		return -EINVAL;
+	return virtio_net_inject(v->net[netidx].dev, frame, len);
+}
+
+void vmm_net_rx_tap(struct vmm *v, bool on)
+{
+	vmm_net_rx_enable_all(v, on);
+}
+
 int vmm_net_count(const struct vmm *v)
 {
 	return v->nr_net;

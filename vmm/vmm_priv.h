@@ -65,6 +65,8 @@ struct vmm {
 	struct virtio_blk *disk[VMM_MAX_DISKS];
 	int nr_disk;
 	vmm_tx_hook tx_hook;
+	vmm_rx_hook rx_hook; /* loop thread */
+	void *rx_hook_opaque;
 	void *tx_hook_opaque;
 	bool held; /* vCPUs not started yet (standby / incoming) */
 	bool user_paused; /* `doppel pause` holds the VM */

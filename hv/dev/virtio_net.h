@@ -131,6 +131,15 @@ int virtio_net_tap_output(void *dev, const void *frame, size_t len);
  * replica or an incoming migration, whose memory must only change through the stream). */
 void virtio_net_rx_enable(struct virtio_net *dev, bool on);
 
+/* Deliver one frame into the guest as if the tap had received it (any thread): through the DMA gate
+ * (virtio_net_rx_queue), or held in the device's queue while the VM is paused (virtio_net_rx_hold).
+ * Independent of virtio_net_rx_enable. Returns what those return. */
+int virtio_net_inject(struct virtio_net *dev, const void *frame, size_t len);
+/* Called on the loop thread with every tap frame about to be delivered to the guest (rx enabled);
+ * fn NULL removes it. The frame is only valid during the call. */
+typedef void (*virtio_net_rx_hook_fn)(void *opaque, const void *frame, size_t len);
+void virtio_net_set_rx_hook(struct virtio_net *dev, virtio_net_rx_hook_fn fn, void *opaque);
+
 /* The tap fd, or -1 when not attached. */
 int virtio_net_tap_fd(struct virtio_net *dev);
 

@@ -1,5 +1,6 @@
 /* virtio_net_attach.c — virtio-net on a VM: tap backend, MMIO slot, IRQ line, RX watcher, ops. */
 #include <errno.h>
+#include <pthread.h>
 #include <ev.h>
 #include <net/if.h>
 #include <stdio.h>
@@ -24,6 +25,9 @@ struct net_port {
 	ev_io w;
 	bool rx_enabled; /* false while the VM does not run (standby, incoming): frames are dropped
 	                  */
+	virtio_net_rx_hook_fn rx_hook; /* sees every tap frame delivered to the guest (COLO) */
+	void *rx_hook_opaque;
+	pthread_mutex_t hook_lock;
 	char ifname[IFNAMSIZ];
 	uint8_t buf[VNET_MAX_FRAME + 1];
 };
@@ -86,15 +90,42 @@ static void rx_cb(struct ev_loop *loop, ev_io *w, int revents)
 		if (!__atomic_load_n(&p->rx_enabled, __ATOMIC_ACQUIRE))
 			continue; /* a replica must not receive: its memory belongs to the primary
 			           */
-		/* Into guest RAM only through the DMA gate: while a checkpoint (or anyone) holds the VM
-		 * paused, frames wait in the device's queue and go in from resumed_cb. Drops are counted. */
-		if (vm_dma_begin(p->vm)) {
-			(void)virtio_net_rx_queue(p->dev, p->buf, (size_t)n);
-			vm_dma_end(p->vm);
-		} else {
-			(void)virtio_net_rx_hold(p->dev, p->buf, (size_t)n);
-		}
+		pthread_mutex_lock(&p->hook_lock);
+		if (p->rx_hook)
+			p->rx_hook(p->rx_hook_opaque, p->buf, (size_t)n);
+		pthread_mutex_unlock(&p->hook_lock);
+		(void)virtio_net_inject(p->dev, p->buf, (size_t)n);
 	}
+}
+
+int virtio_net_inject(struct virtio_net *dev, const void *frame, size_t len)
+{
+	struct net_port *p = virtio_net_backend(dev);
+	int rc;
+
+	if (!p)
+		return -ENODEV;
+	/* Into guest RAM only through the DMA gate: while a checkpoint (or anyone) holds the VM
+	 * paused, frames wait in the device's queue and go in from resumed_cb. Drops are counted. */
+	if (vm_dma_begin(p->vm)) {
+		rc = virtio_net_rx_queue(p->dev, frame, len);
+		vm_dma_end(p->vm);
+	} else {
+		rc = virtio_net_rx_hold(p->dev, frame, len);
+	}
+	return rc;
+}
+
+void virtio_net_set_rx_hook(struct virtio_net *dev, virtio_net_rx_hook_fn fn, void *opaque)
+{
+	struct net_port *p = virtio_net_backend(dev);
+
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->hook_lock);
+	p->rx_hook = fn;
+	p->rx_hook_opaque = opaque;
+	pthread_mutex_unlock(&p->hook_lock);
 }
 
 /* ---- hv_dev_ops ---- */
@@ -153,6 +184,7 @@ static void detach_cb(void *opaque)
 	if (p->fd >= 0)
 		close(p->fd);
 	virtio_net_destroy(p->dev);
+	pthread_mutex_destroy(&p->hook_lock);
 	free(p);
 }
 
@@ -181,6 +213,7 @@ int virtio_net_attach(struct vm *vm, const char *name, const struct virtio_net_c
 		return errf(err, errlen, -ENOMEM, "net: out of memory");
 	p->fd = -1;
 	p->rx_enabled = true;
+	pthread_mutex_init(&p->hook_lock, NULL);
 	p->vm = vm;
 	rc = tap_open(c->ifname, p->ifname, 0, err, errlen);
 	if (rc < 0)

@@ -136,8 +136,66 @@ static void test_new_messages(void **state)
 	remus_msg_encode(b, REMUS_MSG_DISK_SUMS_END, 1);
 	assert_int_equal(remus_msg_decode(b, &m), 0);
 	assert_int_equal(m.type, REMUS_MSG_DISK_SUMS_END);
-	remus_msg_encode(b, REMUS_MSG_DISK_SUMS_END + 1, 0);
+	remus_msg_encode(b, REMUS_MSG_RECORD + 1, 0);
 	assert_int_equal(remus_msg_decode(b, &m), -EBADMSG);
+}
+
+struct rec_got {
+	int n;
+	uint32_t type[4], len[4];
+	uint8_t body[4][64];
+};
+
+static void on_rec(void *opaque, const struct remus_msg *m)
+{
+	struct rec_got *g = opaque;
+
+	if (g->n < 4) {
+		g->type[g->n] = m->type == REMUS_MSG_RECORD ? m->rec_type : m->type;
+		g->len[g->n] = m->rec_len;
+		if (m->body && m->rec_len <= 64)
+			memcpy(g->body[g->n], m->body, m->rec_len);
+	}
+	g->n++;
+}
+
+/* COLO: REMUS_MSG_RECORD carries a padded body; messages around it stay intact, in any pieces. */
+static void test_record_messages(void **state)
+{
+	uint8_t b[16 + 16 + 16 + 16 + 16];
+	struct remus_msgbuf mb = {0};
+	struct rec_got g = {0};
+	uint32_t opt = 0x80000201u;
+
+	(void)state;
+	remus_msg_encode(b, REMUS_MSG_HEARTBEAT, 7);
+	remus_record_header(b + 16, opt, 11);
+	memcpy(b + 32, "hello world\0\0\0\0\0", 16);
+	remus_record_header(b + 48, opt, 0); /* an empty body */
+	remus_msg_encode(b + 64, REMUS_MSG_ACK, 9);
+	for (size_t i = 0; i < sizeof(b); i += 3)
+		assert_true(remus_msgbuf_feed(&mb, b + i, sizeof(b) - i < 3 ? sizeof(b) - i : 3, on_rec,
+					      &g) >= 0);
+	assert_int_equal(g.n, 4);
+	assert_int_equal(g.type[0], REMUS_MSG_HEARTBEAT);
+	assert_int_equal(g.type[1], opt);
+	assert_int_equal(g.len[1], 11);
+	assert_memory_equal(g.body[1], "hello world", 11);
+	assert_int_equal(g.type[2], opt);
+	assert_int_equal(g.len[2], 0);
+	assert_int_equal(g.type[3], REMUS_MSG_ACK);
+	/* a mandatory record type, or a body over the bound, ends the stream */
+	remus_msgbuf_free(&mb);
+	remus_record_header(b, 0x201u, 4);
+	assert_int_equal(remus_msgbuf_feed(&mb, b, 16, on_rec, &g), -EBADMSG);
+	remus_msgbuf_free(&mb);
+	remus_record_header(b, opt, REMUS_MSG_MAX_BODY + 1);
+	assert_int_equal(remus_msgbuf_feed(&mb, b, 16, on_rec, &g), -EBADMSG);
+	remus_msgbuf_free(&mb);
+	/* the HELLO's COLO flag is not part of the settings */
+	uint32_t iv, to;
+	assert_int_equal(remus_hello_parse(remus_hello_value(2000, 200) | REMUS_HELLO_COLO, &iv, &to), 0);
+	assert_true(iv == 2000 && to == 200);
 }
 
 int main(void)
@@ -148,6 +206,7 @@ int main(void)
 		cmocka_unit_test(test_hello),
 		cmocka_unit_test(test_reassembly),
 		cmocka_unit_test(test_read_error_classes),
+		cmocka_unit_test(test_record_messages),
 		cmocka_unit_test(test_new_messages),
 	};
 

@@ -11,7 +11,9 @@
 
 static void usage(void)
 {
-	printf("usage: doppel protect NAME --peer ADDR:PORT [--interval MS] [--heartbeat-timeout MS]\n"
+	printf("usage: doppel protect NAME --peer ADDR:PORT [--mode remus|colo] [--interval MS]\n"
+	       "                       [--checkpoint-interval MS] [--compare-timeout MS] "
+	       "[--heartbeat-timeout MS]\n"
 	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
 	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
 	       "                       [--delta-cache SIZE]\n"
@@ -29,6 +31,13 @@ static void usage(void)
 	       "the guest, drops held output and exits (status 3) after --fence-grace ms.\n"
 	       "\n"
 	       "  -p, --peer ADDR:PORT          the standby ([IPv6]:PORT for IPv6)\n"
+	       "  -m, --mode MODE               remus (default): checkpoint every --interval, hold output\n"
+	       "                                until acknowledged; colo: the standby runs in lockstep on\n"
+	       "                                the same input, output is released as soon as both VMs\n"
+	       "                                produced it, a checkpoint only on divergence (docs/colo.md)\n"
+	       "      --checkpoint-interval MS  colo: periodic checkpoint (default 2000, 1..10000)\n"
+	       "      --compare-timeout MS      colo: an unmatched output forces a checkpoint after MS\n"
+	       "                                (default 100)\n"
 	       "  -i, --interval MS             checkpoint interval (default 25)\n"
 	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n"
 	       "  -l, --standby-lost POLICY     release, hold or fence (default release)\n"
@@ -60,9 +69,12 @@ static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
 	json_object_object_get_ex(reply, "epoch", &e);
 	json_object_object_get_ex(reply, "sync_ms", &ms);
 	json_object_object_get_ex(reply, "peer", &peer);
-	printf("protected %s -> %s (first checkpoint epoch %lld acknowledged after %.0f ms)\n", o->label,
-	       peer ? json_object_get_string(peer) : "?", e ? (long long)json_object_get_int64(e) : 0LL,
-	       ms ? json_object_get_double(ms) : 0.0);
+	struct json_object *md = NULL;
+	json_object_object_get_ex(reply, "mode", &md);
+	printf("protected %s -> %s%s (first checkpoint epoch %lld acknowledged after %.0f ms)\n", o->label,
+	       peer ? json_object_get_string(peer) : "?",
+	       md && !strcmp(json_object_get_string(md), "colo") ? " (colo)" : "",
+	       e ? (long long)json_object_get_int64(e) : 0LL, ms ? json_object_get_double(ms) : 0.0);
 }
 
 int cmd_protect(int argc, char **argv)
@@ -70,6 +82,9 @@ int cmd_protect(int argc, char **argv)
 	static const struct option opts[] = {
 		DOPPEL_CTL_LONGOPTS,
 		{"peer", required_argument, NULL, 'p'},
+		{"mode", required_argument, NULL, 'm'},
+		{"checkpoint-interval", required_argument, NULL, 'C'},
+		{"compare-timeout", required_argument, NULL, 'K'},
 		{"interval", required_argument, NULL, 'i'},
 		{"heartbeat-timeout", required_argument, NULL, 'H'},
 		{"standby-lost", required_argument, NULL, 'l'},
@@ -86,7 +101,8 @@ int cmd_protect(int argc, char **argv)
 	struct doppel_ctl_opts o;
 	struct json_object *req;
 	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL, *tls_dir = NULL,
-		   *tls_peer = NULL;
+		   *tls_peer = NULL, *mode = NULL;
+	uint64_t civ = 0, cto = 0;
 	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0, dcache = 0;
 	bool have_dcache = false;
 	int c, rc;
@@ -94,7 +110,7 @@ int cmd_protect(int argc, char **argv)
 	doppel_ctl_opts_init(&o, "protect");
 	o.timeout_ms = 120000; /* the first full copy takes a while */
 	doppel_getopt_reset();
-	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "p:i:H:l:g:w:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "p:i:H:l:g:w:m:", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();
 			return DOPPEL_EXIT_OK;
@@ -103,6 +119,21 @@ int cmd_protect(int argc, char **argv)
 			return doppel_bad_option("protect", c, argv);
 		if (c == 'p') {
 			peer = optarg;
+		} else if (c == 'm') {
+			if (strcmp(optarg, "remus") && strcmp(optarg, "colo"))
+				return doppel_usage_error("protect", "bad --mode '%s' (remus or colo)",
+							  optarg);
+			mode = optarg;
+		} else if (c == 'C') {
+			if (parse_uint(optarg, 1, 10000, &civ))
+				return doppel_usage_error(
+					"protect", "bad --checkpoint-interval '%s' (milliseconds, 1..10000)",
+					optarg);
+		} else if (c == 'K') {
+			if (parse_uint(optarg, 1, 60000, &cto))
+				return doppel_usage_error(
+					"protect", "bad --compare-timeout '%s' (milliseconds, 1..60000)",
+					optarg);
 		} else if (c == 'i') {
 			if (parse_uint(optarg, 1, 10000, &interval))
 				return doppel_usage_error(
@@ -154,8 +185,18 @@ int cmd_protect(int argc, char **argv)
 		return rc;
 	if (!peer || !*peer)
 		return doppel_usage_error("protect", "missing --peer ADDR:PORT");
+	bool colo = mode && !strcmp(mode, "colo");
+	if (!colo && (civ || cto))
+		return doppel_usage_error("protect",
+					  "--checkpoint-interval and --compare-timeout need --mode colo");
 	req = json_object_new_object();
 	json_object_object_add(req, "cmd", json_object_new_string("protect"));
+	if (mode)
+		json_object_object_add(req, "mode", json_object_new_string(mode));
+	if (civ)
+		json_object_object_add(req, "checkpoint_interval_ms", json_object_new_int((int)civ));
+	if (cto)
+		json_object_object_add(req, "compare_timeout_ms", json_object_new_int((int)cto));
 	json_object_object_add(req, "peer", json_object_new_string(peer));
 	json_object_object_add(req, "interval_ms", json_object_new_int((int)interval));
 	json_object_object_add(req, "heartbeat_timeout_ms", json_object_new_int((int)timeout));

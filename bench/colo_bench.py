@@ -1,0 +1,179 @@
+"""colo_bench.py — the same guest and clients, interleaved, RUNS runs each: unprotected (beside a second,
+idle VM of the same guest, as COLO's secondary shares the machine), Remus at 25 ms, and COLO
+(deterministic workload). Per run: a paced KV INCR load (doppel-kv --load: ops/s, p50/p99 latency)
+and redis-benchmark SET/GET (ops/s, p50/p99). For the protected modes: checkpoints (epochs) per
+second and the pause per checkpoint from `doppel status`. Writes bench/results/colo.json and
+docs/perf/colo.md. QEMU's COLO is not run here yet (see docs/colo.md).
+
+Env: DOPPEL_BUILD, RUNS (3), KV_N (2000), KV_RATE (1000/s), REDIS_N (5000), CONNS (20)."""
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "system"))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import netns  # noqa: E402
+from benchlib import write_fragment, write_json  # noqa: E402
+from kvserver import run_load  # noqa: E402
+from vmproc import ctl  # noqa: E402
+
+BUILD = os.environ.get("DOPPEL_BUILD") or os.path.join(REPO, "build")
+DOPPEL, GUEST, KV = (os.path.join(BUILD, x) for x in ("doppel", "guest.elf", "doppel-kv"))
+RUNS = int(os.environ.get("RUNS", "3"))
+KV_N = int(os.environ.get("KV_N", "2000"))
+KV_RATE = int(os.environ.get("KV_RATE", "1000"))
+REDIS_N = int(os.environ.get("REDIS_N", "5000"))
+CONNS = int(os.environ.get("CONNS", "20"))
+MAC = "52:54:00:12:34:58"
+CMDLINE = f"work=kv isn=fixed ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}"
+MODES = ("unprotected", "remus25", "colo")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_argv(tmp, name, extra, kernel=True):
+    argv = [DOPPEL, "run", "--name", name, "--mem", "64M", "--serial", f"file:{os.path.join(tmp, name + '.serial')}",
+            "--control", os.path.join(tmp, f"{name}.sock"), *extra]
+    return argv + (["--kernel", GUEST, "--cmdline", CMDLINE] if kernel else [])
+
+
+def serving(tmp, name):
+    try:
+        with open(os.path.join(tmp, name + ".serial"), errors="replace") as f:
+            return "kv: tcp resp=6379" in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def start(mode, topo, tmp, i):
+    """Returns (procs, primary control socket)."""
+    procs = []
+    pa, pb = f"p{i}", f"s{i}"
+    net = ["--net", f"tap=cbn{i}x,bridge=br0,mac={MAC}"]
+    if mode == "unprotected":
+        # the second, idle VM of the same guest on hostB, without network: it only takes CPU
+        procs.append(topo.popen(topo.hostB, vm_argv(tmp, pb, []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL))
+        procs.append(topo.popen(topo.hostA, vm_argv(tmp, pa, net), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL))
+        netns.wait_for(lambda: serving(tmp, pa), 30, what="guest serving")
+        return procs, os.path.join(tmp, f"{pa}.sock")
+    listen = f"{netns.REPL_B_IP}:{free_port()}"
+    procs.append(topo.popen(topo.hostB, vm_argv(tmp, pb, ["--standby", "--listen", listen, *net], kernel=False),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(topo.popen(topo.hostA, vm_argv(tmp, pa, net), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL))
+    netns.wait_for(lambda: serving(tmp, pa), 30, what="guest serving")
+    netns.wait_for(lambda: os.path.exists(os.path.join(tmp, f"{pb}.sock")), 20, what="standby listening")
+    args = ["--interval", "25"] if mode == "remus25" else ["--mode", "colo"]
+    for _ in range(20):
+        r = subprocess.run(["ip", "netns", "exec", topo.hostA, DOPPEL, "protect", "--control",
+                            os.path.join(tmp, f"{pa}.sock"), "--peer", listen, "--heartbeat-timeout", "1000",
+                            *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        if r.returncode == 0:
+            return procs, os.path.join(tmp, f"{pa}.sock")
+        time.sleep(0.2)
+    raise RuntimeError(f"protect ({mode}) failed: {r.stderr}")
+
+
+def counters(sock):
+    st = ctl(sock, {"cmd": "status"})
+    c = st.get("colo")
+    if c:
+        return {"role": st.get("role"), "checkpoints": sum(c["checkpoints"].values()),
+                "by_reason": c["checkpoints"], "pause_p50_ms": c["pause"]["p50_ms"],
+                "pause_p99_ms": c["pause"]["p99_ms"], "mismatched": c["frames"]["mismatched"]}
+    r = st.get("remus", {})
+    return {"role": st.get("role"), "checkpoints": r.get("epochs", 0),
+            "pause_p50_ms": r.get("pause", {}).get("p50_us", 0) / 1e3,
+            "pause_p99_ms": r.get("pause", {}).get("p99_us", 0) / 1e3}
+
+
+def redis(topo):
+    r = netns.run_in(topo.client, ["redis-benchmark", "-h", netns.GUEST_IP, "-t", "set,get", "-n", REDIS_N,
+                                   "-c", CONNS, "--csv"], timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"redis-benchmark: {r.stderr}")
+    return {row["test"].lower(): {"ops_per_s": float(row["rps"]), "p50_ms": float(row["p50_latency_ms"]),
+                                  "p99_ms": float(row["p99_latency_ms"])}
+            for row in csv.DictReader(io.StringIO(r.stdout))}
+
+
+def one_run(mode, topo, tmp, i):
+    procs, sock = start(mode, topo, tmp, i)
+    try:
+        c0, t0 = counters(sock), time.monotonic()
+        kv = run_load(KV, topo.client, netns.GUEST_IP, str(KV_N), str(KV_RATE), cmd="INCR", key=f"b{i}",
+                      timeout_ms="200", timeout=120).summary
+        rd = redis(topo)
+        c1, secs = counters(sock), time.monotonic() - t0
+        out = {"kv": {k: kv.get(k) for k in ("ops_per_s", "p50_us", "p99_us", "acked", "unacked")},
+               "redis": rd, "status": c1}
+        if mode != "unprotected":
+            out["checkpoints_per_s"] = round((c1["checkpoints"] - c0["checkpoints"]) / secs, 2)
+        return out
+    finally:
+        for p in reversed(procs):
+            netns.stop_proc(p, timeout=5)
+
+
+def med(runs, f):
+    xs = sorted(f(r) for r in runs)
+    return xs[len(xs) // 2] if xs else 0
+
+
+def write_md(res):
+    rows = []
+    for m in MODES:
+        rs = res["runs"][m]
+        rows.append(f"| {m} | {med(rs, lambda r: r['kv']['ops_per_s']):.0f} | {med(rs, lambda r: r['kv']['p50_us'])} / "
+                    f"{med(rs, lambda r: r['kv']['p99_us'])} | {med(rs, lambda r: r['redis']['set']['ops_per_s']):.0f} | "
+                    f"{med(rs, lambda r: r['redis']['set']['p50_ms'])} / {med(rs, lambda r: r['redis']['set']['p99_ms'])} | "
+                    f"{med(rs, lambda r: r.get('checkpoints_per_s', 0))} | "
+                    f"{med(rs, lambda r: r['status']['pause_p50_ms']):.2f} / {med(rs, lambda r: r['status']['pause_p99_ms']):.2f} |")
+    write_fragment("colo", f"""## COLO vs Remus vs unprotected
+
+Same guest (`{CMDLINE}`), same clients, interleaved, {res['runs_n']} runs each, medians
+({res['date']}). Unprotected runs beside a second, idle VM of the same guest. KV: `doppel-kv --load
+{KV_N} --rate {KV_RATE}` INCRs; redis-benchmark `-t set,get -n {REDIS_N} -c {CONNS}` (SET shown).
+Pause: Remus per epoch; COLO the primary's pause per checkpoint (epoch until the secondary's ack).
+
+| mode | KV ops/s | KV p50 / p99 us | SET ops/s | SET p50 / p99 ms | checkpoints/s | pause p50 / p99 ms |
+| --- | --- | --- | --- | --- | --- | --- |
+""" + "\n".join(rows) + "\n\nQEMU 7.2's COLO side by side: not measured yet.\n")
+
+
+def main():
+    why = netns.kvm_unavailable() or (None if shutil.which("redis-benchmark") else "no redis-benchmark")
+    if why:
+        write_json("colo", {"skipped": why})
+        print("colo_bench: skipped:", why)
+        return 0
+    res = {"runs_n": RUNS, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": {m: [] for m in MODES}}
+    with tempfile.TemporaryDirectory() as tmp, netns.Topology() as topo:
+        k = 0
+        for r in range(RUNS):  # interleaved, rotating the order
+            for m in MODES[r % 3:] + MODES[:r % 3]:
+                res["runs"][m].append(one_run(m, topo, tmp, k))
+                print(m, res["runs"][m][-1], flush=True)
+                k += 1
+    write_json("colo", res)
+    write_md(res)
+    print(open(os.path.join(REPO, "docs", "perf", "colo.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
