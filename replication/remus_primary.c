@@ -391,7 +391,7 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	uint64_t now = now_ns();
 
 	r->last_rx_ns = now;
-	if (m->type >= REMUS_MSG_DISK_SUMS) {
+	if (m->type >= REMUS_MSG_DISK_SUMS && m->type <= REMUS_MSG_DISK_SUMS_END) {
 		remus_disk_msg(r, m);
 		return;
 	}
