@@ -13,6 +13,7 @@
 #include "common/errf.h"
 #include "migrate/sender.h"
 #include "replication/ckpt_engine.h"
+#include "replication/delta.h"
 #include "replication/sock.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
@@ -231,6 +232,15 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 	if (!ctl_conn_alive(s->m->conn))
 		return errf(s->err, sizeof(s->err), -ECANCELED,
 			    "the client that asked for the migration went away");
+	if (rd->round == 1 && s->m->p.delta_bytes) {
+		/* From round 2 on: the destination's RAM is the last copy sent of every page (written
+		 * directly, in stream order, before it runs), so PAGE_DELTA needs nothing there. */
+		int rc = sr_delta_new(&s->delta, s->m->p.delta_bytes);
+		if (!rc)
+			rc = sr_set_delta(s->w, s->delta);
+		if (rc)
+			return errf(s->err, sizeof(s->err), rc, "out of memory for the delta cache");
+	}
 	s->epoch = rd->epoch + 1;
 	return CKPT_ROUND;
 }
@@ -269,6 +279,14 @@ struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *e
 	ADD("dirty_rate", json_object_new_double(s->conv.dirty_rate));
 	ADD("round_log", json_object_get(s->rlog));
 	ADD("accepted_ms", json_object_new_double(secs(s->t0, s->t_accepted) * 1e3));
+	ADD("delta_pages", json_object_new_int64((int64_t)ss.delta_pages));
+	ADD("delta_unchanged", json_object_new_int64((int64_t)ss.delta_unchanged));
+	if (s->delta) {
+		struct sr_delta_stats ds;
+		sr_delta_get_stats(s->delta, &ds);
+		ADD("delta_cache_bytes", json_object_new_int64((int64_t)ds.bytes));
+		ADD("delta_bytes", json_object_new_int64((int64_t)ds.delta_bytes));
+	}
 #undef ADD
 	return o;
 }
@@ -471,6 +489,8 @@ static void sender_free(struct sender *s)
 	s->eng_ready = false;
 	sr_ctx_free(s->w);
 	s->w = NULL;
+	sr_delta_free(s->delta); /* after its stream */
+	s->delta = NULL;
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;

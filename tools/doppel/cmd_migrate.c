@@ -20,7 +20,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--postcopy[=now|round|auto]]\n"
-		"                      [--postcopy-min-pct N] [--json] [--control PATH] [--timeout MS]\n"
+		"                      [--postcopy-min-pct N] [--delta-cache SIZE] [--json]\n"
+		"                      [--control PATH] [--timeout MS]\n"
 		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
@@ -40,7 +41,10 @@ static void usage(FILE *f)
 		"                        If the link dies during post-copy the VM is LOST (neither host\n"
 		"                        has all of it); the source stays paused and cannot resume\n"
 		"  --postcopy-min-pct N  auto: switch only when the destination holds N %% of RAM\n"
-		"                        current (default 50)\n" DOPPEL_CTL_OPTHELP);
+		"                        current (default 50)\n"
+		"  --delta-cache SIZE    from round 2 on, send a changed page as its XOR against\n"
+		"                        the copy sent last (cache of SIZE bytes, K/M/G; default 0 = "
+		"off)\n" DOPPEL_CTL_OPTHELP);
 }
 
 struct progress {
@@ -138,11 +142,12 @@ int cmd_migrate(int argc, char **argv)
 		{"resume-source", no_argument, NULL, 'R'},
 		{"postcopy", optional_argument, NULL, 'P'},
 		{"postcopy-min-pct", required_argument, NULL, 'M'},
+		{"delta-cache", required_argument, NULL, 'C'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	const char *to = NULL, *compress = "auto";
-	uint64_t downtime = 10, bw = 0, min_pct = 50;
+	uint64_t downtime = 10, bw = 0, min_pct = 50, dcache = 0;
 	const char *postcopy = NULL;
 	bool min_pct_given = false;
 	bool timeout_given = false, resume = false;
@@ -177,6 +182,11 @@ int cmd_migrate(int argc, char **argv)
 				return doppel_usage_error("migrate", "bad --postcopy-min-pct '%s' (0..100)",
 							  optarg);
 			min_pct_given = true;
+			break;
+		case 'C':
+			if (parse_size(optarg, &dcache) || dcache > (64ull << 30))
+				return doppel_usage_error(
+					"migrate", "bad --delta-cache '%s' (bytes, K/M/G, 0..64G)", optarg);
 			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
@@ -217,6 +227,8 @@ int cmd_migrate(int argc, char **argv)
 	json_object_object_add(req, "downtime_ms", json_object_new_int64((int64_t)downtime));
 	json_object_object_add(req, "max_bandwidth", json_object_new_int64((int64_t)bw));
 	json_object_object_add(req, "compress", json_object_new_string(compress));
+	if (dcache)
+		json_object_object_add(req, "delta_cache", json_object_new_int64((int64_t)dcache));
 	if (timeout_given)
 		json_object_object_add(req, "timeout_ms", json_object_new_int(o.timeout_ms));
 	if (postcopy) {
