@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "common/errf.h"
@@ -17,9 +18,10 @@ struct mem_uffd {
 	struct guest_mem *gm;
 	int fd;
 	int nr_reg; /* regions registered */
-	bool minor; /* MISSING|MINOR, pages written through alias[] */
-	uint8_t *alias[MEM_MAX_REGIONS]; /* minor: unregistered mappings of each region's memfd range */
+	bool minor; /* MISSING|MINOR, pages written into the memfd with pwrite */
 };
+
+static const uint8_t zero_page[GUEST_PAGE_SIZE];
 
 static int uffd_syscall(void)
 {
@@ -54,19 +56,6 @@ static int uffd_new(bool minor)
 	return fd;
 }
 
-static int map_aliases(struct mem_uffd *u)
-{
-	for (int i = 0; i < u->gm->nr; i++) {
-		const struct mem_region *r = &u->gm->r[i];
-		void *p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, u->gm->memfd,
-			       (off_t)r->fd_off);
-		if (p == MAP_FAILED)
-			return -errno;
-		u->alias[i] = p;
-	}
-	return 0;
-}
-
 int mem_uffd_open(struct guest_mem *gm, bool want_minor, struct mem_uffd **out, char *err, size_t errlen)
 {
 	struct mem_uffd *u;
@@ -85,10 +74,6 @@ int mem_uffd_open(struct guest_mem *gm, bool want_minor, struct mem_uffd **out, 
 		u->fd = uffd_new(false); /* no minor faults on shmem here: missing mode */
 	if (u->fd < 0) {
 		rc = errf(err, errlen, u->fd, "userfaultfd: %s", strerror(-u->fd));
-		goto err;
-	}
-	if (u->minor && (rc = map_aliases(u))) {
-		rc = errf(err, errlen, rc, "cannot map guest RAM twice: %s", strerror(-rc));
 		goto err;
 	}
 	for (int i = 0; i < gm->nr; i++) {
@@ -131,9 +116,6 @@ void mem_uffd_close(struct mem_uffd *u)
 	}
 	if (u->fd >= 0)
 		close(u->fd);
-	for (int i = 0; i < u->gm->nr; i++)
-		if (u->alias[i])
-			munmap(u->alias[i], u->gm->r[i].size);
 	free(u);
 }
 
@@ -172,15 +154,15 @@ int mem_uffd_next_fault(struct mem_uffd *u, uint64_t *idx, bool *minor, int time
 	}
 }
 
-/* The guest mapping of [idx, idx + count) inside one region (and its alias, minor mode), or NULL. */
-static uint8_t *host_of2(struct mem_uffd *u, uint64_t idx, uint64_t count, uint8_t **alias)
+/* The guest mapping of [idx, idx + count) inside one region (and its memfd offset), or NULL. */
+static uint8_t *host_of2(struct mem_uffd *u, uint64_t idx, uint64_t count, uint64_t *fd_off)
 {
 	for (int i = 0; i < u->gm->nr; i++) {
 		const struct mem_region *r = &u->gm->r[i];
 		uint64_t np = r->size >> GUEST_PAGE_SHIFT, off = (idx - r->pfn_base) << GUEST_PAGE_SHIFT;
 		if (idx >= r->pfn_base && idx - r->pfn_base < np && count <= np - (idx - r->pfn_base)) {
-			if (alias)
-				*alias = u->alias[i] ? u->alias[i] + off : NULL;
+			if (fd_off)
+				*fd_off = r->fd_off + off;
 			return r->host + off;
 		}
 	}
@@ -241,17 +223,33 @@ static int install(struct mem_uffd *u, uint64_t idx, const uint8_t *src, uint64_
 	return 0;
 }
 
-/* Minor mode: write the page cache through the alias (src, or zeros), then map. */
+/* Minor mode: write the page cache (src, or zeros) with pwritev — not through a second mapping,
+ * whose first touch of each page would cost a page fault of its own — then map it. */
 static int write_and_map(struct mem_uffd *u, uint64_t idx, const void *src, uint64_t count)
 {
-	uint8_t *alias = NULL;
+	struct iovec iov[64];
+	uint64_t off, done = 0;
 
-	if (!count || !host_of2(u, idx, count, &alias) || !alias)
+	if (!count || !host_of2(u, idx, count, &off))
 		return count ? -EINVAL : 0;
-	if (src)
-		memcpy(alias, src, count << GUEST_PAGE_SHIFT);
-	else
-		memset(alias, 0, count << GUEST_PAGE_SHIFT);
+	while (done < count) {
+		int n = 0;
+		if (src) {
+			iov[n++] = (struct iovec){(uint8_t *)src + (done << GUEST_PAGE_SHIFT),
+						  (count - done) << GUEST_PAGE_SHIFT};
+		} else {
+			for (; n < 64 && done + (uint64_t)n < count; n++)
+				iov[n] = (struct iovec){(void *)zero_page, GUEST_PAGE_SIZE};
+		}
+		ssize_t w = pwritev(u->gm->memfd, iov, n, (off_t)(off + (done << GUEST_PAGE_SHIFT)));
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		if (w == 0 || w % GUEST_PAGE_SIZE)
+			return -EIO;
+		done += (uint64_t)w >> GUEST_PAGE_SHIFT;
+	}
 	return install(u, idx, NULL, count, OP_CONTINUE);
 }
 

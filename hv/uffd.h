@@ -12,12 +12,12 @@
  * A page-fault tracker over all guest RAM (a memfd: shmem), in one of two modes:
  *
  * minor (the default where the kernel has UFFD_FEATURE_MINOR_SHMEM): the guest mapping is registered
- *   MISSING|MINOR, and a second, unregistered mapping of the same memfd (the alias) is where pages
- *   are written. A page whose guest PTE is gone but whose page-cache page exists (mem_uffd_zap, the
- *   cheap way to make a page fault: no page is freed) faults MINOR; a hole (never written, or
- *   mem_discard) faults MISSING. mem_uffd_copy / mem_uffd_zero write the page cache through the
- *   alias, then map the range into the guest mapping (UFFDIO_CONTINUE) and wake its waiters;
- *   mem_uffd_continue maps a page whose page-cache content the caller knows to be current.
+ *   MISSING|MINOR. A page whose guest PTE is gone but whose page-cache page exists (mem_uffd_zap,
+ *   the cheap way to make a page fault: no page is freed) faults MINOR; a hole (never written, or
+ *   mem_discard) faults MISSING. mem_uffd_copy / mem_uffd_zero write the page cache (pwritev into
+ *   the memfd: no mapping is touched), then map the range into the guest mapping (UFFDIO_CONTINUE)
+ *   and wake its waiters; mem_uffd_continue maps a page whose page-cache content the caller knows
+ *   to be current.
  * missing (older kernels): MISSING only; copy/zero use UFFDIO_COPY / UFFDIO_ZEROPAGE, which skip
  *   present pages; mem_uffd_zap and mem_uffd_continue are not available (-EOPNOTSUPP).
  *

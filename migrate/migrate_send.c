@@ -102,6 +102,10 @@ static void log_round(struct sender *s, uint64_t pages, double sec, uint64_t dir
 	json_object_object_add(r, "dirty", json_object_new_int64((int64_t)dirty));
 	json_object_object_add(r, "at_ms", json_object_new_double(secs(s->t0, now_ns()) * 1e3));
 	json_object_object_add(r, "throttle_pct", json_object_new_double(s->conv.throttle * 100));
+	json_object_object_add(r, "throttle_cost_ms",
+			       json_object_new_double(conv_throttle_cost_ms(&s->conv, dirty)));
+	json_object_object_add(r, "postcopy_cost_ms",
+			       json_object_new_double(conv_postcopy_cost_ms(&s->conv, dirty)));
 	json_object_array_add(s->rlog, r);
 }
 
@@ -212,10 +216,14 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 
 	conv_round_sent(&s->conv, rd->sent, sec);
 	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, rd->dirty, sec);
-	/* auto: post-copy instead of throttling, once the destination holds enough of RAM current */
+	/* auto: where the throttle would start or rise, post-copy instead when the destination holds
+	 * enough of RAM current and post-copy's estimated work lost is the smaller (converge.h) */
 	double held = 1.0 - (double)rd->dirty / (double)s->gm->nr_pages;
-	if (pc == MIG_PC_ROUND || (pc == MIG_PC_AUTO && s->conv.stalls > 0 &&
-				   !conv_fits(&s->conv, rd->dirty) && held >= s->m->p.postcopy_min_frac)) {
+	bool pc_cheaper =
+		conv_postcopy_cost_ms(&s->conv, rd->dirty) < conv_throttle_cost_ms(&s->conv, rd->dirty);
+	if (pc == MIG_PC_ROUND ||
+	    (pc == MIG_PC_AUTO && s->conv.stalls > 0 && !conv_fits(&s->conv, rd->dirty) &&
+	     held >= s->m->p.postcopy_min_frac && pc_cheaper)) {
 		s->postcopy = true;
 		s->conv.throttle = applied; /* post-copy instead of a (higher) throttle */
 		log_round(s, rd->sent, sec, rd->dirty);

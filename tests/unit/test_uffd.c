@@ -90,7 +90,7 @@ static pthread_t expect_fault(struct mem_uffd *u, struct toucher *t, uint64_t id
 }
 
 /* Minor mode: a zapped page keeps its page cache (the memfd still reads it) and faults MINOR; it
- * resolves either with new content (mem_uffd_copy: written through the alias, then mapped) or as it
+ * resolves either with new content (mem_uffd_copy: written into the page cache, then mapped) or as it
  * is (mem_uffd_continue). A hole faults MISSING and resolves with mem_uffd_zero. A zapped page
  * installed before anyone touches it never faults. */
 static void test_minor_faults(void **state)
