@@ -47,9 +47,10 @@ int ckpt_stage_keep_body(struct ckpt_stage *s, const struct sr_record *rec, size
 		s->recs = nr;
 		s->rcap = cap;
 	}
-	if (s->blen + rec->length > s->bcap) {
+	size_t off = (s->blen + 7) & ~(size_t)7; /* 8-aligned as in the stream: raw XORs go by words */
+	if (off + rec->length > s->bcap) {
 		size_t cap = s->bcap ? s->bcap : (size_t)1 << 20;
-		while (cap < s->blen + rec->length)
+		while (cap < off + rec->length)
 			cap *= 2;
 		void *nb = realloc(s->bodies, cap);
 		if (!nb)
@@ -57,10 +58,10 @@ int ckpt_stage_keep_body(struct ckpt_stage *s, const struct sr_record *rec, size
 		s->bodies = nb;
 		s->bcap = cap;
 	}
-	memcpy(s->bodies + s->blen, rec->body, rec->length);
+	memcpy(s->bodies + off, rec->body, rec->length);
 	s->recs[s->nrec++] =
-		(struct ckpt_body){.type = rec->type, .n = n, .enc = enc, .off = s->blen, .len = rec->length};
-	s->blen += rec->length;
+		(struct ckpt_body){.type = rec->type, .n = n, .enc = enc, .off = off, .len = rec->length};
+	s->blen = off + rec->length;
 	s->pages += n;
 	return 0;
 }
