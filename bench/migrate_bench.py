@@ -30,10 +30,12 @@ PI = 10
 # name -> (vmm, description, options)
 CONFIGS = {
     "doppel-10ms": ("doppel", "pre-copy, downtime 10 ms, auto-converge throttle (default)", []),
+    "doppel-10ms-delta": ("doppel", "pre-copy, downtime 10 ms, --delta-cache 256M (PAGE_DELTA from round 2)",
+                          ["--delta-cache", "256M"]),
     "doppel-300ms": ("doppel", "pre-copy, downtime 300 ms (QEMU's default target)", ["--downtime-ms", "300"]),
     "doppel-postcopy": ("doppel", "--postcopy (= round: after one full pre-copy round)", ["--postcopy"]),
     "doppel-postcopy-now": ("doppel", "--postcopy=now (no pre-copy round)", ["--postcopy=now"]),
-    "doppel-postcopy-auto": ("doppel", "--postcopy=auto (pre-copy, post-copy when it stalls)",
+    "doppel-postcopy-auto": ("doppel", "--postcopy=auto (pre-copy; post-copy when it stalls and costs less)",
                              ["--postcopy=auto"]),
     "qemu-defaults": ("qemu", "defaults: downtime 300 ms, 128 MiB/s", {}),
     "qemu-300ms": ("qemu", "downtime 300 ms, unlimited", {"bw": True, "downtime": 300}),

@@ -54,3 +54,24 @@ bool conv_fits(const struct converge *c, uint64_t n)
 	 * 200 MiB run estimated 9 ms and took 14), so aim at 70 % of the target. */
 	return conv_estimate_ms(c, n) <= CONV_TARGET_MARGIN * c->target_ms;
 }
+
+double conv_throttle_cost_ms(const struct converge *c, uint64_t n)
+{
+	if (c->page_rate <= 0)
+		return 1e9;
+	double d = c->dirty_rate, p = c->page_rate,
+	       f = c->throttle > CONV_THROTTLE_FIRST ? c->throttle : CONV_THROTTLE_FIRST;
+	if (d > 0 && 1 - p / (2 * d) > f)
+		f = 1 - p / (2 * d);
+	if (f > CONV_THROTTLE_MAX)
+		f = CONV_THROTTLE_MAX;
+	double r = d * (1 - f) / p;
+	if (r >= 0.99)
+		r = 0.99;
+	return f * (double)n / (p * (1 - r)) * 1e3;
+}
+
+double conv_postcopy_cost_ms(const struct converge *c, uint64_t n)
+{
+	return c->page_rate > 0 ? (double)n / c->page_rate * 1e3 : 1e9;
+}

@@ -51,4 +51,20 @@ double conv_estimate_ms(const struct converge *c, uint64_t n);
 /* True when n remaining pages fit CONV_TARGET_MARGIN of the target. */
 bool conv_fits(const struct converge *c, uint64_t n);
 
+/*
+ * Which disrupts the guest less, for the n pages still dirty: converging them with the throttle, or
+ * post-copy? Both in ms of guest work lost (guest time at zero progress), from the measured rates
+ * (page rate P, dirty rate D); unknown rates -> a large number.
+ *   throttle: to shrink rounds the throttle must bring the dirty rate to half the page rate:
+ *             f = max(the current throttle, CONV_THROTTLE_FIRST, 1 - P / (2 D)); the rounds then
+ *             shrink by r = D (1 - f) / P each and take n / P / (1 - r) in all, with the guest
+ *             stopped for f of it: lost = f n / (P (1 - r)).
+ *   post-copy: worst case, a guest that needs its whole dirty set waits until it has arrived:
+ *             lost = n / P (pages it does not touch cost it nothing; the switch's own pause is the
+ *             same few ms as stop-and-copy's and left out of both).
+ * With n on both sides the choice is the ratio: post-copy when D > P at the first throttle step.
+ */
+double conv_throttle_cost_ms(const struct converge *c, uint64_t n);
+double conv_postcopy_cost_ms(const struct converge *c, uint64_t n);
+
 #endif

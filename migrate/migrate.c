@@ -12,6 +12,7 @@
 #include "migrate/migrate.h"
 #include "migrate/migrate_priv.h"
 #include "common/parse.h"
+#include "replication/delta.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
@@ -162,6 +163,14 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 		if (!(pct >= 0 && pct <= 100))
 			return errf(err, errlen, -EINVAL, "\"postcopy_min_pct\" must be 0..100");
 		p->postcopy_min_frac = pct / 100;
+	}
+	if (json_object_object_get_ex(req, "delta_cache", &j)) {
+		int64_t b = json_object_get_int64(j);
+		if (b < 0 || (uint64_t)b > SR_DELTA_MAX)
+			return errf(err, errlen, -EINVAL,
+				    "\"delta_cache\" must be 0..%llu bytes (0 = no delta encoding)",
+				    (unsigned long long)SR_DELTA_MAX);
+		p->delta_bytes = (uint64_t)b;
 	}
 	if (json_object_object_get_ex(req, "timeout_ms", &j)) {
 		int64_t t = json_object_get_int64(j);

@@ -122,6 +122,7 @@ struct mig_params {
 	uint64_t max_rounds; /* safety net: force stop-and-copy after this many rounds */
 	enum mig_postcopy postcopy;
 	double postcopy_min_frac; /* auto: fraction of RAM current on the destination, 0..1 */
+	uint64_t delta_bytes; /* --delta-cache: PAGE_DELTA from round 2 on, 0 = off */
 };
 
 /* Progress, published by the sender for status (lock). */

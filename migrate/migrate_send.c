@@ -14,6 +14,7 @@
 #include "migrate/sender.h"
 #include "replication/ckpt_engine.h"
 #include "replication/disk_repl.h"
+#include "replication/delta.h"
 #include "replication/sock.h"
 #include "replication/tls.h"
 #include "replication/stream.h"
@@ -103,6 +104,10 @@ static void log_round(struct sender *s, uint64_t pages, double sec, uint64_t dir
 	json_object_object_add(r, "dirty", json_object_new_int64((int64_t)dirty));
 	json_object_object_add(r, "at_ms", json_object_new_double(secs(s->t0, now_ns()) * 1e3));
 	json_object_object_add(r, "throttle_pct", json_object_new_double(s->conv.throttle * 100));
+	json_object_object_add(r, "throttle_cost_ms",
+			       json_object_new_double(conv_throttle_cost_ms(&s->conv, dirty)));
+	json_object_object_add(r, "postcopy_cost_ms",
+			       json_object_new_double(conv_postcopy_cost_ms(&s->conv, dirty)));
 	json_object_array_add(s->rlog, r);
 }
 
@@ -222,10 +227,14 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 
 	conv_round_sent(&s->conv, rd->sent, sec);
 	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, rd->dirty, sec);
-	/* auto: post-copy instead of throttling, once the destination holds enough of RAM current */
+	/* auto: where the throttle would start or rise, post-copy instead when the destination holds
+	 * enough of RAM current and post-copy's estimated work lost is the smaller (converge.h) */
 	double held = 1.0 - (double)rd->dirty / (double)s->gm->nr_pages;
-	if (pc == MIG_PC_ROUND || (pc == MIG_PC_AUTO && s->conv.stalls > 0 &&
-				   !conv_fits(&s->conv, rd->dirty) && held >= s->m->p.postcopy_min_frac)) {
+	bool pc_cheaper =
+		conv_postcopy_cost_ms(&s->conv, rd->dirty) < conv_throttle_cost_ms(&s->conv, rd->dirty);
+	if (pc == MIG_PC_ROUND ||
+	    (pc == MIG_PC_AUTO && s->conv.stalls > 0 && !conv_fits(&s->conv, rd->dirty) &&
+	     held >= s->m->p.postcopy_min_frac && pc_cheaper)) {
 		s->postcopy = true;
 		s->conv.throttle = applied; /* post-copy instead of a (higher) throttle */
 		log_round(s, rd->sent, sec, rd->dirty);
@@ -242,6 +251,15 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 	if (!ctl_conn_alive(s->m->conn))
 		return errf(s->err, sizeof(s->err), -ECANCELED,
 			    "the client that asked for the migration went away");
+	if (rd->round == 1 && s->m->p.delta_bytes) {
+		/* From round 2 on: the destination's RAM is the last copy sent of every page (written
+		 * directly, in stream order, before it runs), so PAGE_DELTA needs nothing there. */
+		int rc = sr_delta_new(&s->delta, s->m->p.delta_bytes);
+		if (!rc)
+			rc = sr_set_delta(s->w, s->delta);
+		if (rc)
+			return errf(s->err, sizeof(s->err), rc, "out of memory for the delta cache");
+	}
 	s->epoch = rd->epoch + 1;
 	return CKPT_ROUND;
 }
@@ -280,6 +298,14 @@ struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *e
 	ADD("dirty_rate", json_object_new_double(s->conv.dirty_rate));
 	ADD("round_log", json_object_get(s->rlog));
 	ADD("accepted_ms", json_object_new_double(secs(s->t0, s->t_accepted) * 1e3));
+	ADD("delta_pages", json_object_new_int64((int64_t)ss.delta_pages));
+	ADD("delta_unchanged", json_object_new_int64((int64_t)ss.delta_unchanged));
+	if (s->delta) {
+		struct sr_delta_stats ds;
+		sr_delta_get_stats(s->delta, &ds);
+		ADD("delta_cache_bytes", json_object_new_int64((int64_t)ds.bytes));
+		ADD("delta_bytes", json_object_new_int64((int64_t)ds.delta_bytes));
+	}
 #undef ADD
 	return o;
 }
@@ -540,6 +566,8 @@ static void sender_free(struct sender *s)
 	s->eng_ready = false;
 	sr_ctx_free(s->w);
 	s->w = NULL;
+	sr_delta_free(s->delta); /* after its stream */
+	s->delta = NULL;
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;

@@ -23,6 +23,7 @@ struct pc_dst {
 	uint64_t *have; /* stale pages installed (atomic bits) */
 	uint64_t *asked; /* requested (fault thread only) */
 	uint64_t missing; /* stale pages not installed yet (atomic) */
+	uint64_t install_ns; /* receiver: time spent installing pages (write + map) */
 	pthread_t fault_th;
 	bool fault_started;
 	bool stop; /* atomic */
@@ -62,7 +63,8 @@ static const char *rd_err(int rc)
 	return rc == -EPIPE ? "connection closed" : rc == -ETIMEDOUT ? "timed out" : strerror(-rc);
 }
 
-/* Discard the stale runs: their next access faults. */
+/* Make the stale runs fault on their next access: minor mode zaps their guest PTEs only (the page
+ * cache stays: a MINOR fault, decided by d->have); missing mode punches holes (a MISSING fault). */
 static int discard(struct pc_dst *d)
 {
 	uint64_t nr = d->gm->nr_pages, pos = 0, p;
@@ -71,7 +73,7 @@ static int discard(struct pc_dst *d)
 		uint64_t e = p + 1;
 		while (e < nr && bit(d->stale, e))
 			e++;
-		int rc = mem_discard(d->gm, p, e - p);
+		int rc = mem_uffd_minor(d->u) ? mem_uffd_zap(d->u, p, e - p) : mem_discard(d->gm, p, e - p);
 		if (rc)
 			return rc;
 		d->missing += e - p;
@@ -145,20 +147,21 @@ int pc_dst_prepare(struct mig *m)
 	if (gm->nr_pages % 64)
 		d->stale[words - 1] &= (1ull << (gm->nr_pages % 64)) - 1;
 	uint64_t t0 = now_ns();
+	rc = mem_uffd_open(gm, true, &d->u, err, sizeof(err));
+	if (rc) {
+		snprintf(m->in_err, sizeof(m->in_err), "post-copy not possible here: %s", err);
+		goto err;
+	}
 	rc = discard(d);
 	if (rc) {
 		snprintf(m->in_err, sizeof(m->in_err), "post-copy: cannot discard stale pages: %s",
 			 strerror(-rc));
 		goto err;
 	}
-	rc = mem_uffd_open(gm, &d->u, err, sizeof(err));
-	if (rc) {
-		snprintf(m->in_err, sizeof(m->in_err), "post-copy not possible here: %s", err);
-		goto err;
-	}
 	log_debug("migrate", vmm_name(m->v),
-		  "post-copy: %llu stale pages discarded, faults registered in %.1f ms",
-		  (unsigned long long)d->missing, (double)(now_ns() - t0) / 1e6);
+		  "post-copy: faults registered (%s mode), %llu stale pages %s in %.1f ms",
+		  mem_uffd_minor(d->u) ? "minor" : "missing", (unsigned long long)d->missing,
+		  mem_uffd_minor(d->u) ? "unmapped" : "discarded", (double)(now_ns() - t0) / 1e6);
 	pthread_mutex_lock(&m->lock);
 	m->prog.postcopy = true;
 	m->prog.pages_left = d->missing;
@@ -169,16 +172,19 @@ err:
 	return rc;
 }
 
-/* Fault thread: a missing page either is one of the stale (ask the source, once) or was zero since
- * it was sent (install a zero page). */
+/* Fault thread. A stale page: map it if it has arrived (its page cache is current: the receiver sets
+ * `have` after writing it, before mapping it), else ask the source (once); the receiver maps it on
+ * arrival, which wakes the vCPU. A page that is not stale: a MISSING fault is a hole, zero since it
+ * was sent (install a zero page); a MINOR fault (its PTE went, the page cache is current) maps it. */
 static void *fault_main(void *arg)
 {
 	struct mig *m = arg;
 	struct pc_dst *d = m->pc;
 	uint64_t idx, faults = 0, reqs = 0;
+	bool minor;
 
 	while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
-		int rc = mem_uffd_next_fault(d->u, &idx, 50);
+		int rc = mem_uffd_next_fault(d->u, &idx, &minor, 50);
 		if (rc <= 0) {
 			if (rc < 0)
 				log_error("migrate", vmm_name(m->v), "post-copy fault read: %s",
@@ -187,9 +193,10 @@ static void *fault_main(void *arg)
 		}
 		faults++;
 		if (!bit(d->stale, idx)) {
-			(void)mem_uffd_zero(d->u, idx, 1);
+			(void)(minor ? mem_uffd_continue(d->u, idx) : mem_uffd_zero(d->u, idx, 1));
 		} else if (bit(d->have, idx)) {
-			mem_uffd_wake(d->u, idx);
+			if (!mem_uffd_minor(d->u) || mem_uffd_continue(d->u, idx))
+				mem_uffd_wake(d->u, idx);
 		} else if (!bit(d->asked, idx)) {
 			d->asked[idx / 64] |= 1ull << (idx % 64);
 			reqs++;
@@ -236,10 +243,14 @@ static int install(struct mig *m, const struct pc_frame *f)
 		rc = read_full(m->fd, d->buf, f->count * GUEST_PAGE_SIZE);
 		if (rc)
 			return rc;
-		rc = mem_uffd_copy(d->u, f->first, d->buf, f->count);
-	} else {
-		rc = mem_uffd_zero(d->u, f->first, f->count);
 	}
+	/* Written (minor mode: into the page cache) and mapped, waking the waiters, before `have` is
+	 * set: the fault thread maps a `have` page as its page cache is, so `have` never precedes the
+	 * write. A vCPU that faulted meanwhile is woken by this mapping, whatever the fault thread saw. */
+	uint64_t t0 = now_ns();
+	rc = f->type == PC_PAGES ? mem_uffd_copy(d->u, f->first, d->buf, f->count)
+				 : mem_uffd_zero(d->u, f->first, f->count);
+	d->install_ns += now_ns() - t0;
 	if (rc)
 		return rc;
 	for (uint64_t i = f->first; i < f->first + f->count; i++)
@@ -277,8 +288,10 @@ int pc_dst_receive(struct mig *m)
 		rc = mig_dst_send(m, MIG_PC_DONE, 0, 0, NULL);
 	if (!rc)
 		log_debug("migrate", vmm_name(m->v),
-			  "post-copy: every page installed (%llu faults, %llu asked for)",
-			  (unsigned long long)m->prog.pc_faults, (unsigned long long)m->prog.pc_requests);
+			  "post-copy: every page installed (%llu faults, %llu asked for; installing took "
+			  "%.1f ms)",
+			  (unsigned long long)m->prog.pc_faults, (unsigned long long)m->prog.pc_requests,
+			  (double)d->install_ns / 1e6);
 	if (rc) {
 		char why[80];
 		if (rc == -EBADMSG)

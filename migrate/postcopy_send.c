@@ -301,6 +301,8 @@ int pc_source_run(struct sender *s, struct json_object **result)
 
 	throttle_stop(&s->thr);
 	mig_set_state(m, "completing", false);
+	if (s->delta)
+		(void)sr_set_delta(s->w, NULL); /* the destination will run: its RAM stops being the base */
 	pthread_mutex_lock(&m->lock);
 	m->prog.postcopy = true;
 	pthread_mutex_unlock(&m->lock);

@@ -37,6 +37,7 @@ struct sender {
 	double est_ms; /* downtime estimate at the last sync */
 	struct json_object *rlog; /* per-round {pages, ms, dirty, throttle} */
 	bool postcopy; /* the policy chose post-copy for the switchover */
+	struct sr_delta *delta; /* --delta-cache: attached to w after the full round, NULL if off */
 	char err[300];
 };
 

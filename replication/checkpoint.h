@@ -144,6 +144,21 @@ struct ckpt_stage {
 	 * side, where DISK_WRITE / DISK_INFO records are staged (NULL: such records are refused) */
 	const struct disk_buf *disk_out;
 	struct disk_stage *disk;
+	/* Staged reading with keep_bodies (a Remus standby): PAGE_DATA / PAGE_DELTA records are kept
+	 * as their verified bodies, compressed as they came (recs[] into bodies), instead of decoded
+	 * pages, and ckpt_stage_apply_pages decodes them straight into RAM: each page is written once
+	 * (docs/remus.md, "Applying an epoch"). Everything that can be wrong with a record is checked
+	 * while it is read. keep_bodies is kept by ckpt_stage_reset. */
+	bool keep_bodies;
+	uint8_t *bodies;
+	size_t blen, bcap;
+	struct ckpt_body {
+		uint32_t type, n, enc;
+		size_t off, len; /* the whole body in bodies[] */
+	} * recs;
+	size_t nrec, rcap;
+	void *dctx; /* ZSTD_DCtx for the decode at apply */
+	uint8_t *scratch; /* SR_BATCH_PAGES pages */
 };
 
 /* Read records up to and including the next CHECKPOINT_END (whose checksum the reader verifies).
@@ -153,9 +168,18 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 /* Apply a staged epoch: pages into RAM (marked device-dirty), then state if the epoch carried it.
  * The VM must be paused or not started. */
 int ckpt_stage_apply(struct ckpt_stage *stg, struct vm *vm, char *err, size_t errlen);
-/* Apply only the memory part of a staged epoch to gm (a standby's replica keeps state staged). */
-void ckpt_stage_apply_pages(struct ckpt_stage *stg, struct guest_mem *gm);
+/* Apply only the memory part of a staged epoch to gm (a standby's replica keeps state staged).
+ * 0, or -errno with err when a kept body does not decode (only possible if the sender wrote an
+ * invalid zstd frame: its bytes were verified; RAM then holds part of the epoch). */
+int ckpt_stage_apply_pages(struct ckpt_stage *stg, struct guest_mem *gm, char *err, size_t errlen);
 void ckpt_stage_reset(struct ckpt_stage *stg); /* empties, keeps buffers */
+/* checkpoint_bodies.c (keep_bodies): keep a parsed PAGE_DATA / PAGE_DELTA record (a delta's bases
+ * already checked); 0, 1 when it must be decoded now instead (a zstd frame without a content size),
+ * -E2BIG past limit pages, -EBADMSG (frame size is not count pages), -ENOMEM. */
+int ckpt_stage_keep_body(struct ckpt_stage *s, const struct sr_record *rec, size_t limit);
+/* Decode the kept bodies into gm, in stream order. 0 or -errno with err. */
+int ckpt_stage_apply_bodies(struct ckpt_stage *s, struct guest_mem *gm, char *err, size_t errlen);
+void ckpt_stage_bodies_free(struct ckpt_stage *s);
 /* Room for n pages (capacity doubles from 1024; 0 without allocating when it already fits). */
 int ckpt_stage_reserve(struct ckpt_stage *stg, size_t n);
 /* Append a copy of page idx from src. Precondition: room reserved (stg->n < stg->cap). */

@@ -175,6 +175,7 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 	 * grow the stage without bound is refused. */
 	struct rd rd = {.stg = stg, .gm = gm, .limit = sr_nr_pages(r) + SR_BATCH_PAGES};
 	struct sr_record rec;
+	bool keep = !gm && stg->keep_bodies; /* verified bodies, decoded into RAM at apply */
 	char tn[48];
 	int rc;
 
@@ -185,10 +186,16 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 			return errf(err, errlen, rc, "%s", sr_error(r));
 		switch (rec.type) {
 		case SR_REC_PAGE_DATA:
-			rc = sr_decode_pages(r, &rec, on_page, &rd);
+			rc = keep ? ckpt_stage_keep_body(stg, &rec, rd.limit) : 1;
+			if (rc == 1)
+				rc = sr_decode_pages(r, &rec, on_page, &rd);
 			break;
 		case SR_REC_PAGE_DELTA:
-			rc = sr_decode_delta(r, &rec, on_base, on_page, &rd);
+			rc = keep ? sr_check_delta_base(r, &rec, on_base, &rd) : 1;
+			if (rc == 0)
+				rc = ckpt_stage_keep_body(stg, &rec, rd.limit);
+			if (rc == 1)
+				rc = sr_decode_delta(r, &rec, on_base, on_page, &rd);
 			break;
 		case SR_REC_ZERO_PAGES:
 			rc = sr_decode_zero_pages(r, &rec, on_zero, &rd);
@@ -229,7 +236,7 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 	}
 }
 
-void ckpt_stage_apply_pages(struct ckpt_stage *stg, struct guest_mem *gm)
+int ckpt_stage_apply_pages(struct ckpt_stage *stg, struct guest_mem *gm, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < stg->nzero; i++)
 		zero_pages(gm, stg->zero[i][0], stg->zero[i][1]);
@@ -238,19 +245,22 @@ void ckpt_stage_apply_pages(struct ckpt_stage *stg, struct guest_mem *gm)
 		if (dst)
 			memcpy(dst, stg->data + i * GUEST_PAGE_SIZE, GUEST_PAGE_SIZE);
 	}
+	return ckpt_stage_apply_bodies(stg, gm, err, errlen);
 }
 
 int ckpt_stage_apply(struct ckpt_stage *stg, struct vm *vm, char *err, size_t errlen)
 {
-	ckpt_stage_apply_pages(stg, vm_mem(vm));
-	if (!stg->have_state)
-		return 0;
+	int rc = ckpt_stage_apply_pages(stg, vm_mem(vm), err, errlen);
+
+	if (rc || !stg->have_state)
+		return rc;
 	return ckpt_state_apply(&stg->st, vm, err, errlen);
 }
 
 void ckpt_stage_reset(struct ckpt_stage *stg)
 {
 	stg->n = stg->nzero = 0;
+	stg->blen = stg->nrec = 0;
 	stg->pages = stg->zero_pages = 0;
 	stg->have_state = stg->have_info = false;
 	stg->epoch = 0;
@@ -266,5 +276,6 @@ void ckpt_stage_free(struct ckpt_stage *stg)
 	free(stg->data);
 	free(stg->ptrs);
 	free(stg->zero);
+	ckpt_stage_bodies_free(stg);
 	memset(stg, 0, sizeof(*stg));
 }

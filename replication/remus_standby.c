@@ -143,9 +143,20 @@ static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
 		return -1;
 	}
 	/* Only this thread writes replica RAM and disks; a takeover joins it before using RAM, disks or
-	 * state, so it finds all of an epoch or none of it. */
-	if (!direct)
-		ckpt_stage_apply_pages(&r->stg, gm);
+	 * state, so it finds all of an epoch or none of it. Every record of the epoch was verified while
+	 * it was read (checksum at CHECKPOINT_END, sizes, delta bases): what is left cannot fail unless
+	 * the primary wrote an invalid zstd frame, and then the replica holds part of this epoch: no
+	 * usable state, no takeover from it. */
+	if (!direct && ckpt_stage_apply_pages(&r->stg, gm, err, sizeof(err))) {
+		pthread_mutex_lock(&r->lock);
+		r->have_committed = false;
+		send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STREAM);
+		pthread_mutex_unlock(&r->lock);
+		snprintf(why, sizeof(why), "epoch %llu half applied, replica unusable: %s",
+			 (unsigned long long)r->stg.epoch, err);
+		reader_end(r, false, why);
+		return -1;
+	}
 	if (remus_disk_apply(r, err, sizeof(err))) {
 		/* The images now hold part of an epoch: no state matches them any more. */
 		pthread_mutex_lock(&r->lock);
@@ -307,6 +318,7 @@ static void *reader_main(void *arg)
 		sr_ctx_free(rd);
 		return NULL;
 	}
+	r->stg.keep_bodies = true; /* records decoded straight into RAM at commit (docs/remus.md) */
 	for (;;) {
 		bool direct;
 
@@ -332,7 +344,7 @@ static void *reader_main(void *arg)
 			read_failed(r, rc, to, err);
 			break;
 		}
-		if (!direct && !r->stg.have_state && (r->stg.n || r->stg.nzero)) {
+		if (!direct && !r->stg.have_state && (r->stg.pages || r->stg.nzero)) {
 			pthread_mutex_lock(&r->lock);
 			send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STREAM);
 			pthread_mutex_unlock(&r->lock);

@@ -253,6 +253,11 @@ typedef const void *(*sr_base_fn)(void *opaque, uint64_t page_idx);
  * -EBADMSG (no base, base mismatch, corrupt payload; err says which), -EINVAL, or fn's rc. */
 int sr_decode_delta(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn base, sr_page_fn fn,
 		    void *opaque) __attribute__((warn_unused_result));
+/* Only the first half of sr_decode_delta: the bases' hash against base_hash (what a receiver that
+ * stages the record body and decodes it later must check before it keeps the record). 0, -EBADMSG
+ * (err says which), -EINVAL. */
+int sr_check_delta_base(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn base, void *opaque)
+	__attribute__((warn_unused_result));
 /* Same for ZERO_PAGES. */
 int sr_decode_zero_pages(struct sr_ctx *ctx, const struct sr_record *rec, sr_zero_fn fn, void *opaque)
 	__attribute__((warn_unused_result));

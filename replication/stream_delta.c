@@ -182,13 +182,10 @@ int sr_parse_delta(struct sr_ctx *ctx, struct sr_record *rec)
 	return 0;
 }
 
-int sr_decode_delta(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn base, sr_page_fn fn,
-		    void *opaque)
+int sr_check_delta_base(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn base, void *opaque)
 {
-	const uint8_t *pages;
 	uint64_t h[SR_BATCH_PAGES], sum;
 	uint32_t n;
-	int rc;
 
 	if (rec->type != SR_REC_PAGE_DELTA || rec->body != ctx->body)
 		return sr_fail(ctx, -EINVAL,
@@ -214,6 +211,18 @@ int sr_decode_delta(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn 
 			"the ones the sender XORed against (hash 0x%016llx, want 0x%016llx)",
 			(unsigned long long)sr_page_idx(rec, 0), (unsigned long long)sum,
 			(unsigned long long)rec->delta.base_hash);
+	return 0;
+}
+
+int sr_decode_delta(struct sr_ctx *ctx, const struct sr_record *rec, sr_base_fn base, sr_page_fn fn,
+		    void *opaque)
+{
+	const uint8_t *pages;
+	uint32_t n = rec->delta.count;
+	int rc = sr_check_delta_base(ctx, rec, base, opaque);
+
+	if (rc)
+		return rc;
 	rc = sr_payload_pages(ctx, "PAGE_DELTA", rec->body + 16 + 8 * (size_t)n,
 			      rec->length - 16 - 8 * (size_t)n, rec->delta.encoding, n, &pages);
 	if (rc)

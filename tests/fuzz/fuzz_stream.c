@@ -250,7 +250,8 @@ static void run_staged(const uint8_t *data, size_t size)
 				fz.stg.have_info);
 		check(fz.stg.n <= NR_PAGES + SR_BATCH_PAGES && fz.stg.nzero <= NR_PAGES + SR_BATCH_PAGES,
 		      "stage beyond the image's page count");
-		ckpt_stage_apply_pages(&fz.stg, &fz.gm[0]);
+		check(ckpt_stage_apply_pages(&fz.stg, &fz.gm[0], err, sizeof(err)) == 0,
+		      "staged pages (no kept bodies) did not apply");
 		check_applied(&fz.stg, &fz.gm[0]);
 		apply_disk();
 		if (fz.stg.have_state) {

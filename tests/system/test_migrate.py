@@ -36,9 +36,9 @@ def migrate(doppel, src, to, *extra, ns=None, timeout=60):
 
 
 def start_pair(doppel, guest_elf, tmp, ws="64M", vcpus=1, mem="512M", dst_mem=None, port=None, ns=(None, None),
-               addr="127.0.0.1", extra=((), ())):
+               addr="127.0.0.1", extra=((), ()), guest_args=""):
     port = port or free_port()
-    src = VM(doppel, tmp, name="src", kernel=guest_elf, cmdline=f"work=dirty ws={ws} pi=100", mem=mem,
+    src = VM(doppel, tmp, name="src", kernel=guest_elf, cmdline=f"work=dirty ws={ws} pi=100 {guest_args}".strip(), mem=mem,
              vcpus=vcpus, netns=ns[0], extra=extra[0])
     dst = VM(doppel, tmp, name="dst", kernel=None, cmdline=None, mem=dst_mem or mem, vcpus=vcpus, netns=ns[1],
              extra=["--incoming", f"{addr}:{port}", *extra[1]])

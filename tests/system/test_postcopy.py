@@ -35,6 +35,42 @@ def test_postcopy_oracle(doppel_bin, guest_elf, tmp_path, when, ws):
         dst.close()
 
 
+def test_delta_cache_precopy(doppel_bin, guest_elf, tmp_path):
+    """--delta-cache: rounds after the full one send the random hot set's pages as PAGE_DELTA (two words
+    of each page change per pass), the destination applies them against its RAM (bad=0)."""
+    src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws="64M", guest_args="fill=random")
+    try:
+        r, _ = migrate(doppel_bin, src, f"127.0.0.1:{port}", "--delta-cache", "128M", timeout=120)
+        res = check_success(r, src, dst)
+        assert res["rounds"] >= 2, res  # a 64 MiB hot set never fits 10 ms after one round
+        assert res["delta_cache_bytes"] == 128 << 20, res
+        assert res["delta_pages"] > 0 and res["delta_bytes"] > 0, res
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_delta_cache_postcopy(doppel_bin, guest_elf, tmp_path):
+    """--delta-cache with --postcopy=round: the cache is attached after the full round only, so the
+    post-copy switch follows a round without PAGE_DELTA; the guest's oracle stays intact."""
+    src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws="64M", guest_args="fill=random")
+    try:
+        r, _ = migrate(doppel_bin, src, f"127.0.0.1:{port}", "--postcopy", "--delta-cache", "64M", timeout=120)
+        res = check_success(r, src, dst)
+        assert res["postcopy"] is True and res["delta_pages"] == 0, res
+    finally:
+        src.close()
+        dst.close()
+
+
+@pytest.mark.parametrize("bad", ["bogus", "65G", "-1"])
+def test_delta_cache_bad(doppel_bin, bad):
+    r = subprocess.run([doppel_bin, "migrate", "vm", "--to", "127.0.0.1:1", "--delta-cache", bad],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=10)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr == f"doppel migrate: bad --delta-cache '{bad}' (bytes, K/M/G, 0..64G) (try doppel migrate --help)\n"
+
+
 def test_postcopy_link_cut(doppel_bin, guest_elf, tmp_path):
     """The link cut 4 MiB into the post-copy phase (paced to 20 MB/s so 200 MiB would take ~10 s)."""
     src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws="200M")

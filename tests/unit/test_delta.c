@@ -71,17 +71,23 @@ static void write_epoch(struct sr_ctx *w, struct pair *p, const uint64_t *idx, s
 }
 
 /* Read the next epoch of r: staged (base = base_gm, then applied to gb) or direct into gb. Returns
- * ckpt_read_epoch's rc; err gets its reason. */
-static int read_epoch(struct sr_ctx *r, struct pair *p, bool staged, struct guest_mem *base_gm, char *err,
+ * ckpt_read_epoch's rc; err gets its reason. staged: 0 direct, 1 staged pages, KEPT staged record bodies
+ * decoded into RAM at apply (a Remus standby). */
+#define KEPT 2
+static int read_epoch(struct sr_ctx *r, struct pair *p, int staged, struct guest_mem *base_gm, char *err,
 		      size_t errlen)
 {
 	struct ckpt_stage stg = {0};
 	int rc;
 
 	stg.base = base_gm;
+	stg.keep_bodies = staged == KEPT;
 	rc = ckpt_read_epoch(r, &stg, staged ? NULL : &p->gb, err, errlen);
-	if (rc == 1 && staged)
-		ckpt_stage_apply_pages(&stg, &p->gb);
+	if (rc == 1 && staged) {
+		int arc = ckpt_stage_apply_pages(&stg, &p->gb, err, errlen);
+		if (arc)
+			rc = arc;
+	}
 	ckpt_stage_free(&stg);
 	return rc;
 }
@@ -137,7 +143,7 @@ static void change_pages(struct pair *p, uint64_t *idx, size_t *n)
 	}
 }
 
-static void round_trip(bool compress, bool staged)
+static void round_trip(bool compress, int staged)
 {
 	struct pair p;
 	struct sr_delta *d;
@@ -195,6 +201,19 @@ static void test_round_trip_zstd_staged(void **state)
 {
 	(void)state;
 	round_trip(true, true);
+}
+
+/* Kept bodies: zstd PAGE_DATA of contiguous runs decode straight into RAM, PAGE_DELTA XOR into it. */
+static void test_round_trip_zstd_kept(void **state)
+{
+	(void)state;
+	round_trip(true, KEPT);
+}
+
+static void test_round_trip_raw_kept(void **state)
+{
+	(void)state;
+	round_trip(false, KEPT);
 }
 
 static void test_round_trip_raw_direct(void **state)
@@ -283,16 +302,17 @@ static void test_no_base_refused(void **state)
 	assert_non_null(before);
 	pair_init(&p);
 	delta_stream(&p, &o, true);
-	for (int variant = 0; variant < 2; variant++) {
+	for (int variant = 0; variant < 2 * KEPT; variant++) { /* staged, then kept bodies */
+		int mode = 1 + variant / 2;
 		memset(p.b, 0, NP * PG);
 		open_reader(&r, &in, &o);
 		assert_int_equal(read_epoch(r, &p, false, NULL, err, sizeof(err)), 1);
-		if (variant == 1)
+		if (variant % 2)
 			p.b[5 * PG + 100] ^= 1; /* the receiver's copy of page 5 is not the sent one */
 		memcpy(before, p.b, NP * PG);
-		int rc = read_epoch(r, &p, true, variant ? &p.gb : NULL, err, sizeof(err));
+		int rc = read_epoch(r, &p, mode, variant % 2 ? &p.gb : NULL, err, sizeof(err));
 		assert_int_equal(rc, -EBADMSG);
-		assert_non_null(strstr(err, variant ? "base mismatch" : "holds no copy"));
+		assert_non_null(strstr(err, variant % 2 ? "base mismatch" : "holds no copy"));
 		assert_null(strchr(err, '\n'));
 		assert_memory_equal(before, p.b, NP * PG);
 		sr_ctx_free(r);
@@ -334,7 +354,8 @@ static void test_corrupt_delta_refused(void **state)
 	(void)state;
 	assert_non_null(before);
 	assert_int_equal(SR_REC_PAGE_DELTA & SR_REC_OPTIONAL, 0);
-	for (int variant = 0; variant < 4; variant++) {
+	for (int v = 0; v < 4 * KEPT; v++) { /* each corruption staged, then with kept bodies */
+		int variant = v % 4, mode = 1 + v / 4;
 		pair_init(&p);
 		delta_stream(&p, &o, variant != 0);
 		size_t off = find_record(&o, SR_REC_PAGE_DELTA);
@@ -348,8 +369,8 @@ static void test_corrupt_delta_refused(void **state)
 		open_reader(&r, &in, &o);
 		assert_int_equal(read_epoch(r, &p, false, NULL, err, sizeof(err)), 1);
 		memcpy(before, p.b, NP * PG);
-		int rc = read_epoch(r, &p, true, &p.gb, err, sizeof(err));
-		print_message("variant %d: %d %s\n", variant, rc, err);
+		int rc = read_epoch(r, &p, mode, &p.gb, err, sizeof(err));
+		print_message("variant %d mode %d: %d %s\n", variant, mode, rc, err);
 		assert_int_equal(rc, -EBADMSG);
 		assert_true(err[0] && !strchr(err, '\n'));
 		assert_memory_equal(before, p.b, NP * PG);
@@ -365,6 +386,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip_zstd_staged),
 		cmocka_unit_test(test_round_trip_raw_direct),
+		cmocka_unit_test(test_round_trip_zstd_kept),
+		cmocka_unit_test(test_round_trip_raw_kept),
 		cmocka_unit_test(test_eviction),
 		cmocka_unit_test(test_no_base_refused),
 		cmocka_unit_test(test_corrupt_delta_refused),

@@ -64,6 +64,28 @@ static void test_throttle_grows_without_progress(void **state)
 	assert_true(t == CONV_THROTTLE_MAX);
 }
 
+/* The disruption estimates behind --postcopy=auto (converge.h): exact values of the model. */
+static void test_throttle_vs_postcopy_cost(void **state)
+{
+	struct converge c;
+
+	(void)state;
+	conv_init(&c, 10);
+	assert_true(conv_throttle_cost_ms(&c, 1000) >= 1e9); /* no rate yet */
+	assert_true(conv_postcopy_cost_ms(&c, 1000) >= 1e9);
+	conv_round_sent(&c, 100000, 0.25); /* P = 400k pages/s */
+	(void)conv_round_synced(&c, 100000, 0.125); /* D = 800k pages/s: f = 1 - P/2D = 0.75 */
+	assert_float_equal(conv_postcopy_cost_ms(&c, 40000), 100.0, 1e-9); /* 40k / 400k/s */
+	/* r = 800k * 0.25 / 400k = 0.5: lost = 0.75 * 40000 / (400k * 0.5) = 150 ms */
+	assert_float_equal(conv_throttle_cost_ms(&c, 40000), 150.0, 1e-9);
+
+	conv_init(&c, 10);
+	conv_round_sent(&c, 100000, 0.25); /* P = 400k */
+	(void)conv_round_synced(&c, 30000, 0.125); /* D = 240k: f = 0.5 (first step), r = 0.3 */
+	assert_float_equal(conv_throttle_cost_ms(&c, 40000), 0.5 * 40000 / (400000 * 0.7) * 1e3, 1e-9);
+	assert_true(conv_throttle_cost_ms(&c, 40000) < conv_postcopy_cost_ms(&c, 40000)); /* D < P */
+}
+
 static void test_no_throttle_when_converging(void **state)
 {
 	struct converge c;
@@ -142,6 +164,7 @@ int main(void)
 		cmocka_unit_test(test_unknown_rate_never_fits),
 		cmocka_unit_test(test_estimate_from_rate),
 		cmocka_unit_test(test_throttle_grows_without_progress),
+		cmocka_unit_test(test_throttle_vs_postcopy_cost),
 		cmocka_unit_test(test_no_throttle_when_converging),
 		cmocka_unit_test(test_ready_go_roundtrip),
 		cmocka_unit_test(test_partial_go_is_eof),

@@ -20,8 +20,9 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--postcopy[=now|round|auto]]\n"
-		"                      [--postcopy-min-pct N] [--json] [--control PATH] [--timeout MS]\n"
-		"                      [--tls-dir DIR [--tls-peer-name NAME]]\n"
+		"                      [--postcopy-min-pct N] [--delta-cache SIZE] [--json]\n"
+		"                      [--control PATH] [--timeout MS] [--tls-dir DIR [--tls-peer-name "
+		"NAME]]\n"
 		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
@@ -45,7 +46,11 @@ static void usage(FILE *f)
 		"  --tls-dir DIR         TLS 1.3 with mutual authentication: DIR holds ca.pem, cert.pem,\n"
 		"                        key.pem (docs/security.md); without it the stream is plaintext\n"
 		"  --tls-peer-name NAME  the destination's certificate must name NAME "
-		"(SAN/CN)\n" DOPPEL_CTL_OPTHELP);
+		"(SAN/CN)\n"
+
+		"  --delta-cache SIZE    from round 2 on, send a changed page as its XOR against\n"
+		"                        the copy sent last (cache of SIZE bytes, K/M/G; default 0 = "
+		"off)\n" DOPPEL_CTL_OPTHELP);
 }
 
 struct progress {
@@ -145,11 +150,12 @@ int cmd_migrate(int argc, char **argv)
 		{"postcopy-min-pct", required_argument, NULL, 'M'},
 		{"tls-dir", required_argument, NULL, 0x100},
 		{"tls-peer-name", required_argument, NULL, 0x101},
+		{"delta-cache", required_argument, NULL, 'C'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	const char *to = NULL, *compress = "auto", *tls_dir = NULL, *tls_peer = NULL;
-	uint64_t downtime = 10, bw = 0, min_pct = 50;
+	uint64_t downtime = 10, bw = 0, min_pct = 50, dcache = 0;
 	const char *postcopy = NULL;
 	bool min_pct_given = false;
 	bool timeout_given = false, resume = false;
@@ -191,6 +197,11 @@ int cmd_migrate(int argc, char **argv)
 		case 0x101:
 			tls_peer = optarg;
 			break;
+		case 'C':
+			if (parse_size(optarg, &dcache) || dcache > (64ull << 30))
+				return doppel_usage_error(
+					"migrate", "bad --delta-cache '%s' (bytes, K/M/G, 0..64G)", optarg);
+			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
 				return doppel_usage_error("migrate", "bad --downtime-ms '%s' (1..60000)",
@@ -230,6 +241,8 @@ int cmd_migrate(int argc, char **argv)
 	json_object_object_add(req, "downtime_ms", json_object_new_int64((int64_t)downtime));
 	json_object_object_add(req, "max_bandwidth", json_object_new_int64((int64_t)bw));
 	json_object_object_add(req, "compress", json_object_new_string(compress));
+	if (dcache)
+		json_object_object_add(req, "delta_cache", json_object_new_int64((int64_t)dcache));
 	if (timeout_given)
 		json_object_object_add(req, "timeout_ms", json_object_new_int(o.timeout_ms));
 	if (postcopy) {
