@@ -96,6 +96,15 @@ struct remus_tl {
 #define RA_FORCE_EPOCH 4u
 #define RA_READER_ENDED 8u
 #define RA_READER_CONNECTED 16u
+#define RA_SWITCH_GO 32u /* standby: a switchover GO arrived (remus_switch.c) */
+
+/* A planned switchover on the primary side (remus_switch.c). */
+enum remus_sw {
+	SW_NONE,
+	SW_FINAL, /* guest parked: waiting for the ACK of an epoch captured after the park */
+	SW_ENDING, /* ABANDON sent: waiting for ABANDONED (the standby holds the final epoch) */
+	SW_GO, /* committed: this copy is a standby now; GO sent, waiting for RUNNING */
+};
 
 struct remus {
 	struct vmm *v;
@@ -202,6 +211,26 @@ struct remus {
 	ev_timer progress_w;
 	int announce_left;
 	ev_timer announce_w;
+
+	/* ---- switchover / rejoin (remus_switch.c) ---- */
+	enum remus_sw sw;
+	uint64_t sw_from; /* primary: first epoch captured with the guest parked */
+	uint64_t sw_t0, sw_t_ready, sw_t_commit; /* now_ns() of park, ABANDONED, GO sent */
+	int sw_lfd, sw_fd; /* primary: the new standby role's listen socket; the GO connection */
+	char sw_listen[128], sw_peer[128];
+	ev_timer sw_w;
+	ev_io sw_io;
+	struct remus_msgbuf sw_mb;
+	struct ctl_conn *sw_conn; /* deferred `switchover` reply */
+	bool fence_paused; /* remus_fence's vm_pause succeeded (a rejoin drops that hold) */
+	/* standby: a GO read by the reader (lock until RA_SWITCH_GO) */
+	int go_fd;
+	uint64_t go_epoch;
+	char go_back[160]; /* ADDR:PORT the old primary listens on: protect to it */
+	/* the last takeover's report (status remus.last_failover; doppel drill reads it) */
+	bool fo_valid;
+	double fo_detect_ms, fo_decide_ms, fo_takeover_ms;
+	uint64_t fo_epoch;
 };
 
 /* remus.c */
@@ -249,6 +278,24 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 void remus_standby_status(struct remus *r, struct json_object *o);
 uint32_t remus_progress_timeout_ms(const struct remus *r);
 void remus_standby_takeover(struct remus *r); /* the witness key is ours: take over now */
+
+/* remus_standby.c, shared with remus_switch.c */
+/* Take over now (loop thread): planned (a switchover) skips the fence command. 0 or -errno. */
+int remus_standby_failover(struct remus *r, const char *why, bool planned, char *err, size_t errlen);
+/* Become a standby on listening socket fd (bound to addr). */
+void remus_standby_start_fd(struct remus *r, int fd, const char *addr);
+
+/* remus_switch.c (loop thread unless noted) */
+struct sr_in;
+struct json_object *remus_cmd_switchover(struct remus *r, struct json_object *req);
+struct json_object *remus_cmd_reprotect(struct remus *r, struct json_object *req);
+void remus_switch_abandoned(struct remus *r, uint64_t epoch); /* ABANDONED during a switchover */
+void remus_switch_lost(struct remus *r, const char *why); /* standby lost during a switchover */
+/* Reader thread: the connection began with GO(epoch). Ends the reader (no failover). */
+void remus_switch_go_read(struct remus *r, struct sr_in *in, uint64_t epoch);
+void remus_switch_go(struct remus *r); /* RA_SWITCH_GO */
+void remus_switch_status(struct remus *r, struct json_object *o);
+struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req);
 
 /* remus_witness.c (loop thread) */
 int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,

@@ -30,6 +30,11 @@ enum remus_msg_type {
 	REMUS_MSG_HEARTBEAT = 3,
 	REMUS_MSG_ABANDONED = 4,
 	REMUS_MSG_REJECT = 5,
+	/* switchover (replication/remus_switch.c): on a NEW connection after the standby confirmed an
+	 * ABANDON, primary -> standby GO(epoch) then BACK(port), standby -> primary RUNNING(epoch) */
+	REMUS_MSG_GO = 6, /* value = the epoch both copies hold: take over now */
+	REMUS_MSG_BACK = 7, /* value = TCP port the old primary listens on as the new standby */
+	REMUS_MSG_RUNNING = 8, /* value = epoch: the standby runs it (or REJECT: it will not) */
 };
 enum remus_reject_reason {
 	REMUS_REJECT_STATE = 1, /* machine state does not fit this standby (devices, vCPUs) */

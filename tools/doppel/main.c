@@ -24,6 +24,11 @@ static const struct doppel_verb verbs[] = {
 	{"protect", "replicate a running VM to a standby continuously (Remus)", cmd_protect},
 	{"failover", "promote a standby by hand (drills)", cmd_failover},
 	{"unprotect", "end protection on purpose (the standby stays held)", cmd_unprotect},
+	{"switchover", "planned role swap: the standby becomes primary, this copy its standby",
+	 cmd_switchover},
+	{"reprotect", "after a failover: rejoin a fenced copy as standby, or protect the new primary again",
+	 cmd_reprotect},
+	{"drill", "failover drill on a protected VM, with an RTO/RPO report; ends protected", cmd_drill},
 	{"events", "print a VM's event log (--follow: stream new events)", cmd_events},
 	{"metrics", "print a VM's Prometheus metrics", cmd_metrics},
 };
