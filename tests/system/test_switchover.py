@@ -154,3 +154,214 @@ def test_switchover_swaps_roles_memory_exact(doppel_bin, pair):
     chk.finish()
     d = pr.dirty()
     assert all(x["bad"] == 0 for x in d), pr.output()[-1500:]
+
+
+# ---- under client load (namespaces) ------------------------------------------------------------------
+
+def kv_pair(doppel_bin, kv_bin, guest_elf, topo, tmp, tag, standby_extra=()):
+    """A KV guest on hostA protected to a standby on hostB; returns (pr, sb, back) where back is
+    where hostA's copy will listen as a standby after a switchover."""
+    sb_listen = f"{netns.REPL_B_IP}:{free_port()}"
+    net = ["--net", f"tap=tp{tag}x,bridge=br0,mac={NET_MAC}"]
+    cmd = f"work=kv ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}"
+    sb = VM(doppel_bin, tmp, name=f"kb{tag}", kernel=guest_elf, cmdline=cmd, mem="64M",
+            extra=["--standby", "--listen", sb_listen, *net, *standby_extra], netns=topo.hostB)
+    pr = VM(doppel_bin, tmp, name=f"ka{tag}", kernel=guest_elf, cmdline=cmd, mem="64M", extra=net,
+            netns=topo.hostA)
+    sb.wait_ctl()
+    pr.wait_ctl()
+    wait_for(lambda: kv_op(kv_bin, topo.client, target_of(netns.GUEST_IP), "GET", "ready",
+                           timeout_ms=100, retries=1).returncode in (0, 1),
+             20, interval=0.1, what="guest KV service")
+    protect(doppel_bin, pr, sb_listen)
+    return pr, sb, f"{netns.REPL_A_IP}:{free_port()}"
+
+
+def check_load(kv_bin, topo, load, log, n):
+    res = finish_load(load, log, timeout=60)
+    acked = [int(e["value"]) for e in res.log if e.get("cmd") == "INCR" and e.get("value") is not None]
+    assert res.rc == 0, f"not every INCR acknowledged: {res.summary} {res.stderr}"
+    r = kv_op(kv_bin, topo.client, target_of(netns.GUEST_IP), "GET", "k")
+    assert r.returncode == 0, r
+    got = int(r.stdout.strip())
+    assert got == max(acked) == n, (got, max(acked, default=0), n)
+    return res
+
+
+def test_switchover_under_kv_load(doppel_bin, kv_bin, guest_elf, topology, tmp_path):
+    """INCR load throughout two switchovers (there and back): every INCR acknowledged, the final
+    value is exactly the number of INCRs, never two live copies; the outage is printed."""
+    pr, sb, back = kv_pair(doppel_bin, kv_bin, guest_elf, topology, str(tmp_path), "s1")
+    try:
+        n, rate = 500, 100
+        log = str(tmp_path / "kv.jsonl")
+        chk = LiveChecker(pr.control, sb.control)
+        load = start_load(kv_bin, topology.client, netns.GUEST_IP, str(n), str(rate), cmd="INCR", key="k",
+                          log=log, timeout_ms="100", deadline="40")
+        time.sleep(1.0)
+        r, rep = switchover(doppel_bin, pr, back)
+        assert r.returncode == 0, r.stderr
+        print("switchover there:", rep)
+        assert remus(sb)["role"] == "primary" and remus(pr)["role"] == "standby"
+        r2, rep2 = switchover(doppel_bin, sb, f"{netns.REPL_B_IP}:{free_port()}")
+        assert r2.returncode == 0, r2.stderr
+        print("switchover back:", rep2)
+        res = check_load(kv_bin, topology, load, log, n)
+        chk.finish()
+        print(f"kv: longest stall {res.summary.get('longest_stall_ms')} ms; guest parked "
+              f"{rep['paused_ms']:.1f} / {rep2['paused_ms']:.1f} ms; re-sync {rep['resync_ms']:.0f} / "
+              f"{rep2['resync_ms']:.0f} ms")
+    finally:
+        for v in (pr, sb):
+            v.close()
+
+
+# ---- the link dies at each step --------------------------------------------------------------------
+
+class SwitchProxy:
+    """TCP proxy primary -> standby for every connection. The first is the replication stream
+    (`stall` set: stop forwarding both ways); the second is the switchover's GO connection:
+    go = "forward" | "refuse" (the proxy stops listening: connect fails) | "drop" (accept, close,
+    forward nothing) | "no-reply" (forward GO, drop the standby's answer and close)."""
+
+    def __init__(self, target_port, go="forward"):
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(4)
+        self.port = self.ls.getsockname()[1]
+        self.target, self.go = target_port, go
+        self.stall = threading.Event()
+        self.n = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _pipe(self, src, dst, first, forward):
+        try:
+            while True:
+                b = src.recv(65536)
+                if not b:
+                    break
+                if first and self.stall.is_set():
+                    while True:  # swallow: the link is dead
+                        if not src.recv(65536):
+                            break
+                    break
+                if not first and self.go == "no-reply" and not forward:
+                    break
+                dst.sendall(b)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            self.n += 1
+            first = self.n == 1
+            if first and self.go == "refuse":
+                self.ls.close()
+            if not first and self.go == "drop":
+                c.close()
+                continue
+            u = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(c, u, first, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(u, c, first, False), daemon=True).start()
+
+
+def cut_pair(doppel_bin, guest_elf, tmp, go, standby_extra=()):
+    port = free_port()
+    sb = VM(doppel_bin, tmp, name="sb", kernel=guest_elf, cmdline=None, mem=MEM,
+            extra=["--standby", "--listen", f"127.0.0.1:{port}", *standby_extra])
+    sb.wait_ctl()
+    pr = VM(doppel_bin, tmp, name="pr", kernel=guest_elf, cmdline="work=dirty ws=16M pi=200", mem=MEM)
+    pr.wait_output(r"dirty: pass=", timeout=20)
+    px = SwitchProxy(port, go)
+    protect(doppel_bin, pr, f"127.0.0.1:{px.port}")
+    return pr, sb, px
+
+
+def test_switchover_link_dies_before_go_primary_resumes(doppel_bin, guest_elf, tmp_path):
+    """The GO connection cannot be made (after the standby confirmed the final epoch): GO never
+    left, so the old primary resumes (exact memory) and the standby stays held."""
+    pr, sb, px = cut_pair(doppel_bin, guest_elf, str(tmp_path), "refuse")
+    try:
+        chk = LiveChecker(pr.control, sb.control)
+        before = last_pass(pr)
+        r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
+        assert r.returncode == 1 and "switchover aborted" in r.stderr, r.stderr
+        st = pr.ctl("status")
+        assert st["state"] == "running" and st["role"] == "unprotected", st
+        assert remus(sb)["state"] == "abandoned" and sb.ctl("status")["role"] == "standby"
+        assert_runs_exact(pr, before)
+        chk.finish()
+    finally:
+        pr.close()
+        sb.close()
+
+
+def test_switchover_go_lost_nobody_runs_then_failover(doppel_bin, guest_elf, tmp_path):
+    """GO may have been sent but nothing came back (the proxy swallowed it): the old primary stays a
+    held standby (never resumes on a guess), the standby stays held; `doppel failover` on the old
+    primary then runs its own final state exactly."""
+    pr, sb, px = cut_pair(doppel_bin, guest_elf, str(tmp_path), "drop")
+    try:
+        chk = LiveChecker(pr.control, sb.control)
+        before = last_pass(pr)
+        r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
+        assert r.returncode == 1 and "stays a held standby" in r.stderr, r.stderr
+        assert remus(pr)["role"] == "standby" and remus(sb)["state"] == "abandoned"
+        assert not live(pr.ctl("status")) and not live(sb.ctl("status"))
+        f = doppel(doppel_bin, "failover", "pr", "--control", pr.control)
+        assert f.returncode == 0, f.stderr
+        assert_runs_exact(pr, before)
+        chk.finish()
+    finally:
+        pr.close()
+        sb.close()
+
+
+def test_switchover_running_lost_new_primary_wins(doppel_bin, guest_elf, tmp_path):
+    """GO arrives but the standby's RUNNING answer is lost: the standby runs, the old primary stays
+    a held standby — and is protected by the new primary all the same (it connects directly)."""
+    pr, sb, px = cut_pair(doppel_bin, guest_elf, str(tmp_path), "no-reply")
+    try:
+        chk = LiveChecker(pr.control, sb.control)
+        before = last_pass(pr)
+        r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}", "--no-wait")
+        assert r.returncode == 1, r.stderr
+        wait_for(lambda: remus(sb)["role"] == "primary" and remus(sb)["state"] == "protected", 30,
+                 what="new primary protected")
+        assert remus(pr)["role"] == "standby" and remus(pr)["have_state"]
+        assert_runs_exact(sb, before)
+        chk.finish()
+    finally:
+        pr.close()
+        sb.close()
+
+
+def test_switchover_link_dies_in_final_epoch(doppel_bin, guest_elf, tmp_path):
+    """The replication link dies while the final epoch is in flight (standby with --failover manual,
+    as without a witness a cut link is a partition): the old primary resumes, the standby only
+    reports (awaiting-failover)."""
+    pr, sb, px = cut_pair(doppel_bin, guest_elf, str(tmp_path), "forward", ("--failover", "manual"))
+    try:
+        chk = LiveChecker(pr.control, sb.control)
+        before = last_pass(pr)
+        px.stall.set()
+        r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
+        assert r.returncode == 1 and "switchover aborted" in r.stderr, r.stderr
+        st = pr.ctl("status")
+        assert st["state"] == "running" and st["role"] == "unprotected", st
+        wait_for(lambda: remus(sb)["state"] == "awaiting-failover", 10, what="standby reports")
+        assert_runs_exact(pr, before)
+        chk.finish()
+    finally:
+        pr.close()
+        sb.close()
