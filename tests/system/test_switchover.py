@@ -275,7 +275,7 @@ class SwitchProxy:
             threading.Thread(target=self._pipe, args=(u, c, first, False), daemon=True).start()
 
 
-def cut_pair(doppel_bin, guest_elf, tmp, go, standby_extra=()):
+def cut_pair(doppel_bin, guest_elf, tmp, go, standby_extra=(), protect_extra=()):
     port = free_port()
     sb = VM(doppel_bin, tmp, name="sb", kernel=guest_elf, cmdline=None, mem=MEM,
             extra=["--standby", "--listen", f"127.0.0.1:{port}", *standby_extra])
@@ -283,7 +283,13 @@ def cut_pair(doppel_bin, guest_elf, tmp, go, standby_extra=()):
     pr = VM(doppel_bin, tmp, name="pr", kernel=guest_elf, cmdline="work=dirty ws=16M pi=200", mem=MEM)
     pr.wait_output(r"dirty: pass=", timeout=20)
     px = SwitchProxy(port, go)
-    protect(doppel_bin, pr, f"127.0.0.1:{px.port}")
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{px.port}", *protect_extra)
+    except AssertionError:
+        print("standby stderr:", sb.stderr()[-2000:], "primary stderr:", pr.stderr()[-2000:])
+        pr.close()
+        sb.close()
+        raise
     return pr, sb, px
 
 
@@ -365,3 +371,79 @@ def test_switchover_link_dies_in_final_epoch(doppel_bin, guest_elf, tmp_path):
     finally:
         pr.close()
         sb.close()
+
+
+# ---- reprotect ----------------------------------------------------------------------------------------
+
+def test_fenced_copy_rejoins_as_standby(doppel_bin, guest_elf, tmp_path):
+    """The replication link is cut: the standby takes over, the old primary (--standby-lost fence)
+    fences. `doppel reprotect --listen` turns the fenced copy into a standby instead of exiting; the
+    new primary protects to it (`reprotect --peer`); killing the new primary then fails over to the
+    rejoined copy with exact memory."""
+    pr, sb, px = cut_pair(doppel_bin, guest_elf, str(tmp_path), "forward",
+                          protect_extra=("--standby-lost", "fence", "--fence-grace", "20000"))
+    try:
+        px.stall.set()
+        wait_for(lambda: pr.ctl("status")["state"] == "fenced", 10, what="old primary fenced")
+        wait_for(lambda: remus(sb)["role"] == "unprotected", 10, what="standby took over")
+        back = f"127.0.0.1:{free_port()}"
+        r = doppel(doppel_bin, "reprotect", "pr", "--control", pr.control, "--listen", back, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"role": "standby", "listen": back}
+        st = pr.ctl("status")
+        assert st["role"] == "standby" and st["state"] != "fenced", st
+        r = doppel(doppel_bin, "reprotect", "sb", "--control", sb.control, "--peer", back)
+        assert r.returncode == 0, r.stderr
+        assert remus(sb)["state"] == "protected" and remus(pr)["have_state"]
+        time.sleep(20 / 1000 * 10)
+        assert pr.proc.poll() is None  # the fence grace no longer ends it
+        before = last_pass(sb)
+        sb.kill(signal.SIGKILL)
+        wait_for(lambda: remus(pr)["role"] == "unprotected", 10, what="rejoined copy takes over")
+        assert_runs_exact(pr, before)
+        kinds = [e["kind"] for e in remus(pr)["events"]]
+        assert "fenced" in kinds and "rejoined" in kinds and "failover" in kinds, kinds
+    finally:
+        pr.close()
+        sb.close()
+
+
+def test_reprotect_errors(doppel_bin, pair):
+    pr, sb, peer = pair
+    r = doppel(doppel_bin, "reprotect", "pr", "--control", pr.control, "--listen", "127.0.0.1:1")
+    assert r.returncode == 1 and "not fenced" in r.stderr, r.stderr
+    r = doppel(doppel_bin, "reprotect", "pr", "--control", pr.control)
+    assert r.returncode == 2 and "exactly one of" in r.stderr, r.stderr
+    r = doppel(doppel_bin, "switchover", "pr", "--control", pr.control, "--listen", "127.0.0.1:1")
+    assert r.returncode == 1 and "not a protected primary" in r.stderr, r.stderr
+    r = doppel(doppel_bin, "switchover", "pr", "--control", pr.control)
+    assert r.returncode == 2 and "--listen" in r.stderr, r.stderr
+    protect(doppel_bin, pr, peer)
+    r = doppel(doppel_bin, "switchover", "pr", "--control", pr.control, "--listen", "nonsense")
+    assert r.returncode == 1 and pr.ctl("status")["remus"]["state"] == "protected", r.stderr
+
+
+def test_reprotect_after_sigkill_failover(doppel_bin, guest_elf, pair, tmp_path):
+    """SIGKILL the primary; the standby takes over; a fresh standby on the old host; `reprotect
+    --peer` protects the new primary to it with the settings it had; a second failover is exact."""
+    pr, sb, peer = pair
+    protect(doppel_bin, pr, peer, "--interval", "30")
+    before = last_pass(pr)
+    pr.kill(signal.SIGKILL)
+    wait_for(lambda: remus(sb)["role"] == "unprotected", 10, what="takeover")
+    port = free_port()
+    nb = VM(doppel_bin, str(tmp_path), name="nb", kernel=guest_elf, cmdline=None, mem=MEM,
+            extra=["--standby", "--listen", f"127.0.0.1:{port}"])
+    try:
+        nb.wait_ctl()
+        r = doppel(doppel_bin, "reprotect", "sb", "--control", sb.control, "--peer", f"127.0.0.1:{port}")
+        assert r.returncode == 0, r.stderr
+        rm = remus(sb)
+        assert rm["state"] == "protected" and rm["interval_ms"] == 30, rm
+        assert_runs_exact(sb, before)
+        before = last_pass(sb)
+        sb.kill(signal.SIGKILL)
+        wait_for(lambda: remus(nb)["role"] == "unprotected", 10, what="second takeover")
+        assert_runs_exact(nb, before)
+    finally:
+        nb.close()
