@@ -470,7 +470,7 @@ struct json_object *remus_cmd_reprotect(struct remus *r, struct json_object *req
 
 struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req)
 {
-	struct json_object *j, *f;
+	struct json_object *j, *f = NULL; /* json_object_deep_copy wants *dst NULL */
 
 	if (!json_object_object_get_ex(req, "report", &j) || !json_object_is_type(j, json_type_object))
 		return ctl_error("drill_report needs a \"report\" object");
