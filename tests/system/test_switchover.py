@@ -13,6 +13,7 @@ import time
 import pytest
 
 import netns
+from etcd import etcd_single  # noqa: F401  (fixture)
 from kvserver import finish_load, kv_op, start_load, target_of
 from vmproc import VM, ctl, wait_for
 
@@ -80,7 +81,7 @@ class LiveChecker:
                 st = {}
             self.logs[i].append((time.monotonic() - self.t0, live(st), st.get("state"), st.get("role"),
                                  st.get("remus", {}).get("witness", {}).get("token")))
-            time.sleep(max(0.0, 0.008 - (time.monotonic() - t)))
+            time.sleep(max(0.0, 0.005 - (time.monotonic() - t)))
 
     def finish(self):
         self.stop.set()
@@ -447,3 +448,37 @@ def test_reprotect_after_sigkill_failover(doppel_bin, guest_elf, pair, tmp_path)
         assert_runs_exact(nb, before)
     finally:
         nb.close()
+
+
+def test_switchover_moves_the_witness_key(doppel_bin, guest_elf, tmp_path, etcd_single):
+    """With a witness the old primary releases the key before GO and the new primary takes it: a
+    larger token, held by the new primary (etcd agrees), and back again; never two live copies."""
+    port = free_port()
+    wit = ["--witness", etcd_single.urls, "--witness-name", "swk", "--witness-ttl", "1000"]
+    sb = VM(doppel_bin, str(tmp_path), name="sb", kernel=guest_elf, cmdline=None, mem=MEM,
+            extra=["--standby", "--listen", f"127.0.0.1:{port}", *wit])
+    pr = VM(doppel_bin, str(tmp_path), name="pr", kernel=guest_elf, cmdline="work=dirty ws=16M pi=200",
+            mem=MEM)
+    try:
+        sb.wait_ctl()
+        pr.wait_output(r"dirty: pass=", timeout=20)
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", *wit)
+        tok = remus(pr)["witness"]["token"]
+        chk = LiveChecker(pr.control, sb.control)
+        before = last_pass(pr)
+        r, rep = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
+        assert r.returncode == 0, r.stderr
+        w = remus(sb)["witness"]
+        assert w["token"] > tok and w["holder"], w
+        assert etcd_single.get("/doppel/vm/swk/active")[1] == w["token"]
+        assert remus(pr)["witness"]["holder"] is None
+        assert pr.ctl("status")["state"] != "fenced"  # a standby without the key is not fenced
+        assert_runs_exact(sb, before)
+        r, rep = switchover(doppel_bin, sb, f"127.0.0.1:{free_port()}")
+        assert r.returncode == 0, r.stderr
+        w2 = remus(pr)["witness"]
+        assert w2["token"] > w["token"] and etcd_single.get("/doppel/vm/swk/active")[1] == w2["token"]
+        chk.finish()
+    finally:
+        pr.close()
+        sb.close()

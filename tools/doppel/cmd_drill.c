@@ -60,8 +60,11 @@ struct probe {
 	char err[160];
 };
 
-/* One request with retries of the same ID until a reply or stop. 0 and the reply, or -1. */
-static int probe_op(struct probe *p, enum kv_cmd cmd, uint64_t id, struct kv_reply *rep, bool until_stop)
+/* One request with retries of the same ID (50 ms apart) until a reply, at most max_tries tries. A
+ * request in flight is always finished, also when the drill ends: an INCR that was applied but whose
+ * answer was never awaited would count as a write the client does not know about. 0 and the reply,
+ * or -1. */
+static int probe_op(struct probe *p, enum kv_cmd cmd, uint64_t id, struct kv_reply *rep, int max_tries)
 {
 	struct kv_req rq = {.id = id, .cmd = cmd};
 	char buf[KV_DGRAM_MAX];
@@ -70,7 +73,7 @@ static int probe_op(struct probe *p, enum kv_cmd cmd, uint64_t id, struct kv_rep
 	int len = kv_format_request(buf, sizeof(buf), &rq);
 	if (len < 0)
 		return -1;
-	for (int tries = 0; until_stop ? !atomic_load(&p->stop) : tries < 100; tries++) {
+	for (int tries = 0; tries < max_tries; tries++) {
 		if (send(p->fd, buf, (size_t)len, 0) < 0 && errno != ECONNREFUSED) {
 			snprintf(p->err, sizeof(p->err), "send: %s", strerror(errno));
 			return -1;
@@ -98,8 +101,11 @@ static void *probe_main(void *arg)
 	struct kv_reply rep;
 
 	for (uint64_t i = 0; !atomic_load(&p->stop); i++) {
-		if (probe_op(p, KV_INCR, base + i, &rep, true))
+		if (probe_op(p, KV_INCR, base + i, &rep, 1200)) { /* a minute without an answer */
+			snprintf(p->err, sizeof(p->err), "INCR %llu: no answer for 60 s",
+				 (unsigned long long)i);
 			break;
+		}
 		uint64_t now = now_ns(), v;
 		if (!rep.ok || kv_parse_u64(rep.text, strlen(rep.text), &v)) {
 			snprintf(p->err, sizeof(p->err), "INCR answered %s", rep.text);
@@ -146,7 +152,7 @@ static void probe_finish(struct probe *p, struct json_object *rep)
 	atomic_store(&p->stop, true);
 	pthread_join(p->th, NULL);
 	atomic_store(&p->stop, false);
-	bool got = !probe_op(p, KV_GET, kv_id_base() + 1000000007ull, &r, false) && r.ok &&
+	bool got = !probe_op(p, KV_GET, kv_id_base() + 1000000007ull, &r, 100) && r.ok &&
 		   !kv_parse_u64(r.text, strlen(r.text), &v);
 	close(p->fd);
 	struct json_object *o = json_object_new_object();
@@ -482,7 +488,7 @@ int cmd_drill(int argc, char **argv)
 		probe_finish(&p, rep);
 	}
 	/* with a probe the RPO must be measured, and 0 */
-	bool rpo_ok = !probe_addr || roles_num(rep, "rpo_acked_lost", -1) == 0;
+	bool rpo_ok = !probe_addr || (roles_num(rep, "rpo_acked_lost", -1) == 0 && !p.err[0]);
 	json_object_object_add(rep, "result",
 			       json_object_new_string(rc       ? "failed"
 						      : rpo_ok ? "ok"
