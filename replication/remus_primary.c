@@ -16,6 +16,7 @@
 #include "replication/sock.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
+#include "common/errf.h"
 #include "common/log.h"
 
 #define PRECOPY_MAX_ROUNDS 5
@@ -117,7 +118,7 @@ static void *sender_main(void *arg)
 	epoch = r->next_epoch;
 	pthread_mutex_unlock(&r->lock);
 	rc = sr_write_header(w, &h);
-	if (!rc)
+	if (!rc && !r->resume) /* resume: the standby's RAM is ours at the switch point */
 		rc = precopy(r, w, &out, &epoch);
 	if (rc) {
 		sender_error(r, "live full copy", w, rc);
@@ -246,6 +247,16 @@ static const struct ckpt_ops remus_ops = {
 	.stage = true,
 	.commit = remus_commit,
 };
+
+int remus_primary_log_from_now(struct remus *r, char *err, size_t errlen)
+{
+	int rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
+
+	r->eng_ready = !rc;
+	if (rc)
+		return errf(err, errlen, rc, "out of memory");
+	return ckpt_engine_start_flags(&r->eng, DIRTY_START_CLEAN, err, errlen);
+}
 
 /* One checkpoint: the engine's epoch (pause, sync, capture, stage the dirty pages, mark the output
  * boundary, resume), then hand the stage to the sender. */
@@ -570,7 +581,8 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	}
 	rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
 	r->eng_ready = !rc;
-	if (!rc)
+	r->resume = r->eng.log && remus_switch_resume(req); /* logging since the switch point */
+	if (!rc && !r->resume)
 		rc = ckpt_engine_start(&r->eng, err, sizeof(err));
 	if (rc) {
 		close(fd);

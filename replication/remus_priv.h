@@ -223,6 +223,7 @@ struct remus {
 	struct remus_msgbuf sw_mb;
 	struct ctl_conn *sw_conn; /* deferred `switchover` reply */
 	bool fence_paused; /* remus_fence's vm_pause succeeded (a rejoin drops that hold) */
+	bool resume; /* this protect session skips the live full copy (after a switchover) */
 	/* standby: a GO read by the reader (lock until RA_SWITCH_GO) */
 	int go_fd;
 	uint64_t go_epoch;
@@ -260,6 +261,9 @@ void remus_primary_abandon(struct remus *r, const char *fmt, ...) __attribute__(
 /* vmm exit (stop): end replication with ABANDON, synchronously (the loop no longer runs). */
 void remus_primary_exit(struct remus *r);
 const char *remus_pstate_name(enum remus_pstate s);
+/* Start dirty logging now with a clean set (a switchover's new primary, before its vCPUs start:
+ * the old primary's RAM is this RAM, so only pages dirtied from here on need to be sent). */
+int remus_primary_log_from_now(struct remus *r, char *err, size_t errlen);
 
 /* remus_phases.c */
 void remus_phases_status(struct remus *r, struct json_object *o);
@@ -295,6 +299,8 @@ void remus_switch_lost(struct remus *r, const char *why); /* standby lost during
 void remus_switch_go_read(struct remus *r, struct sr_in *in, uint64_t epoch);
 void remus_switch_go(struct remus *r); /* RA_SWITCH_GO */
 void remus_switch_status(struct remus *r, struct json_object *o);
+/* protect's request asks to resume from the switch point ("resume": true, internal) */
+bool remus_switch_resume(struct json_object *req);
 struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req);
 
 /* remus_witness.c (loop thread) */

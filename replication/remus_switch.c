@@ -380,8 +380,13 @@ void remus_switch_go(struct remus *r)
 	if (fd < 0 || r->role != REMUS_STANDBY)
 		return;
 	snprintf(why, sizeof(why), "switchover from the primary (it becomes the standby on %s)", r->go_back);
+	/* Dirty logging before the vCPUs start: the protect back then sends only what changed. */
+	bool resume = !remus_primary_log_from_now(r, err, sizeof(err));
+	if (!resume)
+		log_warn("remus", vmm_name(r->v), "switchover: %s: the re-protect copies everything", err);
 	if (remus_witness_acquire_now(r, err, sizeof(err)) ||
 	    remus_standby_failover(r, why, true, err, sizeof(err))) {
+		ckpt_engine_stop(&r->eng);
 		go_answer(fd, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
 		snprintf(r->last_error, sizeof(r->last_error), "switchover refused: %.200s", err);
 		remus_record_event(r, "switchover-refused", e, "%s", err);
@@ -393,10 +398,14 @@ void remus_switch_go(struct remus *r)
 	json_object_object_add(req, "peer", json_object_new_string(r->go_back));
 	json_object_object_add(req, "interval_ms", json_object_new_int((int)r->interval_ms));
 	json_object_object_add(req, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
+	json_object_object_add(req, "resume", json_object_new_boolean(resume));
 	res = remus_cmd_protect(r, req);
 	json_object_put(req);
 	struct json_object *ej = NULL;
 	if (res && res != CTL_DEFER && json_object_object_get_ex(res, "error", &ej)) {
+		if (r->role != REMUS_PRIMARY)
+			ckpt_engine_stop(
+				&r->eng); /* the log started at the switch: a later protect starts anew */
 		remus_record_event(r, "reprotect-failed", e, "protecting to %s: %s", r->go_back,
 				   json_object_get_string(ej));
 		log_warn("remus", vmm_name(r->v), "switchover: cannot protect to %s: %s", r->go_back,
@@ -466,6 +475,14 @@ struct json_object *remus_cmd_reprotect(struct remus *r, struct json_object *req
 		json_object_object_add(req, "heartbeat_timeout_ms",
 				       json_object_new_int((int)r->hb_timeout_ms));
 	return remus_cmd_protect(r, req);
+}
+
+bool remus_switch_resume(struct json_object *req)
+{
+	struct json_object *j;
+
+	return json_object_object_get_ex(req, "resume", &j) && json_object_is_type(j, json_type_boolean) &&
+	       json_object_get_boolean(j);
 }
 
 struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req)
