@@ -10,10 +10,10 @@
 
 B       ?= build
 CC      ?= gcc
-PKGS    := libzstd libev libnl-route-3.0 json-c libxxhash libcurl libmicrohttpd libsystemd
+PKGS    := libzstd libev libnl-route-3.0 json-c libxxhash libcurl libmicrohttpd libsystemd gnutls libseccomp libcap-ng
 # libev ships no .pc file in Debian; pkg-config failures for it are harmless (header in /usr/include).
-PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd 2>/dev/null)
+PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd gnutls libseccomp libcap-ng 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd gnutls libseccomp libcap-ng 2>/dev/null)
 OPT     ?= -O2
 CFLAGS  := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lev -lpthread -lm $(EXTRA_LDFLAGS)
@@ -33,7 +33,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PYTEST  := /usr/bin/python3 -m pytest
 
-.PHONY: all deps check unit system asan fuzz demo bench soak clean format format-check
+.PHONY: all deps check unit system asan fuzz demo bench soak scale clean format format-check
 all: deps
 	@$(MAKE) --no-print-directory binaries
 
@@ -101,6 +101,11 @@ asan: deps
 
 soak: binaries
 	DOPPEL_BUILD=$(abspath $(B)) DOPPEL_SOAK=$(or $(N),200) $(PYTEST) -q -p no:cacheprovider tests/system -k soak
+
+# `make scale N=1000`: the fleet scale bench (bench/scale_bench.sh): N VMs of 16 MiB with a KV service each,
+# versus QEMU microvm; make check runs a short version (tests/system/test_scale.py, 20 VMs).
+scale: binaries
+	N=$(or $(N),1000) bench/scale_bench.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory binaries

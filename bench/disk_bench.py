@@ -5,9 +5,16 @@ with data first so reads do not hit holes. Per backing, per case (4K writes and 
 64K reads at 16, 4K writes and reads at depth 1 for latency), RUNS runs per VMM, the VMMs alternating.
 A run's value is the mean of its `disk: bench=` lines after the first; reported as the median run.
 Target: doppel >= QEMU.
+
+Remus rows (REMUS_RUNS, default RUNS; 0 skips them): the same writes on tmpfs with the VM protected by
+a standby on localhost (its own image) at 25 and 100 ms epochs, measured from the first bench line
+after `doppel protect` returned (initial sync and first checkpoint done). QEMU has no comparable Remus
+(its COLO block replication needs a COLO pair), so these compare with unprotected doppel.
 """
 import json
 import os
+import socket
+import time
 import re
 import shutil
 import statistics
@@ -22,6 +29,8 @@ RUNS = int(os.environ.get("RUNS", "3"))
 SECS = int(os.environ.get("SECS", "2"))
 REALDIR = os.environ.get("REALDIR", "/var/tmp")
 IMG_SIZE = 64 << 20
+REMUS_RUNS = int(os.environ.get("REMUS_RUNS", str(RUNS)))
+REMUS_CASES = [("write", "4K", 16), ("write", "4K", 1), ("write", "64K", 16)]
 CASES = [("write", "4K", 16), ("read", "4K", 16), ("read", "64K", 16), ("write", "4K", 1), ("read", "4K", 1)]
 LINE = re.compile(r"^disk: bench=\w+ bs=\d+ qd=\d+ iops=(\d+) mbps=(\d+) lat_us=(\d+)$", re.M)
 
@@ -55,6 +64,77 @@ def run_one(kind, img, what, bs, qd):
             "lat_us": statistics.mean(v[2] for v in vals)}
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_remus(img, img2, what, bs, qd, interval):
+    """One protected run: a standby on img2, the bench guest on img, `doppel protect`, then the bench
+    lines printed after protect returned."""
+    tag = f"{os.getpid()}.{time.monotonic_ns()}"
+    port, ser = free_port(), f"/tmp/diskbench-p.{tag}.serial"
+    sock_p, sock_s = f"/tmp/diskbench-p.{tag}.sock", f"/tmp/diskbench-s.{tag}.sock"
+    sb = subprocess.Popen([DOPPEL, "run", "--name", "dbs", "--mem", "256M", "--serial", "none", "--control", sock_s,
+                           "--disk", f"path={img2}", "--standby", "--listen", f"127.0.0.1:{port}"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmdline = f"work=disk dbench={what} dbs={bs} dqd={qd} pi=500 secs={SECS + 4}"
+    pr = subprocess.Popen([DOPPEL, "run", "--name", "dbp", "--mem", "256M", "--kernel", GUEST, "--serial",
+                           f"file:{ser}", "--control", sock_p, "--disk", f"path={img}", "--cmdline", cmdline],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if os.path.exists(sock_p) and os.path.exists(sock_s):
+                break
+            time.sleep(0.05)
+        r = subprocess.run([DOPPEL, "protect", "dbp", "--peer", f"127.0.0.1:{port}", "--interval", str(interval),
+                            "--control", sock_p], capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            raise RuntimeError(f"protect failed: {r.stderr.strip()}")
+        n0 = len(LINE.findall(open(ser, errors="replace").read()))
+        pr.wait(SECS * 10 + 30)
+        vals = [tuple(map(int, m)) for m in LINE.findall(open(ser, errors="replace").read())][n0 + 1:]
+        if not vals:
+            raise RuntimeError(f"remus {what} {bs} qd={qd}: no bench lines after protect")
+        return {"iops": statistics.mean(v[0] for v in vals), "mbps": statistics.mean(v[1] for v in vals),
+                "lat_us": statistics.mean(v[2] for v in vals)}
+    finally:
+        for p in (pr, sb):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in (ser, sock_p, sock_s):
+            if os.path.exists(f):
+                os.unlink(f)
+
+
+def remus_rows():
+    img, img2 = (f"/dev/shm/doppel-diskbench-remus{i}.{os.getpid()}.img" for i in (1, 2))
+    make_image(img)
+    with open(img2, "wb") as f:
+        f.truncate(IMG_SIZE)
+    rows = []
+    try:
+        for what, bs, qd in REMUS_CASES:
+            for interval in (25, 100):
+                runs = {"plain": [], "remus": []}
+                for _ in range(REMUS_RUNS):
+                    runs["plain"].append(run_one("doppel", img, what, bs, qd))
+                    runs["remus"].append(run_remus(img, img2, what, bs, qd, interval))
+                row = {"what": what, "bs": bs, "qd": qd, "interval_ms": interval}
+                for kind, rs in runs.items():
+                    med = sorted(rs, key=lambda r: r["iops"])[len(rs) // 2]
+                    row[kind] = dict(med, iops_all=[round(r["iops"]) for r in rs])
+                rows.append(row)
+                print(f"remus {interval} ms {what} {bs} qd={qd}: {row['remus']['iops']:.0f} IOPS "
+                      f"(unprotected {row['plain']['iops']:.0f})", flush=True)
+    finally:
+        for f in (img, img2):
+            os.unlink(f)
+    return rows
+
+
 def main():
     out_json = os.path.join(REPO, "bench", "results", "disk.json")
     if not QEMU:
@@ -83,6 +163,8 @@ def main():
             res["backings"][backing] = {"dir": d, "rows": rows}
         finally:
             os.unlink(img)
+    if REMUS_RUNS:
+        res["remus"] = remus_rows()
     res["qemu_version"] = subprocess.run([QEMU, "--version"], capture_output=True,
                                          text=True).stdout.splitlines()[0]
     os.makedirs(os.path.dirname(out_json), exist_ok=True)
@@ -116,6 +198,19 @@ def write_md(res):
               "(virtio_blk_submit_multireq), which this sequential bench favours, and doppel pays a worker "
               "wake-up per 4 requests. Request merging and io_uring are the next steps. The 2-core machine is "
               "shared with other jobs, so runs vary (every run's IOPS are in the JSON).\n")
+    if res.get("remus"):
+        md += ["### Remus with disk writes\n",
+               "The bench guest's writes on tmpfs with the VM protected by a standby on the same host (its own "
+               "image, initial sync done before measuring), at 25 and 100 ms epochs, against the same runs "
+               "unprotected (alternating). Every completed write is copied into the epoch's log inside the "
+               "completion and sent with the epoch; the standby applies it at the commit (docs/disk.md).\n",
+               "| case | epoch | Remus IOPS | unprotected IOPS | Remus / unprotected | Remus MB/s | Remus lat µs |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in res["remus"]:
+            m, p = r["remus"], r["plain"]
+            md.append(f"| write {r['bs']} qd={r['qd']} | {r['interval_ms']} ms | {m['iops']:,.0f} | {p['iops']:,.0f} | "
+                      f"{m['iops'] / p['iops']:.2f} | {m['mbps']:,.0f} | {m['lat_us']:,.0f} |")
+        md.append("")
     os.makedirs(os.path.join(REPO, "docs", "perf"), exist_ok=True)
     with open(os.path.join(REPO, "docs", "perf", "disk.md"), "w") as f:
         f.write("\n".join(md) + "\n")

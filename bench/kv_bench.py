@@ -27,7 +27,7 @@ PACED_N = int(os.environ.get("PACED_N", "6000"))
 RATE = int(os.environ.get("RATE", "2000"))
 WINDOW = 32
 MAC = "52:54:00:12:34:56"
-CMDLINE = f"work=kv ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}"
+CMDLINE = f"work=kv ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}" + os.environ.get("GUEST_EXTRA", "")
 
 
 def start(kind, topo, tmp):

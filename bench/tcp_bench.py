@@ -32,7 +32,7 @@ RUNS = int(os.environ.get("RUNS", "3"))
 CONNS = int(os.environ.get("CONNS", "20"))
 SECS = int(os.environ.get("SECS", "3"))
 MAC = "52:54:00:12:34:56"
-CMDLINE = f"work=kv ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}"
+CMDLINE = f"work=kv ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}" + os.environ.get("GUEST_EXTRA", "")
 HOST = netns.GUEST_IP
 
 

@@ -292,7 +292,7 @@ iobmp:	/* 1 = denied; ports beyond the TSS limit are denied too */
 	.fill	114, 1, 0xff		/* 0x068-0x3f7 */
 	.byte	0x00			/* 0x3f8-0x3ff UART allowed */
 	.fill	32, 1, 0xff		/* 0x400-0x4ff */
-	.byte	0xf9			/* 0x501-0x502 exit port allowed */
+	.byte	0x09			/* 0x501-0x502 exit port, 0x504-0x507 idle doorbell allowed */
 	.byte	0xff			/* terminator */
 tss_end:
 

@@ -65,6 +65,18 @@ static inline uint8_t inb(uint16_t port)
 	return v;
 }
 
+static inline void outl(uint32_t v, uint16_t port)
+{
+	__asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint32_t inl(uint16_t port)
+{
+	uint32_t v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
 static inline uint64_t rdtsc(void)
 {
 	uint32_t lo, hi;
@@ -135,6 +147,21 @@ uint64_t now_ns(void);
  * before the limit always comes out. */
 bool time_up(uint64_t now);
 void time_set_limit(uint64_t secs);
+/* The next now_ns() call also accepts a step of up to `ns` more than usual (the guest slept that long
+ * on purpose in the idle doorbell); steps beyond still count as zero. */
+void time_allow_step(uint64_t ns);
+/* The secs= limit as a now_ns() value (UINT64_MAX without secs=): a deadline for idle_until. */
+uint64_t time_limit_ns(void);
+
+/* ---- idle.c: the VMM's idle doorbell (docs/guest.md) ---------------------------------------- */
+/* True when the VMM implements the doorbell (port 0x504 reads "IDLE") and idle=poll was not given. */
+bool idle_doorbell(void);
+/* Something was done at `now`: keep polling for idlespin= µs (default 50) before sleeping. */
+void idle_busy(uint64_t now);
+/* Nothing to do at `now` until `deadline` (now_ns() values): sleep in the VMM until an event (a
+ * device used a buffer or raised an interrupt), the deadline, or at most 10 s; without the doorbell,
+ * or within the spin time after the last activity, one cpu_relax(). Callers loop. */
+void idle_until(uint64_t now, uint64_t deadline);
 
 /* ---- works (one file each; registered in main.c's WORKS list) ------------------------------- */
 /* A work is `int work_<name>(void)`: it runs until it returns an exit status (or forever).

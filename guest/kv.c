@@ -288,13 +288,14 @@ int work_kv(void)
 	       net6_enabled() ? cmdline_get("ip6") : "off");
 	next = now_ns() + guest_pi_ns;
 	for (;;) {
-		uint64_t t;
+		uint64_t t, at;
+		bool busy = net_poll(64) != 0;
 
-		if (!net_poll(64))
-			cpu_relax();
-		if (++iter & 63) /* the clock only every 64 polls: keep the hot loop short */
+		if (busy && (++iter & 63)) /* busy: the clock only every 64 polls, keep the hot loop short */
 			continue;
 		t = now_ns();
+		if (busy)
+			idle_busy(t);
 		tcp_timers(t);
 		if (print && t >= next) {
 			struct tcp_stats ts;
@@ -308,5 +309,14 @@ int work_kv(void)
 		}
 		if (time_up(t))
 			return GUEST_EXIT_OK;
+		if (busy)
+			continue;
+		/* nothing arrived: sleep until a frame, the next TCP timer, print or secs= */
+		at = tcp_next_timer();
+		if (print && next < at)
+			at = next;
+		if (time_limit_ns() < at)
+			at = time_limit_ns();
+		idle_until(t, at);
 	}
 }

@@ -712,6 +712,19 @@ static void timer_fire(struct tcp_conn *c, uint64_t now)
 	(void)now;
 }
 
+uint64_t tcp_next_timer(void)
+{
+	uint64_t at = UINT64_MAX;
+
+	for (unsigned i = 0; tcp.active && i < TCP_CONNS; i++) {
+		const struct tcp_conn *c = &tcp.conns[i];
+
+		if (c->state != TCP_FREE && c->timer_at && c->timer_at < at)
+			at = c->timer_at;
+	}
+	return at;
+}
+
 void tcp_timers(uint64_t now)
 {
 	if (!tcp.active)

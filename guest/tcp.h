@@ -56,6 +56,8 @@ void tcp_input(const struct net_peer *p, const uint8_t *seg, size_t len);
 void tcp_flush(void);
 /* Retransmissions, window probes and TIME_WAIT expiry: call a few times per millisecond. */
 void tcp_timers(uint64_t now);
+/* The earliest pending TCP timer (retransmission, TIME_WAIT, FIN_WAIT2) as a now_ns() value, UINT64_MAX if none. */
+uint64_t tcp_next_timer(void);
 
 size_t tcp_space(const struct tcp_conn *c);
 void tcp_write(struct tcp_conn *c, const void *p, size_t n); /* n <= tcp_space(c) */

@@ -205,14 +205,22 @@ uint64_t tsc_khz(void)
 	return clk_khz;
 }
 
+static uint64_t clk_allow_ticks; /* time_allow_step: a longer step accepted once */
+
+void time_allow_step(uint64_t ns)
+{
+	clk_allow_ticks = clk_khz ? ns / 1000000 * clk_khz + ns % 1000000 * clk_khz / 1000000 : 0;
+}
+
 uint64_t now_ns(void)
 {
 	uint64_t t = rdtsc();
 	uint64_t d = t - clk_last_tsc;
 
 	clk_last_tsc = t;
-	if ((int64_t)d > 0 && d <= clk_max_step)
+	if ((int64_t)d > 0 && d <= clk_max_step + clk_allow_ticks)
 		clk_acc_ticks += d;
+	clk_allow_ticks = 0;
 	return (uint64_t)(((unsigned __int128)clk_acc_ticks * clk_ns_mult) >> 32);
 }
 
@@ -220,6 +228,11 @@ void time_set_limit(uint64_t secs)
 {
 	clk_limited = true;
 	clk_limit_ns = secs > UINT64_MAX / 1000000000ull ? UINT64_MAX : secs * 1000000000ull;
+}
+
+uint64_t time_limit_ns(void)
+{
+	return clk_limited ? clk_limit_ns : UINT64_MAX;
 }
 
 bool time_up(uint64_t now)

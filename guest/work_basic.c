@@ -16,7 +16,7 @@ int work_idle(void)
 		}
 		if (time_up(t))
 			return GUEST_EXIT_OK;
-		cpu_relax();
+		idle_until(t, next < time_limit_ns() ? next : time_limit_ns());
 	}
 }
 

@@ -24,6 +24,16 @@
  * whose default iobase this is; under QEMU the process exit status is (status << 1) | 1). */
 #define HV_EXIT_PORT 0x501
 
+/* Idle doorbell: a guest with nothing to do writes a 32-bit timeout in microseconds to this port
+ * (4-byte OUT; 0 only consumes a pending event); its vCPU thread then sleeps in the VMM until an
+ * event for the guest (vm_wake: a device filled a used ring or raised an interrupt), the timeout, or
+ * a pause or stop request, whichever comes first — an idle guest costs no host CPU. A 4-byte IN
+ * returns HV_IDLE_MAGIC, so a guest can tell a VMM with the doorbell from one without (reads float
+ * high). Events are sticky: one that arrives while the guest is not waiting ends its next wait at
+ * once, so "poll, then wait" loses no wakeup. */
+#define HV_IDLE_PORT 0x504
+#define HV_IDLE_MAGIC 0x454c4449u /* "IDLE" */
+
 enum io_space { IO_PIO, IO_MMIO };
 
 /* A device access. Called on a vCPU thread with no hv lock held: devices lock themselves.
@@ -32,10 +42,17 @@ enum io_space { IO_PIO, IO_MMIO };
  * an error (the VM stops with a clear message). */
 typedef int (*io_fn)(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write);
 
+/* How guest RAM is backed up front: lazy (pages on first touch), populate (every page allocated at
+ * create time), lock (populated and mlock'ed: never swapped, never fails later). */
+enum hv_mem_policy { HV_MEM_LAZY, HV_MEM_POPULATE, HV_MEM_LOCK };
+
 struct vm_config {
 	const char *name; /* for messages; may be NULL */
 	uint64_t mem_size; /* bytes, page multiple, 2 MiB .. HV_MEM_MAX */
 	int nr_vcpus; /* 1 .. HV_MAX_VCPUS */
+	enum hv_mem_policy mem_policy; /* default lazy */
+	const int *cpus; /* host CPUs every vCPU thread is pinned to (affinity mask); NULL: no pinning */
+	int nr_cpus;
 };
 #define HV_MEM_MIN (2ull << 20)
 #define HV_MEM_MAX (64ull << 30)
@@ -82,6 +99,13 @@ const char *vm_platform_state_name(const struct vm *vm);
 /* Drive interrupt line `gsi` of the VM's interrupt controller to `level` (1 assert, 0 deassert).
  * Any thread; a device model calls it with its own lock held. Returns 0 or -errno (the VM is gone). */
 int vm_irq_line(struct vm *vm, int gsi, int level);
+
+/* An event for the guest happened (a device put buffers in a used ring, an interrupt was raised):
+ * end a vCPU's idle-doorbell wait, or make the next one return at once. Any thread, cheap when no
+ * vCPU waits. */
+void vm_wake(struct vm *vm);
+/* Idle doorbell counters: waits that slept, and of those the ones an event ended. */
+void vm_idle_stats(const struct vm *vm, uint64_t *waits, uint64_t *wakeups);
 
 /* Register a device over [base, base+len) in one space. Overlaps are rejected (-EEXIST).
  * Only before vm_start. */

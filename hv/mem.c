@@ -259,3 +259,27 @@ int mem_discard(struct guest_mem *gm, uint64_t first, uint64_t count)
 	}
 	return 0;
 }
+
+void mem_zero(struct guest_mem *gm, uint64_t gpa, uint64_t len)
+{
+	uint8_t *p = gpa_ptr(gm, gpa, len);
+	uint64_t a = (gpa + GUEST_PAGE_SIZE - 1) & ~(GUEST_PAGE_SIZE - 1),
+		 b = (gpa + len) & ~(GUEST_PAGE_SIZE - 1);
+	uint64_t idx = mem_page_index(gm, a);
+	off_t off;
+
+	if (!p || !len)
+		return;
+	if (gm->memfd >= 0 && a < b && idx != UINT64_MAX) {
+		off = (off_t)(idx << GUEST_PAGE_SHIFT);
+		if (fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)(b - a)) ==
+		    0) {
+			memset(p, 0, a - gpa);
+			memset(p + (b - gpa), 0, gpa + len - b);
+			mem_mark_dirty(gm, gpa, len);
+			return;
+		}
+	}
+	memset(p, 0, len);
+	mem_mark_dirty(gm, gpa, len);
+}

@@ -63,6 +63,10 @@ int mem_write(struct guest_mem *gm, uint64_t gpa, const void *src, uint64_t len)
  * Ranges outside RAM are ignored. */
 void mem_mark_dirty(struct guest_mem *gm, uint64_t gpa, uint64_t len);
 
+/* Zero [gpa, gpa+len) (inside one RAM region) and mark it device-dirty. Whole pages of a memfd are
+ * punched out rather than written, so zeroing never-touched RAM (an ELF's bss) allocates nothing. */
+void mem_zero(struct guest_mem *gm, uint64_t gpa, uint64_t len);
+
 /* RAM page index <-> guest-physical address. page_index returns UINT64_MAX for non-RAM. */
 uint64_t mem_page_index(const struct guest_mem *gm, uint64_t gpa);
 uint64_t mem_page_gpa(const struct guest_mem *gm, uint64_t page_index);

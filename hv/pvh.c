@@ -352,8 +352,8 @@ int pvh_load(struct guest_mem *gm, const void *elf, size_t elf_len, const char *
 			continue;
 		dst = gpa_ptr(gm, s->paddr, s->memsz);
 		memcpy(dst, e->p + s->off, s->filesz);
-		memset(dst + s->filesz, 0, s->memsz - s->filesz);
-		mem_mark_dirty(gm, s->paddr, s->memsz);
+		mem_mark_dirty(gm, s->paddr, s->filesz);
+		mem_zero(gm, s->paddr + s->filesz, s->memsz - s->filesz); /* bss: allocates nothing */
 	}
 	write_boot_area(gm, cmdline, cmdlen + 1);
 	*out = (struct pvh_image){.entry = entry, .start_info = PVH_START_INFO_GPA, .kernel_end = end};

@@ -15,6 +15,8 @@
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
+#include "common/log.h"
+#include "replication/tls.h"
 
 /* ---- back channel ----------------------------------------------------------------------------- */
 
@@ -196,6 +198,32 @@ static struct json_object *resume_source(struct vmm *v, struct mig *m)
 	return CTL_DEFER;
 }
 
+/* The source's TLS credentials from the request ("tls_dir", "tls_peer_name"), replacing the last
+ * migration's. No sender thread runs. 0 or -errno with err. */
+static int migrate_tls(struct mig *m, struct json_object *req, const char *to, char *err, size_t errlen)
+{
+	struct json_object *d = NULL, *n = NULL;
+	struct tls_cfg *tc = NULL;
+	int rc;
+
+	json_object_object_get_ex(req, "tls_dir", &d);
+	json_object_object_get_ex(req, "tls_peer_name", &n);
+	if ((d && !json_object_is_type(d, json_type_string)) ||
+	    (n && !json_object_is_type(n, json_type_string)))
+		return errf(err, errlen, -EINVAL, "tls_dir and tls_peer_name must be strings");
+	if (n && !d)
+		return errf(err, errlen, -EINVAL, "--tls-peer-name needs --tls-dir");
+	if (d && (rc = tls_cfg_load(&tc, json_object_get_string(d), n ? json_object_get_string(n) : NULL, err,
+				    errlen)))
+		return rc;
+	if (!tc)
+		log_warn("migrate", vmm_name(m->v),
+			 "migration to %s is plaintext and unauthenticated (no --tls-dir)", to);
+	tls_cfg_free(m->tls);
+	m->tls = tc;
+	return 0;
+}
+
 static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, void *opaque)
 {
 	struct mig *m = opaque;
@@ -218,6 +246,11 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 		return ctl_error("VM %s is %s; only a running VM can be migrated", vmm_name(v),
 				 vm_state_name(vm_get_state(vmm_vm(v))));
 	if (parse_params(req, &p, err, sizeof(err)))
+		return ctl_error("%s", err);
+	pthread_mutex_lock(&m->lock);
+	bool busy = m->busy;
+	pthread_mutex_unlock(&m->lock);
+	if (!busy && migrate_tls(m, req, p.to, err, sizeof(err)))
 		return ctl_error("%s", err);
 	pthread_mutex_lock(&m->lock);
 	if (m->busy) {
@@ -256,7 +289,10 @@ static void status_hook(struct vmm *v, struct json_object *st, void *opaque)
 	(void)v;
 	pthread_mutex_lock(&m->lock);
 	json_object_object_add(o, "state", json_object_new_string(m->prog.state ? m->prog.state : "none"));
+	json_object_object_add(o, "tls", json_object_new_boolean(m->tls != NULL));
 	if (m->prog.state) {
+		/* the VM's current transfer is this migration: its TLS is the process's */
+		json_object_object_add(st, "tls", json_object_new_boolean(m->tls != NULL));
 		json_object_object_add(o, "committed", json_object_new_boolean(m->prog.committed));
 		json_object_object_add(o, "round", json_object_new_int64((int64_t)m->prog.round));
 		json_object_object_add(o, "pages_left", json_object_new_int64((int64_t)m->prog.pages_left));
@@ -351,6 +387,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 		close(m->lfd);
 	if (m->fd >= 0)
 		close(m->fd);
+	tls_cfg_free(m->tls);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }
@@ -392,13 +429,25 @@ static struct mig *mig_of(struct vmm *v)
 	return vmm_cmd_opaque(v, "migrate");
 }
 
-int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
+int migrate_incoming_listen(struct vmm *v, const char *addr, const char *tls_dir, const char *tls_peer_name,
+			    char *err, size_t errlen)
 {
 	struct mig *m = mig_of(v);
+	int rc;
 
 	if (!m)
 		return errf(err, errlen, -EINVAL, "internal error: migrate_setup was not called");
 	if (!vmm_held(v))
 		return errf(err, errlen, -EINVAL, "--incoming needs a VM that has not started");
+	if (tls_peer_name && !tls_dir)
+		return errf(err, errlen, -EINVAL, "--tls-peer-name needs --tls-dir");
+	if (tls_dir && (rc = tls_cfg_load(&m->tls, tls_dir, tls_peer_name, err, errlen)))
+		return rc;
+	if (!tls_dir)
+		log_warn("migrate", vmm_name(v),
+			 "incoming migration is plaintext and unauthenticated (no --tls-dir): whoever "
+			 "connects "
+			 "to %s first runs here",
+			 addr);
 	return mig_recv_listen(m, addr, err, errlen);
 }

@@ -10,8 +10,10 @@ struct vmm;
 int migrate_setup(struct vmm *v) __attribute__((warn_unused_result));
 
 /* Make this (held, not running) VM wait for an incoming migration on `addr`; when the stream has
- * arrived completely the VM starts. Loop thread, before vmm_run. Returns 0 or -errno with err. */
-int migrate_incoming_listen(struct vmm *v, const char *addr, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+ * arrived completely the VM starts. tls_dir (NULL: plaintext) holds ca.pem, cert.pem, key.pem: only a
+ * source with a certificate of that CA (naming tls_peer_name when not NULL) is accepted; others are
+ * closed with one log line and the destination keeps waiting. Loop thread, before vmm_run. Returns 0 or -errno with err. */
+int migrate_incoming_listen(struct vmm *v, const char *addr, const char *tls_dir, const char *tls_peer_name,
+			    char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif

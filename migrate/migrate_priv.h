@@ -144,6 +144,9 @@ struct pc_dst;
 
 struct mig {
 	struct vmm *v;
+	/* TLS (NULL: plaintext): the destination's from `run --incoming --tls-dir`, the source's from
+	 * the migrate request (replaced per migration; read by the sender thread it starts). */
+	struct tls_cfg *tls;
 	pthread_mutex_t lock;
 	struct mig_progress prog;
 	bool busy; /* an outgoing migration is running */
@@ -199,5 +202,6 @@ int pc_dst_start(struct mig *m);
 int pc_dst_receive(struct mig *m);
 /* Loop thread, after the receiver ended: stop the fault thread, unregister (wakes any waiter), free. */
 void pc_dst_free(struct mig *m);
+#define MIG_HANDSHAKE_MS 5000 /* one deadline for TLS handshake + stream header (both sides) */
 
 #endif

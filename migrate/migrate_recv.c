@@ -8,9 +8,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/errf.h"
 #include "migrate/migrate_priv.h"
 #include "replication/checkpoint.h"
+#include "replication/disk_repl.h"
 #include "replication/sock.h"
+#include "replication/tls.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
@@ -59,18 +62,38 @@ static int await_go(struct mig *m)
 }
 
 /* Receiver thread: header check -> ACCEPT, epochs straight into RAM, keep the last state, END. */
+/* With the machine state: every disk of this VM was described by the source. */
+static int disks_seen(uint32_t verified, int nd, char *err, size_t errlen)
+{
+	for (int d = 0; d < nd; d++)
+		if (!(verified & (1u << d)))
+			return errf(err, errlen, -EINVAL, "this VM has disk%d, the source not", d);
+	return 0;
+}
+
 static void *receiver_main(void *arg)
 {
 	struct mig *m = arg;
 	struct vm *vm = vmm_vm(m->v);
-	struct ckpt_stage a = {0}, keep = {0}, tmp;
+	static const struct disk_peer_names names = {"the source", "on the source", "this VM"};
+	struct virtio_blk *disks[DISK_MAX];
+	/* direct: blocks go straight into this VM's images (it has not run); the stop-and-copy epoch may
+	 * carry many */
+	struct disk_stage ds = {.direct = disks, .ndirect = 0, .names = &names};
+	struct ckpt_stage a = {.disk = &ds}, keep = {.disk = &ds}, tmp;
+	int nd = vmm_disk_count(m->v) < DISK_MAX ? vmm_disk_count(m->v) : DISK_MAX;
+	uint32_t verified = 0;
 	struct sr_header h;
 	struct sr_in in;
 	struct sr_ctx *r = NULL;
 	char err[400];
 	int rc;
 
+	for (int i = 0; i < nd; i++)
+		disks[i] = vmm_disk(m->v, i);
+	ds.ndirect = nd;
 	sr_in_fd(&in, m->fd, RECV_TIMEOUT_MS);
+	in.deadline_ns = now_ns() + MIG_HANDSHAKE_MS * 1000000ull; /* the header: no byte dribbling */
 	rc = sr_reader_new(&r, &in);
 	if (rc) {
 		fail(m, "%s", "out of memory");
@@ -100,6 +123,7 @@ static void *receiver_main(void *arg)
 		fail(m, "rejected the migration: %s", err);
 		goto out;
 	}
+	in.deadline_ns = 0;
 	/* t_start_ns = 1: this RAM is all zero (no kernel was loaded), zero ranges need not be sent. */
 	rc = mig_msg_send(m->fd, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
 	if (rc) {
@@ -108,12 +132,25 @@ static void *receiver_main(void *arg)
 	}
 	for (;;) {
 		rc = ckpt_read_epoch(r, &a, vm_mem(vm), err, sizeof(err));
+		if (rc < 0 && !strncmp(err, "disk", 4)) { /* a disk that does not match this VM's */
+			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			fail(m, "rejected the migration: %s", err);
+			goto out;
+		}
 		if (rc < 0) {
 			fail(m, "migration stream broken: %s", err);
 			goto out;
 		}
 		if (rc == 0)
 			break;
+		/* disks: identity, then this epoch's blocks into this VM's images (not running yet) */
+		if ((rc = disk_stage_check(&ds, disks, nd, &verified, &names, err, sizeof(err))) ||
+		    (a.have_state && (rc = disks_seen(verified, nd, err, sizeof(err)))) ||
+		    (rc = disk_stage_apply(&ds, disks, nd, err, sizeof(err)))) {
+			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			fail(m, "rejected the migration: %s", err);
+			goto out;
+		}
 		if (!a.have_state && (rc = mig_msg_send(m->fd, MIG_EPOCH, a.epoch, 0, NULL))) {
 			fail(m, "cannot answer the source: %s", strerror(-rc));
 			goto out;
@@ -161,6 +198,7 @@ out:
 	pc_dst_free(m); /* post-copy prepared, no GO: nothing ran */
 	ckpt_stage_free(&a);
 	ckpt_stage_free(&keep);
+	disk_stage_free(&ds);
 	sr_ctx_free(r);
 	ev_async_send(vmm_loop(m->v), &m->in_async);
 	return NULL;
@@ -261,6 +299,31 @@ static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	pthread_mutex_unlock(&m->lock);
 }
 
+/* TLS handshake and certificate check of an accepted source, on the loop (the destination does
+ * nothing else while it waits), bounded by MIG_HANDSHAKE_MS. 0 with *fd the relay's end, or -errno
+ * after closing the connection with one log line. */
+static int secure_accept(struct mig *m, int *fd)
+{
+	char addr[80] = "?", id[TLS_ID_MAX], err[300];
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int rc;
+
+	if (getpeername(*fd, (struct sockaddr *)&ss, &sl) == 0)
+		sock_str((struct sockaddr *)&ss, sl, addr, sizeof(addr));
+	rc = tls_wrap(m->tls, true, fd, now_ns() + MIG_HANDSHAKE_MS * 1000000ull, id, sizeof(id), err,
+		      sizeof(err));
+	if (rc) {
+		if (*fd >= 0)
+			close(*fd);
+		log_warn("migrate", vmm_name(m->v), "refused a connection from %s: %s", addr, err);
+		return rc;
+	}
+	log_info("migrate", vmm_name(m->v), "incoming migration from %s over TLS 1.3 (peer certificate %s)",
+		 addr, id);
+	return 0;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mig *m = w->data;
@@ -270,6 +333,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	fd = sock_accept(m->lfd, RECV_TIMEOUT_MS);
 	if (fd < 0)
 		return; /* -EAGAIN or a failed handshake: keep listening */
+	if (m->tls && secure_accept(m, &fd))
+		return; /* refused (one log line): keep listening, nothing changed */
 	ev_io_stop(loop, w);
 	close(m->lfd);
 	m->lfd = -1;

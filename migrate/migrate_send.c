@@ -13,7 +13,9 @@
 #include "common/errf.h"
 #include "migrate/sender.h"
 #include "replication/ckpt_engine.h"
+#include "replication/disk_repl.h"
 #include "replication/sock.h"
+#include "replication/tls.h"
 #include "replication/stream.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
@@ -162,9 +164,18 @@ static int connect_dst(struct sender *s)
 	struct mig_msg msg;
 	int rc;
 
+	uint64_t deadline = now_ns() + (uint64_t)m->p.connect_timeout_ms * 1000000ull;
 	s->fd = sock_connect(m->p.to, m->p.connect_timeout_ms, s->err, sizeof(s->err));
 	if (s->fd < 0)
 		return s->fd;
+	if (m->tls) {
+		char id[TLS_ID_MAX], e2[256];
+		rc = tls_wrap(m->tls, false, &s->fd, deadline, id, sizeof(id), e2, sizeof(e2));
+		if (rc)
+			return errf(s->err, sizeof(s->err), rc, "destination %.200s: %s", m->p.to, e2);
+		log_info("migrate", vmm_name(m->v), "migration to %s over TLS 1.3 (peer certificate %s)",
+			 m->p.to, id);
+	}
 	sr_out_fd(&s->out, s->fd, m->p.io_timeout_ms);
 	s->compress = m->p.compress != MIG_COMP_NONE;
 	if (m->p.compress == MIG_COMP_AUTO)
@@ -343,7 +354,8 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 static int stop_and_copy(struct sender *s, struct json_object **result)
 {
 	struct mig *m = s->m;
-	struct ckpt_epoch ep = {.epoch = s->epoch, .merge = s->eng.carry, .stay_paused = true, .w = s->w};
+	struct ckpt_epoch ep = {
+		.epoch = s->epoch, .merge = s->eng.carry, .stay_paused = true, .w = s->w, .disk_data = true};
 	struct mig_msg msg;
 	uint64_t t_sent, t_ack = 0;
 	int rc;
@@ -420,6 +432,55 @@ static int wait_uncertain(struct sender *s)
 	}
 }
 
+/* Disks (not shared storage: the destination has its own images): the engine's write log in SYNC
+ * mode marks the blocks written from the start; every block goes before the memory pre-copy (in
+ * epochs the destination applies and acknowledges), those written meanwhile in the stop-and-copy
+ * epoch (disk_data). */
+static int setup_disks(struct sender *s)
+{
+	struct virtio_blk *devs[DISK_MAX];
+	int n = vmm_disk_count(s->m->v), rc;
+
+	if (!n)
+		return 0;
+	if (n > DISK_MAX)
+		return errf(s->err, sizeof(s->err), -E2BIG, "too many disks");
+	for (int i = 0; i < n; i++)
+		devs[i] = vmm_disk(s->m->v, i);
+	rc = disk_repl_init(&s->disks, devs, n, NULL, NULL);
+	if (rc)
+		return errf(s->err, sizeof(s->err), rc, "out of memory");
+	s->disks_ready = true;
+	s->eng.disks = &s->disks;
+	return 0;
+}
+
+static int precopy_disks(struct sender *s, uint64_t *next)
+{
+	uint64_t first = *next;
+	int rc;
+
+	if (!s->disks_ready)
+		return 0;
+	rc = disk_repl_sync(&s->disks, s->w, next, s->err, sizeof(s->err));
+	if (rc) {
+		/* a destination that refused the disks closed the link: its reason is in the socket */
+		struct mig_msg msg;
+		while (!mig_msg_recv(s->fd, &msg, 500))
+			if (msg.type == MIG_REJECT || msg.type == MIG_ERROR) {
+				snprintf(s->err, sizeof(s->err), "destination rejected the migration: %s",
+					 msg.text);
+				break;
+			}
+		return rc;
+	}
+	for (uint64_t e = first; !rc && e < *next; e++) {
+		s->epoch = e;
+		rc = wait_epoch(s);
+	}
+	return rc;
+}
+
 static int run(struct sender *s, struct json_object **result)
 {
 	struct ckpt_policy pol = {.round_end = round_end, .next = next_round};
@@ -434,6 +495,9 @@ static int run(struct sender *s, struct json_object **result)
 	s->eng.batch->chunk = CHUNK_PAGES;
 	s->eng.batch->on_chunk = on_chunk;
 	s->eng.batch->opaque = s;
+	rc = setup_disks(s);
+	if (rc)
+		return rc;
 	rc = connect_dst(s);
 	if (rc)
 		return rc;
@@ -452,6 +516,9 @@ static int run(struct sender *s, struct json_object **result)
 	/* Pre-copy: the full round (holes as zero ranges unless the destination is all zero), then
 	 * rounds until converge.c says the rest fits the downtime target. */
 	uint64_t next = s->epoch = 1;
+	rc = precopy_disks(s, &next);
+	if (rc)
+		return rc;
 	pol.skip_holes = s->dst_zero;
 	rc = ckpt_engine_precopy(&s->eng, s->w, &pol, s, &next, &io_failed, s->err, sizeof(s->err));
 	if (rc) {
@@ -468,6 +535,8 @@ static void sender_free(struct sender *s)
 {
 	if (s->eng_ready)
 		ckpt_engine_free(&s->eng);
+	if (s->disks_ready)
+		disk_repl_free(&s->disks);
 	s->eng_ready = false;
 	sr_ctx_free(s->w);
 	s->w = NULL;

@@ -6,6 +6,7 @@
 
 #include "migrate/migrate_priv.h"
 #include "replication/ckpt_engine.h"
+#include "replication/disk_repl.h"
 #include "replication/stream.h"
 
 #define CHUNK_PAGES 4096u /* pages per sr_write_pages_mt call (16 MiB raw) */
@@ -21,6 +22,8 @@ struct sender {
 	struct sr_ctx *w;
 	struct ckpt_engine eng;
 	bool eng_ready;
+	struct disk_repl disks; /* the VM's disks: blocks pre-copied, the rest in the stop-and-copy epoch */
+	bool disks_ready;
 	struct throttle thr;
 	struct converge conv;
 	bool compress;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "hv/hv.h"
+#include "replication/disk_repl.h"
 #include "replication/stream.h"
 
 /*
@@ -139,6 +140,10 @@ struct ckpt_stage {
 	 * PAGE_DELTA records are decoded (a Remus replica's RAM: see docs/stream.md). NULL: delta
 	 * records are refused. Kept by ckpt_stage_reset. */
 	struct guest_mem *base;
+	/* disks: writing side, the epoch's frozen write log (written before CHECKPOINT_END); reading
+	 * side, where DISK_WRITE / DISK_INFO records are staged (NULL: such records are refused) */
+	const struct disk_buf *disk_out;
+	struct disk_stage *disk;
 };
 
 /* Read records up to and including the next CHECKPOINT_END (whose checksum the reader verifies).

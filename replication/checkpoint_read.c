@@ -44,6 +44,8 @@ int ckpt_stage_write(struct sr_ctx *w, const struct ckpt_stage *stg)
 	if (!rc && stg->have_state)
 		rc = ckpt_state_write(w, &stg->st);
 	if (!rc)
+		rc = disk_buf_write(w, stg->disk_out);
+	if (!rc)
 		rc = sr_write_checkpoint_end(w, stg->epoch);
 	return rc;
 }
@@ -197,6 +199,16 @@ int ckpt_read_epoch(struct sr_ctx *r, struct ckpt_stage *stg, struct guest_mem *
 			if (rc)
 				return rc;
 			continue;
+		case SR_REC_DISK_WRITE:
+		case SR_REC_DISK_INFO:
+			if (!stg->disk)
+				return errf(err, errlen, -EBADMSG,
+					    "%s record, but this VM takes no disk records",
+					    sr_type_name(rec.type, tn, sizeof(tn)));
+			rc = disk_stage_add(stg->disk, &rec, err, errlen);
+			if (rc)
+				return rc;
+			continue;
 		case SR_REC_CHECKPOINT_END:
 			stg->epoch = rec.ckpt.epoch;
 			return 1;
@@ -243,6 +255,8 @@ void ckpt_stage_reset(struct ckpt_stage *stg)
 	stg->have_state = stg->have_info = false;
 	stg->epoch = 0;
 	ckpt_state_free(&stg->st);
+	if (stg->disk)
+		disk_stage_reset(stg->disk);
 }
 
 void ckpt_stage_free(struct ckpt_stage *stg)

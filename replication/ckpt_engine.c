@@ -53,14 +53,22 @@ int ckpt_engine_start_flags(struct ckpt_engine *e, unsigned flags, char *err, si
 	/* Touched now so the first epochs do not fault the stage in inside the pause. */
 	if (e->ops->stage && !e->stage.cap && !ckpt_stage_reserve(&e->stage, STAGE_PREGROW))
 		memset(e->stage.data, 0, e->stage.cap * GUEST_PAGE_SIZE);
-	rc = dirty_log_start(&e->log, e->vm, flags, err, errlen);
-	if (rc)
+	rc = e->log ? 0 : dirty_log_start(&e->log, e->vm, flags, err, errlen); /* running: resume */
+	if (rc) {
 		e->log = NULL;
-	return rc;
+		return rc;
+	}
+	if (e->disks && (rc = disk_repl_start(e->disks))) {
+		ckpt_engine_stop(e);
+		return errf(err, errlen, rc, "cannot start the disk write log: %s", strerror(-rc));
+	}
+	return 0;
 }
 
 void ckpt_engine_stop(struct ckpt_engine *e)
 {
+	if (e->disks)
+		disk_repl_stop(e->disks);
 	dirty_log_free(e->log);
 	e->log = NULL;
 }
@@ -185,6 +193,11 @@ static int write_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 			     : ckpt_batch_write_bitmap(b, e->gm, e->bitmap);
 	if (!rc)
 		rc = ckpt_state_write(ep->w, &e->stage.st);
+	if (!rc && (rc = disk_repl_epoch(e->disks, ep->w, ep->all_pages, ep->disk_data, ep->disk_sidecar, err,
+					 errlen))) {
+		ep->io_failed = *sr_error(ep->w) != 0;
+		return rc;
+	}
 	if (!rc)
 		rc = sr_write_checkpoint_end(ep->w, ep->epoch);
 	ep->io_failed = rc != 0;
@@ -223,6 +236,8 @@ int ckpt_engine_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, s
 	e->stage.have_state = true;
 	t_cap = now_ns();
 	rc = e->ops->stage ? stage_pages(e, ep, (uint64_t)n, err, errlen) : write_epoch(e, ep, err, errlen);
+	if (!rc && e->ops->stage) /* the writes completed in this epoch go out with its stage */
+		e->stage.disk_out = disk_repl_freeze(e->disks);
 	t_copy = now_ns();
 	if (!rc && e->ops->commit)
 		rc = e->ops->commit(e, ep, err, errlen);

@@ -14,7 +14,7 @@
 /*
  * One path for an epoch, whoever asks for it:
  *
- *   pause -> dirty sync (| caller's merge set) -> state capture -> pages -> commit -> resume
+ *   pause -> dirty sync (| caller's merge set) -> state capture -> pages -> disks -> commit -> resume
  *
  * "pages" is where the modes differ (struct ckpt_ops, cf. Xen's xc_sr_save_ops): a staging mode
  * (Remus) copies the dirty pages into the engine's stage and resumes at once, the stage being
@@ -66,6 +66,11 @@ struct ckpt_epoch {
 	bool stay_paused; /* keep the pause hold after a successful epoch */
 	bool state_only; /* writing modes: no pages, the dirty set stays in e->bitmap (post-copy) */
 	struct sr_ctx *w; /* writing modes: the stream */
+	/* writing modes with disks, outside replication's write log (snapshots): carry the disks' blocks
+	 * (all of them with all_pages, else those written since the last epoch), and/or clone every image
+	 * to "<disk_sidecar>.diskN" (disk_repl_epoch) */
+	bool disk_data;
+	const char *disk_sidecar;
 	void *opaque; /* for the ops */
 	/* out */
 	bool quiesced; /* the VM was paused and the dirty set consumed (also on failure) */
@@ -89,6 +94,10 @@ struct ckpt_engine {
 	uint64_t hot_pages; /* pages the last sync left writable */
 	uint32_t hot_age, win_age, hot_slice;
 	struct ckpt_stage stage; /* staging mode: the last epoch; writing modes: its state */
+	/* The VM's disks (NULL: none or not carried): started and stopped with the dirty log; each
+	 * epoch's pause freezes their write log, which goes out before the epoch's CHECKPOINT_END
+	 * (staging: with the stage; writing modes: from write_epoch). Set by the caller. */
+	struct disk_repl *disks;
 	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
 };
 

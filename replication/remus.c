@@ -12,6 +12,7 @@
 #include "replication/remus_priv.h"
 #include "vmm/vmm.h"
 #include "common/errf.h"
+#include "common/log.h"
 
 void remus_ring_push(struct remus_ring *r, uint64_t v)
 {
@@ -95,12 +96,20 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	json_object_object_add(rm, "role", json_object_new_string(role_name(r->role)));
 	if (r->peer[0])
 		json_object_object_add(rm, "peer", json_object_new_string(r->peer));
+	json_object_object_add(rm, "tls", json_object_new_boolean(r->tls != NULL));
+	if (r->tls && tls_cfg_peer_name(r->tls))
+		json_object_object_add(rm, "tls_peer_name",
+				       json_object_new_string(tls_cfg_peer_name(r->tls)));
+	/* the process's replication/migration transport; the migration hook (registered after this
+	 * one) overrides it while a migration is its current transfer */
+	json_object_object_add(o, "tls", json_object_new_boolean(r->tls != NULL));
 	json_object_object_add(rm, "interval_ms", json_object_new_int((int)r->interval_ms));
 	json_object_object_add(rm, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
 	remus_primary_status(r, rm);
 	remus_standby_status(r, rm);
 	remus_witness_status(r, rm);
 	remus_switch_status(r, rm);
+	remus_disk_status(r, rm);
 	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
 	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
 		json_object_object_add(o, "state", json_object_new_string("fenced"));
@@ -188,9 +197,13 @@ static void exit_hook(struct vmm *v, void *opaque)
 	ckpt_engine_free(&r->eng);
 	ckpt_stage_free(&r->tx);
 	sr_delta_free(r->delta);
+	if (r->disks_ready)
+		disk_repl_free(&r->disks);
+	disk_stage_free(&r->dstage);
 	ckpt_state_free(&r->committed);
 	ckpt_stage_free(&r->stg);
 	remus_obs_free(r);
+	tls_cfg_free(r->tls);
 	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
@@ -262,5 +275,18 @@ int remus_standby_listen(struct vmm *v, const struct remus_standby_opts *o, char
 		if (rc)
 			return rc;
 	}
+	if (o->tls_peer_name && !o->tls_dir)
+		return errf(err, errlen, -EINVAL, "--tls-peer-name needs --tls-dir");
+	if (o->tls_dir) {
+		int rc = tls_cfg_load(&r->tls, o->tls_dir, o->tls_peer_name, err, errlen);
+		if (rc)
+			return rc;
+	} else {
+		log_warn("remus", vmm_name(v),
+			 "standby: replication is plaintext and unauthenticated (no --tls-dir): anyone who "
+			 "can reach %s can replace this replica",
+			 o->listen);
+	}
+	r->accept_any_peer = o->accept_any_peer;
 	return remus_standby_start(r, o->listen, err, errlen);
 }

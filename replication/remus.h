@@ -20,6 +20,9 @@ struct remus_standby_opts {
 		*witness; /* NULL, or etcd client URLs "http://IP:PORT[,...]": take over only with the key */
 	const char *witness_name; /* the key's VM name (NULL: this VM's name); the primary's must match */
 	uint32_t witness_ttl_ms; /* 0: 1000 */
+	const char *tls_dir; /* NULL (plaintext), or DIR with ca.pem, cert.pem, key.pem: TLS 1.3, mutual */
+	const char *tls_peer_name; /* NULL, or the name the primary's certificate must carry */
+	bool accept_any_peer; /* accept a new primary of another identity after the first one */
 };
 
 /* Make this (held, not running) VM a standby: listen on o->listen for a primary's stream, keep the

@@ -118,10 +118,24 @@ static void *sender_main(void *arg)
 	epoch = r->next_epoch;
 	pthread_mutex_unlock(&r->lock);
 	rc = sr_write_header(w, &h);
-	if (!rc && !r->resume) /* resume: the standby's RAM is ours at the switch point */
-		rc = precopy(r, w, &out, &epoch);
 	if (rc) {
 		sender_error(r, "live full copy", w, rc);
+		goto out;
+	}
+	/* Disks: the blocks that differ from the standby's, then memory, then what was written meanwhile. */
+	char derr[256];
+	rc = remus_disk_sync(r, w, &epoch, false, derr, sizeof(derr));
+	if (!rc && !r->resume && (rc = precopy(r, w, &out, &epoch))) { /* resume: RAM equal */
+		sender_error(r, "live full copy", w, rc);
+		goto out;
+	}
+	if (!rc)
+		rc = remus_disk_sync(r, w, &epoch, true, derr, sizeof(derr));
+	if (rc) {
+		pthread_mutex_lock(&r->lock);
+		snprintf(r->sender_err, sizeof(r->sender_err), "%s", derr);
+		pthread_mutex_unlock(&r->lock);
+		remus_notify(r, RA_SENDER_FAILED);
 		goto out;
 	}
 	account(r, w, &out);
@@ -335,6 +349,10 @@ static void on_msg(void *opaque, const struct remus_msg *m)
 	uint64_t now = now_ns();
 
 	r->last_rx_ns = now;
+	if (m->type >= REMUS_MSG_DISK_SUMS) {
+		remus_disk_msg(r, m);
+		return;
+	}
 	if (m->type == REMUS_MSG_ABANDONED) {
 		remus_primary_abandoned(r, m->value);
 		return;
@@ -442,6 +460,10 @@ void remus_primary_async(struct remus *r, unsigned flags)
 		return;
 	if (flags & RA_SENDER_FAILED) {
 		char e[256];
+		/* A standby that refused this VM closes while the sender writes: its REJECT, already
+		 * received, decides (drain_rx ends the session on the EOF or reset behind it). */
+		if (!drain_rx(r))
+			return;
 		pthread_mutex_lock(&r->lock);
 		snprintf(e, sizeof(e), "%s", r->sender_err);
 		pthread_mutex_unlock(&r->lock);
@@ -497,6 +519,62 @@ static void protect_start_event(struct remus *r)
 	json_object_object_add(f, "standby_lost",
 			       json_object_new_string(remus_lost_policy_name(r->lost_policy)));
 	remus_event_fields(r, "protect-start", r->next_epoch - 1, f, "protecting to %s", r->peer);
+}
+
+/* Optional string field of a request: 0 (absent: *out NULL, or a string), -EINVAL (not a string). */
+static int get_str(struct json_object *req, const char *key, const char **out)
+{
+	struct json_object *j;
+
+	*out = NULL;
+	if (!json_object_object_get_ex(req, key, &j))
+		return 0;
+	if (!json_object_is_type(j, json_type_string))
+		return -EINVAL;
+	*out = json_object_get_string(j);
+	return 0;
+}
+
+/* Connect to the standby within timeout_ms; with "tls_dir" in the request, TLS 1.3 with mutual
+ * authentication within the same bound (the handshake runs here, on the loop, like the connect).
+ * Returns the descriptor the engine uses (the TLS relay's end with TLS) or -errno with err. */
+static int protect_connect(struct remus *r, struct json_object *req, const char *peer, int timeout_ms,
+			   char *err, size_t errlen)
+{
+	const char *dir, *name;
+	struct tls_cfg *tc = NULL;
+	char e2[256], id[TLS_ID_MAX];
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	int fd, rc;
+
+	if (get_str(req, "tls_dir", &dir) || get_str(req, "tls_peer_name", &name))
+		return errf(err, errlen, -EINVAL, "tls_dir and tls_peer_name must be strings");
+	if (name && !dir)
+		return errf(err, errlen, -EINVAL, "--tls-peer-name needs --tls-dir");
+	if (dir && (rc = tls_cfg_load(&tc, dir, name, err, errlen)))
+		return rc;
+	fd = sock_connect(peer, timeout_ms, err, errlen);
+	if (fd < 0) {
+		tls_cfg_free(tc);
+		return fd;
+	}
+	if (tc) {
+		rc = tls_wrap(tc, false, &fd, deadline, id, sizeof(id), e2, sizeof(e2));
+		if (rc) {
+			if (fd >= 0)
+				close(fd);
+			tls_cfg_free(tc);
+			return errf(err, errlen, rc, "standby %s: %s", peer, e2);
+		}
+		log_info("remus", vmm_name(r->v), "replication to %s over TLS 1.3 (peer certificate %s)",
+			 peer, id);
+	} else {
+		log_warn("remus", vmm_name(r->v),
+			 "replication to %s is plaintext and unauthenticated (no --tls-dir)", peer);
+	}
+	tls_cfg_free(r->tls);
+	r->tls = tc;
+	return fd;
 }
 
 struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
@@ -567,7 +645,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	if (get_ms(req, "heartbeat_timeout_ms", 200, REMUS_MIN_TIMEOUT_MS, REMUS_MAX_TIMEOUT_MS, &to))
 		return ctl_error("bad heartbeat_timeout_ms (%u..%u)", REMUS_MIN_TIMEOUT_MS,
 				 REMUS_MAX_TIMEOUT_MS);
-	fd = sock_connect(peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
+	fd = protect_connect(r, req, peer, to > 2000 ? (int)to : 2000, err, sizeof(err));
 	if (fd < 0)
 		return ctl_error("%s", err);
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -582,7 +660,11 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
 	r->eng_ready = !rc;
 	r->resume = r->eng.log && remus_switch_resume(req); /* logging since the switch point */
-	if (!rc && !r->resume)
+	if (!rc && (rc = remus_disk_protect(r))) {
+		close(fd);
+		return ctl_error("cannot set up disk replication: %s", strerror(-rc));
+	}
+	if (!rc)
 		rc = ckpt_engine_start(&r->eng, err, sizeof(err));
 	if (rc) {
 		close(fd);

@@ -12,6 +12,7 @@
 #include "netbuf/netbuf.h"
 #include "replication/checkpoint.h"
 #include "replication/ckpt_engine.h"
+#include "replication/tls.h"
 #include "replication/remus.h"
 #include "replication/remus_proto.h"
 
@@ -136,6 +137,9 @@ struct remus {
 	char wit_wait_reason[256];
 	char takeover_why[200];
 	enum remus_failover_policy failover_policy;
+	/* TLS (NULL: plaintext, said once in the log and as "tls": false in status). The standby's
+	 * comes from `run --tls-dir`, the primary's from `protect --tls-dir` (replaced per protect). */
+	struct tls_cfg *tls;
 
 	/* ---- primary ---- */
 	enum remus_pstate pstate;
@@ -154,6 +158,10 @@ struct remus {
 	 * every re-protect, ~3-10 us each here). Its stage is the epoch the sender writes. */
 	struct ckpt_engine eng;
 	bool eng_ready; /* eng initialised (kept across sessions: the stage stays grown) */
+	/* the VM's disks (eng.disks points here while it has some): write log and initial sync */
+	struct disk_repl disks;
+	bool disks_ready;
+	bool sums_ready; /* lock: the standby's disk checksums arrived (or will not) */
 	pthread_t sender;
 	bool sender_running;
 	bool stop_sender; /* lock */
@@ -196,8 +204,19 @@ struct remus {
 	bool connected; /* lock: a primary is heard */
 	bool failed_over; /* lock */
 	bool want_failover; /* lock: set by the reader at its end */
-	char end_reason[200];
+	char end_reason[400];
+	char conn_id[TLS_ID_MAX]; /* reader: identity of the current connection's peer */
+	/* The identity of the primary whose first full checkpoint was committed here (certificate name,
+	 * or "addr:IP" in plaintext): later connections from another identity are refused unless
+	 * accept_any_peer (`run --accept-any-peer`). Loop reads it only via the reader (lock). */
+	char bound_id[TLS_ID_MAX]; /* lock */
+	bool accept_any_peer;
+	uint64_t refused; /* lock: connections closed before HELLO (TLS, identity, deadline) */
 	struct ckpt_stage stg;
+	struct disk_stage dstage; /* stg.disk: the epoch's disk writes, applied with its pages */
+	struct virtio_blk *sdisk[DISK_MAX]; /* this standby's disks */
+	int nr_sdisk;
+	uint32_t disks_verified; /* reader: a bit per disk whose DISK_INFO matched this connection */
 	struct ckpt_state committed; /* lock */
 	bool have_committed; /* lock */
 	uint64_t committed_epoch; /* lock */
@@ -302,6 +321,16 @@ void remus_switch_status(struct remus *r, struct json_object *o);
 /* protect's request asks to resume from the switch point ("resume": true, internal) */
 bool remus_switch_resume(struct json_object *req);
 struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req);
+/* remus_disk.c */
+int remus_disk_protect(struct remus *r); /* loop: set up the disks for a protect; 0 or -errno */
+void remus_disk_msg(struct remus *r, const struct remus_msg *m); /* loop: DISK_SUMS* from the standby */
+/* sender: the initial sync (final = false: before the memory pre-copy) or its last pass (after) */
+int remus_disk_sync(struct remus *r, struct sr_ctx *w, uint64_t *epoch, bool final, char *err, size_t errlen);
+void remus_disk_status(struct remus *r, struct json_object *o);
+void remus_disk_standby_init(struct remus *r);
+int remus_disk_send_sums(struct remus *r); /* reader */
+int remus_disk_check(struct remus *r, char *err, size_t errlen); /* reader */
+int remus_disk_apply(struct remus *r, char *err, size_t errlen); /* reader */
 
 /* remus_witness.c (loop thread) */
 int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,

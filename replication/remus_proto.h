@@ -19,6 +19,7 @@
  *             ABANDON: it stops protecting on purpose) and stays held; it will not take over
  *   REJECT    value = REMUS_REJECT_*: the standby refuses this primary (its machine state does not
  *             fit the standby's vCPUs/devices, or the stream is corrupt); it will not take over
+ *   DISK_SUMS / DISK_SUM / DISK_SUMS_END: the standby's disk checksums (remus_proto.h enum)
  * The primary also sends REMUS_REC_HEARTBEAT, an optional stream record (readers skip it), when no
  * epoch bytes flowed for heartbeat_timeout/4.
  */
@@ -30,11 +31,16 @@ enum remus_msg_type {
 	REMUS_MSG_HEARTBEAT = 3,
 	REMUS_MSG_ABANDONED = 4,
 	REMUS_MSG_REJECT = 5,
+	/* standby -> primary, once per connection right after it read the stream header: its disks'
+	 * block checksums for the initial sync (docs/disk.md) */
+	REMUS_MSG_DISK_SUMS = 6, /* value = disk << 48 | number of 64 KiB blocks; DISK_SUM follow */
+	REMUS_MSG_DISK_SUM = 7, /* value = xxh64 of the next block */
+	REMUS_MSG_DISK_SUMS_END = 8, /* value = number of disks; sent also without disks */
 	/* switchover (replication/remus_switch.c): on a NEW connection after the standby confirmed an
 	 * ABANDON, primary -> standby GO(epoch) then BACK(port), standby -> primary RUNNING(epoch) */
-	REMUS_MSG_GO = 6, /* value = the epoch both copies hold: take over now */
-	REMUS_MSG_BACK = 7, /* value = TCP port the old primary listens on as the new standby */
-	REMUS_MSG_RUNNING = 8, /* value = epoch: the standby runs it (or REJECT: it will not) */
+	REMUS_MSG_GO = 9, /* value = the epoch both copies hold: take over now */
+	REMUS_MSG_BACK = 10, /* value = TCP port the old primary listens on as the new standby */
+	REMUS_MSG_RUNNING = 11, /* value = epoch: the standby runs it (or REJECT: it will not) */
 };
 enum remus_reject_reason {
 	REMUS_REJECT_STATE = 1, /* machine state does not fit this standby (devices, vCPUs) */

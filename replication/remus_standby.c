@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,7 +39,7 @@ static void reader_end(struct remus *r, bool failover, const char *why)
 	pthread_mutex_lock(&r->lock);
 	r->want_failover = failover;
 	r->lost_ns = now_ns();
-	snprintf(r->end_reason, sizeof(r->end_reason), "%.190s", why);
+	snprintf(r->end_reason, sizeof(r->end_reason), "%.390s", why);
 	r->connected = false;
 	if (r->cfd >= 0)
 		close(r->cfd);
@@ -117,7 +118,8 @@ static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
 	char err[256], why[320];
 	uint64_t t0 = now_ns();
 
-	if (r->stg.have_state && direct && state_fits(&r->stg.st, r->vm, err, sizeof(err))) {
+	if (remus_disk_check(r, err, sizeof(err)) ||
+	    (r->stg.have_state && direct && state_fits(&r->stg.st, r->vm, err, sizeof(err)))) {
 		/* The first machine state of this primary: it must fit, or this standby could never
 		 * take over. Refuse protection instead of acking epochs it cannot use. */
 		pthread_mutex_lock(&r->lock);
@@ -134,15 +136,27 @@ static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
 		reader_end(r, false, "failed over");
 		return -1;
 	}
-	/* Only this thread writes replica RAM; a takeover joins it before using RAM or state. */
+	/* Only this thread writes replica RAM and disks; a takeover joins it before using RAM, disks or
+	 * state, so it finds all of an epoch or none of it. */
 	if (!direct)
 		ckpt_stage_apply_pages(&r->stg, gm);
+	if (remus_disk_apply(r, err, sizeof(err))) {
+		/* The images now hold part of an epoch: no state matches them any more. */
+		pthread_mutex_lock(&r->lock);
+		r->have_committed = false;
+		send_msg(r, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
+		pthread_mutex_unlock(&r->lock);
+		snprintf(why, sizeof(why), "rejected primary: %s", err);
+		reader_end(r, false, why);
+		return -1;
+	}
 	pthread_mutex_lock(&r->lock);
 	if (r->stg.have_state) {
 		struct ckpt_state tmp = r->committed;
 		r->committed = r->stg.st;
 		r->stg.st = tmp; /* freed by the next ckpt_stage_reset */
 		r->have_committed = true;
+		snprintf(r->bound_id, sizeof(r->bound_id), "%s", r->conn_id);
 	}
 	r->committed_epoch = r->stg.epoch;
 	r->last_ckpt_ns = now_ns();
@@ -153,6 +167,51 @@ static int commit_epoch(struct remus *r, bool direct, uint64_t in_bytes)
 	send_msg(r, REMUS_MSG_ACK, r->stg.epoch);
 	pthread_mutex_unlock(&r->lock);
 	return 0;
+}
+
+#define REFUSED "refused a connection from" /* reader_end reasons that change nothing */
+
+/* TLS handshake (with --tls-dir) and the identity check on the accepted socket r->cfd, before
+ * anything is read. Returns the descriptor to read (r->cfd, now possibly the TLS relay's) or -1
+ * with why ("refused a connection from ...: reason"). */
+static int secure_conn(struct remus *r, uint64_t deadline, char *why, size_t whylen)
+{
+	char addr[INET6_ADDRSTRLEN + 16], err[256], id[TLS_ID_MAX];
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd, rc = 0;
+
+	pthread_mutex_lock(&r->lock);
+	fd = r->cfd;
+	pthread_mutex_unlock(&r->lock);
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+		sock_str((struct sockaddr *)&ss, sl, addr, sizeof(addr));
+	else
+		snprintf(addr, sizeof(addr), "?");
+	tls_plain_identity(fd, id, sizeof(id));
+	if (r->tls) {
+		rc = tls_wrap(r->tls, true, &fd, deadline, id, sizeof(id), err, sizeof(err));
+		pthread_mutex_lock(&r->lock);
+		if (!rc || fd < 0)
+			r->cfd = fd; /* the relay owns the TCP socket now */
+		pthread_mutex_unlock(&r->lock);
+	}
+	if (rc) {
+		errf(why, whylen, rc, "%s %s: %s", REFUSED, addr, err);
+		return -1;
+	}
+	pthread_mutex_lock(&r->lock);
+	if (r->bound_id[0] && !r->accept_any_peer && strcmp(r->bound_id, id)) {
+		errf(why, whylen, -EACCES,
+		     "%s %s: peer %s is not this replica's primary %s (run with --accept-any-peer to allow)",
+		     REFUSED, addr, id, r->bound_id);
+		rc = -EACCES;
+	}
+	pthread_mutex_unlock(&r->lock);
+	if (rc)
+		return -1;
+	snprintf(r->conn_id, sizeof(r->conn_id), "%s", id);
+	return fd;
 }
 
 static void *reader_main(void *arg)
@@ -168,7 +227,16 @@ static void *reader_main(void *arg)
 	char err[256], why[320];
 	int rc;
 
-	sr_in_fd(&in, r->cfd, HELLO_TIMEOUT_MS);
+	/* One deadline for the TLS handshake, the identity check and HELLO: a peer dribbling bytes
+	 * cannot hold the only slot longer. Nothing changes on this standby before HELLO is valid. */
+	uint64_t deadline = now_ns() + HELLO_TIMEOUT_MS * 1000000ull;
+	int fd = secure_conn(r, deadline, why, sizeof(why));
+	if (fd < 0) {
+		reader_end(r, false, why);
+		return NULL;
+	}
+	sr_in_fd(&in, fd, HELLO_TIMEOUT_MS);
+	in.deadline_ns = deadline;
 	ssize_t n = sr_in_read(&in, hello, sizeof(hello));
 	if (n == (ssize_t)sizeof(hello) && !remus_msg_decode(hello, &m) && m.type == REMUS_MSG_GO) {
 		remus_switch_go_read(r, &in, m.value); /* a switchover's second phase */
@@ -176,9 +244,13 @@ static void *reader_main(void *arg)
 	}
 	if (n != (ssize_t)sizeof(hello) || remus_msg_decode(hello, &m) || m.type != REMUS_MSG_HELLO ||
 	    remus_hello_parse(m.value, &iv, &to)) {
-		reader_end(r, false, "connection without a valid hello: ignored");
+		snprintf(why, sizeof(why), "%s %s: %s", REFUSED, r->conn_id,
+			 n == -ETIMEDOUT ? "no valid hello within the deadline"
+					 : "connection without a valid hello");
+		reader_end(r, false, why);
 		return NULL;
 	}
+	in.deadline_ns = 0;
 	pthread_mutex_lock(&r->lock);
 	r->interval_ms = iv;
 	r->hb_timeout_ms = to;
@@ -190,6 +262,7 @@ static void *reader_main(void *arg)
 	/* A new primary resends everything: the old committed state no longer matches what will be
 	 * written into RAM, so it cannot be used until the new stream has delivered a full state. */
 	r->have_committed = false;
+	r->disks_verified = 0;
 	pthread_mutex_unlock(&r->lock);
 	remus_notify(r, RA_READER_CONNECTED);
 	in.timeout_ms = (int)to; /* silence past the heartbeat timeout = primary gone */
@@ -217,6 +290,14 @@ static void *reader_main(void *arg)
 		return NULL;
 	}
 	r->stg.base = gm; /* PAGE_DELTA: the replica's RAM is the last copy the primary sent */
+	rc = remus_disk_send_sums(r);
+	if (rc) {
+		snprintf(why, sizeof(why), "cannot send the disk checksums to the primary: %s",
+			 strerror(-rc));
+		reader_end(r, false, why);
+		sr_ctx_free(rd);
+		return NULL;
+	}
 	for (;;) {
 		bool direct;
 
@@ -458,7 +539,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 void remus_standby_async(struct remus *r, unsigned flags)
 {
-	char err[256], why[200];
+	char err[256], why[400];
 	bool fo;
 
 	if (r->role != REMUS_STANDBY)
@@ -485,12 +566,19 @@ void remus_standby_async(struct remus *r, unsigned flags)
 	fo = r->want_failover;
 	snprintf(why, sizeof(why), "%s", r->end_reason);
 	pthread_mutex_unlock(&r->lock);
+	if (!fo && strncmp(why, REFUSED, strlen(REFUSED)) == 0) {
+		pthread_mutex_lock(&r->lock);
+		r->refused++;
+		pthread_mutex_unlock(&r->lock);
+		log_warn("remus", vmm_name(r->v), "standby: %s", why);
+		return;
+	}
 	if (!fo) {
 		if (strncmp(why, "rejected", 8) == 0) {
 			r->rejected++;
 			remus_record_event(r, "rejected", r->committed_epoch, "%s", why);
 		}
-		snprintf(r->last_error, sizeof(r->last_error), "%s", why);
+		snprintf(r->last_error, sizeof(r->last_error), "%.250s", why);
 		log_warn("remus", vmm_name(r->v), "standby: %s; waiting for a primary", why);
 		return;
 	}
@@ -505,7 +593,7 @@ void remus_standby_async(struct remus *r, unsigned flags)
 	}
 	if (r->wit) {
 		/* Take over only with the key, i.e. after the primary's lease expired. */
-		snprintf(r->takeover_why, sizeof(r->takeover_why), "%s", why);
+		snprintf(r->takeover_why, sizeof(r->takeover_why), "%.190s", why);
 		remus_witness_standby_wait(r);
 		return;
 	}
@@ -566,6 +654,7 @@ void remus_standby_start_fd(struct remus *r, int fd, const char *addr)
 	r->lfd = fd;
 	snprintf(r->peer, sizeof(r->peer), "%s", addr);
 	r->role = REMUS_STANDBY;
+	remus_disk_standby_init(r);
 	ev_io_init(&r->accept_w, accept_cb, fd, EV_READ);
 	r->accept_w.data = r;
 	ev_io_start(r->loop, &r->accept_w);
@@ -606,6 +695,12 @@ void remus_standby_status(struct remus *r, struct json_object *o)
 	json_object_object_add(o, "rx_pages", json_object_new_int64((int64_t)r->rx_pages));
 	json_object_object_add(o, "rx_bytes", json_object_new_int64((int64_t)r->rx_bytes));
 	json_object_object_add(o, "rejected", json_object_new_int64((int64_t)r->rejected));
+	if (r->role == REMUS_STANDBY) {
+		json_object_object_add(o, "refused", json_object_new_int64((int64_t)r->refused));
+		json_object_object_add(o, "accept_any_peer", json_object_new_boolean(r->accept_any_peer));
+		if (r->bound_id[0])
+			json_object_object_add(o, "primary_identity", json_object_new_string(r->bound_id));
+	}
 	json_object_object_add(o, "apply_ms_last", json_object_new_double((double)r->apply_ns_last / 1e6));
 	pthread_mutex_unlock(&r->lock);
 }

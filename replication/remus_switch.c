@@ -273,6 +273,10 @@ struct json_object *remus_cmd_switchover(struct remus *r, struct json_object *re
 		return ctl_error("%s is not a protected primary (%s): nothing to switch over to",
 				 vmm_name(r->v),
 				 r->role == REMUS_STANDBY ? "standby" : remus_pstate_name(r->pstate));
+	if (r->tls)
+		return ctl_error(
+			"switchover over TLS is not supported yet (the GO connection and the protect "
+			"back are plaintext): use unprotect + failover + reprotect");
 	if (!json_object_object_get_ex(req, "listen", &j) || !json_object_is_type(j, json_type_string))
 		return ctl_error("switchover needs a \"listen\" string (ADDR:PORT where this copy will be "
 				 "the new standby)");

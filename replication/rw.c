@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "replication/rw.h"
+#include "common/clock.h"
 
 void sr_out_fd(struct sr_out *o, int fd, int timeout_ms)
 {
@@ -137,6 +138,21 @@ void sr_in_mem(struct sr_in *in, const void *buf, size_t len)
 	in->len = buf ? len : 0;
 }
 
+/* The poll timeout of the next read: timeout_ms, shortened to what is left before the deadline. */
+static int in_wait_ms(const struct sr_in *in)
+{
+	uint64_t t;
+	int left;
+
+	if (!in->deadline_ns)
+		return in->timeout_ms;
+	t = now_ns();
+	if (t >= in->deadline_ns)
+		return 0;
+	left = (int)((in->deadline_ns - t + 999999) / 1000000);
+	return in->timeout_ms < 0 || left < in->timeout_ms ? left : in->timeout_ms;
+}
+
 ssize_t sr_in_read(struct sr_in *in, void *buf, size_t len)
 {
 	uint8_t *p = buf;
@@ -156,8 +172,10 @@ ssize_t sr_in_read(struct sr_in *in, void *buf, size_t len)
 	while (got < len) {
 		ssize_t n;
 
-		if (in->timeout_ms >= 0) {
-			rc = wait_fd(in->fd, POLLIN, in->timeout_ms);
+		if (in->deadline_ns && now_ns() >= in->deadline_ns)
+			return -ETIMEDOUT;
+		if (in->timeout_ms >= 0 || in->deadline_ns) {
+			rc = wait_fd(in->fd, POLLIN, in_wait_ms(in));
 			if (rc)
 				return rc;
 		}
@@ -166,7 +184,7 @@ ssize_t sr_in_read(struct sr_in *in, void *buf, size_t len)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				rc = wait_fd(in->fd, POLLIN, in->timeout_ms);
+				rc = wait_fd(in->fd, POLLIN, in_wait_ms(in));
 				if (rc)
 					return rc;
 				continue;

@@ -28,6 +28,9 @@ struct sr_in {
 	enum sr_io_kind kind;
 	int fd; /* SR_IO_FD */
 	int timeout_ms; /* SR_IO_FD: -1 = wait forever */
+	uint64_t deadline_ns; /* SR_IO_FD: 0, or an absolute now_ns() past which reads fail -ETIMEDOUT
+			       * (one overall bound, e.g. handshake + HELLO: a peer dribbling one byte
+			       * per timeout_ms cannot hold the connection longer) */
 	const uint8_t *buf; /* SR_IO_MEM: caller-owned, must outlive the sr_in */
 	size_t len, pos; /* SR_IO_MEM */
 	uint64_t bytes; /* bytes read so far */

@@ -69,12 +69,50 @@ int snap_read_header(const char *path, struct sr_header *h, char *err, size_t er
 	return 0;
 }
 
-static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want_id, bool apply_state,
-		       char *err, size_t errlen)
+struct rdisks {
+	struct virtio_blk *const *dev;
+	int n;
+};
+
+/* The snapshot's disk records against the VM's disks: identity, the clone's content (top level),
+ * then its blocks. */
+static int restore_disks(const struct rdisks *rd, struct disk_stage *ds, const char *path, bool top,
+			 char *err, size_t errlen)
+{
+	uint32_t ver = 0;
+	char e2[256];
+	int rc = disk_stage_check(ds, rd->dev, rd->n, &ver, &disk_names_snapshot, e2, sizeof(e2));
+
+	for (int d = 0; !rc && d < rd->n; d++)
+		if (!ds->info[d].seen)
+			rc = errf(e2, sizeof(e2), -EINVAL, "this VM has disk%d, the snapshot not", d);
+	for (int d = 0; !rc && top && d < rd->n; d++) {
+		uint64_t h;
+		if (!ds->info[d].content)
+			continue;
+		rc = disk_content_hash(rd->dev[d], &h);
+		if (rc)
+			errf(e2, sizeof(e2), rc, "cannot read disk%d: %s", d, strerror(-rc));
+		else if (h != ds->info[d].content)
+			rc = errf(e2, sizeof(e2), -EINVAL,
+				  "disk%d does not match the snapshot (its contents differ from the copy "
+				  "made at the "
+				  "snapshot, %s.disk%d)",
+				  d, path, d);
+	}
+	if (!rc)
+		rc = disk_stage_apply(ds, rd->dev, rd->n, e2, sizeof(e2));
+	return rc ? errf(err, errlen, rc, "snapshot %s: %s", path, e2) : 0;
+}
+
+static int restore_one(struct vm *vm, const struct rdisks *rd, const char *path, int depth, uint64_t want_id,
+		       bool apply_state, char *err, size_t errlen)
 {
 	struct sr_header h;
 	struct ckpt_info info;
-	struct ckpt_stage stg = {0};
+	/* direct: a full disk's blocks in one epoch must not be staged in memory */
+	struct disk_stage ds = {.direct = rd->dev, .ndirect = rd->n, .names = &disk_names_snapshot};
+	struct ckpt_stage stg = {.disk = &ds};
 	struct sr_in in;
 	struct sr_ctx *r;
 	int fd, rc;
@@ -97,7 +135,7 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 	if (rc)
 		goto out;
 	if (info.base_id) {
-		rc = restore_one(vm, info.base_path, depth + 1, info.base_id, false, err, errlen);
+		rc = restore_one(vm, rd, info.base_path, depth + 1, info.base_id, false, err, errlen);
 		if (rc)
 			goto out;
 	}
@@ -123,17 +161,39 @@ static int restore_one(struct vm *vm, const char *path, int depth, uint64_t want
 		if (rc)
 			goto out;
 	}
-	rc = apply_state ? ckpt_state_apply(&stg.st, vm, err, errlen) : 0;
+	rc = restore_disks(rd, &ds, path, apply_state, err, errlen);
+	if (!rc && apply_state)
+		rc = ckpt_state_apply(&stg.st, vm, err, errlen);
 out:
 	ckpt_stage_free(&stg);
+	disk_stage_free(&ds);
 	sr_ctx_free(r);
 	close(fd);
 	return rc;
 }
 
+int snap_restore_disks(struct vm *vm, struct virtio_blk *const *disks, int nr_disk, const char *path,
+		       char *err, size_t errlen)
+{
+	struct rdisks rd = {.dev = disks, .n = nr_disk};
+
+	return restore_one(vm, &rd, path, 0, 0, true, err, errlen);
+}
+
 int snap_restore(struct vm *vm, const char *path, char *err, size_t errlen)
 {
-	return restore_one(vm, path, 0, 0, true, err, errlen);
+	return snap_restore_disks(vm, NULL, 0, path, err, errlen);
+}
+
+int snap_set_disks(struct snap *s, struct virtio_blk *const *devs, int n)
+{
+	int rc;
+
+	if (s->disks_ready || !n)
+		return 0;
+	rc = disk_repl_init(&s->disks, devs, n, NULL, NULL);
+	s->disks_ready = !rc;
+	return rc;
 }
 
 /* Snapshots write their one epoch from RAM while paused; the commit makes the file. */
@@ -167,6 +227,7 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	if (rename(t->tmp, t->path) < 0)
 		return errf(err, errlen, -errno, "cannot rename %s to %s: %s", t->tmp, t->path,
 			    strerror(errno));
+	t->tmp[0] = 0; /* renamed: nothing to clean up */
 	if (!e->log) {
 		char e2[256];
 		/* fails when e.g. Remus owns the log: incrementals unavailable, the snapshot is
@@ -175,6 +236,7 @@ static int snap_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, 
 	}
 	s->last_id = t->info.id;
 	s->last_epoch = t->info.epoch;
+	s->last_with_disks = s->with_disks;
 	snprintf(s->last_path, sizeof(s->last_path), "%s", t->path);
 	return 0;
 }
@@ -189,7 +251,7 @@ static const struct ckpt_ops snap_ops = {
 static int snap_prepare(struct snap *s, struct take *t, const char *incremental_from, char *err,
 			size_t errlen)
 {
-	if (snprintf(t->tmp, sizeof(t->tmp), "%s.tmp", t->path) >= (int)sizeof(t->tmp) ||
+	if (strlen(t->path) + sizeof(".tmp.0123456789abcdef") > sizeof(t->tmp) ||
 	    strlen(t->path) >= sizeof(t->info.base_path))
 		return errf(err, errlen, -ENAMETOOLONG, "snapshot path too long");
 	if (incremental_from) {
@@ -211,6 +273,11 @@ static int snap_prepare(struct snap *s, struct take *t, const char *incremental_
 				    "snapshot needs the "
 				    "previous one taken by this VM process",
 				    incremental_from);
+		if (s->disks_ready && s->with_disks != s->last_with_disks)
+			return errf(err, errlen, -EINVAL,
+				    "an incremental snapshot must carry its disks as its base %s did (%s)",
+				    incremental_from,
+				    s->last_with_disks ? "--with-disks" : "a clone of each image");
 		t->info.base_id = binfo.id;
 		snprintf(t->info.base_path, sizeof(t->info.base_path), "%s", incremental_from);
 	}
@@ -226,9 +293,22 @@ static int snap_open(struct take *t, struct vm *vm, char *err, size_t errlen)
 	struct sr_header h;
 	int rc;
 
-	t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (t->fd < 0)
-		return errf(err, errlen, -errno, "cannot create %s: %s", t->tmp, strerror(errno));
+	/* Guest RAM: 0600, a fresh unpredictable name created exclusively (never a file or symlink
+	 * someone planted), renamed over PATH at commit. */
+	for (int i = 0; i < 8; i++) {
+		uint64_t r;
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = now_ns() * 0x9e3779b97f4a7c15ull;
+		snprintf(t->tmp, sizeof(t->tmp), "%s.tmp.%016llx", t->path, (unsigned long long)r);
+		t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (t->fd >= 0 || errno != EEXIST)
+			break;
+	}
+	if (t->fd < 0) {
+		rc = errf(err, errlen, -errno, "cannot create %s: %s", t->tmp, strerror(errno));
+		t->tmp[0] = 0; /* not ours: never unlinked */
+		return rc;
+	}
 	sr_out_fd(&t->out, t->fd, -1);
 	rc = sr_writer_new(&t->w, &t->out, true, 1);
 	if (rc)
@@ -247,7 +327,11 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 	      int nthreads, struct snap_result *res, char *err, size_t errlen)
 {
 	struct take t = {.s = s, .path = path, .fd = -1};
-	struct ckpt_epoch ep = {.all_pages = !incremental_from, .stay_paused = stop, .opaque = &t};
+	struct ckpt_epoch ep = {.all_pages = !incremental_from,
+				.stay_paused = stop,
+				.opaque = &t,
+				.disk_data = s->with_disks,
+				.disk_sidecar = s->with_disks ? NULL : path};
 	int rc;
 
 	memset(res, 0, sizeof(*res));
@@ -257,6 +341,7 @@ int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incre
 			return errf(err, errlen, rc, "out of memory");
 		s->eng_ready = true;
 	}
+	s->eng.disks = s->disks_ready ? &s->disks : NULL;
 	s->eng.batch->nthreads = nthreads;
 	s->eng.batch->prog = &s->progress;
 	rc = snap_prepare(s, &t, incremental_from, err, errlen);
@@ -301,7 +386,8 @@ err:
 	sr_ctx_free(t.w);
 	if (t.fd >= 0)
 		close(t.fd);
-	unlink(t.tmp);
+	if (t.tmp[0]) /* ours (created exclusively) and not renamed into place */
+		unlink(t.tmp);
 	return rc;
 }
 
@@ -310,4 +396,7 @@ void snap_free(struct snap *s)
 	if (s->eng_ready)
 		ckpt_engine_free(&s->eng);
 	s->eng_ready = false;
+	if (s->disks_ready)
+		disk_repl_free(&s->disks);
+	s->disks_ready = false;
 }

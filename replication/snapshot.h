@@ -8,12 +8,23 @@
 #include "hv/hv.h"
 #include "replication/checkpoint.h"
 #include "replication/ckpt_engine.h"
+#include "replication/disk_repl.h"
 #include "replication/stream.h"
+
+struct vmm;
 
 /* Per-VM snapshot state: the id of the last snapshot and the dirty log that makes the next
  * incremental one possible. No globals: one per VM. */
 struct snap {
 	struct ckpt_engine eng; /* its dirty log runs since the last snapshot, or is NULL */
+	/* the VM's disks (snap_set_disks): each snapshot records their identity (DISK_INFO) and either
+	 * carries their blocks (with_disks: all, or for an incremental snapshot those written since its
+	 * base) or clones every image next to it, "<path>.diskN" (FICLONE, else a copy), at the paused
+	 * point */
+	struct disk_repl disks;
+	bool disks_ready;
+	bool with_disks; /* set before snap_take */
+	bool last_with_disks;
 	bool eng_ready;
 	uint64_t last_id;
 	uint64_t last_epoch;
@@ -37,6 +48,8 @@ struct snap_result {
 int snap_take(struct snap *s, struct vm *vm, const char *path, const char *incremental_from, bool stop,
 	      int nthreads, struct snap_result *res, char *err, size_t errlen);
 void snap_free(struct snap *s);
+/* The disks snapshots carry (once, before the first snap_take). 0 or -errno. */
+int snap_set_disks(struct snap *s, struct virtio_blk *const *devs, int n);
 
 /* Read the header of a snapshot file (for --restore without --mem/--vcpus). */
 int snap_read_header(const char *path, struct sr_header *h, char *err, size_t errlen);
@@ -45,6 +58,13 @@ int snap_read_header(const char *path, struct sr_header *h, char *err, size_t er
  * in each and checked by id) into `vm`, which has not run. Everything is validated; on error the VM
  * must be discarded. Returns 0 or -errno with err. */
 int snap_restore(struct vm *vm, const char *path, char *err, size_t errlen);
+/* The same for a VM with disks: each disk must match the snapshot's (size, id, read-only); a
+ * snapshot that cloned its disks needs the clone (same content, by hash), one that carries them has
+ * its blocks written into the disks. A disk on one side only is refused. */
+int snap_restore_disks(struct vm *vm, struct virtio_blk *const *disks, int nr_disk, const char *path,
+		       char *err, size_t errlen);
+/* vmm_opts.restore_fn of doppel run: snap_restore_disks with the VM's --disk devices. */
+int snapshot_restore(struct vmm *v, const char *path, char *err, size_t errlen);
 
 /* Plug the "snapshot" control command (worker thread, deferred reply, progress in status, --stop)
  * into a VM process (replication/snapshot_cmd.c). Before vmm_run. 0 or -errno. */

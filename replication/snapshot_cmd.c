@@ -25,7 +25,7 @@ struct snap_cmd {
 struct job {
 	struct snap_cmd *c;
 	char path[256], prev[256];
-	bool has_prev, stop;
+	bool has_prev, stop, with_disks;
 };
 
 static void *job_main(void *arg)
@@ -37,6 +37,7 @@ static void *job_main(void *arg)
 	char err[512];
 	int rc;
 
+	c->snap.with_disks = j->with_disks;
 	rc = snap_take(&c->snap, vmm_vm(c->v), j->path, j->has_prev ? j->prev : NULL, j->stop, 2, &res, err,
 		       sizeof(err));
 	if (rc) {
@@ -152,6 +153,16 @@ static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req, 
 	}
 	if (json_object_object_get_ex(req, "stop", &j))
 		job->stop = json_object_get_boolean(j);
+	if (json_object_object_get_ex(req, "with_disks", &j))
+		job->with_disks = json_object_get_boolean(j);
+	struct virtio_blk *devs[DISK_MAX];
+	int nd = vmm_disk_count(v) < DISK_MAX ? vmm_disk_count(v) : DISK_MAX;
+	for (int i = 0; i < nd; i++)
+		devs[i] = vmm_disk(v, i);
+	if (snap_set_disks(&c->snap, devs, nd)) {
+		free(job);
+		return ctl_error("out of memory");
+	}
 	if (vm_get_state(vmm_vm(v)) == VM_STOPPED || vmm_held(v)) {
 		free(job);
 		return ctl_error("%s is not running", vmm_name(v));
@@ -191,4 +202,14 @@ int snapshot_setup(struct vmm *v)
 	if (!rc)
 		rc = vmm_add_status_hook(v, status_hook, c);
 	return rc; /* on error c is freed by the exit hook */
+}
+
+int snapshot_restore(struct vmm *v, const char *path, char *err, size_t errlen)
+{
+	struct virtio_blk *devs[DISK_MAX];
+	int n = vmm_disk_count(v) < DISK_MAX ? vmm_disk_count(v) : DISK_MAX;
+
+	for (int i = 0; i < n; i++)
+		devs[i] = vmm_disk(v, i);
+	return snap_restore_disks(vmm_vm(v), devs, n, path, err, errlen);
 }

@@ -29,9 +29,12 @@ const char *sr_type_name(uint32_t type, char *buf, size_t len)
 {
 	static const char *const names[] = {NULL,	    "PAGE_DATA",      "ZERO_PAGES", "VCPU_STATE",
 					    "DEVICE_STATE", "CHECKPOINT_END", "END",	    "PAGE_DELTA"};
+	static const char *const disk_names[] = {"DISK_WRITE", "DISK_INFO"};
 
 	if (type < sizeof(names) / sizeof(names[0]) && names[type])
 		snprintf(buf, len, "%s", names[type]);
+	else if (type >= SR_REC_DISK_WRITE && type <= SR_REC_DISK_INFO)
+		snprintf(buf, len, "%s", disk_names[type - SR_REC_DISK_WRITE]);
 	else
 		snprintf(buf, len, "%s(0x%x)", type & SR_REC_OPTIONAL ? "OPTIONAL" : "UNKNOWN", type);
 	return buf;
@@ -566,4 +569,48 @@ int sr_write_pages(struct sr_ctx *ctx, const uint64_t *page_idx, const void *con
 	}
 	rc = flush_batch(ctx, bidx, bptr, bn);
 	return rc ? rc : sr_flush_zero(ctx);
+}
+
+/* ---- disks ---- */
+
+int sr_write_disk_write(struct sr_ctx *ctx, uint32_t disk, uint32_t op, uint64_t sector, uint64_t nr_sectors,
+			const void *data)
+{
+	uint8_t pre[SR_DISK_WRITE_HDR];
+	uint64_t dlen = op == SR_DISK_OP_WRITE ? nr_sectors * SR_DISK_SECTOR : 0;
+	int rc = sr_wr_check(ctx);
+
+	if (rc)
+		return rc;
+	if (disk >= SR_MAX_DISKS || op > SR_DISK_OP_DISCARD || !nr_sectors ||
+	    nr_sectors > SR_DISK_MAX_SECTORS || sector > SR_DISK_MAX_SECTORS - nr_sectors ||
+	    dlen > SR_MAX_RECORD - SR_DISK_WRITE_HDR || (dlen && !data))
+		return sr_fail(ctx, -EINVAL, "stream: DISK_WRITE disk %u op %u sectors %llu+%llu invalid",
+			       disk, op, (unsigned long long)sector, (unsigned long long)nr_sectors);
+	put32(pre, disk);
+	put32(pre + 4, op);
+	put64(pre + 8, sector);
+	put64(pre + 16, nr_sectors);
+	return wr_rec(ctx, SR_REC_DISK_WRITE, pre, sizeof(pre), data, (size_t)dlen, true);
+}
+
+int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64_t size, const char *id,
+		       uint64_t content)
+{
+	uint8_t b[SR_DISK_INFO_LEN] = {0};
+	int rc = sr_wr_check(ctx);
+
+	if (rc)
+		return rc;
+	if (disk >= SR_MAX_DISKS || flags & ~SR_DISK_F_READONLY || size < SR_DISK_SECTOR ||
+	    size % SR_DISK_SECTOR)
+		return sr_fail(ctx, -EINVAL, "stream: DISK_INFO disk %u size %llu flags %u invalid", disk,
+			       (unsigned long long)size, flags);
+	put32(b, disk);
+	put32(b + 4, flags);
+	put64(b + 8, size);
+	if (id)
+		memcpy(b + 16, id, strnlen(id, SR_DISK_ID_LEN));
+	put64(b + 40, content);
+	return wr_rec(ctx, SR_REC_DISK_INFO, NULL, 0, b, sizeof(b), true);
 }

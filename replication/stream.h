@@ -9,6 +9,8 @@
  *   record  u32 type (bit 31 = OPTIONAL), u32 length (<= 64 MiB), body, zero pad to 8
  *   epoch   records ... CHECKPOINT_END{epoch, nr_records, nr_data_pages, nr_zero_pages, xxh64}
  *   END     after a CHECKPOINT_END
+ *   DISK_WRITE{u32 disk, u32 op, u64 sector, u64 nr_sectors, data}  DISK_INFO{u32 disk, u32 flags,
+ *           u64 size, u8 id[20], u32 0, u64 content}: a disk's writes of the epoch / its identity
  * All functions return 0 (or a documented count) on success and -errno on failure; on failure
  * sr_error(ctx) holds one line naming what was wrong. A ctx is either a writer or a reader, owns
  * its zstd contexts and buffers, and is not thread-safe (use one per stream).
@@ -43,6 +45,22 @@ enum sr_rec_type {
 	SR_REC_CHECKPOINT_END = 5,
 	SR_REC_END = 6,
 	SR_REC_PAGE_DELTA = 7, /* mandatory: a reader that does not know it must refuse the stream */
+	/* 8..15 left for memory encodings; disks (docs/stream.md, docs/disk.md) */
+	SR_REC_DISK_WRITE = 16,
+	SR_REC_DISK_INFO = 17,
+};
+
+#define SR_MAX_DISKS 64u /* DISK_WRITE / DISK_INFO disk index limit */
+#define SR_DISK_SECTOR 512u
+#define SR_DISK_WRITE_HDR 24u /* u32 disk, u32 op, u64 sector, u64 nr_sectors */
+#define SR_DISK_MAX_SECTORS (1ull << 54) /* sector + nr_sectors bound: byte offsets fit in 63 bits */
+#define SR_DISK_ID_LEN 20u /* the virtio-blk GET_ID serial, NUL-padded, not terminated */
+#define SR_DISK_INFO_LEN 48u
+#define SR_DISK_F_READONLY 1u
+enum sr_disk_op {
+	SR_DISK_OP_WRITE = 0, /* data: nr_sectors * 512 bytes follow */
+	SR_DISK_OP_ZEROES = 1, /* the sectors read as zero afterwards */
+	SR_DISK_OP_DISCARD = 2, /* the sectors' contents are undefined afterwards (holes punched) */
 };
 
 enum sr_page_encoding { SR_ENC_RAW = 0, SR_ENC_ZSTD = 1 };
@@ -92,6 +110,18 @@ struct sr_record {
 		struct {
 			uint64_t epoch, nr_records, nr_data_pages, nr_zero_pages, checksum;
 		} ckpt;
+		struct {
+			uint32_t disk, op; /* disk < SR_MAX_DISKS, op enum sr_disk_op */
+			uint64_t sector,
+				nr_sectors; /* nr_sectors >= 1, sector + nr_sectors <= SR_DISK_MAX_SECTORS */
+			const uint8_t *data; /* OP_WRITE: nr_sectors * 512 bytes; else NULL */
+		} disk;
+		struct {
+			uint32_t disk, flags; /* flags: SR_DISK_F_READONLY */
+			uint64_t size; /* bytes, a multiple of 512, >= 512 */
+			char id[SR_DISK_ID_LEN + 1]; /* NUL-terminated copy of the serial */
+			uint64_t content; /* xxh64 of the disk's 64 KiB block xxh64s; 0: not recorded */
+		} dinfo;
 	};
 };
 
@@ -166,6 +196,14 @@ int sr_write_device(struct sr_ctx *ctx, uint32_t kind, const char *name, const v
 int sr_write_checkpoint_end(struct sr_ctx *ctx, uint64_t epoch) __attribute__((warn_unused_result));
 /* END. Only right after sr_write_checkpoint_end (-EINVAL otherwise). */
 int sr_write_end(struct sr_ctx *ctx);
+/* DISK_WRITE: one completed guest write (op SR_DISK_OP_WRITE with nr_sectors * 512 bytes of data),
+ * write-zeroes or discard of disk `disk`. -EINVAL (nothing written) when a field is out of range. */
+int sr_write_disk_write(struct sr_ctx *ctx, uint32_t disk, uint32_t op, uint64_t sector, uint64_t nr_sectors,
+			const void *data) __attribute__((warn_unused_result));
+/* DISK_INFO: the identity of disk `disk` (size in bytes, flags, GET_ID serial or NULL, content hash
+ * or 0). */
+int sr_write_disk_info(struct sr_ctx *ctx, uint32_t disk, uint32_t flags, uint64_t size, const char *id,
+		       uint64_t content) __attribute__((warn_unused_result));
 /* Any record, unvalidated body (for tests and for OPTIONAL extensions). len <= SR_MAX_RECORD. */
 int sr_write_record(struct sr_ctx *ctx, uint32_t type, const void *body, size_t len)
 	__attribute__((warn_unused_result));

@@ -284,6 +284,53 @@ static int parse_ckpt(struct sr_ctx *ctx, struct sr_record *rec)
 	return 0;
 }
 
+static int parse_disk_write(struct sr_ctx *ctx, struct sr_record *rec)
+{
+	uint64_t sector, n;
+	uint32_t disk, op;
+
+	if (rec->length < SR_DISK_WRITE_HDR)
+		return sr_fail(ctx, -EBADMSG, "stream: DISK_WRITE length %u too short", rec->length);
+	disk = get32(rec->body);
+	op = get32(rec->body + 4);
+	sector = get64(rec->body + 8);
+	n = get64(rec->body + 16);
+	if (disk >= SR_MAX_DISKS || op > SR_DISK_OP_DISCARD || !n || n > SR_DISK_MAX_SECTORS ||
+	    sector > SR_DISK_MAX_SECTORS - n)
+		return sr_fail(ctx, -EBADMSG, "stream: DISK_WRITE disk %u op %u sectors %llu+%llu invalid",
+			       disk, op, (unsigned long long)sector, (unsigned long long)n);
+	if (rec->length - SR_DISK_WRITE_HDR != (op == SR_DISK_OP_WRITE ? n * SR_DISK_SECTOR : 0))
+		return sr_fail(ctx, -EBADMSG,
+			       "stream: DISK_WRITE length %u does not match %llu sectors of op %u",
+			       rec->length, (unsigned long long)n, op);
+	rec->disk.disk = disk;
+	rec->disk.op = op;
+	rec->disk.sector = sector;
+	rec->disk.nr_sectors = n;
+	rec->disk.data = op == SR_DISK_OP_WRITE ? rec->body + SR_DISK_WRITE_HDR : NULL;
+	return 0;
+}
+
+static int parse_disk_info(struct sr_ctx *ctx, struct sr_record *rec)
+{
+	const char *id = (const char *)rec->body + 16;
+
+	if (rec->length != SR_DISK_INFO_LEN)
+		return sr_fail(ctx, -EBADMSG, "stream: DISK_INFO length %u, want %u", rec->length,
+			       SR_DISK_INFO_LEN);
+	rec->dinfo.disk = get32(rec->body);
+	rec->dinfo.flags = get32(rec->body + 4);
+	rec->dinfo.size = get64(rec->body + 8);
+	if (rec->dinfo.disk >= SR_MAX_DISKS || rec->dinfo.flags & ~SR_DISK_F_READONLY ||
+	    rec->dinfo.size < SR_DISK_SECTOR || rec->dinfo.size % SR_DISK_SECTOR || get32(rec->body + 36))
+		return sr_fail(ctx, -EBADMSG, "stream: DISK_INFO disk %u size %llu flags %u invalid",
+			       rec->dinfo.disk, (unsigned long long)rec->dinfo.size, rec->dinfo.flags);
+	memcpy(rec->dinfo.id, id, SR_DISK_ID_LEN);
+	rec->dinfo.id[SR_DISK_ID_LEN] = 0;
+	rec->dinfo.content = get64(rec->body + 40);
+	return 0;
+}
+
 int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 {
 	uint8_t h[8];
@@ -325,7 +372,8 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 		rec->type = get32(h);
 		rec->length = get32(h + 4);
 		sr_type_name(rec->type, tn, sizeof(tn));
-		if (rec->type == 0 || (rec->type > SR_REC_PAGE_DELTA && !(rec->type & SR_REC_OPTIONAL)))
+		if (rec->type == 0 || (rec->type > SR_REC_PAGE_DELTA && rec->type != SR_REC_DISK_WRITE &&
+				       rec->type != SR_REC_DISK_INFO && !(rec->type & SR_REC_OPTIONAL)))
 			return sr_fail(ctx, -EBADMSG,
 				       "stream: unknown mandatory record type 0x%x at offset %llu", rec->type,
 				       (unsigned long long)off);
@@ -356,6 +404,10 @@ int sr_read_record(struct sr_ctx *ctx, struct sr_record *rec)
 			return parse_device(ctx, rec);
 		case SR_REC_CHECKPOINT_END:
 			return parse_ckpt(ctx, rec);
+		case SR_REC_DISK_WRITE:
+			return parse_disk_write(ctx, rec);
+		case SR_REC_DISK_INFO:
+			return parse_disk_info(ctx, rec);
 		case SR_REC_END:
 			if (rec->length)
 				return sr_fail(ctx, -EBADMSG, "stream: END length %u, want 0", rec->length);

@@ -26,8 +26,12 @@ in_ns() { local ns=$1; shift; ip netns exec "$P$ns" "$@"; }
 say "building hosts: ${P}client, ${P}hostA, ${P}hostB (one LAN, plus a replication link A<->B)"
 scripts/topology.sh up "$P" >/dev/null
 
-say "hostB: standby (holds a replica, runs no vCPUs), listening on the replication link"
+say "a CA and one certificate per host (scripts/tls-certs.sh: certtool; docs/security.md)"
+scripts/tls-certs.sh $tmp/tls hostA hostB
+
+say "hostB: standby (holds a replica, runs no vCPUs), listening on the replication link, TLS 1.3 only"
 ip netns exec ${P}hostB $B/doppel run --standby --listen 192.168.100.2:7700 --name standby --mem 256M \
+	--tls-dir $tmp/tls/hostB --tls-peer-name hostA \
 	--net tap=tapB0,bridge=br0,mac=$MAC --cmdline "$GUEST" \
 	--serial file:$tmp/standby.serial --control $tmp/standby.sock 2>$tmp/standby.err &
 pids+=($!)
@@ -44,8 +48,10 @@ for _ in $(seq 100); do
 done
 echo "client: SET hello world -> $(in_ns client $B/doppel-kv 10.0.0.10 GET hello)"
 
-say "doppel protect primary --peer 192.168.100.2:7700 (epochs every 25 ms, heartbeat timeout 200 ms)"
-$B/doppel protect primary --peer 192.168.100.2:7700 --control $tmp/primary.sock
+say "doppel protect primary --peer 192.168.100.2:7700 --tls-dir hostA (mutual TLS; epochs every 25 ms)"
+$B/doppel protect primary --peer 192.168.100.2:7700 --control $tmp/primary.sock \
+	--tls-dir $tmp/tls/hostA --tls-peer-name hostB
+echo "primary status: tls=$($B/doppel status primary --control $tmp/primary.sock --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tls"])')"
 sleep 1
 
 say "client: 4000 INCRs at 800/s, every acknowledged one logged"

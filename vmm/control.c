@@ -15,6 +15,7 @@
 
 #include "vmm/control.h"
 #include "common/errf.h"
+#include "common/log.h"
 
 #define CTL_IN_CAP (CTL_MAX_LINE + 1) /* a maximal line plus its '\n' */
 #define CTL_MAX_CLIENTS 64
@@ -51,6 +52,7 @@ struct ctl_server {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	ctl_handler fn;
 	void *opaque;
+	long group; /* besides root and this process's uid, members of this gid may command (-1: none) */
 	struct ctl_conn *conns;
 	struct ctl_conn *cur; /* conn being dispatched */
 	pthread_mutex_t lock;
@@ -345,6 +347,52 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 	conn_put(c);
 }
 
+/* Is gid among the supplementary groups of process pid (/proc/PID/status "Groups:")? */
+static bool pid_in_group(pid_t pid, gid_t gid)
+{
+	char path[64], line[1024];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "Groups:", 7))
+			continue;
+		for (char *p = line + 7, *end; *p; p = end) {
+			unsigned long g = strtoul(p, &end, 10);
+			if (end == p)
+				break;
+			found = g == gid;
+		}
+		break;
+	}
+	fclose(f);
+	return found;
+}
+
+/* SO_PEERCRED: root, this process's own uid, or (with a control group) a member of it. The socket
+ * file's mode (0660) keeps others out already; this holds when the file was made reachable anyway. */
+static bool peer_allowed(struct ctl_server *s, int fd)
+{
+	struct ucred uc;
+	socklen_t len = sizeof(uc);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) < 0)
+		return false;
+	if (uc.uid == 0 || uc.uid == geteuid())
+		return true;
+	if (s->group >= 0 && (uc.gid == (gid_t)s->group || pid_in_group(uc.pid, (gid_t)s->group)))
+		return true;
+	log_warn("vmm", NULL,
+		 "control socket %s: refused uid %u gid %u (not root, not the VM's user, not in the control "
+		 "group)",
+		 s->path, (unsigned)uc.uid, (unsigned)uc.gid);
+	return false;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct ctl_server *s = w->data;
@@ -355,6 +403,16 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	if (fd < 0)
 		return; /* EAGAIN, or a transient error: the watcher fires again */
+	if (!peer_allowed(s, fd)) {
+		static const char no[] = "{\"ok\":false,\"error\":\"permission denied: only root, the VM's "
+					 "user or the control group may use this socket\"}\n";
+
+		if (send(fd, no, sizeof(no) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+			/* dropped either way */
+		}
+		close(fd);
+		return;
+	}
 	if (s->nr_conns >= CTL_MAX_CLIENTS) {
 		static const char busy[] = "{\"ok\":false,\"error\":\"too many control clients\"}\n";
 
@@ -497,8 +555,8 @@ static int take_over_path(const char *path, const struct sockaddr_un *sa, char *
 	return 0;
 }
 
-int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *path, ctl_handler fn,
-		     void *opaque, char *err, size_t errlen)
+int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *path, long group,
+		     ctl_handler fn, void *opaque, char *err, size_t errlen)
 {
 	struct ctl_server *s = NULL;
 	struct sockaddr_un sa;
@@ -521,8 +579,22 @@ int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *
 		rc = errf(err, errlen, -errno, "socket: %s", strerror(errno));
 		goto err;
 	}
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		e = errno;
+	/* The file is born 0660 (umask, not a chmod after bind that would follow a symlink planted in
+	 * between) and, with a control group, owned by that group (the effective gid at bind). Set-up
+	 * time: no other thread of this process creates files meanwhile. */
+	mode_t old_mask = umask(0117);
+	gid_t old_egid = getegid();
+	if (group >= 0 && setegid((gid_t)group) < 0) {
+		umask(old_mask);
+		rc = errf(err, errlen, -errno, "control group %ld: %s", group, strerror(errno));
+		goto err;
+	}
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	e = errno;
+	if (group >= 0 && setegid(old_egid) < 0)
+		abort(); /* cannot happen for root (who could set it); never continue with a foreign gid */
+	umask(old_mask);
+	if (rc < 0) {
 		if (e == EADDRINUSE)
 			rc = errf(err, errlen, -e, "control socket %s is in use by a running VM",
 				  sa.sun_path);
@@ -531,7 +603,7 @@ int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *
 				  strerror(e));
 		goto err;
 	}
-	if (chmod(sa.sun_path, 0660) < 0 || listen(fd, 16) < 0) {
+	if (listen(fd, 16) < 0) {
 		rc = errf(err, errlen, -errno, "cannot listen on control socket %s: %s", sa.sun_path,
 			  strerror(errno));
 		unlink(sa.sun_path);
@@ -549,6 +621,7 @@ int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *
 	s->lfd = fd;
 	s->fn = fn;
 	s->opaque = opaque;
+	s->group = group;
 	memcpy(s->path, sa.sun_path, sizeof(s->path));
 	ev_io_init(&s->lio, accept_cb, fd, EV_READ);
 	s->lio.data = s;

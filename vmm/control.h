@@ -70,10 +70,15 @@ typedef struct json_object *(*ctl_handler)(void *opaque, const char *cmd, struct
  * be running on another thread at the same time). Creates the parent directory (mode 0755) if missing.
  * If `path` exists: a socket with a live server -> -EADDRINUSE "control socket PATH is in use by a
  * running VM"; a stale socket (connect refused) -> unlinked and replaced; anything else -> -EEXIST,
- * left alone. The socket is chmod 0660. Returns 0 and *out, or -errno with one line in err.
- * The server's watchers keep the loop alive until ctl_server_stop(). */
-int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *path, ctl_handler fn,
-		     void *opaque, char *err, size_t errlen) __attribute__((warn_unused_result));
+ * left alone. The socket is created mode 0660 (under umask 0117, no chmod after bind) and, with
+ * group >= 0, owned by that group. Only clients that are root, of this process's uid or (group >= 0)
+ * in that group (SO_PEERCRED; supplementary groups too) are served; others get one
+ * {"ok":false,"error":"permission denied: ..."} line and are closed (one log line). Returns 0 and
+ * *out, or -errno with one line in err. The server's watchers keep the loop alive until
+ * ctl_server_stop(). */
+int ctl_server_start(struct ctl_server **out, struct ev_loop *loop, const char *path, long group,
+		     ctl_handler fn, void *opaque, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 
 /* Stop listening, close every client, unlink the socket. Call on the loop thread (from a handler is
  * fine). NULL-safe. Outstanding deferred conns stay valid until their ctl_reply(); the replies are

@@ -16,6 +16,7 @@ struct vmm;
 #define VMM_MAX_NETS 4
 #define VMM_MAX_DISKS 4
 #define VMM_MAX_CMDS 32
+#define VMM_MAX_CPUS 256
 
 struct vmm_opts {
 	const char *name; /* VM name; default "vm" */
@@ -23,12 +24,16 @@ struct vmm_opts {
 	const char *cmdline; /* guest command line (may be NULL) */
 	const char *serial; /* "stdio" (default), "file:PATH" or "none" */
 	const char *control; /* control socket path; default /run/doppel/NAME.sock */
+	long control_group; /* gid whose members may use the control socket besides root (-1 or 0 with
+			     * control_group_set false: none) */
+	bool control_group_set;
 	uint64_t mem; /* bytes; default 256 MiB */
 	int vcpus; /* default 1 */
 	const char *restore; /* snapshot file to restore instead of booting a kernel, with restore_fn: */
-	/* Restore `path` into vm (devices attached, nothing run yet); 0 or -errno with err. The caller
-	 * supplies it (doppel run: snap_restore), so the runtime needs no snapshot code. */
-	int (*restore_fn)(struct vm *vm, const char *path, char *err, size_t errlen);
+	/* Restore `path` into the VM of v (devices and disks attached, nothing run yet); 0 or -errno with
+	 * err. The caller supplies it (doppel run: snapshot_restore), so the runtime needs no snapshot
+	 * code. */
+	int (*restore_fn)(struct vmm *v, const char *path, char *err, size_t errlen);
 	const char *net[VMM_MAX_NETS]; /* --net option strings, parsed by the network layer */
 	int nr_net;
 	const char *disk[VMM_MAX_DISKS]; /* --disk option strings, parsed by vmm/diskopt.c */
@@ -38,6 +43,10 @@ struct vmm_opts {
 	 * only. */
 	const char *event_log;
 	const char *metrics; /* NULL, or ADDR:PORT to serve /metrics, / and /status.json over HTTP */
+	const int *cpus; /* pin the vCPU threads to these host CPUs (NULL: no pinning) */
+	int nr_cpus;
+	enum hv_mem_policy mem_policy; /* guest RAM: lazy (default), populate or lock */
+	int sandbox; /* enum vmm_sandbox (vmm/sandbox.h): 0 off (default), 1 on, 2 log; vmm_run applies it */
 };
 
 /* ---- control replies ----------------------------------------------------------------------------
@@ -143,9 +152,12 @@ int vmm_add_metrics_hook(struct vmm *v, vmm_metrics_fn fn, void *opaque);
 
 /* ---- disks -------------------------------------------------------------------------------------- */
 
-/* Number of virtio-blk disks attached (--disk). Snapshots, Remus and migration do not carry disks yet:
- * the runtime refuses their commands for a VM with disks. */
+/* Number of virtio-blk disks attached (--disk). Remus, snapshots and migration carry them
+ * (replication/disk_repl.h, docs/disk.md). */
 int vmm_disk_count(const struct vmm *v);
+/* Disk i (0 .. vmm_disk_count - 1), or NULL. */
+struct virtio_blk;
+struct virtio_blk *vmm_disk(struct vmm *v, int i);
 
 /* ---- network ---------------------------------------------------------------------------------- */
 

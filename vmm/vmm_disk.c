@@ -61,3 +61,8 @@ int vmm_disk_count(const struct vmm *v)
 {
 	return v->nr_disk;
 }
+
+struct virtio_blk *vmm_disk(struct vmm *v, int i)
+{
+	return i >= 0 && i < v->nr_disk ? v->disk[i] : NULL;
+}

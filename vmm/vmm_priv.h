@@ -40,6 +40,7 @@ struct vmm {
 	struct uart *uart;
 	int serial_fd;
 	bool own_serial_fd;
+	bool test_hooks; /* DOPPEL_TEST_HOOKS=1 at start: hidden test-only commands */
 	struct ctl_server *ctl;
 	ev_async exit_async;
 	ev_signal sigint_w, sigterm_w;

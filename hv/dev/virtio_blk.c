@@ -73,8 +73,7 @@ static void complete_locked(struct virtio_blk *d, struct blk_req *r, const void 
 	}
 	if (virtio_mmio_queue_live(&d->t, 0)) {
 		vq_push(vq, d->gm, r->e.head, used);
-		if (vq_want_interrupt(vq))
-			virtio_mmio_interrupt(&d->t, VIRTIO_INT_USED);
+		virtio_mmio_used(&d->t, vq);
 	}
 	req_put(d, r);
 }
@@ -236,6 +235,42 @@ void blk_complete(struct virtio_blk *d, struct blk_req **rs, unsigned n, const u
 		d->gate_end(d->gate_opaque);
 }
 
+/* Open gate, (t) held: offer a successful write-type request to the write log. True: hold it. */
+static bool wlog_refuses(struct virtio_blk *d, struct blk_req *r)
+{
+	struct virtio_blk_wreq w;
+	struct iovec iov[VQ_MAX_IOV];
+
+	if (!d->wlog || r->status != VIRTIO_BLK_S_OK ||
+	    (r->type != VIRTIO_BLK_T_OUT && r->type != VIRTIO_BLK_T_WRITE_ZEROES &&
+	     r->type != VIRTIO_BLK_T_DISCARD))
+		return false;
+	w.type = r->type;
+	w.sector = r->sector;
+	w.nr_sectors = r->type == VIRTIO_BLK_T_OUT ? r->data_len / VBLK_SECTOR : 0;
+	w.niov = r->type == VIRTIO_BLK_T_OUT ? blk_data_iov(r, iov) : 0;
+	w.iov = iov;
+	w.nr_ranges = r->nr_segs;
+	for (unsigned i = 0; i < r->nr_segs; i++) {
+		w.range[i].sector = r->segs[i].sector;
+		w.range[i].nr_sectors = r->segs[i].num;
+	}
+	if (!d->wlog(d->wlog_opaque, &w))
+		return false;
+	d->st.wlog_held++;
+	return true;
+}
+
+static void hold(struct virtio_blk *d, struct blk_req *r)
+{
+	r->next = NULL; /* re-run on kick */
+	if (d->held_tail)
+		d->held_tail->next = r;
+	else
+		d->held = r;
+	d->held_tail = r;
+}
+
 void blk_complete_in(struct virtio_blk *d, struct blk_req **rs, unsigned n, const uint8_t *bounce,
 		     size_t stride, bool open)
 {
@@ -245,13 +280,10 @@ void blk_complete_in(struct virtio_blk *d, struct blk_req **rs, unsigned n, cons
 
 		if (r->gen != d->gen) {
 			req_put(d, r); /* the device was reset (or restored) meanwhile */
+		} else if (open && wlog_refuses(d, r)) {
+			hold(d, r); /* the log is full: an early epoch is on its way, then a kick */
 		} else if (!open) {
-			r->next = NULL; /* the VM is paused: guest RAM is off limits; re-run on kick */
-			if (d->held_tail)
-				d->held_tail->next = r;
-			else
-				d->held = r;
-			d->held_tail = r;
+			hold(d, r); /* the VM is paused: guest RAM is off limits */
 			d->st.held++;
 		} else {
 			complete_locked(d, r, bounce ? bounce + i * stride : NULL);
@@ -419,6 +451,41 @@ void virtio_blk_set_gate(struct virtio_blk *d, virtio_blk_gate_begin_fn begin, v
 	d->gate_end = end;
 	d->gate_opaque = opaque;
 	pthread_mutex_unlock(&d->t.lock);
+}
+
+void virtio_blk_set_wlog(struct virtio_blk *d, virtio_blk_wlog_fn fn, void *opaque)
+{
+	pthread_mutex_lock(&d->t.lock);
+	d->wlog = fn;
+	d->wlog_opaque = opaque;
+	pthread_mutex_unlock(&d->t.lock);
+}
+
+void virtio_blk_clear_wlog(struct virtio_blk *d, void *opaque)
+{
+	pthread_mutex_lock(&d->t.lock);
+	if (d->wlog_opaque == opaque) {
+		d->wlog = NULL;
+		d->wlog_opaque = NULL;
+	}
+	pthread_mutex_unlock(&d->t.lock);
+}
+
+int virtio_blk_backend_fd(struct virtio_blk *d)
+{
+	return d->fd;
+}
+
+bool virtio_blk_readonly(struct virtio_blk *d)
+{
+	return d->readonly;
+}
+
+const char *virtio_blk_id(struct virtio_blk *d, char *out)
+{
+	memcpy(out, d->id, VIRTIO_BLK_ID_BYTES);
+	out[VIRTIO_BLK_ID_BYTES] = 0;
+	return out;
 }
 
 void virtio_blk_kick(struct virtio_blk *d)

@@ -57,7 +57,48 @@ struct virtio_blk_stats {
 	uint64_t bytes_read, bytes_written;
 	uint64_t ioerr, unsupp, bad_requests; /* completions with IOERR / UNSUPP; malformed requests */
 	uint64_t held; /* completions deferred by a closed DMA gate */
+	uint64_t wlog_held; /* completions deferred because the write log refused them (full) */
 };
+
+/* ---- the write log (Remus disk replication, docs/disk.md) ---- */
+
+#include <sys/uio.h>
+
+/* One completed write-type request, as the write log sees it. */
+struct virtio_blk_wreq {
+	uint32_t type; /* VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES or VIRTIO_BLK_T_DISCARD */
+	uint64_t sector, nr_sectors; /* OUT: the range written */
+	const struct iovec *iov; /* OUT: the data, in guest RAM (nr_sectors * 512 bytes in all) */
+	unsigned niov;
+	unsigned nr_ranges; /* WRITE_ZEROES / DISCARD: the segments */
+	struct {
+		uint64_t sector, nr_sectors;
+	} range[VBLK_MAX_DISCARD_SEG];
+};
+/* Called for every write-type request that completed OK, inside the completion: the DMA gate bracket
+ * is open (so the set of writes logged before a pause is exactly the set the guest's memory has seen
+ * complete) and the device lock is held (do not call back into the device). Return 0 to let the
+ * completion be published, non-zero to hold it: the request is re-executed when the device is next
+ * kicked (virtio_blk_kick: every vm_resume), as for a closed gate. */
+typedef int (*virtio_blk_wlog_fn)(void *opaque, const struct virtio_blk_wreq *w);
+/* Install (fn non-NULL) or remove the write log. Returns when no call of the old one is running.
+ * Removing it does not re-run held requests: call virtio_blk_kick. */
+void virtio_blk_set_wlog(struct virtio_blk *d, virtio_blk_wlog_fn fn, void *opaque);
+/* Remove the write log only if it is still the one installed with `opaque` (another user, e.g.
+ * replication after a snapshot, may have replaced it). */
+void virtio_blk_clear_wlog(struct virtio_blk *d, void *opaque);
+
+/* Host I/O on the backing file for replication (not through the queue; any thread, the device may
+ * be running): apply a replicated write (type OUT with nr_sectors * 512 bytes of data, WRITE_ZEROES
+ * or DISCARD), read bytes, flush. 0 or -errno (-EINVAL out of range, -EROFS read-only). */
+int virtio_blk_host_apply(struct virtio_blk *d, uint32_t type, uint64_t sector, uint64_t nr_sectors,
+			  const void *data);
+int virtio_blk_host_read(struct virtio_blk *d, uint64_t off, void *buf, size_t len);
+int virtio_blk_host_flush(struct virtio_blk *d);
+bool virtio_blk_readonly(struct virtio_blk *d);
+int virtio_blk_backend_fd(struct virtio_blk *d); /* the image's fd (the device owns it): e.g. FICLONE */
+/* The GET_ID serial as a NUL-terminated string (out: VIRTIO_BLK_ID_BYTES + 1 bytes). */
+const char *virtio_blk_id(struct virtio_blk *d, char *out);
 
 /* ---- core (no struct vm: unit tests drive it over mem_init_buffer RAM) ---- */
 

@@ -18,7 +18,10 @@ static void irq_line(void *opaque, int level)
 {
 	struct blk_port *p = opaque;
 
-	(void)vm_irq_line(p->vm, p->slot.gsi, level); /* fails only if the VM is gone */
+	if (level == VIRTIO_IRQ_WAKE)
+		vm_wake(p->vm);
+	else
+		(void)vm_irq_line(p->vm, p->slot.gsi, level); /* fails only if the VM is gone */
 }
 
 static bool gate_begin(void *opaque)

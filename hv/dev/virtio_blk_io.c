@@ -147,10 +147,9 @@ static bool read_direct(struct virtio_blk *d, struct blk_req *r)
 /* Write the data part of the chain (the device-readable bytes after the header) straight from guest
  * RAM. The guest does not touch a buffer it has made available, and a paused VM does not run, so no
  * gate is needed to read it. */
-static int do_write(struct virtio_blk *d, struct blk_req *r)
+unsigned blk_data_iov(const struct blk_req *r, struct iovec *iov)
 {
-	struct iovec iov[VQ_MAX_IOV];
-	uint64_t skip = VBLK_HDR_LEN, off = r->sector * VBLK_SECTOR;
+	uint64_t skip = VBLK_HDR_LEN;
 	unsigned n = 0;
 
 	for (unsigned k = 0; k < r->e.n_out; k++) {
@@ -165,8 +164,13 @@ static int do_write(struct virtio_blk *d, struct blk_req *r)
 		skip = 0;
 		n++;
 	}
+	return n;
+}
+
+static int write_iov(int fd, struct iovec *iov, unsigned n, uint64_t off)
+{
 	for (unsigned i = 0; i < n;) {
-		ssize_t w = pwritev(d->fd, iov + i, (int)(n - i), (off_t)off);
+		ssize_t w = pwritev(fd, iov + i, (int)(n - i), (off_t)off);
 
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -183,6 +187,14 @@ static int do_write(struct virtio_blk *d, struct blk_req *r)
 		}
 	}
 	return 0;
+}
+
+static int do_write(struct virtio_blk *d, struct blk_req *r)
+{
+	struct iovec iov[VQ_MAX_IOV];
+	unsigned n = blk_data_iov(r, iov);
+
+	return write_iov(d->fd, iov, n, r->sector * VBLK_SECTOR);
 }
 
 static int write_zeroes_slow(struct virtio_blk *d, uint64_t off, uint64_t len)
@@ -203,38 +215,91 @@ static int write_zeroes_slow(struct virtio_blk *d, uint64_t off, uint64_t len)
 	return 0;
 }
 
-/* Discard is a hint: a backend that cannot punch holes completes it as OK. */
+/* One DISCARD or WRITE_ZEROES range. Discard is a hint: a backend that cannot punch holes completes
+ * it as OK. */
+static int seg_io(struct virtio_blk *d, uint32_t type, bool unmap, uint64_t off, uint64_t len)
+{
+	uint64_t range[2] = {off, len};
+	int rc;
+
+	if (!len)
+		return 0;
+	if (type == VIRTIO_BLK_T_DISCARD) {
+		rc = d->blkdev ? ioctl(d->fd, BLKDISCARD, range)
+			       : fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+					   (off_t)len);
+		return rc && errno != EOPNOTSUPP && errno != ENOTTY && errno != EINVAL ? -1 : 0;
+	}
+	if (d->blkdev)
+		rc = ioctl(d->fd, BLKZEROOUT, range);
+	else if (unmap)
+		rc = fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+	else
+		rc = fallocate(d->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+	if (rc && (errno == EOPNOTSUPP || errno == ENOTTY || errno == EINVAL))
+		rc = write_zeroes_slow(d, off, len);
+	return rc ? -1 : 0;
+}
+
 static int do_segs(struct virtio_blk *d, struct blk_req *r)
 {
-	for (unsigned i = 0; i < r->nr_segs; i++) {
-		uint64_t off = r->segs[i].sector * VBLK_SECTOR, len = (uint64_t)r->segs[i].num * VBLK_SECTOR;
-		uint64_t range[2] = {off, len};
-		int rc;
-
-		if (!len)
-			continue;
-		if (r->type == VIRTIO_BLK_T_DISCARD) {
-			rc = d->blkdev ? ioctl(d->fd, BLKDISCARD, range)
-				       : fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-						   (off_t)off, (off_t)len);
-			if (rc && errno != EOPNOTSUPP && errno != ENOTTY && errno != EINVAL)
-				return -1;
-			continue;
-		}
-		if (d->blkdev)
-			rc = ioctl(d->fd, BLKZEROOUT, range);
-		else if (r->segs[i].flags & 1)
-			rc = fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-				       (off_t)len);
-		else
-			rc = fallocate(d->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-				       (off_t)len);
-		if (rc && (errno == EOPNOTSUPP || errno == ENOTTY || errno == EINVAL))
-			rc = write_zeroes_slow(d, off, len);
-		if (rc)
+	for (unsigned i = 0; i < r->nr_segs; i++)
+		if (seg_io(d, r->type, r->segs[i].flags & 1, r->segs[i].sector * VBLK_SECTOR,
+			   (uint64_t)r->segs[i].num * VBLK_SECTOR))
 			return -1;
+	return 0;
+}
+
+/* ---- host I/O for replication ---- */
+
+int virtio_blk_host_apply(struct virtio_blk *d, uint32_t type, uint64_t sector, uint64_t nr_sectors,
+			  const void *data)
+{
+	uint64_t cap = d->capacity / VBLK_SECTOR;
+	struct iovec iov;
+
+	if (sector > cap || nr_sectors > cap - sector)
+		return -EINVAL;
+	if (d->readonly)
+		return -EROFS;
+	switch (type) {
+	case VIRTIO_BLK_T_OUT:
+		if (!data)
+			return -EINVAL;
+		iov = (struct iovec){.iov_base = (void *)data, .iov_len = nr_sectors * VBLK_SECTOR};
+		return write_iov(d->fd, &iov, 1, sector * VBLK_SECTOR) ? -EIO : 0;
+	case VIRTIO_BLK_T_WRITE_ZEROES:
+	case VIRTIO_BLK_T_DISCARD:
+		return seg_io(d, type, type == VIRTIO_BLK_T_WRITE_ZEROES, sector * VBLK_SECTOR,
+			      nr_sectors * VBLK_SECTOR)
+			       ? -EIO
+			       : 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+int virtio_blk_host_read(struct virtio_blk *d, uint64_t off, void *buf, size_t len)
+{
+	size_t done = 0;
+
+	if (off > d->capacity || len > d->capacity - off)
+		return -EINVAL;
+	while (done < len) {
+		ssize_t n = pread(d->fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
 	}
 	return 0;
+}
+
+int virtio_blk_host_flush(struct virtio_blk *d)
+{
+	return d->readonly || !fdatasync(d->fd) ? 0 : -errno;
 }
 
 static void execute(struct virtio_blk *d, struct blk_req *r, uint8_t *bounce)

@@ -56,6 +56,8 @@ struct virtio_blk {
 	void *gate_opaque;
 	virtio_irq_fn irq;
 	void *irq_opaque;
+	virtio_blk_wlog_fn wlog; /* (t) */
+	void *wlog_opaque; /* (t) */
 
 	pthread_mutex_t qlock; /* guards the job queue; taken inside (t) or alone, never the reverse */
 	pthread_cond_t qcond, idle;
@@ -75,6 +77,9 @@ void blk_submit(struct virtio_blk *d, struct blk_req *r);
 void blk_submit_flush(struct virtio_blk *d);
 /* Drop queued (not yet running) requests of an old generation. Called with (t) held. */
 void blk_queue_purge(struct virtio_blk *d);
+
+/* The data part of an OUT chain (after the 16-byte header) as an iovec; returns the count. */
+unsigned blk_data_iov(const struct blk_req *r, struct iovec *iov);
 
 /* virtio_blk.c, for the workers */
 /* Deliver n finished requests through one DMA gate bracket (request i's IN data at bounce + i * stride). */

@@ -63,6 +63,14 @@ void virtio_mmio_interrupt(struct virtio_mmio *t, uint32_t bits)
 	set_line(t, 1);
 }
 
+void virtio_mmio_used(struct virtio_mmio *t, struct vq *vq)
+{
+	if (vq_want_interrupt(vq))
+		virtio_mmio_interrupt(t, VIRTIO_INT_USED);
+	else if (t->irq)
+		t->irq(t->irq_opaque, VIRTIO_IRQ_WAKE);
+}
+
 void virtio_mmio_set_broken(struct virtio_mmio *t, const char *why)
 {
 	if (t->status & VIRTIO_STATUS_NEEDS_RESET)

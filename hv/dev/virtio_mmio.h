@@ -68,7 +68,9 @@ struct virtio_dev_ops {
 
 /* Interrupt line callback: level 1 = assert, 0 = deassert. Called with the lock held. The line is
  * level-style (asserted while InterruptStatus != 0); a new event while it is already asserted
- * pulses it 0 -> 1 so an edge-triggered pin also sees it. */
+ * pulses it 0 -> 1 so an edge-triggered pin also sees it. Level VIRTIO_IRQ_WAKE: buffers were used
+ * while the driver suppresses interrupts (a polling guest): wake it from the idle doorbell (vm_wake). */
+#define VIRTIO_IRQ_WAKE (-1)
 typedef void (*virtio_irq_fn)(void *opaque, int level);
 
 struct virtio_mmio {
@@ -109,6 +111,8 @@ bool virtio_mmio_queue_live(const struct virtio_mmio *t, unsigned q);
 
 /* Latch interrupt bits (VIRTIO_INT_*) and assert the line. */
 void virtio_mmio_interrupt(struct virtio_mmio *t, uint32_t bits);
+/* After vq_push on vq: interrupt if the driver wants one, else only a VIRTIO_IRQ_WAKE. */
+void virtio_mmio_used(struct virtio_mmio *t, struct vq *vq);
 
 /* The driver broke the device: set NEEDS_RESET, raise a config interrupt, stop processing until reset. */
 void virtio_mmio_set_broken(struct virtio_mmio *t, const char *why);

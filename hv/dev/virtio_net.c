@@ -118,8 +118,7 @@ static int rx_locked(struct virtio_net *d, const void *frame, size_t len)
 	vq_elem_write(gm, e, 0, &h, sizeof(h));
 	vq_elem_write(gm, e, VNET_HDR_LEN, frame, len);
 	vq_push(vq, gm, e->head, (uint32_t)(VNET_HDR_LEN + len));
-	if (vq_want_interrupt(vq))
-		virtio_mmio_interrupt(&d->t, VIRTIO_INT_USED);
+	virtio_mmio_used(&d->t, vq);
 	return 0;
 }
 

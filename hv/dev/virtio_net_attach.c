@@ -32,7 +32,10 @@ static void irq_line(void *opaque, int level)
 {
 	struct net_port *p = opaque;
 
-	(void)vm_irq_line(p->vm, p->slot.gsi, level); /* fails only if the VM is gone */
+	if (level == VIRTIO_IRQ_WAKE)
+		vm_wake(p->vm);
+	else
+		(void)vm_irq_line(p->vm, p->slot.gsi, level); /* fails only if the VM is gone */
 }
 
 int virtio_net_tap_output(void *dev, const void *frame, size_t len)

@@ -31,6 +31,42 @@ static void kick_handler(int sig)
 /* ---- create / destroy ------------------------------------------------------------------------- */
 
 static int exit_port(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write);
+static int idle_port(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write);
+
+/* memory_policy: allocate (and lock) every page of guest RAM now, so the VM cannot fail later for
+ * lack of memory. */
+static int reserve_mem(struct vm *vm, enum hv_mem_policy p, char *err, size_t errlen)
+{
+	for (int i = 0; p != HV_MEM_LAZY && i < vm->mem.nr; i++) {
+		struct mem_region *r = &vm->mem.r[i];
+
+		if (p == HV_MEM_LOCK && mlock(r->host, r->size))
+			return errf(err, errlen, -errno, "cannot lock %llu MiB of guest memory: %s",
+				    (unsigned long long)(r->size >> 20), strerror(errno));
+		if (p == HV_MEM_POPULATE && fallocate(vm->mem.memfd, 0, (off_t)r->fd_off, (off_t)r->size))
+			return errf(err, errlen, -errno, "cannot allocate %llu MiB of guest memory: %s",
+				    (unsigned long long)(r->size >> 20), strerror(errno));
+		if (p == HV_MEM_POPULATE && madvise(r->host, r->size, MADV_POPULATE_WRITE) && errno != EINVAL)
+			return errf(err, errlen, -errno, "cannot map guest memory: %s", strerror(errno));
+	}
+	return 0;
+}
+
+/* vm_config.cpus: every vCPU thread's affinity; each CPU must exist. */
+static int set_cpus(struct vm *vm, const struct vm_config *cfg, char *err, size_t errlen)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+
+	CPU_ZERO(&vm->cpus);
+	for (int i = 0; cfg->cpus && i < cfg->nr_cpus; i++) {
+		if (cfg->cpus[i] < 0 || cfg->cpus[i] >= ncpu || cfg->cpus[i] >= CPU_SETSIZE)
+			return errf(err, errlen, -EINVAL, "host CPU %d does not exist (CPUs 0..%ld)",
+				    cfg->cpus[i], ncpu - 1);
+		CPU_SET(cfg->cpus[i], &vm->cpus);
+		vm->pin = true;
+	}
+	return 0;
+}
 
 static int create_vcpu(struct vm *vm, int idx, char *err, size_t errlen)
 {
@@ -80,6 +116,15 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 		vm->vcpu[i].fd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
 	pthread_cond_init(&vm->cond, NULL);
+	pthread_mutex_init(&vm->idle_lock, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&vm->idle_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	snprintf(vm->name, sizeof(vm->name), "%s", cfg->name ? cfg->name : "vm");
 	sigaction(vm_sig_kick(), &sa, NULL);
 
@@ -129,12 +174,18 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 	rc = kvm_state_ctx_init(&vm->ks, vm->kvm_fd, vm->vm_fd, err, errlen);
 	if (rc)
 		goto err;
+	rc = set_cpus(vm, cfg, err, errlen);
+	if (rc)
+		goto err;
 	rc = mem_create(&vm->mem, cfg->mem_size);
 	if (rc) {
 		errf(err, errlen, 0, "cannot allocate %llu MiB of guest memory: %s",
 		     (unsigned long long)(cfg->mem_size >> 20), strerror(-rc));
 		goto err;
 	}
+	rc = reserve_mem(vm, cfg->mem_policy, err, errlen);
+	if (rc)
+		goto err;
 	for (int i = 0; i < vm->mem.nr; i++) {
 		struct kvm_userspace_memory_region r = {
 			.slot = (uint32_t)i,
@@ -155,6 +206,8 @@ int vm_create(const struct vm_config *cfg, struct vm **out, char *err, size_t er
 			goto err;
 	}
 	rc = vm_io_register(vm, IO_PIO, HV_EXIT_PORT, 2, exit_port, vm);
+	if (!rc)
+		rc = vm_io_register(vm, IO_PIO, HV_IDLE_PORT, 4, idle_port, vm);
 	if (rc)
 		goto err;
 	vm->state = VM_CREATED;
@@ -187,6 +240,8 @@ void vm_destroy(struct vm *vm)
 		close(vm->kvm_fd);
 	pthread_mutex_destroy(&vm->lock);
 	pthread_cond_destroy(&vm->cond);
+	pthread_mutex_destroy(&vm->idle_lock);
+	pthread_cond_destroy(&vm->idle_cond);
 	free(vm);
 }
 
@@ -291,6 +346,8 @@ int vm_irq_line(struct vm *vm, int gsi, int level)
 {
 	struct kvm_irq_level l = {.irq = (uint32_t)gsi, .level = (uint32_t)level};
 
+	if (level)
+		vm_wake(vm);
 	return ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0 ? -errno : 0;
 }
 
@@ -353,6 +410,10 @@ void vm_kick_all_locked(struct vm *vm)
 		if (v->started)
 			pthread_kill(v->thread, vm_sig_kick());
 	}
+	/* a vCPU sleeping in the idle doorbell rechecks pause_req/stop_req (set by our caller) */
+	pthread_mutex_lock(&vm->idle_lock);
+	pthread_cond_broadcast(&vm->idle_cond);
+	pthread_mutex_unlock(&vm->idle_lock);
 }
 
 void vm_stop_with(struct vm *vm, int status, const char *fmt, ...)
@@ -395,5 +456,71 @@ static int exit_port(void *opaque, uint64_t off, void *data, uint32_t len, bool 
 	(void)len;
 	if (is_write && off == 0)
 		vm_stop_with(vm, *(uint8_t *)data, NULL);
+	return 0;
+}
+
+/* ---- idle doorbell ---------------------------------------------------------------------------- */
+
+void vm_wake(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->idle_lock);
+	vm->idle_event = true;
+	pthread_cond_broadcast(&vm->idle_cond);
+	pthread_mutex_unlock(&vm->idle_lock);
+}
+
+void vm_idle_stats(const struct vm *vm, uint64_t *waits, uint64_t *wakeups)
+{
+	struct vm *m = (struct vm *)vm;
+
+	pthread_mutex_lock(&m->idle_lock);
+	*waits = m->idle_waits;
+	*wakeups = m->idle_wakeups;
+	pthread_mutex_unlock(&m->idle_lock);
+}
+
+static bool idle_interrupted(struct vm *vm)
+{
+	return __atomic_load_n(&vm->pause_req, __ATOMIC_SEQ_CST) ||
+	       __atomic_load_n(&vm->stop_req, __ATOMIC_SEQ_CST);
+}
+
+/* On the vCPU thread: sleep until an event, the timeout, or a pause/stop request (whose kick
+ * broadcasts idle_cond after setting the flag, so the check below under idle_lock cannot miss it).
+ * The vCPU then re-enters KVM_RUN, which parks it for the pause as usual. */
+static int idle_port(void *opaque, uint64_t off, void *data, uint32_t len, bool is_write)
+{
+	struct vm *vm = opaque;
+	uint32_t us, magic = HV_IDLE_MAGIC;
+	struct timespec ts;
+
+	if (off != 0 || len != 4) {
+		if (!is_write)
+			memset(data, 0xff, len);
+		return 0;
+	}
+	if (!is_write) {
+		memcpy(data, &magic, 4);
+		return 0;
+	}
+	memcpy(&us, data, 4);
+	pthread_mutex_lock(&vm->idle_lock);
+	if (!vm->idle_event && us && !idle_interrupted(vm)) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += us / 1000000;
+		ts.tv_nsec += (long)(us % 1000000) * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		vm->idle_waits++;
+		while (!vm->idle_event && !idle_interrupted(vm))
+			if (pthread_cond_timedwait(&vm->idle_cond, &vm->idle_lock, &ts) == ETIMEDOUT)
+				break;
+		if (vm->idle_event)
+			vm->idle_wakeups++;
+	}
+	vm->idle_event = false;
+	pthread_mutex_unlock(&vm->idle_lock);
 	return 0;
 }

@@ -3,6 +3,7 @@
 #define DOPPEL_HV_VM_PRIV_H
 
 #include <linux/kvm.h>
+#include <sched.h>
 
 #include "hv/dev/devices.h"
 #include "hv/hv.h"
@@ -38,6 +39,15 @@ struct vm {
 	struct io_region io[HV_MAX_IO];
 	int nr_io;
 	struct dev_table devs;
+	cpu_set_t cpus; /* vCPU thread affinity (vm_config.cpus) */
+	bool pin;
+
+	/* The idle doorbell (HV_IDLE_PORT): a vCPU waits here for an event; lock order vm->lock ->
+	 * idle_lock (the kick path takes it to wake a waiting vCPU for a pause or stop). */
+	pthread_mutex_t idle_lock;
+	pthread_cond_t idle_cond; /* CLOCK_MONOTONIC */
+	bool idle_event; /* an event arrived since the last wait returned */
+	uint64_t idle_waits, idle_wakeups; /* waits that slept; of those, ended by an event */
 
 	pthread_mutex_t lock; /* protects everything below */
 	pthread_cond_t cond;

@@ -32,8 +32,12 @@
 #include <sys/mman.h>
 #include <xxhash.h>
 
+#include <unistd.h>
+
+#include "hv/dev/virtio_blk.h"
 #include "hv/hv.h"
 #include "hv/mem.h"
+#include "replication/disk_repl.h"
 #include "replication/checkpoint.h"
 #include "replication/rw.h"
 #include "replication/stream.h"
@@ -51,6 +55,9 @@ static struct {
 	uint8_t *ram[2]; /* [0] staged mode, [1] direct mode; each between guard pages */
 	struct guest_mem gm[2];
 	struct ckpt_stage stg;
+	struct disk_stage dstg; /* stg.disk: DISK_WRITE / DISK_INFO records */
+	struct virtio_blk *disk; /* disk0: 1 MiB on a memfd, id "fuzzdisk" */
+	uint32_t verified;
 	uint64_t seen[NR_PAGES / 64];
 	bool verbose; /* FUZZ_STREAM_VERBOSE=1: one line per epoch on stderr (replaying a crash) */
 } fz;
@@ -108,6 +115,46 @@ static void check_empty(const struct ckpt_stage *s)
 	check(s->st.nr_vcpus == 0 && s->st.nr_dev == 0, "reset stage counts state blobs");
 	for (int i = 0; i < HV_MAX_VCPUS; i++)
 		check(!s->st.vcpu[i].data, "reset stage keeps a vCPU blob");
+	check(!s->disk || (!s->disk->b.nops && !s->disk->b.len && !s->disk->nr_info),
+	      "reset stage holds disk records");
+}
+
+/* The epoch's disk records as the standby takes them: identity against disk0, then every write
+ * applied in order; a refusal is one line; the last data write of the epoch reads back. */
+static void apply_disk(void)
+{
+	struct disk_stage *d = &fz.dstg;
+	char err[256] = "";
+	int rc;
+
+	check(d->b.len <= DISK_STAGE_MAX, "disk stage beyond its bound");
+	for (size_t i = 0; i < d->b.nops; i++)
+		check(d->b.ops[i].disk < SR_MAX_DISKS && d->b.ops[i].op <= SR_DISK_OP_DISCARD &&
+			      d->b.ops[i].nr_sectors &&
+			      d->b.ops[i].sector <= SR_DISK_MAX_SECTORS - d->b.ops[i].nr_sectors,
+		      "a staged disk op out of range");
+	rc = disk_stage_check(d, &fz.disk, 1, &fz.verified, &disk_names_remus, err, sizeof(err));
+	if (rc) {
+		check_err(rc, err, "refused disk identity");
+		return;
+	}
+	rc = disk_stage_apply(d, &fz.disk, 1, err, sizeof(err));
+	if (rc) {
+		check_err(rc, err, "refused disk write");
+		return;
+	}
+	for (size_t i = d->b.nops; i-- > 0;) {
+		const struct disk_op *o = &d->b.ops[i];
+		static uint8_t back[64 << 10];
+		size_t len = o->nr_sectors * SR_DISK_SECTOR < sizeof(back) ? o->nr_sectors * SR_DISK_SECTOR
+									   : sizeof(back);
+		if (o->op != SR_DISK_OP_WRITE)
+			continue;
+		check(!virtio_blk_host_read(fz.disk, o->sector * SR_DISK_SECTOR, back, len),
+		      "an applied write does not read back");
+		check(!memcmp(back, d->b.data + o->off, len), "an applied write reads back different");
+		break;
+	}
 }
 
 static bool seen(uint64_t p)
@@ -205,6 +252,7 @@ static void run_staged(const uint8_t *data, size_t size)
 		      "stage beyond the image's page count");
 		ckpt_stage_apply_pages(&fz.stg, &fz.gm[0]);
 		check_applied(&fz.stg, &fz.gm[0]);
+		apply_disk();
 		if (fz.stg.have_state) {
 			err[0] = 0;
 			rc = ckpt_state_apply(&fz.stg.st, fz.vm, err, sizeof(err));
@@ -262,6 +310,47 @@ static void put_file(const char *dir, const char *name, const struct sr_out *o)
 	if (!f || fwrite(o->buf, 1, o->len, f) != o->len || fclose(f))
 		die("write %s: %s", path, strerror(errno));
 	printf("fuzz_stream: wrote %s (%zu bytes)\n", path, o->len);
+}
+
+/* Streams with disks as Remus writes them: a sync epoch (DISK_INFO, a data block, a zero block), a
+ * full epoch with state and a write-zeroes / discard / write, then an incremental epoch with writes.
+ * Variant "disk_other" describes disk0 with another size and id (refused). */
+static void write_disk_seeds(const char *dir, const struct ckpt_state *st)
+{
+	static uint8_t blk[8192];
+	struct guest_mem *gm = vm_mem(fz.vm);
+	struct sr_header h;
+	struct sr_ctx *w;
+	struct sr_out o;
+	int rc;
+
+	for (size_t i = 0; i < sizeof(blk); i++)
+		blk[i] = (uint8_t)(i * 13 + 1);
+	for (int v = 0; v < 2; v++) {
+		sr_out_mem(&o, 0);
+		rc = sr_writer_new(&w, &o, true, 1);
+		sr_header_from_mem(&h, gm, (uint32_t)vm_nr_vcpus(fz.vm));
+		rc = rc ?: sr_write_header(w, &h);
+		rc = rc ?: sr_write_disk_info(w, 0, 0, v ? 2 << 20 : 1 << 20, v ? "other" : "fuzzdisk", 0);
+		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_WRITE, 0, 16, blk);
+		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_ZEROES, 128, 128, NULL);
+		rc = rc ?: sr_write_checkpoint_end(w, 1);
+		rc = rc ?: ckpt_write_all_pages(w, gm, 1);
+		rc = rc ?: ckpt_state_write(w, st);
+		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_ZEROES, 8, 8, NULL);
+		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_DISCARD, 512, 64, NULL);
+		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_WRITE, 2040, 8, blk + 4096);
+		rc = rc ?: sr_write_checkpoint_end(w, 2);
+		rc = rc ?: sr_write_disk_write(w, 0, SR_DISK_OP_WRITE, 4, 2, blk + 100 * 8);
+		rc = rc ?: ckpt_state_write(w, st);
+		rc = rc ?: sr_write_checkpoint_end(w, 3);
+		rc = rc ?: sr_write_end(w);
+		if (rc)
+			die("writing disk seed %d: %s", v, strerror(-rc));
+		sr_ctx_free(w);
+		put_file(dir, v ? "ckpt_disk_other" : "ckpt_disk", &o);
+		sr_out_free(&o);
+	}
 }
 
 /* Streams of the fuzz VM as Remus writes them: a full epoch (every page, vCPU + device state), then
@@ -332,6 +421,7 @@ static void write_seeds(const char *dir)
 		put_file(dir, name, &o);
 		sr_out_free(&o);
 	}
+	write_disk_seeds(dir, &st);
 	ckpt_state_free(&st);
 	sr_delta_free(cache);
 }
@@ -351,6 +441,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		if (mem_init_buffer(&fz.gm[i], fz.ram[i], RAM_SIZE))
 			die("mem_init_buffer failed");
 	}
+	int fd = memfd_create("fuzzdisk", MFD_CLOEXEC);
+	if (fd < 0 || ftruncate(fd, 1 << 20) ||
+	    virtio_blk_create(&fz.gm[1], fd, 1 << 20, false, "fuzzdisk", 1, &fz.disk))
+		die("cannot create the fuzz disk");
+	fz.stg.disk = &fz.dstg;
 	if (seeds) {
 		write_seeds(seeds);
 		exit(0);

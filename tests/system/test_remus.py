@@ -168,7 +168,7 @@ def test_protect_after_snapshot_takes_over_the_dirty_log(doppel_bin, pair, tmp_p
     try:
         dst.wait_ctl()
         r = doppel(doppel_bin, "migrate", pr.name, "--to", f"127.0.0.1:{dport}", "--control", pr.control)
-        assert r.returncode != 0 and "in use" in r.stderr, r.stderr
+        assert r.returncode != 0 and "in use" in r.stderr, (r.stdout, r.stderr)
     finally:
         dst.close()
     assert remus(pr)["role"] == "primary"
@@ -393,7 +393,12 @@ def kv_failover_iteration(doppel_bin, kv_bin, guest_elf, topo, tmp, i, rng, n=30
         wait_for(lambda: kv_op(kv_bin, topo.client, target_of(netns.GUEST_IP), "GET", "ready",
                                timeout_ms=100, retries=1).returncode in (0, 1),
                  20, interval=0.1, what="guest KV service")
-        protect(doppel_bin, pr, listen)
+        # hold, not the default release: on this loaded 2-core machine the primary can miss the
+        # standby's heartbeats for > T while both live (a spurious "standby lost"); with release it
+        # would run on unprotected while the standby, seeing the cut, takes over — the documented
+        # two-copies case without a witness (docs/failure-model.md), which the final value would
+        # then show (seen: 199 vs 200 acknowledged). This test is about failover, not that policy.
+        protect(doppel_bin, pr, listen, "--standby-lost", "hold")
         log = os.path.join(tmp, f"kv{i}.jsonl")
         load = start_load(kv_bin, topo.client, netns.GUEST_IP, str(n), str(rate), cmd="INCR", key="k",
                           log=log, timeout_ms="100", deadline="20")

@@ -283,7 +283,7 @@ static int fx_setup(void **state)
 		assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 		close(fd); /* the file stays: a dead VM's socket */
 	}
-	rc = ctl_server_start(&f->srv, f->loop, f->path, handler, f, err, sizeof(err));
+	rc = ctl_server_start(&f->srv, f->loop, f->path, -1, handler, f, err, sizeof(err));
 	if (rc)
 		fprintf(stderr, "ctl_server_start: %s\n", err);
 	assert_int_equal(rc, 0);
@@ -563,7 +563,7 @@ static void test_in_use_and_not_socket(void **state)
 	char err[256], path[200];
 	int fd;
 
-	assert_int_equal(ctl_server_start(&s2, l2, f->path, handler, f, err, sizeof(err)), -EADDRINUSE);
+	assert_int_equal(ctl_server_start(&s2, l2, f->path, -1, handler, f, err, sizeof(err)), -EADDRINUSE);
 	assert_null(s2);
 	assert_non_null(strstr(err, "is in use by a running VM"));
 	assert_int_equal(call(f, "status", &r, err), 0); /* the first server is untouched */
@@ -571,12 +571,12 @@ static void test_in_use_and_not_socket(void **state)
 	snprintf(path, sizeof(path), "%s/plain", f->dir);
 	fd = open(path, O_CREAT | O_WRONLY, 0644);
 	close(fd);
-	assert_int_equal(ctl_server_start(&s2, l2, path, handler, f, err, sizeof(err)), -EEXIST);
+	assert_int_equal(ctl_server_start(&s2, l2, path, -1, handler, f, err, sizeof(err)), -EEXIST);
 	assert_non_null(strstr(err, "not a socket"));
 	assert_int_equal(access(path, F_OK), 0); /* not unlinked */
 	memset(path, 'x', sizeof(path) - 1);
 	path[sizeof(path) - 1] = '\0';
-	assert_int_equal(ctl_server_start(&s2, l2, path, handler, f, err, sizeof(err)), -ENAMETOOLONG);
+	assert_int_equal(ctl_server_start(&s2, l2, path, -1, handler, f, err, sizeof(err)), -ENAMETOOLONG);
 	ev_loop_destroy(l2);
 }
 

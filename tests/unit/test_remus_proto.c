@@ -126,6 +126,16 @@ static void test_new_messages(void **state)
 	remus_msg_encode(b, REMUS_MSG_REJECT, REMUS_REJECT_STATE);
 	assert_int_equal(remus_msg_decode(b, &m), 0);
 	assert_int_equal(m.type, REMUS_MSG_REJECT);
+	remus_msg_encode(b, REMUS_MSG_DISK_SUMS, 3ull << 48 | 1024);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_DISK_SUMS);
+	assert_true(m.value == (3ull << 48 | 1024));
+	remus_msg_encode(b, REMUS_MSG_DISK_SUM, 0xfedcba9876543210ull);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_true(m.type == REMUS_MSG_DISK_SUM && m.value == 0xfedcba9876543210ull);
+	remus_msg_encode(b, REMUS_MSG_DISK_SUMS_END, 1);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_DISK_SUMS_END);
 	/* switchover messages */
 	remus_msg_encode(b, REMUS_MSG_GO, 7);
 	assert_int_equal(remus_msg_decode(b, &m), 0);

@@ -59,6 +59,8 @@ static void irq_cb(void *opaque, int level)
 {
 	struct fx *f = opaque;
 
+	if (level == VIRTIO_IRQ_WAKE) /* a wake for a polling driver, not an interrupt */
+		return;
 	if (level && !f->irq_level)
 		f->irq_raises++;
 	f->irq_level = level;

@@ -21,6 +21,7 @@ static void usage(FILE *f)
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--postcopy[=now|round|auto]]\n"
 		"                      [--postcopy-min-pct N] [--json] [--control PATH] [--timeout MS]\n"
+		"                      [--tls-dir DIR [--tls-peer-name NAME]]\n"
 		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
@@ -40,7 +41,11 @@ static void usage(FILE *f)
 		"                        If the link dies during post-copy the VM is LOST (neither host\n"
 		"                        has all of it); the source stays paused and cannot resume\n"
 		"  --postcopy-min-pct N  auto: switch only when the destination holds N %% of RAM\n"
-		"                        current (default 50)\n" DOPPEL_CTL_OPTHELP);
+		"                        current (default 50)\n"
+		"  --tls-dir DIR         TLS 1.3 with mutual authentication: DIR holds ca.pem, cert.pem,\n"
+		"                        key.pem (docs/security.md); without it the stream is plaintext\n"
+		"  --tls-peer-name NAME  the destination's certificate must name NAME "
+		"(SAN/CN)\n" DOPPEL_CTL_OPTHELP);
 }
 
 struct progress {
@@ -138,10 +143,12 @@ int cmd_migrate(int argc, char **argv)
 		{"resume-source", no_argument, NULL, 'R'},
 		{"postcopy", optional_argument, NULL, 'P'},
 		{"postcopy-min-pct", required_argument, NULL, 'M'},
+		{"tls-dir", required_argument, NULL, 0x100},
+		{"tls-peer-name", required_argument, NULL, 0x101},
 		{0},
 	};
 	struct doppel_ctl_opts o;
-	const char *to = NULL, *compress = "auto";
+	const char *to = NULL, *compress = "auto", *tls_dir = NULL, *tls_peer = NULL;
 	uint64_t downtime = 10, bw = 0, min_pct = 50;
 	const char *postcopy = NULL;
 	bool min_pct_given = false;
@@ -177,6 +184,12 @@ int cmd_migrate(int argc, char **argv)
 				return doppel_usage_error("migrate", "bad --postcopy-min-pct '%s' (0..100)",
 							  optarg);
 			min_pct_given = true;
+			break;
+		case 0x100:
+			tls_dir = optarg;
+			break;
+		case 0x101:
+			tls_peer = optarg;
 			break;
 		case 'D':
 			if (parse_uint(optarg, 1, 60000, &downtime))
@@ -222,6 +235,11 @@ int cmd_migrate(int argc, char **argv)
 	if (postcopy) {
 		json_object_object_add(req, "postcopy", json_object_new_string(postcopy));
 		json_object_object_add(req, "postcopy_min_pct", json_object_new_int64((int64_t)min_pct));
+	}
+	rc = doppel_add_tls("migrate", req, tls_dir, tls_peer);
+	if (rc) {
+		json_object_put(req);
+		return rc;
 	}
 
 	struct progress p = {.path = o.path};

@@ -15,6 +15,7 @@ static void usage(void)
 	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
 	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
 	       "                       [--delta-cache SIZE]\n"
+	       "                       [--tls-dir DIR [--tls-peer-name NAME]]\n"
 	       "                       [--control PATH] [--json]\n"
 	       "\n"
 	       "Protect a running VM with a standby (`doppel run --standby --listen ADDR:PORT`): copy its\n"
@@ -43,7 +44,13 @@ static void usage(void)
 	       "      --delta-cache SIZE        cache of last-sent pages: a cached page that changed\n"
 	       "                                little is sent as its XOR against the last copy\n"
 	       "                                (default 64M; 0 turns delta encoding "
-	       "off)\n" DOPPEL_CTL_OPTHELP);
+	       "off)\n"
+
+	       "      --tls-dir DIR             TLS 1.3 with mutual authentication: DIR holds ca.pem,\n"
+	       "                                cert.pem, key.pem (docs/security.md); without it the\n"
+	       "                                stream is plaintext and unauthenticated\n"
+	       "      --tls-peer-name NAME      the standby's certificate must name NAME "
+	       "(SAN/CN)\n" DOPPEL_CTL_OPTHELP);
 }
 
 static void print(const struct doppel_ctl_opts *o, struct json_object *reply)
@@ -72,11 +79,14 @@ int cmd_protect(int argc, char **argv)
 		{"witness-name", required_argument, NULL, 'X'},
 		{"witness-ttl", required_argument, NULL, 'T'},
 		{"delta-cache", required_argument, NULL, 'D'},
+		{"tls-dir", required_argument, NULL, 0x100},
+		{"tls-peer-name", required_argument, NULL, 0x101},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	struct json_object *req;
-	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL;
+	const char *peer = NULL, *lost = NULL, *witness = NULL, *wname = NULL, *tls_dir = NULL,
+		   *tls_peer = NULL;
 	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0, dcache = 0;
 	bool have_dcache = false;
 	int c, rc;
@@ -108,6 +118,10 @@ int cmd_protect(int argc, char **argv)
 							  "bad --standby-lost '%s' (release, hold or fence)",
 							  optarg);
 			lost = optarg;
+		} else if (c == 0x100) {
+			tls_dir = optarg;
+		} else if (c == 0x101) {
+			tls_peer = optarg;
 		} else if (c == 'w') {
 			witness = optarg;
 		} else if (c == 'X') {
@@ -156,6 +170,11 @@ int cmd_protect(int argc, char **argv)
 		json_object_object_add(req, "witness_ttl_ms", json_object_new_int((int)wttl));
 		if (wname)
 			json_object_object_add(req, "witness_name", json_object_new_string(wname));
+	}
+	rc = doppel_add_tls("protect", req, tls_dir, tls_peer);
+	if (rc) {
+		json_object_put(req);
+		return rc;
 	}
 	return doppel_ctl_run(&o, req, print);
 }

@@ -1,5 +1,6 @@
 /* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
 #include <getopt.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,25 +11,34 @@
 #include "replication/snapshot.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "vmm/config.h"
 #include "vmm/vmm.h"
+#include "vmm/sandbox.h"
 #include "tools/doppel/doppel.h"
 
 /* clang-format off */
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: doppel run --kernel FILE | --restore SNAPSHOT [--name NAME] [--mem SIZE] [--vcpus N]\n"
+		"usage: doppel run --kernel FILE | --restore SNAPSHOT | --config FILE [--name NAME] [--mem SIZE]\n"
+		"                  [--vcpus N]\n"
 		"                  [--cmdline STR] [--serial stdio|file:PATH|none] [--control PATH]\n"
 		"                  [--net tap=IFNAME[,bridge=BR][,mac=52:54:..]]...\n"
 		"                  [--disk path=FILE[,readonly][,id=NAME]]...\n"
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
+		"                  [--tls-dir DIR [--tls-peer-name NAME]] [--accept-any-peer]\n"
+		"                  [--control-group GROUP] [--no-sandbox | --sandbox-log]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"                  [--log stderr|journal] [--event-log PATH|none] [--metrics ADDR:PORT]\n"
 		"\n"
 		"Run a VM in the foreground. The process exits with the guest's exit status\n"
 		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
 		"\n"
+		"  --config FILE    the VM from a JSON config file (docs/config.md); the other options\n"
+		"                   override its values (--net or --disk replace all of the file's). With\n"
+		"                   --standby the standby listens on protection.listen (default\n"
+		"                   protection.peer) and takes failover, fence_cmd and witness from it\n"
 		"  --kernel FILE    PVH ELF kernel (an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note)\n"
 		"  --restore FILE   continue from a snapshot (`doppel snapshot`); --mem and --vcpus\n"
 		"                   default to the snapshot's and must match it when given\n"
@@ -37,7 +47,13 @@ static void usage(FILE *f)
 		"  --vcpus N        vCPUs, one thread each (default 1, max %d)\n"
 		"  --cmdline STR    guest command line, e.g. \"work=dirty ws=64M pi=1000\"\n"
 		"  --serial WHERE   console: stdio (default), file:PATH, or none\n"
-		"  --control PATH   control socket (default /run/doppel/NAME.sock)\n"
+		"  --control PATH   control socket (default /run/doppel/NAME.sock), mode 0660; only root\n"
+		"                   (and this process's user) may issue commands\n"
+		"  --control-group GROUP  members of GROUP may use the control socket too\n"
+		"  --no-sandbox     debugging: no seccomp filter, no capability drop (default: after\n"
+		"                   set-up only the system calls listed in vmm/sandbox.c are allowed,\n"
+		"                   any other kills the process; docs/security.md)\n"
+		"  --sandbox-log    the same filter, but unlisted calls are only logged (dmesg)\n"
 		"  --net SPEC       virtio-net device backed by a tap (repeatable)\n"
 		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
 		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
@@ -53,6 +69,12 @@ static void usage(FILE *f)
 		"  --witness-name N the key's name (default: this VM's name; the primary's must match)\n"
 		"  --witness-ttl MS lease TTL of this copy once it took over (default 1000)\n"
 		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
+		"  --tls-dir DIR    standby/incoming: TLS 1.3 with mutual authentication; DIR holds\n"
+		"                   ca.pem, cert.pem, key.pem (docs/security.md). Without it the\n"
+		"                   stream is plaintext and unauthenticated (said once in the log)\n"
+		"  --tls-peer-name NAME  accept only a peer whose certificate names NAME (SAN/CN)\n"
+		"  --accept-any-peer  standby: accept a new primary of another identity (certificate\n"
+		"                   name; the IP address without TLS) after the first one's checkpoint\n"
 		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
 		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
 		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
@@ -68,14 +90,19 @@ static void usage(FILE *f)
 }
 /* clang-format on */
 
+enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER, OPT_CTL_GROUP, OPT_NO_SANDBOX, OPT_SANDBOX_LOG };
+
 /* What the command line asked for. */
 struct run_args {
 	struct vmm_opts o;
 	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
 	bool log_journal;
+	const char *tls_dir, *tls_peer_name;
 	uint64_t witness_ttl;
 	enum log_level log_level;
-	bool standby;
+	bool standby, accept_any_peer;
+	bool have_cfg, net_flag, disk_flag, level_flag;
+	struct vmm_config cfg; /* --config FILE */
 };
 
 static int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -131,6 +158,31 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		if (parse_uint(arg, 100, 600000, &a->witness_ttl))
 			return bad_usage("bad --witness-ttl '%s' (milliseconds, 100..600000)", arg);
 		break;
+	case OPT_TLS_DIR:
+		a->tls_dir = arg;
+		break;
+	case OPT_TLS_PEER:
+		a->tls_peer_name = arg;
+		break;
+	case OPT_ANY_PEER:
+		a->accept_any_peer = true;
+		break;
+	case OPT_NO_SANDBOX:
+		o->sandbox = VMM_SANDBOX_OFF;
+		break;
+	case OPT_SANDBOX_LOG:
+		o->sandbox = VMM_SANDBOX_LOG;
+		break;
+	case OPT_CTL_GROUP: {
+		struct group *g = getgrnam(arg);
+		char *end;
+		unsigned long gid = strtoul(arg, &end, 10);
+		if (!g && (!*arg || *end || gid > 0x7fffffffUL))
+			return bad_usage("unknown --control-group '%s'", arg);
+		o->control_group = g ? (long)g->gr_gid : (long)gid;
+		o->control_group_set = true;
+		break;
+	}
 	case 'n':
 		o->name = arg;
 		break;
@@ -161,6 +213,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		o->control = arg;
 		break;
 	case 'N':
+		if (!a->net_flag) /* command-line NICs replace the file's */
+			o->nr_net = 0;
+		a->net_flag = true;
 		if (o->nr_net >= VMM_MAX_NETS) {
 			fprintf(stderr, "doppel run: at most %d --net devices\n", VMM_MAX_NETS);
 			return 2;
@@ -168,6 +223,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		o->net[o->nr_net++] = arg;
 		break;
 	case 'D':
+		if (!a->disk_flag)
+			o->nr_disk = 0;
+		a->disk_flag = true;
 		if (o->nr_disk >= VMM_MAX_DISKS) {
 			fprintf(stderr, "doppel run: at most %d --disk devices\n", VMM_MAX_DISKS);
 			return 2;
@@ -177,6 +235,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case 'l':
 		if (log_level_parse(arg, &a->log_level))
 			return bad_usage("bad --log-level '%s' (error, warn, info or debug)", arg);
+		a->level_flag = true;
+		break;
+	case 'Q': /* --config: loaded before the other options (load_config) */
 		break;
 	case 'j':
 		a->log_json = arg;
@@ -197,6 +258,63 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		return 0;
 	default:
 		return bad_usage("unknown or incomplete option '%s' (try doppel run --help)", optname);
+	}
+	return -1;
+}
+
+/* --config FILE (or --config=FILE), before any other option so that those override it.
+ * Returns -1 to go on, else the exit status (every problem of the file one line on stderr). */
+static int load_config(struct run_args *a, int argc, char **argv)
+{
+	const char *path = NULL;
+	char err[8192];
+
+	for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], "--config") && i + 1 < argc)
+			path = argv[++i];
+		else if (!strncmp(argv[i], "--config=", 9))
+			path = argv[i] + 9;
+	}
+	if (!path)
+		return -1;
+	if (vmm_config_load(path, &a->cfg, err, sizeof(err))) {
+		for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
+			fprintf(stderr, "doppel run: %s: %s\n", path, line);
+		return 2;
+	}
+	a->have_cfg = true;
+	a->o = a->cfg.o;
+	if (a->cfg.log_level && log_level_parse(a->cfg.log_level, &a->log_level))
+		return bad_usage("%s: bad log_level", path);
+	return -1;
+}
+
+/* After the options: a standby takes its listener and takeover policy from the file's protection,
+ * unless the command line gave them. Returns -1 to go on, else the exit status. */
+static int config_protection(struct run_args *a)
+{
+	const struct vmm_protection *p = &a->cfg.prot;
+
+	if (!a->have_cfg)
+		return -1;
+	if (a->o.restore || a->standby || a->incoming)
+		a->o.kernel = NULL; /* the file's kernel: only for a fresh boot */
+	if (!a->standby || !p->present)
+		return -1;
+	if (!a->tls_dir)
+		a->tls_dir = p->tls_dir; /* TLS credentials directory (docs/security.md) */
+	if (!a->listen)
+		a->listen = p->listen ? p->listen : p->peer;
+	if (!a->failover)
+		a->failover = p->failover;
+	if (!a->fence_cmd)
+		a->fence_cmd = p->fence_cmd;
+	if (!a->witness) {
+		a->witness = p->witness;
+		if (!a->witness_name)
+			a->witness_name = p->witness_name;
+		if (!a->witness_ttl && p->witness)
+			a->witness_ttl = (uint64_t)p->witness_ttl_ms;
 	}
 	return -1;
 }
@@ -229,11 +347,22 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"log", required_argument, 0, 'G'},
 		{"event-log", required_argument, 0, 'E'},
 		{"metrics", required_argument, 0, 'M'},
+		{"config", required_argument, 0, 'Q'},
+		{"tls-dir", required_argument, 0, OPT_TLS_DIR},
+		{"tls-peer-name", required_argument, 0, OPT_TLS_PEER},
+		{"accept-any-peer", no_argument, 0, OPT_ANY_PEER},
+		{"control-group", required_argument, 0, OPT_CTL_GROUP},
+		{"no-sandbox", no_argument, 0, OPT_NO_SANDBOX},
+		{"sandbox-log", no_argument, 0, OPT_SANDBOX_LOG},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
 
 	*a = (struct run_args){.log_level = LOG_INFO};
+	rc = load_config(a, argc, argv);
+	if (rc >= 0)
+		return rc;
+	a->o.sandbox = VMM_SANDBOX_ON; /* --no-sandbox / --sandbox-log below */
 	optind = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
@@ -243,6 +372,9 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	}
 	if (optind < argc)
 		return bad_usage("unexpected argument '%s' (try doppel run --help)", argv[optind]);
+	rc = config_protection(a);
+	if (rc >= 0)
+		return rc;
 	if (a->standby != (a->listen != NULL))
 		return bad_usage("%s",
 				 "--standby and --listen ADDR:PORT go together (try doppel run --help)");
@@ -251,6 +383,14 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (!a->standby && (a->failover || a->fence_cmd || a->witness || a->witness_name || a->witness_ttl))
 		return bad_usage("%s", "--failover, --fence-cmd and --witness* need --standby (a primary "
 				       "gets them from doppel protect)");
+	if (!a->standby && !a->incoming && (a->tls_dir || a->tls_peer_name))
+		return bad_usage("%s",
+				 "--tls-dir and --tls-peer-name need --standby or --incoming (a "
+				 "primary gets them from doppel protect, a source from doppel migrate)");
+	if (a->tls_peer_name && !a->tls_dir)
+		return bad_usage("--tls-peer-name needs --tls-dir");
+	if (a->accept_any_peer && !a->standby)
+		return bad_usage("--accept-any-peer needs --standby");
 	a->o.hold = a->standby || a->incoming;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
@@ -280,7 +420,7 @@ static int restore_opts(struct vmm_opts *o)
 	}
 	o->mem = h.mem_size;
 	o->vcpus = (int)h.nr_vcpus;
-	o->restore_fn = snap_restore;
+	o->restore_fn = snapshot_restore;
 	return 0;
 }
 
@@ -335,10 +475,13 @@ static int build_vm(struct run_args *a, struct vmm **out)
 				.witness = a->witness,
 				.witness_name = a->witness_name,
 				.witness_ttl_ms = (uint32_t)a->witness_ttl,
+				.tls_dir = a->tls_dir,
+				.tls_peer_name = a->tls_peer_name,
+				.accept_any_peer = a->accept_any_peer,
 			},
 			err, sizeof(err));
 	else if (a->incoming)
-		rc = migrate_incoming_listen(v, a->incoming, err, sizeof(err));
+		rc = migrate_incoming_listen(v, a->incoming, a->tls_dir, a->tls_peer_name, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "doppel run: %s\n", err);
 		vmm_destroy(v);
@@ -355,16 +498,21 @@ int cmd_run(int argc, char **argv)
 	int rc;
 
 	rc = parse_args(&a, argc, argv);
-	if (rc >= 0)
+	if (rc >= 0) {
+		vmm_config_free(&a.cfg);
 		return rc;
+	}
 	rc = setup_logging(&a);
 	if (!rc && a.o.restore)
 		rc = restore_opts(&a.o);
 	if (!rc)
 		rc = build_vm(&a, &v);
-	if (rc)
+	if (rc) {
+		vmm_config_free(&a.cfg);
 		return rc;
+	}
 	rc = vmm_run(v, false);
 	vmm_destroy(v);
+	vmm_config_free(&a.cfg);
 	return rc; /* the JSON log (if any) closes with the process */
 }

@@ -13,18 +13,23 @@
 
 static void usage(void)
 {
-	printf("usage: doppel snapshot NAME FILE [--stop] [--incremental-from PREV] [--control PATH] "
-	       "[--json]\n"
+	printf("usage: doppel snapshot NAME FILE [--stop] [--incremental-from PREV] [--with-disks] "
+	       "[--control PATH] [--json]\n"
 	       "\n"
 	       "Pause the VM, write its complete state (memory, vCPUs, devices) to FILE, then resume it\n"
 	       "(or, with --stop, stop it). With --incremental-from PREV only the pages written since\n"
 	       "PREV are stored; PREV must be the last snapshot this VM process took. FILE appears\n"
 	       "atomically: a failed snapshot never leaves a partial FILE. Restore with\n"
-	       "`doppel run --restore FILE`.\n"
+	       "`doppel run --restore FILE`. Each --disk is recorded (size, id) and, by default, copied\n"
+	       "at the paused point to FILE.disk0, FILE.disk1, ... (a reflink where the filesystem can);\n"
+	       "restore with those copies as the --disk paths. --with-disks puts the disks' blocks into\n"
+	       "FILE instead (an incremental snapshot: only the blocks written since PREV).\n"
 	       "\n"
 	       "  FILE                      where to write (relative paths are taken from here)\n"
 	       "  -s, --stop                stop the VM after the snapshot\n"
-	       "  -i, --incremental-from P  only pages dirtied since snapshot P\n" DOPPEL_CTL_OPTHELP);
+	       "  -i, --incremental-from P  only pages dirtied since snapshot P\n"
+	       "  -D, --with-disks          carry the disks' blocks in FILE (no FILE.diskN "
+	       "copies)\n" DOPPEL_CTL_OPTHELP);
 }
 
 /* The VM process has its own working directory: send absolute paths. */
@@ -87,24 +92,27 @@ int cmd_snapshot(int argc, char **argv)
 		DOPPEL_CTL_LONGOPTS,
 		{"stop", no_argument, NULL, 's'},
 		{"incremental-from", required_argument, NULL, 'i'},
+		{"with-disks", no_argument, NULL, 'D'},
 		{0},
 	};
 	struct doppel_ctl_opts o;
 	struct json_object *req, *reply;
 	const char *file, *prev = NULL;
 	char *afile = NULL, *aprev = NULL;
-	bool stop = false;
+	bool stop = false, with_disks = false;
 	int c, rc, npos;
 
 	doppel_ctl_opts_init(&o, "snapshot");
 	doppel_getopt_reset();
-	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "si:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "si:D", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();
 			return DOPPEL_EXIT_OK;
 		}
 		if (c == 's')
 			stop = true;
+		else if (c == 'D')
+			with_disks = true;
 		else if (c == 'i')
 			prev = optarg;
 		else if ((rc = doppel_ctl_opt(&o, c, optarg)) == 1)
@@ -131,6 +139,8 @@ int cmd_snapshot(int argc, char **argv)
 	if (aprev)
 		json_object_object_add(req, "incremental_from", json_object_new_string(aprev));
 	json_object_object_add(req, "stop", json_object_new_boolean(stop));
+	if (with_disks)
+		json_object_object_add(req, "with_disks", json_object_new_boolean(true));
 	if (o.timeout_ms == DOPPEL_CTL_TIMEOUT_MS)
 		o.timeout_ms = 600000; /* a big VM takes a while to write */
 	prog.path = o.path;

@@ -41,6 +41,7 @@ int cmd_metrics(int argc, char **argv); /* tools/doppel/cmd_metrics.c */
 int cmd_switchover(int argc, char **argv); /* tools/doppel/cmd_switchover.c */
 int cmd_reprotect(int argc, char **argv); /* tools/doppel/cmd_reprotect.c */
 int cmd_drill(int argc, char **argv); /* tools/doppel/cmd_drill.c */
+int cmd_fleet(int argc, char **argv); /* tools/doppel/cmd_fleet.c */
 
 /* Re-initialise getopt for a fresh argv (glibc: optind = 0 forces a full re-init, including the
  * permutation state, which optind = 1 does not). Also sets opterr = 0: verbs print their own errors. */
@@ -51,6 +52,10 @@ int doppel_usage_error(const char *verb, const char *fmt, ...) __attribute__((fo
 
 /* Report the option getopt_long just rejected (it returned '?' or ':'); returns DOPPEL_EXIT_USAGE. */
 int doppel_bad_option(const char *verb, int c, char **argv);
+
+/* --tls-dir DIR / --tls-peer-name NAME of protect and migrate into the request ("tls_dir" made
+ * absolute: the VM process resolves it, not this one). 0, or the usage exit status (one line). */
+int doppel_add_tls(const char *verb, struct json_object *req, const char *dir, const char *peer_name);
 
 /* ---- verbs that talk to a running VM over its control socket ---------------------------------------- */
 

@@ -31,6 +31,7 @@ static const struct doppel_verb verbs[] = {
 	{"drill", "failover drill on a protected VM, with an RTO/RPO report; ends protected", cmd_drill},
 	{"events", "print a VM's event log (--follow: stream new events)", cmd_events},
 	{"metrics", "print a VM's Prometheus metrics", cmd_metrics},
+	{"fleet", "start, stop or list a declared fleet of VMs (fleet up|down|status|check FILE)", cmd_fleet},
 };
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
@@ -69,6 +70,26 @@ int doppel_bad_option(const char *verb, int c, char **argv)
 	if (arg && !strncmp(arg, "--", 2) && optopt) /* glibc: known long option given a value */
 		return doppel_usage_error(verb, "option '%s' takes no value", opt);
 	return doppel_usage_error(verb, "unknown option '%s'", opt);
+}
+
+int doppel_add_tls(const char *verb, struct json_object *req, const char *dir, const char *peer_name)
+{
+	char *abs;
+
+	if (peer_name && !dir)
+		return doppel_usage_error(verb, "--tls-peer-name needs --tls-dir");
+	if (!dir)
+		return 0;
+	abs = realpath(dir, NULL);
+	if (!abs) {
+		fprintf(stderr, "doppel %s: --tls-dir %s: %s\n", verb, dir, strerror(errno));
+		return DOPPEL_EXIT_USAGE;
+	}
+	json_object_object_add(req, "tls_dir", json_object_new_string(abs));
+	free(abs);
+	if (peer_name)
+		json_object_object_add(req, "tls_peer_name", json_object_new_string(peer_name));
+	return 0;
 }
 
 void doppel_ctl_opts_init(struct doppel_ctl_opts *o, const char *verb)
