@@ -517,9 +517,11 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 	(void)loop, (void)revents;
 	while ((fd = sock_accept(r->lfd, 0)) >= 0) {
 		pthread_mutex_lock(&r->lock);
-		bool ended = r->reader_running && r->cfd < 0; /* its end not yet handled by the loop */
+		/* A reader that ended (or sent ABANDONED and is ending) whose end the loop has not handled
+		 * yet: join it first (a switchover's GO follows ABANDONED at once). */
+		bool ended = r->reader_running && (r->cfd < 0 || r->abandoned);
 		pthread_mutex_unlock(&r->lock);
-		if (ended) /* e.g. a switchover's GO right after the ABANDON */
+		if (ended)
 			remus_standby_async(r, RA_READER_ENDED);
 		if (r->reader_running || r->role != REMUS_STANDBY) {
 			close(fd); /* one primary at a time */
