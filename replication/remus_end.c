@@ -138,6 +138,7 @@ void remus_fence(struct remus *r, const char *why)
 	ev_timer_init(&r->fence_w, fence_cb, (double)r->fence_grace_ms / 1e3, 0);
 	r->fence_w.data = r;
 	ev_timer_start(r->loop, &r->fence_w);
+	remus_switch_fenced(r); /* protect --rejoin: a standby instead of an exit */
 }
 
 void remus_primary_lost(struct remus *r, const char *fmt, ...)

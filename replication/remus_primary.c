@@ -606,6 +606,8 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	uint32_t grace, wttl, hold;
 	if (get_ms(req, "fence_grace_ms", 5000, 0, 3600000, &grace))
 		return ctl_error("bad fence_grace_ms (0..3600000)");
+	if (remus_switch_protect_opts(r, req, err, sizeof(err)))
+		return ctl_error("%s", err);
 	if (get_ms(req, "hold_timeout_ms", 0, 0, 86400000, &hold))
 		return ctl_error("bad hold_timeout_ms (0..86400000)");
 	if (get_ms(req, "witness_ttl_ms", 1000, 100, 600000, &wttl))

@@ -243,6 +243,7 @@ struct remus {
 	struct ctl_conn *sw_conn; /* deferred `switchover` reply */
 	bool fence_paused; /* remus_fence's vm_pause succeeded (a rejoin drops that hold) */
 	bool resume; /* this protect session skips the live full copy (after a switchover) */
+	char rejoin_listen[128]; /* protect --rejoin: fenced, become a standby here instead of exiting */
 	/* standby: a GO read by the reader (lock until RA_SWITCH_GO) */
 	int go_fd;
 	uint64_t go_epoch;
@@ -320,6 +321,9 @@ void remus_switch_go(struct remus *r); /* RA_SWITCH_GO */
 void remus_switch_status(struct remus *r, struct json_object *o);
 /* protect's request asks to resume from the switch point ("resume": true, internal) */
 bool remus_switch_resume(struct json_object *req);
+/* protect's "rejoin" (ADDR:PORT or absent): 0, or -EINVAL with err */
+int remus_switch_protect_opts(struct remus *r, struct json_object *req, char *err, size_t errlen);
+void remus_switch_fenced(struct remus *r); /* just fenced: rejoin as standby when configured */
 struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req);
 /* remus_disk.c */
 int remus_disk_protect(struct remus *r); /* loop: set up the disks for a protect; 0 or -errno */

@@ -456,6 +456,32 @@ static struct json_object *rejoin(struct remus *r, const char *listen)
 	return o;
 }
 
+int remus_switch_protect_opts(struct remus *r, struct json_object *req, char *err, size_t errlen)
+{
+	struct json_object *j;
+
+	r->rejoin_listen[0] = 0;
+	if (!json_object_object_get_ex(req, "rejoin", &j))
+		return 0;
+	const char *a = json_object_is_type(j, json_type_string) ? json_object_get_string(j) : "";
+	if (strlen(a) >= sizeof(r->rejoin_listen) || !listen_port(a))
+		return errf(err, errlen, -EINVAL, "bad rejoin address (ADDR:PORT)");
+	snprintf(r->rejoin_listen, sizeof(r->rejoin_listen), "%s", a);
+	return 0;
+}
+
+void remus_switch_fenced(struct remus *r)
+{
+	if (!r->rejoin_listen[0] || r->pstate != PS_FENCED)
+		return;
+	struct json_object *o = rejoin(r, r->rejoin_listen);
+	struct json_object *e = NULL;
+	if (json_object_object_get_ex(o, "error", &e))
+		log_error("remus", vmm_name(r->v), "--rejoin %s: %s; exiting after the fence grace",
+			  r->rejoin_listen, json_object_get_string(e));
+	json_object_put(o);
+}
+
 struct json_object *remus_cmd_reprotect(struct remus *r, struct json_object *req)
 {
 	struct json_object *j;

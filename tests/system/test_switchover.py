@@ -482,3 +482,28 @@ def test_switchover_moves_the_witness_key(doppel_bin, guest_elf, tmp_path, etcd_
     finally:
         pr.close()
         sb.close()
+
+
+def test_fenced_copy_rejoins_by_policy(doppel_bin, guest_elf, tmp_path):
+    """protect --rejoin ADDR:PORT: a copy that fences becomes a standby on ADDR:PORT by itself
+    (never two live copies meanwhile); the new primary protects to it and a failover to it is exact."""
+    back = f"127.0.0.1:{free_port()}"
+    pr, sb, px = cut_pair(doppel_bin, guest_elf, str(tmp_path), "forward",
+                          protect_extra=("--standby-lost", "fence", "--fence-grace", "300", "--rejoin", back))
+    try:
+        chk = LiveChecker(pr.control, sb.control)
+        px.stall.set()
+        wait_for(lambda: remus(pr)["role"] == "standby", 10, what="fenced copy rejoined")
+        wait_for(lambda: remus(sb)["role"] == "unprotected", 10, what="standby took over")
+        time.sleep(0.5)
+        assert pr.proc.poll() is None, "the fence grace (300 ms) ended a copy told to rejoin"
+        r = doppel(doppel_bin, "reprotect", "sb", "--control", sb.control, "--peer", back)
+        assert r.returncode == 0, r.stderr
+        before = last_pass(sb)
+        chk.finish()
+        sb.kill(signal.SIGKILL)
+        wait_for(lambda: remus(pr)["role"] == "unprotected", 10, what="rejoined copy takes over")
+        assert_runs_exact(pr, before)
+    finally:
+        pr.close()
+        sb.close()
