@@ -20,7 +20,7 @@ LDLIBS  := $(PKG_LIBS) -lev -lpthread -lm $(EXTRA_LDFLAGS)
 
 LIB_DIRS := common hv hv/kvm hv/dev replication migrate netbuf vmm tools/common
 LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
-CLI_SRC  := $(wildcard tools/doppel/*.c)
+CLI_SRC  := $(wildcard tools/doppel/*.c) tools/kv/kv_proto.c tools/kv/kv_client.c
 KV_SRC   := $(wildcard tools/kv/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)

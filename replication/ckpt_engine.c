@@ -35,6 +35,11 @@ int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops
 
 int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen)
 {
+	return ckpt_engine_start_flags(e, e->ops->log_flags, err, errlen);
+}
+
+int ckpt_engine_start_flags(struct ckpt_engine *e, unsigned flags, char *err, size_t errlen)
+{
 	int rc;
 
 	if (e->hot) {
@@ -48,7 +53,7 @@ int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen)
 	/* Touched now so the first epochs do not fault the stage in inside the pause. */
 	if (e->ops->stage && !e->stage.cap && !ckpt_stage_reserve(&e->stage, STAGE_PREGROW))
 		memset(e->stage.data, 0, e->stage.cap * GUEST_PAGE_SIZE);
-	rc = dirty_log_start(&e->log, e->vm, e->ops->log_flags, err, errlen);
+	rc = e->log ? 0 : dirty_log_start(&e->log, e->vm, flags, err, errlen); /* running: resume */
 	if (rc) {
 		e->log = NULL;
 		return rc;

@@ -106,6 +106,8 @@ int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops
 /* Start dirty logging with ops->log_flags (the engine's only dirty_log_start). Forgets the hot set;
  * a staging engine pre-grows and touches its stage for 4096 pages. 0 or -errno with err. */
 int ckpt_engine_start(struct ckpt_engine *e, char *err, size_t errlen);
+/* The same with other DIRTY_START_* flags (Remus after a switchover: DIRTY_START_CLEAN). */
+int ckpt_engine_start_flags(struct ckpt_engine *e, unsigned flags, char *err, size_t errlen);
 /* Stop and free the dirty log (the next epoch has no dirty set until a new start). Idempotent. */
 void ckpt_engine_stop(struct ckpt_engine *e);
 void ckpt_engine_free(struct ckpt_engine *e); /* everything; the struct may be re-initialised */

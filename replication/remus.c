@@ -81,6 +81,8 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		colo_standby_start_vcpus(r);
 	if (f & (RA_READER_ENDED | RA_READER_CONNECTED))
 		remus_standby_async(r, f);
+	if (f & RA_SWITCH_GO)
+		remus_switch_go(r);
 }
 
 static const char *role_name(enum remus_role role)
@@ -113,6 +115,7 @@ static void status_hook(struct vmm *v, struct json_object *o, void *opaque)
 	colo_status(r, o);
 	remus_standby_status(r, rm);
 	remus_witness_status(r, rm);
+	remus_switch_status(r, rm);
 	remus_disk_status(r, rm);
 	/* Never "running" for a copy that cannot prove its lease (or is fenced). */
 	if (r->pstate == PS_FENCED || remus_witness_unproven(r))
@@ -134,6 +137,24 @@ static struct json_object *cmd_unprotect(struct vmm *v, struct json_object *req,
 {
 	(void)v, (void)req;
 	return remus_cmd_unprotect(opaque);
+}
+
+static struct json_object *cmd_switchover(struct vmm *v, struct json_object *req, void *opaque)
+{
+	(void)v;
+	return remus_cmd_switchover(opaque, req);
+}
+
+static struct json_object *cmd_reprotect(struct vmm *v, struct json_object *req, void *opaque)
+{
+	(void)v;
+	return remus_cmd_reprotect(opaque, req);
+}
+
+static struct json_object *cmd_drill_report(struct vmm *v, struct json_object *req, void *opaque)
+{
+	(void)v;
+	return remus_cmd_drill_report(opaque, req);
 }
 
 static struct json_object *cmd_failover(struct vmm *v, struct json_object *req, void *opaque)
@@ -173,6 +194,12 @@ static void exit_hook(struct vmm *v, void *opaque)
 		close(r->lfd);
 	if (r->fd >= 0)
 		close(r->fd);
+	if (r->sw_lfd >= 0)
+		close(r->sw_lfd);
+	if (r->sw_fd >= 0)
+		close(r->sw_fd);
+	if (r->go_fd >= 0)
+		close(r->go_fd);
 	netbuf_free(r->nb);
 	ckpt_engine_free(&r->eng);
 	colo_free(r->colo);
@@ -202,6 +229,7 @@ int remus_setup(struct vmm *v)
 	r->vm = vmm_vm(v);
 	r->loop = vmm_loop(v);
 	r->fd = r->lfd = r->cfd = -1;
+	r->sw_lfd = r->sw_fd = r->go_fd = -1;
 	r->interval_ms = 25;
 	r->hb_timeout_ms = 200;
 	r->next_epoch = 1;
@@ -224,6 +252,12 @@ int remus_setup(struct vmm *v)
 		rc = vmm_register_cmd(v, "unprotect", cmd_unprotect, r);
 	if (!rc)
 		rc = vmm_register_cmd(v, "failover", cmd_failover, r);
+	if (!rc)
+		rc = vmm_register_cmd(v, "switchover", cmd_switchover, r);
+	if (!rc)
+		rc = vmm_register_cmd(v, "reprotect", cmd_reprotect, r);
+	if (!rc)
+		rc = vmm_register_cmd(v, "drill_report", cmd_drill_report, r);
 	if (!rc)
 		rc = vmm_add_status_hook(v, status_hook, r);
 	if (rc)

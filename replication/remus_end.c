@@ -127,6 +127,7 @@ void remus_fence(struct remus *r, const char *why)
 	}
 	int rc = vm_pause(r->vm); /* an operator-like hold: nothing resumes it */
 
+	r->fence_paused = rc == 0;
 	int dropped = r->nb ? netbuf_drop_all(r->nb) : 0;
 	r->role = REMUS_UNPROTECTED;
 	r->pstate = PS_FENCED;
@@ -141,6 +142,7 @@ void remus_fence(struct remus *r, const char *why)
 	ev_timer_init(&r->fence_w, fence_cb, (double)r->fence_grace_ms / 1e3, 0);
 	r->fence_w.data = r;
 	ev_timer_start(r->loop, &r->fence_w);
+	remus_switch_fenced(r); /* protect --rejoin: a standby instead of an exit */
 }
 
 void remus_primary_lost(struct remus *r, const char *fmt, ...)
@@ -197,6 +199,8 @@ void remus_primary_lost(struct remus *r, const char *fmt, ...)
 	remus_finish_reply(&r->reply_conn, ctl_error("protect failed: %s", why));
 	remus_finish_reply(&r->unprotect_conn, ctl_error("the standby did not confirm the end (%s): %s", why,
 							 remus_pstate_name(r->pstate)));
+	if (r->sw != SW_NONE)
+		remus_switch_lost(r, why); /* before the commit: this copy resumes */
 }
 
 static void abandon_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -262,6 +266,8 @@ void remus_primary_abandoned(struct remus *r, uint64_t epoch)
 	log_info("remus", vmm_name(r->v), "replication ended (%s); the standby stays held", r->last_error);
 	remus_finish_reply(&r->reply_conn, ctl_error("protect cancelled: %s", r->last_error));
 	remus_finish_reply(&r->unprotect_conn, ctl_ok());
+	if (r->sw == SW_ENDING)
+		remus_switch_abandoned(r, epoch); /* the standby is READY: commit the switchover */
 }
 
 struct json_object *remus_cmd_unprotect(struct remus *r)

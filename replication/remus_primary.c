@@ -129,7 +129,7 @@ static void *sender_main(void *arg)
 	/* Disks: the blocks that differ from the standby's, then memory, then what was written meanwhile. */
 	char derr[256];
 	rc = remus_disk_sync(r, w, &epoch, false, derr, sizeof(derr));
-	if (!rc && (rc = precopy(r, w, &out, &epoch))) {
+	if (!rc && !r->resume && (rc = precopy(r, w, &out, &epoch))) { /* resume: RAM equal */
 		sender_error(r, "live full copy", w, rc);
 		goto out;
 	}
@@ -279,6 +279,16 @@ static const struct ckpt_ops remus_ops = {
 	.stage = true,
 	.commit = remus_commit,
 };
+
+int remus_primary_log_from_now(struct remus *r, char *err, size_t errlen)
+{
+	int rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
+
+	r->eng_ready = !rc;
+	if (rc)
+		return errf(err, errlen, rc, "out of memory");
+	return ckpt_engine_start_flags(&r->eng, DIRTY_START_CLEAN, err, errlen);
+}
 
 /* One checkpoint: the engine's epoch (pause, sync, capture, stage the dirty pages, mark the output
  * boundary, resume), then hand the stage to the sender. */
@@ -671,6 +681,8 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	uint32_t grace, wttl, hold;
 	if (get_ms(req, "fence_grace_ms", 5000, 0, 3600000, &grace))
 		return ctl_error("bad fence_grace_ms (0..3600000)");
+	if (remus_switch_protect_opts(r, req, err, sizeof(err)))
+		return ctl_error("%s", err);
 	if (get_ms(req, "hold_timeout_ms", 0, 0, 86400000, &hold))
 		return ctl_error("bad hold_timeout_ms (0..86400000)");
 	if (get_ms(req, "witness_ttl_ms", 1000, 100, 600000, &wttl))
@@ -729,6 +741,7 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	}
 	rc = r->eng_ready ? 0 : ckpt_engine_init(&r->eng, r->vm, &remus_ops, r);
 	r->eng_ready = !rc;
+	r->resume = r->eng.log && remus_switch_resume(req); /* logging since the switch point */
 	if (!rc && (rc = remus_disk_protect(r))) {
 		close(fd);
 		return ctl_error("cannot set up disk replication: %s", strerror(-rc));

@@ -100,6 +100,15 @@ struct remus_tl {
 #define RA_READER_CONNECTED 16u
 #define RA_COLO 32u /* primary: the comparator diverged */
 #define RA_COLO_START 64u /* COLO standby: the first state is in, start the vCPUs */
+#define RA_SWITCH_GO 128u /* standby: a switchover GO arrived (remus_switch.c) */
+
+/* A planned switchover on the primary side (remus_switch.c). */
+enum remus_sw {
+	SW_NONE,
+	SW_FINAL, /* guest parked: waiting for the ACK of an epoch captured after the park */
+	SW_ENDING, /* ABANDON sent: waiting for ABANDONED (the standby holds the final epoch) */
+	SW_GO, /* committed: this copy is a standby now; GO sent, waiting for RUNNING */
+};
 
 struct remus {
 	struct vmm *v;
@@ -229,6 +238,28 @@ struct remus {
 	ev_timer progress_w;
 	int announce_left;
 	ev_timer announce_w;
+
+	/* ---- switchover / rejoin (remus_switch.c) ---- */
+	enum remus_sw sw;
+	uint64_t sw_from; /* primary: first epoch captured with the guest parked */
+	uint64_t sw_t0, sw_t_ready, sw_t_commit; /* now_ns() of park, ABANDONED, GO sent */
+	int sw_lfd, sw_fd; /* primary: the new standby role's listen socket; the GO connection */
+	char sw_listen[128], sw_peer[128];
+	ev_timer sw_w;
+	ev_io sw_io;
+	struct remus_msgbuf sw_mb;
+	struct ctl_conn *sw_conn; /* deferred `switchover` reply */
+	bool fence_paused; /* remus_fence's vm_pause succeeded (a rejoin drops that hold) */
+	bool resume; /* this protect session skips the live full copy (after a switchover) */
+	char rejoin_listen[128]; /* protect --rejoin: fenced, become a standby here instead of exiting */
+	/* standby: a GO read by the reader (lock until RA_SWITCH_GO) */
+	int go_fd;
+	uint64_t go_epoch;
+	char go_back[160]; /* ADDR:PORT the old primary listens on: protect to it */
+	/* the last takeover's report (status remus.last_failover; doppel drill reads it) */
+	bool fo_valid;
+	double fo_detect_ms, fo_decide_ms, fo_takeover_ms;
+	uint64_t fo_epoch;
 };
 
 /* remus.c */
@@ -264,6 +295,9 @@ const char *remus_pstate_name(enum remus_pstate s);
 int remus_checkpoint(struct remus *r, const uint64_t *merge, bool stay_paused);
 /* The standby acknowledged epoch e (loop): state protected, the deferred `protect` reply. */
 void remus_primary_acked(struct remus *r, uint64_t e, uint64_t now);
+/* Start dirty logging now with a clean set (a switchover's new primary, before its vCPUs start:
+ * the old primary's RAM is this RAM, so only pages dirtied from here on need to be sent). */
+int remus_primary_log_from_now(struct remus *r, char *err, size_t errlen);
 
 /* remus_phases.c */
 void remus_phases_status(struct remus *r, struct json_object *o);
@@ -283,6 +317,28 @@ void remus_standby_status(struct remus *r, struct json_object *o);
 uint32_t remus_progress_timeout_ms(const struct remus *r);
 void remus_standby_takeover(struct remus *r); /* the witness key is ours: take over now */
 
+/* remus_standby.c, shared with remus_switch.c */
+/* Take over now (loop thread): planned (a switchover) skips the fence command. 0 or -errno. */
+int remus_standby_failover(struct remus *r, const char *why, bool planned, char *err, size_t errlen);
+/* Become a standby on listening socket fd (bound to addr). */
+void remus_standby_start_fd(struct remus *r, int fd, const char *addr);
+
+/* remus_switch.c (loop thread unless noted) */
+struct sr_in;
+struct json_object *remus_cmd_switchover(struct remus *r, struct json_object *req);
+struct json_object *remus_cmd_reprotect(struct remus *r, struct json_object *req);
+void remus_switch_abandoned(struct remus *r, uint64_t epoch); /* ABANDONED during a switchover */
+void remus_switch_lost(struct remus *r, const char *why); /* standby lost during a switchover */
+/* Reader thread: the connection began with GO(epoch). Ends the reader (no failover). */
+void remus_switch_go_read(struct remus *r, struct sr_in *in, uint64_t epoch);
+void remus_switch_go(struct remus *r); /* RA_SWITCH_GO */
+void remus_switch_status(struct remus *r, struct json_object *o);
+/* protect's request asks to resume from the switch point ("resume": true, internal) */
+bool remus_switch_resume(struct json_object *req);
+/* protect's "rejoin" (ADDR:PORT or absent): 0, or -EINVAL with err */
+int remus_switch_protect_opts(struct remus *r, struct json_object *req, char *err, size_t errlen);
+void remus_switch_fenced(struct remus *r); /* just fenced: rejoin as standby when configured */
+struct json_object *remus_cmd_drill_report(struct remus *r, struct json_object *req);
 /* remus_disk.c */
 int remus_disk_protect(struct remus *r); /* loop: set up the disks for a protect; 0 or -errno */
 void remus_disk_msg(struct remus *r, const struct remus_msg *m); /* loop: DISK_SUMS* from the standby */

@@ -31,7 +31,7 @@ int remus_msg_decode(const uint8_t *in, struct remus_msg *m)
 	if (get32(in) != REMUS_MSG_MAGIC)
 		return -EBADMSG;
 	type = get32(in + 4);
-	if (type < REMUS_MSG_HELLO || type > REMUS_MSG_RECORD)
+	if (type < REMUS_MSG_HELLO || type > REMUS_MSG_RUNNING)
 		return -EBADMSG;
 	m->type = type;
 	m->value = (uint64_t)get32(in + 8) | (uint64_t)get32(in + 12) << 32;

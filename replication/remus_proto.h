@@ -39,6 +39,11 @@ enum remus_msg_type {
 	/* COLO, standby -> primary: a stream-style record follows the message: value = u32 record
 	 * type (SR_REC_COLO_*) | u32 body length << 32; then the body, zero-padded to 8 bytes. */
 	REMUS_MSG_RECORD = 9,
+	/* switchover (replication/remus_switch.c): on a NEW connection after the standby confirmed an
+	 * ABANDON, primary -> standby GO(epoch) then BACK(port), standby -> primary RUNNING(epoch) */
+	REMUS_MSG_GO = 10, /* value = the epoch both copies hold: take over now */
+	REMUS_MSG_BACK = 11, /* value = TCP port the old primary listens on as the new standby */
+	REMUS_MSG_RUNNING = 12, /* value = epoch: the standby runs it (or REJECT: it will not) */
 };
 #define REMUS_MSG_MAX_BODY (16u << 20) /* a record body (the SVM's dirty bitmap of 512 GiB) */
 enum remus_reject_reason {

@@ -255,6 +255,10 @@ static void *reader_main(void *arg)
 	sr_in_fd(&in, fd, HELLO_TIMEOUT_MS);
 	in.deadline_ns = deadline;
 	ssize_t n = sr_in_read(&in, hello, sizeof(hello));
+	if (n == (ssize_t)sizeof(hello) && !remus_msg_decode(hello, &m) && m.type == REMUS_MSG_GO) {
+		remus_switch_go_read(r, &in, m.value); /* a switchover's second phase */
+		return NULL;
+	}
 	if (n != (ssize_t)sizeof(hello) || remus_msg_decode(hello, &m) || m.type != REMUS_MSG_HELLO ||
 	    remus_hello_parse(m.value, &iv, &to)) {
 		snprintf(why, sizeof(why), "%s %s: %s", REFUSED, r->conn_id,
@@ -404,7 +408,13 @@ static void failover_event(struct remus *r, const char *why, uint64_t epoch, uin
 	uint64_t last = r->last_ckpt_ns, lost = r->lost_ns;
 	pthread_mutex_unlock(&r->lock);
 	r->nr_failovers++;
+	r->fo_valid = true;
+	r->fo_epoch = epoch;
+	r->fo_takeover_ms = (double)(t1 - t0) / 1e6;
+	r->fo_detect_ms = r->fo_decide_ms = -1;
 	if (lost && last && lost >= last && t0 >= lost) {
+		r->fo_detect_ms = (double)(lost - last) / 1e6;
+		r->fo_decide_ms = (double)(t0 - lost) / 1e6;
 		json_object_object_add(f, "detect_ms", json_object_new_double((double)(lost - last) / 1e6));
 		json_object_object_add(f, "decide_ms", json_object_new_double((double)(t0 - lost) / 1e6));
 	}
@@ -425,7 +435,7 @@ static void failover_event(struct remus *r, const char *why, uint64_t epoch, uin
 }
 
 /* Take over. Loop thread. Returns 0, or -EAGAIN when no complete state ever arrived. */
-static int do_failover(struct remus *r, const char *why, char *err, size_t errlen)
+int remus_standby_failover(struct remus *r, const char *why, bool planned, char *err, size_t errlen)
 {
 	uint64_t t0 = now_ns(), epoch;
 	int rc;
@@ -444,7 +454,7 @@ static int do_failover(struct remus *r, const char *why, char *err, size_t errle
 		r->reader_running = false;
 	}
 	epoch = r->committed_epoch; /* the reader has ended: no lock needed */
-	if (r->fence_cmd[0]) {
+	if (r->fence_cmd[0] && !planned) {
 		rc = run_fence_cmd(r, err, errlen);
 		if (rc) {
 			/* No takeover; the replica stays (a later `doppel failover` may try again). */
@@ -507,7 +517,7 @@ void remus_standby_takeover(struct remus *r)
 
 	snprintf(why, sizeof(why), "%.150s; witness token %llu", r->takeover_why,
 		 (unsigned long long)witness_token(r->wit));
-	if (do_failover(r, why, err, sizeof(err))) {
+	if (remus_standby_failover(r, why, false, err, sizeof(err))) {
 		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
 		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
 		log_warn("remus", vmm_name(r->v), "standby: %s; %s", why, err);
@@ -545,6 +555,13 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 	(void)loop, (void)revents;
 	while ((fd = sock_accept(r->lfd, 0)) >= 0) {
+		pthread_mutex_lock(&r->lock);
+		/* A reader that ended (or sent ABANDONED and is ending) whose end the loop has not handled
+		 * yet: join it first (a switchover's GO follows ABANDONED at once). */
+		bool ended = r->reader_running && (r->cfd < 0 || r->abandoned);
+		pthread_mutex_unlock(&r->lock);
+		if (ended)
+			remus_standby_async(r, RA_READER_ENDED);
 		if (r->reader_running || r->role != REMUS_STANDBY) {
 			close(fd); /* one primary at a time */
 			continue;
@@ -621,7 +638,7 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		remus_witness_standby_wait(r);
 		return;
 	}
-	int rc = do_failover(r, why, err, sizeof(err));
+	int rc = remus_standby_failover(r, why, false, err, sizeof(err));
 	if (rc) {
 		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
 		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
@@ -653,7 +670,8 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 			r->hb_timeout_ms);
 	if (remus_witness_acquire_now(r, err, sizeof(err)))
 		return ctl_error("failover refused: %s", err);
-	rc = do_failover(r, force ? "manual failover (forced)" : "manual failover", err, sizeof(err));
+	rc = remus_standby_failover(r, force ? "manual failover (forced)" : "manual failover", false, err,
+				    sizeof(err));
 	if (rc)
 		return ctl_error("failover failed: %s", err);
 	o = json_object_new_object();
@@ -668,6 +686,12 @@ int remus_standby_start(struct remus *r, const char *addr, char *err, size_t err
 
 	if (fd < 0)
 		return fd;
+	remus_standby_start_fd(r, fd, addr);
+	return 0;
+}
+
+void remus_standby_start_fd(struct remus *r, int fd, const char *addr)
+{
 	r->lfd = fd;
 	snprintf(r->peer, sizeof(r->peer), "%s", addr);
 	r->role = REMUS_STANDBY;
@@ -679,7 +703,6 @@ int remus_standby_start(struct remus *r, const char *addr, char *err, size_t err
 	r->hb_w.data = r;
 	ev_init(&r->progress_w, progress_cb);
 	r->progress_w.data = r;
-	return 0;
 }
 
 void remus_standby_status(struct remus *r, struct json_object *o)

@@ -78,6 +78,32 @@ static struct json_object *state_fields(const char *state, const char *why)
 	return f;
 }
 
+/* What `doppel run` needs to start a matching copy (a standby or a destination with the same
+ * devices): the `config` command (doppel drill). */
+static struct json_object *config_json(struct vmm *v)
+{
+	struct json_object *o = json_object_new_object(), *net = json_object_new_array(),
+			   *disk = json_object_new_array();
+
+	json_object_object_add(o, "name", json_object_new_string(v->name));
+	json_object_object_add(o, "mem", json_object_new_int64((int64_t)vm_mem(v->vm)->size));
+	json_object_object_add(o, "vcpus", json_object_new_int(vm_nr_vcpus(v->vm)));
+	if (v->o.kernel)
+		json_object_object_add(o, "kernel", json_object_new_string(v->o.kernel));
+	if (v->o.cmdline)
+		json_object_object_add(o, "cmdline", json_object_new_string(v->o.cmdline));
+	json_object_object_add(o, "serial", json_object_new_string(v->o.serial ? v->o.serial : "stdio"));
+	json_object_object_add(o, "control", json_object_new_string(v->ctl_path));
+	for (int i = 0; i < v->o.nr_net; i++)
+		json_object_array_add(net, json_object_new_string(v->o.net[i]));
+	for (int i = 0; i < v->o.nr_disk; i++)
+		json_object_array_add(disk, json_object_new_string(v->o.disk[i]));
+	json_object_object_add(o, "net", net);
+	json_object_object_add(o, "disk", disk);
+	json_object_object_add(o, "pid", json_object_new_int((int)getpid()));
+	return o;
+}
+
 static struct json_object *handle(void *opaque, const char *cmd, struct json_object *req)
 {
 	struct vmm *v = opaque;
@@ -87,6 +113,8 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		return vmm_status_json(v);
 	if (!strcmp(cmd, "events"))
 		return vmm_cmd_events(v, req);
+	if (!strcmp(cmd, "config"))
+		return config_json(v);
 	if (!strcmp(cmd, "metrics")) {
 		char *text = vmm_metrics_text(v);
 		struct json_object *o = text ? json_object_new_object() : NULL;
@@ -472,10 +500,26 @@ int vmm_start_vcpus(struct vmm *v)
 	vmm_net_rx_enable_all(v, true);
 	vmm_disk_kick_all(v);
 	v->start_ns = now_ns();
-	rc = vm_start(v->vm);
+	rc = v->reheld ? vm_resume(v->vm) : vm_start(v->vm); /* reheld: started once, parked */
+	v->reheld = false;
 	vmm_event(v, "state",
 		  state_fields(rc ? "failed" : "running", "vCPUs started (takeover or migration)"));
 	return rc;
+}
+
+int vmm_hold_vcpus(struct vmm *v)
+{
+	int rc;
+
+	if (v->held)
+		return -EALREADY;
+	rc = vm_pause(v->vm);
+	if (rc)
+		return rc;
+	v->held = v->reheld = true;
+	vmm_net_rx_enable_all(v, false);
+	vmm_event(v, "state", state_fields("held", "vCPUs parked (role change to standby)"));
+	return 0;
 }
 
 bool vmm_held(const struct vmm *v)

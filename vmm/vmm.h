@@ -121,6 +121,9 @@ void vmm_destroy(struct vmm *v);
 /* Start the vCPUs of a VM created with `hold` (after its state arrived): enables network RX.
  * Loop thread. Returns 0 or -errno. */
 int vmm_start_vcpus(struct vmm *v) __attribute__((warn_unused_result));
+/* The reverse: park the running vCPUs (a hold nothing else resumes) and stop network RX, so the VM
+ * is held like a standby; vmm_start_vcpus resumes them. Loop thread. 0, -EALREADY or -errno. */
+int vmm_hold_vcpus(struct vmm *v) __attribute__((warn_unused_result));
 bool vmm_held(const struct vmm *v);
 
 /* ---- events and metrics ---------------------------------------------------------------------------

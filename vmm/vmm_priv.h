@@ -68,7 +68,8 @@ struct vmm {
 	vmm_rx_hook rx_hook; /* loop thread */
 	void *rx_hook_opaque;
 	void *tx_hook_opaque;
-	bool held; /* vCPUs not started yet (standby / incoming) */
+	bool held; /* vCPUs not started yet (standby / incoming), or parked again (reheld) */
+	bool reheld; /* held by vmm_hold_vcpus: the vCPUs exist and are paused */
 	bool user_paused; /* `doppel pause` holds the VM */
 	struct evlog *ev; /* the event log (never NULL after vmm_create) */
 	struct {

@@ -136,7 +136,18 @@ static void test_new_messages(void **state)
 	remus_msg_encode(b, REMUS_MSG_DISK_SUMS_END, 1);
 	assert_int_equal(remus_msg_decode(b, &m), 0);
 	assert_int_equal(m.type, REMUS_MSG_DISK_SUMS_END);
-	remus_msg_encode(b, REMUS_MSG_RECORD + 1, 0);
+	/* switchover messages */
+	remus_msg_encode(b, REMUS_MSG_GO, 7);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_GO);
+	assert_true(m.value == 7);
+	remus_msg_encode(b, REMUS_MSG_BACK, 7701);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_BACK);
+	remus_msg_encode(b, REMUS_MSG_RUNNING, 7);
+	assert_int_equal(remus_msg_decode(b, &m), 0);
+	assert_int_equal(m.type, REMUS_MSG_RUNNING);
+	remus_msg_encode(b, REMUS_MSG_RUNNING + 1, 0);
 	assert_int_equal(remus_msg_decode(b, &m), -EBADMSG);
 }
 

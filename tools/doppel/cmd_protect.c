@@ -14,7 +14,8 @@ static void usage(void)
 	printf("usage: doppel protect NAME --peer ADDR:PORT [--mode remus|colo] [--interval MS]\n"
 	       "                       [--checkpoint-interval MS] [--compare-timeout MS] "
 	       "[--heartbeat-timeout MS]\n"
-	       "                       [--standby-lost release|hold|fence] [--fence-grace MS]\n"
+	       "                       [--standby-lost release|hold|fence] [--fence-grace MS] [--rejoin "
+	       "ADDR:PORT]\n"
 	       "                       [--witness URLS [--witness-name N] [--witness-ttl MS]]\n"
 	       "                       [--delta-cache SIZE]\n"
 	       "                       [--tls-dir DIR [--tls-peer-name NAME]]\n"
@@ -42,6 +43,8 @@ static void usage(void)
 	       "  -H, --heartbeat-timeout MS    silence that counts as a dead peer (default 200)\n"
 	       "  -l, --standby-lost POLICY     release, hold or fence (default release)\n"
 	       "  -g, --fence-grace MS          fenced: exit after MS (default 5000)\n"
+	       "      --rejoin ADDR:PORT        fenced: become a standby listening on ADDR:PORT instead\n"
+	       "                                of exiting (the new primary then `reprotect --peer`s it)\n"
 	       "      --hold-timeout MS         hold: release held output after MS (default 0: only\n"
 	       "                                on `doppel unprotect`)\n"
 	       "  -w, --witness URLS            etcd client URLs (http://IP:PORT,...): hold the VM's key\n"
@@ -89,6 +92,7 @@ int cmd_protect(int argc, char **argv)
 		{"heartbeat-timeout", required_argument, NULL, 'H'},
 		{"standby-lost", required_argument, NULL, 'l'},
 		{"fence-grace", required_argument, NULL, 'g'},
+		{"rejoin", required_argument, NULL, 'J'},
 		{"hold-timeout", required_argument, NULL, 'O'},
 		{"witness", required_argument, NULL, 'w'},
 		{"witness-name", required_argument, NULL, 'X'},
@@ -105,6 +109,7 @@ int cmd_protect(int argc, char **argv)
 	uint64_t civ = 0, cto = 0;
 	uint64_t interval = 25, timeout = 200, grace = 5000, wttl = 1000, hold = 0, dcache = 0;
 	bool have_dcache = false;
+	const char *rejoin = NULL;
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "protect");
@@ -170,6 +175,8 @@ int cmd_protect(int argc, char **argv)
 			if (parse_uint(optarg, 0, 86400000, &hold))
 				return doppel_usage_error("protect", "bad --hold-timeout '%s' (milliseconds)",
 							  optarg);
+		} else if (c == 'J') {
+			rejoin = optarg;
 		} else if (c == 'g') {
 			if (parse_uint(optarg, 0, 3600000, &grace))
 				return doppel_usage_error("protect", "bad --fence-grace '%s' (milliseconds)",
@@ -203,6 +210,8 @@ int cmd_protect(int argc, char **argv)
 	if (lost)
 		json_object_object_add(req, "standby_lost", json_object_new_string(lost));
 	json_object_object_add(req, "fence_grace_ms", json_object_new_int((int)grace));
+	if (rejoin)
+		json_object_object_add(req, "rejoin", json_object_new_string(rejoin));
 	json_object_object_add(req, "hold_timeout_ms", json_object_new_int((int)hold));
 	if (have_dcache)
 		json_object_object_add(req, "delta_cache", json_object_new_int64((int64_t)dcache));

@@ -38,6 +38,9 @@ int cmd_protect(int argc, char **argv); /* tools/doppel/cmd_protect.c */
 int cmd_failover(int argc, char **argv); /* tools/doppel/cmd_failover.c */
 int cmd_events(int argc, char **argv); /* tools/doppel/cmd_events.c */
 int cmd_metrics(int argc, char **argv); /* tools/doppel/cmd_metrics.c */
+int cmd_switchover(int argc, char **argv); /* tools/doppel/cmd_switchover.c */
+int cmd_reprotect(int argc, char **argv); /* tools/doppel/cmd_reprotect.c */
+int cmd_drill(int argc, char **argv); /* tools/doppel/cmd_drill.c */
 int cmd_fleet(int argc, char **argv); /* tools/doppel/cmd_fleet.c */
 
 /* Re-initialise getopt for a fresh argv (glibc: optind = 0 forces a full re-init, including the
