@@ -16,6 +16,7 @@
 #include "vmm/control.h"
 #include "vmm/vmm.h"
 #include "vmm/vmm_priv.h"
+#include "vmm/registry.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/errf.h"
@@ -42,6 +43,7 @@ static struct json_object *cmd_status(struct vmm *v)
 		p, "mean_us",
 		json_object_new_double(ps.count ? (double)ps.total_ns / 1e3 / (double)ps.count : 0));
 	json_object_object_add(o, "pause", p);
+	vmm_console_status(v, o);
 	for (int i = 0; i < v->nr_status_hooks; i++)
 		v->status_hooks[i].fn(v, o, v->status_hooks[i].opaque);
 	return o;
@@ -68,7 +70,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 	/* The operator's pause is one hold among others (checkpoints, throttling): idempotent here. */
 	if (!strcmp(cmd, "pause")) {
 		if (v->held)
-			return ctl_error("%s is not running", v->name);
+			return ctl_refused("%s is not running", v->name);
 		if (!v->user_paused) {
 			rc = vm_pause(v->vm);
 			if (rc)
@@ -90,10 +92,12 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		vmm_stop(v, 0);
 		return json_object_new_object();
 	}
+	if (!strcmp(cmd, "console"))
+		return vmm_console_cmd(v);
 	if (v->nr_disk && (!strcmp(cmd, "snapshot") || !strcmp(cmd, "protect") || !strcmp(cmd, "migrate")))
-		return ctl_error("%s: not supported for a VM with --disk yet (its disk would not match its "
-				 "memory)",
-				 cmd);
+		return ctl_refused("%s: not supported for a VM with --disk yet (its disk would not match its "
+				   "memory)",
+				   cmd);
 	for (int i = 0; i < v->nr_cmds; i++)
 		if (!strcmp(cmd, v->cmds[i].name))
 			return v->cmds[i].fn(v, req, v->cmds[i].opaque);
@@ -267,6 +271,8 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		errf(err, errlen, rc, "cannot attach UART: %s", strerror(-rc));
 		goto err;
 	}
+	vmm_console_init(v);
+	v->console_ready = true;
 	snprintf(cmdline, sizeof(cmdline), "%s", o->cmdline ? o->cmdline : "");
 	rc = vmm_net_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
 	if (rc)
@@ -318,9 +324,16 @@ int vmm_run(struct vmm *v, bool start_paused)
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
 	if (rc) {
 		log_error("vmm", v->name, "%s", err);
+		v->stop_status = 1; /* the host's failure, not the guest's exit */
 		return 1;
 	}
 	log_debug("vmm", v->name, "control socket %s", v->ctl_path);
+	if (vmreg_add(v->name, ctl_server_path(v->ctl), v->reg_file, sizeof(v->reg_file), err, sizeof(err))) {
+		log_warn("vmm", v->name, "not registered for doppel list: %s", err);
+		v->reg_file[0] = '\0';
+	}
+	if (v->o.ready_fn)
+		v->o.ready_fn(v, v->o.ready_opaque);
 
 	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
 	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
@@ -361,6 +374,7 @@ void vmm_destroy(struct vmm *v)
 {
 	if (!v)
 		return;
+	vmreg_remove(v->reg_file);
 	if (v->ctl)
 		ctl_server_stop(v->ctl);
 	if (v->vm) {
@@ -371,6 +385,8 @@ void vmm_destroy(struct vmm *v)
 		v->nr_exit_hooks--;
 		v->exit_hooks[v->nr_exit_hooks].fn(v, v->exit_hooks[v->nr_exit_hooks].opaque);
 	}
+	if (v->console_ready)
+		vmm_console_fini(v);
 	vm_destroy(v->vm); /* detaches the UART and the network devices */
 	if (v->own_serial_fd && v->serial_fd >= 0)
 		close(v->serial_fd);
@@ -391,6 +407,11 @@ int vmm_start_vcpus(struct vmm *v)
 	v->start_ns = now_ns();
 	rc = vm_start(v->vm);
 	return rc;
+}
+
+bool vmm_guest_exited(const struct vmm *v)
+{
+	return v->stop_status < 0 && !*vm_error(v->vm);
 }
 
 bool vmm_held(const struct vmm *v)

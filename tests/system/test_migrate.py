@@ -364,7 +364,7 @@ def resolve_and_check(mode, doppel, r, src, dst, proxy):
         assert st["migration"]["committed"] is False, st
         rr = subprocess.run([doppel, "migrate", "--control", src.control, "--resume-source"],
                             stderr=subprocess.PIPE, text=True)
-        assert rr.returncode == 1 and "not in an uncertain switchover" in rr.stderr, rr.stderr
+        assert rr.returncode == 4 and "not in an uncertain switchover" in rr.stderr, rr.stderr
         return src
     if mode == "stall-dst":  # the late RUNNING resolves it: the source exits 0, never having resumed
         assert "uncertain" in err, err

@@ -19,7 +19,8 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
-		"                      [--compress auto|zstd|none] [--json] [--control PATH] [--timeout MS]\n"
+		"                      [--compress auto|zstd|none] [--json] [--control PATH] [--timeout-ms "
+		"MS]\n"
 		"       doppel migrate NAME --resume-source\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
@@ -30,8 +31,10 @@ static void usage(FILE *f)
 		"  --to ADDR:PORT        the destination ([IPv6]:PORT for IPv6)\n"
 		"  --downtime-ms N       downtime target in ms (default 10)\n"
 		"  --max-bandwidth RATE  cap on the wire, bytes/s with K/M/G suffixes (default unlimited)\n"
-		"  --compress MODE       auto (default: measure both, keep the faster), zstd or none\n"
-		"  --timeout MS          destination I/O timeout (default 5000)\n" DOPPEL_CTL_OPTHELP);
+		"  --compress MODE       auto (default: measure both, keep the faster), zstd or "
+		"none\n" DOPPEL_CTL_OPTHELP_BASE
+		"  -t, --timeout-ms MS  the destination's I/O timeout during the migration (default 5000;\n"
+		"                       --timeout is the old name); the command itself waits up to 10 min\n");
 }
 
 struct progress {
@@ -106,11 +109,10 @@ static int resume_source(struct doppel_ctl_opts *o, const char *to)
 	json_object_object_add(req, "resume_source", json_object_new_boolean(1));
 	rc = ctl_call(o->path, req, &reply, o->timeout_ms, err, sizeof(err));
 	json_object_put(req);
+	rc = (int)ctl_outcome(rc, reply);
 	json_object_put(reply);
-	if (rc) {
-		fprintf(stderr, "doppel migrate: %s\n", err);
-		return DOPPEL_EXIT_FAIL;
-	}
+	if (rc)
+		return doppel_error("migrate", rc, "%s", err);
 	if (!o->json)
 		printf("resumed %s on the source\n", o->label);
 	else
@@ -138,7 +140,8 @@ int cmd_migrate(int argc, char **argv)
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "migrate");
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, longopts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING, longopts, NULL)) != -1) {
 		switch (c) {
 		case 'h':
@@ -212,9 +215,9 @@ int cmd_migrate(int argc, char **argv)
 		pthread_join(th, NULL);
 	}
 	if (rc) {
-		fprintf(stderr, "doppel migrate: %s\n", err);
+		rc = (int)ctl_outcome(rc, reply);
 		json_object_put(reply);
-		return DOPPEL_EXIT_FAIL;
+		return doppel_error("migrate", rc, "%s", err);
 	}
 	if (o.json) {
 		doppel_print_json(reply);

@@ -1,9 +1,12 @@
-/* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
+/* cmd_run.c — `doppel run`: boot a VM in the foreground until it stops; see usage() for its exit codes. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "migrate/migrate.h"
 #include "replication/remus.h"
@@ -24,9 +27,13 @@ static void usage(FILE *f)
 		"                  [--standby --listen ADDR:PORT [--failover auto|manual] [--fence-cmd CMD]\n"
 		"                   | --incoming ADDR:PORT]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
+		"                  [--exit-status-file FILE]\n"
 		"\n"
-		"Run a VM in the foreground. The process exits with the guest's exit status\n"
-		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
+		"Run a VM in the foreground; SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly. Under\n"
+		"systemd (Type=notify) it reports READY=1 once its control socket accepts requests.\n"
+		"Exit status: 0 the guest exited 0, or the VM was stopped or migrated away; 1 doppel failed;\n"
+		"2 bad command line; 5 the VM fenced itself; 6 the guest exited with a nonzero status\n"
+		"(the byte it wrote to port 0x501: see --exit-status-file).\n"
 		"\n"
 		"  --kernel FILE    PVH ELF kernel (an ELF with a XEN_ELFNOTE_PHYS32_ENTRY note)\n"
 		"  --restore FILE   continue from a snapshot (`doppel snapshot`); --mem and --vcpus\n"
@@ -50,20 +57,26 @@ static void usage(FILE *f)
 		"  --witness URLS   standby: etcd client URLs (http://IP:PORT,...): take over only after\n"
 		"                   acquiring the VM's key, i.e. after the primary's lease expired\n"
 		"  --witness-name N the key's name (default: this VM's name; the primary's must match)\n"
-		"  --witness-ttl MS lease TTL of this copy once it took over (default 1000)\n"
+		"  --witness-ttl-ms MS  lease TTL of this copy once it took over (default 1000; alias\n"
+		"                   --witness-ttl)\n"
 		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
 		"  --log-level LVL  runtime messages up to LVL: error, warn, info (default) or debug,\n"
 		"                   one line each on stderr: doppel: [SECONDS] LEVEL COMPONENT VM: TEXT\n"
 		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
-		"                   component, vm, msg); the stderr lines stay\n",
+		"                   component, vm, msg); the stderr lines stay\n"
+		"  --exit-status-file FILE  when the guest ends the VM, write its exit status (0-255) to\n"
+		"                   FILE as one decimal line; untouched when the host stopped the VM\n",
 		HV_MAX_VCPUS);
 }
 /* clang-format on */
+
+static void notify_ready(struct vmm *v, void *opaque);
 
 /* What the command line asked for. */
 struct run_args {
 	struct vmm_opts o;
 	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
+	const char *exit_status_file;
 	uint64_t witness_ttl;
 	enum log_level log_level;
 	bool standby;
@@ -120,7 +133,7 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		break;
 	case 'T':
 		if (parse_uint(arg, 100, 600000, &a->witness_ttl))
-			return bad_usage("bad --witness-ttl '%s' (milliseconds, 100..600000)", arg);
+			return bad_usage("bad --witness-ttl-ms '%s' (milliseconds, 100..600000)", arg);
 		break;
 	case 'n':
 		o->name = arg;
@@ -172,6 +185,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case 'j':
 		a->log_json = arg;
 		break;
+	case 'E':
+		a->exit_status_file = arg;
+		break;
 	case 'h':
 		usage(stdout);
 		return 0;
@@ -204,15 +220,17 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"fence-cmd", required_argument, 0, 'K'},
 		{"witness", required_argument, 0, 'W'},
 		{"witness-name", required_argument, 0, 'X'},
+		{"witness-ttl-ms", required_argument, 0, 'T'},
 		{"witness-ttl", required_argument, 0, 'T'},
 		{"disk", required_argument, 0, 'D'},
+		{"exit-status-file", required_argument, 0, 'E'},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
 
 	*a = (struct run_args){.log_level = LOG_INFO};
-	optind = 0;
-	opterr = 0;
+	if (doppel_opts_begin(argc, argv, opts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
 		rc = parse_opt(a, c, optarg, argv[optind - 1]);
 		if (rc >= 0)
@@ -229,6 +247,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		return bad_usage("%s", "--failover, --fence-cmd and --witness* need --standby (a primary "
 				       "gets them from doppel protect)");
 	a->o.hold = a->standby || a->incoming;
+	a->o.ready_fn = notify_ready;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
 	if (!a->o.hold && !a->o.kernel == !a->o.restore)
@@ -321,6 +340,37 @@ static int build_vm(struct run_args *a, struct vmm **out)
 	return 0;
 }
 
+/* The control socket is up: tell systemd (Type=notify; nothing happens without $NOTIFY_SOCKET). */
+static void notify_ready(struct vmm *v, void *opaque)
+{
+	int rc;
+
+	(void)opaque;
+	rc = sd_notifyf(0, "READY=1\nSTATUS=%s running, control socket up", vmm_name(v));
+	if (rc < 0)
+		log_warn("run", vmm_name(v), "sd_notify: %s", strerror(-rc));
+}
+
+/* The process's exit status from how the VM ended (see usage()). */
+static int exit_status(const struct run_args *a, struct vmm *v, int status)
+{
+	FILE *f;
+
+	if (!vmm_guest_exited(v)) /* the host stopped it: 0 clean, 1 failed, 5 fenced */
+		return status == 3 ? DOPPEL_EXIT_FENCED : status ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+	if (a->exit_status_file) {
+		f = fopen(a->exit_status_file, "we");
+		if (!f || fprintf(f, "%d\n", status) < 0 || fclose(f)) {
+			fprintf(stderr, "doppel run: cannot write --exit-status-file %s: %s\n",
+				a->exit_status_file, strerror(errno));
+			return DOPPEL_EXIT_FAIL;
+		}
+	}
+	if (status)
+		log_info("run", vmm_name(v), "guest exited with status %d", status);
+	return status ? DOPPEL_EXIT_GUEST : DOPPEL_EXIT_OK;
+}
+
 int cmd_run(int argc, char **argv)
 {
 	struct run_args a;
@@ -338,6 +388,7 @@ int cmd_run(int argc, char **argv)
 	if (rc)
 		return rc;
 	rc = vmm_run(v, false);
+	rc = exit_status(&a, v, rc);
 	vmm_destroy(v);
 	return rc; /* the JSON log (if any) closes with the process */
 }
