@@ -319,6 +319,12 @@ int vmm_run(struct vmm *v, bool start_paused)
 	char err[256];
 	int rc, status;
 
+	/* SIGINT/SIGTERM stop the VM cleanly from before anyone can see it (its socket, READY=1). */
+	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
+	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
+	v->sigint_w.data = v->sigterm_w.data = v;
+	ev_signal_start(v->loop, &v->sigint_w);
+	ev_signal_start(v->loop, &v->sigterm_w);
 	/* The control socket appears only now, when everything (a standby's or a migration target's
 	 * listener included) is set up: a client that sees it may use the VM at once. */
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, handle, v, err, sizeof(err));
@@ -335,11 +341,6 @@ int vmm_run(struct vmm *v, bool start_paused)
 	if (v->o.ready_fn)
 		v->o.ready_fn(v, v->o.ready_opaque);
 
-	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
-	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
-	v->sigint_w.data = v->sigterm_w.data = v;
-	ev_signal_start(v->loop, &v->sigint_w);
-	ev_signal_start(v->loop, &v->sigterm_w);
 	if (v->o.serial == NULL || !strcmp(v->o.serial, "stdio")) {
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
 		if (fl >= 0 && fcntl(STDIN_FILENO, F_SETFL, fl | O_NONBLOCK) == 0) {

@@ -48,7 +48,8 @@ static void usage(FILE *f)
 		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
 		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
 		"  --standby        hold a replica for a primary (`doppel protect`); runs no vCPUs until\n"
-		"                   failover. Needs --listen ADDR:PORT ([IPv6]:PORT for IPv6)\n"
+		"                   failover. Needs --listen\n"
+		"  --listen ADDR:PORT  standby: accept the primary's checkpoints here ([IPv6]:PORT)\n"
 		"  --failover POLICY  standby: auto (default: take over when the primary is lost) or\n"
 		"                   manual (report it and wait for `doppel failover`)\n"
 		"  --fence-cmd CMD  standby: run CMD (sh -c) before a takeover; take over only if it\n"
@@ -65,7 +66,8 @@ static void usage(FILE *f)
 		"  --log-json FILE  also append each message to FILE as a JSON line (keys t, wall, level,\n"
 		"                   component, vm, msg); the stderr lines stay\n"
 		"  --exit-status-file FILE  when the guest ends the VM, write its exit status (0-255) to\n"
-		"                   FILE as one decimal line; untouched when the host stopped the VM\n",
+		"                   FILE as one decimal line; untouched when the host stopped the VM\n"
+		"  --help           show this help\n",
 		HV_MAX_VCPUS);
 }
 /* clang-format on */

@@ -339,7 +339,7 @@ int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING, longopts, NULL)) != -1) {
 		if (c == 'h') {
 			printf("usage: doppel %s NAME [--control PATH] [--json] [--timeout-ms "
-			       "MS]\n%s\n" DOPPEL_CTL_OPTHELP,
+			       "MS]\n\n%s\n\n" DOPPEL_CTL_OPTHELP,
 			       v->verb, v->description);
 			return DOPPEL_EXIT_OK;
 		}
