@@ -4,7 +4,8 @@ set -euo pipefail
 PKGS=(gcc make pkg-config clang clang-format libclang-rt-14-dev
       libzstd-dev libev-dev libnl-3-dev libnl-route-3-dev libjson-c-dev libxxhash-dev libcmocka-dev
       python3-pytest iproute2 qemu-system-x86 zstd redis-tools apache2-utils wrk curl
-      etcd-server etcd-client libcurl4-openssl-dev)
+      etcd-server etcd-client libcurl4-openssl-dev
+      libsystemd-dev scdoc resource-agents bash-completion)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
