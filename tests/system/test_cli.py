@@ -376,8 +376,32 @@ def test_systemd_unit_verifies(build_dir, tmp_path):
     inst.write_text(unit.replace("@BINDIR@", str(build_dir)))
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(inst)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    if systemd_is_pid1():  # run it as a transient unit where systemd can
-        pytest.fail("systemd is PID 1 here: add the systemd-run test of the unit")
+
+
+def test_transient_unit_where_systemd_runs(doppel_bin, guest_elf, tmp_path):
+    """The unit's service settings as a transient unit (systemd-run): active only after READY=1 with
+    the control socket up, and stopped cleanly by SIGTERM. Needs systemd as PID 1; where it is not (the
+    CI containers), test_sd_notify_ready_when_control_socket_is_up covers the notify path instead."""
+    if not systemd_is_pid1():
+        pytest.skip("systemd is not PID 1 here: the sd_notify path is tested with a fake NOTIFY_SOCKET")
+    unit = f"doppel-test-{os.getpid()}"
+    control = str(tmp_path / "u.sock")
+    r = subprocess.run(["systemd-run", f"--unit={unit}", "-p", "Type=notify", "-p", "NotifyAccess=main",
+                        "-p", "KillSignal=SIGTERM", "-p", "KillMode=mixed", doppel_bin, "run", "--name", "u",
+                        "--kernel", guest_elf, "--cmdline", "work=idle pi=200", "--serial", "none",
+                        "--control", control], capture_output=True, text=True, timeout=60)
+    try:
+        assert r.returncode == 0, r.stderr
+        # systemd-run returns once the start job is done: for Type=notify, after READY=1
+        assert ctl(control, {"cmd": "status"})["state"] == "running"
+        st = subprocess.run(["systemctl", "show", unit, "-p", "ActiveState", "-p", "StatusText"],
+                            capture_output=True, text=True).stdout
+        assert "ActiveState=active" in st and "StatusText=u running, control socket up" in st, st
+    finally:
+        subprocess.run(["systemctl", "stop", unit], capture_output=True, timeout=60)
+    res = subprocess.run(["systemctl", "show", unit, "-p", "Result"], capture_output=True, text=True).stdout
+    assert "Result=success" in res or res.strip() in ("", "Result="), res  # unit gone once stopped cleanly
+    assert not os.path.exists(control)
 
 
 # ---- make install, man page ---------------------------------------------------------------------------
