@@ -15,10 +15,12 @@ PKGS    := libzstd libev libnl-route-3.0 json-c libxxhash libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 json-c libzstd libxxhash libcurl libsystemd 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 json-c libzstd libxxhash libcurl libsystemd 2>/dev/null)
 
-# The one version string: `git describe` when the tree has a tag, else VERSION_BASE plus the commit.
+# The one version string: `git describe` when the tree has a tag, else VERSION_BASE plus the commit
+# (and -dirty for uncommitted changes). `doppel --version` prints it.
 VERSION_BASE := 0.16.0
 VERSION ?= $(shell v=$$(git describe --tags --dirty 2>/dev/null) && echo $$v || \
-	{ h=$$(git rev-parse --short HEAD 2>/dev/null); echo $(VERSION_BASE)$${h:+-g$$h}; })
+	{ h=$$(git rev-parse --short HEAD 2>/dev/null); d=$$(git diff --quiet HEAD 2>/dev/null || echo -dirty); \
+	  echo $(VERSION_BASE)$${h:+-g$$h$$d}; })
 
 # make install (PREFIX, DESTDIR as usual)
 PREFIX  ?= /usr/local
