@@ -14,6 +14,22 @@ PKGS    := libzstd libev libnl-route-3.0 json-c libxxhash libcurl libmicrohttpd 
 # libev ships no .pc file in Debian; pkg-config failures for it are harmless (header in /usr/include).
 PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd gnutls libseccomp libcap-ng 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 json-c libzstd libxxhash libcurl libmicrohttpd libsystemd gnutls libseccomp libcap-ng 2>/dev/null)
+
+# The one version string: `git describe` when the tree has a tag, else VERSION_BASE plus the commit
+# (and -dirty for uncommitted changes). `doppel --version` prints it.
+VERSION_BASE := 0.16.0
+VERSION ?= $(shell v=$$(git describe --tags --dirty 2>/dev/null) && echo $$v || \
+	{ h=$$(git rev-parse --short HEAD 2>/dev/null); d=$$(git diff --quiet HEAD 2>/dev/null || echo -dirty); \
+	  echo $(VERSION_BASE)$${h:+-g$$h$$d}; })
+
+# make install (PREFIX, DESTDIR as usual)
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  := $(PREFIX)/bin
+MANDIR  := $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+OCFDIR  ?= $(PREFIX)/lib/ocf/resource.d/doppel
+COMPDIR ?= $(PREFIX)/share/bash-completion/completions
 OPT     ?= -O2
 CFLAGS  := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lev -lpthread -lm $(EXTRA_LDFLAGS)
@@ -33,7 +49,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PYTEST  := /usr/bin/python3 -m pytest
 
-.PHONY: all deps check unit system asan fuzz demo bench soak scale clean format format-check
+.PHONY: all deps check unit system asan fuzz demo bench soak scale clean format format-check install man FORCE
 all: deps
 	@$(MAKE) --no-print-directory binaries
 
@@ -45,6 +61,13 @@ deps:
 $(B)/obj/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# build/gen/doppel_version.h changes only when the version does, so main.o is rebuilt only then.
+$(B)/gen/doppel_version.h: FORCE
+	@mkdir -p $(dir $@)
+	@echo '#define DOPPEL_VERSION "$(VERSION)"' > $@.tmp; cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+$(B)/obj/tools/doppel/main.o: $(B)/gen/doppel_version.h
+$(B)/obj/tools/doppel/main.o: CFLAGS += -I$(B)/gen
 
 $(B)/libdoppel.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -61,6 +84,22 @@ $(B)/tests/%: tests/unit/%.c $(B)/libdoppel.a $(HDRS)
 	$(CC) $(CFLAGS) -o $@ $< $(B)/libdoppel.a $(LDLIBS) -lcmocka
 
 include guest/guest.mk
+
+# ---- man page and install ------------------------------------------------------------------------
+# doppel(1) has one source, docs/doppel.1.scd (scdoc).
+man: $(B)/doppel.1
+$(B)/doppel.1: docs/doppel.1.scd
+	@mkdir -p $(dir $@)
+	scdoc < $< > $@
+
+install: $(B)/doppel $(B)/doppel.1
+	install -D -m 0755 $(B)/doppel $(DESTDIR)$(BINDIR)/doppel
+	install -D -m 0644 $(B)/doppel.1 $(DESTDIR)$(MANDIR)/man1/doppel.1
+	sed 's|@BINDIR@|$(BINDIR)|g' scripts/doppel@.service > $(B)/doppel@.service
+	install -D -m 0644 $(B)/doppel@.service $(DESTDIR)$(UNITDIR)/doppel@.service
+	sed 's|@BINDIR@|$(BINDIR)|g' scripts/ocf-doppel > $(B)/ocf-doppel
+	install -D -m 0755 $(B)/ocf-doppel $(DESTDIR)$(OCFDIR)/doppel
+	install -D -m 0644 scripts/doppel.bash-completion $(DESTDIR)$(COMPDIR)/doppel
 
 # ---- tests -------------------------------------------------------------------------------------
 unit: $(UNIT_BIN) $(B)/guest.elf

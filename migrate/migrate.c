@@ -197,9 +197,9 @@ static struct json_object *resume_source(struct vmm *v, struct mig *m)
 	if (!m->uncertain || m->op_resume) {
 		const char *st = m->prog.state ? m->prog.state : "none";
 		pthread_mutex_unlock(&m->lock);
-		return ctl_error("%s is not in an uncertain switchover (migration state %s); nothing to "
-				 "resume",
-				 vmm_name(v), st);
+		return ctl_refused("%s is not in an uncertain switchover (migration state %s); nothing to "
+				   "resume",
+				   vmm_name(v), st);
 	}
 	m->op_resume = true;
 	m->op_conn = vmm_ctl_current(v);
@@ -250,10 +250,10 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 		return ctl_error("the post-copy migration of %s failed; it cannot migrate again",
 				 vmm_name(v));
 	if (vmm_held(v))
-		return ctl_error("this VM is not running (held for an incoming migration or as a standby)");
+		return ctl_refused("this VM is not running (held for an incoming migration or as a standby)");
 	if (vm_get_state(vmm_vm(v)) != VM_RUNNING)
-		return ctl_error("VM %s is %s; only a running VM can be migrated", vmm_name(v),
-				 vm_state_name(vm_get_state(vmm_vm(v))));
+		return ctl_refused("VM %s is %s; only a running VM can be migrated", vmm_name(v),
+				   vm_state_name(vm_get_state(vmm_vm(v))));
 	if (parse_params(req, &p, err, sizeof(err)))
 		return ctl_error("%s", err);
 	pthread_mutex_lock(&m->lock);
@@ -264,7 +264,7 @@ static struct json_object *cmd_migrate(struct vmm *v, struct json_object *req, v
 	pthread_mutex_lock(&m->lock);
 	if (m->busy) {
 		pthread_mutex_unlock(&m->lock);
-		return ctl_error("a migration of %s is already running", vmm_name(v));
+		return ctl_refused("a migration of %s is already running", vmm_name(v));
 	}
 	m->busy = true;
 	m->success = false;

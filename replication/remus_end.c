@@ -279,11 +279,11 @@ struct json_object *remus_cmd_unprotect(struct remus *r)
 		return ctl_ok();
 	}
 	if (r->pstate == PS_FENCED)
-		return ctl_error("%s is fenced: another copy may be live", vmm_name(r->v));
+		return ctl_refused("%s is fenced: another copy may be live", vmm_name(r->v));
 	if (r->role != REMUS_PRIMARY)
-		return ctl_error("%s is not protected", vmm_name(r->v));
+		return ctl_refused("%s is not protected", vmm_name(r->v));
 	if (r->pstate == PS_ABANDONING)
-		return ctl_error("%s: replication is already ending", vmm_name(r->v));
+		return ctl_refused("%s: replication is already ending", vmm_name(r->v));
 	remus_primary_abandon(r, "unprotect");
 	if (r->role != REMUS_PRIMARY)
 		return ctl_ok();

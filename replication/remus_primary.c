@@ -659,14 +659,14 @@ struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req)
 	int rc, fd;
 
 	if (r->role == REMUS_STANDBY)
-		return ctl_error("%s is a standby; protect its primary instead", vmm_name(r->v));
+		return ctl_refused("%s is a standby; protect its primary instead", vmm_name(r->v));
 	if (r->role == REMUS_PRIMARY)
-		return ctl_error("%s is already protected (peer %s)", vmm_name(r->v), r->peer);
+		return ctl_refused("%s is already protected (peer %s)", vmm_name(r->v), r->peer);
 	if (r->pstate == PS_FENCED)
-		return ctl_error("%s is fenced (another copy may be live): stop it", vmm_name(r->v));
+		return ctl_refused("%s is fenced (another copy may be live): stop it", vmm_name(r->v));
 	if (vmm_held(r->v) || vm_get_state(r->vm) != VM_RUNNING)
-		return ctl_error("%s is not running (%s)", vmm_name(r->v),
-				 vm_state_name(vm_get_state(r->vm)));
+		return ctl_refused("%s is not running (%s)", vmm_name(r->v),
+				   vm_state_name(vm_get_state(r->vm)));
 	if (!json_object_object_get_ex(req, "peer", &j) || !json_object_is_type(j, json_type_string))
 		return ctl_error("protect needs a \"peer\" string (ADDR:PORT)");
 	const char *peer = json_object_get_string(j);

@@ -654,7 +654,7 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 	int rc;
 
 	if (r->role != REMUS_STANDBY)
-		return ctl_error("%s is not a standby", vmm_name(r->v));
+		return ctl_refused("%s is not a standby", vmm_name(r->v));
 	if (json_object_object_get_ex(req, "force", &j)) {
 		/* a JSON boolean only: json_object_get_boolean("false") is true */
 		if (!json_object_is_type(j, json_type_boolean))
@@ -665,15 +665,16 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 	heard = r->connected;
 	pthread_mutex_unlock(&r->lock);
 	if (heard && !force)
-		return ctl_error(
+		return ctl_refused(
 			"the primary is still heard (connected, timeout %u ms); use --force for a drill",
 			r->hb_timeout_ms);
 	if (remus_witness_acquire_now(r, err, sizeof(err)))
-		return ctl_error("failover refused: %s", err);
+		return ctl_refused("failover refused: %s", err);
 	rc = remus_standby_failover(r, force ? "manual failover (forced)" : "manual failover", false, err,
 				    sizeof(err));
-	if (rc)
-		return ctl_error("failover failed: %s", err);
+	if (rc) /* -EAGAIN: no complete checkpoint yet, a state the operator can wait out */
+		return rc == -EAGAIN ? ctl_refused("failover failed: %s", err)
+				     : ctl_error("failover failed: %s", err);
 	o = json_object_new_object();
 	json_object_object_add(o, "role", json_object_new_string("unprotected"));
 	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)r->committed_epoch));

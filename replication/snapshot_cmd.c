@@ -137,7 +137,7 @@ static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req, 
 	int rc;
 
 	if (c->busy)
-		return ctl_error("%s is busy writing a snapshot; try again when it is done", vmm_name(v));
+		return ctl_refused("%s is busy writing a snapshot; try again when it is done", vmm_name(v));
 	job = calloc(1, sizeof(*job));
 	if (!job)
 		return ctl_error("out of memory");
@@ -165,7 +165,7 @@ static struct json_object *cmd_snapshot(struct vmm *v, struct json_object *req, 
 	}
 	if (vm_get_state(vmm_vm(v)) == VM_STOPPED || vmm_held(v)) {
 		free(job);
-		return ctl_error("%s is not running", vmm_name(v));
+		return ctl_refused("%s is not running", vmm_name(v));
 	}
 	c->conn = vmm_ctl_current(v);
 	c->snap.progress.done = c->snap.progress.total = 0;

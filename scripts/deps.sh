@@ -6,7 +6,8 @@ PKGS=(gcc make pkg-config clang clang-format libclang-rt-14-dev
       python3-pytest iproute2 qemu-system-x86 zstd redis-tools apache2-utils wrk curl
       etcd-server etcd-client libcurl4-openssl-dev
       libmicrohttpd-dev libsystemd-dev prometheus chromium
-      libgnutls28-dev gnutls-bin libssl-dev openssl libseccomp-dev libcap-ng-dev util-linux)
+      libgnutls28-dev gnutls-bin libssl-dev openssl libseccomp-dev libcap-ng-dev util-linux
+      scdoc resource-agents bash-completion)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

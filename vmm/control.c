@@ -37,6 +37,8 @@ struct ctl_conn {
 	bool held; /* ctl_current_conn() was called during the current dispatch */
 	bool closing; /* close once the output is flushed */
 	bool eof; /* client half-closed: close once replies are out */
+	ctl_handover_fn handover; /* hand the socket over once the reply is out (ctl_handover) */
+	void *handover_opaque;
 	int refs; /* [lock] 1 while open + 1 per holder */
 	bool closed; /* [lock] */
 	bool has_pending; /* [lock] ctl_reply() delivered, loop not yet written */
@@ -101,17 +103,22 @@ static void conn_put(struct ctl_conn *c)
 
 /* ---- server connections -------------------------------------------------------------------------- */
 
-static void conn_close(struct ctl_conn *c)
+/* Unlink c from its server; its socket is closed, or given to the handover function. */
+static void conn_end(struct ctl_conn *c, bool handover)
 {
 	struct ctl_server *s = c->s;
 	struct json_object *pending;
+	int fd = c->fd;
 
 	if (c->fd < 0)
 		return;
 	ev_io_stop(s->loop, &c->rio);
 	ev_io_stop(s->loop, &c->wio);
-	close(c->fd);
 	c->fd = -1;
+	if (handover)
+		c->handover(c->handover_opaque, fd);
+	else
+		close(fd);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -130,6 +137,11 @@ static void conn_close(struct ctl_conn *c)
 	pthread_mutex_unlock(&s->lock);
 	json_object_put(pending);
 	conn_put(c);
+}
+
+static void conn_close(struct ctl_conn *c)
+{
+	conn_end(c, false);
 }
 
 /* Write what we can; close if finished and asked to. */
@@ -155,6 +167,8 @@ static void conn_flush(struct ctl_conn *c)
 	ev_io_stop(c->s->loop, &c->wio);
 	if (c->closing)
 		conn_close(c);
+	else if (c->handover)
+		conn_end(c, true);
 }
 
 /* A half-closed client is closed once nothing is left to answer or send. */
@@ -692,6 +706,15 @@ int ctl_reply(struct ctl_conn *c, struct json_object *reply)
 	json_object_put(reply);
 	conn_put(c);
 	return rc;
+}
+
+int ctl_handover(struct ctl_server *s, ctl_handover_fn fn, void *opaque)
+{
+	if (!s || !s->cur || !fn)
+		return -EINVAL;
+	s->cur->handover = fn;
+	s->cur->handover_opaque = opaque;
+	return 0;
 }
 
 bool ctl_conn_alive(struct ctl_conn *c)

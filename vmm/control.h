@@ -96,4 +96,13 @@ const char *ctl_server_path(const struct ctl_server *s);
  */
 struct ctl_conn *ctl_current_conn(struct ctl_server *s);
 
+/*
+ * Inside a handler that returns a reply (not CTL_DEFER): once that reply is written, the server forgets
+ * the connection and calls fn(opaque, fd) on the loop thread, which then owns the socket (a byte stream
+ * from then on: `doppel console`). If the client goes away first, fn is never called. 0 or -EINVAL
+ * (outside a handler).
+ */
+typedef void (*ctl_handover_fn)(void *opaque, int fd);
+int ctl_handover(struct ctl_server *s, ctl_handover_fn fn, void *opaque);
+
 #endif

@@ -128,6 +128,23 @@ struct json_object *ctl_error(const char *fmt, ...)
 	return o;
 }
 
+struct json_object *ctl_refused(const char *fmt, ...)
+{
+	struct json_object *o = json_object_new_object();
+	char msg[512];
+	va_list ap;
+
+	if (!o)
+		return NULL;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	json_object_object_add(o, "ok", json_object_new_boolean(0));
+	json_object_object_add(o, "error", json_object_new_string(msg));
+	json_object_object_add(o, "refused", json_object_new_boolean(1));
+	return o;
+}
+
 int ctl_sockaddr(const char *path, struct sockaddr_un *sa, char *err, size_t errlen)
 {
 	memset(sa, 0, sizeof(*sa));

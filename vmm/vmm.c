@@ -19,6 +19,7 @@
 #include "vmm/vmm.h"
 #include "vmm/vmm_priv.h"
 #include "vmm/sandbox.h"
+#include "vmm/registry.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/errf.h"
@@ -52,6 +53,7 @@ struct json_object *vmm_status_json(struct vmm *v)
 		p, "mean_us",
 		json_object_new_double(ps.count ? (double)ps.total_ns / 1e3 / (double)ps.count : 0));
 	json_object_object_add(o, "pause", p);
+	vmm_console_status(v, o);
 	for (int i = 0; i < v->nr_status_hooks; i++)
 		v->status_hooks[i].fn(v, o, v->status_hooks[i].opaque);
 	return o;
@@ -127,7 +129,7 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 	/* The operator's pause is one hold among others (checkpoints, throttling): idempotent here. */
 	if (!strcmp(cmd, "pause")) {
 		if (v->held)
-			return ctl_error("%s is not running", v->name);
+			return ctl_refused("%s is not running", v->name);
 		if (!v->user_paused) {
 			rc = vm_pause(v->vm);
 			if (rc)
@@ -157,6 +159,8 @@ static struct json_object *handle(void *opaque, const char *cmd, struct json_obj
 		json_object_object_add(o, "unshare", json_object_new_int(vmm_sandbox_selftest()));
 		return o;
 	}
+	if (!strcmp(cmd, "console"))
+		return vmm_console_cmd(v);
 	for (int i = 0; i < v->nr_cmds; i++)
 		if (!strcmp(cmd, v->cmds[i].name))
 			return v->cmds[i].fn(v, req, v->cmds[i].opaque);
@@ -358,6 +362,8 @@ int vmm_create(struct vmm **out, const struct vmm_opts *o, char *err, size_t err
 		errf(err, errlen, rc, "cannot attach UART: %s", strerror(-rc));
 		goto err;
 	}
+	vmm_console_init(v);
+	v->console_ready = true;
 	snprintf(cmdline, sizeof(cmdline), "%s", o->cmdline ? o->cmdline : "");
 	rc = vmm_net_attach_all(v, cmdline, sizeof(cmdline), err, errlen);
 	if (rc)
@@ -397,36 +403,47 @@ int vmm_run(struct vmm *v, bool start_paused)
 	char err[256];
 	int rc, status;
 
+	/* SIGINT/SIGTERM stop the VM cleanly from before anyone can see it (its socket, READY=1). */
+	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
+	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
+	v->sigint_w.data = v->sigterm_w.data = v;
+	ev_signal_start(v->loop, &v->sigint_w);
+	ev_signal_start(v->loop, &v->sigterm_w);
 	/* The control socket appears only now, when everything (a standby's or a migration target's
 	 * listener, the --metrics server) is set up: a client that sees it may use the VM at once. */
 	if (v->o.metrics && vmm_http_start(v, v->o.metrics, err, sizeof(err))) {
 		log_error("vmm", v->name, "%s", err);
+		v->stop_status = 1; /* the host's failure, not the guest's exit */
 		return 1;
 	}
 	rc = ctl_server_start(&v->ctl, v->loop, v->ctl_path, v->o.control_group_set ? v->o.control_group : -1,
 			      handle, v, err, sizeof(err));
 	if (rc) {
 		log_error("vmm", v->name, "%s", err);
+		v->stop_status = 1;
 		return 1;
 	}
 	log_debug("vmm", v->name, "control socket %s", v->ctl_path);
-	/* Everything that needs more is done (KVM, RAM, taps, disks, listeners, the control socket):
-	 * from here on the allowlist of vmm/sandbox.c, before any vCPU thread exists. */
+	if (vmreg_add(v->name, ctl_server_path(v->ctl), v->reg_file, sizeof(v->reg_file), err, sizeof(err))) {
+		log_warn("vmm", v->name, "not registered for doppel list: %s", err);
+		v->reg_file[0] = '\0';
+	}
+	/* Everything that needs more is done (KVM, RAM, taps, disks, listeners, the control socket,
+	 * the registry entry): from here on the allowlist of vmm/sandbox.c, before any vCPU thread
+	 * exists and before READY=1. */
 	rc = vmm_sandbox_apply(v->o.sandbox, err, sizeof(err));
 	if (rc) {
 		log_error("vmm", v->name, "%s", err);
 		ctl_server_stop(v->ctl);
 		v->ctl = NULL;
+		v->stop_status = 1;
 		return 1;
 	}
 	if (v->o.sandbox == VMM_SANDBOX_OFF)
 		log_info("vmm", v->name, "sandbox off: every system call and capability stays available");
+	if (v->o.ready_fn)
+		v->o.ready_fn(v, v->o.ready_opaque);
 
-	ev_signal_init(&v->sigint_w, signal_cb, SIGINT);
-	ev_signal_init(&v->sigterm_w, signal_cb, SIGTERM);
-	v->sigint_w.data = v->sigterm_w.data = v;
-	ev_signal_start(v->loop, &v->sigint_w);
-	ev_signal_start(v->loop, &v->sigterm_w);
 	if (v->o.serial == NULL || !strcmp(v->o.serial, "stdio")) {
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
 		if (fl >= 0 && fcntl(STDIN_FILENO, F_SETFL, fl | O_NONBLOCK) == 0) {
@@ -471,6 +488,7 @@ void vmm_destroy(struct vmm *v)
 	if (!v)
 		return;
 	vmm_http_stop(v);
+	vmreg_remove(v->reg_file);
 	if (v->ctl)
 		ctl_server_stop(v->ctl);
 	if (v->vm) {
@@ -481,6 +499,8 @@ void vmm_destroy(struct vmm *v)
 		v->nr_exit_hooks--;
 		v->exit_hooks[v->nr_exit_hooks].fn(v, v->exit_hooks[v->nr_exit_hooks].opaque);
 	}
+	if (v->console_ready)
+		vmm_console_fini(v);
 	vm_destroy(v->vm); /* detaches the UART and the network devices */
 	if (v->own_serial_fd && v->serial_fd >= 0)
 		close(v->serial_fd);
@@ -520,6 +540,11 @@ int vmm_hold_vcpus(struct vmm *v)
 	vmm_net_rx_enable_all(v, false);
 	vmm_event(v, "state", state_fields("held", "vCPUs parked (role change to standby)"));
 	return 0;
+}
+
+bool vmm_guest_exited(const struct vmm *v)
+{
+	return v->stop_status < 0 && !*vm_error(v->vm);
 }
 
 bool vmm_held(const struct vmm *v)

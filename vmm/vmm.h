@@ -47,6 +47,9 @@ struct vmm_opts {
 	int nr_cpus;
 	enum hv_mem_policy mem_policy; /* guest RAM: lazy (default), populate or lock */
 	int sandbox; /* enum vmm_sandbox (vmm/sandbox.h): 0 off (default), 1 on, 2 log; vmm_run applies it */
+	/* Called once on the loop thread when the control socket accepts requests (e.g. sd_notify). */
+	void (*ready_fn)(struct vmm *v, void *opaque);
+	void *ready_opaque;
 };
 
 /* ---- control replies ----------------------------------------------------------------------------
@@ -57,6 +60,9 @@ struct ctl_conn;
  * Both return a new object (NULL only if out of memory). */
 struct json_object *ctl_ok(void);
 struct json_object *ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A refusal because of the VM's state (not running, already protected, busy, a standby...):
+ * {"ok": false, "error": <formatted>, "refused": true}; `doppel` exits 4 on it instead of 1. */
+struct json_object *ctl_refused(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Returned by a handler that will answer later with ctl_reply(). Never dereference or free it. */
 extern const char ctl_defer_marker;
@@ -112,6 +118,10 @@ int vmm_add_status_hook(struct vmm *v, vmm_status_fn fn, void *opaque);
  * exit status: the guest's; 1 with one line on stderr if the control socket cannot be opened (e.g.
  * in use by a running VM). */
 int vmm_run(struct vmm *v, bool start_paused) __attribute__((warn_unused_result));
+
+/* After vmm_run: true when the guest ended the VM itself (its exit port), so vmm_run's status is the
+ * guest's byte; false when the host stopped it (vmm_stop, a signal, `doppel stop`) or it failed. */
+bool vmm_guest_exited(const struct vmm *v);
 
 /* Ask the loop to end with `status` (loop thread or any thread). */
 void vmm_stop(struct vmm *v, int status);

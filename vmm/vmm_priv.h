@@ -31,6 +31,15 @@ struct vmm_cmd {
 	void *opaque;
 };
 
+/* The console client (console.c): at most one; fd and counters out are shared with the vCPU threads. */
+struct vmm_console {
+	pthread_mutex_t lock; /* fd, bytes_out, dropped */
+	int fd; /* -1: none */
+	bool attached; /* loop thread */
+	ev_io rio;
+	uint64_t bytes_in, bytes_out, dropped, sessions;
+};
+
 struct vmm {
 	struct vmm_opts o;
 	char name[65];
@@ -78,6 +87,9 @@ struct vmm {
 	} metrics_hooks[VMM_MAX_METRICS_HOOKS];
 	int nr_metrics_hooks;
 	struct vmm_http *http; /* --metrics server, NULL when not asked for */
+	struct vmm_console console;
+	bool console_ready; /* vmm_console_init done */
+	char reg_file[320]; /* the registry entry (vmm/registry.h), "" when none */
 };
 
 /* vmm.c */
@@ -110,5 +122,11 @@ void vmm_net_rx_enable_all(struct vmm *v, bool on);
 int vmm_disk_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, size_t errlen);
 /* Run what the disks hold: requests restored in flight (from a snapshot or a checkpoint). */
 void vmm_disk_kick_all(struct vmm *v);
+
+/* console.c */
+void vmm_console_init(struct vmm *v); /* after the UART is attached */
+void vmm_console_fini(struct vmm *v); /* before the VM is destroyed */
+struct json_object *vmm_console_cmd(struct vmm *v); /* the "console" control command */
+void vmm_console_status(struct vmm *v, struct json_object *status);
 
 #endif

@@ -31,6 +31,8 @@ struct uart_regs {
 struct uart {
 	pthread_mutex_t lock;
 	int out_fd;
+	uart_tap_fn tap; /* also sees every output byte (the console client), under lock */
+	void *tap_opaque;
 	uint16_t base; /* first port, once attached */
 	struct uart_regs r;
 };
@@ -138,10 +140,20 @@ static uint8_t iir(const struct uart_regs *r)
 	return IIR_NONE;
 }
 
+void uart_set_tap(struct uart *u, uart_tap_fn fn, void *opaque)
+{
+	pthread_mutex_lock(&u->lock);
+	u->tap = fn;
+	u->tap_opaque = opaque;
+	pthread_mutex_unlock(&u->lock);
+}
+
 static void emit(struct uart *u, uint8_t c)
 {
 	ssize_t n;
 
+	if (u->tap)
+		u->tap(u->tap_opaque, c);
 	if (u->out_fd < 0)
 		return;
 	do

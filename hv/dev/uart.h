@@ -25,6 +25,11 @@ void uart_free(struct uart *u);
  * bounded; excess input is dropped). */
 size_t uart_input(struct uart *u, const void *buf, size_t len);
 
+/* Also hand every output byte to fn(opaque, byte) (NULL: none), called on the vCPU thread with the
+ * UART's lock held: it must not block or call back into the UART. Any thread. */
+typedef void (*uart_tap_fn)(void *opaque, uint8_t c);
+void uart_set_tap(struct uart *u, uart_tap_fn fn, void *opaque);
+
 /* Guest-visible register state, versioned, independent of the output fd (hv/dev/state.h encoding). */
 #define UART_STATE_SIZE 280
 int uart_save(struct uart *u, void *buf, size_t len); /* returns bytes used or -ENOSPC */

@@ -212,8 +212,10 @@ def test_same_image_twice_is_refused(vm, doppel_bin, guest_elf, tmp_path):
 
 def test_readonly_disk(vm, tmp_path):
     img = make_image(tmp_path / "d.img", 1 << 20)
-    v = vm(cmdline="work=disk dws=64K", extra=["--disk", f"path={img},readonly"])
-    assert v.wait(30) == 2
+    st = tmp_path / "exit-status"
+    v = vm(cmdline="work=disk dws=64K", extra=["--disk", f"path={img},readonly", "--exit-status-file", str(st)])
+    assert v.wait(30) == 6  # doppel run: the guest exited nonzero; its status in the file
+    assert st.read_text() == "2\n"
     out = v.output()
     assert re.search(r"^virtio: blk at 0x\w+ v2 sectors=2048 ro=1 ", out, re.M), out
     assert "disk: error: the disk is read-only" in out

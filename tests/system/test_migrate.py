@@ -124,10 +124,17 @@ def slow_args():
     return ("--compress", "none", "--max-bandwidth", "40M")
 
 
+def json_error(r, code=1):
+    """migrate() runs with --json: a failure is one JSON object on stdout, nothing on stderr."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr == "" and r.stdout.count("\n") == 1, (r.stdout, r.stderr)
+    e = json.loads(r.stdout)
+    assert e["ok"] is False and e["exit"] == code and "\n" not in e["error"], e
+    return e["error"]
+
+
 def assert_source_untouched(r, src, elapsed, limit, *words):
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    err = r.stderr.strip()
-    assert err.startswith("doppel migrate: ") and "\n" not in err, err
+    err = json_error(r)
     assert any(w in err for w in words), err
     assert elapsed < limit, elapsed
     assert src.proc.poll() is None, src.stderr()
@@ -210,7 +217,7 @@ def test_mismatched_destination(doppel_bin, guest_elf, tmp_path):
     try:
         r, el = migrate(doppel_bin, src, f"127.0.0.1:{port}")
         assert_source_untouched(r, src, el, 10, "rejected")
-        assert "MiB" in r.stderr
+        assert "MiB" in json_error(r)
         assert dst.wait(10) != 0
         assert "rejected" in dst.stderr()
         st = src.ctl("status")["migration"]
@@ -352,8 +359,8 @@ def proxy_log(p):
 def resolve_and_check(mode, doppel, r, src, dst, proxy):
     """Assert what each side did at this step and apply the operator's decision. Returns the survivor."""
     log = proxy_log(proxy)
-    err = r.stderr
-    assert r.returncode == 1, (mode, r.returncode, r.stdout, err, log)
+    assert r.returncode == 1, (mode, r.returncode, r.stdout, r.stderr, log)
+    err = json_error(r)
     if mode in ("before-ready", "after-ready"):
         # Not committed: the source resumes, the destination discards without ever running.
         assert "cut" in log and "go" not in log.split(), log
@@ -364,7 +371,7 @@ def resolve_and_check(mode, doppel, r, src, dst, proxy):
         assert st["migration"]["committed"] is False, st
         rr = subprocess.run([doppel, "migrate", "--control", src.control, "--resume-source"],
                             stderr=subprocess.PIPE, text=True)
-        assert rr.returncode == 1 and "not in an uncertain switchover" in rr.stderr, rr.stderr
+        assert rr.returncode == 4 and "not in an uncertain switchover" in rr.stderr, rr.stderr
         return src
     if mode == "stall-dst":  # the late RUNNING resolves it: the source exits 0, never having resumed
         assert "uncertain" in err, err

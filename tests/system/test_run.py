@@ -17,10 +17,13 @@ def run(doppel_bin, *args, timeout=20):
                           stdin=subprocess.DEVNULL)
 
 
-def test_boot_prints_banner_and_exits_with_guest_status(vm):
-    v = vm(cmdline="work=exit exit=7")
-    assert v.wait() == 7
+def test_boot_prints_banner_and_reports_guest_status(vm, tmp_path):
+    st = tmp_path / "exit-status"
+    v = vm(cmdline="work=exit exit=7", extra=["--exit-status-file", str(st)])
+    assert v.wait() == 6  # doppel run: 6 = the guest exited nonzero; the byte is in the file
+    assert st.read_text() == "7\n"
     assert "guest: booted" in v.output()
+    assert "guest exited with status 7" in v.stderr()
 
 
 def test_guest_exit_zero_after_seconds(vm):

@@ -1,5 +1,6 @@
 """test_snapshot.py — `doppel snapshot` / `doppel run --restore` with real VMs: continuity, incremental
 snapshots, hostile snapshot files, failed snapshots, a KV guest keeping its keys."""
+import json
 import os
 import struct
 import subprocess
@@ -33,8 +34,15 @@ def wait_dirty(v, n, timeout=30):
 
 
 def one_line_error(r):
+    """The one error line of a failed command: on stderr, or, for a verb run with --json, the one JSON
+    object {"ok": false, "error": ..., "exit": <the exit status>} on stdout (stderr then empty)."""
+    assert r.returncode != 0, (r.returncode, r.stdout, r.stderr)
+    if "--json" in r.args:
+        assert r.stderr == "" and r.stdout.count("\n") == 1, (r.stdout, r.stderr)
+        e = json.loads(r.stdout)
+        assert e["ok"] is False and e["exit"] == r.returncode, e
+        return e["error"]
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert r.returncode != 0, (r.returncode, r.stderr)
     assert len(lines) == 1, r.stderr
     return lines[0]
 

@@ -157,6 +157,7 @@ struct fx {
 	struct ctl_conn *timer_conn;
 	pthread_mutex_t m;
 	struct ctl_conn *held; /* [m] from "defer_hold" */
+	int stream_fd; /* [m] the socket "handover" was given, -1 before */
 };
 
 static void quit_cb(struct ev_loop *loop, ev_async *w, int revents)
@@ -193,6 +194,18 @@ static void *late_reply(void *arg)
 	return NULL;
 }
 
+/* Loop thread: the connection is ours now; greet through it. */
+static void handover_cb(void *opaque, int fd)
+{
+	struct fx *f = opaque;
+	static const char hello[] = "hello-stream\n";
+
+	assert_int_equal(send(fd, hello, sizeof(hello) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(hello) - 1);
+	pthread_mutex_lock(&f->m);
+	f->stream_fd = fd;
+	pthread_mutex_unlock(&f->m);
+}
+
 static struct json_object *handler(void *opaque, const char *cmd, struct json_object *req)
 {
 	struct fx *f = opaque;
@@ -211,6 +224,14 @@ static struct json_object *handler(void *opaque, const char *cmd, struct json_ob
 	}
 	if (!strcmp(cmd, "fail"))
 		return ctl_error("it failed: %d", 42);
+	if (!strcmp(cmd, "refuse"))
+		return ctl_refused("not in this state: %d", 7);
+	if (!strcmp(cmd, "handover")) {
+		assert_int_equal(ctl_handover(f->srv, handover_cb, f), 0);
+		r = json_object_new_object();
+		json_object_object_add(r, "stream", json_object_new_boolean(1));
+		return r;
+	}
 	if (!strcmp(cmd, "nonobj"))
 		return json_object_new_int(1);
 	if (!strcmp(cmd, "defer_bad"))
@@ -651,6 +672,70 @@ static void test_stop_from_handler(void **state)
 	assert_int_equal(call(f, "status", &r, err), -ENOENT);
 }
 
+static void test_refused(void **state)
+{
+	struct fx *f = *state;
+	struct json_object *r, *v;
+	char err[256];
+	int rc;
+
+	rc = call(f, "refuse", &r, err);
+	assert_int_equal(rc, -EREMOTEIO);
+	assert_string_equal(err, "not in this state: 7");
+	assert_true(json_object_object_get_ex(r, "refused", &v) && json_object_get_boolean(v));
+	assert_int_equal(ctl_outcome(rc, r), CTL_OUTCOME_REFUSED);
+	json_object_put(r);
+	rc = call(f, "fail", &r, err);
+	assert_int_equal(ctl_outcome(rc, r), CTL_OUTCOME_FAILED);
+	json_object_put(r);
+	assert_int_equal(ctl_outcome(call(f, "status", &r, err), r), CTL_OUTCOME_OK);
+	json_object_put(r);
+}
+
+/* After its reply a connection can become a byte stream owned by the handler's code (`doppel console`). */
+static void test_handover(void **state)
+{
+	struct fx *f = *state;
+	struct json_object *req = json_object_new_object(), *r = NULL, *v;
+	char err[256], buf[64];
+	int fd = -1, sfd = -1;
+	ssize_t n;
+
+	pthread_mutex_lock(&f->m);
+	f->stream_fd = -1;
+	pthread_mutex_unlock(&f->m);
+	json_object_object_add(req, "cmd", json_object_new_string("handover"));
+	assert_int_equal(ctl_call_stream(f->path, req, &r, 2000, &fd, err, sizeof(err)), 0);
+	json_object_put(req);
+	assert_true(fd >= 0);
+	assert_true(json_object_object_get_ex(r, "stream", &v) && json_object_get_boolean(v));
+	json_object_put(r);
+	/* the bytes after the reply line were not swallowed by the reply's reader */
+	n = recv(fd, buf, sizeof(buf), 0);
+	assert_int_equal(n, 13);
+	assert_memory_equal(buf, "hello-stream\n", 13);
+	for (int i = 0; i < 200 && sfd < 0; i++) {
+		pthread_mutex_lock(&f->m);
+		sfd = f->stream_fd;
+		pthread_mutex_unlock(&f->m);
+		if (sfd < 0)
+			usleep(5000);
+	}
+	assert_true(sfd >= 0);
+	/* client to handler, and the server no longer reads it as requests */
+	assert_int_equal(send(fd, "{\"cmd\":\"status\"}\n", 17, MSG_NOSIGNAL), 17);
+	n = recv(sfd, buf, sizeof(buf), 0);
+	assert_int_equal(n, 17);
+	assert_memory_equal(buf, "{\"cmd\":\"status\"}\n", 17);
+	/* the server serves others as before */
+	assert_int_equal(call(f, "status", &r, err), 0);
+	json_object_put(r);
+	close(sfd);
+	n = recv(fd, buf, sizeof(buf), 0);
+	assert_int_equal(n, 0);
+	close(fd);
+}
+
 static int fx_setup_stale(void **state)
 {
 	*state = (void *)1;
@@ -678,6 +763,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_many_clients, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_non_reader_dropped, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_stop_from_handler, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_refused, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_handover, fx_setup, fx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

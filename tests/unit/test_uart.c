@@ -43,6 +43,51 @@ static void test_output_goes_to_fd(void **state)
 	close(p[1]);
 }
 
+struct tapped {
+	char buf[16];
+	size_t n;
+};
+
+static void tap(void *opaque, uint8_t c)
+{
+	struct tapped *t = opaque;
+
+	if (t->n < sizeof(t->buf))
+		t->buf[t->n++] = (char)c;
+}
+
+/* The console tap sees every output byte the fd sees, nothing in loopback or divisor mode, and stops when
+ * removed. */
+static void test_tap_sees_output(void **state)
+{
+	struct tapped t = {0};
+	char buf[16] = {0};
+	struct uart *u;
+	int p[2];
+
+	(void)state;
+	assert_int_equal(pipe(p), 0);
+	u = uart_new(p[1]);
+	uart_set_tap(u, tap, &t);
+	wr(u, 0, 'o');
+	wr(u, 0, 'k');
+	wr(u, 3, 0x83); /* DLAB: THR writes set the divisor */
+	wr(u, 0, 'x');
+	wr(u, 3, 0x03);
+	wr(u, 4, 0x10); /* loopback: output goes to the RX FIFO */
+	wr(u, 0, 'y');
+	wr(u, 4, 0x00);
+	uart_set_tap(u, NULL, NULL);
+	wr(u, 0, '!');
+	assert_int_equal(t.n, 2);
+	assert_memory_equal(t.buf, "ok", 2);
+	assert_int_equal(read(p[0], buf, sizeof(buf)), 3);
+	assert_string_equal(buf, "ok!");
+	uart_free(u);
+	close(p[0]);
+	close(p[1]);
+}
+
 static void test_input_fifo_is_bounded_and_ordered(void **state)
 {
 	struct uart *u = uart_new(-1);
@@ -153,6 +198,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_output_goes_to_fd),
+		cmocka_unit_test(test_tap_sees_output),
 		cmocka_unit_test(test_input_fifo_is_bounded_and_ordered),
 		cmocka_unit_test(test_dlab_and_scratch),
 		cmocka_unit_test(test_save_restore_round_trip),

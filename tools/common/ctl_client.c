@@ -1,6 +1,7 @@
 /* ctl_client.c — the blocking control-plane client: one request line out, one reply line back (see
  * ctl_client.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,8 +161,68 @@ static int parse_reply(const struct call *c, const char *line, size_t len, struc
 	return errf(c->err, c->errlen, -EREMOTEIO, "VM reported an error without a message");
 }
 
+enum ctl_outcome ctl_outcome(int rc, struct json_object *reply)
+{
+	struct json_object *r;
+
+	if (rc == 0)
+		return CTL_OUTCOME_OK;
+	if (rc == -ENOENT || rc == -ECONNREFUSED)
+		return CTL_OUTCOME_NOT_RUNNING;
+	if (rc == -EREMOTEIO && reply && json_object_object_get_ex(reply, "refused", &r) &&
+	    json_object_is_type(r, json_type_boolean) && json_object_get_boolean(r))
+		return CTL_OUTCOME_REFUSED;
+	return CTL_OUTCOME_FAILED;
+}
+
+/* One byte at a time up to '\n' (nothing after it is consumed). 0 or -errno. */
+static int recv_line_exact(const struct call *c, char **buf, size_t *linelen)
+{
+	size_t off = 0;
+
+	*buf = malloc(CTL_MAX_LINE + 1);
+	if (!*buf)
+		return errf(c->err, c->errlen, -ENOMEM, "out of memory");
+	for (;;) {
+		ssize_t r = recv(c->fd, *buf + off, 1, MSG_DONTWAIT);
+		int rc;
+
+		if (r == 1) {
+			if ((*buf)[off] == '\n')
+				break;
+			if (++off > CTL_MAX_LINE)
+				return errf(c->err, c->errlen, -EPROTO, "reply from %s is too large",
+					    c->path);
+			continue;
+		}
+		if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+			return errf(c->err, c->errlen, -EPROTO,
+				    "VM closed the control connection %s without replying", c->path);
+		rc = wait_fd(c->fd, POLLIN, c->deadline);
+		if (rc)
+			return wait_failed(c, rc);
+	}
+	*linelen = off;
+	return 0;
+}
+
+static int call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
+		int *keep_fd, char *err, size_t errlen);
+
 int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms, char *err,
 	     size_t errlen)
+{
+	return call(path, req, reply, timeout_ms, NULL, err, errlen);
+}
+
+int ctl_call_stream(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
+		    int *fd, char *err, size_t errlen)
+{
+	return call(path, req, reply, timeout_ms, fd, err, errlen);
+}
+
+static int call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
+		int *keep_fd, char *err, size_t errlen)
 {
 	struct call c = {.path = path,
 			 .fd = -1,
@@ -176,6 +237,8 @@ int ctl_call(const char *path, struct json_object *req, struct json_object **rep
 	int rc;
 
 	*reply = NULL;
+	if (keep_fd)
+		*keep_fd = -1;
 	rc = ctl_sockaddr(path, &sa, err, errlen);
 	if (rc)
 		return rc;
@@ -189,10 +252,18 @@ int ctl_call(const char *path, struct json_object *req, struct json_object **rep
 	if (!rc)
 		rc = send_line(&c, str, len);
 	if (!rc)
-		rc = recv_line(&c, &buf, &linelen);
+		rc = keep_fd ? recv_line_exact(&c, &buf, &linelen) : recv_line(&c, &buf, &linelen);
 	if (!rc)
 		rc = parse_reply(&c, buf, linelen, reply);
 	free(buf);
+	if (!rc && keep_fd) {
+		int fl = fcntl(c.fd, F_GETFL);
+
+		if (fl >= 0)
+			fcntl(c.fd, F_SETFL, fl & ~O_NONBLOCK);
+		*keep_fd = c.fd;
+		return 0;
+	}
 	if (c.fd >= 0)
 		close(c.fd);
 	return rc;

@@ -15,4 +15,22 @@
 int ctl_call(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms, char *err,
 	     size_t errlen) __attribute__((warn_unused_result));
 
+/* What a ctl_call result means for a command-line tool, as its exit code: CTL_OUTCOME_OK (rc 0),
+ * CTL_OUTCOME_NOT_RUNNING (no socket at the path, or nothing listening: -ENOENT, -ECONNREFUSED),
+ * CTL_OUTCOME_REFUSED (the VM answered ok:false with "refused": true: its state forbids the request),
+ * CTL_OUTCOME_FAILED (anything else). reply may be NULL. */
+enum ctl_outcome {
+	CTL_OUTCOME_OK = 0,
+	CTL_OUTCOME_FAILED = 1,
+	CTL_OUTCOME_NOT_RUNNING = 3,
+	CTL_OUTCOME_REFUSED = 4,
+};
+enum ctl_outcome ctl_outcome(int rc, struct json_object *reply);
+
+/* Like ctl_call, but on success keeps the connection: *fd (blocking, the caller closes it) carries
+ * whatever the server streams after its reply (`doppel console`). The reply line is read byte by byte
+ * so nothing after it is consumed. *fd = -1 on failure. */
+int ctl_call_stream(const char *path, struct json_object *req, struct json_object **reply, int timeout_ms,
+		    int *fd, char *err, size_t errlen) __attribute__((warn_unused_result));
+
 #endif

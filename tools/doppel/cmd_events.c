@@ -41,9 +41,11 @@ static void usage(void)
 	       "  -s, --since SEQ      only events after SEQ\n"
 	       "  -F, --file PATH      read this event log file instead of asking the VM\n"
 	       "  -j, --json           print each event as its JSON line\n"
-	       "  NAME                 the VM; its control socket is /run/doppel/NAME.sock\n"
+	       "  NAME                 the VM: its control socket is /run/doppel/NAME.sock, or the one it\n"
+	       "                       registered (doppel list) when started with its own --control\n"
 	       "  -c, --control PATH   use this control socket instead (NAME is then optional)\n"
-	       "  -t, --timeout MS     give up on a request after MS milliseconds (default 10000)\n"
+	       "  -t, --timeout-ms MS  give up waiting for the reply after MS milliseconds (default\n"
+	       "                       10000; --timeout is the old name)\n"
 	       "  -h, --help           show this help\n");
 }
 
@@ -179,7 +181,8 @@ int cmd_events(int argc, char **argv)
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "events");
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, opts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "fs:F:", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();

@@ -29,8 +29,9 @@ static void usage(FILE *f)
 		"A fleet file (docs/fleet.md) declares a host and its VMs, each in the config-file shape\n"
 		"(docs/config.md) plus \"cpus\", \"cpus_exclusive\", \"memory_policy\" and \"depends_on\".\n"
 		"  check    validate the whole fleet, print every problem (one line each), start nothing\n"
-		"  up       validate, then start every VM as its own detached process (`doppel run\n"
-		"           --config`), in parallel by depends_on waves; return once all run. VMs with\n"
+		"  up       validate, then start every VM as its own detached process (`doppel run`\n"
+		"           with its config), in parallel by depends_on waves; return once all run. VMs "
+		"with\n"
 		"           \"protection\" are then protected (the standbys must be up: `fleet up "
 		"--standby`\n"
 		"           on the other host first). On any failure the VMs started are stopped again\n"
@@ -40,6 +41,8 @@ static void usage(FILE *f)
 		"\n"
 		"  --standby       this host holds the standbys: only the VMs with \"protection\", each\n"
 		"                  `doppel run --standby` listening on protection.listen (default .peer)\n"
+		"  --runtime-dir DIR  where the VMs' control sockets, logs and config files go (an absolute\n"
+		"                  path; default: the file's host.runtime_dir, else /run/doppel)\n"
 		"  -j, --json      status: one JSON object\n"
 		"  -t, --timeout MS  up/down: give up after MS (default 60000)\n"
 		"  -h, --help      show this help\n");
@@ -369,7 +372,8 @@ static int parse(struct fleet_args *a, int argc, char **argv)
 	int c;
 
 	*a = (struct fleet_args){.timeout_ms = 60000};
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, opts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, ":jt:h", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage(stdout);

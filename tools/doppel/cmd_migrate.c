@@ -21,20 +21,21 @@ static void usage(FILE *f)
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--postcopy[=now|round|auto]]\n"
 		"                      [--postcopy-min-pct N] [--delta-cache SIZE] [--json]\n"
-		"                      [--control PATH] [--timeout MS] [--tls-dir DIR [--tls-peer-name "
+		"                      [--control PATH] [--timeout-ms MS] [--tls-dir DIR [--tls-peer-name "
 		"NAME]]\n"
 		"       doppel migrate NAME --resume-source\n"
+		"\n"
 		"Live-migrate a running VM to a `doppel run --incoming ADDR:PORT` process. On success the\n"
 		"source VM exits and the destination runs; on failure the source keeps running. If the\n"
 		"link dies after the source committed (sent GO) it stays paused (switchover uncertain):\n"
 		"stop it if the destination runs, else resume it with --resume-source.\n"
+		"\n"
 		"  --resume-source       resume a source left paused by an uncertain switchover; only\n"
 		"                        when the destination does not run (it exits when GO is lost)\n"
 		"  --to ADDR:PORT        the destination ([IPv6]:PORT for IPv6)\n"
 		"  --downtime-ms N       downtime target in ms (default 10)\n"
 		"  --max-bandwidth RATE  cap on the wire, bytes/s with K/M/G suffixes (default unlimited)\n"
 		"  --compress MODE       auto (default: measure both, keep the faster), zstd or none\n"
-		"  --timeout MS          destination I/O timeout (default 5000)\n"
 		"  --postcopy[=WHEN]     post-copy: the destination runs first, pages follow on demand;\n"
 		"                        round (default: after one full pre-copy round), now (no\n"
 		"                        pre-copy), auto\n"
@@ -47,10 +48,11 @@ static void usage(FILE *f)
 		"                        key.pem (docs/security.md); without it the stream is plaintext\n"
 		"  --tls-peer-name NAME  the destination's certificate must name NAME "
 		"(SAN/CN)\n"
-
 		"  --delta-cache SIZE    from round 2 on, send a changed page as its XOR against\n"
 		"                        the copy sent last (cache of SIZE bytes, K/M/G; default 0 = "
-		"off)\n" DOPPEL_CTL_OPTHELP);
+		"off)\n" DOPPEL_CTL_OPTHELP_BASE
+		"  -t, --timeout-ms MS  the destination's I/O timeout during the migration (default 5000;\n"
+		"                       --timeout is the old name); the command itself waits up to 10 min\n");
 }
 
 struct progress {
@@ -125,11 +127,10 @@ static int resume_source(struct doppel_ctl_opts *o, const char *to)
 	json_object_object_add(req, "resume_source", json_object_new_boolean(1));
 	rc = ctl_call(o->path, req, &reply, o->timeout_ms, err, sizeof(err));
 	json_object_put(req);
+	rc = (int)ctl_outcome(rc, reply);
 	json_object_put(reply);
-	if (rc) {
-		fprintf(stderr, "doppel migrate: %s\n", err);
-		return DOPPEL_EXIT_FAIL;
-	}
+	if (rc)
+		return doppel_error("migrate", rc, "%s", err);
 	if (!o->json)
 		printf("resumed %s on the source\n", o->label);
 	else
@@ -164,7 +165,8 @@ int cmd_migrate(int argc, char **argv)
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "migrate");
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, longopts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING, longopts, NULL)) != -1) {
 		switch (c) {
 		case 'h':
@@ -274,9 +276,9 @@ int cmd_migrate(int argc, char **argv)
 		pthread_join(th, NULL);
 	}
 	if (rc) {
-		fprintf(stderr, "doppel migrate: %s\n", err);
+		rc = (int)ctl_outcome(rc, reply);
 		json_object_put(reply);
-		return DOPPEL_EXIT_FAIL;
+		return doppel_error("migrate", rc, "%s", err);
 	}
 	if (o.json) {
 		doppel_print_json(reply);

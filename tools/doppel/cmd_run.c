@@ -1,10 +1,13 @@
-/* cmd_run.c — `doppel run`: boot a VM in the foreground; exit status is the guest's. */
+/* cmd_run.c — `doppel run`: boot a VM in the foreground until it stops; see usage() for its exit codes. */
+#include <errno.h>
 #include <getopt.h>
 #include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "migrate/migrate.h"
 #include "replication/remus.h"
@@ -31,9 +34,13 @@ static void usage(FILE *f)
 		"                  [--control-group GROUP] [--no-sandbox | --sandbox-log]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"                  [--log stderr|journal] [--event-log PATH|none] [--metrics ADDR:PORT]\n"
+		"                  [--exit-status-file FILE]\n"
 		"\n"
-		"Run a VM in the foreground. The process exits with the guest's exit status\n"
-		"(the byte it writes to port 0x501); SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly.\n"
+		"Run a VM in the foreground; SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly. Under\n"
+		"systemd (Type=notify) it reports READY=1 once its control socket accepts requests.\n"
+		"Exit status: 0 the guest exited 0, or the VM was stopped or migrated away; 1 doppel failed;\n"
+		"2 bad command line; 5 the VM fenced itself; 6 the guest exited with a nonzero status\n"
+		"(the byte it wrote to port 0x501: see --exit-status-file).\n"
 		"\n"
 		"  --config FILE    the VM from a JSON config file (docs/config.md); the other options\n"
 		"                   override its values (--net or --disk replace all of the file's). With\n"
@@ -58,7 +65,8 @@ static void usage(FILE *f)
 		"  --disk SPEC      virtio-blk disk on a raw image file or block device (repeatable);\n"
 		"                   readonly: writes fail with IOERR; id=NAME: its GET_ID serial\n"
 		"  --standby        hold a replica for a primary (`doppel protect`); runs no vCPUs until\n"
-		"                   failover. Needs --listen ADDR:PORT ([IPv6]:PORT for IPv6)\n"
+		"                   failover. Needs --listen\n"
+		"  --listen ADDR:PORT  standby: accept the primary's checkpoints here ([IPv6]:PORT)\n"
 		"  --failover POLICY  standby: auto (default: take over when the primary is lost) or\n"
 		"                   manual (report it and wait for `doppel failover`)\n"
 		"  --fence-cmd CMD  standby: run CMD (sh -c) before a takeover; take over only if it\n"
@@ -67,7 +75,8 @@ static void usage(FILE *f)
 		"  --witness URLS   standby: etcd client URLs (http://IP:PORT,...): take over only after\n"
 		"                   acquiring the VM's key, i.e. after the primary's lease expired\n"
 		"  --witness-name N the key's name (default: this VM's name; the primary's must match)\n"
-		"  --witness-ttl MS lease TTL of this copy once it took over (default 1000)\n"
+		"  --witness-ttl-ms MS  lease TTL of this copy once it took over (default 1000; alias\n"
+		"                   --witness-ttl)\n"
 		"  --incoming ADDR:PORT  wait for a live migration (`doppel migrate`), then run\n"
 		"  --tls-dir DIR    standby/incoming: TLS 1.3 with mutual authentication; DIR holds\n"
 		"                   ca.pem, cert.pem, key.pem (docs/security.md). Without it the\n"
@@ -85,12 +94,24 @@ static void usage(FILE *f)
 		"                   socket's path with .events.jsonl for .sock, or\n"
 		"                   /var/lib/doppel/NAME/events.jsonl); none: in memory only\n"
 		"  --metrics ADDR:PORT  serve Prometheus metrics at /metrics, a status page at /\n"
-		"                   and its JSON at /status.json over HTTP ([IPv6]:PORT for IPv6)\n",
+		"                   and its JSON at /status.json over HTTP ([IPv6]:PORT for IPv6)\n"
+		"  --exit-status-file FILE  when the guest ends the VM, write its exit status (0-255) to\n"
+		"                   FILE as one decimal line; untouched when the host stopped the VM\n"
+		"  --help           show this help\n",
 		HV_MAX_VCPUS);
 }
 /* clang-format on */
 
-enum { OPT_TLS_DIR = 0x100, OPT_TLS_PEER, OPT_ANY_PEER, OPT_CTL_GROUP, OPT_NO_SANDBOX, OPT_SANDBOX_LOG };
+enum {
+	OPT_TLS_DIR = 0x100,
+	OPT_TLS_PEER,
+	OPT_ANY_PEER,
+	OPT_CTL_GROUP,
+	OPT_NO_SANDBOX,
+	OPT_SANDBOX_LOG,
+	OPT_EXIT_FILE
+};
+static void notify_ready(struct vmm *v, void *opaque);
 
 /* What the command line asked for. */
 struct run_args {
@@ -98,6 +119,7 @@ struct run_args {
 	const char *listen, *incoming, *log_json, *fence_cmd, *failover, *witness, *witness_name;
 	bool log_journal;
 	const char *tls_dir, *tls_peer_name;
+	const char *exit_status_file;
 	uint64_t witness_ttl;
 	enum log_level log_level;
 	bool standby, accept_any_peer;
@@ -156,7 +178,7 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 		break;
 	case 'T':
 		if (parse_uint(arg, 100, 600000, &a->witness_ttl))
-			return bad_usage("bad --witness-ttl '%s' (milliseconds, 100..600000)", arg);
+			return bad_usage("bad --witness-ttl-ms '%s' (milliseconds, 100..600000)", arg);
 		break;
 	case OPT_TLS_DIR:
 		a->tls_dir = arg;
@@ -253,6 +275,9 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case 'M':
 		o->metrics = arg;
 		break;
+	case OPT_EXIT_FILE:
+		a->exit_status_file = arg;
+		break;
 	case 'h':
 		usage(stdout);
 		return 0;
@@ -342,6 +367,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"fence-cmd", required_argument, 0, 'K'},
 		{"witness", required_argument, 0, 'W'},
 		{"witness-name", required_argument, 0, 'X'},
+		{"witness-ttl-ms", required_argument, 0, 'T'},
 		{"witness-ttl", required_argument, 0, 'T'},
 		{"disk", required_argument, 0, 'D'},
 		{"log", required_argument, 0, 'G'},
@@ -354,6 +380,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"control-group", required_argument, 0, OPT_CTL_GROUP},
 		{"no-sandbox", no_argument, 0, OPT_NO_SANDBOX},
 		{"sandbox-log", no_argument, 0, OPT_SANDBOX_LOG},
+		{"exit-status-file", required_argument, 0, OPT_EXIT_FILE},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
@@ -363,8 +390,8 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (rc >= 0)
 		return rc;
 	a->o.sandbox = VMM_SANDBOX_ON; /* --no-sandbox / --sandbox-log below */
-	optind = 0;
-	opterr = 0;
+	if (doppel_opts_begin(argc, argv, opts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
 		rc = parse_opt(a, c, optarg, argv[optind - 1]);
 		if (rc >= 0)
@@ -392,6 +419,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (a->accept_any_peer && !a->standby)
 		return bad_usage("--accept-any-peer needs --standby");
 	a->o.hold = a->standby || a->incoming;
+	a->o.ready_fn = notify_ready;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
 	if (!a->o.hold && !a->o.kernel == !a->o.restore)
@@ -491,6 +519,37 @@ static int build_vm(struct run_args *a, struct vmm **out)
 	return 0;
 }
 
+/* The control socket is up: tell systemd (Type=notify; nothing happens without $NOTIFY_SOCKET). */
+static void notify_ready(struct vmm *v, void *opaque)
+{
+	int rc;
+
+	(void)opaque;
+	rc = sd_notifyf(0, "READY=1\nSTATUS=%s running, control socket up", vmm_name(v));
+	if (rc < 0)
+		log_warn("run", vmm_name(v), "sd_notify: %s", strerror(-rc));
+}
+
+/* The process's exit status from how the VM ended (see usage()). */
+static int exit_status(const struct run_args *a, struct vmm *v, int status)
+{
+	FILE *f;
+
+	if (!vmm_guest_exited(v)) /* the host stopped it: 0 clean, 1 failed, 5 fenced */
+		return status == 3 ? DOPPEL_EXIT_FENCED : status ? DOPPEL_EXIT_FAIL : DOPPEL_EXIT_OK;
+	if (a->exit_status_file) {
+		f = fopen(a->exit_status_file, "we");
+		if (!f || fprintf(f, "%d\n", status) < 0 || fclose(f)) {
+			fprintf(stderr, "doppel run: cannot write --exit-status-file %s: %s\n",
+				a->exit_status_file, strerror(errno));
+			return DOPPEL_EXIT_FAIL;
+		}
+	}
+	if (status)
+		log_info("run", vmm_name(v), "guest exited with status %d", status);
+	return status ? DOPPEL_EXIT_GUEST : DOPPEL_EXIT_OK;
+}
+
 int cmd_run(int argc, char **argv)
 {
 	struct run_args a;
@@ -512,6 +571,7 @@ int cmd_run(int argc, char **argv)
 		return rc;
 	}
 	rc = vmm_run(v, false);
+	rc = exit_status(&a, v, rc);
 	vmm_destroy(v);
 	vmm_config_free(&a.cfg);
 	return rc; /* the JSON log (if any) closes with the process */

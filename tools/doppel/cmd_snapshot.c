@@ -14,7 +14,8 @@
 static void usage(void)
 {
 	printf("usage: doppel snapshot NAME FILE [--stop] [--incremental-from PREV] [--with-disks] "
-	       "[--control PATH] [--json]\n"
+	       "[--control PATH]\n"
+	       "                       [--json] [--timeout-ms MS]\n"
 	       "\n"
 	       "Pause the VM, write its complete state (memory, vCPUs, devices) to FILE, then resume it\n"
 	       "(or, with --stop, stop it). With --incremental-from PREV only the pages written since\n"
@@ -29,7 +30,9 @@ static void usage(void)
 	       "  -s, --stop                stop the VM after the snapshot\n"
 	       "  -i, --incremental-from P  only pages dirtied since snapshot P\n"
 	       "  -D, --with-disks          carry the disks' blocks in FILE (no FILE.diskN "
-	       "copies)\n" DOPPEL_CTL_OPTHELP);
+	       "copies)\n" DOPPEL_CTL_OPTHELP_BASE
+	       "  -t, --timeout-ms MS  give up waiting for the snapshot after MS milliseconds (default\n"
+	       "                       600000; --timeout is the old name)\n");
 }
 
 /* The VM process has its own working directory: send absolute paths. */
@@ -103,7 +106,8 @@ int cmd_snapshot(int argc, char **argv)
 	int c, rc, npos;
 
 	doppel_ctl_opts_init(&o, "snapshot");
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, opts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "si:D", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();
@@ -123,6 +127,8 @@ int cmd_snapshot(int argc, char **argv)
 	npos = argc - optind;
 	if (npos < 1 || npos > 2)
 		return doppel_usage_error("snapshot", "expected NAME FILE");
+	if (npos == 1 && !o.control) /* `doppel snapshot vm1`: the one argument is the VM */
+		return doppel_usage_error("snapshot", "missing FILE (doppel snapshot NAME FILE)");
 	file = argv[argc - 1];
 	rc = doppel_ctl_finish(&o, argc - 1, argv);
 	if (rc)
@@ -130,8 +136,9 @@ int cmd_snapshot(int argc, char **argv)
 	afile = absolute(file);
 	aprev = prev ? absolute(prev) : NULL;
 	if (!afile || (prev && !aprev)) {
-		fprintf(stderr, "doppel snapshot: cannot resolve path\n");
-		return DOPPEL_EXIT_FAIL;
+		free(afile);
+		free(aprev);
+		return doppel_error("snapshot", DOPPEL_EXIT_FAIL, "cannot resolve path");
 	}
 	req = json_object_new_object();
 	json_object_object_add(req, "cmd", json_object_new_string("snapshot"));

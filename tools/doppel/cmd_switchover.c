@@ -51,7 +51,8 @@ int cmd_switchover(int argc, char **argv)
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, "switchover");
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, opts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING "l:n", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage();

@@ -6,12 +6,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "common/parse.h"
+#include "doppel_version.h" /* generated: build/gen/doppel_version.h */
 #include "tools/common/ctl_client.h"
 #include "tools/doppel/doppel.h"
+#include "vmm/registry.h"
 
 static const struct doppel_verb verbs[] = {
 	{"run", "create and run a VM, serving its control socket", cmd_run},
@@ -32,7 +35,63 @@ static const struct doppel_verb verbs[] = {
 	{"events", "print a VM's event log (--follow: stream new events)", cmd_events},
 	{"metrics", "print a VM's Prometheus metrics", cmd_metrics},
 	{"fleet", "start, stop or list a declared fleet of VMs (fleet up|down|status|check FILE)", cmd_fleet},
+	{"list", "list the VMs running on this host", cmd_list},
+	{"console", "attach to a VM's serial console (detach with Ctrl-])", cmd_console},
+	{"version", "print doppel's version", cmd_version},
 };
+
+/* The output mode of this process (a CLI program: one command line, so one mode). */
+static bool json_mode;
+
+const char *doppel_version(void)
+{
+	return DOPPEL_VERSION;
+}
+
+bool doppel_json_mode(void)
+{
+	return json_mode;
+}
+
+int doppel_error(const char *verb, int code, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (json_mode) {
+		struct json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "ok", json_object_new_boolean(0));
+		json_object_object_add(o, "error", json_object_new_string(msg));
+		json_object_object_add(o, "exit", json_object_new_int(code));
+		printf("%s\n", json_object_to_json_string_ext(o, CTL_JSON_FLAGS));
+		fflush(stdout);
+		json_object_put(o);
+	} else if (verb) {
+		fprintf(stderr, "doppel %s: %s\n", verb, msg);
+	} else {
+		fprintf(stderr, "doppel: %s\n", msg);
+	}
+	return code;
+}
+
+bool doppel_opts_begin(int argc, char **argv, const struct option *opts)
+{
+	doppel_getopt_reset();
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--"))
+			break;
+		if (strcmp(argv[i], "--list-options"))
+			continue;
+		for (; opts->name; opts++)
+			printf("--%s\n", opts->name);
+		return true;
+	}
+	return false;
+}
 
 /* ---- shared helpers ----------------------------------------------------------------------------------- */
 
@@ -44,14 +103,15 @@ void doppel_getopt_reset(void)
 
 int doppel_usage_error(const char *verb, const char *fmt, ...)
 {
+	char msg[1024];
 	va_list ap;
 
-	fprintf(stderr, "doppel %s: ", verb);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, " (try doppel %s --help)\n", verb);
-	return DOPPEL_EXIT_USAGE;
+	if (json_mode)
+		return doppel_error(verb, DOPPEL_EXIT_USAGE, "%s", msg);
+	return doppel_error(verb, DOPPEL_EXIT_USAGE, "%s (try doppel %s --help)", msg, verb);
 }
 
 int doppel_bad_option(const char *verb, int c, char **argv)
@@ -96,6 +156,7 @@ void doppel_ctl_opts_init(struct doppel_ctl_opts *o, const char *verb)
 {
 	memset(o, 0, sizeof(*o));
 	o->verb = verb;
+	o->json = json_mode;
 	o->timeout_ms = DOPPEL_CTL_TIMEOUT_MS;
 }
 
@@ -112,13 +173,36 @@ int doppel_ctl_opt(struct doppel_ctl_opts *o, int c, const char *arg)
 		return 0;
 	case 't':
 		if (parse_uint(arg, 1, 3600 * 1000, &v))
-			return doppel_usage_error(o->verb, "bad --timeout '%s' (milliseconds, 1..3600000)",
+			return doppel_usage_error(o->verb, "bad --timeout-ms '%s' (milliseconds, 1..3600000)",
 						  arg);
 		o->timeout_ms = (int)v;
 		return 0;
 	default:
 		return 1;
 	}
+}
+
+/* NAME has no socket at the default path: a VM of that name started with its own --control? */
+static int registry_lookup(struct doppel_ctl_opts *o)
+{
+	struct vmreg_entry *e = NULL;
+	char err[256];
+	int n, found = -1, count = 0;
+
+	n = vmreg_list(&e, err, sizeof(err));
+	for (int i = 0; i < n; i++) {
+		if (strcmp(e[i].name, o->name))
+			continue;
+		found = i;
+		count++;
+	}
+	if (count == 1)
+		snprintf(o->path, sizeof(o->path), "%s", e[found].control);
+	free(e);
+	if (count > 1)
+		return doppel_usage_error(
+			o->verb, "%d VMs named '%s' run here: say which with --control PATH", count, o->name);
+	return 0; /* none: the default path stays, and the request reports "not running" */
 }
 
 int doppel_ctl_finish(struct doppel_ctl_opts *o, int argc, char **argv)
@@ -140,6 +224,11 @@ int doppel_ctl_finish(struct doppel_ctl_opts *o, int argc, char **argv)
 		return doppel_usage_error(o->verb, "missing VM name");
 	} else if (!ctl_default_path(o->name, o->path, sizeof(o->path))) {
 		return doppel_usage_error(o->verb, "invalid VM name '%s'", o->name);
+	} else if (access(o->path, F_OK) < 0) {
+		int rc = registry_lookup(o);
+
+		if (rc)
+			return rc;
 	}
 	o->label = o->name ? o->name : o->path;
 	return 0;
@@ -153,10 +242,10 @@ int doppel_ctl_request(const struct doppel_ctl_opts *o, struct json_object *req,
 	rc = ctl_call(o->path, req, reply, o->timeout_ms, err, sizeof(err));
 	if (rc == 0)
 		return DOPPEL_EXIT_OK;
+	rc = (int)ctl_outcome(rc, *reply);
 	json_object_put(*reply);
 	*reply = NULL;
-	fprintf(stderr, "doppel %s: %s\n", o->verb, err);
-	return DOPPEL_EXIT_FAIL;
+	return doppel_error(o->verb, rc, "%s", err);
 }
 
 void doppel_print_json(struct json_object *reply)
@@ -273,11 +362,12 @@ int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv
 	int c, rc;
 
 	doppel_ctl_opts_init(&o, v->verb);
-	doppel_getopt_reset();
+	if (doppel_opts_begin(argc, argv, longopts))
+		return DOPPEL_EXIT_OK;
 	while ((c = getopt_long(argc, argv, DOPPEL_CTL_OPTSTRING, longopts, NULL)) != -1) {
 		if (c == 'h') {
-			printf("usage: doppel %s NAME [--control PATH] [--json] [--timeout "
-			       "MS]\n%s\n" DOPPEL_CTL_OPTHELP,
+			printf("usage: doppel %s NAME [--control PATH] [--json] [--timeout-ms "
+			       "MS]\n\n%s\n\n" DOPPEL_CTL_OPTHELP,
 			       v->verb, v->description);
 			return DOPPEL_EXIT_OK;
 		}
@@ -292,9 +382,8 @@ int doppel_simple_verb(const struct doppel_simple_verb *v, int argc, char **argv
 		return rc;
 	req = json_object_new_object();
 	if (!req || json_object_object_add(req, "cmd", json_object_new_string(v->cmd))) {
-		fprintf(stderr, "doppel %s: out of memory\n", v->verb);
 		json_object_put(req);
-		return DOPPEL_EXIT_FAIL;
+		return doppel_error(v->verb, DOPPEL_EXIT_FAIL, "out of memory");
 	}
 	return doppel_ctl_run(&o, req, v->print);
 }
@@ -305,7 +394,8 @@ static void usage(FILE *f)
 {
 	size_t i;
 
-	fprintf(f, "usage: doppel VERB [options]   (doppel VERB --help for a verb's options)\n\nverbs:\n");
+	fprintf(f, "usage: doppel VERB [options]   (doppel VERB --help for a verb's options)\n"
+		   "       doppel --version\n\nverbs:\n");
 	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		fprintf(f, "  %-10s %s\n", verbs[i].name, verbs[i].summary);
 }
@@ -326,6 +416,9 @@ int main(int argc, char **argv)
 
 	/* Peers and pipes that go away are reported as EPIPE by the writer, never by a signal. */
 	signal(SIGPIPE, SIG_IGN);
+	for (int i = 2; i < argc && strcmp(argv[i], "--"); i++)
+		if (!strcmp(argv[i], "--json") || !strcmp(argv[i], "-j"))
+			json_mode = true;
 	if (argc < 2) {
 		usage(stderr);
 		return DOPPEL_EXIT_USAGE;
@@ -334,28 +427,34 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return DOPPEL_EXIT_OK;
 	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+		printf("doppel %s\n", doppel_version());
+		return DOPPEL_EXIT_OK;
+	}
+	if (!strcmp(argv[1], "--list-verbs")) { /* hidden: for the tests and the bash completion */
+		for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+			printf("%s\n", verbs[i].name);
+		return DOPPEL_EXIT_OK;
+	}
 	if (!strcmp(argv[1], "help")) { /* doppel help [VERB] */
 		if (argc < 3) {
 			usage(stdout);
 			return DOPPEL_EXIT_OK;
 		}
 		v = find_verb(argv[2]);
-		if (!v) {
-			fprintf(stderr, "doppel: unknown verb '%s' (try doppel --help)\n", argv[2]);
-			return DOPPEL_EXIT_USAGE;
-		}
+		if (!v)
+			return doppel_error(NULL, DOPPEL_EXIT_USAGE, "unknown verb '%s' (try doppel --help)",
+					    argv[2]);
 		char *hargv[] = {argv[2], (char *)"--help", NULL};
 
 		return v->fn(2, hargv);
 	}
-	if (argv[1][0] == '-') {
-		fprintf(stderr, "doppel: unknown option '%s' (try doppel --help)\n", argv[1]);
-		return DOPPEL_EXIT_USAGE;
-	}
+	if (argv[1][0] == '-')
+		return doppel_error(NULL, DOPPEL_EXIT_USAGE, "unknown option '%s' (try doppel --help)",
+				    argv[1]);
 	v = find_verb(argv[1]);
-	if (!v) {
-		fprintf(stderr, "doppel: unknown verb '%s' (try doppel --help)\n", argv[1]);
-		return DOPPEL_EXIT_USAGE;
-	}
+	if (!v)
+		return doppel_error(NULL, DOPPEL_EXIT_USAGE, "unknown verb '%s' (try doppel --help)",
+				    argv[1]);
 	return v->fn(argc - 1, argv + 1);
 }
