@@ -205,4 +205,4 @@ def test_metrics_http_and_flag_errors(doppel_bin, guest_elf, vm, tmp_path):
         assert r.returncode == 1 and "--metrics" in r.stderr, (bad, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = doppel(doppel_bin, "metrics", "nosuchvm", "--control", str(tmp_path / "none.sock"))
-    assert r.returncode == 1 and "no VM control socket" in r.stderr
+    assert r.returncode == 3 and "no VM control socket" in r.stderr  # 3: not running / unknown

@@ -302,7 +302,7 @@ def test_switchover_link_dies_before_go_primary_resumes(doppel_bin, guest_elf, t
         chk = LiveChecker(pr.control, sb.control)
         before = last_pass(pr)
         r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
-        assert r.returncode == 1 and "switchover aborted" in r.stderr, r.stderr
+        assert r.returncode == 1 and "switchover aborted" in json.loads(r.stdout)["error"], r.stdout
         st = pr.ctl("status")
         assert st["state"] == "running" and st["role"] == "unprotected", st
         assert remus(sb)["state"] == "abandoned" and sb.ctl("status")["role"] == "standby"
@@ -322,7 +322,7 @@ def test_switchover_go_lost_nobody_runs_then_failover(doppel_bin, guest_elf, tmp
         chk = LiveChecker(pr.control, sb.control)
         before = last_pass(pr)
         r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
-        assert r.returncode == 1 and "stays a held standby" in r.stderr, r.stderr
+        assert r.returncode == 1 and "stays a held standby" in json.loads(r.stdout)["error"], r.stdout
         assert remus(pr)["role"] == "standby" and remus(sb)["state"] == "abandoned"
         assert not live(pr.ctl("status")) and not live(sb.ctl("status"))
         f = doppel(doppel_bin, "failover", "pr", "--control", pr.control)
@@ -363,7 +363,7 @@ def test_switchover_link_dies_in_final_epoch(doppel_bin, guest_elf, tmp_path):
         before = last_pass(pr)
         px.stall.set()
         r, _ = switchover(doppel_bin, pr, f"127.0.0.1:{free_port()}")
-        assert r.returncode == 1 and "switchover aborted" in r.stderr, r.stderr
+        assert r.returncode == 1 and "switchover aborted" in json.loads(r.stdout)["error"], r.stdout
         st = pr.ctl("status")
         assert st["state"] == "running" and st["role"] == "unprotected", st
         wait_for(lambda: remus(sb)["state"] == "awaiting-failover", 10, what="standby reports")

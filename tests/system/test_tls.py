@@ -5,6 +5,7 @@ a handshake dribbled byte by byte (closed at the deadline, a real primary then c
 certificate of another identity sending HELLO and a forged epoch after protection ended, and a TLS
 stream cut mid-epoch (the standby takes over with exact memory). Certificates are made per session
 with scripts/tls-certs.sh (certtool)."""
+import json
 import os
 import socket
 import ssl
@@ -261,7 +262,7 @@ def test_migration_over_tls_and_wrong_source_refused(doppel_bin, guest_elf, tmp_
         wait_ready(dst)
         assert dst.ctl("status")["migration"]["tls"] is True
         r, _ = migrate(doppel_bin, src, f"127.0.0.1:{port}", "--tls-dir", certs["mallory"])
-        assert r.returncode == 1 and "migration failed" in r.stderr, r.stderr
+        assert r.returncode == 1 and "migration failed" in json.loads(r.stdout)["error"], r.stdout
         wait_for(lambda: len(dst.stderr().splitlines()) and REFUSED in dst.stderr(), 5, what="refusal line")
         assert dst.stderr().count(REFUSED) == 1
         assert "peer certificate names mallory, expected pr" in dst.stderr()
