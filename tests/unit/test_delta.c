@@ -50,6 +50,8 @@ static void pair_init(struct pair *p)
 
 static void pair_free(struct pair *p)
 {
+	mem_destroy(&p->ga);
+	mem_destroy(&p->gb);
 	free(p->a);
 	free(p->b);
 }

@@ -169,6 +169,7 @@ static void test_disk_repl_round_trip(void **state)
 	assert_string_equal(err, "the primary has disk0, this standby not");
 	disk_stage_free(&ds);
 	sr_ctx_free(rd);
+	sr_ctx_free(w);
 	sr_out_free(&o);
 	virtio_blk_destroy(d2);
 	unlink(p2);
