@@ -409,8 +409,15 @@ def test_transient_unit_where_systemd_runs(doppel_bin, guest_elf, tmp_path):
 
 def test_make_install_into_destdir(build_dir, tmp_path):
     dest = tmp_path / "dest"
+    # Install the binaries under test, never rebuild them: pass the version they were built with (a
+    # commit since, or a dirty tree, would otherwise regenerate the version header and relink
+    # build_dir/doppel — without an asan build's flags — under the feet of the tests still running).
+    built = subprocess.run([str(build_dir / "doppel"), "--version"], capture_output=True, text=True)
+    version = built.stdout.split()[-1]
+    mtime = os.stat(build_dir / "doppel").st_mtime_ns
     r = subprocess.run(["make", "-s", "-C", str(REPO), f"B={build_dir}", "install", f"DESTDIR={dest}",
-                        "PREFIX=/usr"], capture_output=True, text=True, timeout=300)
+                        "PREFIX=/usr", f"VERSION={version}"], capture_output=True, text=True, timeout=300)
+    assert os.stat(build_dir / "doppel").st_mtime_ns == mtime, "make install relinked the binary under test"
     assert r.returncode == 0, r.stderr
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert files == ["usr/bin/doppel", "usr/lib/ocf/resource.d/doppel/doppel",
