@@ -6,15 +6,9 @@
 #include <zstd.h>
 
 #include "common/errf.h"
+#include "common/le.h"
 #include "replication/checkpoint.h"
 #include "replication/stream.h"
-
-static uint64_t get64le(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
 
 /* Offset of the page indices in a body: PAGE_DATA {u32 n, u32 enc}, PAGE_DELTA {.., u64 base_hash}. */
 static size_t idx_off(uint32_t type)
@@ -81,11 +75,11 @@ static int decode(struct ckpt_stage *s, struct guest_mem *gm, const struct ckpt_
 		return 0;
 	}
 	if (b->type == SR_REC_PAGE_DATA) {
-		uint8_t *first = mem_page_host(gm, get64le(ix));
-		uint8_t *last = mem_page_host(gm, get64le(ix + 8 * ((size_t)b->n - 1)));
+		uint8_t *first = mem_page_host(gm, le_get64(ix));
+		uint8_t *last = mem_page_host(gm, le_get64(ix + 8 * ((size_t)b->n - 1)));
 		bool run = first && last == first + raw - SR_PAGE_SIZE;
 		for (uint32_t i = 1; run && i < b->n; i++)
-			run = get64le(ix + 8 * (size_t)i) == get64le(ix) + i;
+			run = le_get64(ix + 8 * (size_t)i) == le_get64(ix) + i;
 		if (run) {
 			dst = first;
 			*direct = true;
@@ -118,7 +112,7 @@ int ckpt_stage_apply_bodies(struct ckpt_stage *s, struct guest_mem *gm, char *er
 		if (direct)
 			continue;
 		for (uint32_t i = 0; i < b->n; i++) {
-			uint8_t *dst = mem_page_host(gm, get64le(ix + 8 * (size_t)i));
+			uint8_t *dst = mem_page_host(gm, le_get64(ix + 8 * (size_t)i));
 			if (!dst)
 				continue; /* indices were checked against the header when read */
 			if (b->type == SR_REC_PAGE_DELTA)

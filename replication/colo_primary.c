@@ -8,28 +8,8 @@
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
+#include "common/le.h"
 #include "common/log.h"
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)v);
-	put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
 
 /* Queue a record for the sender thread (any thread but the sender). Frames (drop true) beyond the
  * bound are dropped: the SVM misses an input, diverges, and a checkpoint repairs it. */
@@ -124,8 +104,8 @@ static void rx_hook(void *opaque, int netidx, const void *frame, size_t len)
 		return;
 	memcpy(buf, frame, len);
 	(void)colo_cmp_rewrite_inbound(r->colo->cmp, netidx, buf, len);
-	put32(pre, (uint32_t)netidx);
-	put32(pre + 4, 0);
+	le_put32(pre, (uint32_t)netidx);
+	le_put32(pre + 4, 0);
 	(void)enqueue(r, SR_REC_COLO_INBOUND, pre, 8, buf, len, true);
 }
 
@@ -175,9 +155,9 @@ static void request(struct remus *r, enum colo_why why)
 	c->why = why;
 	c->ckpt_epoch = r->next_epoch;
 	c->t_req = now_ns();
-	put64(b, c->ckpt_epoch);
-	put32(b + 8, (uint32_t)why);
-	put32(b + 12, 0);
+	le_put64(b, c->ckpt_epoch);
+	le_put32(b + 8, (uint32_t)why);
+	le_put32(b + 12, 0);
 	if (enqueue(r, SR_REC_COLO_CKPT_REQ, b, sizeof(b), NULL, 0, false))
 		remus_primary_abandon(r, "colo: out of memory");
 }
@@ -223,10 +203,10 @@ static void on_dirty(struct remus *r, const uint8_t *b, uint32_t len)
 	struct colo *c = r->colo;
 	uint64_t nr = vm_mem(r->vm)->nr_pages, words = dirty_bitmap_words(nr);
 
-	if (len < 16 || c->cs != CS_REQ || get64(b) != c->ckpt_epoch || get64(b + 8) != nr ||
+	if (len < 16 || c->cs != CS_REQ || le_get64(b) != c->ckpt_epoch || le_get64(b + 8) != nr ||
 	    len != 16 + words * 8) {
 		remus_primary_lost(r, "colo: unexpected dirty set from the standby (epoch %llu, %u bytes)",
-				   len >= 8 ? (unsigned long long)get64(b) : 0ull, len);
+				   len >= 8 ? (unsigned long long)le_get64(b) : 0ull, len);
 		return;
 	}
 	memcpy(c->merge, b + 16, words * 8);
@@ -249,7 +229,7 @@ static void on_ack(struct remus *r, const uint8_t *b, uint32_t len)
 	struct colo *c = r->colo;
 	uint64_t now = now_ns();
 
-	if (len < 16 || c->cs != CS_WAIT_ACK || get64(b) != c->ckpt_epoch) {
+	if (len < 16 || c->cs != CS_WAIT_ACK || le_get64(b) != c->ckpt_epoch) {
 		remus_primary_lost(r, "colo: unexpected checkpoint ack from the standby");
 		return;
 	}

@@ -7,28 +7,8 @@
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
+#include "common/le.h"
 #include "common/log.h"
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)v);
-	put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
 
 /* One record to the primary: REMUS_MSG_RECORD header + pre + body (padded by the queue). */
 static int send_record(struct colo *c, uint32_t type, const void *pre, size_t plen, const void *body,
@@ -47,8 +27,8 @@ static void svm_tx_hook(void *opaque, int netidx, const void *frame, size_t len)
 	struct colo *c = opaque;
 	uint8_t pre[8];
 
-	put32(pre, (uint32_t)netidx);
-	put32(pre + 4, 0);
+	le_put32(pre, (uint32_t)netidx);
+	le_put32(pre + 4, 0);
 	if (!send_record(c, SR_REC_COLO_OUTPUT, pre, 8, frame, len, true)) {
 		pthread_mutex_lock(&c->txlock);
 		c->out_frames++;
@@ -73,15 +53,15 @@ static int on_req(struct remus *r, struct colo *c, const uint8_t *b, uint32_t le
 		c->svm_paused = true;
 	}
 	c->in_ckpt = true;
-	c->req_epoch = get64(b);
+	c->req_epoch = le_get64(b);
 	if (c->log) {
 		if (dirty_log_sync(c->log, c->bm) < 0)
 			dirty_bitmap_fill(c->bm, nr); /* unknown: everything */
 	} else {
 		memset(c->bm, 0, words * 8);
 	}
-	put64(pre, c->req_epoch);
-	put64(pre + 8, nr);
+	le_put64(pre, c->req_epoch);
+	le_put64(pre + 8, nr);
 	return send_record(c, SR_REC_COLO_DIRTY, pre, 16, c->bm, words * 8, false);
 }
 
@@ -142,8 +122,8 @@ int colo_standby_applied(struct remus *r, char *err, size_t errlen)
 	}
 	/* the ack goes before the resumed SVM's first output: the primary compares what follows it
 	 * against the new state */
-	put64(pre, c->req_epoch);
-	put64(pre + 8, c->apply_ns_last);
+	le_put64(pre, c->req_epoch);
+	le_put64(pre + 8, c->apply_ns_last);
 	rc = send_record(c, SR_REC_COLO_CKPT_ACK, pre, 16, NULL, 0, false);
 	if (c->svm_paused)
 		vm_resume(r->vm);

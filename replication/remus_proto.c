@@ -3,38 +3,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/le.h"
 #include "replication/remus_proto.h"
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 void remus_msg_encode(uint8_t *out, uint32_t type, uint64_t value)
 {
-	put32(out, REMUS_MSG_MAGIC);
-	put32(out + 4, type);
-	put32(out + 8, (uint32_t)value);
-	put32(out + 12, (uint32_t)(value >> 32));
+	le_put32(out, REMUS_MSG_MAGIC);
+	le_put32(out + 4, type);
+	le_put32(out + 8, (uint32_t)value);
+	le_put32(out + 12, (uint32_t)(value >> 32));
 }
 
 int remus_msg_decode(const uint8_t *in, struct remus_msg *m)
 {
 	uint32_t type;
 
-	if (get32(in) != REMUS_MSG_MAGIC)
+	if (le_get32(in) != REMUS_MSG_MAGIC)
 		return -EBADMSG;
-	type = get32(in + 4);
+	type = le_get32(in + 4);
 	if (type < REMUS_MSG_HELLO || type > REMUS_MSG_RUNNING)
 		return -EBADMSG;
 	m->type = type;
-	m->value = (uint64_t)get32(in + 8) | (uint64_t)get32(in + 12) << 32;
+	m->value = (uint64_t)le_get32(in + 8) | (uint64_t)le_get32(in + 12) << 32;
 	return 0;
 }
 

@@ -236,21 +236,29 @@ static int txn_create(struct witness *w, char *err, size_t errlen)
 	return rc;
 }
 
-/* txn: if the key is still under our lease, put it again (same value, same lease). 0, -ENOENT when
- * the key is gone or someone else's (a successor took over), or -errno. */
-static int txn_touch(struct witness *w, struct wconn *c, char *err, size_t errlen)
+/* A compare of the key (target LEASE with our lease, or MOD with a revision). */
+static struct json_object *cmp_key(struct witness *w, const char *target, const char *field, const char *v)
 {
-	struct json_object *b = json_object_new_object(), *cmp = keyobj(w), *put = keyobj(w), *r = NULL, *s;
-	struct json_object *ca = json_object_new_array(), *sa = json_object_new_array();
+	struct json_object *cmp = keyobj(w);
+
+	json_object_object_add(cmp, "target", json_object_new_string(target));
+	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
+	json_object_object_add(cmp, field, json_object_new_string(v));
+	return cmp;
+}
+
+/* txn {compare: [cmp], success: [success]} on connection c (ownership of both taken). 0 when it
+ * succeeded; when the compare failed: 0 if fail_rc is 0, else fail_rc with "witness KEY: fail_what";
+ * -errno on transport or protocol errors. */
+static int txn_if(struct witness *w, struct wconn *c, struct json_object *cmp, struct json_object *success,
+		  int fail_rc, const char *fail_what, char *err, size_t errlen)
+{
+	struct json_object *b = json_object_new_object(), *ca = json_object_new_array(),
+			   *sa = json_object_new_array(), *r = NULL, *s;
 	int rc;
 
-	json_object_object_add(cmp, "target", json_object_new_string("LEASE"));
-	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
-	lease_to(cmp, "lease", w->lease);
 	json_object_array_add(ca, cmp);
-	json_object_object_add(put, "value", json_object_new_string(w->holder_b64));
-	lease_to(put, "lease", w->lease);
-	json_object_array_add(sa, op("request_put", put));
+	json_object_array_add(sa, success);
 	json_object_object_add(b, "compare", ca);
 	json_object_object_add(b, "success", sa);
 	rc = wit_post(w, c, "/v3/kv/txn", b, &r, err, errlen);
@@ -260,10 +268,30 @@ static int txn_touch(struct witness *w, struct wconn *c, char *err, size_t errle
 	s = wit_jget(r, "succeeded", json_type_boolean);
 	if (!wit_jget(r, "header", json_type_object))
 		rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a header");
-	else if (!s || !json_object_get_boolean(s))
-		rc = errf(err, errlen, -ENOENT, "witness %s: the key is no longer ours", w->key);
+	else if (fail_rc && (!s || !json_object_get_boolean(s)))
+		rc = errf(err, errlen, fail_rc, "witness %s: %s", w->key, fail_what);
 	json_object_put(r);
 	return rc;
+}
+
+static struct json_object *cmp_our_lease(struct witness *w)
+{
+	char id[24];
+
+	snprintf(id, sizeof(id), "%" PRId64, w->lease);
+	return cmp_key(w, "LEASE", "lease", id);
+}
+
+/* txn: if the key is still under our lease, put it again (same value, same lease). 0, -ENOENT when
+ * the key is gone or someone else's (a successor took over), or -errno. */
+static int txn_touch(struct witness *w, struct wconn *c, char *err, size_t errlen)
+{
+	struct json_object *put = keyobj(w);
+
+	json_object_object_add(put, "value", json_object_new_string(w->holder_b64));
+	lease_to(put, "lease", w->lease);
+	return txn_if(w, c, cmp_our_lease(w), op("request_put", put), -ENOENT, "the key is no longer ours",
+		      err, errlen);
 }
 
 int witness_acquire(struct witness *w, const char *holder_id, char *err, size_t errlen)
@@ -315,30 +343,12 @@ err:
  * deleted, -EBUSY when it changed, or -errno. */
 static int txn_delete_if(struct witness *w, uint64_t mrev, char *err, size_t errlen)
 {
-	struct json_object *b = json_object_new_object(), *cmp = keyobj(w), *r = NULL, *s;
-	struct json_object *ca = json_object_new_array(), *sa = json_object_new_array();
 	char rev[24];
-	int rc;
 
 	snprintf(rev, sizeof(rev), "%" PRIu64, mrev);
-	json_object_object_add(cmp, "target", json_object_new_string("MOD"));
-	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
-	json_object_object_add(cmp, "mod_revision", json_object_new_string(rev));
-	json_object_array_add(ca, cmp);
-	json_object_array_add(sa, op("request_delete_range", keyobj(w)));
-	json_object_object_add(b, "compare", ca);
-	json_object_object_add(b, "success", sa);
-	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
-	json_object_put(b);
-	if (rc)
-		return rc;
-	s = wit_jget(r, "succeeded", json_type_boolean);
-	if (!wit_jget(r, "header", json_type_object))
-		rc = errf(err, errlen, -EPROTO, "etcd txn: reply without a header");
-	else if (!s || !json_object_get_boolean(s))
-		rc = errf(err, errlen, -EBUSY, "witness %s: its holder renewed meanwhile", w->key);
-	json_object_put(r);
-	return rc;
+	return txn_if(w, &w->api, cmp_key(w, "MOD", "mod_revision", rev),
+		      op("request_delete_range", keyobj(w)), -EBUSY, "its holder renewed meanwhile", err,
+		      errlen);
 }
 
 int witness_takeover(struct witness *w, const char *holder_id, char *err, size_t errlen)
@@ -422,27 +432,14 @@ int witness_holder(struct witness *w, char *buf, size_t len, uint64_t *token, ch
 
 int witness_release(struct witness *w, char *err, size_t errlen)
 {
-	struct json_object *b, *cmp, *ca, *sa, *r = NULL;
 	int rc, rc2;
 
 	witness_stop_keepalive(w);
 	atomic_store(&w->valid_until, 0);
 	if (!w->lease)
 		return 0;
-	b = json_object_new_object();
-	cmp = keyobj(w);
-	ca = json_object_new_array();
-	sa = json_object_new_array();
-	json_object_object_add(cmp, "target", json_object_new_string("LEASE"));
-	json_object_object_add(cmp, "result", json_object_new_string("EQUAL"));
-	lease_to(cmp, "lease", w->lease);
-	json_object_array_add(ca, cmp);
-	json_object_array_add(sa, op("request_delete_range", keyobj(w)));
-	json_object_object_add(b, "compare", ca);
-	json_object_object_add(b, "success", sa);
-	rc = wit_post(w, &w->api, "/v3/kv/txn", b, &r, err, errlen);
-	json_object_put(b);
-	json_object_put(r);
+	rc = txn_if(w, &w->api, cmp_our_lease(w), op("request_delete_range", keyobj(w)), 0, NULL, err,
+		    errlen);
 	rc2 = lease_revoke(w, w->lease, rc ? NULL : err, errlen);
 	log_info(WIT, w->name, "released %s (token %" PRIu64 ")%s", w->key, atomic_load(&w->token),
 		 rc || rc2 ? ": etcd unreachable, the lease will expire on its own" : "");
