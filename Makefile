@@ -103,7 +103,7 @@ install: $(B)/doppel $(B)/doppel.1
 
 # ---- tests -------------------------------------------------------------------------------------
 unit: $(UNIT_BIN) $(B)/guest.elf
-	@rc=0; for t in $(UNIT_BIN); do $$t || rc=1; done; exit $$rc
+	@rc=0; for t in $(UNIT_BIN); do DOPPEL_BUILD=$(abspath $(B)) $$t || rc=1; done; exit $$rc
 
 system: binaries
 	DOPPEL_BUILD=$(abspath $(B)) $(PYTEST) -q -p no:cacheprovider tests/system $(PYTEST_ARGS)
