@@ -38,6 +38,7 @@ REDIS_N = int(os.environ.get("REDIS_N", "5000"))
 CONNS = int(os.environ.get("CONNS", "20"))
 MAC = "52:54:00:12:34:58"
 CMDLINE = f"work=kv isn=fixed ip={netns.GUEST_IP}/{netns.GUEST_PREFIX}"
+IDLE_MAC, IDLE_CMDLINE = "52:54:00:12:34:59", f"work=kv isn=fixed ip=10.0.0.20/{netns.GUEST_PREFIX}"
 NONDET = int(os.environ.get("NONDET", "50"))
 ALL_MODES = ("unprotected", "remus25", "colo", "colo_nondet")
 MODES = tuple(m for m in os.environ.get("MODES", ",".join(ALL_MODES)).split(",") if m)
@@ -70,9 +71,13 @@ def start(mode, topo, tmp, i):
     pa, pb = f"p{i}", f"s{i}"
     net = ["--net", f"tap=cbn{i}x,bridge=br0,mac={MAC}"]
     if mode == "unprotected":
-        # the second, idle VM of the same guest on hostB, without network: it only takes CPU
-        procs.append(topo.popen(topo.hostB, vm_argv(tmp, pb, []), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL))
+        # the second, idle VM of the same guest (its own MAC and address: the KV service needs a
+        # NIC, without one the guest exits at boot) on hostB; nobody talks to it: it halts in the
+        # idle doorbell like the primary between requests
+        idle = ["--net", f"tap=cbi{i}x,bridge=br0,mac={IDLE_MAC}"]
+        procs.append(topo.popen(topo.hostB, vm_argv(tmp, pb, idle, cmdline=IDLE_CMDLINE),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        netns.wait_for(lambda: serving(tmp, pb), 30, what="idle VM serving")
         procs.append(topo.popen(topo.hostA, vm_argv(tmp, pa, net), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL))
         netns.wait_for(lambda: serving(tmp, pa), 30, what="guest serving")

@@ -638,6 +638,7 @@ void colo_cmp_get_stats(struct colo_cmp *c, struct colo_cmp_stats *st)
 	memcpy(h, c->hold, n * sizeof(h[0]));
 	pthread_mutex_unlock(&c->lock);
 	qsort(h, n, sizeof(h[0]), cmp_u64);
-	st->hold_p50_ns = n ? h[(n - 1) / 2] : 0;
-	st->hold_p99_ns = n ? h[(n - 1) * 99 / 100] : 0;
+	/* nearest rank: the smallest value with at least q of the samples at or below it */
+	st->hold_p50_ns = n ? h[(n * 50 + 99) / 100 - 1] : 0;
+	st->hold_p99_ns = n ? h[(n * 99 + 99) / 100 - 1] : 0;
 }

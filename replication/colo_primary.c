@@ -48,34 +48,57 @@ static int enqueue(struct remus *r, uint32_t type, const void *pre, size_t plen,
 	c->qbytes += e->len;
 	if (type == SR_REC_COLO_INBOUND)
 		c->fwd_frames++;
+	if (type == 0)
+		c->q_epochs++;
 	pthread_cond_signal(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 	return 0;
 }
 
-/* Loop thread: a forwarded frame written on the stream by this thread itself when nothing is queued
- * before it, nobody writes, and the socket takes it at once; else false (queue it). Saves waking the
- * sender thread for each request. */
+/* Loop thread: a forwarded frame written on the stream by this thread itself when nobody else writes,
+ * no staged epoch waits in the queue and the socket has room; records queued before it (a fallback
+ * while the sender wrote) go first, so one busy moment does not send every later frame through the
+ * sender thread. Else false (queue it). Saves waking the sender thread for each request. */
 static bool forward_direct(struct remus *r, const uint8_t pre[8], const void *frame, size_t len)
 {
 	struct colo *c = r->colo;
 	struct pollfd pfd = {.fd = r->fd, .events = POLLOUT};
+	struct colo_qent *q = NULL, *n;
 	uint8_t rec[8 + COLO_CMP_MAX_FRAME];
-	int rc;
+	int rc = 0;
 
 	pthread_mutex_lock(&r->lock);
-	bool mine = c->w && !c->wbusy && !c->qhead && !r->stop_sender;
+	bool mine = c->w && !c->wbusy && !c->q_epochs && !r->stop_sender;
 	if (mine)
 		c->wbusy = true;
 	pthread_mutex_unlock(&r->lock);
 	if (!mine)
 		return false;
-	if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLOUT)) {
+	if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLOUT)) {
+		rc = 1; /* full: the sender waits for room, not the loop */
+	} else {
+		pthread_mutex_lock(&r->lock); /* only the loop queues: nothing is added meanwhile */
+		q = c->qhead;
+		c->qhead = c->qtail = NULL;
+		c->qbytes = 0;
+		pthread_mutex_unlock(&r->lock);
+	}
+	for (; q; q = n) {
+		n = q->next;
+		uint64_t t = now_ns();
+		if (!rc)
+			rc = sr_write_record(c->w, q->type, q->data, q->len);
+		if (q->type == SR_REC_COLO_INBOUND) {
+			pthread_mutex_lock(&r->lock);
+			remus_ring_push(&r->colo_fwdq_ns, t - q->t);
+			pthread_mutex_unlock(&r->lock);
+		}
+		free(q);
+	}
+	if (!rc) {
 		memcpy(rec, pre, 8);
 		memcpy(rec + 8, frame, len);
 		rc = sr_write_record(c->w, SR_REC_COLO_INBOUND, rec, 8 + len);
-	} else {
-		rc = 1; /* full: the sender waits for room, not the loop */
 	}
 	pthread_mutex_lock(&r->lock);
 	c->wbusy = false;
@@ -141,6 +164,7 @@ int colo_sender_drain(struct remus *r, struct sr_ctx *w)
 	e = c->qhead;
 	c->qhead = c->qtail = NULL;
 	c->qbytes = 0;
+	c->q_epochs = 0;
 	if (e)
 		c->wbusy = true;
 	pthread_mutex_unlock(&r->lock);
@@ -550,5 +574,6 @@ void colo_primary_stop(struct remus *r, bool run_alone)
 	}
 	c->qhead = c->qtail = NULL;
 	c->qbytes = 0;
+	c->q_epochs = 0;
 	pthread_mutex_unlock(&r->lock);
 }

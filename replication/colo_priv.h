@@ -66,6 +66,7 @@ struct colo {
 	 * is empty and nobody writes (wbusy, r->lock), saving the hand-off to the sender thread. */
 	struct sr_ctx *w;
 	bool wbusy;
+	uint32_t q_epochs; /* r->lock: staged epochs in the queue (the loop never writes those) */
 	uint64_t fwd_direct; /* r->lock: frames the loop wrote itself */
 	/* From the epoch's capture until the SVM's ack the PVM runs again: its output is stashed
 	 * (stash_lock; vCPU threads) and enters the comparator after the checkpoint's held output
