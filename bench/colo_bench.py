@@ -184,12 +184,14 @@ def write_md(res):
         rs = res["runs"][m]
         if not rs:
             continue
+        q = m == "qemu_colo"  # QEMU reports no checkpoint counts or pauses
+        ckpt = "n/a" if q else med(rs, lambda r: r.get('checkpoints_per_s', 0))
+        pause = "n/a" if q else (f"{med(rs, lambda r: r['status']['pause_p50_ms']):.2f} / "
+                                 f"{med(rs, lambda r: r['status']['pause_p99_ms']):.2f}")
         rows.append(f"| {m} | {med(rs, lambda r: r['kv']['ops_per_s']):.0f} | {med(rs, lambda r: r['kv']['p50_us'])} / "
                     f"{med(rs, lambda r: r['kv']['p99_us'])} | {med(rs, lambda r: r['redis']['set']['ops_per_s']):.0f} | "
                     f"{med(rs, lambda r: r['redis']['set']['p50_ms'])} / {med(rs, lambda r: r['redis']['set']['p99_ms'])} | "
-                    f"{med(rs, lambda r: r.get('checkpoints_per_s', 0))} | " + (
-                        "n/a |" if m == "qemu_colo" else
-                        f"{med(rs, lambda r: r['status']['pause_p50_ms']):.2f} / {med(rs, lambda r: r['status']['pause_p99_ms']):.2f} |"))
+                    f"{ckpt} | {pause} |")
     write_fragment("colo", f"""## COLO vs Remus vs unprotected
 
 Same guest (`{CMDLINE}`), same clients, interleaved, {res['runs_n']} runs each, medians
