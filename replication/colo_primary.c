@@ -404,18 +404,16 @@ static void on_dirty(struct remus *r, const uint8_t *b, uint32_t len)
 	memcpy(c->merge, b + 16, words * 8);
 	c->svm_dirty_last = dirty_bitmap_count(c->merge, nr);
 	c->svm_dirty_total += c->svm_dirty_last;
-	if (remus_checkpoint(r, c->merge, true)) {
+	/* The engine resumes the PVM itself, still at the loop's real-time priority during the epoch
+	 * (remus_checkpoint), right after colo_primary_captured turned the stash on. */
+	if (remus_checkpoint(r, c->merge, false)) {
 		/* the SVM waits paused for this epoch: never leave it waiting */
 		if (r->role == REMUS_PRIMARY && r->pstate != PS_ABANDONING)
 			remus_primary_abandon(r, "colo: the checkpoint could not be taken");
 		return;
 	}
 	c->cs = CS_WAIT_ACK; /* the loop's tap frames: stashed (rx_hook) */
-	pthread_mutex_lock(&c->stash_lock); /* the vCPUs are parked: no output in flight */
-	c->stashing = true;
-	pthread_mutex_unlock(&c->stash_lock);
-	vm_resume(r->vm);
-	remus_ring_push(&r->colo_pause_ns, now_ns() - r->last_t_pause);
+	remus_ring_push(&r->colo_pause_ns, r->pause_ns.v[(r->pause_ns.n - 1) % REMUS_RING]);
 	c->t_epoch_q = now_ns();
 	if (enqueue(r, 0, NULL, 0, NULL, 0, false))
 		remus_primary_abandon(r, "colo: out of memory");
@@ -455,6 +453,15 @@ static void on_ack(struct remus *r, const uint8_t *b, uint32_t len)
 	remus_primary_acked(r, c->ckpt_epoch, now);
 	/* a divergence seen during the checkpoint was about output it has now released */
 	__atomic_store_n(&c->diverged, 0, __ATOMIC_RELEASE);
+}
+
+void colo_primary_captured(struct remus *r)
+{
+	struct colo *c = r->colo;
+
+	pthread_mutex_lock(&c->stash_lock); /* the vCPUs are parked: no output in flight */
+	c->stashing = true;
+	pthread_mutex_unlock(&c->stash_lock);
 }
 
 void colo_primary_msg(struct remus *r, const struct remus_msg *m)

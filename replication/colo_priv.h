@@ -116,6 +116,8 @@ int colo_primary_start(struct remus *r, uint32_t interval_ms, uint32_t timeout_m
 void colo_primary_precopy_done(struct remus *r); /* loop: the live copy is on the standby */
 void colo_primary_async(struct remus *r); /* loop: the comparator diverged */
 void colo_primary_msg(struct remus *r, const struct remus_msg *m); /* loop: a record from the SVM */
+/* Loop, inside the checkpoint's pause (the engine's commit): stash the PVM's output from now on. */
+void colo_primary_captured(struct remus *r);
 /* Sender thread: write what the queue holds, in order (r->lock NOT held). 1 when something was
  * written, 0 when the queue was empty, -errno on a stream error. */
 int colo_sender_drain(struct remus *r, struct sr_ctx *w);

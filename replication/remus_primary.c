@@ -272,6 +272,8 @@ static int remus_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err,
 
 	(void)err, (void)errlen;
 	netbuf_mark(r->nb, ep->epoch);
+	if (r->colo_on)
+		colo_primary_captured(r); /* its output from here on waits for the SVM's ack */
 	return 0;
 }
 
