@@ -118,8 +118,10 @@ static void count(struct colo_cmp *c, uint8_t kind, bool match)
 void colo_release(struct colo_cmp *c, struct colo_ent *e, bool compared)
 {
 	dequeue(c, e);
-	if (compared)
+	if (compared) {
 		count(c, e->kind, true);
+		c->hold[c->nhold++ % COLO_CMP_HOLD_RING] = c->now > e->t ? c->now - e->t : 0;
+	}
 	c->st.released++;
 	c->cfg.release(c->cfg.opaque, e->flow->key.netidx, e->data, e->len);
 	ent_put(c, e);
@@ -517,6 +519,7 @@ int colo_cmp_primary(struct colo_cmp *c, int netidx, const void *frame, size_t l
 	int rc;
 
 	pthread_mutex_lock(&c->lock);
+	c->now = now;
 	rc = frame_in(c, SIDE_P, netidx, frame, len, now);
 	pthread_mutex_unlock(&c->lock);
 	return rc;
@@ -527,6 +530,7 @@ int colo_cmp_secondary(struct colo_cmp *c, int netidx, const void *frame, size_t
 	int rc;
 
 	pthread_mutex_lock(&c->lock);
+	c->now = now;
 	rc = frame_in(c, SIDE_S, netidx, frame, len, now);
 	pthread_mutex_unlock(&c->lock);
 	return rc;
@@ -608,6 +612,13 @@ int colo_cmp_rewrite_inbound(struct colo_cmp *c, int netidx, void *frame, size_t
 	return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
 void colo_cmp_get_stats(struct colo_cmp *c, struct colo_cmp_stats *st)
 {
 	pthread_mutex_lock(&c->lock);
@@ -623,5 +634,11 @@ void colo_cmp_get_stats(struct colo_cmp *c, struct colo_cmp_stats *st)
 	st->svm_frames = c->held_frames[SIDE_S];
 	st->svm_bytes = c->held_bytes[SIDE_S];
 	st->divergence_since_ns = c->ahead ? c->ahead->t : 0;
+	uint64_t n = c->nhold < COLO_CMP_HOLD_RING ? c->nhold : COLO_CMP_HOLD_RING, h[COLO_CMP_HOLD_RING];
+	memcpy(h, c->hold, n * sizeof(h[0]));
 	pthread_mutex_unlock(&c->lock);
+	qsort(h, n, sizeof(h[0]), cmp_u64);
+	/* nearest rank: the smallest value with at least q of the samples at or below it */
+	st->hold_p50_ns = n ? h[(n * 50 + 99) / 100 - 1] : 0;
+	st->hold_p99_ns = n ? h[(n * 99 + 99) / 100 - 1] : 0;
 }

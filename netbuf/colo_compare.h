@@ -79,7 +79,12 @@ struct colo_cmp_stats {
 	uint64_t passthrough; /* PVM frames released at once in passthrough mode */
 	uint64_t expired; /* flows removed: idle, TCP closed, or evicted at max_flows */
 	uint64_t divergences; /* diverged() calls */
+	/* how long the PVM frames released by a match were held (their arrival to the SVM twin's),
+	 * over the last COLO_CMP_HOLD_RING of them; 0 when none */
+	uint64_t hold_p50_ns, hold_p99_ns;
 };
+
+#define COLO_CMP_HOLD_RING 512
 
 int colo_cmp_new(struct colo_cmp **out, const struct colo_cmp_cfg *cfg); /* 0 / -ENOMEM / -EINVAL */
 void colo_cmp_free(struct colo_cmp *c); /* NULL-safe, drops held */

@@ -113,6 +113,8 @@ struct colo_cmp {
 	bool passthrough;
 	struct colo_cmp_stats st;
 	struct colo_cmp_proto_stats ps[CK_NR];
+	uint64_t now; /* the time of the call in progress (frame_in) */
+	uint64_t hold[COLO_CMP_HOLD_RING], nhold; /* how long matched PVM frames were held, ns */
 };
 
 /* colo_parse.c */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "replication/remus_priv.h"
@@ -29,6 +30,7 @@ int colo_new(struct remus *r, struct colo **out)
 	c->txfd = -1;
 	pthread_mutex_init(&c->txlock, NULL);
 	pthread_cond_init(&c->txcond, NULL);
+	pthread_mutex_init(&c->stash_lock, NULL);
 	*out = c;
 	return 0;
 }
@@ -47,6 +49,9 @@ void colo_free(struct colo *c)
 	free(c->merge);
 	free(c->txbuf);
 	free(c->txspare);
+	free(c->txstash.buf);
+	free(c->rxstash.buf);
+	pthread_mutex_destroy(&c->stash_lock);
 	pthread_cond_destroy(&c->txcond);
 	pthread_mutex_destroy(&c->txlock);
 	free(c);
@@ -54,17 +59,89 @@ void colo_free(struct colo *c)
 
 /* ---- SVM -> PVM writer ------------------------------------------------------------------------- */
 
+/* Room for need bytes in the queue (txlock held). */
+static int txq_reserve(struct colo *c, size_t need)
+{
+	if (need <= c->txcap)
+		return 0;
+	size_t cap = c->txcap ? c->txcap : 65536;
+	while (cap < need)
+		cap *= 2;
+	uint8_t *b = realloc(c->txbuf, cap);
+	if (!b)
+		return -ENOMEM;
+	c->txbuf = b;
+	c->txcap = cap;
+	return 0;
+}
+
+/* Nothing queued and nobody writing (txlock held): send it from this thread, without waking the
+ * writer (one hand-off less on the SVM's output path). What the socket does not take at once goes
+ * to the front of the queue for the writer. 0, or -errno (the connection failed). */
+static int txq_send_direct(struct colo *c, const void *hdr, size_t hlen, const void *body, size_t blen,
+			   size_t pad)
+{
+	static const uint8_t zeros[8];
+	struct iovec iov[3] = {{(void *)hdr, hlen}, {(void *)body, blen}, {(void *)zeros, pad}};
+	size_t total = hlen + blen + pad, sent;
+	ssize_t k;
+
+	c->txsending = true;
+	pthread_mutex_unlock(&c->txlock);
+	do
+		k = sendmsg(c->txfd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = 3},
+			    MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (k < 0 && errno == EINTR);
+	pthread_mutex_lock(&c->txlock);
+	c->txsending = false;
+	pthread_cond_broadcast(&c->txcond);
+	if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+		c->tx_failed = true;
+		shutdown(c->txfd, SHUT_RDWR); /* the reader ends as "primary lost" */
+		return -EPIPE;
+	}
+	sent = k > 0 ? (size_t)k : 0;
+	c->out_direct++;
+	if (sent == total)
+		return 0;
+	/* the rest goes first: records queued meanwhile follow it */
+	int rc = txq_reserve(c, c->txlen + total - sent);
+	if (rc) {
+		c->tx_failed = true; /* a record cut in half: the stream cannot go on */
+		shutdown(c->txfd, SHUT_RDWR);
+		return rc;
+	}
+	memmove(c->txbuf + total - sent, c->txbuf, c->txlen);
+	for (size_t i = 0, off = 0, dst = 0; i < 3; off += iov[i].iov_len, i++) {
+		size_t a = sent > off ? sent - off : 0;
+		if (a >= iov[i].iov_len)
+			continue;
+		memcpy(c->txbuf + dst, (const uint8_t *)iov[i].iov_base + a, iov[i].iov_len - a);
+		dst += iov[i].iov_len - a;
+	}
+	c->txlen += total - sent;
+	return 0;
+}
+
 int colo_txq_put(struct colo *c, const void *hdr, size_t hlen, const void *body, size_t blen, bool drop)
 {
 	static const uint8_t zeros[8];
 	/* a RECORD's body (what follows the 16-byte message) is zero-padded to 8 bytes; a plain
 	 * message (hlen 16, no body) needs none */
 	size_t pad = (8 - ((hlen - REMUS_MSG_SIZE + blen) & 7)) & 7, need;
+	int rc;
 
 	pthread_mutex_lock(&c->txlock);
 	if (!c->tx_running || c->tx_failed) {
 		pthread_mutex_unlock(&c->txlock);
 		return -ENOTCONN;
+	}
+	if (!c->txlen && !c->txsending && !c->txstop) {
+		rc = txq_send_direct(c, hdr, hlen, body, blen, pad);
+		if (c->txlen)
+			pthread_cond_broadcast(&c->txcond);
+		pthread_mutex_unlock(&c->txlock);
+		return rc;
 	}
 	need = c->txlen + hlen + blen + pad;
 	if (drop && need > COLO_TXQ_MAX) {
@@ -72,45 +149,39 @@ int colo_txq_put(struct colo *c, const void *hdr, size_t hlen, const void *body,
 		pthread_mutex_unlock(&c->txlock);
 		return -ENOBUFS;
 	}
-	if (need > c->txcap) {
-		size_t cap = c->txcap ? c->txcap : 65536;
-		while (cap < need)
-			cap *= 2;
-		uint8_t *b = realloc(c->txbuf, cap);
-		if (!b) {
-			pthread_mutex_unlock(&c->txlock);
-			return -ENOMEM;
-		}
-		c->txbuf = b;
-		c->txcap = cap;
+	if (txq_reserve(c, need)) {
+		pthread_mutex_unlock(&c->txlock);
+		return -ENOMEM;
 	}
 	memcpy(c->txbuf + c->txlen, hdr, hlen);
 	if (blen)
 		memcpy(c->txbuf + c->txlen + hlen, body, blen);
 	memcpy(c->txbuf + c->txlen + hlen + blen, zeros, pad);
 	c->txlen = need;
-	pthread_cond_signal(&c->txcond);
+	pthread_cond_broadcast(&c->txcond);
 	pthread_mutex_unlock(&c->txlock);
 	return 0;
 }
 
-/* Writes everything queued, in order; on stop, drains first. A failed send shuts the socket: the
- * reader then ends as "primary lost" (or the primary already is). */
+/* Writes everything queued, in order, never while a caller sends directly; on stop, drains
+ * first. A failed send shuts the socket: the reader then ends as "primary lost" (or the primary
+ * already is). */
 static void *writer_main(void *arg)
 {
 	struct colo *c = arg;
 
 	pthread_mutex_lock(&c->txlock);
 	for (;;) {
-		while (!c->txlen && !c->txstop)
+		while (c->txsending || (!c->txlen && !c->txstop))
 			pthread_cond_wait(&c->txcond, &c->txlock);
-		if (!c->txlen)
+		if (!c->txlen || c->tx_failed)
 			break;
 		uint8_t *b = c->txbuf;
 		size_t n = c->txlen, cap = c->txcap;
 		c->txbuf = c->txspare;
 		c->txcap = c->txsparecap;
 		c->txlen = 0;
+		c->txsending = true;
 		pthread_mutex_unlock(&c->txlock);
 		size_t off = 0;
 		while (off < n) {
@@ -122,6 +193,8 @@ static void *writer_main(void *arg)
 			off += (size_t)k;
 		}
 		pthread_mutex_lock(&c->txlock);
+		c->txsending = false;
+		pthread_cond_broadcast(&c->txcond);
 		c->txspare = b;
 		c->txsparecap = cap;
 		if (off < n) {
@@ -156,7 +229,7 @@ int colo_standby_begin(struct remus *r, int fd)
 	c->svm_running = c->in_ckpt = false; /* svm_paused stays: an ABANDONed session's hold */
 	c->txfd = fd;
 	c->txlen = 0;
-	c->txstop = c->tx_failed = false;
+	c->txstop = c->tx_failed = c->txsending = false;
 	rc = pthread_create(&c->txthread, NULL, writer_main, c);
 	if (rc)
 		return -rc;
@@ -196,6 +269,20 @@ static struct json_object *proto(const struct colo_cmp_proto_stats *p)
 	json_object_object_add(o, "matched", json_object_new_int64((int64_t)p->matched));
 	json_object_object_add(o, "mismatched", json_object_new_int64((int64_t)p->mismatched));
 	return o;
+}
+
+static struct json_object *pct_us(double p50, double p99)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "p50_us", json_object_new_double(p50));
+	json_object_object_add(o, "p99_us", json_object_new_double(p99));
+	return o;
+}
+
+static struct json_object *ring_us(const struct remus_ring *g)
+{
+	return pct_us((double)remus_ring_pct(g, 0.5) / 1e3, (double)remus_ring_pct(g, 0.99) / 1e3);
 }
 
 static void primary_status(struct remus *r, struct colo *c, struct json_object *o)
@@ -247,6 +334,26 @@ static void primary_status(struct remus *r, struct colo *c, struct json_object *
 	json_object_object_add(t, "p99_ms",
 			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
 	json_object_object_add(o, "checkpoint_time", t);
+	/* the profile (additive): where a request's and a checkpoint's time goes */
+	struct json_object *lat = json_object_new_object(), *ph = json_object_new_object();
+	pthread_mutex_lock(&r->lock);
+	json_object_object_add(lat, "forward_queue", ring_us(&r->colo_fwdq_ns));
+	json_object_object_add(o, "forwarded_direct", json_object_new_int64((int64_t)c->fwd_direct));
+	pthread_mutex_unlock(&r->lock);
+	json_object_object_add(lat, "svm_round_trip", ring_us(&r->colo_rtt_ns));
+	json_object_object_add(lat, "pvm_hold",
+			       pct_us((double)st.hold_p50_ns / 1e3, (double)st.hold_p99_ns / 1e3));
+	json_object_object_add(o, "latency", lat);
+	json_object_object_add(ph, "request_to_dirty", ring_us(&r->colo_req_dirty_ns));
+	json_object_object_add(ph, "pause", ring_us(&r->colo_pause_ns));
+	pthread_mutex_lock(&r->lock);
+	json_object_object_add(ph, "send", ring_us(&r->colo_send_ns));
+	pthread_mutex_unlock(&r->lock);
+	json_object_object_add(ph, "ack_wait", ring_us(&r->colo_ack_wait_ns));
+	json_object_object_add(ph, "held", ring_us(&r->colo_hold_ns));
+	json_object_object_add(o, "checkpoint_phases", ph);
+	json_object_object_add(o, "stash_dropped",
+			       json_object_new_int64((int64_t)(c->txstash.dropped + c->rxstash.dropped)));
 }
 
 void colo_status(struct remus *r, struct json_object *o)
@@ -263,6 +370,7 @@ void colo_status(struct remus *r, struct json_object *o)
 		pthread_mutex_lock(&c->txlock);
 		json_object_object_add(x, "output_frames", json_object_new_int64((int64_t)c->out_frames));
 		json_object_object_add(x, "output_dropped", json_object_new_int64((int64_t)c->out_dropped));
+		json_object_object_add(x, "output_direct", json_object_new_int64((int64_t)c->out_direct));
 		pthread_mutex_unlock(&c->txlock);
 		json_object_object_add(x, "injected", json_object_new_int64((int64_t)c->injected));
 		json_object_object_add(x, "inject_dropped",

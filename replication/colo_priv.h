@@ -36,6 +36,7 @@ enum colo_cstate {
  * staged epoch (type 0) at the place it was taken among the forwarded frames. */
 struct colo_qent {
 	struct colo_qent *next;
+	uint64_t t; /* now_ns() when queued */
 	uint32_t type, len;
 	uint8_t data[];
 };
@@ -61,12 +62,31 @@ struct colo {
 	uint64_t last_ckpt_ns, svm_dirty_last, svm_dirty_total;
 	struct colo_qent *qhead, *qtail; /* r->lock */
 	uint64_t qbytes; /* r->lock */
+	/* The sender's stream (r->lock): the loop writes a forwarded frame on it itself when the queue
+	 * is empty and nobody writes (wbusy, r->lock), saving the hand-off to the sender thread. */
+	struct sr_ctx *w;
+	bool wbusy;
+	uint32_t q_epochs; /* r->lock: staged epochs in the queue (the loop never writes those) */
+	uint64_t fwd_direct; /* r->lock: frames the loop wrote itself */
+	/* From the epoch's capture until the SVM's ack the PVM runs again: its output is stashed
+	 * (stash_lock; vCPU threads) and enters the comparator after the checkpoint's held output
+	 * was released; frames its taps deliver meanwhile are forwarded after the ack (loop). */
+	pthread_mutex_t stash_lock;
+	bool stashing; /* stash_lock */
+	struct colo_stash {
+		uint8_t *buf;
+		size_t len, cap;
+		uint64_t dropped;
+	} txstash, rxstash;
+	uint64_t t_dirty, t_epoch_q, t_epoch_sent; /* t_epoch_sent: r->lock */
+	uint32_t last_echo; /* the SVM's last echoed forward stamp (loop) */
 	uint64_t fwd_frames, fwd_dropped, svm_frames; /* fwd_*: r->lock */
 	/* ---- standby ---- */
 	bool svm_running; /* reader: the first state was applied (vCPUs started or starting) */
 	bool in_ckpt; /* reader: between CKPT_REQ and its epoch: inbound frames are dropped */
 	bool svm_paused; /* reader: our pause hold on the SVM */
 	uint64_t req_epoch;
+	uint32_t stamp; /* atomic: the stamp of the last frame injected, echoed in the SVM's output */
 	struct dirty_log *log;
 	uint64_t *bm;
 	uint64_t injected, inject_dropped, in_dropped_ckpt; /* reader */
@@ -79,6 +99,8 @@ struct colo {
 	size_t txlen, txcap, txsparecap;
 	int txfd;
 	bool txstop, tx_running, tx_failed;
+	bool txsending; /* txlock: a thread is writing on txfd (the writer, or a caller directly) */
+	uint64_t out_direct; /* txlock: records sent by their caller without the writer */
 	pthread_t txthread;
 };
 
@@ -94,10 +116,15 @@ int colo_primary_start(struct remus *r, uint32_t interval_ms, uint32_t timeout_m
 void colo_primary_precopy_done(struct remus *r); /* loop: the live copy is on the standby */
 void colo_primary_async(struct remus *r); /* loop: the comparator diverged */
 void colo_primary_msg(struct remus *r, const struct remus_msg *m); /* loop: a record from the SVM */
+/* Loop, inside the checkpoint's pause (the engine's commit): stash the PVM's output from now on. */
+void colo_primary_captured(struct remus *r);
 /* Sender thread: write what the queue holds, in order (r->lock NOT held). 1 when something was
  * written, 0 when the queue was empty, -errno on a stream error. */
 int colo_sender_drain(struct remus *r, struct sr_ctx *w);
 bool colo_sender_pending(struct remus *r); /* r->lock held */
+/* Sender thread: its stream, shared with the loop's direct writes (NULL when it ends). */
+void colo_sender_attach(struct remus *r, struct sr_ctx *w);
+int colo_sender_heartbeat(struct remus *r, struct sr_ctx *w); /* sender: one heartbeat, 0 or -errno */
 /* The session ends (any way): timers and hooks off, the PVM's pause released. run_alone: the SVM
  * is gone, the comparator passes every frame (held ones first). */
 void colo_primary_stop(struct remus *r, bool run_alone);

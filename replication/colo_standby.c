@@ -28,7 +28,8 @@ static void svm_tx_hook(void *opaque, int netidx, const void *frame, size_t len)
 	uint8_t pre[8];
 
 	le_put32(pre, (uint32_t)netidx);
-	le_put32(pre + 4, 0);
+	/* the primary's stamp of the last input injected: it measures the round trip (profile) */
+	le_put32(pre + 4, __atomic_load_n(&c->stamp, __ATOMIC_RELAXED));
 	if (!send_record(c, SR_REC_COLO_OUTPUT, pre, 8, frame, len, true)) {
 		pthread_mutex_lock(&c->txlock);
 		c->out_frames++;
@@ -85,6 +86,7 @@ int colo_standby_record(void *opaque, uint32_t type, const uint8_t *body, uint32
 	pthread_mutex_unlock(&r->lock);
 	if (gone)
 		return 0;
+	__atomic_store_n(&c->stamp, le_get32(body + 4), __ATOMIC_RELAXED);
 	if (vmm_net_inject(r->v, (int)((uint32_t)body[0] | (uint32_t)body[1] << 8), body + 8, len - 8))
 		c->inject_dropped++;
 	else

@@ -148,6 +148,7 @@ static void *sender_main(void *arg)
 	r->first_ckpt = epoch;
 	r->precopy_done = true;
 	pthread_mutex_unlock(&r->lock);
+	colo_sender_attach(r, w); /* COLO: the loop may write forwarded frames itself */
 	remus_notify(r, RA_PRECOPY_DONE);
 
 	for (;;) {
@@ -183,7 +184,8 @@ static void *sender_main(void *arg)
 		if (!r->job_pending || r->colo_on) {
 			pthread_mutex_unlock(&r->lock);
 			uint64_t now = now_ns();
-			rc = sr_write_record(w, REMUS_REC_HEARTBEAT, &now, sizeof(now));
+			rc = r->colo_on ? colo_sender_heartbeat(r, w)
+					: sr_write_record(w, REMUS_REC_HEARTBEAT, &now, sizeof(now));
 			if (rc) {
 				sender_error(r, "sending heartbeat", w, rc);
 				break;
@@ -224,6 +226,7 @@ static void *sender_main(void *arg)
 		if (stop)
 			break;
 	}
+	colo_sender_attach(r, NULL); /* no direct write after this */
 	pthread_mutex_lock(&r->lock);
 	bool clean = r->stop_sender && !*r->sender_err;
 	uint64_t last = r->last_sent_epoch > epoch ? r->last_sent_epoch : epoch;
@@ -269,6 +272,8 @@ static int remus_commit(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err,
 
 	(void)err, (void)errlen;
 	netbuf_mark(r->nb, ep->epoch);
+	if (r->colo_on)
+		colo_primary_captured(r); /* its output from here on waits for the SVM's ack */
 	return 0;
 }
 

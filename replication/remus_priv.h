@@ -186,7 +186,13 @@ struct remus {
 	uint64_t protect_start_ns;
 	/* primary stats */
 	struct remus_ring pause_ns, ack_ns;
-	struct remus_ring colo_pause_ns; /* COLO: the PVM's pause, epoch pause to the SVM's ack */
+	struct remus_ring colo_pause_ns; /* COLO: the PVM's pause per checkpoint (capture) */
+	/* COLO profile (status colo.latency / colo.checkpoint_phases), ns: forwarded frames' time in
+	 * the send queue (lock), an input's round trip through the SVM (forward to its first output
+	 * back), request -> the SVM's dirty set, epoch queued -> written (lock), written -> ack,
+	 * and pause -> ack (the time a checkpoint's output stays held) */
+	struct remus_ring colo_fwdq_ns, colo_rtt_ns, colo_req_dirty_ns, colo_send_ns, colo_ack_wait_ns,
+		colo_hold_ns;
 	uint64_t last_t_pause; /* now_ns() at the last epoch's pause */
 	uint64_t epochs, skipped, forced, dirty_last, dirty_total, precopy_pages, precopy_rounds;
 	uint64_t bytes_raw, bytes_wire; /* lock (sender) */

@@ -140,6 +140,13 @@ def test_deterministic_load_has_no_mismatch(pair_factory, topology, isn):
     # of pipelined replies may be coalesced differently by the two VMs
     assert f["udp"]["matched"] >= 250 and f["tcp"]["matched"] >= 100, st
     assert f["matched"] == f["compared"], st
+    # the request path: the loop forwards frames itself when the stream is free, the SVM's vCPU
+    # sends its output itself when the queue is empty; the profile saw the round trips
+    assert 0 < st["forwarded_direct"] <= st["forwarded"], st
+    sv = p.sb.ctl("status")["colo"]
+    assert sv["output_direct"] > 0, sv  # records sent by their caller (frames, heartbeats, acks)
+    assert st["latency"]["svm_round_trip"]["p50_us"] > 0, st
+    assert st["stash_dropped"] == 0, st
     assert p.pr.ctl("status")["role"] == "primary" and p.sb.ctl("status")["role"] == "standby", p.diag()
     kinds = {e["kind"] for e in p.pr.ctl("status")["remus"]["events"]}
     assert kinds <= {"protect-start", "protected"}, p.diag()
@@ -171,6 +178,10 @@ def test_nondeterminism_forces_mismatch_checkpoints(pair_factory, topology):
     print("colo status:", json.dumps(st))
     assert st["checkpoints"]["mismatch"] >= 5, st
     assert st["frames"]["mismatched"] >= 5, st
+    # the PVM resumed after each capture: it is paused for less than its output is held
+    ph = st["checkpoint_phases"]
+    assert 0 < ph["pause"]["p50_us"] < ph["held"]["p50_us"], st
+    assert ph["ack_wait"]["p50_us"] > 0 and ph["request_to_dirty"]["p50_us"] > 0, st
 
 
 def kill_after_mismatch(pair_factory, topology, i, rng):

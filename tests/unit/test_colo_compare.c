@@ -101,6 +101,39 @@ static void test_udp_in_order(void **state)
 	sink_free(&s);
 }
 
+/* How long matched PVM frames were held: their arrival to the SVM twin's (nearest-rank p50/p99);
+ * frames released by a checkpoint are not matches and do not count. */
+static void test_hold_time(void **state)
+{
+	struct fdef d = flow_vm(4, 53, 40000);
+	uint8_t p[4][128];
+	size_t pn[4];
+	struct sink s;
+	struct colo_cmp *c = cmp_new(&s, 0, 0, 0);
+
+	(void)state;
+	assert_int_equal(stats(c).hold_p50_ns, 0);
+	assert_int_equal(stats(c).hold_p99_ns, 0);
+	for (int i = 0; i < 4; i++) {
+		char msg[32];
+
+		snprintf(msg, sizeof(msg), "reply %d", i);
+		pn[i] = fb_udp(p[i], &d, msg, strlen(msg));
+		pvm(c, p[i], pn[i], MS(1 + (uint64_t)i)); /* held since 1, 2, 3, 4 ms */
+	}
+	for (int i = 0; i < 3; i++)
+		svm(c, p[i], pn[i], MS(10)); /* matched at 10 ms: held 9, 8, 7 ms */
+	assert_int_equal(s.n, 3);
+	assert_int_equal(stats(c).hold_p50_ns, MS(8));
+	assert_int_equal(stats(c).hold_p99_ns, MS(9));
+	colo_cmp_checkpoint_done(c); /* the fourth goes out unmatched: no hold sample */
+	assert_int_equal(s.n, 4);
+	assert_int_equal(stats(c).hold_p50_ns, MS(8));
+	assert_int_equal(stats(c).hold_p99_ns, MS(9));
+	colo_cmp_free(c);
+	sink_free(&s);
+}
+
 /* ICMP, ICMPv6, ARP, ND and an unknown ethertype, each matched and counted in its class */
 static void test_protocols(void **state)
 {
@@ -642,13 +675,21 @@ static void test_flow_bound(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_bad_args),      cmocka_unit_test(test_udp_in_order),
-		cmocka_unit_test(test_protocols),     cmocka_unit_test(test_icmp6_fields),
-		cmocka_unit_test(test_mismatch_once), cmocka_unit_test(test_timeout),
-		cmocka_unit_test(test_queue_bound),   cmocka_unit_test(test_checkpoint_done),
-		cmocka_unit_test(test_passthrough),   cmocka_unit_test(test_vlan),
-		cmocka_unit_test(test_many_flows),    cmocka_unit_test(test_flow_bound),
-		cmocka_unit_test(test_malformed),     cmocka_unit_test(test_rewrite_inbound_non_tcp),
+		cmocka_unit_test(test_bad_args),
+		cmocka_unit_test(test_udp_in_order),
+		cmocka_unit_test(test_hold_time),
+		cmocka_unit_test(test_protocols),
+		cmocka_unit_test(test_icmp6_fields),
+		cmocka_unit_test(test_mismatch_once),
+		cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_queue_bound),
+		cmocka_unit_test(test_checkpoint_done),
+		cmocka_unit_test(test_passthrough),
+		cmocka_unit_test(test_vlan),
+		cmocka_unit_test(test_many_flows),
+		cmocka_unit_test(test_flow_bound),
+		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_rewrite_inbound_non_tcp),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
