@@ -173,6 +173,8 @@ def test_fleet_up_window_and_readiness(doppel_bin, guest_elf, tmp_path):
         st = {n: ctl(f"{run}/{n}.sock", {"cmd": "status"}) for n in names}
         assert [st[n]["state"] for n in names] == ["running"] * 3
         assert st["wa"]["uptime_s"] >= st["wb"]["uptime_s"] >= st["wc"]["uptime_s"], st
+        # fleet up forks at a higher priority; its VMs run at the caller's
+        assert {os.getpriority(os.PRIO_PROCESS, s["pid"]) for s in st.values()} == {os.getpriority(os.PRIO_PROCESS, 0)}
     finally:
         r = fleet(doppel_bin, "down", f)
     assert r.returncode == 0, r.stderr
