@@ -530,7 +530,12 @@ int cmd_fleet(int argc, char **argv)
 		free(err);
 		return rc >= 0 ? rc : DOPPEL_EXIT_FAIL;
 	}
-	if (vmm_fleet_load(a.file, &f, err, errlen, &n)) {
+	/* up and check: the host must have the memory; down and status: the fleet may be using it */
+	if (!strcmp(a.verb, "up") || !strcmp(a.verb, "check"))
+		rc = vmm_fleet_load(a.file, &f, err, errlen, &n);
+	else
+		rc = vmm_fleet_load_running(a.file, &f, err, errlen, &n);
+	if (rc) {
 		for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
 			fprintf(stderr, "doppel fleet: %s: %s\n", a.file, line);
 		fprintf(stderr, "doppel fleet: %s refused (%d problem%s), nothing started\n", a.file, n,
