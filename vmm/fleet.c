@@ -1,6 +1,8 @@
 /* fleet.c — parse and validate a fleet file whole: per-VM configs, then uniqueness, memory, CPUs, order. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -372,7 +374,7 @@ void vmm_fleet_host_probe(struct vmm_fleet_host *h)
 		fclose(m);
 }
 
-int vmm_fleet_load(const char *path, struct vmm_fleet *f, char *err, size_t errlen, int *nproblems)
+static int load(const char *path, bool running, struct vmm_fleet *f, char *err, size_t errlen, int *nproblems)
 {
 	struct vmm_fleet_host host;
 	struct json_object *root;
@@ -385,9 +387,21 @@ int vmm_fleet_load(const char *path, struct vmm_fleet *f, char *err, size_t errl
 	if (rc)
 		return rc;
 	vmm_fleet_host_probe(&host);
+	if (running)
+		host.mem_available = UINT64_MAX;
 	rc = vmm_fleet_from_json(root, &host, f, err, errlen, nproblems);
 	json_object_put(root);
 	return rc;
+}
+
+int vmm_fleet_load(const char *path, struct vmm_fleet *f, char *err, size_t errlen, int *nproblems)
+{
+	return load(path, false, f, err, errlen, nproblems);
+}
+
+int vmm_fleet_load_running(const char *path, struct vmm_fleet *f, char *err, size_t errlen, int *nproblems)
+{
+	return load(path, true, f, err, errlen, nproblems);
 }
 
 void vmm_fleet_free(struct vmm_fleet *f)

@@ -40,6 +40,10 @@ int vmm_fleet_from_json(struct json_object *root, const struct vmm_fleet_host *h
 /* Read the file and vmm_fleet_from_json it (takes the host facts from this machine). */
 int vmm_fleet_load(const char *path, struct vmm_fleet *f, char *err, size_t errlen, int *nproblems)
 	__attribute__((warn_unused_result));
+/* The same for a fleet that may be running (down, status): the host's free memory is not a limit
+ * then (the fleet's own VMs use it); host.memory from the file still is. */
+int vmm_fleet_load_running(const char *path, struct vmm_fleet *f, char *err, size_t errlen, int *nproblems)
+	__attribute__((warn_unused_result));
 
 void vmm_fleet_free(struct vmm_fleet *f);
 

@@ -441,8 +441,6 @@ int vmm_run(struct vmm *v, bool start_paused)
 	}
 	if (v->o.sandbox == VMM_SANDBOX_OFF)
 		log_info("vmm", v->name, "sandbox off: every system call and capability stays available");
-	if (v->o.ready_fn)
-		v->o.ready_fn(v, v->o.ready_opaque);
 
 	if (v->o.serial == NULL || !strcmp(v->o.serial, "stdio")) {
 		int fl = fcntl(STDIN_FILENO, F_GETFL);
@@ -457,6 +455,8 @@ int vmm_run(struct vmm *v, bool start_paused)
 	if (start_paused && vm_pause(v->vm) == 0) /* a hold before start: vCPUs start parked */
 		v->user_paused = true;
 	rc = v->held ? 0 : vm_start(v->vm);
+	if (rc == 0 && v->o.ready_fn) /* the VM runs (or is held, as asked) */
+		v->o.ready_fn(v, v->o.ready_opaque);
 	vmm_event(v, "state",
 		  state_fields(rc	      ? "failed"
 			       : v->held      ? "held"

@@ -47,7 +47,8 @@ struct vmm_opts {
 	int nr_cpus;
 	enum hv_mem_policy mem_policy; /* guest RAM: lazy (default), populate or lock */
 	int sandbox; /* enum vmm_sandbox (vmm/sandbox.h): 0 off (default), 1 on, 2 log; vmm_run applies it */
-	/* Called once on the loop thread when the control socket accepts requests (e.g. sd_notify). */
+	/* Called once on the loop thread when the control socket accepts requests and the vCPUs run
+	 * (or are held, for a standby or a migration target): sd_notify, fleet readiness. */
 	void (*ready_fn)(struct vmm *v, void *opaque);
 	void *ready_opaque;
 };

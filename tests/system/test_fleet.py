@@ -157,3 +157,55 @@ def test_protected_fleet_two_namespaces(doppel_bin, guest_elf, tmp_path, topolog
     finally:
         fleet(doppel_bin, "down", f, "--runtime-dir", runA, ns=topology.hostA)
         fleet(doppel_bin, "down", f, "--standby", "--runtime-dir", runB, ns=topology.hostB)
+
+
+def test_fleet_up_window_and_readiness(doppel_bin, guest_elf, tmp_path):
+    """--parallel 1: each VM is forked only once the one before said it runs (on the readiness pipe),
+    so their uptimes are ordered; `up` returns once every VM runs."""
+    run = f"{tmp_path}/run"
+    names = ["wa", "wb", "wc"]
+    f = write(tmp_path, {"host": {"runtime_dir": run}, "vms": [vm(n, guest_elf, tmp_path) for n in names]})
+    st = {}
+    try:
+        r = fleet(doppel_bin, "up", f, "--parallel", "1")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"fleet {f}: 3 VM(s) running in ")
+        st = {n: ctl(f"{run}/{n}.sock", {"cmd": "status"}) for n in names}
+        assert [st[n]["state"] for n in names] == ["running"] * 3
+        assert st["wa"]["uptime_s"] >= st["wb"]["uptime_s"] >= st["wc"]["uptime_s"], st
+        # fleet up forks at a higher priority; its VMs run at the caller's
+        assert {os.getpriority(os.PRIO_PROCESS, s["pid"]) for s in st.values()} == {os.getpriority(os.PRIO_PROCESS, 0)}
+    finally:
+        r = fleet(doppel_bin, "down", f)
+    assert r.returncode == 0, r.stderr
+    for s in st.values():
+        assert not os.path.exists(f"/proc/{s['pid']}")
+
+
+def test_fleet_up_vm_failing_at_start_stops_the_rest(doppel_bin, guest_elf, tmp_path):
+    """A VM whose process ends before it runs (its kernel is no ELF) fails `up`, named with its
+    status; the VMs already started are stopped again and nothing stays running."""
+    run = f"{tmp_path}/run"
+    bad = tmp_path / "not-an-elf"
+    bad.write_text("no kernel here\n")
+    f = write(tmp_path, {"host": {"runtime_dir": run}, "vms": [
+        vm("ga", guest_elf, tmp_path), vm("gb", str(bad), tmp_path, depends_on=["ga"])]})
+    r = fleet(doppel_bin, "up", f)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == ["doppel fleet: gb exited with status 1 while starting (see its log)"]
+    r = fleet(doppel_bin, "status", f, "--json")
+    assert json.loads(r.stdout) == {"vms": [{"name": n, "state": "stopped", "role": None} for n in ("ga", "gb")]}
+    with open(f"{run}/gb.log") as fh:
+        assert "not-an-elf" in fh.read()
+
+
+@pytest.mark.parametrize("argv,err", [
+    (["fleet", "up", "F", "--parallel", "0"], "doppel fleet: bad --parallel '0' (VMs starting at once, 1..4096) (try doppel fleet --help)"),
+    (["run", "--ready-fd", "999", "--kernel", "K"], "doppel run: bad --ready-fd '999' (an open descriptor, 3 or above)"),
+    (["run", "--ready-fd", "1", "--kernel", "K"], "doppel run: bad --ready-fd '1' (an open descriptor, 3 or above)"),
+])
+def test_bad_parallel_and_ready_fd(doppel_bin, argv, err):
+    r = subprocess.run([doppel_bin] + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == err

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <json-c/json.h>
@@ -287,6 +289,29 @@ static void test_fleet_problems(void **state)
 	assert_int_equal(n, 13);
 }
 
+/* fleet down/status load a fleet that may be running: its own VMs use the host's free memory, so
+ * only up/check compare with MemAvailable (a fleet bigger than any host stands in for that). */
+static void test_fleet_load_running(void **state)
+{
+	char path[] = "/tmp/test_fleet_XXXXXX", err[4096] = "";
+	const char *s = "{\"vms\":[" VM("big", ",\"memory\":\"64G\"") "]}";
+	struct vmm_fleet f;
+	int fd = mkstemp(path), n = 0;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, s, strlen(s)), (ssize_t)strlen(s));
+	close(fd);
+	assert_int_equal(vmm_fleet_load(path, &f, err, sizeof(err), &n), -EINVAL);
+	assert_int_equal(n, 1);
+	assert_non_null(strstr(err, "vms: the VMs need 65536 MiB of memory, the host has "));
+	assert_int_equal(vmm_fleet_load_running(path, &f, err, sizeof(err), &n), 0);
+	assert_int_equal(f.nr, 1);
+	assert_string_equal(f.vm[0].o.name, "big");
+	vmm_fleet_free(&f);
+	unlink(path);
+}
+
 static void test_fleet_shape(void **state)
 {
 	char err[4096] = "";
@@ -314,7 +339,7 @@ int main(void)
 		cmocka_unit_test(test_issue_example), cmocka_unit_test(test_all_fields),
 		cmocka_unit_test(test_errors),	      cmocka_unit_test(test_error_overflow),
 		cmocka_unit_test(test_fleet_ok),      cmocka_unit_test(test_fleet_problems),
-		cmocka_unit_test(test_fleet_shape),
+		cmocka_unit_test(test_fleet_shape),   cmocka_unit_test(test_fleet_load_running),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -20,11 +22,15 @@
 #include "tools/doppel/doppel.h"
 #include "vmm/fleet.h"
 
+/* VMs being set up at once per host CPU: enough that their waits (KVM's RCU grace periods, the
+ * RTNL lock for taps) overlap, few enough that fleet up and the VMs already up are not starved. */
+#define FLEET_PARALLEL_PER_CPU 16
+
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: doppel fleet up|down|status|check FILE [--standby] [--runtime-dir DIR] [--json]\n"
-		"                                           [--timeout MS]\n"
+		"                                           [--timeout MS] [--parallel N]\n"
 		"\n"
 		"A fleet file (docs/fleet.md) declares a host and its VMs, each in the config-file shape\n"
 		"(docs/config.md) plus \"cpus\", \"cpus_exclusive\", \"memory_policy\" and \"depends_on\".\n"
@@ -45,13 +51,15 @@ static void usage(FILE *f)
 		"                  path; default: the file's host.runtime_dir, else /run/doppel)\n"
 		"  -j, --json      status: one JSON object\n"
 		"  -t, --timeout MS  up/down: give up after MS (default 60000)\n"
-		"  -h, --help      show this help\n");
+		"  -p, --parallel N  up: at most N VMs starting at once (default %d per host CPU)\n"
+		"  -h, --help      show this help\n",
+		FLEET_PARALLEL_PER_CPU);
 }
 
 struct fleet_args {
 	const char *verb, *file, *runtime_dir;
 	bool standby, json;
-	int timeout_ms;
+	int timeout_ms, parallel;
 };
 
 static void ctl_path(const struct vmm_fleet *f, int i, char *buf, size_t len)
@@ -83,13 +91,25 @@ static int call(const struct vmm_fleet *f, int i, const char *cmd, struct json_o
 	return rc;
 }
 
-/* A detached `doppel run --config RUNDIR/NAME.json`: own session, stdin /dev/null, output to its log.
- * The child runs cmd_run straight after fork, without exec: this process has every library mapped
- * and relocated already, which is half of what starting a small VM costs (docs/fleet.md). */
-static pid_t spawn(const struct fleet_args *a, const struct vmm_fleet *f, int i, char *err, size_t errlen)
+/* What `fleet up` keeps while it starts VMs: the readiness pipe every VM writes "NAME\n" to once it
+ * runs (`doppel run --ready-fd`), how many VMs may be starting at once, and this process's nice value
+ * (fleet up runs at a higher priority than the VMs it forks, which get this value back). */
+struct starter {
+	int rd, wr;
+	int window, nice0;
+	char buf[8192];
+	size_t have;
+};
+
+/* A detached `doppel run --config RUNDIR/NAME.json --ready-fd W`: own session, stdin /dev/null,
+ * output to its log. The child runs cmd_run straight after fork, without exec: this process has every
+ * library mapped and relocated already, which is half of what starting a small VM costs
+ * (docs/fleet.md). */
+static pid_t spawn(const struct fleet_args *a, const struct vmm_fleet *f, int i, const struct starter *st,
+		   char *err, size_t errlen)
 {
 	const struct vmm_config *c = &f->vm[i];
-	char cfg[320], log[320], ctl[256], comm[16];
+	char cfg[320], log[320], ctl[256], comm[16], wr[16];
 	pid_t pid;
 	int fd;
 
@@ -100,6 +120,7 @@ static pid_t spawn(const struct fleet_args *a, const struct vmm_fleet *f, int i,
 		snprintf(log, sizeof(log), "%s/%s%s.log", f->runtime_dir, c->o.name,
 			 a->standby ? "-standby" : "");
 	ctl_path(f, i, ctl, sizeof(ctl));
+	snprintf(wr, sizeof(wr), "%d", st->wr);
 	if (json_object_to_file_ext(
 		    cfg, json_object_array_get_idx(json_object_object_get(f->root, "vms"), (size_t)i),
 		    JSON_C_TO_STRING_PLAIN))
@@ -114,18 +135,21 @@ static pid_t spawn(const struct fleet_args *a, const struct vmm_fleet *f, int i,
 		return errf(err, errlen, -errno, "fork: %s", strerror(errno));
 	}
 	if (pid == 0) {
-		char *argv[] = {"run", "--config", cfg, "--control", ctl, a->standby ? "--standby" : NULL,
+		char *argv[] = {"run", "--config",   cfg, "--control",
+				ctl,   "--ready-fd", wr,  a->standby ? "--standby" : NULL,
 				NULL};
 		int nul = open("/dev/null", O_RDONLY), rc;
 
 		setsid();
+		setpriority(PRIO_PROCESS, 0, st->nice0); /* back to the caller's priority */
+		close(st->rd);
 		if (nul < 0 || dup2(nul, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
 			_exit(127);
 		close(nul);
 		close(fd);
 		snprintf(comm, sizeof(comm), "dp-%s", c->o.name);
 		prctl(PR_SET_NAME, comm); /* ps shows which VM this process is */
-		rc = cmd_run(a->standby ? 6 : 5, argv);
+		rc = cmd_run(a->standby ? 8 : 7, argv);
 		fflush(NULL);
 		_exit(rc);
 	}
@@ -135,53 +159,90 @@ static pid_t spawn(const struct fleet_args *a, const struct vmm_fleet *f, int i,
 
 static int stop_all(const struct fleet_args *a, const struct vmm_fleet *f, int timeout_ms, bool quiet);
 
-/* Start one wave in parallel and wait until each VM answers on its control socket. */
-static int start_wave(const struct fleet_args *a, const struct vmm_fleet *f, int wave, pid_t *pids,
-		      uint64_t deadline)
+/* Every whole "NAME\n" line on the readiness pipe: that VM runs (pids[i] negated: started by us and
+ * done with). Returns how many VMs became ready. */
+static int drain_ready(const struct vmm_fleet *f, pid_t *pids, struct starter *st)
 {
-	char err[512];
-	int left = 0;
+	int ready = 0;
+	ssize_t n;
 
-	for (int i = 0; i < f->nr; i++) {
-		if (f->wave[i] != wave || !selected(a, f, i))
-			continue;
-		pids[i] = spawn(a, f, i, err, sizeof(err));
-		if (pids[i] < 0) {
-			fprintf(stderr, "doppel fleet: %s: %s\n", f->vm[i].o.name, err);
-			return -1;
+	while ((n = read(st->rd, st->buf + st->have, sizeof(st->buf) - st->have)) > 0) {
+		char *line = st->buf, *nl;
+
+		st->have += (size_t)n;
+		while ((nl = memchr(line, '\n', st->have - (size_t)(line - st->buf)))) {
+			*nl = 0;
+			for (int i = 0; i < f->nr; i++)
+				if (pids[i] > 0 && !strcmp(f->vm[i].o.name, line)) {
+					pids[i] = -pids[i];
+					ready++;
+					break;
+				}
+			line = nl + 1;
 		}
-		left++;
+		st->have -= (size_t)(line - st->buf);
+		memmove(st->buf, line, st->have);
+		if (st->have == sizeof(st->buf)) /* no line is this long (names are short): drop it */
+			st->have = 0;
 	}
-	while (left > 0) {
-		for (int i = 0; i < f->nr; i++) {
-			struct json_object *r = NULL;
-			int st;
+	return ready;
+}
 
-			if (f->wave[i] != wave || pids[i] <= 0)
-				continue;
-			if (waitpid(pids[i], &st, WNOHANG) == pids[i]) {
+/* A VM process that ended before it said it runs: its index, else -1 (none ended). */
+static int reap_failed(const struct vmm_fleet *f, pid_t *pids, struct starter *st, int *inflight)
+{
+	pid_t pid;
+	int wst;
+
+	while ((pid = waitpid(-1, &wst, WNOHANG)) > 0) {
+		*inflight -= drain_ready(f, pids, st); /* it may have said so just before it ended */
+		for (int i = 0; i < f->nr; i++)
+			if (pids[i] == pid) {
 				fprintf(stderr,
 					"doppel fleet: %s exited with status %d while starting (see its "
 					"log)\n",
 					f->vm[i].o.name,
-					WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+					WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst));
 				pids[i] = 0;
+				return i;
+			}
+	}
+	return -1;
+}
+
+/* Start one wave, at most st->window VMs starting at once, each done when it says it runs on the
+ * readiness pipe (no polling of control sockets). */
+static int start_wave(const struct fleet_args *a, const struct vmm_fleet *f, int wave, pid_t *pids,
+		      struct starter *st, uint64_t deadline)
+{
+	char err[512];
+	int next = 0, inflight = 0;
+
+	for (;;) {
+		for (; next < f->nr && inflight < st->window; next++) {
+			if (f->wave[next] != wave || !selected(a, f, next))
+				continue;
+			pids[next] = spawn(a, f, next, st, err, sizeof(err));
+			if (pids[next] < 0) {
+				fprintf(stderr, "doppel fleet: %s: %s\n", f->vm[next].o.name, err);
+				pids[next] = 0;
 				return -1;
 			}
-			if (call(f, i, "status", NULL, 200, &r, err, sizeof(err)) == 0) {
-				pids[i] = -pids[i]; /* running: done with it (negative: started by us) */
-				left--;
-			}
-			json_object_put(r);
+			inflight++;
+			inflight -= drain_ready(f, pids, st);
 		}
-		if (left && now_ns() > deadline) {
-			fprintf(stderr, "doppel fleet: %d VM(s) did not come up in time\n", left);
+		inflight -= drain_ready(f, pids, st);
+		if (reap_failed(f, pids, st, &inflight) >= 0)
+			return -1;
+		if (!inflight && next >= f->nr)
+			return 0;
+		if (now_ns() > deadline) {
+			fprintf(stderr, "doppel fleet: %d VM(s) did not come up in time\n", inflight);
 			return -1;
 		}
-		if (left)
-			nanosleep(&(struct timespec){.tv_nsec = 10000000}, NULL);
+		if (inflight >= st->window || next >= f->nr)
+			poll(&(struct pollfd){.fd = st->rd, .events = POLLIN}, 1, 50);
 	}
-	return 0;
 }
 
 static struct json_object *protect_req(const struct vmm_protection *p)
@@ -227,10 +288,44 @@ static int protect_all(const struct vmm_fleet *f, int timeout_ms)
 	return 0;
 }
 
+/* The readiness pipe (the read end non-blocking, 1 MiB so that a thousand "NAME\n" lines fit while
+ * fleet up forks) and fleet up's priority: nice -10 relative to the caller, so that the one process
+ * forking every VM is not starved by the VMs it already started (they get the caller's value). */
+static int starter_open(const struct fleet_args *a, struct starter *st)
+{
+	int p[2];
+
+	memset(st, 0, sizeof(*st));
+	if (pipe2(p, O_CLOEXEC)) {
+		fprintf(stderr, "doppel fleet: pipe: %s\n", strerror(errno));
+		return -1;
+	}
+	st->rd = p[0];
+	st->wr = p[1];
+	fcntl(st->rd, F_SETFL, O_NONBLOCK);
+	fcntl(st->wr, F_SETFL, O_NONBLOCK); /* a VM never blocks on a full pipe */
+	fcntl(st->wr, F_SETPIPE_SZ, 1 << 20); /* best effort: the default 64 KiB works too */
+	st->window = a->parallel;
+	errno = 0;
+	st->nice0 = getpriority(PRIO_PROCESS, 0);
+	if (errno)
+		st->nice0 = 0;
+	(void)setpriority(PRIO_PROCESS, 0, st->nice0 - 10); /* best effort (needs CAP_SYS_NICE) */
+	return 0;
+}
+
+static void starter_close(struct starter *st)
+{
+	close(st->rd);
+	close(st->wr);
+	(void)setpriority(PRIO_PROCESS, 0, st->nice0);
+}
+
 static int fleet_up(const struct fleet_args *a, const struct vmm_fleet *f)
 {
 	uint64_t t0 = now_ns(), deadline = t0 + (uint64_t)a->timeout_ms * 1000000ull;
 	pid_t *pids = calloc((size_t)f->nr, sizeof(pid_t));
+	struct starter st;
 	char err[512];
 	int nstart = 0, nprot = 0, bad = 0;
 
@@ -252,12 +347,18 @@ static int fleet_up(const struct fleet_args *a, const struct vmm_fleet *f)
 		free(pids);
 		return DOPPEL_EXIT_FAIL;
 	}
+	if (starter_open(a, &st)) {
+		free(pids);
+		return DOPPEL_EXIT_FAIL;
+	}
 	for (int w = 0; w < f->nr_waves; w++)
-		if (start_wave(a, f, w, pids, deadline)) {
+		if (start_wave(a, f, w, pids, &st, deadline)) {
+			starter_close(&st);
 			stop_all(a, f, a->timeout_ms, true);
 			free(pids);
 			return DOPPEL_EXIT_FAIL;
 		}
+	starter_close(&st);
 	free(pids);
 	for (int i = 0; i < f->nr; i++) {
 		nstart += selected(a, f, i);
@@ -365,16 +466,20 @@ static int parse(struct fleet_args *a, int argc, char **argv)
 		{"json", no_argument, NULL, 'j'},
 		{"runtime-dir", required_argument, NULL, 'R'},
 		{"timeout", required_argument, NULL, 't'},
+		{"parallel", required_argument, NULL, 'p'},
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
 	uint64_t v;
 	int c;
 
-	*a = (struct fleet_args){.timeout_ms = 60000};
+	*a = (struct fleet_args){.timeout_ms = 60000,
+				 .parallel = FLEET_PARALLEL_PER_CPU * (int)sysconf(_SC_NPROCESSORS_ONLN)};
+	if (a->parallel < FLEET_PARALLEL_PER_CPU)
+		a->parallel = FLEET_PARALLEL_PER_CPU;
 	if (doppel_opts_begin(argc, argv, opts))
 		return DOPPEL_EXIT_OK;
-	while ((c = getopt_long(argc, argv, ":jt:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":jt:p:h", opts, NULL)) != -1) {
 		if (c == 'h') {
 			usage(stdout);
 			return DOPPEL_EXIT_OK;
@@ -387,6 +492,12 @@ static int parse(struct fleet_args *a, int argc, char **argv)
 			a->runtime_dir = optarg;
 		} else if (c == 'j') {
 			a->json = true;
+		} else if (c == 'p') {
+			if (parse_uint(optarg, 1, FLEET_MAX_VMS, &v))
+				return doppel_usage_error("fleet",
+							  "bad --parallel '%s' (VMs starting at once, 1..%d)",
+							  optarg, FLEET_MAX_VMS);
+			a->parallel = (int)v;
 		} else if (c == 't') {
 			if (parse_uint(optarg, 1, 3600000, &v))
 				return doppel_usage_error(
@@ -419,7 +530,12 @@ int cmd_fleet(int argc, char **argv)
 		free(err);
 		return rc >= 0 ? rc : DOPPEL_EXIT_FAIL;
 	}
-	if (vmm_fleet_load(a.file, &f, err, errlen, &n)) {
+	/* up and check: the host must have the memory; down and status: the fleet may be using it */
+	if (!strcmp(a.verb, "up") || !strcmp(a.verb, "check"))
+		rc = vmm_fleet_load(a.file, &f, err, errlen, &n);
+	else
+		rc = vmm_fleet_load_running(a.file, &f, err, errlen, &n);
+	if (rc) {
 		for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
 			fprintf(stderr, "doppel fleet: %s: %s\n", a.file, line);
 		fprintf(stderr, "doppel fleet: %s refused (%d problem%s), nothing started\n", a.file, n,

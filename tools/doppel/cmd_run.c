@@ -1,11 +1,13 @@
 /* cmd_run.c — `doppel run`: boot a VM in the foreground until it stops; see usage() for its exit codes. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -34,10 +36,11 @@ static void usage(FILE *f)
 		"                  [--control-group GROUP] [--no-sandbox | --sandbox-log]\n"
 		"                  [--log-level error|warn|info|debug] [--log-json FILE]\n"
 		"                  [--log stderr|journal] [--event-log PATH|none] [--metrics ADDR:PORT]\n"
-		"                  [--exit-status-file FILE]\n"
+		"                  [--exit-status-file FILE] [--ready-fd FD]\n"
 		"\n"
 		"Run a VM in the foreground; SIGINT/SIGTERM or `doppel stop NAME` stop it cleanly. Under\n"
-		"systemd (Type=notify) it reports READY=1 once its control socket accepts requests.\n"
+		"systemd (Type=notify) it reports READY=1 once its control socket accepts requests and\n"
+		"its vCPUs run (or are held: --standby, --incoming).\n"
 		"Exit status: 0 the guest exited 0, or the VM was stopped or migrated away; 1 doppel failed;\n"
 		"2 bad command line; 5 the VM fenced itself; 6 the guest exited with a nonzero status\n"
 		"(the byte it wrote to port 0x501: see --exit-status-file).\n"
@@ -97,6 +100,10 @@ static void usage(FILE *f)
 		"                   and its JSON at /status.json over HTTP ([IPv6]:PORT for IPv6)\n"
 		"  --exit-status-file FILE  when the guest ends the VM, write its exit status (0-255) to\n"
 		"                   FILE as one decimal line; untouched when the host stopped the VM\n"
+		"  --ready-fd FD    once the control socket answers and the vCPUs run (or are held),\n"
+		"                   write the VM's name and a newline to the inherited descriptor FD\n"
+		"                   (one write: a pipe shared by many VMs keeps each line whole) and\n"
+		"                   close it; `doppel fleet up` waits on this\n"
 		"  --help           show this help\n",
 		HV_MAX_VCPUS);
 }
@@ -109,7 +116,8 @@ enum {
 	OPT_CTL_GROUP,
 	OPT_NO_SANDBOX,
 	OPT_SANDBOX_LOG,
-	OPT_EXIT_FILE
+	OPT_EXIT_FILE,
+	OPT_READY_FD
 };
 static void notify_ready(struct vmm *v, void *opaque);
 
@@ -121,6 +129,7 @@ struct run_args {
 	const char *tls_dir, *tls_peer_name;
 	const char *exit_status_file;
 	uint64_t witness_ttl;
+	int ready_fd; /* --ready-fd: -1 none */
 	enum log_level log_level;
 	bool standby, accept_any_peer;
 	bool have_cfg, net_flag, disk_flag, level_flag;
@@ -278,6 +287,11 @@ static int parse_opt(struct run_args *a, int c, const char *arg, const char *opt
 	case OPT_EXIT_FILE:
 		a->exit_status_file = arg;
 		break;
+	case OPT_READY_FD:
+		if (parse_uint(arg, 3, 1 << 20, &n) || fcntl((int)n, F_GETFD) < 0)
+			return bad_usage("bad --ready-fd '%s' (an open descriptor, 3 or above)", arg);
+		a->ready_fd = (int)n;
+		break;
 	case 'h':
 		usage(stdout);
 		return 0;
@@ -381,11 +395,12 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		{"no-sandbox", no_argument, 0, OPT_NO_SANDBOX},
 		{"sandbox-log", no_argument, 0, OPT_SANDBOX_LOG},
 		{"exit-status-file", required_argument, 0, OPT_EXIT_FILE},
+		{"ready-fd", required_argument, 0, OPT_READY_FD},
 		{0, 0, 0, 0},
 	};
 	int c, rc;
 
-	*a = (struct run_args){.log_level = LOG_INFO};
+	*a = (struct run_args){.log_level = LOG_INFO, .ready_fd = -1};
 	rc = load_config(a, argc, argv);
 	if (rc >= 0)
 		return rc;
@@ -420,6 +435,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 		return bad_usage("--accept-any-peer needs --standby");
 	a->o.hold = a->standby || a->incoming;
 	a->o.ready_fn = notify_ready;
+	a->o.ready_opaque = a;
 	if (a->o.hold && a->o.restore)
 		return bad_usage("--restore makes no sense with --standby or --incoming");
 	if (!a->o.hold && !a->o.kernel == !a->o.restore)
@@ -519,12 +535,21 @@ static int build_vm(struct run_args *a, struct vmm **out)
 	return 0;
 }
 
-/* The control socket is up: tell systemd (Type=notify; nothing happens without $NOTIFY_SOCKET). */
+/* The control socket is up and the VM runs: tell --ready-fd (one write of "NAME\n", atomic on a
+ * pipe) and systemd (Type=notify; nothing happens without $NOTIFY_SOCKET). */
 static void notify_ready(struct vmm *v, void *opaque)
 {
-	int rc;
+	struct run_args *a = opaque;
+	char line[80];
+	int rc, n;
 
-	(void)opaque;
+	if (a->ready_fd >= 0) {
+		n = snprintf(line, sizeof(line), "%s\n", vmm_name(v));
+		if (write(a->ready_fd, line, (size_t)n) != n)
+			log_warn("run", vmm_name(v), "--ready-fd %d: %s", a->ready_fd, strerror(errno));
+		close(a->ready_fd);
+		a->ready_fd = -1;
+	}
 	rc = sd_notifyf(0, "READY=1\nSTATUS=%s running, control socket up", vmm_name(v));
 	if (rc < 0)
 		log_warn("run", vmm_name(v), "sd_notify: %s", strerror(-rc));
