@@ -48,7 +48,7 @@ static int await_go(struct mig *m)
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = "ready";
 	pthread_mutex_unlock(&m->lock);
-	rc = mig_msg_recv(m->fd, &msg, RECV_TIMEOUT_MS);
+	rc = mig_msg_recv_link(m->fd, m->link, &msg, RECV_TIMEOUT_MS);
 	m->t_in_go = now_ns();
 	if (!rc && msg.type != MIG_GO)
 		rc = -EPROTO;
@@ -93,6 +93,7 @@ static void *receiver_main(void *arg)
 		disks[i] = vmm_disk(m->v, i);
 	ds.ndirect = nd;
 	sr_in_fd(&in, m->fd, RECV_TIMEOUT_MS);
+	in.tls = m->link; /* TLS: decrypted straight into the reader's buffers */
 	in.deadline_ns = now_ns() + MIG_HANDSHAKE_MS * 1000000ull; /* the header: no byte dribbling */
 	rc = sr_reader_new(&r, &in);
 	if (rc) {
@@ -229,6 +230,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		log_error("migrate", vmm_name(m->v), "incoming migration failed: %s", m->in_err);
 		close(m->fd);
 		m->fd = -1;
+		tls_link_put(m->link);
+		m->link = NULL;
 		vmm_stop(m->v, 1);
 		return;
 	}
@@ -243,6 +246,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		}
 		close(m->fd);
 		m->fd = -1;
+		tls_link_put(m->link);
+		m->link = NULL;
 		vmm_stop(m->v, 1);
 		return;
 	}
@@ -264,6 +269,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		return; /* pc_async_cb ends it */
 	close(m->fd);
 	m->fd = -1;
+	tls_link_put(m->link);
+	m->link = NULL;
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "completed"};
 	pthread_mutex_unlock(&m->lock);
@@ -288,6 +295,8 @@ static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	pc_dst_free(m);
 	close(m->fd);
 	m->fd = -1;
+	tls_link_put(m->link);
+	m->link = NULL;
 	pthread_mutex_lock(&m->lock);
 	if (m->in_rc) {
 		m->prog.state = "postcopy-failed";
@@ -302,7 +311,7 @@ static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 /* TLS handshake and certificate check of an accepted source, on the loop (the destination does
  * nothing else while it waits), bounded by MIG_HANDSHAKE_MS. 0 with *fd the relay's end, or -errno
  * after closing the connection with one log line. */
-static int secure_accept(struct mig *m, int *fd)
+static int secure_accept(struct mig *m, int *fd, struct tls_link **link)
 {
 	char addr[80] = "?", id[TLS_ID_MAX], err[300];
 	struct sockaddr_storage ss;
@@ -311,8 +320,8 @@ static int secure_accept(struct mig *m, int *fd)
 
 	if (getpeername(*fd, (struct sockaddr *)&ss, &sl) == 0)
 		sock_str((struct sockaddr *)&ss, sl, addr, sizeof(addr));
-	rc = tls_wrap(m->tls, true, fd, now_ns() + MIG_HANDSHAKE_MS * 1000000ull, id, sizeof(id), err,
-		      sizeof(err));
+	rc = tls_wrap_link(m->tls, true, fd, now_ns() + MIG_HANDSHAKE_MS * 1000000ull, link, id, sizeof(id),
+			   err, sizeof(err));
 	if (rc) {
 		if (*fd >= 0)
 			close(*fd);
@@ -327,18 +336,20 @@ static int secure_accept(struct mig *m, int *fd)
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mig *m = w->data;
+	struct tls_link *link = NULL;
 	int fd, rc;
 
 	(void)revents;
 	fd = sock_accept(m->lfd, RECV_TIMEOUT_MS);
 	if (fd < 0)
 		return; /* -EAGAIN or a failed handshake: keep listening */
-	if (m->tls && secure_accept(m, &fd))
+	if (m->tls && secure_accept(m, &fd, &link))
 		return; /* refused (one log line): keep listening, nothing changed */
 	ev_io_stop(loop, w);
 	close(m->lfd);
 	m->lfd = -1;
 	m->fd = fd;
+	m->link = link;
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "incoming"};
 	pthread_mutex_unlock(&m->lock);

@@ -175,13 +175,14 @@ static int connect_dst(struct sender *s)
 		return s->fd;
 	if (m->tls) {
 		char id[TLS_ID_MAX], e2[256];
-		rc = tls_wrap(m->tls, false, &s->fd, deadline, id, sizeof(id), e2, sizeof(e2));
+		rc = tls_wrap_link(m->tls, false, &s->fd, deadline, &s->link, id, sizeof(id), e2, sizeof(e2));
 		if (rc)
 			return errf(s->err, sizeof(s->err), rc, "destination %.200s: %s", m->p.to, e2);
 		log_info("migrate", vmm_name(m->v), "migration to %s over TLS 1.3 (peer certificate %s)",
 			 m->p.to, id);
 	}
 	sr_out_fd(&s->out, s->fd, m->p.io_timeout_ms);
+	s->out.tls = s->link; /* TLS: the stream is encrypted on this thread, no relay hop */
 	s->compress = m->p.compress != MIG_COMP_NONE;
 	if (m->p.compress == MIG_COMP_AUTO)
 		s->compress = false; /* phase 0 tries raw first */
@@ -571,6 +572,8 @@ static void sender_free(struct sender *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	tls_link_put(s->link);
+	s->link = NULL;
 	json_object_put(s->rlog);
 	s->rlog = NULL;
 }
