@@ -24,12 +24,20 @@
 
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
 {
+	return mig_msg_send_link(fd, NULL, type, t_start, t_running, text);
+}
+
+int mig_msg_send_link(int fd, struct tls_link *link, uint32_t type, uint64_t t_start, uint64_t t_running,
+		      const char *text)
+{
 	struct mig_msg m = {
 		.magic = MIG_MSG_MAGIC, .type = type, .t_start_ns = t_start, .t_running_ns = t_running};
 	size_t off = 0;
 
 	if (text)
 		snprintf(m.text, sizeof(m.text), "%s", text);
+	if (link) /* 0 once the whole record is in the kernel's send buffer, as below */
+		return tls_link_send(link, &m, sizeof(m), 2000);
 	while (off < sizeof(m)) {
 		struct pollfd p = {.fd = fd, .events = POLLOUT};
 		if (poll(&p, 1, 2000) <= 0)

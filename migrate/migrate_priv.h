@@ -65,8 +65,11 @@ _Static_assert(sizeof(struct mig_msg) == 144, "mig_msg layout");
  * peer can never receive the whole message (what makes a failed GO safe to resume from). */
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
-/* The same through a TLS link's direct path when link is not NULL (the destination reads that way). */
+/* The same through a TLS link's direct path when link is not NULL (both ends of a TLS migration read
+ * and write the back channel that way: no relay hop on the round trip). */
 int mig_msg_recv_link(int fd, struct tls_link *link, struct mig_msg *m, int timeout_ms);
+int mig_msg_send_link(int fd, struct tls_link *link, uint32_t type, uint64_t t_start, uint64_t t_running,
+		      const char *text);
 
 /*
  * Right after the stream header the source sends PC_MODE (first = 1: post-copy at once, no pre-copy

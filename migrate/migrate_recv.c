@@ -24,7 +24,7 @@
 int mig_dst_send(struct mig *m, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
 {
 	pthread_mutex_lock(&m->tx_lock);
-	int rc = mig_msg_send(m->fd, type, t_start, t_running, text);
+	int rc = mig_msg_send_link(m->fd, m->link, type, t_start, t_running, text);
 	pthread_mutex_unlock(&m->tx_lock);
 	return rc;
 }
@@ -39,7 +39,7 @@ static void fail(struct mig *m, const char *fmt, const char *what)
 static int await_go(struct mig *m)
 {
 	struct mig_msg msg;
-	int rc = mig_msg_send(m->fd, MIG_READY, m->t_in_end, m->t_in_applied, NULL);
+	int rc = mig_msg_send_link(m->fd, m->link, MIG_READY, m->t_in_end, m->t_in_applied, NULL);
 
 	if (rc) {
 		fail(m, "cannot answer the source: %s", strerror(-rc));
@@ -120,13 +120,13 @@ static void *receiver_main(void *arg)
 				 "memory size/layout differs (source %llu MiB, here %llu MiB)",
 				 (unsigned long long)(h.mem_size >> 20),
 				 (unsigned long long)(vm_mem(vm)->size >> 20));
-		mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+		mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 		fail(m, "rejected the migration: %s", err);
 		goto out;
 	}
 	in.deadline_ns = 0;
 	/* t_start_ns = 1: this RAM is all zero (no kernel was loaded), zero ranges need not be sent. */
-	rc = mig_msg_send(m->fd, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
+	rc = mig_msg_send_link(m->fd, m->link, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
 	if (rc) {
 		fail(m, "cannot answer the source: %s", strerror(-rc));
 		goto out;
@@ -134,7 +134,7 @@ static void *receiver_main(void *arg)
 	for (;;) {
 		rc = ckpt_read_epoch(r, &a, vm_mem(vm), err, sizeof(err));
 		if (rc < 0 && !strncmp(err, "disk", 4)) { /* a disk that does not match this VM's */
-			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 			fail(m, "rejected the migration: %s", err);
 			goto out;
 		}
@@ -148,11 +148,11 @@ static void *receiver_main(void *arg)
 		if ((rc = disk_stage_check(&ds, disks, nd, &verified, &names, err, sizeof(err))) ||
 		    (a.have_state && (rc = disks_seen(verified, nd, err, sizeof(err)))) ||
 		    (rc = disk_stage_apply(&ds, disks, nd, err, sizeof(err)))) {
-			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 			fail(m, "rejected the migration: %s", err);
 			goto out;
 		}
-		if (!a.have_state && (rc = mig_msg_send(m->fd, MIG_EPOCH, a.epoch, 0, NULL))) {
+		if (!a.have_state && (rc = mig_msg_send_link(m->fd, m->link, MIG_EPOCH, a.epoch, 0, NULL))) {
 			fail(m, "cannot answer the source: %s", strerror(-rc));
 			goto out;
 		}

@@ -306,6 +306,11 @@ static void link_put(struct tls_link *l)
 	free(l);
 }
 
+int tls_link_net_fd(const struct tls_link *l)
+{
+	return l->net;
+}
+
 void tls_link_put(struct tls_link *l)
 {
 	if (l)

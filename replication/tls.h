@@ -69,6 +69,8 @@ int tls_link_send(struct tls_link *l, const void *buf, size_t len, int timeout_m
 ssize_t tls_link_recv(struct tls_link *l, void *buf, size_t len, int timeout_ms)
 	__attribute__((warn_unused_result));
 void tls_link_put(struct tls_link *l); /* NULL-safe */
+/* The TCP socket under the link, for poll(POLLRDHUP) only (never read or write it). */
+int tls_link_net_fd(const struct tls_link *l);
 
 /* The identity of a peer for "accept only the intended peer": with TLS the certificate name; without,
  * "addr:" and the peer's IP address (no port) of the connected socket fd. */
