@@ -13,6 +13,7 @@
 #include "migrate/migrate_priv.h"
 #include "common/parse.h"
 #include "replication/delta.h"
+#include "replication/rw.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
@@ -23,12 +24,20 @@
 
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
 {
+	return mig_msg_send_link(fd, NULL, type, t_start, t_running, text);
+}
+
+int mig_msg_send_link(int fd, struct tls_link *link, uint32_t type, uint64_t t_start, uint64_t t_running,
+		      const char *text)
+{
 	struct mig_msg m = {
 		.magic = MIG_MSG_MAGIC, .type = type, .t_start_ns = t_start, .t_running_ns = t_running};
 	size_t off = 0;
 
 	if (text)
 		snprintf(m.text, sizeof(m.text), "%s", text);
+	if (link) /* 0 once the whole record is in the kernel's send buffer, as below */
+		return tls_link_send(link, &m, sizeof(m), 2000);
 	while (off < sizeof(m)) {
 		struct pollfd p = {.fd = fd, .events = POLLOUT};
 		if (poll(&p, 1, 2000) <= 0)
@@ -46,9 +55,32 @@ int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, co
 
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms)
 {
+	return mig_msg_recv_link(fd, NULL, m, timeout_ms);
+}
+
+/* 144 bytes through the link, one overall deadline. 0, -ETIMEDOUT or -EPIPE (EOF). */
+static int recv_link(int fd, struct tls_link *link, struct mig_msg *m, int timeout_ms)
+{
+	struct sr_in in;
+
+	sr_in_fd(&in, fd, timeout_ms);
+	in.tls = link;
+	in.deadline_ns = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	ssize_t n = sr_in_read(&in, m, sizeof(*m));
+	return n < 0 ? (int)n : n < (ssize_t)sizeof(*m) ? -EPIPE : 0;
+}
+
+int mig_msg_recv_link(int fd, struct tls_link *link, struct mig_msg *m, int timeout_ms)
+{
 	uint64_t end = now_ns() + (uint64_t)timeout_ms * 1000000ull;
 	size_t off = 0;
 
+	if (link) {
+		int rc = recv_link(fd, link, m, timeout_ms);
+		if (rc)
+			return rc;
+		off = sizeof(*m);
+	}
 	while (off < sizeof(*m)) {
 		uint64_t now = now_ns();
 		if (now >= end)
@@ -396,6 +428,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 		close(m->lfd);
 	if (m->fd >= 0)
 		close(m->fd);
+	tls_link_put(m->link);
 	tls_cfg_free(m->tls);
 	pthread_mutex_destroy(&m->lock);
 	free(m);

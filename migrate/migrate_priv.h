@@ -13,6 +13,7 @@ struct vmm;
 struct vm;
 struct ctl_conn;
 struct json_object;
+struct tls_link;
 
 /*
  * Back channel on the migration TCP connection: fixed 144-byte messages, little endian. All of them
@@ -64,6 +65,11 @@ _Static_assert(sizeof(struct mig_msg) == 144, "mig_msg layout");
  * peer can never receive the whole message (what makes a failed GO safe to resume from). */
 int mig_msg_send(int fd, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text);
 int mig_msg_recv(int fd, struct mig_msg *m, int timeout_ms);
+/* The same through a TLS link's direct path when link is not NULL (both ends of a TLS migration read
+ * and write the back channel that way: no relay hop on the round trip). */
+int mig_msg_recv_link(int fd, struct tls_link *link, struct mig_msg *m, int timeout_ms);
+int mig_msg_send_link(int fd, struct tls_link *link, uint32_t type, uint64_t t_start, uint64_t t_running,
+		      const char *text);
 
 /*
  * Right after the stream header the source sends PC_MODE (first = 1: post-copy at once, no pre-copy
@@ -148,6 +154,8 @@ struct mig {
 	/* TLS (NULL: plaintext): the destination's from `run --incoming --tls-dir`, the source's from
 	 * the migrate request (replaced per migration; read by the sender thread it starts). */
 	struct tls_cfg *tls;
+	struct tls_link *link; /* destination: the accepted connection's (NULL: plaintext); every read
+				* of m->fd goes through it (tls_link_recv); dropped where m->fd is closed */
 	pthread_mutex_t lock;
 	struct mig_progress prog;
 	bool busy; /* an outgoing migration is running */

@@ -24,7 +24,7 @@
 int mig_dst_send(struct mig *m, uint32_t type, uint64_t t_start, uint64_t t_running, const char *text)
 {
 	pthread_mutex_lock(&m->tx_lock);
-	int rc = mig_msg_send(m->fd, type, t_start, t_running, text);
+	int rc = mig_msg_send_link(m->fd, m->link, type, t_start, t_running, text);
 	pthread_mutex_unlock(&m->tx_lock);
 	return rc;
 }
@@ -39,7 +39,7 @@ static void fail(struct mig *m, const char *fmt, const char *what)
 static int await_go(struct mig *m)
 {
 	struct mig_msg msg;
-	int rc = mig_msg_send(m->fd, MIG_READY, m->t_in_end, m->t_in_applied, NULL);
+	int rc = mig_msg_send_link(m->fd, m->link, MIG_READY, m->t_in_end, m->t_in_applied, NULL);
 
 	if (rc) {
 		fail(m, "cannot answer the source: %s", strerror(-rc));
@@ -48,7 +48,7 @@ static int await_go(struct mig *m)
 	pthread_mutex_lock(&m->lock);
 	m->prog.state = "ready";
 	pthread_mutex_unlock(&m->lock);
-	rc = mig_msg_recv(m->fd, &msg, RECV_TIMEOUT_MS);
+	rc = mig_msg_recv_link(m->fd, m->link, &msg, RECV_TIMEOUT_MS);
 	m->t_in_go = now_ns();
 	if (!rc && msg.type != MIG_GO)
 		rc = -EPROTO;
@@ -93,6 +93,7 @@ static void *receiver_main(void *arg)
 		disks[i] = vmm_disk(m->v, i);
 	ds.ndirect = nd;
 	sr_in_fd(&in, m->fd, RECV_TIMEOUT_MS);
+	in.tls = m->link; /* TLS: decrypted straight into the reader's buffers */
 	in.deadline_ns = now_ns() + MIG_HANDSHAKE_MS * 1000000ull; /* the header: no byte dribbling */
 	rc = sr_reader_new(&r, &in);
 	if (rc) {
@@ -119,13 +120,13 @@ static void *receiver_main(void *arg)
 				 "memory size/layout differs (source %llu MiB, here %llu MiB)",
 				 (unsigned long long)(h.mem_size >> 20),
 				 (unsigned long long)(vm_mem(vm)->size >> 20));
-		mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+		mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 		fail(m, "rejected the migration: %s", err);
 		goto out;
 	}
 	in.deadline_ns = 0;
 	/* t_start_ns = 1: this RAM is all zero (no kernel was loaded), zero ranges need not be sent. */
-	rc = mig_msg_send(m->fd, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
+	rc = mig_msg_send_link(m->fd, m->link, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
 	if (rc) {
 		fail(m, "cannot answer the source: %s", strerror(-rc));
 		goto out;
@@ -133,7 +134,7 @@ static void *receiver_main(void *arg)
 	for (;;) {
 		rc = ckpt_read_epoch(r, &a, vm_mem(vm), err, sizeof(err));
 		if (rc < 0 && !strncmp(err, "disk", 4)) { /* a disk that does not match this VM's */
-			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 			fail(m, "rejected the migration: %s", err);
 			goto out;
 		}
@@ -147,11 +148,11 @@ static void *receiver_main(void *arg)
 		if ((rc = disk_stage_check(&ds, disks, nd, &verified, &names, err, sizeof(err))) ||
 		    (a.have_state && (rc = disks_seen(verified, nd, err, sizeof(err)))) ||
 		    (rc = disk_stage_apply(&ds, disks, nd, err, sizeof(err)))) {
-			mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+			mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 			fail(m, "rejected the migration: %s", err);
 			goto out;
 		}
-		if (!a.have_state && (rc = mig_msg_send(m->fd, MIG_EPOCH, a.epoch, 0, NULL))) {
+		if (!a.have_state && (rc = mig_msg_send_link(m->fd, m->link, MIG_EPOCH, a.epoch, 0, NULL))) {
 			fail(m, "cannot answer the source: %s", strerror(-rc));
 			goto out;
 		}
@@ -229,6 +230,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		log_error("migrate", vmm_name(m->v), "incoming migration failed: %s", m->in_err);
 		close(m->fd);
 		m->fd = -1;
+		tls_link_put(m->link);
+		m->link = NULL;
 		vmm_stop(m->v, 1);
 		return;
 	}
@@ -243,6 +246,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		}
 		close(m->fd);
 		m->fd = -1;
+		tls_link_put(m->link);
+		m->link = NULL;
 		vmm_stop(m->v, 1);
 		return;
 	}
@@ -264,6 +269,8 @@ static void in_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		return; /* pc_async_cb ends it */
 	close(m->fd);
 	m->fd = -1;
+	tls_link_put(m->link);
+	m->link = NULL;
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "completed"};
 	pthread_mutex_unlock(&m->lock);
@@ -288,6 +295,8 @@ static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 	pc_dst_free(m);
 	close(m->fd);
 	m->fd = -1;
+	tls_link_put(m->link);
+	m->link = NULL;
 	pthread_mutex_lock(&m->lock);
 	if (m->in_rc) {
 		m->prog.state = "postcopy-failed";
@@ -302,7 +311,7 @@ static void pc_async_cb(struct ev_loop *loop, ev_async *w, int revents)
 /* TLS handshake and certificate check of an accepted source, on the loop (the destination does
  * nothing else while it waits), bounded by MIG_HANDSHAKE_MS. 0 with *fd the relay's end, or -errno
  * after closing the connection with one log line. */
-static int secure_accept(struct mig *m, int *fd)
+static int secure_accept(struct mig *m, int *fd, struct tls_link **link)
 {
 	char addr[80] = "?", id[TLS_ID_MAX], err[300];
 	struct sockaddr_storage ss;
@@ -311,8 +320,8 @@ static int secure_accept(struct mig *m, int *fd)
 
 	if (getpeername(*fd, (struct sockaddr *)&ss, &sl) == 0)
 		sock_str((struct sockaddr *)&ss, sl, addr, sizeof(addr));
-	rc = tls_wrap(m->tls, true, fd, now_ns() + MIG_HANDSHAKE_MS * 1000000ull, id, sizeof(id), err,
-		      sizeof(err));
+	rc = tls_wrap_link(m->tls, true, fd, now_ns() + MIG_HANDSHAKE_MS * 1000000ull, link, id, sizeof(id),
+			   err, sizeof(err));
 	if (rc) {
 		if (*fd >= 0)
 			close(*fd);
@@ -327,18 +336,20 @@ static int secure_accept(struct mig *m, int *fd)
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mig *m = w->data;
+	struct tls_link *link = NULL;
 	int fd, rc;
 
 	(void)revents;
 	fd = sock_accept(m->lfd, RECV_TIMEOUT_MS);
 	if (fd < 0)
 		return; /* -EAGAIN or a failed handshake: keep listening */
-	if (m->tls && secure_accept(m, &fd))
+	if (m->tls && secure_accept(m, &fd, &link))
 		return; /* refused (one log line): keep listening, nothing changed */
 	ev_io_stop(loop, w);
 	close(m->lfd);
 	m->lfd = -1;
 	m->fd = fd;
+	m->link = link;
 	pthread_mutex_lock(&m->lock);
 	m->prog = (struct mig_progress){.state = "incoming"};
 	pthread_mutex_unlock(&m->lock);

@@ -123,7 +123,8 @@ void mig_link_error(struct sender *s, int rc, const char *what)
 {
 	struct mig_msg msg;
 
-	if (mig_msg_recv(s->fd, &msg, 50) == 0 && (msg.type == MIG_REJECT || msg.type == MIG_ERROR))
+	if (mig_msg_recv_link(s->fd, s->link, &msg, 50) == 0 &&
+	    (msg.type == MIG_REJECT || msg.type == MIG_ERROR))
 		snprintf(s->err, sizeof(s->err), "destination failed: %s", msg.text);
 	else
 		snprintf(s->err, sizeof(s->err), "%s: %s", what, io_err(s, rc));
@@ -133,7 +134,7 @@ void mig_link_error(struct sender *s, int rc, const char *what)
 static int wait_epoch(struct sender *s)
 {
 	struct mig_msg msg;
-	int rc = mig_msg_recv(s->fd, &msg, s->m->p.io_timeout_ms);
+	int rc = mig_msg_recv_link(s->fd, s->link, &msg, s->m->p.io_timeout_ms);
 
 	if (rc) {
 		snprintf(s->err, sizeof(s->err), "destination stopped answering: %s",
@@ -175,13 +176,14 @@ static int connect_dst(struct sender *s)
 		return s->fd;
 	if (m->tls) {
 		char id[TLS_ID_MAX], e2[256];
-		rc = tls_wrap(m->tls, false, &s->fd, deadline, id, sizeof(id), e2, sizeof(e2));
+		rc = tls_wrap_link(m->tls, false, &s->fd, deadline, &s->link, id, sizeof(id), e2, sizeof(e2));
 		if (rc)
 			return errf(s->err, sizeof(s->err), rc, "destination %.200s: %s", m->p.to, e2);
 		log_info("migrate", vmm_name(m->v), "migration to %s over TLS 1.3 (peer certificate %s)",
 			 m->p.to, id);
 	}
 	sr_out_fd(&s->out, s->fd, m->p.io_timeout_ms);
+	s->out.tls = s->link; /* TLS: the stream is encrypted on this thread, no relay hop */
 	s->compress = m->p.compress != MIG_COMP_NONE;
 	if (m->p.compress == MIG_COMP_AUTO)
 		s->compress = false; /* phase 0 tries raw first */
@@ -196,7 +198,7 @@ static int connect_dst(struct sender *s)
 		mig_link_error(s, rc, "cannot send the stream header");
 		return rc;
 	}
-	rc = mig_msg_recv(s->fd, &msg, m->p.io_timeout_ms);
+	rc = mig_msg_recv_link(s->fd, s->link, &msg, m->p.io_timeout_ms);
 	if (rc)
 		return errf(s->err, sizeof(s->err), rc, "destination %.200s did not accept the migration: %s",
 			    m->p.to, recv_err(rc));
@@ -337,7 +339,7 @@ void mig_set_state(struct mig *m, const char *state, bool committed)
 int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool until_go)
 {
 	struct mig *m = s->m;
-	int rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
+	int rc = mig_msg_recv_link(s->fd, s->link, msg, m->p.io_timeout_ms);
 
 	if (rc)
 		return errf(s->err, sizeof(s->err), rc, "destination did not confirm it is ready: %s",
@@ -345,12 +347,12 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 	if (msg->type != MIG_READY)
 		return errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed: %s", msg->text);
 	s->t_ready = now_ns();
-	if (peer_gone(s->fd))
+	if (peer_gone(s->link ? tls_link_net_fd(s->link) : s->fd))
 		return errf(s->err, sizeof(s->err), -EPIPE,
 			    "the link to the destination dropped after READY, before GO");
 	/* The commit point. A GO not wholly in the send buffer can never reach the destination. */
 	mig_set_state(m, "switchover", true);
-	rc = mig_msg_send(s->fd, MIG_GO, 0, 0, NULL);
+	rc = mig_msg_send_link(s->fd, s->link, MIG_GO, 0, 0, NULL);
 	if (rc) {
 		mig_set_state(m, "completing", false);
 		return errf(s->err, sizeof(s->err), rc, "cannot send GO to the destination: %s",
@@ -359,7 +361,7 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 	s->t_go = now_ns();
 	if (until_go)
 		return 0;
-	rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
+	rc = mig_msg_recv_link(s->fd, s->link, msg, m->p.io_timeout_ms);
 	*t_ack = now_ns();
 	if (!rc && msg->type == MIG_RUNNING)
 		return 0;
@@ -443,7 +445,7 @@ static int wait_uncertain(struct sender *s)
 			nanosleep(&ts, NULL);
 			continue;
 		}
-		int rc = mig_msg_recv(s->fd, &msg, 100);
+		int rc = mig_msg_recv_link(s->fd, s->link, &msg, 100);
 		if (rc == -ETIMEDOUT)
 			continue;
 		if (!rc && msg.type == MIG_RUNNING)
@@ -492,7 +494,7 @@ static int precopy_disks(struct sender *s, uint64_t *next)
 	if (rc) {
 		/* a destination that refused the disks closed the link: its reason is in the socket */
 		struct mig_msg msg;
-		while (!mig_msg_recv(s->fd, &msg, 500))
+		while (!mig_msg_recv_link(s->fd, s->link, &msg, 500))
 			if (msg.type == MIG_REJECT || msg.type == MIG_ERROR) {
 				snprintf(s->err, sizeof(s->err), "destination rejected the migration: %s",
 					 msg.text);
@@ -571,6 +573,8 @@ static void sender_free(struct sender *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	tls_link_put(s->link);
+	s->link = NULL;
 	json_object_put(s->rlog);
 	s->rlog = NULL;
 }

@@ -12,6 +12,7 @@
 #include "hv/dirty.h"
 #include "hv/uffd.h"
 #include "migrate/migrate_priv.h"
+#include "replication/rw.h"
 #include "vmm/vmm.h"
 
 #define PC_RECV_TIMEOUT_MS 10000 /* the source pushes continuously until DONE */
@@ -36,9 +37,18 @@ static bool bit(const uint64_t *bm, uint64_t i)
 }
 
 /* Exactly len bytes from the source; 0, -EPIPE (EOF), -ETIMEDOUT or -errno. */
-static int read_full(int fd, void *buf, size_t len)
+static int read_full(struct mig *m, void *buf, size_t len)
 {
+	int fd = m->fd;
 	size_t off = 0;
+
+	if (m->link) { /* TLS: every read of this connection goes through the link */
+		struct sr_in in;
+		sr_in_fd(&in, fd, PC_RECV_TIMEOUT_MS);
+		in.tls = m->link;
+		ssize_t n = sr_in_read(&in, buf, len);
+		return n < 0 ? (int)n : (size_t)n < len ? -EPIPE : 0;
+	}
 
 	while (off < len) {
 		struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -86,7 +96,7 @@ int pc_dst_mode(struct mig *m)
 {
 	struct guest_mem *gm = vm_mem(vmm_vm(m->v));
 	struct pc_frame f;
-	int rc = read_full(m->fd, &f, sizeof(f));
+	int rc = read_full(m, &f, sizeof(f));
 
 	if (rc) {
 		snprintf(m->in_err, sizeof(m->in_err), "bad migration stream: %s", rd_err(rc));
@@ -113,7 +123,7 @@ int pc_dst_prepare(struct mig *m)
 	struct pc_frame f;
 	struct pc_dst *d;
 	char err[200];
-	int rc = read_full(m->fd, &f, sizeof(f));
+	int rc = read_full(m, &f, sizeof(f));
 
 	if (rc) {
 		snprintf(m->in_err, sizeof(m->in_err), "migration stream broken after END: %s", rd_err(rc));
@@ -139,7 +149,7 @@ int pc_dst_prepare(struct mig *m)
 		snprintf(m->in_err, sizeof(m->in_err), "out of memory");
 		goto err;
 	}
-	rc = read_full(m->fd, d->stale, words * 8);
+	rc = read_full(m, d->stale, words * 8);
 	if (rc) {
 		snprintf(m->in_err, sizeof(m->in_err), "migration stream broken: %s", rd_err(rc));
 		goto err;
@@ -240,7 +250,7 @@ static int install(struct mig *m, const struct pc_frame *f)
 		if (!bit(d->stale, i) || bit(d->have, i))
 			return -EBADMSG; /* the source sends each stale page once */
 	if (f->type == PC_PAGES) {
-		rc = read_full(m->fd, d->buf, f->count * GUEST_PAGE_SIZE);
+		rc = read_full(m, d->buf, f->count * GUEST_PAGE_SIZE);
 		if (rc)
 			return rc;
 	}
@@ -266,7 +276,7 @@ int pc_dst_receive(struct mig *m)
 	int rc;
 
 	for (;;) {
-		rc = read_full(m->fd, &f, sizeof(f));
+		rc = read_full(m, &f, sizeof(f));
 		if (rc)
 			break;
 		if (f.magic != PC_MAGIC || (f.type != PC_PAGES && f.type != PC_ZERO && f.type != PC_DONE)) {

@@ -11,6 +11,7 @@
 #include "common/errf.h"
 #include "common/log.h"
 #include "migrate/sender.h"
+#include "replication/tls.h"
 #include "vmm/vmm.h"
 
 #define PREFETCH 32 /* pages sent after a requested one (the guest tends to go on from there) */
@@ -72,12 +73,19 @@ static int read_msg(struct pc_src *p, struct mig_msg *msg)
 		pthread_mutex_unlock(&p->lock);
 		if (stop)
 			return -ECANCELED;
-		int pr = poll(&pf, 1, 100);
-		if (pr < 0 && errno != EINTR)
-			return -errno;
-		if (pr <= 0)
-			continue;
-		ssize_t n = recv(p->s->fd, (char *)msg + off, sizeof(*msg) - off, 0);
+		ssize_t n;
+		if (p->s->link) { /* TLS: the back channel is read through the link */
+			n = tls_link_recv(p->s->link, (char *)msg + off, sizeof(*msg) - off, 100);
+			if (n == -ETIMEDOUT)
+				continue;
+		} else {
+			int pr = poll(&pf, 1, 100);
+			if (pr < 0 && errno != EINTR)
+				return -errno;
+			if (pr <= 0)
+				continue;
+			n = recv(p->s->fd, (char *)msg + off, sizeof(*msg) - off, 0);
+		}
 		if (n == 0)
 			return -EPIPE;
 		if (n < 0 && errno != EINTR && errno != EAGAIN)

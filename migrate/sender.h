@@ -18,6 +18,7 @@ struct sender {
 	struct vm *vm;
 	struct guest_mem *gm;
 	int fd;
+	struct tls_link *link; /* TLS: the direct path of the stream (out) and the back channel; NULL plain */
 	struct sr_out out;
 	struct sr_ctx *w;
 	struct ckpt_engine eng;

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "common/hist.h"
 #include "hv/dirty.h"
@@ -219,6 +220,8 @@ struct remus {
 	bool want_failover; /* lock: set by the reader at its end */
 	char end_reason[400];
 	char conn_id[TLS_ID_MAX]; /* reader: identity of the current connection's peer */
+	struct sockaddr_storage conn_addr; /* reader: its TCP address (the TLS relay's fd has none) */
+	socklen_t conn_addrlen; /* 0: unknown */
 	/* The identity of the primary whose first full checkpoint was committed here (certificate name,
 	 * or "addr:IP" in plaintext): later connections from another identity are refused unless
 	 * accept_any_peer (`run --accept-any-peer`). Loop reads it only via the reader (lock). */

@@ -201,10 +201,14 @@ static int secure_conn(struct remus *r, uint64_t deadline, char *why, size_t why
 	pthread_mutex_lock(&r->lock);
 	fd = r->cfd;
 	pthread_mutex_unlock(&r->lock);
-	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
 		sock_str((struct sockaddr *)&ss, sl, addr, sizeof(addr));
-	else
+	} else {
 		snprintf(addr, sizeof(addr), "?");
+		sl = 0;
+	}
+	r->conn_addr = ss;
+	r->conn_addrlen = sl;
 	tls_plain_identity(fd, id, sizeof(id));
 	if (r->tls) {
 		rc = tls_wrap(r->tls, true, &fd, deadline, id, sizeof(id), err, sizeof(err));

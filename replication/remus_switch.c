@@ -26,6 +26,10 @@
  *      on --listen, releases the witness key, connects to S and sends GO(e) + BACK(port) (SW_GO);
  *   4. S (remus_switch_go): takes the key, applies e, starts its vCPUs, announces, answers
  *      RUNNING(e), then protects to P (ADDR of the GO connection, port BACK): a full re-sync.
+ * With TLS (protect --tls-dir / run --standby --tls-dir) the GO connection is TLS 1.3 with P's
+ * protect credentials and pinned name, checked by S like any replication connection (handshake,
+ * --tls-peer-name, the bound primary identity): a plaintext or foreign GO is refused there; S protects
+ * back with its own --tls-dir and pinned name, which P's standby checks the same way.
  * Before GO leaves P, P wins every failure (it resumes); once GO may have arrived, P never runs on
  * its own again (it stays a held standby with the final state; `doppel failover` can promote it).
  */
@@ -33,6 +37,7 @@
 #define FINAL_TIMEOUT_MS 5000 /* the final epoch's ACK */
 #define GO_TIMEOUT_MS 10000 /* S's RUNNING after GO (its takeover, witness takeover) */
 #define SWITCH_TICK_MS 2
+#define GO_CONNECT_MS 2000 /* connect + TLS handshake of the GO connection (on the loop thread) */
 
 static const char *const sw_names[] = {
 	[SW_NONE] = "none", [SW_FINAL] = "final-epoch", [SW_ENDING] = "ending", [SW_GO] = "go-sent"};
@@ -196,6 +201,28 @@ static uint16_t listen_port(const char *addr)
 	return p > 0 && p < 65536 ? (uint16_t)p : 0;
 }
 
+/* The GO connection to S: with TLS (the protect's credentials and pinned name) the same handshake
+ * and certificate check as the replication stream, bounded by GO_CONNECT_MS in all. fd or -1 (err). */
+static int go_connect(struct remus *r, char *err, size_t errlen)
+{
+	uint64_t deadline = now_ns() + GO_CONNECT_MS * 1000000ull;
+	char id[TLS_ID_MAX], e2[200];
+	int fd = sock_connect(r->sw_peer, GO_CONNECT_MS, err, errlen);
+
+	if (fd < 0 || !r->tls)
+		return fd;
+	int rc = tls_wrap(r->tls, false, &fd, deadline, id, sizeof(id), e2, sizeof(e2));
+	if (rc) {
+		if (fd >= 0)
+			close(fd);
+		errf(err, errlen, rc, "GO connection to %s: %s", r->sw_peer, e2);
+		return -1;
+	}
+	log_info("remus", vmm_name(r->v), "switchover GO to %s over TLS 1.3 (peer certificate %s)",
+		 r->sw_peer, id);
+	return fd;
+}
+
 void remus_switch_abandoned(struct remus *r, uint64_t epoch)
 {
 	char err[256];
@@ -218,7 +245,7 @@ void remus_switch_abandoned(struct remus *r, uint64_t epoch)
 	pthread_mutex_unlock(&r->lock);
 	snprintf(r->sw_peer, sizeof(r->sw_peer), "%s", r->peer);
 	remus_standby_start_fd(r, r->sw_lfd, r->sw_listen); /* role standby: the lease is not ours */
-	int fd = sock_connect(r->sw_peer, 2000, err, sizeof(err));
+	int fd = go_connect(r, err, sizeof(err));
 	if (fd < 0) {
 		r->sw_lfd = -1; /* r->lfd now: switch_abort closes it */
 		switch_abort(r, err); /* GO never left: S stays held */
@@ -273,10 +300,6 @@ struct json_object *remus_cmd_switchover(struct remus *r, struct json_object *re
 		return ctl_error("%s is not a protected primary (%s): nothing to switch over to",
 				 vmm_name(r->v),
 				 r->role == REMUS_STANDBY ? "standby" : remus_pstate_name(r->pstate));
-	if (r->tls)
-		return ctl_error(
-			"switchover over TLS is not supported yet (the GO connection and the protect "
-			"back are plaintext): use unprotect + failover + reprotect");
 	if (!json_object_object_get_ex(req, "listen", &j) || !json_object_is_type(j, json_type_string))
 		return ctl_error("switchover needs a \"listen\" string (ADDR:PORT where this copy will be "
 				 "the new standby)");
@@ -313,15 +336,14 @@ void remus_switch_go_read(struct remus *r, struct sr_in *in, uint64_t epoch)
 {
 	uint8_t b[REMUS_MSG_SIZE];
 	struct remus_msg m;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
+	struct sockaddr_storage ss = r->conn_addr; /* of the TCP connection, before any TLS relay */
 	char ip[INET6_ADDRSTRLEN] = "", why[200];
 
 	ssize_t n = sr_in_read(in, b, sizeof(b));
 	bool ok = n == (ssize_t)sizeof(b) && !remus_msg_decode(b, &m) && m.type == REMUS_MSG_BACK &&
 		  m.value && m.value < 65536;
 	pthread_mutex_lock(&r->lock);
-	if (ok && !getpeername(r->cfd, (struct sockaddr *)&ss, &sl)) {
+	if (ok && r->conn_addrlen) {
 		if (ss.ss_family == AF_INET)
 			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
 		else if (ss.ss_family == AF_INET6)
@@ -403,6 +425,12 @@ void remus_switch_go(struct remus *r)
 	json_object_object_add(req, "interval_ms", json_object_new_int((int)r->interval_ms));
 	json_object_object_add(req, "heartbeat_timeout_ms", json_object_new_int((int)r->hb_timeout_ms));
 	json_object_object_add(req, "resume", json_object_new_boolean(resume));
+	if (r->tls) { /* the old primary's standby checks our certificate as the GO came: same creds */
+		json_object_object_add(req, "tls_dir", json_object_new_string(tls_cfg_dir(r->tls)));
+		if (tls_cfg_peer_name(r->tls))
+			json_object_object_add(req, "tls_peer_name",
+					       json_object_new_string(tls_cfg_peer_name(r->tls)));
+	}
 	res = remus_cmd_protect(r, req);
 	json_object_put(req);
 	struct json_object *ej = NULL;

@@ -8,6 +8,7 @@
 
 #include "replication/rw.h"
 #include "common/clock.h"
+#include "replication/tls.h"
 
 void sr_out_fd(struct sr_out *o, int fd, int timeout_ms)
 {
@@ -89,6 +90,12 @@ int sr_out_write(struct sr_out *o, const void *buf, size_t len)
 		o->len += len;
 		o->bytes += len;
 		return 0;
+	}
+	if (o->tls) {
+		rc = tls_link_send(o->tls, buf, len, o->timeout_ms);
+		if (!rc)
+			o->bytes += len;
+		return rc;
 	}
 	while (len) {
 		ssize_t n;
@@ -174,6 +181,16 @@ ssize_t sr_in_read(struct sr_in *in, void *buf, size_t len)
 
 		if (in->deadline_ns && now_ns() >= in->deadline_ns)
 			return -ETIMEDOUT;
+		if (in->tls) {
+			n = tls_link_recv(in->tls, p + got, len - got, in_wait_ms(in));
+			if (n < 0)
+				return (int)n;
+			if (n == 0)
+				break;
+			got += (size_t)n;
+			in->bytes += (uint64_t)n;
+			continue;
+		}
 		if (in->timeout_ms >= 0 || in->deadline_ns) {
 			rc = wait_fd(in->fd, POLLIN, in_wait_ms(in));
 			if (rc)

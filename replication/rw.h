@@ -13,11 +13,13 @@
  * Both directions count bytes moved. Not thread-safe: one user at a time.
  */
 enum sr_io_kind { SR_IO_FD, SR_IO_MEM };
+struct tls_link;
 
 struct sr_out {
 	enum sr_io_kind kind;
 	int fd; /* SR_IO_FD */
 	int timeout_ms; /* SR_IO_FD: -1 = wait forever */
+	struct tls_link *tls; /* SR_IO_FD: NULL, or write through this TLS link (replication/tls.h) */
 	uint8_t *buf; /* SR_IO_MEM: growable, owned by the sr_out */
 	size_t len, cap; /* SR_IO_MEM */
 	size_t max; /* SR_IO_MEM: refuse to grow past this (0 = no limit) -> -ENOSPC */
@@ -31,12 +33,13 @@ struct sr_in {
 	uint64_t deadline_ns; /* SR_IO_FD: 0, or an absolute now_ns() past which reads fail -ETIMEDOUT
 			       * (one overall bound, e.g. handshake + HELLO: a peer dribbling one byte
 			       * per timeout_ms cannot hold the connection longer) */
+	struct tls_link *tls; /* SR_IO_FD: NULL, or read through this TLS link (replication/tls.h) */
 	const uint8_t *buf; /* SR_IO_MEM: caller-owned, must outlive the sr_in */
 	size_t len, pos; /* SR_IO_MEM */
 	uint64_t bytes; /* bytes read so far */
 };
 
-/* Writers. sr_out_fd does not take ownership of fd. sr_out_mem starts empty; free with sr_out_free
+/* Writers. sr_out_fd does not take ownership of fd (set o->tls afterwards for the TLS direct path). sr_out_mem starts empty; free with sr_out_free
  * (safe for either kind, idempotent). */
 void sr_out_fd(struct sr_out *o, int fd, int timeout_ms);
 void sr_out_mem(struct sr_out *o, size_t max);

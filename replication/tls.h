@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /*
  * One credentials directory, the libvirt/QEMU layout: DIR/ca.pem (the CA that signs every peer),
@@ -44,6 +45,32 @@ const char *tls_cfg_peer_name(const struct tls_cfg *c); /* NULL when none is pin
  * X, expected Y", "timed out". Thread-safe; blocks at most until the deadline. */
 int tls_wrap(struct tls_cfg *c, bool server, int *fd, uint64_t deadline_ns, char *peer_id, size_t idlen,
 	     char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/*
+ * The direct path (migration's bulk stream). tls_wrap_link is tls_wrap that also returns a reference
+ * to the connection's link (*link; NULL on failure): tls_link_send encrypts on the caller's thread
+ * and writes to the TCP socket (one copy, no relay hop), after whatever the owner's threads had
+ * queued on the descriptor (the order of bytes is kept); tls_link_recv decrypts straight into the
+ * caller's buffer — from the first call on, the rx relay stops and every read of the connection
+ * must go through tls_link_recv (the descriptor is never fed again; what the relay had queued is
+ * returned first). Writes and closes on the descriptor keep working as with tls_wrap. One sending
+ * thread may use tls_link_send while another writes on the descriptor; one thread at a time may
+ * call tls_link_recv. Drop the reference with tls_link_put after closing the descriptor.
+ */
+struct tls_link;
+int tls_wrap_link(struct tls_cfg *c, bool server, int *fd, uint64_t deadline_ns, struct tls_link **link,
+		  char *peer_id, size_t idlen, char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Send all len bytes. 0, -ETIMEDOUT (the socket took nothing for timeout_ms; -1: no limit) or
+ * -EPIPE (the connection is gone). */
+int tls_link_send(struct tls_link *l, const void *buf, size_t len, int timeout_ms)
+	__attribute__((warn_unused_result));
+/* Receive 1..len bytes, waiting up to timeout_ms (-1: no limit). The count, 0 at EOF (close_notify,
+ * reset, a bad record — the connection is then dead), or -ETIMEDOUT. */
+ssize_t tls_link_recv(struct tls_link *l, void *buf, size_t len, int timeout_ms)
+	__attribute__((warn_unused_result));
+void tls_link_put(struct tls_link *l); /* NULL-safe */
+/* The TCP socket under the link, for poll(POLLRDHUP) only (never read or write it). */
+int tls_link_net_fd(const struct tls_link *l);
 
 /* The identity of a peer for "accept only the intended peer": with TLS the certificate name; without,
  * "addr:" and the peer's IP address (no port) of the connected socket fd. */

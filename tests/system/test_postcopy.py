@@ -10,6 +10,7 @@ import time
 import pytest
 
 from test_migrate import check_success, free_port, migrate, proxy_log, start_pair, start_proxy
+from test_tls import certs  # noqa: F401  (fixture)
 from vmproc import wait_for
 
 pytestmark = pytest.mark.needs_kvm
@@ -115,5 +116,26 @@ def test_postcopy_link_cut(doppel_bin, guest_elf, tmp_path):
         if proxy:
             proxy.kill()
             proxy.wait(5)
+        src.close()
+        dst.close()
+
+
+@pytest.mark.parametrize("when", ["now", "round"])
+def test_postcopy_over_tls(doppel_bin, guest_elf, tmp_path, certs, when):  # noqa: F811
+    """Post-copy with --tls-dir on both ends: the stale bitmap, the page frames, the destination's page
+    requests and PC_DONE all go through the TLS links' direct paths (no relay on the stream) and the
+    oracle stays intact."""
+    src, dst, port = start_pair(doppel_bin, guest_elf, str(tmp_path), ws="200M",
+                                extra=((), ("--tls-dir", certs["sb"], "--tls-peer-name", "pr")))
+    try:
+        arg = "--postcopy" if when == "round" else f"--postcopy={when}"
+        r, _ = migrate(doppel_bin, src, f"127.0.0.1:{port}", arg, "--tls-dir", certs["pr"], "--tls-peer-name",
+                       "sb", timeout=120)
+        res = check_success(r, src, dst)
+        assert res["postcopy"] is True and res["postcopy_pages"] > 0, res
+        st = dst.ctl("status")
+        assert st["tls"] is True and st["migration"]["state"] == "completed" and st["migration"]["pages_left"] == 0
+        assert "incoming migration from" in dst.stderr() and "over TLS 1.3 (peer certificate pr)" in dst.stderr()
+    finally:
         src.close()
         dst.close()

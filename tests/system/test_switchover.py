@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 import netns
 from etcd import etcd_single  # noqa: F401  (fixture)
 from kvserver import finish_load, kv_op, start_load, target_of
+from test_tls import certs, raw_tls_client, refusals  # noqa: F401  (certs: fixture)
 from vmproc import VM, ctl, wait_for
 
 pytestmark = pytest.mark.needs_kvm
@@ -507,3 +509,103 @@ def test_fenced_copy_rejoins_by_policy(doppel_bin, guest_elf, tmp_path):
     finally:
         pr.close()
         sb.close()
+
+
+# ---- over TLS (--tls-dir on both sides) --------------------------------------------------------------
+
+REMUS_MAGIC = 0x534D4552
+
+
+def remus_msg(kind, value):
+    return struct.pack("<IIQ", REMUS_MAGIC, kind, value)  # REMUS_MSG_GO = 10, REMUS_MSG_BACK = 11
+
+
+@pytest.fixture
+def tls_pair(doppel_bin, guest_elf, tmp_path, certs):  # noqa: F811
+    port = free_port()
+    sb = VM(doppel_bin, str(tmp_path), name="sb", kernel=guest_elf, cmdline=None, mem=MEM,
+            extra=["--standby", "--listen", f"127.0.0.1:{port}", "--tls-dir", certs["sb"],
+                   "--tls-peer-name", "pr"])
+    sb.wait_ctl()
+    pr = VM(doppel_bin, str(tmp_path), name="pr", kernel=guest_elf, cmdline="work=dirty ws=16M pi=200",
+            mem=MEM)
+    pr.wait_output(r"dirty: pass=", timeout=20)
+    protect(doppel_bin, pr, f"127.0.0.1:{port}", "--tls-dir", certs["pr"], "--tls-peer-name", "sb")
+    yield pr, sb, port
+    for v in (pr, sb):
+        if v.proc.poll() is None:
+            v.kill(signal.SIGCONT)
+        v.close()
+
+
+def test_switchover_over_tls_swaps_roles_memory_exact(doppel_bin, tls_pair):
+    """With --tls-dir on both sides: switch over and back. The GO connection and the protect back are
+    TLS with the same certificate checks (pinned names, bound identity): memory exact both ways,
+    every status says tls, no connection refused anywhere."""
+    pr, sb, port = tls_pair
+    chk = LiveChecker(pr.control, sb.control)
+    back = f"127.0.0.1:{free_port()}"
+    before = last_pass(pr)
+    r, rep = switchover(doppel_bin, pr, back)
+    assert r.returncode == 0, (r.stderr, "PR:", pr.stderr()[-2500:], "SB:", sb.stderr()[-2500:])
+    print("switchover:", rep)
+    assert rep["new_primary"] == f"127.0.0.1:{port}" and rep["listen"] == back
+    assert f"switchover GO to 127.0.0.1:{port} over TLS 1.3 (peer certificate sb)" in pr.stderr()
+    assert f"replication to {back} over TLS 1.3 (peer certificate pr)" in sb.stderr()
+    st = sb.ctl("status")
+    assert st["role"] == "primary" and st["remus"]["state"] == "protected" and st["remus"]["peer"] == back
+    assert st["tls"] is True and st["remus"]["tls"] is True and st["remus"]["tls_peer_name"] == "pr"
+    wait_for(lambda: remus(pr)["have_state"], 10, what="the old primary re-synced as standby")
+    assert remus(pr)["role"] == "standby" and remus(pr)["tls"] is True
+    assert remus(pr)["primary_identity"] == "sb"
+    assert_runs_exact(sb, before)
+    # and back again
+    before = last_pass(sb)
+    r, rep = switchover(doppel_bin, sb, f"127.0.0.1:{free_port()}")
+    assert r.returncode == 0, (r.stdout, "PR:", pr.stderr()[-2500:], "SB:", sb.stderr()[-2500:])
+    assert remus(pr)["role"] == "primary" and remus(sb)["role"] == "standby"
+    assert "over TLS 1.3 (peer certificate pr)" in sb.stderr()
+    wait_for(lambda: last_pass(pr) > before, 15, what="old primary runs again")
+    chk.finish()
+    d = pr.dirty()
+    assert all(x["bad"] == 0 for x in d), pr.output()[-1500:]
+    assert refusals(pr) == [] and refusals(sb) == []
+    assert remus(sb)["refused"] == 0  # the standby now; the primary has no such counter
+
+
+@pytest.mark.parametrize("who", ["plaintext", "other-name"])
+def test_switchover_go_from_wrong_peer_refused_over_tls(doppel_bin, tls_pair, certs, who):  # noqa: F811
+    """After the primary ended replication (the state a switchover's GO finds), a GO for the held
+    epoch in plaintext, or over TLS with a valid certificate of another name, is refused at the
+    handshake with one log line: the standby stays held with the same epoch and never runs. The real
+    primary can then protect again."""
+    pr, sb, port = tls_pair
+    time.sleep(0.3)
+    r = doppel(doppel_bin, "unprotect", "pr", "--control", pr.control)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: remus(sb)["state"] == "abandoned", 5, what="ABANDON")
+    kept = remus(sb)
+    go = remus_msg(10, kept["epoch"]) + remus_msg(11, free_port())
+    if who == "plaintext":
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as s:
+            s.sendall(go)
+            s.settimeout(8)
+            try:
+                end = s.recv(100)
+            except OSError as e:
+                end = str(e)
+    else:
+        end = raw_tls_client(port, certs["mallory"], payload=go)
+    print("client saw:", end)
+    wait_for(lambda: remus(sb)["refused"] == 1, 8, what="the standby to refuse")
+    lines = refusals(sb)
+    assert len(lines) == 1, sb.stderr()
+    want = {"plaintext": "TLS handshake failed", "other-name": "peer certificate names mallory, expected pr"}[who]
+    assert want in lines[0], lines[0]
+    now = sb.ctl("status")
+    assert now["role"] == "standby" and now["state"] != "running", now["state"]
+    assert (now["remus"]["epoch"], now["remus"]["state"], now["remus"]["have_state"]) == (
+        kept["epoch"], "abandoned", True)
+    assert "switchover" not in [e["kind"] for e in now["remus"]["events"]]
+    protect(doppel_bin, pr, f"127.0.0.1:{port}", "--tls-dir", certs["pr"], "--tls-peer-name", "sb")
+    assert remus(sb)["state"] == "held"

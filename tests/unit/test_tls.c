@@ -119,12 +119,14 @@ struct side {
 	uint64_t deadline;
 	int rc;
 	char id[TLS_ID_MAX], err[512];
+	struct tls_link **link; /* NULL: tls_wrap; else tls_wrap_link fills it */
 };
 
 static void *side_main(void *arg)
 {
 	struct side *s = arg;
-	s->rc = tls_wrap(s->c, s->server, &s->fd, s->deadline, s->id, sizeof(s->id), s->err, sizeof(s->err));
+	s->rc = tls_wrap_link(s->c, s->server, &s->fd, s->deadline, s->link, s->id, sizeof(s->id), s->err,
+			      sizeof(s->err));
 	return NULL;
 }
 
@@ -151,8 +153,10 @@ static void run_pair(const char *sdir, const char *spin, const char *cdir, const
 	char err[512];
 	pthread_t t;
 
-	*srv = (struct side){.server = true, .deadline = now_ns() + 3000 * MS};
-	*cli = (struct side){.server = false, .deadline = now_ns() + 3000 * MS};
+	struct tls_link **sl = srv->link, **cl = cli->link;
+
+	*srv = (struct side){.server = true, .deadline = now_ns() + 3000 * MS, .link = sl};
+	*cli = (struct side){.server = false, .deadline = now_ns() + 3000 * MS, .link = cl};
 	assert_int_equal(tls_cfg_load(&srv->c, path(sdir, NULL), spin, err, sizeof(err)), 0);
 	assert_int_equal(tls_cfg_load(&cli->c, path(cdir, NULL), cpin, err, sizeof(err)), 0);
 	tcp_pair(&cli->fd, &srv->fd);
@@ -165,7 +169,7 @@ static void run_pair(const char *sdir, const char *spin, const char *cdir, const
 
 static void test_handshake_and_relay(void **state)
 {
-	struct side s, c;
+	struct side s = {0}, c = {0};
 	char buf[64];
 
 	(void)state;
@@ -200,9 +204,64 @@ static void test_handshake_and_relay(void **state)
 	close(s.fd);
 }
 
+/* Read exactly len bytes through the link. */
+static void link_read(struct tls_link *l, char *buf, size_t len)
+{
+	for (size_t got = 0; got < len;) {
+		ssize_t n = tls_link_recv(l, buf + got, len - got, 3000);
+		assert_true(n > 0);
+		got += (size_t)n;
+	}
+}
+
+/* The direct path: bytes written on the descriptor (relay) and through tls_link_send arrive in the
+ * order written; the receiver's first tls_link_recv returns what the rx relay had queued first; the
+ * back channel works both ways; a timeout and EOF are reported. */
+static void test_direct_path_keeps_order(void **state)
+{
+	struct tls_link *sl = NULL, *cl = NULL;
+	struct side s = {.link = &sl}, c = {.link = &cl};
+	static char a[3000], b[1 << 20], d[5000], rx[sizeof(a) + sizeof(b) + sizeof(d)], want[sizeof(rx)];
+	char buf[8];
+
+	(void)state;
+	run_pair("sb", "pr", "pr", "sb", &s, &c);
+	assert_int_equal(s.rc, 0);
+	assert_int_equal(c.rc, 0);
+	assert_non_null(sl);
+	assert_non_null(cl);
+	for (size_t i = 0; i < sizeof(want); i++)
+		want[i] = (char)(i * 13 + i / 4096);
+	memcpy(a, want, sizeof(a));
+	memcpy(b, want + sizeof(a), sizeof(b));
+	memcpy(d, want + sizeof(a) + sizeof(b), sizeof(d));
+	assert_int_equal(send(c.fd, a, sizeof(a), 0), (ssize_t)sizeof(a)); /* through the tx relay */
+	usleep(20000); /* let the server's rx relay queue it in its socketpair */
+	assert_int_equal(tls_link_send(cl, b, sizeof(b), 3000), 0); /* direct, after a */
+	assert_int_equal(send(c.fd, d, sizeof(d), 0), (ssize_t)sizeof(d)); /* relay again, after b */
+	link_read(sl, rx, sizeof(rx));
+	assert_memory_equal(rx, want, sizeof(want));
+	/* back channel: the server writes on its descriptor, the client reads directly */
+	assert_int_equal(send(s.fd, "ACK!", 4, 0), 4);
+	link_read(cl, buf, 4);
+	assert_memory_equal(buf, "ACK!", 4);
+	assert_int_equal(tls_link_send(sl, "GO", 2, 1000), 0);
+	link_read(cl, buf, 2);
+	assert_memory_equal(buf, "GO", 2);
+	uint64_t t0 = now_ns();
+	assert_int_equal(tls_link_recv(sl, buf, 1, 100), -ETIMEDOUT);
+	assert_true(now_ns() - t0 >= 90 * MS);
+	/* closing the client's descriptor: close_notify, EOF on the server's direct read */
+	close(c.fd);
+	assert_int_equal(tls_link_recv(sl, buf, 1, 3000), 0);
+	close(s.fd);
+	tls_link_put(cl);
+	tls_link_put(sl);
+}
+
 static void test_wrong_name_and_ca(void **state)
 {
-	struct side s, c;
+	struct side s = {0}, c = {0};
 
 	(void)state;
 	run_pair("sb", "pr", "mallory", NULL, &s, &c);
@@ -247,6 +306,7 @@ int main(void)
 		cmocka_unit_test(test_loader),
 		cmocka_unit_test(test_cert_names),
 		cmocka_unit_test(test_handshake_and_relay),
+		cmocka_unit_test(test_direct_path_keeps_order),
 		cmocka_unit_test(test_wrong_name_and_ca),
 		cmocka_unit_test(test_deadline),
 	};
