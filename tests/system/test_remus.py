@@ -635,7 +635,7 @@ def sched_policies(pid):
                 st = f.read()
         except OSError:
             continue
-        out[int(tid)] = int(st.rsplit(")", 1)[1].split()[39])
+        out[int(tid)] = int(st.rsplit(")", 1)[1].split()[38])  # field 41: fields from 3 on
     return out
 
 
@@ -656,6 +656,68 @@ def test_fifo_only_around_epochs(doppel_bin, pair, tmp_path):
     print(f"FIFO seen in {fifo_samples}/{n} samples")
     assert fifo_samples < n / 2, fifo_samples
     assert remus(pr)["role"] == "primary"
+
+
+class SchedSampler:
+    """Samples the scheduling policy of every thread of pid at ~1 kHz in the background: which
+    threads it saw and which of them it ever saw SCHED_FIFO."""
+
+    def __init__(self, pid):
+        self.pid, self.seen, self.fifo, self.samples = pid, set(), {}, 0
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                pol = sched_policies(self.pid)
+            except OSError:
+                break
+            self.samples += 1
+            self.seen |= set(pol)
+            for tid, p in pol.items():
+                if p != 0:
+                    self.fifo[tid] = p
+            time.sleep(0.001)
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(5)
+        return self
+
+
+def test_threads_created_while_protected_run_sched_other(doppel_bin, pair, tmp_path):
+    # defect 6: the loop thread went SCHED_FIFO at protect and stayed so; every thread it created
+    # afterwards inherited it: the sender of a later protect (and its TLS relays), the snapshot
+    # worker and its zstd workers. Only the loop thread (the main thread, tid = pid) may ever be
+    # FIFO, and only around an epoch. Workers: a second protect's sender, then a full snapshot
+    # (sampled at ~1 kHz while it runs) — each sampled thread other than the loop must be SCHED_OTHER.
+    pr, sb, peer, _ = pair
+    pid = pr.proc.pid
+    # (a long heartbeat timeout: before the fix the FIFO loop starved the sender on this 2-core
+    # machine and a 200 ms timeout already failed the first protect)
+    protect(doppel_bin, pr, peer, "--heartbeat-timeout", "2000")
+    wait_for(lambda: remus(pr)["epochs"] > 5, 10, what="5 epochs")
+    r = doppel(doppel_bin, "unprotect", pr.name, "--control", pr.control)
+    assert r.returncode == 0, r.stderr
+    before = set(sched_policies(pid))
+    smp = SchedSampler(pid)
+    protect(doppel_bin, pr, peer, "--heartbeat-timeout", "2000")  # a new sender thread, created by the loop thread
+    wait_for(lambda: remus(pr)["epochs"] > 5, 10, what="5 epochs after the second protect")
+    t0 = time.monotonic()
+    r = doppel(doppel_bin, "snapshot", pr.name, str(tmp_path / "snap"), "--control", pr.control)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    smp.finish()
+    assert remus(pr)["role"] == "primary"
+    new = smp.seen - before
+    print(f"{smp.samples} samples; threads before {sorted(before)}, new {sorted(new)}; snapshot took "
+          f"{took:.2f}s; ever FIFO: {smp.fifo}")
+    assert smp.samples > 50, smp.samples
+    assert len(new) >= 2, f"the sender and the snapshot worker were never sampled: {sorted(new)}"
+    leaked = {tid: p for tid, p in smp.fifo.items() if tid != pid}
+    assert not leaked, f"threads other than the loop thread ran real-time: {leaked}"
 
 
 def test_standby_lost_hold_keeps_output(doppel_bin, pair):
