@@ -14,7 +14,7 @@ import pytest
 import netns
 from etcd import etcd_single  # noqa: F401  (fixture)
 from kvserver import finish_load, kv_op, start_load, target_of
-from vmproc import VM, wait_for
+from vmproc import VM, ctl, wait_for
 
 pytestmark = pytest.mark.needs_kvm
 
@@ -789,6 +789,132 @@ def test_fence_cmd_gates_takeover(doppel_bin, guest_elf, tmp_path):
         assert r.returncode == 0, r.stderr
         assert_took_over(sb, before)
     finally:
+        pr.close()
+        sb.close()
+
+
+# builtins only but sleep: the command runs under the VM process's seccomp allowlist (docs/security.md)
+FENCE_SCRIPT = """echo $$ > {pidfile}
+while [ ! -e {go} ]; do sleep 0.02; done
+read code < {go}
+exit $code
+"""
+
+
+def decide(go, code):
+    """Let the waiting fence command exit with code (the file appears whole: rename)."""
+    tmp = go.with_suffix(".tmp")
+    tmp.write_text(f"{code}\n")
+    os.rename(tmp, go)
+
+
+@pytest.mark.parametrize("outcome", ["exit0", "exit1", "killed"])
+def test_fence_cmd_runs_off_the_loop(doppel_bin, guest_elf, tmp_path, outcome):
+    # --fence-cmd ran on the standby's loop: a fence command taking 10 s froze status, control and
+    # everything else for 10 s. Now it runs as a child watched from a job thread: status answers
+    # (remus.takeover = "fencing") while it runs; exit 0 -> takeover; exit 1 or killed -> no
+    # takeover, the standby stays held with its state and says why.
+    port = free_port()
+    pidfile, go = tmp_path / "fence.pid", tmp_path / "fence.go"
+    script = tmp_path / "fence.sh"
+    script.write_text(FENCE_SCRIPT.format(pidfile=pidfile, go=go))
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "osb", f"127.0.0.1:{port}",
+                    extra=["--fence-cmd", f"sh {script}"])
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "opr")
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000")  # a loaded machine
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        before = last_pass(pr)
+        pr.kill()
+        pr.wait()
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, what="fence command started")
+        # while it runs: every status answers within 1 s and says what the standby is doing
+        for _ in range(10):
+            t0 = time.monotonic()
+            try:
+                st = ctl(sb.control, {"cmd": "status"}, timeout=1.0)["remus"]
+            except OSError as e:
+                raise AssertionError(f"status did not answer within 1 s while the fence command ran: {e!r}")
+            took = time.monotonic() - t0
+            assert took < 1.0, took
+            assert st["role"] == "standby" and st.get("takeover") == "fencing" and st["have_state"], st
+            time.sleep(0.1)
+        rep = sb.ctl("failover")  # one takeover at a time
+        assert rep.get("ok") is False and "in progress" in rep.get("error", ""), rep
+        if outcome == "exit0":
+            decide(go, 0)
+            assert_took_over(sb, before)
+            st = remus(sb)
+            assert "takeover" not in st and st["events"][-1]["kind"] == "failover", st
+            return
+        if outcome == "exit1":
+            decide(go, 1)
+        else:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        wait_for(lambda: remus(sb).get("takeover") == "refused", 5, what="refused takeover")
+        st = remus(sb)
+        print(f"{outcome}: {st['last_error']}")
+        assert st["role"] == "standby" and st["have_state"] and "no takeover" in st["last_error"], st
+        assert "status 1" in st["last_error"] if outcome == "exit1" else \
+            ("signal 9" in st["last_error"] or "status 137" in st["last_error"]), st["last_error"]
+        kinds = [e["kind"] for e in st["events"]]
+        assert kinds[-2:] == ["fence-failed", "no-takeover"], kinds
+        time.sleep(0.3)
+        assert remus(sb)["role"] == "standby" and status(sb)["state"] != "running"
+        # the operator can try again: the fence command runs again (and decides again)
+        decide(go, 0)
+        r = doppel(doppel_bin, "failover", "osb", "--control", sb.control)
+        assert r.returncode == 0, r.stderr
+        assert_took_over(sb, before)
+    finally:
+        pr.close()
+        sb.close()
+
+
+def test_witness_takeover_runs_off_the_loop(doppel_bin, guest_elf, tmp_path, etcd_single):
+    # The standby's witness takeover (witness_takeover every TTL/20) ran on its loop: with etcd not
+    # answering, each attempt blocked the loop for the request timeout (here 3 s) — status, control,
+    # everything froze. Now a job thread acquires: status answers (remus.takeover =
+    # "acquiring-witness", witness.waiting says why) and the takeover follows once etcd answers.
+    ttl = 3000
+    wit = ["--witness", etcd_single.urls, "--witness-name", "slowwit", "--witness-ttl", str(ttl)]
+    port = free_port()
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "wsb", f"127.0.0.1:{port}", extra=wit)
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "wpr")
+    paused = False
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000", *wit)
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        tok = remus(pr)["witness"]["token"]
+        before = last_pass(pr)
+        pr.kill()
+        pr.wait()
+        wait_for(lambda: (remus(sb).get("witness") or {}).get("waiting"), 5, what="standby waiting for the key")
+        etcd_single.pause(0)  # connections are accepted, nothing answers: every request runs into its timeout
+        paused = True
+        t_end = time.monotonic() + 2.5
+        n = 0
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            try:
+                st = ctl(sb.control, {"cmd": "status"}, timeout=1.0)["remus"]
+            except OSError as e:
+                raise AssertionError(f"status did not answer within 1 s while acquiring the key: {e!r}")
+            assert time.monotonic() - t0 < 1.0
+            assert st["role"] == "standby" and st.get("takeover") == "acquiring-witness", st
+            n += 1
+            time.sleep(0.1)
+        print(f"{n} status answers while etcd was frozen; waiting: {st['witness'].get('waiting')}")
+        etcd_single.resume(0)
+        paused = False
+        wait_for(lambda: remus(sb)["role"] == "unprotected", 3 * ttl / 1000 + 5, what="takeover once etcd answers")
+        st = remus(sb)
+        assert st["witness"]["token"] > tok and "takeover" not in st, st
+        assert etcd_single.get("/doppel/vm/slowwit/active")[1] == st["witness"]["token"]
+        assert_took_over(sb, before)
+    finally:
+        if paused:
+            etcd_single.resume(0)
         pr.close()
         sb.close()
 
