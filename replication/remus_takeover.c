@@ -60,7 +60,8 @@ static int job_acquire(struct remus *r, char *err, size_t errlen)
 	}
 	if (atomic_load(&r->tk_cancel) && rc == 0) {
 		if (witness_release(r->wit, e, sizeof(e)))
-			log_warn("remus", vmm_name(r->v), "witness: release after a cancelled takeover: %s", e);
+			log_warn("remus", vmm_name(r->v), "witness: release after a cancelled takeover: %s",
+				 e);
 		return errf(err, errlen, -ECANCELED, "cancelled");
 	}
 	return rc; /* 0: acquired now, 1: ours already */
@@ -98,7 +99,8 @@ static int job_fence(struct remus *r, char *err, size_t errlen)
 	}
 	atomic_store(&r->tk_child, 0);
 	if (why)
-		return errf(err, errlen, -ETIMEDOUT, "the fence command %s after %.1f s (killed): no takeover", why,
+		return errf(err, errlen, -ETIMEDOUT,
+			    "the fence command %s after %.1f s (killed): no takeover", why,
 			    (double)(now_ns() - (deadline - REMUS_FENCE_TIMEOUT_MS * 1000000ull)) / 1e9);
 	if (WIFSIGNALED(st))
 		return errf(err, errlen, -EPERM, "the fence command was killed by signal %d: no takeover",
