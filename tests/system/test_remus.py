@@ -971,6 +971,29 @@ def test_witness_takeover_runs_off_the_loop(doppel_bin, guest_elf, tmp_path, etc
         sb.close()
 
 
+def test_forced_failover_refused_while_primary_holds_the_key(doppel_bin, guest_elf, tmp_path, etcd_single):
+    # doppel failover --force with a witness: the job thread tries the key once and is refused
+    # while the primary holds it; the standby stays connected and replicating.
+    wit = ["--witness", etcd_single.urls, "--witness-name", "forced", "--witness-ttl", "1000"]
+    port = free_port()
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "fsb", f"127.0.0.1:{port}", extra=wit)
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "fpr")
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000", *wit)
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        r = doppel(doppel_bin, "failover", "fsb", "--force", "--control", sb.control)
+        assert r.returncode == 4 and "failover refused: witness" in r.stderr, (r.returncode, r.stderr)
+        st = remus(sb)
+        assert st["role"] == "standby" and st["connected"] and st.get("takeover") == "refused", st
+        e0 = st["epoch"]
+        wait_for(lambda: remus(sb)["epoch"] > e0, 5, what="replication goes on")
+        p = remus(pr)
+        assert p["role"] == "primary" and p["state"] == "protected", p
+    finally:
+        pr.close()
+        sb.close()
+
+
 def test_standby_lost_hold_timeout_releases(doppel_bin, pair):
     pr, sb, peer, _ = pair
     protect(doppel_bin, pr, peer, "--standby-lost", "hold", "--hold-timeout", "600")
