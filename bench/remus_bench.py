@@ -150,8 +150,12 @@ def failover_outage(topo, tmp, i, sig, witness=None):
         pr.send_signal(sig)
         res = finish_load(load, log, timeout=40)
         got = kv_op(KV, topo.client, target_of(netns.GUEST_IP), "GET", "k")
+        # the standby's own breakdown: detect = last checkpoint -> loss seen, decide = loss -> takeover
+        # start (witness key, fence command), takeover = state apply + vCPU start
+        fo = ctl(os.path.join(tmp, f"kb{i}.sock"), {"cmd": "status"}).get("remus", {}).get("last_failover")
         return {"signal": signal.Signals(sig).name, "witness": bool(witness), "longest_stall_ms": res.summary.get("longest_stall_ms"),
-                "all_acked": res.rc == 0, "value_ok": got.returncode == 0 and int(got.stdout) == 600}
+                "all_acked": res.rc == 0, "value_ok": got.returncode == 0 and int(got.stdout) == 600,
+                "standby_phases_ms": fo}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -173,7 +177,11 @@ def latency(topo, tmp, i, protected, witness=None):
 
 def main():
     res = {"rate": [], "pause_vs_dirty": [], "failover": [], "latency": {}}
+    # PARTS=failover: only the failover rows (SIGKILL without a witness; SIGKILL and SIGSTOP with
+    # one), printed and written to bench/results/remus_failover_check.json, the full results untouched
     parts = os.environ.get("PARTS", "rate,pause,net").split(",")
+    if parts == ["failover"]:
+        return failover_only(res)
     with tempfile.TemporaryDirectory() as tmp:
         if "rate" in parts:
             res["rate_matrix"] = remus_rate.matrix(sys.modules[__name__], tmp, RATE_RUNS, SECS)
@@ -214,6 +222,25 @@ def main():
             res["network_error"] = str(e)
             print("network part failed:", e, flush=True)
     write(res)
+
+
+def failover_only(res):
+    with tempfile.TemporaryDirectory() as tmp, netns.Topology() as topo:
+        k = 0
+        for _ in range(FO_RUNS):
+            res["failover"].append(failover_outage(topo, tmp, k, signal.SIGKILL))
+            print("failover", res["failover"][-1], flush=True)
+            k += 1
+        from etcd import EtcdCluster  # tests/system/etcd.py
+        with EtcdCluster(os.path.join(tmp, "etcd"), members=3, topology=topo) as etcd:
+            for sig in (signal.SIGKILL, signal.SIGSTOP):
+                for _ in range(FO_RUNS):
+                    res["failover"].append(failover_outage(topo, tmp, k, sig, etcd.urls))
+                    print("failover", res["failover"][-1], flush=True)
+                    k += 1
+    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
+    with open(os.path.join(REPO, "bench", "results", "remus_failover_check.json"), "w") as f:
+        json.dump({"load_avg": os.getloadavg(), "failover": res["failover"]}, f, indent=1)
 
 
 def met(ok):

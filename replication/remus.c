@@ -83,6 +83,8 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents)
 		remus_standby_async(r, f);
 	if (f & RA_SWITCH_GO)
 		remus_switch_go(r);
+	if (f & RA_TAKEOVER)
+		remus_takeover_async(r);
 }
 
 static const char *role_name(enum remus_role role)
@@ -177,6 +179,7 @@ static void exit_hook(struct vmm *v, void *opaque)
 
 	(void)v;
 	remus_primary_exit(r);
+	remus_takeover_stop(r); /* before the witness goes: the job may be using it */
 	remus_witness_free(r);
 	if (r->reader_running) {
 		/* A standby going away: stop applying (the replica's RAM goes next) and end the reader. */

@@ -4,6 +4,7 @@
 
 #include <ev.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -102,6 +103,7 @@ struct remus_tl {
 #define RA_COLO 32u /* primary: the comparator diverged */
 #define RA_COLO_START 64u /* COLO standby: the first state is in, start the vCPUs */
 #define RA_SWITCH_GO 128u /* standby: a switchover GO arrived (remus_switch.c) */
+#define RA_TAKEOVER 1024u /* standby: a takeover job ended (remus_takeover.c) */
 
 /* A planned switchover on the primary side (remus_switch.c). */
 enum remus_sw {
@@ -137,11 +139,22 @@ struct remus {
 	struct witness *wit;
 	ev_timer wit_w; /* lease check */
 	_Atomic uint64_t wit_loop_ns; /* now_ns() of the last lease check: the loop is alive */
-	ev_timer acquire_w; /* standby: retry acquiring the key */
-	bool wit_waiting; /* standby: primary lost, waiting for the key */
+	bool wit_waiting; /* standby: primary lost, waiting for the key (lock) */
 	char wit_holder[160];
-	char wit_wait_reason[256];
+	char wit_wait_reason[256]; /* lock */
+	/* standby: a takeover's blocking steps (witness key, --fence-cmd) run on a job thread while
+	 * the loop goes on (status, heartbeats, control); see remus_takeover.c */
+	pthread_t tk_thread;
+	bool tk_running; /* loop: a job thread exists (joined on RA_TAKEOVER) */
+	int tk_step; /* loop: TK_* of the job, or TK_REFUSED after a refusal */
+	bool tk_once; /* witness: one attempt (doppel failover), not until acquired */
+	atomic_bool tk_cancel; /* stop the job (a primary connected again, the process exits) */
+	_Atomic int tk_child; /* the fence command's pid while it runs, 0 otherwise */
+	int tk_rc; /* the job's result, written before RA_TAKEOVER */
+	char tk_err[256];
+	char tk_id[160]; /* the witness holder id the job acquired the key as */
 	char takeover_why[200];
+	struct ctl_conn *tk_reply; /* a deferred `doppel failover` */
 	enum remus_failover_policy failover_policy;
 	/* TLS (NULL: plaintext, said once in the log and as "tls": false in status). The standby's
 	 * comes from `run --tls-dir`, the primary's from `protect --tls-dir` (replaced per protect). */
@@ -324,11 +337,29 @@ void remus_standby_async(struct remus *r, unsigned flags);
 struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req);
 void remus_standby_status(struct remus *r, struct json_object *o);
 uint32_t remus_progress_timeout_ms(const struct remus *r);
-void remus_standby_takeover(struct remus *r); /* the witness key is ours: take over now */
+
+/* remus_takeover.c (loop thread): a standby's takeover. Its blocking steps, the witness key (until
+ * acquired, or one attempt for `doppel failover`) and then --fence-cmd (a child process, timed out
+ * after REMUS_FENCE_TIMEOUT_MS), run on a job thread; the loop applies the state only when both
+ * succeeded. Status remus.takeover: "acquiring-witness" | "fencing" while a job runs, "refused"
+ * after one failed (last_error says why). */
+#define REMUS_FENCE_TIMEOUT_MS 120000
+enum { TK_IDLE, TK_ACQUIRING, TK_FENCING, TK_REFUSED };
+void remus_takeover_auto(struct remus *r, const char *why); /* primary lost, --failover auto */
+struct json_object *remus_takeover_manual(struct remus *r, bool force); /* doppel failover */
+void remus_takeover_async(struct remus *r); /* RA_TAKEOVER */
+void remus_takeover_cancel(struct remus *r); /* a primary connected: stop waiting for the key */
+void remus_takeover_stop(struct remus *r); /* exit: kill the fence command, join the job */
+bool remus_takeover_fencing(const struct remus *r);
+void remus_takeover_status(struct remus *r, struct json_object *o);
 
 /* remus_standby.c, shared with remus_switch.c */
-/* Take over now (loop thread): planned (a switchover) skips the fence command. 0 or -errno. */
+/* Take over now (loop thread): apply the state and run. The fence command, when configured, has
+ * run before (remus_takeover.c); planned (a switchover) is recorded as such. 0 or -errno. */
 int remus_standby_failover(struct remus *r, const char *why, bool planned, char *err, size_t errlen);
+/* Stop the reader for a takeover (loop): it applies nothing more. 0, or -EAGAIN when no complete
+ * state ever arrived (nothing changed then). */
+int remus_standby_halt_reader(struct remus *r, char *err, size_t errlen);
 /* Become a standby on listening socket fd (bound to addr). */
 void remus_standby_start_fd(struct remus *r, int fd, const char *addr);
 
@@ -364,8 +395,10 @@ int remus_witness_config(struct remus *r, const char *urls, const char *name, ui
 			 size_t errlen);
 int remus_witness_primary_start(struct remus *r, char *err, size_t errlen);
 bool remus_witness_may_release(struct remus *r); /* false: lease unproven, fenced now */
-void remus_witness_standby_wait(struct remus *r);
-void remus_witness_standby_cancel(struct remus *r);
+/* Acquire (primary) or take over (standby) the key and keep it alive; one thread at a time (a
+ * takeover job's). 0: acquired (then remus_witness_held on the loop), 1: ours already, -errno. */
+int remus_witness_try_hold(struct remus *r, bool standby, char *id, size_t idlen, char *err, size_t errlen);
+void remus_witness_held(struct remus *r, const char *id, const char *role);
 int remus_witness_acquire_now(struct remus *r, char *err, size_t errlen);
 void remus_witness_status(struct remus *r, struct json_object *o);
 bool remus_witness_unproven(struct remus *r);

@@ -384,22 +384,6 @@ static void announce_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		ev_timer_stop(loop, w);
 }
 
-/* The site's STONITH command: take over only when it exits 0. Blocks the loop while it runs. */
-static int run_fence_cmd(struct remus *r, char *err, size_t errlen)
-{
-	int st = system(r->fence_cmd);
-
-	if (st == -1)
-		return errf(err, errlen, -errno, "cannot run the fence command: %s", strerror(errno));
-	if (!WIFEXITED(st) || WEXITSTATUS(st)) {
-		remus_record_event(r, "fence-failed", r->committed_epoch, "fence command exited %d",
-				   WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-		return errf(err, errlen, -EPERM, "the fence command failed (status %d): no takeover",
-			    WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-	}
-	return 0;
-}
-
 /* The failover report, as a "failover" event: when the primary was last heard (its last committed
  * epoch), when its loss was seen, when the takeover began (after a witness wait, fence command or
  * operator) and how long it took. t0: the takeover's start. */
@@ -438,12 +422,8 @@ static void failover_event(struct remus *r, const char *why, uint64_t epoch, uin
 			   (double)(t1 - t0) / 1e6);
 }
 
-/* Take over. Loop thread. Returns 0, or -EAGAIN when no complete state ever arrived. */
-int remus_standby_failover(struct remus *r, const char *why, bool planned, char *err, size_t errlen)
+int remus_standby_halt_reader(struct remus *r, char *err, size_t errlen)
 {
-	uint64_t t0 = now_ns(), epoch;
-	int rc;
-
 	pthread_mutex_lock(&r->lock);
 	if (!r->have_committed) {
 		pthread_mutex_unlock(&r->lock);
@@ -457,17 +437,20 @@ int remus_standby_failover(struct remus *r, const char *why, bool planned, char 
 		pthread_join(r->reader, NULL);
 		r->reader_running = false;
 	}
+	return 0;
+}
+
+/* Take over. Loop thread. Returns 0, or -EAGAIN when no complete state ever arrived. */
+int remus_standby_failover(struct remus *r, const char *why, bool planned, char *err, size_t errlen)
+{
+	uint64_t t0 = now_ns(), epoch;
+	int rc;
+
+	(void)planned; /* the fence command (not for a planned switchover) ran before: remus_takeover.c */
+	rc = remus_standby_halt_reader(r, err, errlen);
+	if (rc)
+		return rc;
 	epoch = r->committed_epoch; /* the reader has ended: no lock needed */
-	if (r->fence_cmd[0] && !planned) {
-		rc = run_fence_cmd(r, err, errlen);
-		if (rc) {
-			/* No takeover; the replica stays (a later `doppel failover` may try again). */
-			pthread_mutex_lock(&r->lock);
-			r->failed_over = false;
-			pthread_mutex_unlock(&r->lock);
-			return rc;
-		}
-	}
 	ev_timer_stop(r->loop, &r->hb_w);
 	ev_timer_stop(r->loop, &r->progress_w);
 	ev_io_stop(r->loop, &r->accept_w);
@@ -515,19 +498,6 @@ static void hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	pthread_mutex_unlock(&r->lock);
 }
 
-void remus_standby_takeover(struct remus *r)
-{
-	char err[256], why[240];
-
-	snprintf(why, sizeof(why), "%.150s; witness token %llu", r->takeover_why,
-		 (unsigned long long)witness_token(r->wit));
-	if (remus_standby_failover(r, why, false, err, sizeof(err))) {
-		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
-		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
-		log_warn("remus", vmm_name(r->v), "standby: %s; %s", why, err);
-	}
-}
-
 uint32_t remus_progress_timeout_ms(const struct remus *r)
 {
 	uint32_t a = r->hb_timeout_ms * 5, b = r->interval_ms * 20;
@@ -566,8 +536,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		pthread_mutex_unlock(&r->lock);
 		if (ended)
 			remus_standby_async(r, RA_READER_ENDED);
-		if (r->reader_running || r->role != REMUS_STANDBY) {
-			close(fd); /* one primary at a time */
+		if (r->reader_running || r->role != REMUS_STANDBY || remus_takeover_fencing(r)) {
+			close(fd); /* one primary at a time; none while the primary is being fenced */
 			continue;
 		}
 		pthread_mutex_lock(&r->lock);
@@ -584,7 +554,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 void remus_standby_async(struct remus *r, unsigned flags)
 {
-	char err[256], why[400];
+	char why[400];
 	bool fo;
 
 	if (r->role != REMUS_STANDBY)
@@ -598,7 +568,7 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		ev_timer_stop(r->loop, &r->progress_w);
 		ev_timer_set(&r->progress_w, t, t);
 		ev_timer_start(r->loop, &r->progress_w);
-		remus_witness_standby_cancel(r); /* a primary again: no takeover */
+		remus_takeover_cancel(r); /* a primary again: no takeover */
 		r->awaiting_manual = false;
 	}
 	if (!(flags & RA_READER_ENDED) || !r->reader_running)
@@ -636,26 +606,15 @@ void remus_standby_async(struct remus *r, unsigned flags)
 		log_warn("remus", vmm_name(r->v), "standby: %s", r->last_error);
 		return;
 	}
-	if (r->wit) {
-		/* Take over only with the key, i.e. after the primary's lease expired. */
-		snprintf(r->takeover_why, sizeof(r->takeover_why), "%.190s", why);
-		remus_witness_standby_wait(r);
-		return;
-	}
-	int rc = remus_standby_failover(r, why, false, err, sizeof(err));
-	if (rc) {
-		snprintf(r->last_error, sizeof(r->last_error), "%.120s; %.120s", why, err);
-		remus_record_event(r, "no-takeover", 0, "%s; %s", why, err);
-		log_warn("remus", vmm_name(r->v), "standby: %s; %s; waiting for a primary", why, err);
-	}
+	/* With a witness only once the key is ours (the primary's window ended); with --fence-cmd only
+	 * once it exited 0: both on a job thread (remus_takeover.c), then the state is applied here. */
+	remus_takeover_auto(r, why);
 }
 
 struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 {
-	struct json_object *j, *o;
+	struct json_object *j;
 	bool force = false, heard;
-	char err[256] = "";
-	int rc;
 
 	if (r->role != REMUS_STANDBY)
 		return ctl_refused("%s is not a standby", vmm_name(r->v));
@@ -672,17 +631,7 @@ struct json_object *remus_cmd_failover(struct remus *r, struct json_object *req)
 		return ctl_refused(
 			"the primary is still heard (connected, timeout %u ms); use --force for a drill",
 			r->hb_timeout_ms);
-	if (remus_witness_acquire_now(r, err, sizeof(err)))
-		return ctl_refused("failover refused: %s", err);
-	rc = remus_standby_failover(r, force ? "manual failover (forced)" : "manual failover", false, err,
-				    sizeof(err));
-	if (rc) /* -EAGAIN: no complete checkpoint yet, a state the operator can wait out */
-		return rc == -EAGAIN ? ctl_refused("failover failed: %s", err)
-				     : ctl_error("failover failed: %s", err);
-	o = json_object_new_object();
-	json_object_object_add(o, "role", json_object_new_string("unprotected"));
-	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)r->committed_epoch));
-	return o;
+	return remus_takeover_manual(r, force); /* witness key, fence command: answered when done */
 }
 
 int remus_standby_start(struct remus *r, const char *addr, char *err, size_t errlen)
@@ -728,6 +677,7 @@ void remus_standby_status(struct remus *r, struct json_object *o)
 			json_object_new_string(r->failover_policy == FAILOVER_MANUAL ? "manual" : "auto"));
 		json_object_object_add(o, "progress_timeout_ms",
 				       json_object_new_int((int)remus_progress_timeout_ms(r)));
+		remus_takeover_status(r, o);
 		json_object_object_add(o, "split_brain_possible",
 				       json_object_new_boolean(r->failover_policy == FAILOVER_AUTO &&
 							       !r->fence_cmd[0] && !r->wit));

@@ -82,29 +82,32 @@ int remus_witness_config(struct remus *r, const char *urls, const char *name, ui
 		(void)witness_set_renew_ms(r->wit, ttl_ms / 6);
 	ev_init(&r->wit_w, check_cb);
 	r->wit_w.data = r;
-	ev_init(&r->acquire_w, NULL);
 	return 0;
 }
 
-/* Acquire (or keep) the key and keep it alive; 0 or -errno (-EBUSY: another copy holds it). A
- * standby takes it over from a holder that stopped renewing (witness_takeover); a primary only
- * acquires a free key. */
-static int hold_key(struct remus *r, const char *role, char *err, size_t errlen)
+/* The witness side of holding the key: acquire (a primary: a free key) or take it over (a standby:
+ * from a holder that stopped renewing, witness_takeover), then keep it alive. No loop state is
+ * touched: a standby's takeover job calls it on its own thread (the loop calls no witness function
+ * meanwhile). 0: acquired (then remus_witness_held on the loop), 1: held already, or -errno
+ * (-EBUSY: another copy holds it); the holder id into id. */
+int remus_witness_try_hold(struct remus *r, bool standby, char *id, size_t idlen, char *err, size_t errlen)
 {
-	char id[160];
 	int rc;
 
+	holder_id(r, standby ? "standby" : "primary", id, idlen);
 	if (witness_lease_valid(r->wit) && witness_token(r->wit))
-		return 0; /* ours already (an unprotected copy protecting again) */
-	holder_id(r, role, id, sizeof(id));
-	rc = r->role == REMUS_STANDBY ? witness_takeover(r->wit, id, err, errlen)
-				      : witness_acquire(r->wit, id, err, errlen);
+		return 1; /* ours already (an unprotected copy protecting again) */
+	rc = standby ? witness_takeover(r->wit, id, err, errlen) : witness_acquire(r->wit, id, err, errlen);
 	atomic_store(&r->wit_loop_ns, now_ns());
 	witness_set_liveness(r->wit, loop_alive, r);
 	if (!rc)
 		rc = witness_start_keepalive(r->wit, err, errlen);
-	if (rc)
-		return rc;
+	return rc;
+}
+
+/* Loop thread, once the key is held: the lease check, the log line and the event. */
+void remus_witness_held(struct remus *r, const char *id, const char *role)
+{
 	snprintf(r->wit_holder, sizeof(r->wit_holder), "%s", id);
 	ev_timer_set(&r->wit_w, CHECK_MS / 1e3, CHECK_MS / 1e3);
 	ev_timer_again(r->loop, &r->wit_w);
@@ -118,7 +121,17 @@ static int hold_key(struct remus *r, const char *role, char *err, size_t errlen)
 	remus_event_fields(r, "witness-acquired",
 			   r->role == REMUS_STANDBY ? r->committed_epoch : r->acked_epoch, f,
 			   "holding the witness key as %s", role);
-	return 0;
+}
+
+/* Acquire (or keep) the key and keep it alive, on the loop thread; 0 or -errno. */
+static int hold_key(struct remus *r, const char *role, char *err, size_t errlen)
+{
+	char id[160];
+	int rc = remus_witness_try_hold(r, r->role == REMUS_STANDBY, id, sizeof(id), err, errlen);
+
+	if (!rc)
+		remus_witness_held(r, id, role);
+	return rc > 0 ? 0 : rc;
 }
 
 int remus_witness_primary_start(struct remus *r, char *err, size_t errlen)
@@ -136,55 +149,9 @@ int remus_witness_primary_start(struct remus *r, char *err, size_t errlen)
 	return 0;
 }
 
-/* ---- standby: take over only with the key ---------------------------------------------------- */
+/* ---- standby: the takeover's witness step runs in remus_takeover.c ---------------------------- */
 
-static void acquire_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-	struct remus *r = w->data;
-	char e[256];
-
-	(void)loop, (void)revents;
-	if (r->role != REMUS_STANDBY || !r->wit_waiting) {
-		ev_timer_stop(r->loop, w);
-		return;
-	}
-	int rc = hold_key(r, "standby", e, sizeof(e));
-	if (rc == -EBUSY) {
-		snprintf(r->wit_wait_reason, sizeof(r->wit_wait_reason), "%.250s", e);
-		return; /* its lease has not expired yet: try again */
-	}
-	if (rc) {
-		snprintf(r->wit_wait_reason, sizeof(r->wit_wait_reason), "witness unreachable: %.200s", e);
-		return;
-	}
-	ev_timer_stop(r->loop, w);
-	r->wit_waiting = false;
-	remus_standby_takeover(r);
-}
-
-void remus_witness_standby_wait(struct remus *r)
-{
-	uint32_t t = witness_ttl_ms(r->wit) / 20;
-
-	if (t < 20)
-		t = 20;
-	r->wit_waiting = true;
-	snprintf(r->wit_wait_reason, sizeof(r->wit_wait_reason), "acquiring the witness key");
-	ev_init(&r->acquire_w, acquire_cb);
-	r->acquire_w.data = r;
-	ev_timer_set(&r->acquire_w, 0, t / 1e3);
-	ev_timer_again(r->loop, &r->acquire_w);
-	acquire_cb(r->loop, &r->acquire_w, 0);
-}
-
-void remus_witness_standby_cancel(struct remus *r)
-{
-	if (!r->wit || !r->wit_waiting)
-		return;
-	r->wit_waiting = false;
-	ev_timer_stop(r->loop, &r->acquire_w);
-}
-
+/* A planned takeover (switchover GO) on the loop: one attempt. */
 int remus_witness_acquire_now(struct remus *r, char *err, size_t errlen)
 {
 	char e[256];
@@ -192,10 +159,11 @@ int remus_witness_acquire_now(struct remus *r, char *err, size_t errlen)
 
 	if (!r->wit)
 		return 0;
+	if (r->tk_running) /* a takeover job owns the witness client now */
+		return errf(err, errlen, -EBUSY, "witness: a takeover is in progress");
 	rc = hold_key(r, "standby", e, sizeof(e));
 	if (rc)
 		return errf(err, errlen, rc, "witness: %s", e);
-	remus_witness_standby_cancel(r);
 	return 0;
 }
 
@@ -215,8 +183,10 @@ void remus_witness_status(struct remus *r, struct json_object *o)
 	json_object_object_add(w, "ttl_ms", json_object_new_int((int)witness_ttl_ms(r->wit)));
 	json_object_object_add(w, "holder", until > now ? json_object_new_string(r->wit_holder) : NULL);
 	json_object_object_add(w, "lost", json_object_new_boolean(witness_lost(r->wit)));
+	pthread_mutex_lock(&r->lock); /* the takeover job writes the reason */
 	if (r->wit_waiting)
 		json_object_object_add(w, "waiting", json_object_new_string(r->wit_wait_reason));
+	pthread_mutex_unlock(&r->lock);
 	json_object_object_add(o, "witness", w);
 }
 

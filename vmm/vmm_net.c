@@ -45,24 +45,16 @@ static void learn(struct vmm_net *n, const uint8_t *f, size_t len)
 static int tx(void *opaque, const void *frame, size_t len)
 {
 	struct vmm_net *n = opaque;
-	struct vmm *v = n->v;
-	vmm_tx_hook hook = __atomic_load_n(&v->tx_hook, __ATOMIC_ACQUIRE);
 
 	learn(n, frame, len);
-	if (hook) {
-		hook(__atomic_load_n(&v->tx_hook_opaque, __ATOMIC_ACQUIRE), n->idx, frame, len);
+	if (vmm_tx_slot_call(&n->v->tx, n->idx, frame, len))
 		return 0;
-	}
 	return virtio_net_tap_output(n->dev, frame, len);
 }
 
 void vmm_set_tx_hook(struct vmm *v, vmm_tx_hook fn, void *opaque)
 {
-	/* A vCPU may have loaded the old hook and not yet its opaque: clearing keeps the opaque (the
-	 * hook's owner outlives the vCPUs), so such a late call gets a valid one, never NULL. */
-	if (fn)
-		__atomic_store_n(&v->tx_hook_opaque, opaque, __ATOMIC_RELEASE);
-	__atomic_store_n(&v->tx_hook, fn, __ATOMIC_RELEASE);
+	vmm_tx_slot_set(&v->tx, fn, opaque);
 }
 
 int vmm_net_output(struct vmm *v, int netidx, const void *frame, size_t len)

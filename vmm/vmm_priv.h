@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "vmm/tx_hook.h"
 #include "vmm/vmm.h"
 
 struct virtio_net;
@@ -73,10 +74,9 @@ struct vmm {
 	int nr_net;
 	struct virtio_blk *disk[VMM_MAX_DISKS];
 	int nr_disk;
-	vmm_tx_hook tx_hook;
+	struct vmm_tx_slot tx; /* the output hook (netbuf) */
 	vmm_rx_hook rx_hook; /* loop thread */
 	void *rx_hook_opaque;
-	void *tx_hook_opaque;
 	bool held; /* vCPUs not started yet (standby / incoming), or parked again (reheld) */
 	bool reheld; /* held by vmm_hold_vcpus: the vCPUs exist and are paused */
 	bool user_paused; /* `doppel pause` holds the VM */

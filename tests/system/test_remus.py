@@ -14,7 +14,7 @@ import pytest
 import netns
 from etcd import etcd_single  # noqa: F401  (fixture)
 from kvserver import finish_load, kv_op, start_load, target_of
-from vmproc import VM, wait_for
+from vmproc import VM, ctl, wait_for
 
 pytestmark = pytest.mark.needs_kvm
 
@@ -525,7 +525,8 @@ def test_standby_rejects_state_it_cannot_run(doppel_bin, guest_elf, topology, tm
 
 def wedgeable_primary(doppel_bin, guest_elf, tmp_path, vms):
     """A primary whose serial console is a FIFO drained by a thread; clear the returned event to stall
-    the console: the guest's vCPU then blocks in a UART write and the next epoch's pause never ends."""
+    the console (the guest's vCPU then blocks in a UART write and the next epoch's pause waits on
+    it), set it again to unstall."""
     fifo = str(tmp_path / "wedge.fifo")
     os.mkfifo(fifo)
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -538,14 +539,17 @@ def wedgeable_primary(doppel_bin, guest_elf, tmp_path, vms):
     draining.set()
     seen = []
 
-    def drain():
-        while draining.is_set():
-            try:
-                b = os.read(rfd, 65536)
-                if b:
-                    seen.append(b)
-            except BlockingIOError:
-                pass
+    def drain():  # pauses while the event is clear (set it again to unstall)
+        while True:
+            if draining.is_set():
+                try:
+                    b = os.read(rfd, 65536)
+                    if b:
+                        seen.append(b)
+                except BlockingIOError:
+                    pass
+                except OSError:  # closed by the test
+                    return
             time.sleep(0.002)
 
     threading.Thread(target=drain, daemon=True).start()
@@ -573,6 +577,53 @@ def test_wedged_primary_detected_by_progress(doppel_bin, guest_elf, pair, tmp_pa
           f"(progress timeout {pto} ms)")
     ev = remus(sb)["events"][-1]
     assert ev["kind"] == "failover" and "no checkpoint" in ev["reason"], ev
+    wp.kill()
+    os.close(rfd)
+
+
+def test_primary_loop_stall_keeps_its_standby(doppel_bin, guest_elf, pair, tmp_path):
+    # defect 1: libev runs expired timers before I/O: after a stall of the primary's loop longer
+    # than the heartbeat timeout (here: an epoch's pause waiting ~0.6 s on a vCPU blocked in a UART
+    # write) its liveness check judged the standby silent while the standby's heartbeats sat unread
+    # in the socket, and gave it up (the standby, heartbeated by the sender thread meanwhile, was
+    # fine). Now the socket is drained before silence is judged: the primary stays protected.
+    _, sb, peer, vms = pair
+    wp, draining, rfd = wedgeable_primary(doppel_bin, guest_elf, tmp_path, vms)
+    protect(doppel_bin, wp, peer, "--heartbeat-timeout", "200")
+    wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+    time.sleep(0.3)
+    poll = {"t0": None, "worst": 0.0, "stop": False}
+
+    def poller():  # status in a loop: a call outstanding for long = the loop is stalled
+        while not poll["stop"]:
+            poll["t0"] = t0 = time.monotonic()
+            remus(wp)
+            poll["t0"] = None
+            poll["worst"] = max(poll["worst"], time.monotonic() - t0)
+            time.sleep(0.01)
+
+    th = threading.Thread(target=poller, daemon=True)
+    th.start()
+    for i in range(2):
+        draining.clear()  # the console fills: the vCPU blocks, the next epoch's pause waits on it
+        wait_for(lambda: poll["t0"] and time.monotonic() - poll["t0"] > 0.5, 20,
+                 what=f"the loop to stall (stall {i}, worst so far {poll['worst']:.2f}s)")
+        draining.set()  # ~0.5 s: past the heartbeat timeout, short of the standby's progress timeout
+        time.sleep(1.0)
+        st = remus(wp)
+        assert st["role"] == "primary" and st["state"] == "protected", \
+            f"the primary gave up its standby after a {poll['worst']:.2f}s loop stall: {st.get('events')}"
+    poll["stop"] = True
+    th.join(5)
+    worst = poll["worst"]
+    st = remus(wp)
+    print(f"primary loop stalled up to {worst * 1000:.0f} ms (heartbeat timeout 200 ms); events "
+          f"{[e['kind'] for e in st['events']]}")
+    assert worst > 0.3, f"the loop never stalled past the heartbeat timeout ({worst:.3f}s): no test"
+    assert st["role"] == "primary" and st["state"] == "protected", st
+    assert not any(e["kind"] in ("standby-lost", "unprotected") for e in st["events"]), st["events"]
+    s = remus(sb)
+    assert s["role"] == "standby" and s["connected"], s
     wp.kill()
     os.close(rfd)
 
@@ -635,7 +686,7 @@ def sched_policies(pid):
                 st = f.read()
         except OSError:
             continue
-        out[int(tid)] = int(st.rsplit(")", 1)[1].split()[39])
+        out[int(tid)] = int(st.rsplit(")", 1)[1].split()[38])  # field 41: fields from 3 on
     return out
 
 
@@ -656,6 +707,68 @@ def test_fifo_only_around_epochs(doppel_bin, pair, tmp_path):
     print(f"FIFO seen in {fifo_samples}/{n} samples")
     assert fifo_samples < n / 2, fifo_samples
     assert remus(pr)["role"] == "primary"
+
+
+class SchedSampler:
+    """Samples the scheduling policy of every thread of pid at ~1 kHz in the background: which
+    threads it saw and which of them it ever saw SCHED_FIFO."""
+
+    def __init__(self, pid):
+        self.pid, self.seen, self.fifo, self.samples = pid, set(), {}, 0
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                pol = sched_policies(self.pid)
+            except OSError:
+                break
+            self.samples += 1
+            self.seen |= set(pol)
+            for tid, p in pol.items():
+                if p != 0:
+                    self.fifo[tid] = p
+            time.sleep(0.001)
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(5)
+        return self
+
+
+def test_threads_created_while_protected_run_sched_other(doppel_bin, pair, tmp_path):
+    # defect 6: the loop thread went SCHED_FIFO at protect and stayed so; every thread it created
+    # afterwards inherited it: the sender of a later protect (and its TLS relays), the snapshot
+    # worker and its zstd workers. Only the loop thread (the main thread, tid = pid) may ever be
+    # FIFO, and only around an epoch. Workers: a second protect's sender, then a full snapshot
+    # (sampled at ~1 kHz while it runs) — each sampled thread other than the loop must be SCHED_OTHER.
+    pr, sb, peer, _ = pair
+    pid = pr.proc.pid
+    # (a long heartbeat timeout: before the fix the FIFO loop starved the sender on this 2-core
+    # machine and a 200 ms timeout already failed the first protect)
+    protect(doppel_bin, pr, peer, "--heartbeat-timeout", "2000")
+    wait_for(lambda: remus(pr)["epochs"] > 5, 10, what="5 epochs")
+    r = doppel(doppel_bin, "unprotect", pr.name, "--control", pr.control)
+    assert r.returncode == 0, r.stderr
+    before = set(sched_policies(pid))
+    smp = SchedSampler(pid)
+    protect(doppel_bin, pr, peer, "--heartbeat-timeout", "2000")  # a new sender thread, created by the loop thread
+    wait_for(lambda: remus(pr)["epochs"] > 5, 10, what="5 epochs after the second protect")
+    t0 = time.monotonic()
+    r = doppel(doppel_bin, "snapshot", pr.name, str(tmp_path / "snap"), "--control", pr.control)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    smp.finish()
+    assert remus(pr)["role"] == "primary"
+    new = smp.seen - before
+    print(f"{smp.samples} samples; threads before {sorted(before)}, new {sorted(new)}; snapshot took "
+          f"{took:.2f}s; ever FIFO: {smp.fifo}")
+    assert smp.samples > 50, smp.samples
+    assert len(new) >= 2, f"the sender and the snapshot worker were never sampled: {sorted(new)}"
+    leaked = {tid: p for tid, p in smp.fifo.items() if tid != pid}
+    assert not leaked, f"threads other than the loop thread ran real-time: {leaked}"
 
 
 def test_standby_lost_hold_keeps_output(doppel_bin, pair):
@@ -726,6 +839,156 @@ def test_fence_cmd_gates_takeover(doppel_bin, guest_elf, tmp_path):
         r = doppel(doppel_bin, "failover", "fsb", "--control", sb.control)
         assert r.returncode == 0, r.stderr
         assert_took_over(sb, before)
+    finally:
+        pr.close()
+        sb.close()
+
+
+# builtins only but sleep: the command runs under the VM process's seccomp allowlist (docs/security.md)
+FENCE_SCRIPT = """echo $$ > {pidfile}
+while [ ! -e {go} ]; do sleep 0.02; done
+read code < {go}
+exit $code
+"""
+
+
+def decide(go, code):
+    """Let the waiting fence command exit with code (the file appears whole: rename)."""
+    tmp = go.with_suffix(".tmp")
+    tmp.write_text(f"{code}\n")
+    os.rename(tmp, go)
+
+
+@pytest.mark.parametrize("outcome", ["exit0", "exit1", "killed"])
+def test_fence_cmd_runs_off_the_loop(doppel_bin, guest_elf, tmp_path, outcome):
+    # --fence-cmd ran on the standby's loop: a fence command taking 10 s froze status, control and
+    # everything else for 10 s. Now it runs as a child watched from a job thread: status answers
+    # (remus.takeover = "fencing") while it runs; exit 0 -> takeover; exit 1 or killed -> no
+    # takeover, the standby stays held with its state and says why.
+    port = free_port()
+    pidfile, go = tmp_path / "fence.pid", tmp_path / "fence.go"
+    script = tmp_path / "fence.sh"
+    script.write_text(FENCE_SCRIPT.format(pidfile=pidfile, go=go))
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "osb", f"127.0.0.1:{port}",
+                    extra=["--fence-cmd", f"sh {script}"])
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "opr")
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000")  # a loaded machine
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        before = last_pass(pr)
+        pr.kill()
+        pr.wait()
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, what="fence command started")
+        # while it runs: every status answers within 1 s and says what the standby is doing
+        for _ in range(10):
+            t0 = time.monotonic()
+            try:
+                st = ctl(sb.control, {"cmd": "status"}, timeout=1.0)["remus"]
+            except OSError as e:
+                raise AssertionError(f"status did not answer within 1 s while the fence command ran: {e!r}")
+            took = time.monotonic() - t0
+            assert took < 1.0, took
+            assert st["role"] == "standby" and st.get("takeover") == "fencing" and st["have_state"], st
+            time.sleep(0.1)
+        rep = sb.ctl("failover")  # one takeover at a time
+        assert rep.get("ok") is False and "in progress" in rep.get("error", ""), rep
+        if outcome == "exit0":
+            decide(go, 0)
+            assert_took_over(sb, before)
+            st = remus(sb)
+            assert "takeover" not in st and st["events"][-1]["kind"] == "failover", st
+            return
+        if outcome == "exit1":
+            decide(go, 1)
+        else:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        wait_for(lambda: remus(sb).get("takeover") == "refused", 5, what="refused takeover")
+        st = remus(sb)
+        print(f"{outcome}: {st['last_error']}")
+        assert st["role"] == "standby" and st["have_state"] and "no takeover" in st["last_error"], st
+        assert "status 1" in st["last_error"] if outcome == "exit1" else \
+            ("signal 9" in st["last_error"] or "status 137" in st["last_error"]), st["last_error"]
+        kinds = [e["kind"] for e in st["events"]]
+        assert kinds[-2:] == ["fence-failed", "no-takeover"], kinds
+        time.sleep(0.3)
+        assert remus(sb)["role"] == "standby" and status(sb)["state"] != "running"
+        # the operator can try again: the fence command runs again (and decides again)
+        decide(go, 0)
+        r = doppel(doppel_bin, "failover", "osb", "--control", sb.control)
+        assert r.returncode == 0, r.stderr
+        assert_took_over(sb, before)
+    finally:
+        pr.close()
+        sb.close()
+
+
+def test_witness_takeover_runs_off_the_loop(doppel_bin, guest_elf, tmp_path, etcd_single):
+    # The standby's witness takeover (witness_takeover every TTL/20) ran on its loop: with etcd not
+    # answering, each attempt blocked the loop for the request timeout (here 3 s) — status, control,
+    # everything froze. Now a job thread acquires: status answers (remus.takeover =
+    # "acquiring-witness", witness.waiting says why) and the takeover follows once etcd answers.
+    ttl = 3000
+    wit = ["--witness", etcd_single.urls, "--witness-name", "slowwit", "--witness-ttl", str(ttl)]
+    port = free_port()
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "wsb", f"127.0.0.1:{port}", extra=wit)
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "wpr")
+    paused = False
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000", *wit)
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        tok = remus(pr)["witness"]["token"]
+        before = last_pass(pr)
+        pr.kill()
+        pr.wait()
+        wait_for(lambda: (remus(sb).get("witness") or {}).get("waiting"), 5, what="standby waiting for the key")
+        etcd_single.pause(0)  # connections are accepted, nothing answers: every request runs into its timeout
+        paused = True
+        t_end = time.monotonic() + 2.5
+        seen = []
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            try:
+                seen.append(ctl(sb.control, {"cmd": "status"}, timeout=1.0)["remus"])
+            except OSError as e:
+                raise AssertionError(f"status did not answer within 1 s while acquiring the key "
+                                     f"(answered {len(seen)} times before): {e!r}")
+            assert time.monotonic() - t0 < 1.0
+            time.sleep(0.1)
+        print(f"{len(seen)} status answers while etcd was frozen; waiting: {seen[-1]['witness'].get('waiting')}")
+        for st in seen:
+            assert st["role"] == "standby" and st.get("takeover") == "acquiring-witness", st
+        etcd_single.resume(0)
+        paused = False
+        wait_for(lambda: remus(sb)["role"] == "unprotected", 3 * ttl / 1000 + 5, what="takeover once etcd answers")
+        st = remus(sb)
+        assert st["witness"]["token"] > tok and "takeover" not in st, st
+        assert etcd_single.get("/doppel/vm/slowwit/active")[1] == st["witness"]["token"]
+        assert_took_over(sb, before)
+    finally:
+        if paused:
+            etcd_single.resume(0)
+        pr.close()
+        sb.close()
+
+
+def test_forced_failover_refused_while_primary_holds_the_key(doppel_bin, guest_elf, tmp_path, etcd_single):
+    # doppel failover --force with a witness: the job thread tries the key once and is refused
+    # while the primary holds it; the standby stays connected and replicating.
+    wit = ["--witness", etcd_single.urls, "--witness-name", "forced", "--witness-ttl", "1000"]
+    port = free_port()
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "fsb", f"127.0.0.1:{port}", extra=wit)
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "fpr")
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000", *wit)
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        r = doppel(doppel_bin, "failover", "fsb", "--force", "--control", sb.control)
+        assert r.returncode == 4 and "failover refused: witness" in r.stderr, (r.returncode, r.stderr)
+        st = remus(sb)
+        assert st["role"] == "standby" and st["connected"] and st.get("takeover") == "refused", st
+        e0 = st["epoch"]
+        wait_for(lambda: remus(sb)["epoch"] > e0, 5, what="replication goes on")
+        p = remus(pr)
+        assert p["role"] == "primary" and p["state"] == "protected", p
     finally:
         pr.close()
         sb.close()
