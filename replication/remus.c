@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "replication/remus_priv.h"
+#include "common/spawner.h"
 #include "vmm/vmm.h"
 #include "common/errf.h"
 #include "common/log.h"
@@ -180,6 +181,8 @@ static void exit_hook(struct vmm *v, void *opaque)
 	(void)v;
 	remus_primary_exit(r);
 	remus_takeover_stop(r); /* before the witness goes: the job may be using it */
+	spawner_stop(r->fence);
+	r->fence = NULL;
 	remus_witness_free(r);
 	if (r->reader_running) {
 		/* A standby going away: stop applying (the replica's RAM goes next) and end the reader. */
@@ -280,6 +283,12 @@ int remus_standby_listen(struct vmm *v, const struct remus_standby_opts *o, char
 		return errf(err, errlen, -EINVAL, "fence command too long (max %zu bytes)",
 			    sizeof(r->fence_cmd) - 1);
 	snprintf(r->fence_cmd, sizeof(r->fence_cmd), "%s", o->fence_cmd ? o->fence_cmd : "");
+	/* Before the sandbox (vmm_run): the command must not inherit the VM's seccomp allowlist. */
+	if (r->fence_cmd[0] && !r->fence) {
+		int rc = spawner_start(r->fence_cmd, &r->fence, err, errlen);
+		if (rc)
+			return rc;
+	}
 	r->failover_policy = o->failover_manual ? FAILOVER_MANUAL : FAILOVER_AUTO;
 	if (o->witness) {
 		int rc = remus_witness_config(r, o->witness, o->witness_name,

@@ -135,6 +135,7 @@ struct remus {
 	uint64_t raw_base, wire_base; /* lock: bytes of earlier sessions (metrics count on) */
 	char last_error[256];
 	char fence_cmd[256]; /* standby: run before a takeover; take over only if it exits 0 */
+	struct spawner *fence; /* runs fence_cmd outside the sandbox (common/spawner.h); NULL without one */
 	/* witness (NULL: none): the active copy holds the key; see remus_witness.c */
 	struct witness *wit;
 	ev_timer wit_w; /* lease check */

@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <json-c/json.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -11,12 +10,11 @@
 
 #include "replication/remus_priv.h"
 #include "replication/witness.h"
+#include "common/spawner.h"
 #include "vmm/vmm.h"
 #include "common/clock.h"
 #include "common/errf.h"
 #include "common/log.h"
-
-extern char **environ;
 
 #define POLL_MS 10 /* the job looks at its cancel flag (and the fence command) this often */
 
@@ -67,41 +65,27 @@ static int job_acquire(struct remus *r, char *err, size_t errlen)
 	return rc; /* 0: acquired now, 1: ours already */
 }
 
-/* Job: the site's STONITH, `sh -c CMD` as a child; 0 only if it exits 0 within the timeout. A
- * cancel (the process exits) or the timeout kills it: no takeover. */
+/* Job: the site's STONITH, `sh -c CMD` run by the fence helper (common/spawner.c: forked before the
+ * sandbox, so the command has the host's full system-call set); 0 only if it exits 0 within the
+ * timeout. A cancel (the process exits) or the timeout kills it: no takeover. */
 static int job_fence(struct remus *r, char *err, size_t errlen)
 {
-	char *argv[] = {"sh", "-c", r->fence_cmd, NULL};
-	uint64_t deadline = now_ns() + REMUS_FENCE_TIMEOUT_MS * 1000000ull;
-	const char *why = NULL;
-	pid_t pid;
-	int st, rc;
+	uint64_t t0 = now_ns(), deadline = t0 + REMUS_FENCE_TIMEOUT_MS * 1000000ull;
+	int st = 0, rc;
 
-	rc = posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ);
-	if (rc)
-		return errf(err, errlen, -rc, "cannot run the fence command: %s", strerror(rc));
-	atomic_store(&r->tk_child, (int)pid);
-	for (;;) {
-		pid_t w = waitpid(pid, &st, WNOHANG);
-		if (w == pid || (w < 0 && errno != EINTR))
-			break;
-		if (!why && atomic_load(&r->tk_cancel))
-			why = "cancelled";
-		else if (!why && now_ns() > deadline)
-			why = "timed out";
-		if (why) {
-			kill(pid, SIGKILL);
-			while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-				;
-			break;
-		}
-		nap_ms(POLL_MS);
-	}
-	atomic_store(&r->tk_child, 0);
-	if (why)
+	if (!r->fence)
+		return errf(err, errlen, -EINVAL, "no fence helper: no takeover");
+	rc = spawner_run(r->fence, deadline, &r->tk_cancel, &r->tk_child, &st, err, errlen);
+	if (rc == -ETIMEDOUT || rc == -ECANCELED)
 		return errf(err, errlen, -ETIMEDOUT,
-			    "the fence command %s after %.1f s (killed): no takeover", why,
-			    (double)(now_ns() - (deadline - REMUS_FENCE_TIMEOUT_MS * 1000000ull)) / 1e9);
+			    "the fence command %s after %.1f s (killed): no takeover",
+			    rc == -ETIMEDOUT ? "timed out" : "was cancelled", (double)(now_ns() - t0) / 1e9);
+	if (rc) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", err);
+		return errf(err, errlen, rc, "the fence command could not run (%s): no takeover", why);
+	}
 	if (WIFSIGNALED(st))
 		return errf(err, errlen, -EPERM, "the fence command was killed by signal %d: no takeover",
 			    WTERMSIG(st));

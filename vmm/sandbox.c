@@ -15,7 +15,8 @@
  *             SO_PEERCRED, /proc/PID/status for groups), timers, tap RX, serial, status JSON
  *   vcpu      KVM_RUN and device ioctls, tap/serial writes, pthread_kill kicks (tgkill), futex
  *   remus     sockets (connect/accept/send/recv/poll/shutdown), SCHED_FIFO around epochs,
- *             --fence-cmd (system(): clone/vfork + execve + wait4; the shell inherits this filter)
+ *             --fence-cmd (asked of a helper forked before the filter: send/recv on its socket,
+ *             wait4 at exit; no fork or execve from here)
  *   tls       GnuTLS handshake (getrandom, reads of the credentials at protect/migrate time),
  *             relay threads (socketpair, poll, send/recv)
  *   migrate   sockets as remus, throttle thread (nanosleep), madvise on guest RAM
@@ -194,16 +195,9 @@ static const int ALLOWED[] = {
 	SYS(fallocate) /* disk: discard */,
 	SYS(getcwd),
 	SYS(umask),
-	/* remus: --fence-cmd via system(); the shell runs under this filter too */
-	SYS(vfork),
-	SYS(execve),
+	/* remus: reaping the --fence-cmd helper at exit (common/spawner.c: the command itself runs in a
+	 * helper forked before this filter, so neither fork nor execve is allowed here) */
 	SYS(wait4),
-	SYS(waitid),
-	SYS(arch_prctl),
-	SYS(getpgrp),
-	SYS(setpgid),
-	SYS(chdir),
-	SYS(fchdir),
 };
 
 /* Kept after set-up: SCHED_FIFO (remus), writing snapshots where root may (DAC), nothing else. */

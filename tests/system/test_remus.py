@@ -844,7 +844,37 @@ def test_fence_cmd_gates_takeover(doppel_bin, guest_elf, tmp_path):
         sb.close()
 
 
-# builtins only but sleep: the command runs under the VM process's seccomp allowlist (docs/security.md)
+def test_fence_cmd_runs_real_programs_outside_the_sandbox(doppel_bin, guest_elf, tmp_path):
+    # The VM process runs under its seccomp allowlist (no execve); --fence-cmd is run by a helper
+    # forked before the filter, so a real STONITH agent (python, cat, a pipeline) works and sees none
+    # of the VM's descriptors. Before the helper, the shell inherited the filter: `cat` died of SIGSYS.
+    port = free_port()
+    out = tmp_path / "fence.out"
+    agent = tmp_path / "agent.py"
+    agent.write_text("import os, sys\n"
+                     "fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+                     "open(sys.argv[1], 'w').write(' '.join(map(str, fds)) + '\\n')\n")
+    sb = standby_vm(doppel_bin, guest_elf, str(tmp_path), "rsb", f"127.0.0.1:{port}",
+                    extra=["--fence-cmd", f"echo fenced | cat > {out}.cat && python3 {agent} {out}"])
+    pr = dirty_vm(doppel_bin, guest_elf, str(tmp_path), "rpr")
+    try:
+        protect(doppel_bin, pr, f"127.0.0.1:{port}", "--heartbeat-timeout", "1000")
+        wait_for(lambda: remus(sb)["have_state"], 10, what="standby has state")
+        seccomp = [ln for ln in open(f"/proc/{sb.proc.pid}/status") if ln.startswith("Seccomp:")]
+        assert seccomp == ["Seccomp:\t2\n"], seccomp  # the standby runs filtered
+        before = last_pass(pr)
+        pr.kill()
+        pr.wait()
+        assert_took_over(sb, before)
+        assert (tmp_path / "fence.out.cat").read_text() == "fenced\n"
+        fds = [int(x) for x in out.read_text().split()]
+        # stdin/out/err and the one python opened to list them: nothing of the VM's (KVM, taps, sockets)
+        assert all(fd <= 3 for fd in fds), fds
+    finally:
+        pr.close()
+        sb.close()
+
+
 FENCE_SCRIPT = """echo $$ > {pidfile}
 while [ ! -e {go} ]; do sleep 0.02; done
 read code < {go}
