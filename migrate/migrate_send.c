@@ -293,6 +293,7 @@ struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *e
 	ADD("zero_pages", json_object_new_int64((int64_t)ss.zero_pages));
 	ADD("rounds", json_object_new_int64((int64_t)s->epoch));
 	ADD("compress", json_object_new_string(s->compress ? "zstd" : "none"));
+	ADD("shared_disks", json_object_new_boolean(s->m->p.shared_disks));
 	ADD("max_throttle_pct", json_object_new_double(s->conv.throttle * 100));
 	ADD("page_rate", json_object_new_double(s->conv.page_rate));
 	ADD("dirty_rate", json_object_new_double(s->conv.dirty_rate));
@@ -331,6 +332,62 @@ void mig_set_state(struct mig *m, const char *state, bool committed)
 	pthread_mutex_unlock(&m->lock);
 }
 
+/* ---- shared storage: the image locks move at GO ------------------------------------------------ */
+
+int mig_disks_flush(struct sender *s)
+{
+	int n = vmm_disk_count(s->m->v), rc;
+
+	if (!s->m->p.shared_disks)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		struct virtio_blk *d = vmm_disk(s->m->v, i);
+		virtio_blk_drain(d); /* no host write of ours lands after this (held ones re-run there) */
+		if (!virtio_blk_readonly(d) && (rc = virtio_blk_host_flush(d)))
+			return errf(s->err, sizeof(s->err), rc,
+				    "cannot flush disk%d before the switchover: %s", i, strerror(-rc));
+	}
+	return 0;
+}
+
+/* Right after GO went out (committed): give up the read-write images' locks for the destination,
+ * which takes them before its vCPUs start. */
+static void disks_release(struct sender *s)
+{
+	int n = vmm_disk_count(s->m->v), rc;
+
+	if (!s->m->p.shared_disks)
+		return;
+	for (int i = 0; i < n; i++) {
+		struct virtio_blk *d = vmm_disk(s->m->v, i);
+		if (!virtio_blk_readonly(d) && (rc = virtio_blk_unlock(d)))
+			log_warn("migrate", vmm_name(s->m->v), "cannot release the lock of disk%d: %s", i,
+				 strerror(-rc));
+	}
+	s->disks_released = true;
+}
+
+/* Before this side resumes after GO (the destination said it will not run, or the operator): take the
+ * locks back. 0, or -EBUSY with why (another process, the destination?, holds an image: do not run). */
+static int disks_retake(struct sender *s, char *why, size_t whylen)
+{
+	int n = vmm_disk_count(s->m->v), rc;
+
+	if (!s->disks_released)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		struct virtio_blk *d = vmm_disk(s->m->v, i);
+		if (!virtio_blk_readonly(d) && !virtio_blk_locked(d) && (rc = virtio_blk_lock(d, 2000)))
+			return errf(
+				why, whylen, rc,
+				"disk%d's image is locked by another process (does the destination run?): "
+				"%s stays paused",
+				i, vmm_name(s->m->v));
+	}
+	s->disks_released = false;
+	return 0;
+}
+
 /* Phase two, the VM paused and END sent: READY -> commit -> GO -> RUNNING. Returns 0 (RUNNING in
  * msg), SW_UNCERTAIN (committed, no answer: stay paused) or another -errno (not committed, or the
  * destination said it will not run: resume). */
@@ -357,6 +414,7 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 			    strerror(-rc));
 	}
 	s->t_go = now_ns();
+	disks_release(s);
 	if (until_go)
 		return 0;
 	rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
@@ -364,6 +422,12 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 	if (!rc && msg->type == MIG_RUNNING)
 		return 0;
 	if (!rc && msg->type == MIG_ERROR) { /* it exits without running: resuming is safe */
+		char why[200];
+		if (disks_retake(s, why, sizeof(why))) {
+			snprintf(s->err, sizeof(s->err), "destination failed after GO: %.60s; %.180s",
+				 msg->text, why);
+			return SW_UNCERTAIN;
+		}
 		mig_set_state(m, "completing", false);
 		return errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed after GO: %s", msg->text);
 	}
@@ -395,6 +459,8 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 			mig_link_error(s, rc, "migration stream failed");
 		return rc; /* resumed by the engine */
 	}
+	if ((rc = mig_disks_flush(s)))
+		goto resume;
 	rc = sr_write_end(s->w);
 	if (!rc)
 		rc = pc_send_switch(s, NULL);
@@ -430,6 +496,18 @@ static int wait_uncertain(struct sender *s)
 		pthread_mutex_unlock(&m->lock);
 		if (quit)
 			return SW_UNCERTAIN;
+		char why[200];
+		if (resume && disks_retake(s, why, sizeof(why))) {
+			log_error("migrate", vmm_name(m->v), "refused --resume-source: %s", why);
+			pthread_mutex_lock(&m->lock);
+			struct ctl_conn *op = m->op_conn;
+			m->op_resume = false;
+			m->op_conn = NULL;
+			pthread_mutex_unlock(&m->lock);
+			if (op)
+				ctl_reply(op, ctl_refused("%s", why));
+			continue;
+		}
 		if (resume) {
 			vm_resume(s->vm);
 			log_warn("migrate", vmm_name(m->v),
@@ -448,6 +526,13 @@ static int wait_uncertain(struct sender *s)
 			continue;
 		if (!rc && msg.type == MIG_RUNNING)
 			return 0;
+		if (!rc && msg.type == MIG_ERROR && disks_retake(s, why, sizeof(why))) {
+			log_error("migrate", vmm_name(m->v), "destination failed after GO (%s), but %s",
+				  msg.text, why);
+			close(s->fd);
+			s->fd = -1;
+			continue;
+		}
 		if (!rc && msg.type == MIG_ERROR) {
 			vm_resume(s->vm);
 			snprintf(s->err, sizeof(s->err), "destination failed after GO: %s", msg.text);
@@ -467,7 +552,7 @@ static int setup_disks(struct sender *s)
 	struct virtio_blk *devs[DISK_MAX];
 	int n = vmm_disk_count(s->m->v), rc;
 
-	if (!n)
+	if (!n || s->m->p.shared_disks) /* shared storage: no block is sent */
 		return 0;
 	if (n > DISK_MAX)
 		return errf(s->err, sizeof(s->err), -E2BIG, "too many disks");

@@ -24,6 +24,7 @@ struct sender {
 	bool eng_ready;
 	struct disk_repl disks; /* the VM's disks: blocks pre-copied, the rest in the stop-and-copy epoch */
 	bool disks_ready;
+	bool disks_released; /* shared storage: the image locks were given up at GO */
 	struct throttle thr;
 	struct converge conv;
 	bool compress;
@@ -50,6 +51,9 @@ void mig_link_error(struct sender *s, int rc, const char *what);
 void mig_set_state(struct mig *m, const char *state, bool committed);
 /* READY -> commit -> GO; with until_go return right after GO (post-copy), else wait for RUNNING. */
 int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool until_go);
+/* Shared storage (--shared-disks): after the final epoch, paused: wait for the disks' host I/O, then
+ * fdatasync every image (0, or -errno with s->err: not committed, resume). */
+int mig_disks_flush(struct sender *s);
 struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *ep, const struct mig_msg *msg,
 				    uint64_t t_sent, uint64_t t_ack);
 

@@ -395,6 +395,7 @@ int virtio_blk_create(struct guest_mem *gm, int fd, uint64_t capacity, bool read
 				 ? DIRECT_ALWAYS
 				 : DIRECT_NOWAIT;
 	d->readonly = readonly;
+	d->locked = true;
 	d->capacity = capacity & ~(uint64_t)(VBLK_SECTOR - 1);
 	if (id)
 		memcpy(d->id, id, strnlen(id, sizeof(d->id))); /* NUL-padded, unterminated at 20 (spec) */

@@ -90,7 +90,8 @@ void virtio_blk_clear_wlog(struct virtio_blk *d, void *opaque);
 
 /* Host I/O on the backing file for replication (not through the queue; any thread, the device may
  * be running): apply a replicated write (type OUT with nr_sectors * 512 bytes of data, WRITE_ZEROES
- * or DISCARD), read bytes, flush. 0 or -errno (-EINVAL out of range, -EROFS read-only). */
+ * or DISCARD), read bytes, flush. 0 or -errno (-EINVAL out of range, -EROFS read-only, -ENOLCK without
+ * the image's lock). */
 int virtio_blk_host_apply(struct virtio_blk *d, uint32_t type, uint64_t sector, uint64_t nr_sectors,
 			  const void *data);
 int virtio_blk_host_read(struct virtio_blk *d, uint64_t off, void *buf, size_t len);
@@ -153,6 +154,9 @@ struct virtio_blk_cfg {
 	const char *path; /* raw image file or block device */
 	bool readonly;
 	const char *id; /* GET_ID string or NULL */
+	/* A migration destination: when another process holds the image's lock (the source, over shared
+	 * storage), open it without the lock; virtio_blk_lock takes it at the switchover. */
+	bool lock_later;
 };
 
 /* Open c->path (O_RDWR, or O_RDONLY when readonly; an advisory lock, exclusive for read-write, so two
@@ -165,5 +169,20 @@ int virtio_blk_attach(struct vm *vm, const char *name, const struct virtio_blk_c
 
 /* Open and size a backing file (used by attach; exposed for tests). Returns the fd or -errno + err. */
 int virtio_blk_open_backend(const char *path, bool readonly, uint64_t *capacity, char *err, size_t errlen);
+/* The same; with lock_later a lock held by another process is not an error: *locked says whether this
+ * open holds it (otherwise always true). */
+int virtio_blk_open_image(const char *path, bool readonly, bool lock_later, uint64_t *capacity, bool *locked,
+			  char *err, size_t errlen);
+
+/* ---- the image lock (shared-storage migration, docs/migration.md) ---- */
+
+/* Whether this device holds its image's advisory lock (exclusive read-write, shared read-only). */
+bool virtio_blk_locked(struct virtio_blk *d);
+/* Take the lock (non-blocking; retried every millisecond for up to wait_ms): 0, -EBUSY while another
+ * process holds it, or -errno. Release it (0 or -errno); the device must not write the image while
+ * it does not hold the lock (the caller's duty: the VM is paused or has not run). */
+int virtio_blk_lock(struct virtio_blk *d, int wait_ms);
+int virtio_blk_unlock(struct virtio_blk *d);
+void virtio_blk_set_locked(struct virtio_blk *d, bool locked); /* attach: what the open left */
 
 #endif

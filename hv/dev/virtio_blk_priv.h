@@ -34,6 +34,7 @@ struct virtio_blk {
 	struct guest_mem *gm;
 	int fd;
 	bool readonly, blkdev;
+	bool locked; /* holds the image's flock (virtio_blk_lock); atomic */
 	int direct_mode; /* reads into guest RAM inside the gate: DIRECT_NOWAIT, DIRECT_ALWAYS, DIRECT_NEVER */
 	uint64_t capacity; /* bytes, multiple of 512 */
 	char id[VIRTIO_BLK_ID_BYTES];
