@@ -102,6 +102,7 @@ static void log_round(struct sender *s, uint64_t pages, double sec, uint64_t dir
 	json_object_object_add(r, "pages", json_object_new_int64((int64_t)pages));
 	json_object_object_add(r, "ms", json_object_new_double(sec * 1e3));
 	json_object_object_add(r, "dirty", json_object_new_int64((int64_t)dirty));
+	json_object_object_add(r, "disk_dirty_bytes", json_object_new_int64((int64_t)s->disk_left));
 	json_object_object_add(r, "at_ms", json_object_new_double(secs(s->t0, now_ns()) * 1e3));
 	json_object_object_add(r, "throttle_pct", json_object_new_double(s->conv.throttle * 100));
 	json_object_object_add(r, "throttle_cost_ms",
@@ -218,6 +219,35 @@ static int round_end(void *opaque, const struct ckpt_round *rd)
 	return wait_epoch(s);
 }
 
+static uint64_t disk_sent_bytes(struct sender *s)
+{
+	struct disk_repl_stats st;
+
+	if (!s->disks_ready)
+		return 0;
+	disk_repl_get_stats(&s->disks, &st);
+	return st.sent_bytes;
+}
+
+/* Non-shared disks: the blocks written since the last round go with the next round's pages. */
+static int disk_round(struct sender *s)
+{
+	uint64_t before = disk_sent_bytes(s);
+	int rc;
+
+	if (!s->disks_ready)
+		return 0;
+	rc = disk_repl_round(&s->disks, s->w, s->err, sizeof(s->err));
+	if (rc) {
+		mig_link_error(s, rc, "migration stream failed");
+		return rc;
+	}
+	uint64_t sent = disk_sent_bytes(s) - before;
+	s->disk_rounds += sent;
+	s->disk_round_pages = (sent + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+	return 0;
+}
+
 static int next_round(void *opaque, const struct ckpt_round *rd)
 {
 	struct sender *s = opaque;
@@ -225,28 +255,31 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 
 	enum mig_postcopy pc = s->m->p.postcopy;
 
-	conv_round_sent(&s->conv, rd->sent, sec);
-	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, rd->dirty, sec);
+	/* Disk blocks converge with memory: the round's blocks count as sent pages (the rate), the blocks
+	 * written meanwhile as dirty pages (the estimate, the stop decision), 4 KiB for 4 KiB. */
+	s->disk_left = s->disks_ready ? disk_repl_dirty_bytes(&s->disks) : 0;
+	uint64_t dirty = rd->dirty + (s->disk_left + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+	conv_round_sent(&s->conv, rd->sent + s->disk_round_pages, sec);
+	s->disk_round_pages = 0;
+	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, dirty, sec);
 	/* auto: where the throttle would start or rise, post-copy instead when the destination holds
 	 * enough of RAM current and post-copy's estimated work lost is the smaller (converge.h) */
 	double held = 1.0 - (double)rd->dirty / (double)s->gm->nr_pages;
-	bool pc_cheaper =
-		conv_postcopy_cost_ms(&s->conv, rd->dirty) < conv_throttle_cost_ms(&s->conv, rd->dirty);
-	if (pc == MIG_PC_ROUND ||
-	    (pc == MIG_PC_AUTO && s->conv.stalls > 0 && !conv_fits(&s->conv, rd->dirty) &&
-	     held >= s->m->p.postcopy_min_frac && pc_cheaper)) {
+	bool pc_cheaper = conv_postcopy_cost_ms(&s->conv, dirty) < conv_throttle_cost_ms(&s->conv, dirty);
+	if (pc == MIG_PC_ROUND || (pc == MIG_PC_AUTO && s->conv.stalls > 0 && !conv_fits(&s->conv, dirty) &&
+				   held >= s->m->p.postcopy_min_frac && pc_cheaper)) {
 		s->postcopy = true;
 		s->conv.throttle = applied; /* post-copy instead of a (higher) throttle */
-		log_round(s, rd->sent, sec, rd->dirty);
+		log_round(s, rd->sent, sec, dirty);
 		return CKPT_STOP;
 	}
 	throttle_set(&s->thr, thr);
-	log_round(s, rd->sent, sec, rd->dirty);
-	s->left = rd->dirty;
+	log_round(s, rd->sent, sec, dirty);
+	s->left = dirty;
 	s->round_sent = 0;
-	s->est_ms = conv_estimate_ms(&s->conv, rd->dirty);
+	s->est_ms = conv_estimate_ms(&s->conv, dirty);
 	mig_publish(s, s->left, s->est_ms);
-	if (conv_fits(&s->conv, rd->dirty) || rd->epoch >= s->m->p.max_rounds)
+	if (conv_fits(&s->conv, dirty) || rd->epoch >= s->m->p.max_rounds)
 		return CKPT_STOP;
 	if (!ctl_conn_alive(s->m->conn))
 		return errf(s->err, sizeof(s->err), -ECANCELED,
@@ -260,6 +293,9 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 		if (rc)
 			return errf(s->err, sizeof(s->err), rc, "out of memory for the delta cache");
 	}
+	int rc = disk_round(s);
+	if (rc)
+		return rc;
 	s->epoch = rd->epoch + 1;
 	return CKPT_ROUND;
 }
@@ -294,6 +330,9 @@ struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *e
 	ADD("rounds", json_object_new_int64((int64_t)s->epoch));
 	ADD("compress", json_object_new_string(s->compress ? "zstd" : "none"));
 	ADD("shared_disks", json_object_new_boolean(s->m->p.shared_disks));
+	ADD("disk_initial_bytes", json_object_new_int64((int64_t)s->disk_initial));
+	ADD("disk_round_bytes", json_object_new_int64((int64_t)s->disk_rounds));
+	ADD("disk_final_bytes", json_object_new_int64((int64_t)s->disk_final));
 	ADD("max_throttle_pct", json_object_new_double(s->conv.throttle * 100));
 	ADD("page_rate", json_object_new_double(s->conv.page_rate));
 	ADD("dirty_rate", json_object_new_double(s->conv.dirty_rate));
@@ -453,12 +492,14 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 	throttle_stop(&s->thr);
 	mig_set_state(m, "completing", false);
 	s->round_sent = 0;
+	uint64_t disk_before = disk_sent_bytes(s);
 	rc = ckpt_engine_epoch(&s->eng, &ep, s->err, sizeof(s->err));
 	if (rc) {
 		if (ep.io_failed)
 			mig_link_error(s, rc, "migration stream failed");
 		return rc; /* resumed by the engine */
 	}
+	s->disk_final = disk_sent_bytes(s) - disk_before;
 	if ((rc = mig_disks_flush(s)))
 		goto resume;
 	rc = sr_write_end(s->w);
@@ -574,6 +615,7 @@ static int precopy_disks(struct sender *s, uint64_t *next)
 	if (!s->disks_ready)
 		return 0;
 	rc = disk_repl_sync(&s->disks, s->w, next, s->err, sizeof(s->err));
+	s->disk_initial = disk_sent_bytes(s);
 	if (rc) {
 		/* a destination that refused the disks closed the link: its reason is in the socket */
 		struct mig_msg msg;

@@ -25,6 +25,9 @@ struct sender {
 	struct disk_repl disks; /* the VM's disks: blocks pre-copied, the rest in the stop-and-copy epoch */
 	bool disks_ready;
 	bool disks_released; /* shared storage: the image locks were given up at GO */
+	/* non-shared disks: bytes of blocks sent up front, in the pre-copy rounds, in stop-and-copy;
+	 * pages-equivalent of the last round's blocks (for the page rate) */
+	uint64_t disk_initial, disk_rounds, disk_final, disk_round_pages, disk_left;
 	struct throttle thr;
 	struct converge conv;
 	bool compress;
