@@ -280,6 +280,10 @@ void blk_complete_in(struct virtio_blk *d, struct blk_req **rs, unsigned n, cons
 
 		if (r->gen != d->gen) {
 			req_put(d, r); /* the device was reset (or restored) meanwhile */
+		} else if (r->ov_full) {
+			r->ov_full = false;
+			hold(d, r); /* the overlay is full: a checkpoint empties it, then a kick */
+			d->st.ov_held++;
 		} else if (open && wlog_refuses(d, r)) {
 			hold(d, r); /* the log is full: an early epoch is on its way, then a kick */
 		} else if (!open) {
@@ -424,6 +428,7 @@ void virtio_blk_destroy(struct virtio_blk *d)
 	if (!d)
 		return;
 	blk_workers_stop(d);
+	blk_ov_destroy(d);
 	pthread_cond_destroy(&d->qcond);
 	pthread_cond_destroy(&d->idle);
 	pthread_mutex_destroy(&d->qlock);

@@ -58,6 +58,8 @@ struct virtio_blk_stats {
 	uint64_t ioerr, unsupp, bad_requests; /* completions with IOERR / UNSUPP; malformed requests */
 	uint64_t held; /* completions deferred by a closed DMA gate */
 	uint64_t wlog_held; /* completions deferred because the write log refused them (full) */
+	uint64_t ov_held; /* writes deferred because the COLO overlay was full */
+	uint64_t ov_resets; /* overlays discarded (COLO checkpoints) */
 };
 
 /* ---- the write log (Remus disk replication, docs/disk.md) ---- */
@@ -147,6 +149,21 @@ struct virtio_mmio *virtio_blk_transport(struct virtio_blk *d);
 size_t virtio_blk_state_size(struct virtio_blk *d);
 int virtio_blk_save(struct virtio_blk *d, void *buf, size_t len);
 int virtio_blk_restore(struct virtio_blk *d, const void *buf, size_t len);
+
+/* ---- the overlay (a COLO secondary, hv/dev/virtio_blk_overlay.c, docs/colo.md "Disks") ---- */
+
+/* From now on the device's writes go to an in-memory sparse overlay (at most max_bytes of written
+ * data; a write that does not fit is held until a reset or commit and a kick), its reads see
+ * overlay-over-image, FLUSH does nothing; the image is written only by virtio_blk_host_apply. The
+ * device must be quiesced (VM paused or not yet run). Read-only disks: nothing to do. 0 or -errno. */
+int virtio_blk_overlay_start(struct virtio_blk *d, uint64_t max_bytes);
+/* Quiesced: forget everything the overlay holds (a checkpoint replaced the secondary's state). */
+int virtio_blk_overlay_reset(struct virtio_blk *d);
+/* Quiesced: write the overlay into the image, fdatasync, end the overlay (*written bytes). On an error
+ * the overlay stays (image + overlay is still the disk). */
+int virtio_blk_overlay_commit(struct virtio_blk *d, uint64_t *written);
+void virtio_blk_overlay_drop(struct virtio_blk *d); /* end it without writing (destroy) */
+uint64_t virtio_blk_overlay_bytes(struct virtio_blk *d); /* written data it holds now */
 
 /* ---- wiring (hv/dev/virtio_blk_attach.c) ---- */
 

@@ -195,6 +195,11 @@ static int do_write(struct virtio_blk *d, struct blk_req *r)
 	struct iovec iov[VQ_MAX_IOV];
 	unsigned n = blk_data_iov(r, iov);
 
+	if (blk_ov_active(d)) {
+		int rc = blk_ov_write(d, r, iov, n);
+		r->ov_full = rc == 1;
+		return rc < 0 ? -1 : 0;
+	}
 	return write_iov(d->fd, iov, n, r->sector * VBLK_SECTOR);
 }
 
@@ -225,6 +230,8 @@ static int seg_io(struct virtio_blk *d, uint32_t type, bool unmap, uint64_t off,
 
 	if (!len)
 		return 0;
+	if (blk_ov_active(d)) /* both read as zeroes from the overlay afterwards */
+		return blk_ov_zero(d, off / VBLK_SECTOR, len / VBLK_SECTOR);
 	if (type == VIRTIO_BLK_T_DISCARD) {
 		rc = d->blkdev ? ioctl(d->fd, BLKDISCARD, range)
 			       : fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
@@ -311,13 +318,13 @@ static void execute(struct virtio_blk *d, struct blk_req *r, uint8_t *bounce)
 
 	switch (r->type) {
 	case VIRTIO_BLK_T_IN:
-		rc = do_read(d, r, bounce);
+		rc = blk_ov_active(d) ? blk_ov_read(d, r, bounce) : do_read(d, r, bounce);
 		break;
 	case VIRTIO_BLK_T_OUT:
 		rc = do_write(d, r);
 		break;
-	case VIRTIO_BLK_T_FLUSH:
-		rc = fdatasync(d->fd);
+	case VIRTIO_BLK_T_FLUSH: /* an overlay is thrown away or written back and synced */
+		rc = blk_ov_active(d) ? 0 : fdatasync(d->fd);
 		break;
 	default:
 		rc = do_segs(d, r);
@@ -339,7 +346,7 @@ static void run_batch(struct virtio_blk *d, struct blk_req **r, unsigned n, uint
 	bool open = d->gate_begin ? d->gate_begin(d->gate_opaque) : true;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (open && r[i]->type == VIRTIO_BLK_T_IN && read_direct(d, r[i]))
+		if (open && r[i]->type == VIRTIO_BLK_T_IN && !blk_ov_active(d) && read_direct(d, r[i]))
 			done[nd++] = r[i];
 		else
 			rest[nr++] = r[i];
