@@ -63,8 +63,9 @@ def test_colo_disk_kill_primary(doppel_bin, guest_elf, topology, tmp_path, rng):
         wait_for(lambda: sb.ctl("status")["role"] == "unprotected", 10, what="secondary takeover")
         got = client(topology, "get", netns.GUEST_IP, "k")["reply"]
         assert got is not None and int(got[1]) == n, got
-        # sane checkpoint counts: no mismatch (the guest is deterministic), periodic ones every 500 ms
-        assert ck["mismatch"] == 0 and ck["periodic"] >= 2, ck
+        # sane checkpoint counts: no mismatch (the guest is deterministic); periodic ones every 500 ms,
+        # or earlier ones (`queue`) when the primary's disk write log passed 3/4 of its bound first
+        assert ck["mismatch"] == 0 and ck["initial"] == 1 and ck["periodic"] + ck["queue"] >= 2, ck
         # the survivor: its overlay went into its image, a full ring pass past the primary's last seq
         wait_for(lambda: disk_lines(sb.output())[-1]["seq"] > before + 2048, 30, what="survivor disk lines")
         oracle_clean(sb, "the survivor's oracle")
