@@ -308,3 +308,12 @@ int remus_disk_colo_takeover(struct remus *r, char *err, size_t errlen)
 	vm_resume(r->vm);
 	return rc;
 }
+
+void remus_disk_colo_discard(struct remus *r)
+{
+	if (!r->colo_ov_on)
+		return;
+	for (int d = 0; d < r->nr_sdisk; d++)
+		virtio_blk_overlay_drop(r->sdisk[d]);
+	r->colo_ov_on = false;
+}

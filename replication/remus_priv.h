@@ -357,6 +357,9 @@ int remus_disk_apply(struct remus *r, char *err, size_t errlen); /* reader */
 #define COLO_OVERLAY_MAX (64ull << 20) /* written data per disk between two checkpoints */
 int remus_disk_colo_checkpoint(struct remus *r, char *err, size_t errlen);
 int remus_disk_colo_takeover(struct remus *r, char *err, size_t errlen);
+/* A takeover from the committed state instead (the secondary of an earlier COLO session is not
+ * running): the images hold that state's disk, drop the overlays unwritten. */
+void remus_disk_colo_discard(struct remus *r);
 
 /* remus_witness.c (loop thread) */
 int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,
