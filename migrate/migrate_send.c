@@ -131,7 +131,7 @@ void mig_link_error(struct sender *s, int rc, const char *what)
 }
 
 /* Wait for the destination to have applied the epoch just sent. */
-static int wait_epoch(struct sender *s)
+int mig_wait_epoch(struct sender *s)
 {
 	struct mig_msg msg;
 	int rc = mig_msg_recv(s->fd, &msg, s->m->p.io_timeout_ms);
@@ -216,36 +216,7 @@ static int round_end(void *opaque, const struct ckpt_round *rd)
 	struct sender *s = opaque;
 
 	s->epoch = rd->epoch;
-	return wait_epoch(s);
-}
-
-static uint64_t disk_sent_bytes(struct sender *s)
-{
-	struct disk_repl_stats st;
-
-	if (!s->disks_ready)
-		return 0;
-	disk_repl_get_stats(&s->disks, &st);
-	return st.sent_bytes;
-}
-
-/* Non-shared disks: the blocks written since the last round go with the next round's pages. */
-static int disk_round(struct sender *s)
-{
-	uint64_t before = disk_sent_bytes(s);
-	int rc;
-
-	if (!s->disks_ready)
-		return 0;
-	rc = disk_repl_round(&s->disks, s->w, s->err, sizeof(s->err));
-	if (rc) {
-		mig_link_error(s, rc, "migration stream failed");
-		return rc;
-	}
-	uint64_t sent = disk_sent_bytes(s) - before;
-	s->disk_rounds += sent;
-	s->disk_round_pages = (sent + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
-	return 0;
+	return mig_wait_epoch(s);
 }
 
 static int next_round(void *opaque, const struct ckpt_round *rd)
@@ -293,7 +264,7 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 		if (rc)
 			return errf(s->err, sizeof(s->err), rc, "out of memory for the delta cache");
 	}
-	int rc = disk_round(s);
+	int rc = mig_disk_round(s);
 	if (rc)
 		return rc;
 	s->epoch = rd->epoch + 1;
@@ -371,62 +342,6 @@ void mig_set_state(struct mig *m, const char *state, bool committed)
 	pthread_mutex_unlock(&m->lock);
 }
 
-/* ---- shared storage: the image locks move at GO ------------------------------------------------ */
-
-int mig_disks_flush(struct sender *s)
-{
-	int n = vmm_disk_count(s->m->v), rc;
-
-	if (!s->m->p.shared_disks)
-		return 0;
-	for (int i = 0; i < n; i++) {
-		struct virtio_blk *d = vmm_disk(s->m->v, i);
-		virtio_blk_drain(d); /* no host write of ours lands after this (held ones re-run there) */
-		if (!virtio_blk_readonly(d) && (rc = virtio_blk_host_flush(d)))
-			return errf(s->err, sizeof(s->err), rc,
-				    "cannot flush disk%d before the switchover: %s", i, strerror(-rc));
-	}
-	return 0;
-}
-
-/* Right after GO went out (committed): give up the read-write images' locks for the destination,
- * which takes them before its vCPUs start. */
-static void disks_release(struct sender *s)
-{
-	int n = vmm_disk_count(s->m->v), rc;
-
-	if (!s->m->p.shared_disks)
-		return;
-	for (int i = 0; i < n; i++) {
-		struct virtio_blk *d = vmm_disk(s->m->v, i);
-		if (!virtio_blk_readonly(d) && (rc = virtio_blk_unlock(d)))
-			log_warn("migrate", vmm_name(s->m->v), "cannot release the lock of disk%d: %s", i,
-				 strerror(-rc));
-	}
-	s->disks_released = true;
-}
-
-/* Before this side resumes after GO (the destination said it will not run, or the operator): take the
- * locks back. 0, or -EBUSY with why (another process, the destination?, holds an image: do not run). */
-static int disks_retake(struct sender *s, char *why, size_t whylen)
-{
-	int n = vmm_disk_count(s->m->v), rc;
-
-	if (!s->disks_released)
-		return 0;
-	for (int i = 0; i < n; i++) {
-		struct virtio_blk *d = vmm_disk(s->m->v, i);
-		if (!virtio_blk_readonly(d) && !virtio_blk_locked(d) && (rc = virtio_blk_lock(d, 2000)))
-			return errf(
-				why, whylen, rc,
-				"disk%d's image is locked by another process (does the destination run?): "
-				"%s stays paused",
-				i, vmm_name(s->m->v));
-	}
-	s->disks_released = false;
-	return 0;
-}
-
 /* Phase two, the VM paused and END sent: READY -> commit -> GO -> RUNNING. Returns 0 (RUNNING in
  * msg), SW_UNCERTAIN (committed, no answer: stay paused) or another -errno (not committed, or the
  * destination said it will not run: resume). */
@@ -453,7 +368,7 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 			    strerror(-rc));
 	}
 	s->t_go = now_ns();
-	disks_release(s);
+	mig_disks_release(s);
 	if (until_go)
 		return 0;
 	rc = mig_msg_recv(s->fd, msg, m->p.io_timeout_ms);
@@ -462,7 +377,7 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 		return 0;
 	if (!rc && msg->type == MIG_ERROR) { /* it exits without running: resuming is safe */
 		char why[200];
-		if (disks_retake(s, why, sizeof(why))) {
+		if (mig_disks_retake(s, why, sizeof(why))) {
 			snprintf(s->err, sizeof(s->err), "destination failed after GO: %.60s; %.180s",
 				 msg->text, why);
 			return SW_UNCERTAIN;
@@ -492,14 +407,14 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 	throttle_stop(&s->thr);
 	mig_set_state(m, "completing", false);
 	s->round_sent = 0;
-	uint64_t disk_before = disk_sent_bytes(s);
+	uint64_t disk_before = mig_disk_sent_bytes(s);
 	rc = ckpt_engine_epoch(&s->eng, &ep, s->err, sizeof(s->err));
 	if (rc) {
 		if (ep.io_failed)
 			mig_link_error(s, rc, "migration stream failed");
 		return rc; /* resumed by the engine */
 	}
-	s->disk_final = disk_sent_bytes(s) - disk_before;
+	s->disk_final = mig_disk_sent_bytes(s) - disk_before;
 	if ((rc = mig_disks_flush(s)))
 		goto resume;
 	rc = sr_write_end(s->w);
@@ -538,7 +453,7 @@ static int wait_uncertain(struct sender *s)
 		if (quit)
 			return SW_UNCERTAIN;
 		char why[200];
-		if (resume && disks_retake(s, why, sizeof(why))) {
+		if (resume && mig_disks_retake(s, why, sizeof(why))) {
 			log_error("migrate", vmm_name(m->v), "refused --resume-source: %s", why);
 			pthread_mutex_lock(&m->lock);
 			struct ctl_conn *op = m->op_conn;
@@ -567,7 +482,7 @@ static int wait_uncertain(struct sender *s)
 			continue;
 		if (!rc && msg.type == MIG_RUNNING)
 			return 0;
-		if (!rc && msg.type == MIG_ERROR && disks_retake(s, why, sizeof(why))) {
+		if (!rc && msg.type == MIG_ERROR && mig_disks_retake(s, why, sizeof(why))) {
 			log_error("migrate", vmm_name(m->v), "destination failed after GO (%s), but %s",
 				  msg.text, why);
 			close(s->fd);
@@ -584,56 +499,6 @@ static int wait_uncertain(struct sender *s)
 	}
 }
 
-/* Disks (not shared storage: the destination has its own images): the engine's write log in SYNC
- * mode marks the blocks written from the start; every block goes before the memory pre-copy (in
- * epochs the destination applies and acknowledges), those written meanwhile in the stop-and-copy
- * epoch (disk_data). */
-static int setup_disks(struct sender *s)
-{
-	struct virtio_blk *devs[DISK_MAX];
-	int n = vmm_disk_count(s->m->v), rc;
-
-	if (!n || s->m->p.shared_disks) /* shared storage: no block is sent */
-		return 0;
-	if (n > DISK_MAX)
-		return errf(s->err, sizeof(s->err), -E2BIG, "too many disks");
-	for (int i = 0; i < n; i++)
-		devs[i] = vmm_disk(s->m->v, i);
-	rc = disk_repl_init(&s->disks, devs, n, NULL, NULL);
-	if (rc)
-		return errf(s->err, sizeof(s->err), rc, "out of memory");
-	s->disks_ready = true;
-	s->eng.disks = &s->disks;
-	return 0;
-}
-
-static int precopy_disks(struct sender *s, uint64_t *next)
-{
-	uint64_t first = *next;
-	int rc;
-
-	if (!s->disks_ready)
-		return 0;
-	rc = disk_repl_sync(&s->disks, s->w, next, s->err, sizeof(s->err));
-	s->disk_initial = disk_sent_bytes(s);
-	if (rc) {
-		/* a destination that refused the disks closed the link: its reason is in the socket */
-		struct mig_msg msg;
-		while (!mig_msg_recv(s->fd, &msg, 500))
-			if (msg.type == MIG_REJECT || msg.type == MIG_ERROR) {
-				snprintf(s->err, sizeof(s->err), "destination rejected the migration: %s",
-					 msg.text);
-				break;
-			}
-		return rc;
-	}
-	for (uint64_t e = first; !rc && e < *next; e++) {
-		s->epoch = e;
-		rc = wait_epoch(s);
-	}
-	return rc;
-}
-
 static int run(struct sender *s, struct json_object **result)
 {
 	struct ckpt_policy pol = {.round_end = round_end, .next = next_round};
@@ -648,7 +513,7 @@ static int run(struct sender *s, struct json_object **result)
 	s->eng.batch->chunk = CHUNK_PAGES;
 	s->eng.batch->on_chunk = on_chunk;
 	s->eng.batch->opaque = s;
-	rc = setup_disks(s);
+	rc = mig_setup_disks(s);
 	if (rc)
 		return rc;
 	rc = connect_dst(s);
@@ -669,7 +534,7 @@ static int run(struct sender *s, struct json_object **result)
 	/* Pre-copy: the full round (holes as zero ranges unless the destination is all zero), then
 	 * rounds until converge.c says the rest fits the downtime target. */
 	uint64_t next = s->epoch = 1;
-	rc = precopy_disks(s, &next);
+	rc = mig_precopy_disks(s, &next);
 	if (rc)
 		return rc;
 	pol.skip_holes = s->dst_zero;

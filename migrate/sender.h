@@ -54,11 +54,26 @@ void mig_link_error(struct sender *s, int rc, const char *what);
 void mig_set_state(struct mig *m, const char *state, bool committed);
 /* READY -> commit -> GO; with until_go return right after GO (post-copy), else wait for RUNNING. */
 int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool until_go);
-/* Shared storage (--shared-disks): after the final epoch, paused: wait for the disks' host I/O, then
- * fdatasync every image (0, or -errno with s->err: not committed, resume). */
-int mig_disks_flush(struct sender *s);
 struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *ep, const struct mig_msg *msg,
 				    uint64_t t_sent, uint64_t t_ack);
+
+/* migrate_disks.c */
+/* Non-shared disks: the write log in SYNC mode (mig_setup_disks, before the engine starts); every
+ * block before the memory pre-copy, acknowledged like rounds (mig_precopy_disks: *next = the next
+ * epoch); the blocks written since the last round, with the next one (mig_disk_round, s->err set);
+ * the bytes of blocks sent so far (mig_disk_sent_bytes). 0 or -errno with s->err. */
+int mig_setup_disks(struct sender *s);
+int mig_precopy_disks(struct sender *s, uint64_t *next);
+int mig_disk_round(struct sender *s);
+uint64_t mig_disk_sent_bytes(struct sender *s);
+/* Shared storage (--shared-disks): after the final epoch, paused: wait for the disks' host I/O, then
+ * fdatasync every image (0, or -errno with s->err: not committed, resume). Right after GO: release
+ * the read-write images' locks. Before resuming after GO: take them back (0, or -EBUSY with why). */
+int mig_disks_flush(struct sender *s);
+void mig_disks_release(struct sender *s);
+int mig_disks_retake(struct sender *s, char *why, size_t whylen);
+/* migrate_send.c: wait for the destination to have applied epoch s->epoch */
+int mig_wait_epoch(struct sender *s);
 
 /* postcopy_send.c */
 /* After the stream header: PC_MODE (post-copy at once or not). */
