@@ -36,5 +36,7 @@ void blk_run(struct blk_op *ops, unsigned n);
 int disk_init(void); /* parse dws=/dflush=, print the ring line; 0 or an exit status */
 void disk_step(void); /* one batch of record writes (+ flush) and one verify chunk */
 void disk_print(uint64_t now); /* the periodic `disk:` line */
+uint64_t disk_next_print(void); /* when disk_print is next due (now_ns) */
+void disk_final(void); /* the `disk: final ...` line (at secs=) */
 
 #endif

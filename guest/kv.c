@@ -1,4 +1,5 @@
 /* kv.c — work=kv: the key-value service of tools/kv (UDP port 7777) with its whole state in guest RAM. */
+#include "blk.h"
 #include "store.h"
 #include "tcp.h"
 
@@ -275,7 +276,8 @@ static void kv_handle(const struct udp_rx *d)
 	net_udp_reply(d, reply, len);
 }
 
-int work_kv(void)
+/* work=kv, and work=kv,disk: the disk oracle (work_disk.c) steps between network polls. */
+static int kv_main(bool disk)
 {
 	const uint8_t *m;
 	uint64_t next, ip;
@@ -287,6 +289,11 @@ int work_kv(void)
 	if (cmdline_get("nondet") && (parse_u64(cmdline_get("nondet"), &kv.nondet) || kv.nondet > 1000000)) {
 		printf("kv: bad nondet=%s (a reply count, 0..1000000)\n", cmdline_get("nondet"));
 		return GUEST_EXIT_USAGE;
+	}
+	if (disk) {
+		int rc = disk_init();
+		if (rc)
+			return rc;
 	}
 	tcp_init();
 	tcp_listen(6379, resp_serve);
@@ -307,9 +314,15 @@ int work_kv(void)
 		uint64_t t, at;
 		bool busy = net_poll(64) != 0;
 
-		if (busy && (++iter & 63)) /* busy: the clock only every 64 polls, keep the hot loop short */
+		if (disk) { /* one batch of records (+ a verify chunk) per poll: never idle */
+			disk_step();
+			busy = true;
+		} else if (busy && (++iter & 63)) { /* busy: the clock every 64 polls, a short hot loop */
 			continue;
+		}
 		t = now_ns();
+		if (disk && t >= disk_next_print())
+			disk_print(t);
 		if (busy)
 			idle_busy(t);
 		tcp_timers(t);
@@ -323,8 +336,11 @@ int work_kv(void)
 			if (next <= t)
 				next = t + guest_pi_ns;
 		}
-		if (time_up(t))
+		if (time_up(t)) {
+			if (disk)
+				disk_final();
 			return GUEST_EXIT_OK;
+		}
 		if (busy)
 			continue;
 		/* nothing arrived: sleep until a frame, the next TCP timer, print or secs= */
@@ -335,4 +351,14 @@ int work_kv(void)
 			at = time_limit_ns();
 		idle_until(t, at);
 	}
+}
+
+int work_kv(void)
+{
+	return kv_main(false);
+}
+
+int work_kv_disk(void)
+{
+	return kv_main(true);
 }

@@ -224,6 +224,17 @@ void disk_print(uint64_t now)
 		dk.next_ns = now + guest_pi_ns;
 }
 
+uint64_t disk_next_print(void)
+{
+	return dk.next_ns;
+}
+
+void disk_final(void)
+{
+	printf("disk: final seq=%lu run=%lx slots=%lu bad=%lu ioerr=%lu\n", dk.seq, dk.run, dk.nslots, dk.bad,
+	       dk.ioerr);
+}
+
 /* dbench=write|read: throughput and latency only (no oracle). Batches of dqd requests of dbs bytes
  * over the ring, sequentially; prints `disk: bench=<write|read> bs=<b> qd=<n> iops=<n> mbps=<n>
  * lat_us=<mean batch time>` every pi ms. */
@@ -306,8 +317,7 @@ int work_disk(void)
 		if (t >= dk.next_ns)
 			disk_print(t);
 		if (time_up(t)) {
-			printf("disk: final seq=%lu run=%lx slots=%lu bad=%lu ioerr=%lu\n", dk.seq, dk.run,
-			       dk.nslots, dk.bad, dk.ioerr);
+			disk_final();
 			return GUEST_EXIT_OK;
 		}
 	}

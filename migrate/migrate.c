@@ -204,6 +204,11 @@ static int parse_params(struct json_object *req, struct mig_params *p, char *err
 				    (unsigned long long)SR_DELTA_MAX);
 		p->delta_bytes = (uint64_t)b;
 	}
+	if (json_object_object_get_ex(req, "shared_disks", &j)) {
+		if (!json_object_is_type(j, json_type_boolean))
+			return errf(err, errlen, -EINVAL, "\"shared_disks\" must be true or false");
+		p->shared_disks = json_object_get_boolean(j);
+	}
 	if (json_object_object_get_ex(req, "timeout_ms", &j)) {
 		int64_t t = json_object_get_int64(j);
 		if (t < 100 || t > 600000)

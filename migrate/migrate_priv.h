@@ -74,7 +74,8 @@ int mig_msg_send_link(int fd, struct tls_link *link, uint32_t type, uint64_t t_s
 /*
  * Right after the stream header the source sends PC_MODE (first = 1: post-copy at once, no pre-copy
  * round: the destination drops its prefaulted RAM now, while the source still runs, so that every
- * page faults later without a discard inside the downtime; else 0).
+ * page faults later without a discard inside the downtime; else 0; count = flags: PC_MODE_SHARED_DISKS
+ * = the disks are on shared storage, no block is sent and the image locks move at GO).
  * After the stream's END the source sends one switch frame (little endian, as the whole protocol):
  *   PC_SWITCH first = 0: stop-and-copy, the two-phase switchover follows;
  *             first = 1: post-copy; count = words of the stale bitmap that follow (one bit per RAM
@@ -87,6 +88,7 @@ int mig_msg_send_link(int fd, struct tls_link *link, uint32_t type, uint64_t t_s
 #define PC_MAGIC 0x43504450u /* "PDPC" */
 #define PC_MAX_RUN 256u
 enum pc_frame_type { PC_SWITCH = 1, PC_PAGES = 2, PC_ZERO = 3, PC_DONE = 4, PC_MODE = 5 };
+#define PC_MODE_SHARED_DISKS 1u
 struct pc_frame {
 	uint32_t magic, type;
 	uint64_t first, count;
@@ -129,6 +131,7 @@ struct mig_params {
 	enum mig_postcopy postcopy;
 	double postcopy_min_frac; /* auto: fraction of RAM current on the destination, 0..1 */
 	uint64_t delta_bytes; /* --delta-cache: PAGE_DELTA from round 2 on, 0 = off */
+	bool shared_disks; /* --shared-disks: the destination opens the same images; the lock moves */
 };
 
 /* Progress, published by the sender for status (lock). */
@@ -180,6 +183,7 @@ struct mig {
 	uint64_t t_in_end, t_in_applied, t_in_go; /* when END was read, state applied, GO read */
 	char in_err[512];
 	int in_rc;
+	bool in_shared_disks; /* destination: the source said --shared-disks (PC_MODE) */
 	pthread_mutex_t tx_lock; /* destination: back-channel writes from several threads (post-copy) */
 	struct pc_dst *pc; /* destination: post-copy state, NULL in stop-and-copy */
 	int pc_phase; /* destination: 0 no post-copy, 1 running (set before in_async), 2 ended (loop) */

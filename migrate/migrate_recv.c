@@ -34,6 +34,45 @@ static void fail(struct mig *m, const char *fmt, const char *what)
 	snprintf(m->in_err, sizeof(m->in_err), fmt, what);
 }
 
+/* Shared storage or not, per disk, before ACCEPT: a read-write image whose lock another process holds
+ * (opened lock-later, `run --incoming`) is the source's and may only be migrated with --shared-disks
+ * (no block may be written into it); one whose lock this VM holds is its own, and --shared-disks would
+ * run on it without the source's data. 0 or -EINVAL with a line for REJECT. */
+static int disks_mode_check(struct mig *m, char *err, size_t errlen)
+{
+	for (int i = 0; i < vmm_disk_count(m->v); i++) {
+		struct virtio_blk *d = vmm_disk(m->v, i);
+		if (virtio_blk_readonly(d))
+			continue;
+		if (m->in_shared_disks && virtio_blk_locked(d))
+			return errf(err, errlen, -EINVAL,
+				    "--shared-disks, but disk%d here is not the source's image (not locked)",
+				    i);
+		if (!m->in_shared_disks && !virtio_blk_locked(d))
+			return errf(err, errlen, -EINVAL,
+				    "disk%d here is locked by another process (shared? use --shared-disks)",
+				    i);
+	}
+	return 0;
+}
+
+/* After GO, before the vCPUs start: take the locks the source gave up right after sending GO. 0 or
+ * -errno with m->in_err (this side then never runs: ERROR, and the source takes its locks back). */
+static int disks_take(struct mig *m)
+{
+	for (int i = 0; i < vmm_disk_count(m->v); i++) {
+		struct virtio_blk *d = vmm_disk(m->v, i);
+		int rc = virtio_blk_locked(d) ? 0 : virtio_blk_lock(d, RECV_TIMEOUT_MS / 2);
+		if (rc) {
+			snprintf(m->in_err, sizeof(m->in_err),
+				 "cannot take the lock of disk%d after GO: %s; discarded, never ran", i,
+				 rc == -EBUSY ? "another process still holds it" : strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
 /* Phase two: READY (everything is here and applied), then wait for GO. Without the whole GO this
  * side never runs: the source may have resumed. 0 (GO read) or -errno with m->in_err. */
 static int await_go(struct mig *m)
@@ -58,6 +97,8 @@ static int await_go(struct mig *m)
 		     : rc == -EPIPE   ? "connection closed"
 		     : rc == -EPROTO  ? "unexpected message"
 				      : strerror(-rc));
+	if (!rc)
+		rc = disks_take(m);
 	return rc;
 }
 
@@ -124,6 +165,11 @@ static void *receiver_main(void *arg)
 		fail(m, "rejected the migration: %s", err);
 		goto out;
 	}
+	if ((rc = disks_mode_check(m, err, sizeof(err)))) {
+		mig_msg_send(m->fd, MIG_REJECT, 0, 0, err);
+		fail(m, "rejected the migration: %s", err);
+		goto out;
+	}
 	in.deadline_ns = 0;
 	/* t_start_ns = 1: this RAM is all zero (no kernel was loaded), zero ranges need not be sent. */
 	rc = mig_msg_send_link(m->fd, m->link, MIG_ACCEPT, vmm_booted_kernel(m->v) ? 0 : 1, 0, NULL);
@@ -146,7 +192,8 @@ static void *receiver_main(void *arg)
 			break;
 		/* disks: identity, then this epoch's blocks into this VM's images (not running yet) */
 		if ((rc = disk_stage_check(&ds, disks, nd, &verified, &names, err, sizeof(err))) ||
-		    (a.have_state && (rc = disks_seen(verified, nd, err, sizeof(err)))) ||
+		    (a.have_state && !m->in_shared_disks &&
+		     (rc = disks_seen(verified, nd, err, sizeof(err)))) ||
 		    (rc = disk_stage_apply(&ds, disks, nd, err, sizeof(err)))) {
 			mig_msg_send_link(m->fd, m->link, MIG_REJECT, 0, 0, err);
 			fail(m, "rejected the migration: %s", err);

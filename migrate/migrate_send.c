@@ -102,6 +102,7 @@ static void log_round(struct sender *s, uint64_t pages, double sec, uint64_t dir
 	json_object_object_add(r, "pages", json_object_new_int64((int64_t)pages));
 	json_object_object_add(r, "ms", json_object_new_double(sec * 1e3));
 	json_object_object_add(r, "dirty", json_object_new_int64((int64_t)dirty));
+	json_object_object_add(r, "disk_dirty_bytes", json_object_new_int64((int64_t)s->disk_left));
 	json_object_object_add(r, "at_ms", json_object_new_double(secs(s->t0, now_ns()) * 1e3));
 	json_object_object_add(r, "throttle_pct", json_object_new_double(s->conv.throttle * 100));
 	json_object_object_add(r, "throttle_cost_ms",
@@ -131,7 +132,7 @@ void mig_link_error(struct sender *s, int rc, const char *what)
 }
 
 /* Wait for the destination to have applied the epoch just sent. */
-static int wait_epoch(struct sender *s)
+int mig_wait_epoch(struct sender *s)
 {
 	struct mig_msg msg;
 	int rc = mig_msg_recv_link(s->fd, s->link, &msg, s->m->p.io_timeout_ms);
@@ -217,7 +218,7 @@ static int round_end(void *opaque, const struct ckpt_round *rd)
 	struct sender *s = opaque;
 
 	s->epoch = rd->epoch;
-	return wait_epoch(s);
+	return mig_wait_epoch(s);
 }
 
 static int next_round(void *opaque, const struct ckpt_round *rd)
@@ -227,28 +228,31 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 
 	enum mig_postcopy pc = s->m->p.postcopy;
 
-	conv_round_sent(&s->conv, rd->sent, sec);
-	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, rd->dirty, sec);
+	/* Disk blocks converge with memory: the round's blocks count as sent pages (the rate), the blocks
+	 * written meanwhile as dirty pages (the estimate, the stop decision), 4 KiB for 4 KiB. */
+	s->disk_left = s->disks_ready ? disk_repl_dirty_bytes(&s->disks) : 0;
+	uint64_t dirty = rd->dirty + (s->disk_left + GUEST_PAGE_SIZE - 1) / GUEST_PAGE_SIZE;
+	conv_round_sent(&s->conv, rd->sent + s->disk_round_pages, sec);
+	s->disk_round_pages = 0;
+	double applied = s->conv.throttle, thr = conv_round_synced(&s->conv, dirty, sec);
 	/* auto: where the throttle would start or rise, post-copy instead when the destination holds
 	 * enough of RAM current and post-copy's estimated work lost is the smaller (converge.h) */
 	double held = 1.0 - (double)rd->dirty / (double)s->gm->nr_pages;
-	bool pc_cheaper =
-		conv_postcopy_cost_ms(&s->conv, rd->dirty) < conv_throttle_cost_ms(&s->conv, rd->dirty);
-	if (pc == MIG_PC_ROUND ||
-	    (pc == MIG_PC_AUTO && s->conv.stalls > 0 && !conv_fits(&s->conv, rd->dirty) &&
-	     held >= s->m->p.postcopy_min_frac && pc_cheaper)) {
+	bool pc_cheaper = conv_postcopy_cost_ms(&s->conv, dirty) < conv_throttle_cost_ms(&s->conv, dirty);
+	if (pc == MIG_PC_ROUND || (pc == MIG_PC_AUTO && s->conv.stalls > 0 && !conv_fits(&s->conv, dirty) &&
+				   held >= s->m->p.postcopy_min_frac && pc_cheaper)) {
 		s->postcopy = true;
 		s->conv.throttle = applied; /* post-copy instead of a (higher) throttle */
-		log_round(s, rd->sent, sec, rd->dirty);
+		log_round(s, rd->sent, sec, dirty);
 		return CKPT_STOP;
 	}
 	throttle_set(&s->thr, thr);
-	log_round(s, rd->sent, sec, rd->dirty);
-	s->left = rd->dirty;
+	log_round(s, rd->sent, sec, dirty);
+	s->left = dirty;
 	s->round_sent = 0;
-	s->est_ms = conv_estimate_ms(&s->conv, rd->dirty);
+	s->est_ms = conv_estimate_ms(&s->conv, dirty);
 	mig_publish(s, s->left, s->est_ms);
-	if (conv_fits(&s->conv, rd->dirty) || rd->epoch >= s->m->p.max_rounds)
+	if (conv_fits(&s->conv, dirty) || rd->epoch >= s->m->p.max_rounds)
 		return CKPT_STOP;
 	if (!ctl_conn_alive(s->m->conn))
 		return errf(s->err, sizeof(s->err), -ECANCELED,
@@ -262,6 +266,9 @@ static int next_round(void *opaque, const struct ckpt_round *rd)
 		if (rc)
 			return errf(s->err, sizeof(s->err), rc, "out of memory for the delta cache");
 	}
+	int rc = mig_disk_round(s);
+	if (rc)
+		return rc;
 	s->epoch = rd->epoch + 1;
 	return CKPT_ROUND;
 }
@@ -295,6 +302,10 @@ struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *e
 	ADD("zero_pages", json_object_new_int64((int64_t)ss.zero_pages));
 	ADD("rounds", json_object_new_int64((int64_t)s->epoch));
 	ADD("compress", json_object_new_string(s->compress ? "zstd" : "none"));
+	ADD("shared_disks", json_object_new_boolean(s->m->p.shared_disks));
+	ADD("disk_initial_bytes", json_object_new_int64((int64_t)s->disk_initial));
+	ADD("disk_round_bytes", json_object_new_int64((int64_t)s->disk_rounds));
+	ADD("disk_final_bytes", json_object_new_int64((int64_t)s->disk_final));
 	ADD("max_throttle_pct", json_object_new_double(s->conv.throttle * 100));
 	ADD("page_rate", json_object_new_double(s->conv.page_rate));
 	ADD("dirty_rate", json_object_new_double(s->conv.dirty_rate));
@@ -359,6 +370,7 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 			    strerror(-rc));
 	}
 	s->t_go = now_ns();
+	mig_disks_release(s);
 	if (until_go)
 		return 0;
 	rc = mig_msg_recv_link(s->fd, s->link, msg, m->p.io_timeout_ms);
@@ -366,6 +378,12 @@ int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool 
 	if (!rc && msg->type == MIG_RUNNING)
 		return 0;
 	if (!rc && msg->type == MIG_ERROR) { /* it exits without running: resuming is safe */
+		char why[200];
+		if (mig_disks_retake(s, why, sizeof(why))) {
+			snprintf(s->err, sizeof(s->err), "destination failed after GO: %.60s; %.180s",
+				 msg->text, why);
+			return SW_UNCERTAIN;
+		}
 		mig_set_state(m, "completing", false);
 		return errf(s->err, sizeof(s->err), -EREMOTEIO, "destination failed after GO: %s", msg->text);
 	}
@@ -391,12 +409,16 @@ static int stop_and_copy(struct sender *s, struct json_object **result)
 	throttle_stop(&s->thr);
 	mig_set_state(m, "completing", false);
 	s->round_sent = 0;
+	uint64_t disk_before = mig_disk_sent_bytes(s);
 	rc = ckpt_engine_epoch(&s->eng, &ep, s->err, sizeof(s->err));
 	if (rc) {
 		if (ep.io_failed)
 			mig_link_error(s, rc, "migration stream failed");
 		return rc; /* resumed by the engine */
 	}
+	s->disk_final = mig_disk_sent_bytes(s) - disk_before;
+	if ((rc = mig_disks_flush(s)))
+		goto resume;
 	rc = sr_write_end(s->w);
 	if (!rc)
 		rc = pc_send_switch(s, NULL);
@@ -432,6 +454,18 @@ static int wait_uncertain(struct sender *s)
 		pthread_mutex_unlock(&m->lock);
 		if (quit)
 			return SW_UNCERTAIN;
+		char why[200];
+		if (resume && mig_disks_retake(s, why, sizeof(why))) {
+			log_error("migrate", vmm_name(m->v), "refused --resume-source: %s", why);
+			pthread_mutex_lock(&m->lock);
+			struct ctl_conn *op = m->op_conn;
+			m->op_resume = false;
+			m->op_conn = NULL;
+			pthread_mutex_unlock(&m->lock);
+			if (op)
+				ctl_reply(op, ctl_refused("%s", why));
+			continue;
+		}
 		if (resume) {
 			vm_resume(s->vm);
 			log_warn("migrate", vmm_name(m->v),
@@ -450,6 +484,13 @@ static int wait_uncertain(struct sender *s)
 			continue;
 		if (!rc && msg.type == MIG_RUNNING)
 			return 0;
+		if (!rc && msg.type == MIG_ERROR && mig_disks_retake(s, why, sizeof(why))) {
+			log_error("migrate", vmm_name(m->v), "destination failed after GO (%s), but %s",
+				  msg.text, why);
+			close(s->fd);
+			s->fd = -1;
+			continue;
+		}
 		if (!rc && msg.type == MIG_ERROR) {
 			vm_resume(s->vm);
 			snprintf(s->err, sizeof(s->err), "destination failed after GO: %s", msg.text);
@@ -458,55 +499,6 @@ static int wait_uncertain(struct sender *s)
 		close(s->fd); /* EOF or garbage: only the operator can decide now */
 		s->fd = -1;
 	}
-}
-
-/* Disks (not shared storage: the destination has its own images): the engine's write log in SYNC
- * mode marks the blocks written from the start; every block goes before the memory pre-copy (in
- * epochs the destination applies and acknowledges), those written meanwhile in the stop-and-copy
- * epoch (disk_data). */
-static int setup_disks(struct sender *s)
-{
-	struct virtio_blk *devs[DISK_MAX];
-	int n = vmm_disk_count(s->m->v), rc;
-
-	if (!n)
-		return 0;
-	if (n > DISK_MAX)
-		return errf(s->err, sizeof(s->err), -E2BIG, "too many disks");
-	for (int i = 0; i < n; i++)
-		devs[i] = vmm_disk(s->m->v, i);
-	rc = disk_repl_init(&s->disks, devs, n, NULL, NULL);
-	if (rc)
-		return errf(s->err, sizeof(s->err), rc, "out of memory");
-	s->disks_ready = true;
-	s->eng.disks = &s->disks;
-	return 0;
-}
-
-static int precopy_disks(struct sender *s, uint64_t *next)
-{
-	uint64_t first = *next;
-	int rc;
-
-	if (!s->disks_ready)
-		return 0;
-	rc = disk_repl_sync(&s->disks, s->w, next, s->err, sizeof(s->err));
-	if (rc) {
-		/* a destination that refused the disks closed the link: its reason is in the socket */
-		struct mig_msg msg;
-		while (!mig_msg_recv_link(s->fd, s->link, &msg, 500))
-			if (msg.type == MIG_REJECT || msg.type == MIG_ERROR) {
-				snprintf(s->err, sizeof(s->err), "destination rejected the migration: %s",
-					 msg.text);
-				break;
-			}
-		return rc;
-	}
-	for (uint64_t e = first; !rc && e < *next; e++) {
-		s->epoch = e;
-		rc = wait_epoch(s);
-	}
-	return rc;
 }
 
 static int run(struct sender *s, struct json_object **result)
@@ -523,7 +515,7 @@ static int run(struct sender *s, struct json_object **result)
 	s->eng.batch->chunk = CHUNK_PAGES;
 	s->eng.batch->on_chunk = on_chunk;
 	s->eng.batch->opaque = s;
-	rc = setup_disks(s);
+	rc = mig_setup_disks(s);
 	if (rc)
 		return rc;
 	rc = connect_dst(s);
@@ -544,7 +536,7 @@ static int run(struct sender *s, struct json_object **result)
 	/* Pre-copy: the full round (holes as zero ranges unless the destination is all zero), then
 	 * rounds until converge.c says the rest fits the downtime target. */
 	uint64_t next = s->epoch = 1;
-	rc = precopy_disks(s, &next);
+	rc = mig_precopy_disks(s, &next);
 	if (rc)
 		return rc;
 	pol.skip_holes = s->dst_zero;

@@ -102,11 +102,13 @@ int pc_dst_mode(struct mig *m)
 		snprintf(m->in_err, sizeof(m->in_err), "bad migration stream: %s", rd_err(rc));
 		return rc;
 	}
-	if (f.magic != PC_MAGIC || f.type != PC_MODE || f.first > 1) {
+	if (f.magic != PC_MAGIC || f.type != PC_MODE || f.first > 1 ||
+	    (f.count & ~(uint64_t)PC_MODE_SHARED_DISKS)) {
 		snprintf(m->in_err, sizeof(m->in_err),
 			 "bad migration stream: no mode frame after the header");
 		return -EBADMSG;
 	}
+	m->in_shared_disks = f.count & PC_MODE_SHARED_DISKS;
 	if (f.first == 1 && !vmm_booted_kernel(m->v)) {
 		uint64_t t0 = now_ns();
 		rc = mem_discard(gm, 0, gm->nr_pages);

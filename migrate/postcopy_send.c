@@ -34,7 +34,10 @@ struct pc_src {
 
 int pc_send_mode(struct sender *s)
 {
-	struct pc_frame f = {.magic = PC_MAGIC, .type = PC_MODE, .first = s->m->p.postcopy == MIG_PC_NOW};
+	struct pc_frame f = {.magic = PC_MAGIC,
+			     .type = PC_MODE,
+			     .first = s->m->p.postcopy == MIG_PC_NOW,
+			     .count = s->m->p.shared_disks ? PC_MODE_SHARED_DISKS : 0};
 
 	return sr_out_write(&s->out, &f, sizeof(f));
 }
@@ -320,6 +323,8 @@ int pc_source_run(struct sender *s, struct json_object **result)
 			mig_link_error(s, rc, "migration stream failed");
 		return rc; /* resumed by the engine */
 	}
+	if ((rc = mig_disks_flush(s)))
+		goto resume;
 	stale = ep.pages; /* e->bitmap: dirty since sent | not sent yet */
 	size_t words = dirty_bitmap_words(s->gm->nr_pages);
 	pend = malloc(words * sizeof(uint64_t));

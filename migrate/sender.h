@@ -25,6 +25,10 @@ struct sender {
 	bool eng_ready;
 	struct disk_repl disks; /* the VM's disks: blocks pre-copied, the rest in the stop-and-copy epoch */
 	bool disks_ready;
+	bool disks_released; /* shared storage: the image locks were given up at GO */
+	/* non-shared disks: bytes of blocks sent up front, in the pre-copy rounds, in stop-and-copy;
+	 * pages-equivalent of the last round's blocks (for the page rate) */
+	uint64_t disk_initial, disk_rounds, disk_final, disk_round_pages, disk_left;
 	struct throttle thr;
 	struct converge conv;
 	bool compress;
@@ -53,6 +57,24 @@ void mig_set_state(struct mig *m, const char *state, bool committed);
 int mig_switchover(struct sender *s, struct mig_msg *msg, uint64_t *t_ack, bool until_go);
 struct json_object *mig_result_json(struct sender *s, const struct ckpt_epoch *ep, const struct mig_msg *msg,
 				    uint64_t t_sent, uint64_t t_ack);
+
+/* migrate_disks.c */
+/* Non-shared disks: the write log in SYNC mode (mig_setup_disks, before the engine starts); every
+ * block before the memory pre-copy, acknowledged like rounds (mig_precopy_disks: *next = the next
+ * epoch); the blocks written since the last round, with the next one (mig_disk_round, s->err set);
+ * the bytes of blocks sent so far (mig_disk_sent_bytes). 0 or -errno with s->err. */
+int mig_setup_disks(struct sender *s);
+int mig_precopy_disks(struct sender *s, uint64_t *next);
+int mig_disk_round(struct sender *s);
+uint64_t mig_disk_sent_bytes(struct sender *s);
+/* Shared storage (--shared-disks): after the final epoch, paused: wait for the disks' host I/O, then
+ * fdatasync every image (0, or -errno with s->err: not committed, resume). Right after GO: release
+ * the read-write images' locks. Before resuming after GO: take them back (0, or -EBUSY with why). */
+int mig_disks_flush(struct sender *s);
+void mig_disks_release(struct sender *s);
+int mig_disks_retake(struct sender *s, char *why, size_t whylen);
+/* migrate_send.c: wait for the destination to have applied epoch s->epoch */
+int mig_wait_epoch(struct sender *s);
 
 /* postcopy_send.c */
 /* After the stream header: PC_MODE (post-copy at once or not). */

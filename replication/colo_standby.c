@@ -105,6 +105,8 @@ int colo_standby_applied(struct remus *r, char *err, size_t errlen)
 		return 0; /* a live-copy round */
 	/* The pages are in RAM (commit_epoch); the state is the committed one. Paused since REQ. */
 	rc = ckpt_state_apply(&r->committed, r->vm, err, errlen);
+	if (!rc) /* disks: the SVM's own writes go (overlay), the image holds the primary's */
+		rc = remus_disk_colo_checkpoint(r, err, errlen);
 	if (rc)
 		return rc;
 	if (!c->log) {
@@ -159,6 +161,9 @@ int colo_standby_takeover(struct remus *r, char *err, size_t errlen)
 
 	colo_standby_end(r); /* the writer: nothing goes to the lost primary any more */
 	vmm_set_tx_hook(r->v, NULL, NULL);
+	rc = remus_disk_colo_takeover(r, err, errlen); /* our overlays are the disk: into the images */
+	if (rc)
+		return rc;
 	if (vmm_held(r->v))
 		rc = vmm_start_vcpus(r->v);
 	vmm_net_rx_tap(r->v, true);

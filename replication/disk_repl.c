@@ -354,6 +354,9 @@ static int send_block(struct disk_repl *dr, struct sync_out *o, int d, uint64_t 
 	}
 	o->open = true;
 	o->last_ns = now_ns();
+	pthread_mutex_lock(&dr->lock);
+	dr->st.sent_bytes += len;
+	pthread_mutex_unlock(&dr->lock);
 	if (all_zero(buf, len))
 		rc = sr_write_disk_write(o->w, (uint32_t)d, SR_DISK_OP_ZEROES, off / SR_DISK_SECTOR,
 					 len / SR_DISK_SECTOR, NULL);
@@ -445,6 +448,74 @@ int disk_repl_sync_final(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch
 			}
 	if (!rc)
 		rc = sync_close(&o);
+	if (rc)
+		rc = sync_err(w, rc, err, errlen);
+out:
+	for (int d = 0; d < DISK_MAX; d++)
+		free(dirty[d]);
+	free(buf);
+	return rc;
+}
+
+/* ---- migration's pre-copy rounds ----------------------------------------------------------------- */
+
+static uint64_t block_len(struct disk_repl *dr, int d, uint64_t b)
+{
+	uint64_t cap = virtio_blk_capacity(dr->dev[d]), off = b * DISK_BLOCK;
+	return cap - off < DISK_BLOCK ? cap - off : DISK_BLOCK;
+}
+
+uint64_t disk_repl_dirty_bytes(struct disk_repl *dr)
+{
+	uint64_t bytes = 0;
+
+	if (!dr || !dr->nr)
+		return 0;
+	pthread_mutex_lock(&dr->lock);
+	for (int d = 0; d < dr->nr; d++)
+		for (uint64_t i = 0; i < (dr->nblocks[d] + 63) / 64; i++) /* no bit past the end is set */
+			bytes += (uint64_t)__builtin_popcountll(dr->dirty[d][i]) * DISK_BLOCK;
+	for (int d = 0; d < dr->nr; d++) { /* the last block may be short */
+		uint64_t b = dr->nblocks[d] - 1;
+		if (dr->dirty[d][b / 64] & (1ull << (b % 64)))
+			bytes -= DISK_BLOCK - block_len(dr, d, b);
+	}
+	pthread_mutex_unlock(&dr->lock);
+	return bytes;
+}
+
+int disk_repl_round(struct disk_repl *dr, struct sr_ctx *w, char *err, size_t errlen)
+{
+	struct sync_out o = {.w = w, .epoch = NULL, .last_ns = now_ns()};
+	uint64_t *dirty[DISK_MAX] = {0};
+	uint8_t *buf;
+	int rc = 0;
+
+	if (!dr || !dr->nr)
+		return 0;
+	buf = malloc(DISK_BLOCK);
+	for (int d = 0; d < dr->nr; d++)
+		if (!(dirty[d] = calloc((dr->nblocks[d] + 63) / 64, 8)))
+			rc = -ENOMEM;
+	if (!buf || rc) {
+		rc = errf(err, errlen, -ENOMEM, "disk round: out of memory");
+		goto out;
+	}
+	pthread_mutex_lock(&dr->lock);
+	for (int d = 0; d < dr->nr; d++) { /* take the set; writes from now on mark the empty one */
+		uint64_t *t = dr->dirty[d];
+		dr->dirty[d] = dirty[d];
+		dirty[d] = t;
+	}
+	pthread_mutex_unlock(&dr->lock);
+	for (int d = 0; d < dr->nr && !rc; d++)
+		for (uint64_t b = 0; b < dr->nblocks[d] && !rc; b++)
+			if (dirty[d][b / 64] & (1ull << (b % 64))) {
+				rc = send_block(dr, &o, d, b, buf, NULL);
+				pthread_mutex_lock(&dr->lock);
+				dr->st.round_blocks += rc == 0;
+				pthread_mutex_unlock(&dr->lock);
+			}
 	if (rc)
 		rc = sync_err(w, rc, err, errlen);
 out:

@@ -62,6 +62,8 @@ struct disk_repl_stats {
 	uint64_t sync_blocks, sync_done, sync_sent; /* blocks to compare, compared, sent */
 	uint64_t final_sent; /* blocks re-sent after the sync */
 	uint64_t log_bytes; /* in the active log now */
+	uint64_t sent_bytes; /* bytes of blocks sent by the sync, rounds and epochs (all-zero ones too) */
+	uint64_t round_blocks; /* blocks sent by disk_repl_round (migration's pre-copy rounds) */
 	int mode;
 };
 
@@ -124,6 +126,12 @@ int disk_repl_sync(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char
 /* Switch to LOG and send the blocks written during the sync (one epoch or more). */
 int disk_repl_sync_final(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char *err, size_t errlen);
 void disk_repl_get_stats(struct disk_repl *dr, struct disk_repl_stats *st);
+/* Migration's pre-copy rounds (SYNC mode, the VM running): the bytes of the blocks written since the
+ * last round or epoch (what a round would send now), and the round itself: take the bitmap (a write
+ * completing from then on marks its block again), then read and send every block it marked as
+ * DISK_WRITE records of the epoch the caller is writing (no CHECKPOINT_END). 0 or -errno with err. */
+uint64_t disk_repl_dirty_bytes(struct disk_repl *dr);
+int disk_repl_round(struct disk_repl *dr, struct sr_ctx *w, char *err, size_t errlen);
 
 /* A writing epoch's disks (the engine's write_epoch, paused, before CHECKPOINT_END). LOG mode: the
  * frozen log. Otherwise (snapshots): DISK_INFO for every disk, then with `data` the blocks (every

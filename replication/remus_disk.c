@@ -131,7 +131,22 @@ void remus_disk_status(struct remus *r, struct json_object *o)
 				       json_object_new_int64((int64_t)r->dstage.ops_applied));
 		json_object_object_add(d, "applied_bytes",
 				       json_object_new_int64((int64_t)r->dstage.bytes_applied));
+		json_object_object_add(d, "overlay_written_back",
+				       json_object_new_int64((int64_t)r->ov_written));
 		pthread_mutex_unlock(&r->lock);
+		uint64_t ob = 0, oh = 0, orst = 0;
+		for (int i = 0; i < r->nr_sdisk; i++) {
+			struct virtio_blk_stats st;
+			virtio_blk_get_stats(r->sdisk[i], &st);
+			ob += virtio_blk_overlay_bytes(r->sdisk[i]);
+			oh += st.ov_held;
+			orst += st.ov_resets;
+		}
+		/* COLO: the secondary's own writes since the last checkpoint, writes that waited for a
+		 * checkpoint because the overlay was full, overlays discarded by checkpoints */
+		json_object_object_add(d, "overlay_bytes", json_object_new_int64((int64_t)ob));
+		json_object_object_add(d, "overlay_held", json_object_new_int64((int64_t)oh));
+		json_object_object_add(d, "overlay_resets", json_object_new_int64((int64_t)orst));
 		json_object_object_add(o, "disk", d);
 		return;
 	}
@@ -249,4 +264,56 @@ int remus_disk_apply(struct remus *r, char *err, size_t errlen)
 	if (!r->dstage.b.nops)
 		return 0;
 	return disk_stage_apply(&r->dstage, r->sdisk, r->nr_sdisk, err, errlen);
+}
+
+/* ---- COLO secondary: the overlay ------------------------------------------------------------------ */
+
+int remus_disk_colo_checkpoint(struct remus *r, char *err, size_t errlen)
+{
+	for (int d = 0; d < r->nr_sdisk; d++) {
+		int rc;
+
+		/* the first checkpoint starts it (the SVM has not run); later ones discard the SVM's writes:
+		 * the primary's, applied to the image with this epoch, are the disk of the new state */
+		rc = r->colo_ov_on ? virtio_blk_overlay_reset(r->sdisk[d])
+				   : virtio_blk_overlay_start(r->sdisk[d], COLO_OVERLAY_MAX);
+		if (rc)
+			return errf(err, errlen, rc, "disk%d overlay: %s", d, strerror(-rc));
+	}
+	r->colo_ov_on = true;
+	return 0;
+}
+
+int remus_disk_colo_takeover(struct remus *r, char *err, size_t errlen)
+{
+	int rc = 0;
+
+	if (!r->colo_ov_on)
+		return 0; /* the SVM never ran: the images are the last committed disk */
+	rc = vm_pause(r->vm);
+	if (rc)
+		return errf(err, errlen, rc, "cannot pause to write the disk overlays back: %s",
+			    strerror(-rc));
+	for (int d = 0; d < r->nr_sdisk && !rc; d++) {
+		uint64_t n = 0;
+		rc = virtio_blk_overlay_commit(r->sdisk[d], &n);
+		pthread_mutex_lock(&r->lock);
+		r->ov_written += n;
+		pthread_mutex_unlock(&r->lock);
+		if (rc)
+			errf(err, errlen, rc, "disk%d: cannot write the overlay back: %s", d, strerror(-rc));
+	}
+	if (!rc)
+		r->colo_ov_on = false;
+	vm_resume(r->vm);
+	return rc;
+}
+
+void remus_disk_colo_discard(struct remus *r)
+{
+	if (!r->colo_ov_on)
+		return;
+	for (int d = 0; d < r->nr_sdisk; d++)
+		virtio_blk_overlay_drop(r->sdisk[d]);
+	r->colo_ov_on = false;
 }

@@ -526,6 +526,12 @@ void remus_primary_async(struct remus *r, unsigned flags)
 		ev_timer_again(r->loop, &r->epoch_w);
 		checkpoint(r);
 	}
+	if ((flags & RA_FORCE_EPOCH) && r->colo_on && r->colo) {
+		/* the disk write log filled up: a checkpoint now, as for the comparator's queue bound */
+		__atomic_or_fetch(&r->colo->diverged, 1u << COLO_CMP_QUEUE, __ATOMIC_ACQ_REL);
+		colo_primary_async(r);
+		return;
+	}
 	if (flags & RA_FORCE_EPOCH) {
 		r->forced++;
 		checkpoint(r);
@@ -575,9 +581,6 @@ static struct json_object *colo_args(struct remus *r, struct json_object *req, b
 	}
 	if (!*colo)
 		return NULL;
-	if (vmm_disk_count(r->v))
-		return ctl_error("--mode colo: not supported for a VM with --disk yet (the secondary's disk "
-				 "overlay is not built; --mode remus replicates disks; see docs/colo.md)");
 	if (get_ms(req, "checkpoint_interval_ms", COLO_DEFAULT_INTERVAL_MS, REMUS_MIN_INTERVAL_MS,
 		   REMUS_MAX_INTERVAL_MS, civ))
 		return ctl_error("bad checkpoint_interval_ms (%u..%u)", REMUS_MIN_INTERVAL_MS,

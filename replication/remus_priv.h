@@ -247,6 +247,8 @@ struct remus {
 	struct virtio_blk *sdisk[DISK_MAX]; /* this standby's disks */
 	int nr_sdisk;
 	uint32_t disks_verified; /* reader: a bit per disk whose DISK_INFO matched this connection */
+	bool colo_ov_on; /* COLO secondary: the disks' overlays are on (reader until takeover, then loop) */
+	uint64_t ov_written; /* COLO secondary: overlay bytes written back into the images at takeover */
 	bool colo_mode; /* lock: the primary's HELLO asked for COLO */
 	struct ckpt_state committed; /* lock */
 	bool have_committed; /* lock */
@@ -390,6 +392,15 @@ void remus_disk_standby_init(struct remus *r);
 int remus_disk_send_sums(struct remus *r); /* reader */
 int remus_disk_check(struct remus *r, char *err, size_t errlen); /* reader */
 int remus_disk_apply(struct remus *r, char *err, size_t errlen); /* reader */
+/* COLO secondary (docs/colo.md "Disks"). At each checkpoint, the SVM paused (reader): start its
+ * disks' overlays, or discard what they hold. At takeover (loop): write the overlays back into the
+ * images (the SVM paused meanwhile) and end them. 0 or -errno with err. */
+#define COLO_OVERLAY_MAX (64ull << 20) /* written data per disk between two checkpoints */
+int remus_disk_colo_checkpoint(struct remus *r, char *err, size_t errlen);
+int remus_disk_colo_takeover(struct remus *r, char *err, size_t errlen);
+/* A takeover from the committed state instead (the secondary of an earlier COLO session is not
+ * running): the images hold that state's disk, drop the overlays unwritten. */
+void remus_disk_colo_discard(struct remus *r);
 
 /* remus_witness.c (loop thread) */
 int remus_witness_config(struct remus *r, const char *urls, const char *name, uint32_t ttl_ms, char *err,

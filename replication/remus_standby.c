@@ -463,6 +463,7 @@ int remus_standby_failover(struct remus *r, const char *why, bool planned, char 
 		rc = colo_standby_takeover(r, err, errlen);
 		r->colo_mode = false;
 	} else {
+		remus_disk_colo_discard(r);
 		rc = ckpt_state_apply(&r->committed, r->vm, err, errlen);
 		if (!rc)
 			rc = vmm_start_vcpus(r->v);

@@ -22,7 +22,8 @@
  *   migrate   sockets as remus, throttle thread (nanosleep), madvise on guest RAM
  *   snapshot  openat O_EXCL, pwrite/write, fsync, rename, unlink, lseek (SEEK_DATA/SEEK_HOLE)
  *   witness   libcurl: sockets, DNS (getaddrinfo reads /etc/hosts and resolv.conf, UDP sendmmsg/recvfrom), uname
- *   disk      virtio-blk workers: preadv/pwritev/fdatasync/fallocate (discard)
+ *   disk      virtio-blk workers: preadv/pwritev/fdatasync/fallocate (discard); flock (the image
+ *             lock handed over by a --shared-disks migration)
  *   all       threads (clone3, set_robust_list, rseq, futex, exit), memory (mmap, mprotect, madvise,
  *             munmap, mremap, brk), time (clock_nanosleep), logging (writev), malloc arenas
  *
@@ -193,6 +194,7 @@ static const int ALLOWED[] = {
 	SYS(ftruncate),
 	SYS(fchmod) /* serial file 0600 */,
 	SYS(fallocate) /* disk: discard */,
+	SYS(flock) /* disk: the image lock moves at a shared-storage migration's GO */,
 	SYS(getcwd),
 	SYS(umask),
 	/* remus: reaping the --fence-cmd helper at exit (common/spawner.c: the command itself runs in a

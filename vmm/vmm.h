@@ -39,6 +39,9 @@ struct vmm_opts {
 	const char *disk[VMM_MAX_DISKS]; /* --disk option strings, parsed by vmm/diskopt.c */
 	int nr_disk;
 	bool hold; /* build the VM but start no vCPUs until vmm_start_vcpus (standby, incoming) */
+	/* incoming migration: a disk image locked by another process (the source, shared storage) is
+	 * opened without its lock, taken at the switchover (docs/migration.md, "Shared storage") */
+	bool disk_lock_later;
 	/* Event log file (JSON lines): NULL for the default (vmm_event_log_default), "none" for memory
 	 * only. */
 	const char *event_log;

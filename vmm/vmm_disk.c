@@ -28,8 +28,10 @@ int vmm_disk_attach_all(struct vmm *v, char *cmdline, size_t cmdlen, char *err, 
 		rc = disk_opts_parse(v->o.disk[i], d, err, errlen);
 		if (rc)
 			break;
-		c = (struct virtio_blk_cfg){
-			.path = d->path, .readonly = d->readonly, .id = d->id[0] ? d->id : NULL};
+		c = (struct virtio_blk_cfg){.path = d->path,
+					    .readonly = d->readonly,
+					    .id = d->id[0] ? d->id : NULL,
+					    .lock_later = v->o.disk_lock_later};
 		snprintf(name, sizeof(name), "disk%d", i);
 		rc = virtio_blk_attach(v->vm, name, &c, &v->disk[i], err, errlen);
 		if (!rc)

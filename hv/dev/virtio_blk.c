@@ -280,6 +280,10 @@ void blk_complete_in(struct virtio_blk *d, struct blk_req **rs, unsigned n, cons
 
 		if (r->gen != d->gen) {
 			req_put(d, r); /* the device was reset (or restored) meanwhile */
+		} else if (r->ov_full) {
+			r->ov_full = false;
+			hold(d, r); /* the overlay is full: a checkpoint empties it, then a kick */
+			d->st.ov_held++;
 		} else if (open && wlog_refuses(d, r)) {
 			hold(d, r); /* the log is full: an early epoch is on its way, then a kick */
 		} else if (!open) {
@@ -395,6 +399,7 @@ int virtio_blk_create(struct guest_mem *gm, int fd, uint64_t capacity, bool read
 				 ? DIRECT_ALWAYS
 				 : DIRECT_NOWAIT;
 	d->readonly = readonly;
+	d->locked = true;
 	d->capacity = capacity & ~(uint64_t)(VBLK_SECTOR - 1);
 	if (id)
 		memcpy(d->id, id, strnlen(id, sizeof(d->id))); /* NUL-padded, unterminated at 20 (spec) */
@@ -423,6 +428,7 @@ void virtio_blk_destroy(struct virtio_blk *d)
 	if (!d)
 		return;
 	blk_workers_stop(d);
+	blk_ov_destroy(d);
 	pthread_cond_destroy(&d->qcond);
 	pthread_cond_destroy(&d->idle);
 	pthread_mutex_destroy(&d->qlock);

@@ -58,6 +58,8 @@ struct virtio_blk_stats {
 	uint64_t ioerr, unsupp, bad_requests; /* completions with IOERR / UNSUPP; malformed requests */
 	uint64_t held; /* completions deferred by a closed DMA gate */
 	uint64_t wlog_held; /* completions deferred because the write log refused them (full) */
+	uint64_t ov_held; /* writes deferred because the COLO overlay was full */
+	uint64_t ov_resets; /* overlays discarded (COLO checkpoints) */
 };
 
 /* ---- the write log (Remus disk replication, docs/disk.md) ---- */
@@ -90,7 +92,8 @@ void virtio_blk_clear_wlog(struct virtio_blk *d, void *opaque);
 
 /* Host I/O on the backing file for replication (not through the queue; any thread, the device may
  * be running): apply a replicated write (type OUT with nr_sectors * 512 bytes of data, WRITE_ZEROES
- * or DISCARD), read bytes, flush. 0 or -errno (-EINVAL out of range, -EROFS read-only). */
+ * or DISCARD), read bytes, flush. 0 or -errno (-EINVAL out of range, -EROFS read-only, -ENOLCK without
+ * the image's lock). */
 int virtio_blk_host_apply(struct virtio_blk *d, uint32_t type, uint64_t sector, uint64_t nr_sectors,
 			  const void *data);
 int virtio_blk_host_read(struct virtio_blk *d, uint64_t off, void *buf, size_t len);
@@ -147,12 +150,30 @@ size_t virtio_blk_state_size(struct virtio_blk *d);
 int virtio_blk_save(struct virtio_blk *d, void *buf, size_t len);
 int virtio_blk_restore(struct virtio_blk *d, const void *buf, size_t len);
 
+/* ---- the overlay (a COLO secondary, hv/dev/virtio_blk_overlay.c, docs/colo.md "Disks") ---- */
+
+/* From now on the device's writes go to an in-memory sparse overlay (at most max_bytes of written
+ * data; a write that does not fit is held until a reset or commit and a kick), its reads see
+ * overlay-over-image, FLUSH does nothing; the image is written only by virtio_blk_host_apply. The
+ * device must be quiesced (VM paused or not yet run). Read-only disks: nothing to do. 0 or -errno. */
+int virtio_blk_overlay_start(struct virtio_blk *d, uint64_t max_bytes);
+/* Quiesced: forget everything the overlay holds (a checkpoint replaced the secondary's state). */
+int virtio_blk_overlay_reset(struct virtio_blk *d);
+/* Quiesced: write the overlay into the image, fdatasync, end the overlay (*written bytes). On an error
+ * the overlay stays (image + overlay is still the disk). */
+int virtio_blk_overlay_commit(struct virtio_blk *d, uint64_t *written);
+void virtio_blk_overlay_drop(struct virtio_blk *d); /* end it without writing (destroy) */
+uint64_t virtio_blk_overlay_bytes(struct virtio_blk *d); /* written data it holds now */
+
 /* ---- wiring (hv/dev/virtio_blk_attach.c) ---- */
 
 struct virtio_blk_cfg {
 	const char *path; /* raw image file or block device */
 	bool readonly;
 	const char *id; /* GET_ID string or NULL */
+	/* A migration destination: when another process holds the image's lock (the source, over shared
+	 * storage), open it without the lock; virtio_blk_lock takes it at the switchover. */
+	bool lock_later;
 };
 
 /* Open c->path (O_RDWR, or O_RDONLY when readonly; an advisory lock, exclusive for read-write, so two
@@ -165,5 +186,20 @@ int virtio_blk_attach(struct vm *vm, const char *name, const struct virtio_blk_c
 
 /* Open and size a backing file (used by attach; exposed for tests). Returns the fd or -errno + err. */
 int virtio_blk_open_backend(const char *path, bool readonly, uint64_t *capacity, char *err, size_t errlen);
+/* The same; with lock_later a lock held by another process is not an error: *locked says whether this
+ * open holds it (otherwise always true). */
+int virtio_blk_open_image(const char *path, bool readonly, bool lock_later, uint64_t *capacity, bool *locked,
+			  char *err, size_t errlen);
+
+/* ---- the image lock (shared-storage migration, docs/migration.md) ---- */
+
+/* Whether this device holds its image's advisory lock (exclusive read-write, shared read-only). */
+bool virtio_blk_locked(struct virtio_blk *d);
+/* Take the lock (non-blocking; retried every millisecond for up to wait_ms): 0, -EBUSY while another
+ * process holds it, or -errno. Release it (0 or -errno); the device must not write the image while
+ * it does not hold the lock (the caller's duty: the VM is paused or has not run). */
+int virtio_blk_lock(struct virtio_blk *d, int wait_ms);
+int virtio_blk_unlock(struct virtio_blk *d);
+void virtio_blk_set_locked(struct virtio_blk *d, bool locked); /* attach: what the open left */
 
 #endif

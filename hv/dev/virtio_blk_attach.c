@@ -99,6 +99,7 @@ int virtio_blk_attach(struct vm *vm, const char *name, const struct virtio_blk_c
 {
 	struct blk_port *p;
 	uint64_t cap = 0;
+	bool locked = true;
 	int fd, rc;
 
 	*out = NULL;
@@ -108,7 +109,7 @@ int virtio_blk_attach(struct vm *vm, const char *name, const struct virtio_blk_c
 	if (!p)
 		return errf(err, errlen, -ENOMEM, "disk: out of memory");
 	p->vm = vm;
-	fd = virtio_blk_open_backend(c->path, c->readonly, &cap, err, errlen);
+	fd = virtio_blk_open_image(c->path, c->readonly, c->lock_later, &cap, &locked, err, errlen);
 	if (fd < 0) {
 		free(p);
 		return fd;
@@ -119,6 +120,7 @@ int virtio_blk_attach(struct vm *vm, const char *name, const struct virtio_blk_c
 		free(p);
 		return errf(err, errlen, rc, "disk %s: cannot create device: %s", c->path, strerror(-rc));
 	}
+	virtio_blk_set_locked(p->dev, locked);
 	rc = vm_dev_attach(vm, name, &blk_ops, p, err, errlen);
 	if (rc) {
 		virtio_blk_destroy(p->dev); /* closes fd */

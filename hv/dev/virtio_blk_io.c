@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/errf.h"
@@ -194,6 +195,11 @@ static int do_write(struct virtio_blk *d, struct blk_req *r)
 	struct iovec iov[VQ_MAX_IOV];
 	unsigned n = blk_data_iov(r, iov);
 
+	if (blk_ov_active(d)) {
+		int rc = blk_ov_write(d, r, iov, n);
+		r->ov_full = rc == 1;
+		return rc < 0 ? -1 : 0;
+	}
 	return write_iov(d->fd, iov, n, r->sector * VBLK_SECTOR);
 }
 
@@ -224,6 +230,8 @@ static int seg_io(struct virtio_blk *d, uint32_t type, bool unmap, uint64_t off,
 
 	if (!len)
 		return 0;
+	if (blk_ov_active(d)) /* both read as zeroes from the overlay afterwards */
+		return blk_ov_zero(d, off / VBLK_SECTOR, len / VBLK_SECTOR);
 	if (type == VIRTIO_BLK_T_DISCARD) {
 		rc = d->blkdev ? ioctl(d->fd, BLKDISCARD, range)
 			       : fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
@@ -262,6 +270,8 @@ int virtio_blk_host_apply(struct virtio_blk *d, uint32_t type, uint64_t sector, 
 		return -EINVAL;
 	if (d->readonly)
 		return -EROFS;
+	if (!virtio_blk_locked(d))
+		return -ENOLCK; /* the image is another process's (shared storage, before the switchover) */
 	switch (type) {
 	case VIRTIO_BLK_T_OUT:
 		if (!data)
@@ -308,13 +318,13 @@ static void execute(struct virtio_blk *d, struct blk_req *r, uint8_t *bounce)
 
 	switch (r->type) {
 	case VIRTIO_BLK_T_IN:
-		rc = do_read(d, r, bounce);
+		rc = blk_ov_active(d) ? blk_ov_read(d, r, bounce) : do_read(d, r, bounce);
 		break;
 	case VIRTIO_BLK_T_OUT:
 		rc = do_write(d, r);
 		break;
-	case VIRTIO_BLK_T_FLUSH:
-		rc = fdatasync(d->fd);
+	case VIRTIO_BLK_T_FLUSH: /* an overlay is thrown away or written back and synced */
+		rc = blk_ov_active(d) ? 0 : fdatasync(d->fd);
 		break;
 	default:
 		rc = do_segs(d, r);
@@ -336,7 +346,7 @@ static void run_batch(struct virtio_blk *d, struct blk_req **r, unsigned n, uint
 	bool open = d->gate_begin ? d->gate_begin(d->gate_opaque) : true;
 
 	for (unsigned i = 0; i < n; i++) {
-		if (open && r[i]->type == VIRTIO_BLK_T_IN && read_direct(d, r[i]))
+		if (open && r[i]->type == VIRTIO_BLK_T_IN && !blk_ov_active(d) && read_direct(d, r[i]))
 			done[nd++] = r[i];
 		else
 			rest[nr++] = r[i];
@@ -418,11 +428,13 @@ void blk_workers_stop(struct virtio_blk *d)
 
 /* ---- backend ---- */
 
-int virtio_blk_open_backend(const char *path, bool readonly, uint64_t *capacity, char *err, size_t errlen)
+int virtio_blk_open_image(const char *path, bool readonly, bool lock_later, uint64_t *capacity, bool *locked,
+			  char *err, size_t errlen)
 {
 	struct stat sb;
 	int fd, rc;
 
+	*locked = true;
 	fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (fd < 0)
 		return errf(err, errlen, -errno, "disk %s: %s", path, strerror(errno));
@@ -446,6 +458,10 @@ int virtio_blk_open_backend(const char *path, bool readonly, uint64_t *capacity,
 		goto err;
 	}
 	if (flock(fd, (readonly ? LOCK_SH : LOCK_EX) | LOCK_NB)) {
+		if (errno == EWOULDBLOCK && lock_later) {
+			*locked = false;
+			return fd;
+		}
 		rc = errf(err, errlen, errno == EWOULDBLOCK ? -EBUSY : -errno, "disk %s: %s", path,
 			  errno == EWOULDBLOCK ? "in use by another process (locked)" : strerror(errno));
 		goto err;
@@ -454,4 +470,47 @@ int virtio_blk_open_backend(const char *path, bool readonly, uint64_t *capacity,
 err:
 	close(fd);
 	return rc;
+}
+
+int virtio_blk_open_backend(const char *path, bool readonly, uint64_t *capacity, char *err, size_t errlen)
+{
+	bool locked;
+
+	return virtio_blk_open_image(path, readonly, false, capacity, &locked, err, errlen);
+}
+
+/* ---- the image lock ---- */
+
+bool virtio_blk_locked(struct virtio_blk *d)
+{
+	return __atomic_load_n(&d->locked, __ATOMIC_ACQUIRE);
+}
+
+void virtio_blk_set_locked(struct virtio_blk *d, bool locked)
+{
+	__atomic_store_n(&d->locked, locked, __ATOMIC_RELEASE);
+}
+
+int virtio_blk_lock(struct virtio_blk *d, int wait_ms)
+{
+	for (int i = 0;; i++) {
+		if (!flock(d->fd, (d->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB)) {
+			virtio_blk_set_locked(d, true);
+			return 0;
+		}
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			return -errno;
+		if (i >= wait_ms)
+			return -EBUSY;
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+}
+
+int virtio_blk_unlock(struct virtio_blk *d)
+{
+	if (flock(d->fd, LOCK_UN))
+		return -errno;
+	virtio_blk_set_locked(d, false);
+	return 0;
 }

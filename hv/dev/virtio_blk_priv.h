@@ -26,6 +26,7 @@ struct blk_req {
 	struct blk_seg segs[VBLK_MAX_DISCARD_SEG];
 	uint8_t status;
 	bool direct; /* IN data already read straight into the chain (inside the gate) */
+	bool ov_full; /* OUT refused by a full overlay: held, re-run on kick */
 	struct vq_elem e;
 };
 
@@ -34,6 +35,8 @@ struct virtio_blk {
 	struct guest_mem *gm;
 	int fd;
 	bool readonly, blkdev;
+	bool locked; /* holds the image's flock (virtio_blk_lock); atomic */
+	struct blk_overlay *ov; /* COLO secondary: writes go here (virtio_blk_overlay.c); set while idle */
 	int direct_mode; /* reads into guest RAM inside the gate: DIRECT_NOWAIT, DIRECT_ALWAYS, DIRECT_NEVER */
 	uint64_t capacity; /* bytes, multiple of 512 */
 	char id[VIRTIO_BLK_ID_BYTES];
@@ -80,6 +83,15 @@ void blk_queue_purge(struct virtio_blk *d);
 
 /* The data part of an OUT chain (after the 16-byte header) as an iovec; returns the count. */
 unsigned blk_data_iov(const struct blk_req *r, struct iovec *iov);
+
+/* virtio_blk_overlay.c, for the workers (only while blk_ov_active): 0, -1 (I/O error); blk_ov_write
+ * returns 1 when the overlay is full (nothing written: hold the request) */
+struct blk_overlay;
+bool blk_ov_active(struct virtio_blk *d);
+int blk_ov_read(struct virtio_blk *d, struct blk_req *r, uint8_t *bounce);
+int blk_ov_write(struct virtio_blk *d, struct blk_req *r, struct iovec *iov, unsigned n);
+int blk_ov_zero(struct virtio_blk *d, uint64_t sector, uint64_t nsec);
+void blk_ov_destroy(struct virtio_blk *d); /* the workers are stopped */
 
 /* virtio_blk.c, for the workers */
 /* Deliver n finished requests through one DMA gate bracket (request i's IN data at bounce + i * stride). */

@@ -365,6 +365,107 @@ static void test_diskopt(void **state)
 	}
 }
 
+/* The COLO overlay: writes land in it (the image unchanged), reads see overlay over image per sector,
+ * a reset forgets it, a full one holds writes until a reset and a kick, a commit writes it back. */
+static void test_overlay(void **state)
+{
+	struct fx *f = *state;
+	uint8_t img[8192], back[8192], zero[8192] = {0};
+	uint64_t n = 0;
+
+	memset(img, 0x11, sizeof(img));
+	assert_int_equal(pwrite(f->fd, img, sizeof(img), 0), (ssize_t)sizeof(img));
+	assert_int_equal(virtio_blk_overlay_start(f->d, 8192), 0);
+	memset(gp(f, DATA(0)), 0x22, 4096);
+	req(f, 0, VIRTIO_BLK_T_OUT, 8, 4096, false); /* the second 4 KiB */
+	req(f, 1, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+	run(f);
+	assert_int_equal(*gp(f, STATUS(0)), VIRTIO_BLK_S_OK);
+	assert_int_equal(*gp(f, STATUS(1)), VIRTIO_BLK_S_OK);
+	assert_int_equal(virtio_blk_overlay_bytes(f->d), 4096);
+	assert_int_equal(pread(f->fd, back, sizeof(back), 0), (ssize_t)sizeof(back));
+	assert_memory_equal(back, img, sizeof(back)); /* the image is untouched */
+	req(f, 2, VIRTIO_BLK_T_IN, 4, 8192, true); /* 2 KiB image, 4 KiB overlay, 2 KiB image (zero) */
+	run(f);
+	assert_int_equal(*gp(f, STATUS(2)), VIRTIO_BLK_S_OK);
+	assert_memory_equal(gp(f, DATA(2)), img, 2048);
+	memset(back, 0x22, 4096);
+	assert_memory_equal(gp(f, DATA(2)) + 2048, back, 4096);
+	assert_memory_equal(gp(f, DATA(2)) + 6144, zero, 2048);
+	/* full: another 8 KiB does not fit, it is held (not written, not completed) */
+	uint16_t before = used_idx(f);
+	req(f, 3, VIRTIO_BLK_T_OUT, 32, 8192, false); /* bytes 16 K .. 24 K */
+	run(f);
+	assert_int_equal(used_idx(f), before);
+	struct virtio_blk_stats st;
+	virtio_blk_get_stats(f->d, &st);
+	assert_int_equal(st.ov_held, 1);
+	/* a checkpoint: forget the overlay; the held write then fits and runs on the kick */
+	assert_int_equal(virtio_blk_overlay_reset(f->d), 0);
+	assert_int_equal(virtio_blk_overlay_bytes(f->d), 0);
+	memset(gp(f, DATA(3)), 0x33, 8192);
+	virtio_blk_kick(f->d);
+	virtio_blk_drain(f->d);
+	assert_int_equal(used_idx(f), before + 1);
+	assert_int_equal(*gp(f, STATUS(3)), VIRTIO_BLK_S_OK);
+	put_seg(f, 4, 8, 4, 0);
+	req(f, 4, VIRTIO_BLK_T_WRITE_ZEROES, 0, 16, false); /* a hole in the overlay: zeroes */
+	run(f);
+	assert_int_equal(*gp(f, STATUS(4)), VIRTIO_BLK_S_OK);
+	assert_int_equal(pread(f->fd, back, sizeof(back), 0), (ssize_t)sizeof(back));
+	assert_memory_equal(back, img, sizeof(back));
+	/* takeover: written back into the image (what the reset forgot is not), the overlay ends */
+	assert_int_equal(virtio_blk_overlay_commit(f->d, &n), 0);
+	assert_int_equal(n, 8192 + 2048);
+	assert_int_equal(pread(f->fd, back, sizeof(back), 0), (ssize_t)sizeof(back));
+	assert_memory_equal(back, img, 4096);
+	assert_memory_equal(back + 4096, zero, 2048);
+	assert_memory_equal(back + 6144, img, 2048);
+	assert_int_equal(pread(f->fd, back, sizeof(back), 16384), (ssize_t)sizeof(back));
+	memset(img, 0x33, sizeof(img));
+	assert_memory_equal(back, img, sizeof(back));
+	assert_int_equal(virtio_blk_overlay_bytes(f->d), 0);
+}
+
+/* The image lock for shared-storage migration: opened lock-later while another open holds it, taken
+ * once that one releases it; no replicated write without it. */
+static void test_lock_handover(void **state)
+{
+	char err[256], path[] = "/tmp/test_vblk_lk.XXXXXX";
+	uint8_t ram_[4096] = {0}, sec[512] = {0};
+	struct guest_mem gm;
+	struct virtio_blk *a, *b;
+	uint64_t cap = 0;
+	bool locked = true;
+	int fd = mkstemp(path), fa, fb;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 1 << 20), 0);
+	assert_int_equal(mem_init_buffer(&gm, ram_, sizeof(ram_)), 0);
+	fa = virtio_blk_open_image(path, false, false, &cap, &locked, err, sizeof(err));
+	assert_true(fa >= 0 && locked);
+	assert_int_equal(virtio_blk_open_image(path, false, false, &cap, &locked, err, sizeof(err)), -EBUSY);
+	fb = virtio_blk_open_image(path, false, true, &cap, &locked, err, sizeof(err));
+	assert_true(fb >= 0);
+	assert_false(locked);
+	assert_int_equal(virtio_blk_create(&gm, fa, cap, false, NULL, 1, &a), 0);
+	assert_int_equal(virtio_blk_create(&gm, fb, cap, false, NULL, 1, &b), 0);
+	virtio_blk_set_locked(b, false);
+	assert_int_equal(virtio_blk_host_apply(b, VIRTIO_BLK_T_OUT, 0, 1, sec), -ENOLCK);
+	assert_int_equal(virtio_blk_lock(b, 5), -EBUSY);
+	assert_int_equal(virtio_blk_unlock(a), 0);
+	assert_false(virtio_blk_locked(a));
+	assert_int_equal(virtio_blk_lock(b, 5), 0);
+	assert_true(virtio_blk_locked(b));
+	assert_int_equal(virtio_blk_host_apply(b, VIRTIO_BLK_T_OUT, 0, 1, sec), 0);
+	assert_int_equal(virtio_blk_lock(a, 5), -EBUSY); /* the old holder cannot take it back now */
+	virtio_blk_destroy(a);
+	virtio_blk_destroy(b);
+	close(fd);
+	unlink(path);
+}
+
 static void test_open_backend(void **state)
 {
 	char err[256], path[] = "/tmp/test_vblk_ob.XXXXXX";
@@ -404,6 +505,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reset_drops_inflight, setup, teardown),
 		cmocka_unit_test(test_diskopt),
 		cmocka_unit_test(test_open_backend),
+		cmocka_unit_test_setup_teardown(test_overlay, setup, teardown),
+		cmocka_unit_test(test_lock_handover),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

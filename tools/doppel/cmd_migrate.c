@@ -20,7 +20,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: doppel migrate NAME --to ADDR:PORT [--downtime-ms N] [--max-bandwidth RATE]\n"
 		"                      [--compress auto|zstd|none] [--postcopy[=now|round|auto]]\n"
-		"                      [--postcopy-min-pct N] [--delta-cache SIZE] [--json]\n"
+		"                      [--postcopy-min-pct N] [--delta-cache SIZE] [--shared-disks] "
+		"[--json]\n"
 		"                      [--control PATH] [--timeout-ms MS] [--tls-dir DIR [--tls-peer-name "
 		"NAME]]\n"
 		"       doppel migrate NAME --resume-source\n"
@@ -48,6 +49,9 @@ static void usage(FILE *f)
 		"                        key.pem (docs/security.md); without it the stream is plaintext\n"
 		"  --tls-peer-name NAME  the destination's certificate must name NAME "
 		"(SAN/CN)\n"
+		"  --shared-disks        the destination opens the same disk images (shared storage):\n"
+		"                        no disk block is sent; the source flushes them and hands\n"
+		"                        each image's lock to the destination at the switchover\n"
 		"  --delta-cache SIZE    from round 2 on, send a changed page as its XOR against\n"
 		"                        the copy sent last (cache of SIZE bytes, K/M/G; default 0 = "
 		"off)\n" DOPPEL_CTL_OPTHELP_BASE
@@ -152,6 +156,7 @@ int cmd_migrate(int argc, char **argv)
 		{"tls-dir", required_argument, NULL, 0x100},
 		{"tls-peer-name", required_argument, NULL, 0x101},
 		{"delta-cache", required_argument, NULL, 'C'},
+		{"shared-disks", no_argument, NULL, 0x102},
 		{0},
 	};
 	struct doppel_ctl_opts o;
@@ -159,7 +164,7 @@ int cmd_migrate(int argc, char **argv)
 	uint64_t downtime = 10, bw = 0, min_pct = 50, dcache = 0;
 	const char *postcopy = NULL;
 	bool min_pct_given = false;
-	bool timeout_given = false, resume = false;
+	bool timeout_given = false, resume = false, shared_disks = false;
 	struct json_object *req, *reply = NULL;
 	char err[512];
 	int c, rc;
@@ -198,6 +203,9 @@ int cmd_migrate(int argc, char **argv)
 			break;
 		case 0x101:
 			tls_peer = optarg;
+			break;
+		case 0x102:
+			shared_disks = true;
 			break;
 		case 'C':
 			if (parse_size(optarg, &dcache) || dcache > (64ull << 30))
@@ -243,6 +251,8 @@ int cmd_migrate(int argc, char **argv)
 	json_object_object_add(req, "downtime_ms", json_object_new_int64((int64_t)downtime));
 	json_object_object_add(req, "max_bandwidth", json_object_new_int64((int64_t)bw));
 	json_object_object_add(req, "compress", json_object_new_string(compress));
+	if (shared_disks)
+		json_object_object_add(req, "shared_disks", json_object_new_boolean(1));
 	if (dcache)
 		json_object_object_add(req, "delta_cache", json_object_new_int64((int64_t)dcache));
 	if (timeout_given)

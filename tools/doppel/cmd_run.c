@@ -435,6 +435,7 @@ static int parse_args(struct run_args *a, int argc, char **argv)
 	if (a->accept_any_peer && !a->standby)
 		return bad_usage("--accept-any-peer needs --standby");
 	a->o.hold = a->standby || a->incoming;
+	a->o.disk_lock_later = a->incoming != NULL;
 	a->o.ready_fn = notify_ready;
 	a->o.ready_opaque = a;
 	if (a->o.hold && a->o.restore)
