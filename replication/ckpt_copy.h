@@ -22,6 +22,7 @@
  */
 
 #define CKPT_COPY_CHUNK 64 /* pages per claim (256 KiB) */
+#define CKPT_COPY_MIN_CPUS 3 /* engines get a helper only on hosts with at least this many CPUs */
 #define CKPT_COPY_MIN 512 /* smaller epochs are copied by the loop alone (not worth a wake-up) */
 
 struct ckpt_copier;
