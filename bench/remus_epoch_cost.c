@@ -2,7 +2,7 @@
  *
  * Not built by the Makefile. Build (after make binaries) and run:
  *   gcc -std=gnu11 -O2 -D_GNU_SOURCE -I. bench/remus_epoch_cost.c build/libdoppel.a \
- *       -lzstd -lxxhash -lpthread -o /tmp/remus_epoch_cost && /tmp/remus_epoch_cost [MiB] [epochs]
+ *       -lzstd -lxxhash -ljson-c -lsystemd -lpthread -o /tmp/remus_epoch_cost && /tmp/remus_epoch_cost [MiB] [epochs]
  *
  * Per epoch, the test guest's work=dirty pattern (two words of every page rewritten; the rest zero,
  * or random once with fill=random) over MiB of hot set, then:
