@@ -2,9 +2,11 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/errf.h"
+#include "replication/ckpt_copy.h"
 #include "replication/ckpt_engine.h"
 
 #define STAGE_PREGROW 4096
@@ -30,6 +32,11 @@ int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops
 		ckpt_engine_free(e);
 		return -ENOMEM;
 	}
+	/* The copy helper only where the paused vCPU's core is really free: on 2 CPUs the sender and a
+	 * local standby need it, and with the helper the Remus system tests were flaky here (docs/remus.md,
+	 * "What bounds Remus on this host"). Best effort: without it the loop copies alone. */
+	if (ops->stage && sysconf(_SC_NPROCESSORS_ONLN) >= CKPT_COPY_MIN_CPUS && ckpt_copier_new(&e->copier))
+		e->copier = NULL;
 	return 0;
 }
 
@@ -82,6 +89,7 @@ void ckpt_engine_free(struct ckpt_engine *e)
 	free(e->seen);
 	free(e->seen_prev);
 	ckpt_batch_free(e->batch);
+	ckpt_copier_free(e->copier);
 	ckpt_stage_free(&e->stage);
 	memset(e, 0, sizeof(*e));
 }
@@ -162,7 +170,8 @@ static int64_t epoch_sync(struct ckpt_engine *e, struct ckpt_epoch *ep)
 	return n;
 }
 
-/* Paused: copy the dirty pages into the stage (Remus). */
+/* Paused: copy the dirty pages into the stage (Remus): list them (ptrs = their RAM), then copy, on
+ * two cores for a large epoch (ckpt_copy.h). */
 static int stage_pages(struct ckpt_engine *e, struct ckpt_epoch *ep, uint64_t n, char *err, size_t errlen)
 {
 	struct ckpt_stage *stg = &e->stage;
@@ -173,9 +182,13 @@ static int stage_pages(struct ckpt_engine *e, struct ckpt_epoch *ep, uint64_t n,
 	stg->n = 0;
 	while ((p = dirty_next(e->bitmap, e->gm->nr_pages, &pos)) != UINT64_MAX) {
 		const void *src = mem_page_host(e->gm, p);
-		if (src)
-			ckpt_stage_push(stg, p, src);
+		if (src) {
+			stg->idx[stg->n] = p;
+			stg->ptrs[stg->n++] = src;
+		}
 	}
+	ep->ph.helped = ckpt_copier_copy(e->copier, stg);
+	e->copy_helped += ep->ph.helped;
 	stg->epoch = ep->epoch;
 	stg->pages = stg->n;
 	return 0;
@@ -243,10 +256,10 @@ int ckpt_engine_epoch(struct ckpt_engine *e, struct ckpt_epoch *ep, char *err, s
 		rc = e->ops->commit(e, ep, err, errlen);
 	if (rc)
 		goto resume;
-	ep->ph = (struct ckpt_phases){.kick = t_kick - ep->t_pause,
-				      .sync = t_sync - t_kick,
-				      .capture = t_cap - t_sync,
-				      .copy = t_copy - t_cap};
+	ep->ph.kick = t_kick - ep->t_pause;
+	ep->ph.sync = t_sync - t_kick;
+	ep->ph.capture = t_cap - t_sync;
+	ep->ph.copy = t_copy - t_cap;
 	if (!ep->stay_paused)
 		vm_resume(e->vm); /* releases this hold only: an operator's pause stays */
 	ep->pause_ns = now_ns() - ep->t_pause;

@@ -56,6 +56,7 @@ struct ckpt_ops {
 
 struct ckpt_phases {
 	uint64_t kick, sync, capture, copy; /* ns: pausing, dirty sync, state capture, pages */
+	uint64_t helped; /* pages of the copy done by the engine's helper thread (ckpt_copy.h) */
 };
 
 struct ckpt_epoch {
@@ -99,9 +100,14 @@ struct ckpt_engine {
 	 * (staging: with the stage; writing modes: from write_epoch). Set by the caller. */
 	struct disk_repl *disks;
 	struct ckpt_batch *batch; /* page writer: set nthreads / chunk / on_chunk / prog as needed */
+	/* staging mode: a helper thread that copies half of a large epoch inside the pause (the paused
+	 * vCPU's core is idle; replication/ckpt_copy.h). NULL: the loop copies alone. */
+	struct ckpt_copier *copier;
+	uint64_t copy_helped; /* pages the helper copied, all epochs */
 };
 
-/* Allocate bitmaps, batch (nthreads 1) and, for keep_hot, the hot set. 0 or -ENOMEM (then free). */
+/* Allocate bitmaps, batch (nthreads 1), for keep_hot the hot set and, for staging engines, the copy
+ * helper thread (without it the loop copies alone). 0 or -ENOMEM (then free). */
 int ckpt_engine_init(struct ckpt_engine *e, struct vm *vm, const struct ckpt_ops *ops, void *opaque);
 /* Start dirty logging with ops->log_flags (the engine's only dirty_log_start). Forgets the hot set;
  * a staging engine pre-grows and touches its stage for 4096 pages. 0 or -errno with err. */

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "replication/ckpt_copy.h"
 #include "replication/remus_priv.h"
 #include "replication/sock.h"
 #include "vmm/vmm.h"
@@ -99,6 +100,7 @@ static void *sender_main(void *arg)
 	uint64_t epoch, hb_ns = (uint64_t)r->hb_timeout_ms * 1000000ull / 4;
 	int rc;
 
+	pthread_setname_np(pthread_self(), "remus-send");
 	sr_out_fd(&out, r->fd, SEND_TIMEOUT_MS);
 	remus_msg_encode(hello, REMUS_MSG_HELLO,
 			 remus_hello_value(r->interval_ms, r->hb_timeout_ms) |
@@ -150,6 +152,7 @@ static void *sender_main(void *arg)
 	pthread_mutex_unlock(&r->lock);
 	colo_sender_attach(r, w); /* COLO: the loop may write forwarded frames itself */
 	remus_notify(r, RA_PRECOPY_DONE);
+	sr_set_pages_stable(w, true); /* from now on pages come from the stage, not live RAM */
 
 	for (;;) {
 		uint64_t t0;
@@ -194,7 +197,15 @@ static void *sender_main(void *arg)
 		}
 		/* Take the staged epoch: its buffers become ours (r->tx) and ours go back to the engine,
 		 * so the loop can capture the next epoch while this one is sent (the loop touches
-		 * eng.stage only while job_pending is false). */
+		 * eng.stage only while job_pending is false). Ours first grow to the stage's size
+		 * (unlocked: job_pending holds the loop off eng.stage), so the pause that fills them
+		 * neither allocates nor faults. */
+		if (r->tx.cap < r->eng.stage.cap) {
+			size_t cap = r->eng.stage.cap;
+			pthread_mutex_unlock(&r->lock);
+			(void)ckpt_stage_reserve(&r->tx, cap); /* best effort: else the pause grows it */
+			pthread_mutex_lock(&r->lock);
+		}
 		struct ckpt_stage t = r->tx;
 		r->tx = r->eng.stage;
 		r->eng.stage = t;

@@ -166,6 +166,10 @@ void sr_set_compress(struct sr_ctx *ctx, bool compress, int level);
  * pages. Attach it before the first page of the stream. Returns 0, or -EINVAL on a reader, -ENOMEM. */
 int sr_set_delta(struct sr_ctx *ctx, struct sr_delta *cache);
 
+/* Pages handed to sr_write_pages do not change while it runs (a Remus stage, not live RAM): the
+ * delta writer then encodes and caches them where they are instead of copying each first. Writer
+ * only; live pages again with false. */
+void sr_set_pages_stable(struct sr_ctx *ctx, bool stable);
 /* Fill a header from a VM's memory layout (hv/mem.h). */
 void sr_header_from_mem(struct sr_header *h, const struct guest_mem *gm, uint32_t nr_vcpus);
 /* 0 when h describes exactly gm's RAM layout, else -EINVAL with a line in err. */

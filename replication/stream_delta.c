@@ -26,6 +26,11 @@ int sr_set_delta(struct sr_ctx *ctx, struct sr_delta *cache)
 	return 0;
 }
 
+void sr_set_pages_stable(struct sr_ctx *ctx, bool stable)
+{
+	ctx->stable = stable;
+}
+
 void sr_delta_buffers_free(struct sr_ctx *ctx)
 {
 	free(ctx->snap);
@@ -93,7 +98,8 @@ static int flush_plain(struct sr_ctx *ctx, const uint64_t *idx, const void *cons
 
 /*
  * sr_write_pages with the cache: each non-zero page is first copied once (ctx->snap: a live page may
- * change while it is read, and what the cache keeps must be exactly what the stream carries), then
+ * change while it is read, and what the cache keeps must be exactly what the stream carries; not
+ * when the caller said its pages are stable: sr_set_pages_stable), then
  * encoded against the cache: unchanged pages are dropped, sparse changes go to PAGE_DELTA, the rest
  * to PAGE_DATA. Zero pages go out as ZERO_PAGES and are forgotten by the cache.
  */
@@ -106,14 +112,17 @@ int sr_write_pages_delta(struct sr_ctx *ctx, const uint64_t *page_idx, const voi
 
 	for (size_t i = 0; i < n && !rc; i++) {
 		uint64_t idx = page_idx[i];
-		uint8_t *snap = ctx->snap + (size_t)bn * SR_PAGE_SIZE;
+		const uint8_t *snap = ctx->snap + (size_t)bn * SR_PAGE_SIZE;
 
 		if (sr_page_is_zero(page_ptrs[i])) {
 			sr_delta_forget(ctx->delta, idx);
 			rc = sr_add_zero(ctx, idx);
 			continue;
 		}
-		memcpy(snap, page_ptrs[i], SR_PAGE_SIZE);
+		if (ctx->stable) /* a stage: what is read now is what the stream and the cache get */
+			snap = page_ptrs[i];
+		else
+			memcpy((uint8_t *)snap, page_ptrs[i], SR_PAGE_SIZE);
 		switch (sr_delta_encode(ctx->delta, idx, snap, ctx->dstage + (size_t)dn * SR_PAGE_SIZE,
 					&ctx->dhash[dn])) {
 		case SR_DELTA_UNCHANGED:

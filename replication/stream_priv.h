@@ -46,6 +46,7 @@ struct sr_ctx {
 	struct sr_mt *mt;
 	struct sr_delta *delta; /* not owned */
 	uint8_t *snap, *drec, *dstage; /* delta: plain batch copies, PAGE_DELTA record, its XORs */
+	bool stable; /* sr_set_pages_stable: pages do not change while written (no snap copy) */
 	uint64_t dhash[SR_BATCH_PAGES]; /* delta: XXH3 of each base of the pending PAGE_DELTA */
 	uint64_t didx[SR_BATCH_PAGES];
 

@@ -169,6 +169,7 @@ static void *vcpu_thread(void *arg)
 	struct vm *vm = v->vm;
 	sigset_t set;
 
+	pthread_setname_np(pthread_self(), "vcpu"); /* ps/top and bench/remus_budget.py tell threads apart */
 	sigemptyset(&set);
 	sigaddset(&set, vm_sig_kick());
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
