@@ -243,3 +243,71 @@ void remus_obs_free(struct remus *r)
 	free(r->tl);
 	r->tl = NULL;
 }
+
+void remus_primary_status(struct remus *r, struct json_object *o)
+{
+	struct json_object *p = json_object_new_object(), *d = json_object_new_object();
+	struct json_object *b = json_object_new_object(), *a = json_object_new_object();
+	struct json_object *h = json_object_new_object();
+	struct netbuf_stats ns = {0};
+
+	if (r->role == REMUS_STANDBY)
+		return;
+	pthread_mutex_lock(&r->lock);
+	uint64_t raw = r->bytes_raw, wire = r->bytes_wire, send_ns = r->send_ns_last;
+	pthread_mutex_unlock(&r->lock);
+	json_object_object_add(o, "state", json_object_new_string(remus_pstate_name(r->pstate)));
+	json_object_object_add(o, "standby_lost",
+			       json_object_new_string(remus_lost_policy_name(r->lost_policy)));
+	/* Without a witness a partition can leave two copies running: this primary releasing output
+	 * after losing the standby while the standby (auto failover) takes over. */
+	json_object_object_add(o, "split_brain_possible",
+			       json_object_new_boolean(r->lost_policy == LOST_RELEASE && !r->wit));
+	json_object_object_add(o, "epoch", json_object_new_int64((int64_t)(r->next_epoch - 1)));
+	json_object_object_add(o, "acked_epoch", json_object_new_int64((int64_t)r->acked_epoch));
+	json_object_object_add(o, "epochs", json_object_new_int64((int64_t)r->epochs));
+	json_object_object_add(o, "epochs_skipped", json_object_new_int64((int64_t)r->skipped));
+	json_object_object_add(o, "epochs_forced", json_object_new_int64((int64_t)r->forced));
+	json_object_object_add(o, "precopy_rounds", json_object_new_int64((int64_t)r->precopy_rounds));
+	json_object_object_add(
+		p, "last_us",
+		json_object_new_double(
+			r->pause_ns.n ? (double)r->pause_ns.v[(r->pause_ns.n - 1) % REMUS_RING] / 1e3 : 0));
+	json_object_object_add(p, "p50_us",
+			       json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.5) / 1e3));
+	json_object_object_add(p, "p99_us",
+			       json_object_new_double((double)remus_ring_pct(&r->pause_ns, 0.99) / 1e3));
+	struct json_object *ph = json_object_new_object();
+	json_object_object_add(ph, "kick_us", json_object_new_double((double)r->ph_kick / 1e3));
+	json_object_object_add(ph, "sync_us", json_object_new_double((double)r->ph_sync / 1e3));
+	json_object_object_add(ph, "capture_us", json_object_new_double((double)r->ph_capture / 1e3));
+	json_object_object_add(ph, "copy_us", json_object_new_double((double)r->ph_copy / 1e3));
+	json_object_object_add(p, "last_phases", ph);
+	json_object_object_add(o, "pause", p);
+	json_object_object_add(d, "last", json_object_new_int64((int64_t)r->dirty_last));
+	json_object_object_add(
+		d, "avg", json_object_new_double(r->epochs ? (double)r->dirty_total / (double)r->epochs : 0));
+	json_object_object_add(d, "hot", json_object_new_int64((int64_t)r->eng.hot_pages));
+	json_object_object_add(o, "dirty_pages", d);
+	json_object_object_add(b, "raw", json_object_new_int64((int64_t)raw));
+	json_object_object_add(b, "wire", json_object_new_int64((int64_t)wire));
+	json_object_object_add(b, "last_send_ms", json_object_new_double((double)send_ns / 1e6));
+	json_object_object_add(o, "bytes", b);
+	json_object_object_add(
+		a, "last_ms",
+		json_object_new_double(r->ack_ns.n ? (double)r->ack_ns.v[(r->ack_ns.n - 1) % REMUS_RING] / 1e6
+						   : 0));
+	json_object_object_add(a, "p50_ms",
+			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.5) / 1e6));
+	json_object_object_add(a, "p99_ms",
+			       json_object_new_double((double)remus_ring_pct(&r->ack_ns, 0.99) / 1e6));
+	json_object_object_add(o, "ack_latency", a);
+	if (r->nb)
+		netbuf_get_stats(r->nb, &ns);
+	json_object_object_add(h, "frames", json_object_new_int64((int64_t)ns.held_frames));
+	json_object_object_add(h, "bytes", json_object_new_int64((int64_t)ns.held_bytes));
+	json_object_object_add(h, "released_frames", json_object_new_int64((int64_t)ns.released_frames));
+	json_object_object_add(h, "dropped", json_object_new_int64((int64_t)ns.dropped));
+	json_object_object_add(o, "held_output", h);
+	remus_phases_status(r, o);
+}

@@ -303,7 +303,9 @@ void remus_event_fields(struct remus *r, const char *kind, uint64_t epoch, struc
 			const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* remus_primary.c (loop thread unless noted) */
-struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req);
+struct json_object *remus_cmd_protect(struct remus *r, struct json_object *req); /* remus_protect.c */
+int remus_primary_prepare(struct remus *r, bool resume_req, char *err, size_t errlen);
+int remus_primary_arm(struct remus *r, int fd);
 struct json_object *remus_cmd_unprotect(struct remus *r);
 void remus_primary_async(struct remus *r, unsigned flags);
 /* The standby is lost (transport error, silence, protocol error): apply the lost policy. */
@@ -332,7 +334,7 @@ void remus_fence(struct remus *r, const char *why);
 void remus_primary_abandoned(struct remus *r, uint64_t epoch); /* the standby sent ABANDONED */
 int remus_lost_policy_parse(const char *s, enum remus_lost_policy *out);
 const char *remus_lost_policy_name(enum remus_lost_policy p);
-void remus_primary_status(struct remus *r, struct json_object *o);
+void remus_primary_status(struct remus *r, struct json_object *o); /* remus_obs.c */
 
 /* remus_standby.c (loop thread) */
 int remus_standby_start(struct remus *r, const char *addr, char *err, size_t errlen);
