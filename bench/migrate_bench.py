@@ -102,8 +102,12 @@ def run_doppel(ws, fill, opts, tmp):
             return p.returncode, out, err
         d, _, (rc, out, err), samples = measure(meter, start, finish)
         row.update(d)
-        if rc != 0:
-            row.update(converged=False, error=err.strip())
+        if rc != 0:  # with --json the CLI prints its error as {"ok": false, "error": ...} on stdout
+            try:
+                why = json.loads(out).get("error")
+            except ValueError:
+                why = None
+            row.update(converged=False, error=why or err.strip() or out.strip() or f"exit {rc}")
             return row
         res = json.loads(out)
         row.update(converged=True, total_ms=round(res["total_ms"], 1), downtime_ms=round(res["downtime_ms"], 2),
