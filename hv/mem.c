@@ -260,6 +260,24 @@ int mem_discard(struct guest_mem *gm, uint64_t first, uint64_t count)
 	return 0;
 }
 
+int mem_zap(struct guest_mem *gm, uint64_t first, uint64_t count)
+{
+	if (gm->memfd < 0)
+		return -EOPNOTSUPP;
+	for (int i = 0; i < gm->nr && count; i++) {
+		const struct mem_region *r = &gm->r[i];
+		uint64_t np = r->size >> GUEST_PAGE_SHIFT, a = first, b = first + count;
+		if (a < r->pfn_base)
+			a = r->pfn_base;
+		if (b > r->pfn_base + np)
+			b = r->pfn_base + np;
+		if (a < b && madvise(r->host + ((a - r->pfn_base) << GUEST_PAGE_SHIFT),
+				     (b - a) << GUEST_PAGE_SHIFT, MADV_DONTNEED) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
 void mem_zero(struct guest_mem *gm, uint64_t gpa, uint64_t len)
 {
 	uint8_t *p = gpa_ptr(gm, gpa, len);

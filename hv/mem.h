@@ -86,6 +86,12 @@ int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, 
  * a VM that does not run, or whose faults are served (post-copy). 0 or -errno. */
 int mem_discard(struct guest_mem *gm, uint64_t first, uint64_t count);
 
+/* Unmap RAM pages [first, first + count) (clipped to RAM) from the VMM's mapping only (MADV_DONTNEED):
+ * the memfd keeps their contents, the next access maps them again (or, with a userfaultfd registered
+ * in minor mode, faults MINOR). Nothing is freed or allocated: the cheap way to make pages fault.
+ * memfd-backed RAM only (-EOPNOTSUPP otherwise). 0 or -errno. */
+int mem_zap(struct guest_mem *gm, uint64_t first, uint64_t count);
+
 /* Atomically take the device-dirty bitmap: OR it into `out` (nr_pages bits) and clear it. */
 void mem_dev_dirty_take(struct guest_mem *gm, uint64_t *out);
 

@@ -270,20 +270,7 @@ int mem_uffd_continue(struct mem_uffd *u, uint64_t idx)
 
 int mem_uffd_zap(struct mem_uffd *u, uint64_t first, uint64_t count)
 {
-	if (!u->minor)
-		return -EOPNOTSUPP;
-	for (int i = 0; i < u->gm->nr && count; i++) {
-		const struct mem_region *r = &u->gm->r[i];
-		uint64_t np = r->size >> GUEST_PAGE_SHIFT, a = first, b = first + count;
-		if (a < r->pfn_base)
-			a = r->pfn_base;
-		if (b > r->pfn_base + np)
-			b = r->pfn_base + np;
-		if (a < b && madvise(r->host + ((a - r->pfn_base) << GUEST_PAGE_SHIFT),
-				     (b - a) << GUEST_PAGE_SHIFT, MADV_DONTNEED) < 0)
-			return -errno;
-	}
-	return 0;
+	return u->minor ? mem_zap(u->gm, first, count) : -EOPNOTSUPP;
 }
 
 void mem_uffd_wake(struct mem_uffd *u, uint64_t idx)

@@ -207,6 +207,7 @@ static int connect_dst(struct sender *s)
 		return errf(s->err, sizeof(s->err), -ECONNREFUSED, "destination rejected the migration: %s",
 			    msg.text);
 	s->dst_zero = msg.t_start_ns == 1;
+	pc_mode_accepted(s);
 	s->t_accepted = now_ns();
 	return 0;
 }
@@ -521,7 +522,7 @@ static int run(struct sender *s, struct json_object **result)
 	rc = connect_dst(s);
 	if (rc)
 		return rc;
-	if (s->m->p.postcopy == MIG_PC_NOW) { /* no pre-copy round: every data page is stale */
+	if (s->pc_at_once) { /* no pre-copy round: every data page is stale */
 		s->epoch = 1; /* the stale set is every data page, taken while paused */
 		s->postcopy = true;
 		return pc_source_run(s, result);

@@ -14,8 +14,11 @@
 #include "replication/tls.h"
 #include "vmm/vmm.h"
 
-#define PREFETCH 32 /* pages sent after a requested one (the guest tends to go on from there) */
-#define BG_RUN 64 /* pages per background frame: a request waits behind at most this */
+/* Pages sent after a requested one: the guest tends to go on from there, and one long run costs one
+ * frame, one pwritev and one UFFDIO_CONTINUE on the destination (per page: ~15-20 us alone, ~4-8 us in
+ * runs of 256 here; docs/migration.md, "What bounds disruption on this host"). */
+#define PREFETCH (PC_MAX_RUN - 1)
+#define BG_RUN PC_MAX_RUN /* pages per background frame (1 MiB): a request waits behind at most this */
 #define REQ_RING 4096
 
 /* The back channel during post-copy, read by its own thread while the sender pushes. */
@@ -32,14 +35,44 @@ struct pc_src {
 	char err[200];
 };
 
+/* Pages of RAM holding data (the rest are holes: never written). */
+static uint64_t data_pages(struct guest_mem *gm)
+{
+	uint64_t pos = 0, first, count, n = 0;
+	bool data;
+
+	while (mem_extent_next(gm, &pos, &first, &count, &data))
+		if (data)
+			n += count;
+	return n;
+}
+
 int pc_send_mode(struct sender *s)
 {
+	struct mig *m = s->m;
+
+	s->pc_at_once = m->p.postcopy == MIG_PC_NOW;
+	if (m->p.postcopy == MIG_PC_AUTO) {
+		uint64_t data = data_pages(s->gm), nr = s->gm->nr_pages;
+		double held = 1.0 - (double)data / (double)nr;
+		s->pc_at_once = held >= m->p.postcopy_min_frac;
+		log_debug("migrate", vmm_name(m->v), "post-copy auto: %llu of %llu pages hold data: %s",
+			  (unsigned long long)data, (unsigned long long)nr,
+			  s->pc_at_once ? "post-copy at once" : "pre-copy first (too little held at once)");
+	}
 	struct pc_frame f = {.magic = PC_MAGIC,
 			     .type = PC_MODE,
-			     .first = s->m->p.postcopy == MIG_PC_NOW,
-			     .count = s->m->p.shared_disks ? PC_MODE_SHARED_DISKS : 0};
-
+			     .first = s->pc_at_once,
+			     .count = m->p.shared_disks ? PC_MODE_SHARED_DISKS : 0};
 	return sr_out_write(&s->out, &f, sizeof(f));
+}
+
+void pc_mode_accepted(struct sender *s)
+{
+	/* A destination that is not all zero holds no hole as current (it did not drop its RAM on
+	 * PC_MODE either: it drops only a zero one), so auto goes back to pre-copy first. */
+	if (s->pc_at_once && s->m->p.postcopy == MIG_PC_AUTO && !s->dst_zero)
+		s->pc_at_once = false;
 }
 
 int pc_send_switch(struct sender *s, const uint64_t *stale)
@@ -259,6 +292,7 @@ static int await_done(struct sender *s, struct pc_src *p)
 static void add_stats(struct json_object *o, struct pc_src *p, uint64_t stale, uint64_t t_go)
 {
 	json_object_object_add(o, "postcopy", json_object_new_boolean(1));
+	json_object_object_add(o, "postcopy_at_once", json_object_new_boolean(p->s->pc_at_once));
 	json_object_object_add(o, "postcopy_pages", json_object_new_int64((int64_t)stale));
 	json_object_object_add(o, "postcopy_requests", json_object_new_int64((int64_t)p->requests));
 	json_object_object_add(o, "postcopy_ms", json_object_new_double((double)(p->t_done - t_go) / 1e6));
@@ -333,7 +367,7 @@ int pc_source_run(struct sender *s, struct json_object **result)
 		goto resume;
 	}
 	memcpy(pend, s->eng.bitmap, words * sizeof(uint64_t));
-	if (m->p.postcopy == MIG_PC_NOW) { /* paused now: the data extents are final */
+	if (s->pc_at_once) { /* paused now: the data extents are final */
 		pc_all_data_pages(s, pend);
 		stale = dirty_bitmap_count(pend, s->gm->nr_pages);
 	}

@@ -42,6 +42,7 @@ struct sender {
 	double est_ms; /* downtime estimate at the last sync */
 	struct json_object *rlog; /* per-round {pages, ms, dirty, throttle} */
 	bool postcopy; /* the policy chose post-copy for the switchover */
+	bool pc_at_once; /* post-copy with no pre-copy round (--postcopy=now, or auto chose it) */
 	struct sr_delta *delta; /* --delta-cache: attached to w after the full round, NULL if off */
 	char err[300];
 };
@@ -77,8 +78,12 @@ int mig_disks_retake(struct sender *s, char *why, size_t whylen);
 int mig_wait_epoch(struct sender *s);
 
 /* postcopy_send.c */
-/* After the stream header: PC_MODE (post-copy at once or not). */
+/* After the stream header: PC_MODE (post-copy at once or not). --postcopy=auto chooses at once here
+ * when, counting the source's data pages (holes are zero on a fresh destination), the destination
+ * would hold at least --postcopy-min-pct of RAM current at the switch (docs/migration.md). */
 int pc_send_mode(struct sender *s);
+/* After ACCEPT: auto's choice of post-copy at once stands only if the destination's RAM is zero. */
+void pc_mode_accepted(struct sender *s);
 /* After END: tell the destination which switchover follows (and, for post-copy, the stale set). */
 int pc_send_switch(struct sender *s, const uint64_t *stale);
 /* The post-copy switchover: state-only epoch, stale set, READY/GO, then pages on demand and pushed.
