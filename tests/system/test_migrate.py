@@ -42,8 +42,14 @@ def start_pair(doppel, guest_elf, tmp, ws="64M", vcpus=1, mem="512M", dst_mem=No
              vcpus=vcpus, netns=ns[0], extra=extra[0])
     dst = VM(doppel, tmp, name="dst", kernel=None, cmdline=None, mem=dst_mem or mem, vcpus=vcpus, netns=ns[1],
              extra=["--incoming", f"{addr}:{port}", *extra[1]])
-    src.wait_output(r"dirty: pass=\d+", timeout=20)
-    wait_ready(dst)
+    try:
+        src.wait_output(r"dirty: pass=\d+", timeout=20)
+        wait_ready(dst)
+    except BaseException:
+        # a set-up that fails must not leave two VMs spinning the cores for the tests after it
+        src.close()
+        dst.close()
+        raise
     return src, dst, port
 
 
