@@ -411,48 +411,72 @@ int disk_repl_sync(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char
 	return rc ? sync_err(w, rc, err, errlen) : 0;
 }
 
+/* Take the dirty sets: empty ones take their place, so writes from now on mark those (log: the write
+ * log switches to DISK_LOG in the same step). 0 or -ENOMEM; the caller frees the taken sets. */
+static int take_dirty(struct disk_repl *dr, uint64_t *taken[DISK_MAX], bool log)
+{
+	for (int d = 0; d < dr->nr; d++)
+		if (!(taken[d] = calloc((dr->nblocks[d] + 63) / 64, 8)))
+			return -ENOMEM;
+	pthread_mutex_lock(&dr->lock);
+	for (int d = 0; d < dr->nr; d++) {
+		uint64_t *t = dr->dirty[d];
+		dr->dirty[d] = taken[d];
+		taken[d] = t;
+	}
+	if (log)
+		dr->mode = DISK_LOG;
+	pthread_mutex_unlock(&dr->lock);
+	return 0;
+}
+
+/* Send every block named by the taken sets; *count (a stat, under dr->lock) per block sent. */
+static int send_taken(struct disk_repl *dr, struct sync_out *o, uint64_t *const taken[DISK_MAX], uint8_t *buf,
+		      uint64_t *count)
+{
+	int rc = 0;
+
+	for (int d = 0; d < dr->nr && !rc; d++)
+		for (uint64_t b = 0; b < dr->nblocks[d] && !rc; b++)
+			if (taken[d][b / 64] & (1ull << (b % 64))) {
+				rc = send_block(dr, o, d, b, buf, NULL);
+				pthread_mutex_lock(&dr->lock);
+				*count += rc == 0;
+				pthread_mutex_unlock(&dr->lock);
+			}
+	return rc;
+}
+
+static void free_taken(uint64_t *taken[DISK_MAX])
+{
+	for (int d = 0; d < DISK_MAX; d++)
+		free(taken[d]);
+}
+
 int disk_repl_sync_final(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char *err, size_t errlen)
 {
 	struct sync_out o = {.w = w, .epoch = epoch};
 	uint64_t *dirty[DISK_MAX] = {0};
 	uint8_t *buf;
-	int rc = 0;
+	int rc;
 
 	if (!dr || !dr->nr)
 		return 0;
+	/* From here every completed write is logged with its data; the blocks written before are read
+	 * now, after the switch, so they hold at least those writes (the log, applied later, wins). */
 	buf = malloc(DISK_BLOCK);
-	for (int d = 0; d < dr->nr; d++)
-		if (!(dirty[d] = calloc((dr->nblocks[d] + 63) / 64, 8)))
-			rc = -ENOMEM;
-	if (!buf || rc) {
+	rc = buf ? take_dirty(dr, dirty, true) : -ENOMEM;
+	if (rc) {
 		rc = errf(err, errlen, -ENOMEM, "disk sync: out of memory");
 		goto out;
 	}
-	/* From here every completed write is logged with its data; the blocks written before are read
-	 * now, after the switch, so they hold at least those writes (the log, applied later, wins). */
-	pthread_mutex_lock(&dr->lock);
-	for (int d = 0; d < dr->nr; d++) {
-		uint64_t *t = dr->dirty[d];
-		dr->dirty[d] = dirty[d];
-		dirty[d] = t;
-	}
-	dr->mode = DISK_LOG;
-	pthread_mutex_unlock(&dr->lock);
-	for (int d = 0; d < dr->nr && !rc; d++)
-		for (uint64_t b = 0; b < dr->nblocks[d] && !rc; b++)
-			if (dirty[d][b / 64] & (1ull << (b % 64))) {
-				rc = send_block(dr, &o, d, b, buf, NULL);
-				pthread_mutex_lock(&dr->lock);
-				dr->st.final_sent++;
-				pthread_mutex_unlock(&dr->lock);
-			}
+	rc = send_taken(dr, &o, dirty, buf, &dr->st.final_sent);
 	if (!rc)
 		rc = sync_close(&o);
 	if (rc)
 		rc = sync_err(w, rc, err, errlen);
 out:
-	for (int d = 0; d < DISK_MAX; d++)
-		free(dirty[d]);
+	free_taken(dirty);
 	free(buf);
 	return rc;
 }
@@ -489,38 +513,21 @@ int disk_repl_round(struct disk_repl *dr, struct sr_ctx *w, char *err, size_t er
 	struct sync_out o = {.w = w, .epoch = NULL, .last_ns = now_ns()};
 	uint64_t *dirty[DISK_MAX] = {0};
 	uint8_t *buf;
-	int rc = 0;
+	int rc;
 
 	if (!dr || !dr->nr)
 		return 0;
 	buf = malloc(DISK_BLOCK);
-	for (int d = 0; d < dr->nr; d++)
-		if (!(dirty[d] = calloc((dr->nblocks[d] + 63) / 64, 8)))
-			rc = -ENOMEM;
-	if (!buf || rc) {
+	rc = buf ? take_dirty(dr, dirty, false) : -ENOMEM;
+	if (rc) {
 		rc = errf(err, errlen, -ENOMEM, "disk round: out of memory");
 		goto out;
 	}
-	pthread_mutex_lock(&dr->lock);
-	for (int d = 0; d < dr->nr; d++) { /* take the set; writes from now on mark the empty one */
-		uint64_t *t = dr->dirty[d];
-		dr->dirty[d] = dirty[d];
-		dirty[d] = t;
-	}
-	pthread_mutex_unlock(&dr->lock);
-	for (int d = 0; d < dr->nr && !rc; d++)
-		for (uint64_t b = 0; b < dr->nblocks[d] && !rc; b++)
-			if (dirty[d][b / 64] & (1ull << (b % 64))) {
-				rc = send_block(dr, &o, d, b, buf, NULL);
-				pthread_mutex_lock(&dr->lock);
-				dr->st.round_blocks += rc == 0;
-				pthread_mutex_unlock(&dr->lock);
-			}
+	rc = send_taken(dr, &o, dirty, buf, &dr->st.round_blocks);
 	if (rc)
 		rc = sync_err(w, rc, err, errlen);
 out:
-	for (int d = 0; d < DISK_MAX; d++)
-		free(dirty[d]);
+	free_taken(dirty);
 	free(buf);
 	return rc;
 }
