@@ -462,6 +462,7 @@ static void test_lock_handover(void **state)
 	assert_int_equal(virtio_blk_lock(a, 5), -EBUSY); /* the old holder cannot take it back now */
 	virtio_blk_destroy(a);
 	virtio_blk_destroy(b);
+	mem_destroy(&gm);
 	close(fd);
 	unlink(path);
 }
