@@ -453,32 +453,38 @@ static void free_taken(uint64_t *taken[DISK_MAX])
 		free(taken[d]);
 }
 
+/* One pass over the blocks written since the last: take the dirty sets (final: the write log switches
+ * to DISK_LOG in the same step) and send what they name; final also closes the sync. */
+static int send_dirty_pass(struct disk_repl *dr, struct sync_out *o, bool final, char *err, size_t errlen)
+{
+	uint64_t *dirty[DISK_MAX] = {0};
+	uint8_t *buf = malloc(DISK_BLOCK);
+	int rc = buf ? take_dirty(dr, dirty, final) : -ENOMEM;
+
+	if (rc) {
+		rc = errf(err, errlen, -ENOMEM, "disk %s: out of memory", final ? "sync" : "round");
+		goto out;
+	}
+	rc = send_taken(dr, o, dirty, buf, final ? &dr->st.final_sent : &dr->st.round_blocks);
+	if (!rc && final)
+		rc = sync_close(o);
+	if (rc)
+		rc = sync_err(o->w, rc, err, errlen);
+out:
+	free_taken(dirty);
+	free(buf);
+	return rc;
+}
+
 int disk_repl_sync_final(struct disk_repl *dr, struct sr_ctx *w, uint64_t *epoch, char *err, size_t errlen)
 {
 	struct sync_out o = {.w = w, .epoch = epoch};
-	uint64_t *dirty[DISK_MAX] = {0};
-	uint8_t *buf;
-	int rc;
 
 	if (!dr || !dr->nr)
 		return 0;
 	/* From here every completed write is logged with its data; the blocks written before are read
 	 * now, after the switch, so they hold at least those writes (the log, applied later, wins). */
-	buf = malloc(DISK_BLOCK);
-	rc = buf ? take_dirty(dr, dirty, true) : -ENOMEM;
-	if (rc) {
-		rc = errf(err, errlen, -ENOMEM, "disk sync: out of memory");
-		goto out;
-	}
-	rc = send_taken(dr, &o, dirty, buf, &dr->st.final_sent);
-	if (!rc)
-		rc = sync_close(&o);
-	if (rc)
-		rc = sync_err(w, rc, err, errlen);
-out:
-	free_taken(dirty);
-	free(buf);
-	return rc;
+	return send_dirty_pass(dr, &o, true, err, errlen);
 }
 
 /* ---- migration's pre-copy rounds ----------------------------------------------------------------- */
@@ -511,25 +517,10 @@ uint64_t disk_repl_dirty_bytes(struct disk_repl *dr)
 int disk_repl_round(struct disk_repl *dr, struct sr_ctx *w, char *err, size_t errlen)
 {
 	struct sync_out o = {.w = w, .epoch = NULL, .last_ns = now_ns()};
-	uint64_t *dirty[DISK_MAX] = {0};
-	uint8_t *buf;
-	int rc;
 
 	if (!dr || !dr->nr)
 		return 0;
-	buf = malloc(DISK_BLOCK);
-	rc = buf ? take_dirty(dr, dirty, false) : -ENOMEM;
-	if (rc) {
-		rc = errf(err, errlen, -ENOMEM, "disk round: out of memory");
-		goto out;
-	}
-	rc = send_taken(dr, &o, dirty, buf, &dr->st.round_blocks);
-	if (rc)
-		rc = sync_err(w, rc, err, errlen);
-out:
-	free_taken(dirty);
-	free(buf);
-	return rc;
+	return send_dirty_pass(dr, &o, false, err, errlen);
 }
 
 /* ---- snapshots -------------------------------------------------------------------------------- */
