@@ -237,18 +237,31 @@ int mem_extent_next(const struct guest_mem *gm, uint64_t *pos, uint64_t *first, 
 	return 1;
 }
 
+/* The part of pages [first, first + count) inside region r, as a byte offset and length into it;
+ * false when they do not meet. */
+static bool region_part(const struct mem_region *r, uint64_t first, uint64_t count, uint64_t *off,
+			uint64_t *len)
+{
+	uint64_t np = r->size >> GUEST_PAGE_SHIFT, a = first, b = first + count;
+
+	if (a < r->pfn_base)
+		a = r->pfn_base;
+	if (b > r->pfn_base + np)
+		b = r->pfn_base + np;
+	if (a >= b)
+		return false;
+	*off = (a - r->pfn_base) << GUEST_PAGE_SHIFT;
+	*len = (b - a) << GUEST_PAGE_SHIFT;
+	return true;
+}
+
 int mem_discard(struct guest_mem *gm, uint64_t first, uint64_t count)
 {
 	for (int i = 0; i < gm->nr && count; i++) {
 		const struct mem_region *r = &gm->r[i];
-		uint64_t np = r->size >> GUEST_PAGE_SHIFT, a = first, b = first + count;
-		if (a < r->pfn_base)
-			a = r->pfn_base;
-		if (b > r->pfn_base + np)
-			b = r->pfn_base + np;
-		if (a >= b)
+		uint64_t off, len;
+		if (!region_part(r, first, count, &off, &len))
 			continue;
-		uint64_t off = (a - r->pfn_base) << GUEST_PAGE_SHIFT, len = (b - a) << GUEST_PAGE_SHIFT;
 		if (gm->memfd >= 0) {
 			if (fallocate(gm->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				      (off_t)(r->fd_off + off), (off_t)len) < 0)
@@ -266,13 +279,9 @@ int mem_zap(struct guest_mem *gm, uint64_t first, uint64_t count)
 		return -EOPNOTSUPP;
 	for (int i = 0; i < gm->nr && count; i++) {
 		const struct mem_region *r = &gm->r[i];
-		uint64_t np = r->size >> GUEST_PAGE_SHIFT, a = first, b = first + count;
-		if (a < r->pfn_base)
-			a = r->pfn_base;
-		if (b > r->pfn_base + np)
-			b = r->pfn_base + np;
-		if (a < b && madvise(r->host + ((a - r->pfn_base) << GUEST_PAGE_SHIFT),
-				     (b - a) << GUEST_PAGE_SHIFT, MADV_DONTNEED) < 0)
+		uint64_t off, len;
+		if (region_part(r, first, count, &off, &len) &&
+		    madvise(r->host + off, len, MADV_DONTNEED) < 0)
 			return -errno;
 	}
 	return 0;

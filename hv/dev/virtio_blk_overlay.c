@@ -56,10 +56,11 @@ static uint64_t map_clear_count(const struct blk_overlay *o, uint64_t s, uint64_
 	return clear;
 }
 
-static int pread_full(int fd, uint8_t *p, size_t len, uint64_t off)
+/* The whole of [off, off + len) read (wr false) or written, across short transfers and EINTR. */
+static int pio_full(int fd, uint8_t *p, size_t len, uint64_t off, bool wr)
 {
 	while (len) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
+		ssize_t n = wr ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -71,19 +72,14 @@ static int pread_full(int fd, uint8_t *p, size_t len, uint64_t off)
 	return 0;
 }
 
+static int pread_full(int fd, uint8_t *p, size_t len, uint64_t off)
+{
+	return pio_full(fd, p, len, off, false);
+}
+
 static int pwrite_full(int fd, const uint8_t *p, size_t len, uint64_t off)
 {
-	while (len) {
-		ssize_t n = pwrite(fd, p, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
+	return pio_full(fd, (uint8_t *)p, len, off, true); /* pwrite only reads p */
 }
 
 bool blk_ov_active(struct virtio_blk *d)
